@@ -1,0 +1,12 @@
+//! ringkv's storage engine.
+//!
+//! Layers, bottom up: [`io`](crate::Vfs) (the one seam every file operation goes through), the
+//! WAL, the copy-on-write B+tree backend, MVCC with leases and watches, and the raft glue. Modules
+//! are private; the public API is the `pub use` list below. Tests and benches reach internals
+//! through the `internals` feature.
+
+mod io;
+mod storage;
+
+pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
+pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};

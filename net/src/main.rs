@@ -1,0 +1,6 @@
+fn main() {
+    if let Err(e) = ringkv_net::run() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs ringkv's whole test suite: format, lints, every test of every crate.
+# Test-only Debian packages (etcd-server and etcd-client for differential and etcdctl tests,
+# protobuf-compiler for the etcd-client crate's build) are installed here when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if ((${#need[@]})); then
+  echo "tests/run.sh: installing test dependencies: ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; else
+    echo "tests/run.sh: need root (or sudo) to install: apt-get install ${need[*]}" >&2; exit 1
+  fi
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"; } >/tmp/ringkv-apt.log 2>&1; then
+    echo "tests/run.sh: could not install ${need[*]} (log: /tmp/ringkv-apt.log); install them and re-run" >&2
+    tail -5 /tmp/ringkv-apt.log >&2; exit 1
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --doc
+else
+  echo "tests/run.sh: cargo-nextest not found, running cargo test (install it with: cargo install cargo-nextest)"
+  cargo test --workspace --locked --no-fail-fast
+fi
