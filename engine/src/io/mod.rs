@@ -130,7 +130,7 @@ pub trait File: Send + Sync {
     fn set_len(&self, len: u64) -> io::Result<()>;
 
     /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 
     /// The OS file descriptor, for read-only memory mapping. `None` for in-memory files, whose
     /// readers must go through [`File::read_at`].
@@ -179,7 +179,10 @@ pub fn align_up(n: u64) -> u64 {
 /// `EINVAL` unless `buf`, `len` and `offset` satisfy the O_DIRECT alignment rule.
 pub(crate) fn check_direct(ptr: *const u8, len: usize, offset: u64) -> io::Result<()> {
     let align = DIRECT_ALIGN;
-    if (ptr as usize) % align != 0 || len % align != 0 || offset % align as u64 != 0 {
+    if !(ptr as usize).is_multiple_of(align)
+        || !len.is_multiple_of(align)
+        || !offset.is_multiple_of(align as u64)
+    {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     Ok(())

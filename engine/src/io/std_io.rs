@@ -49,10 +49,6 @@ impl StdFile {
     pub(crate) fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
-
-    pub(crate) fn is_direct(&self) -> bool {
-        self.direct
-    }
 }
 
 impl File for StdFile {
@@ -91,7 +87,7 @@ impl File for StdFile {
         self.file.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
@@ -186,7 +182,7 @@ mod tests {
             .open(&path, OpenOptions::read_write().create(true).direct(true))
             .unwrap();
         f.allocate(0, 1 << 20).unwrap();
-        assert_eq!(f.len().unwrap(), 1 << 20);
+        assert_eq!(f.size().unwrap(), 1 << 20);
         let mut buf = AlignedBuf::zeroed(DIRECT_ALIGN);
         buf[..5].copy_from_slice(b"hello");
         f.write_at_and_sync(&buf, 8192).unwrap();
