@@ -9,4 +9,6 @@ mod io;
 mod storage;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
+#[cfg(any(test, feature = "internals"))]
+pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
