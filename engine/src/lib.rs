@@ -6,9 +6,14 @@
 //! through the `internals` feature.
 
 mod io;
+mod raft_node;
 mod storage;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
+pub use raft_node::{
+    ConfState, Entry, EntryType, HardState, LogSink, NodeConfig, NodeProgress, RaftNode,
+    RaftNodeError, ReadIndexDone, SharedProgress, StateMachine,
+};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
