@@ -11,6 +11,8 @@ mod wal;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 pub use io::{UringVfs, pin_current_thread};
+#[cfg(any(test, feature = "internals"))]
+pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 pub use wal::{
     AppendInfo, FlushStats, HardState, LogEntry, Record, Replay, SnapshotMark, Wal, WalError,
