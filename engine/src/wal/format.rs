@@ -215,6 +215,13 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     if crc != get_u32(head, CRC_OFFSET) {
         return Decoded::Invalid("record checksum mismatch".into());
     }
+    // Padding is outside the checksum; it must be zero so that every byte of a frame is
+    // checked. The end of the data may cut it (a file cut at the record's end).
+    let framed = (RECORD_HEADER_LEN + len).next_multiple_of(RECORD_ALIGN);
+    let padding = &rest[PAYLOAD_OFFSET + len..framed.min(rest.len())];
+    if padding.iter().any(|&b| b != 0) {
+        return Decoded::Invalid("record padding is not zero".into());
+    }
     let record = match kind {
         KIND_ENTRY if len >= ENTRY_DATA_OFFSET => Record::Entry(LogEntry {
             index: get_u64(payload, ENTRY_INDEX_OFFSET),
@@ -237,7 +244,7 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     Decoded::Record {
         record,
         flush: get_u32(head, FLUSH_OFFSET),
-        len: (RECORD_HEADER_LEN + len).next_multiple_of(RECORD_ALIGN),
+        len: framed,
     }
 }
 
@@ -369,9 +376,8 @@ mod tests {
         let seed = crc_seed(1);
         for rec in samples() {
             let mut buf = vec![0u8; encoded_len(&rec)];
-            let used = RECORD_HEADER_LEN + payload_len(&rec);
             encode_record(&mut buf, &rec, 1, seed);
-            for bit in 0..used * 8 {
+            for bit in 0..buf.len() * 8 {
                 let mut bad = buf.clone();
                 bad[bit / 8] ^= 1 << (bit % 8);
                 assert!(
