@@ -77,7 +77,10 @@ impl Allocator {
 
     /// The next ready file; blocks while it is still being prepared.
     pub(crate) fn take(&self) -> io::Result<ReadySegment> {
-        let rx = self.rx.as_ref().expect("allocator receiver lives until drop");
+        let rx = self
+            .rx
+            .as_ref()
+            .expect("allocator receiver lives until drop");
         rx.recv()
             .unwrap_or_else(|_| Err(io::Error::other("segment allocator stopped after an error")))
     }

@@ -177,7 +177,11 @@ pub fn encode_record(out: &mut [u8], rec: &Record, flush: u32, seed: u32) -> usi
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// A valid record of flush `flush`, occupying `len` bytes.
-    Record { record: Record, flush: u32, len: usize },
+    Record {
+        record: Record,
+        flush: u32,
+        len: usize,
+    },
     /// A zero frame header, or the end of the data: no more records here.
     End,
     /// Bytes that are not a valid record (torn write or corruption); the reason says why.
@@ -209,7 +213,9 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
         return Decoded::Invalid("reserved frame bytes are not zero".into());
     }
     let Some(payload) = rest.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + len) else {
-        return Decoded::Invalid(format!("payload length {len} runs past the end of the file"));
+        return Decoded::Invalid(format!(
+            "payload length {len} runs past the end of the file"
+        ));
     };
     let crc = crc32c::crc32c_append(seed, &rest[LEN_OFFSET..PAYLOAD_OFFSET + len]);
     if crc != get_u32(head, CRC_OFFSET) {
@@ -393,7 +399,10 @@ mod tests {
         assert_eq!(decode_record(&[0u8; 64], 0, 0), Decoded::End);
         assert_eq!(decode_record(&[0u8; 64], 64, 0), Decoded::End);
         assert_eq!(decode_record(&[0u8; 5], 0, 0), Decoded::End);
-        assert!(matches!(decode_record(&[1u8; 5], 0, 0), Decoded::Invalid(_)));
+        assert!(matches!(
+            decode_record(&[1u8; 5], 0, 0),
+            Decoded::Invalid(_)
+        ));
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub struct WalOptions {
     pub wal_cpu: Option<usize>,
     /// Appends that may wait for the WAL thread before `append` blocks. Default 65536.
     pub queue_capacity: usize,
+    /// After a flush, the WAL thread polls the queue this long before it sleeps. Non-zero
+    /// trades CPU for latency: a closed-loop appender's next append is then picked up without
+    /// waking the thread. It never delays a flush. Default 0.
+    pub idle_spin: Duration,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -137,6 +141,7 @@ impl Default for WalOptions {
             replay_from: SnapshotMark::default(),
             wal_cpu: None,
             queue_capacity: 1 << 16,
+            idle_spin: Duration::ZERO,
             metrics: None,
         }
     }
@@ -150,6 +155,7 @@ impl fmt::Debug for WalOptions {
             .field("replay_from", &self.replay_from)
             .field("wal_cpu", &self.wal_cpu)
             .field("queue_capacity", &self.queue_capacity)
+            .field("idle_spin", &self.idle_spin)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -196,7 +202,11 @@ pub enum WalError {
     SnapshotNotFound { index: u64, term: u64 },
     /// The WAL's marker at `replay_from.index` has another term.
     #[error("WAL snapshot marker at index {index} has term {found}, expected {expected}")]
-    SnapshotMismatch { index: u64, expected: u64, found: u64 },
+    SnapshotMismatch {
+        index: u64,
+        expected: u64,
+        found: u64,
+    },
     /// The caller asked for something the WAL must refuse; nothing was written.
     #[error("invalid WAL append: {0}")]
     InvalidAppend(String),
@@ -289,8 +299,14 @@ impl fmt::Debug for Wal {
 impl Wal {
     /// Opens (or creates) the WAL in `dir`, replays it from `opts.replay_from`, cuts a torn
     /// tail of the last segment, and starts the WAL and allocator threads.
-    pub fn open(vfs: Arc<dyn Vfs>, dir: &Path, opts: WalOptions) -> Result<(Wal, Replay), WalError> {
-        if !opts.segment_size.is_multiple_of(crate::io::DIRECT_ALIGN as u64)
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: WalOptions,
+    ) -> Result<(Wal, Replay), WalError> {
+        if !opts
+            .segment_size
+            .is_multiple_of(crate::io::DIRECT_ALIGN as u64)
             || opts.segment_size < 16 * 1024
         {
             return Err(WalError::InvalidOptions(format!(
@@ -299,7 +315,9 @@ impl Wal {
             )));
         }
         if opts.queue_capacity == 0 {
-            return Err(WalError::InvalidOptions("queue_capacity must be > 0".into()));
+            return Err(WalError::InvalidOptions(
+                "queue_capacity must be > 0".into(),
+            ));
         }
         let opened = replay::open(&vfs, dir, &opts)?;
         let shared = Arc::new(Shared {

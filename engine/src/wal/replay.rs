@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{
-    ALLOC_SUFFIX, Decoded, READY_SUFFIX, RECORD_ALIGN, SEGMENT_HEADER_LEN, crc_seed,
-    decode_header, decode_record, parse_segment_name,
+    ALLOC_SUFFIX, Decoded, READY_SUFFIX, RECORD_ALIGN, SEGMENT_HEADER_LEN, crc_seed, decode_header,
+    decode_record, parse_segment_name,
 };
 use super::{HardState, Record, Replay, SegmentInfo, SnapshotMark, WalError, WalOptions};
 use crate::io::{AlignedBuf, DIRECT_ALIGN, File, OpenOptions, Vfs, align_up};
@@ -312,10 +312,7 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
     let mut replay = replayer.finish()?;
 
     let file = vfs
-        .open(
-            &last.path,
-            OpenOptions::read_write().direct(opts.direct),
-        )
+        .open(&last.path, OpenOptions::read_write().direct(opts.direct))
         .map_err(|e| WalError::io("open segment", &last.path, e))?;
     let size = last_data.len() as u64;
     let capacity = size.max(opts.segment_size);

@@ -72,7 +72,12 @@ fn every_record_type_round_trips_through_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("member/wal");
         let (wal, replay) = open(&vfs, &dir);
-        assert_eq!(replay, Replay::default(), "{:?}: new WAL is empty", vfs.kind());
+        assert_eq!(
+            replay,
+            Replay::default(),
+            "{:?}: new WAL is empty",
+            vfs.kind()
+        );
         let hs = HardState {
             term: 2,
             vote: 1,
@@ -108,6 +113,25 @@ fn every_record_type_round_trips_through_reopen() {
 }
 
 #[test]
+fn idle_spin_and_pinning_keep_appends_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vfs: Arc<dyn Vfs> = Arc::new(UringVfs::new().unwrap());
+    let o = WalOptions {
+        idle_spin: Duration::from_micros(50),
+        wal_cpu: Some(0),
+        ..opts()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
+    for i in 1..=20 {
+        wal.append_wait(vec![entry(i, 1)]).unwrap();
+    }
+    wal.close().unwrap();
+    let (wal, replay) = open(&vfs, tmp.path());
+    assert_eq!(indexes(&replay), (1..=20).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
+
+#[test]
 fn appends_continue_after_reopen_across_many_segments() {
     for vfs in real_vfses() {
         let tmp = tempfile::tempdir().unwrap();
@@ -115,11 +139,18 @@ fn appends_continue_after_reopen_across_many_segments() {
         let mut next = 1;
         for round in 0..3 {
             let (wal, replay) = open(&vfs, dir);
-            assert_eq!(indexes(&replay), (1..next).collect::<Vec<_>>(), "round {round}");
+            assert_eq!(
+                indexes(&replay),
+                (1..next).collect::<Vec<_>>(),
+                "round {round}"
+            );
             for e in &replay.entries {
                 assert_eq!(e, &log_entry(e.index, 1));
             }
-            assert_eq!(replay.hard_state.map(|h| h.commit), (next > 1).then(|| next - 1));
+            assert_eq!(
+                replay.hard_state.map(|h| h.commit),
+                (next > 1).then(|| next - 1)
+            );
             // Some appends alone, some in groups, so segment switches fall everywhere.
             while next < 60 * (round + 1) {
                 let n = 1 + next % 4;
@@ -137,7 +168,12 @@ fn appends_continue_after_reopen_across_many_segments() {
         let (wal, replay) = open(&vfs, dir);
         assert_eq!(indexes(&replay), (1..next).collect::<Vec<_>>());
         let paths = wal.segment_paths();
-        assert!(paths.len() >= 3, "{:?}: only {} segments", vfs.kind(), paths.len());
+        assert!(
+            paths.len() >= 3,
+            "{:?}: only {} segments",
+            vfs.kind(),
+            paths.len()
+        );
         // Names carry consecutive sequence numbers; the first index of each segment is one
         // past the last entry of the one before.
         let mut prev_last = 0;
@@ -196,8 +232,11 @@ fn overwritten_entries_replay_newest_and_gaps_are_refused() {
         .collect();
     assert_eq!(replay.entries, expect);
     // A snapshot marker moves the next index past it (a snapshot was installed).
-    wal.append_wait(vec![Record::Snapshot(SnapshotMark { index: 50, term: 3 }), entry(51, 3)])
-        .unwrap();
+    wal.append_wait(vec![
+        Record::Snapshot(SnapshotMark { index: 50, term: 3 }),
+        entry(51, 3),
+    ])
+    .unwrap();
     wal.close().unwrap();
     let (wal, replay) = open(&vfs, dir);
     assert_eq!(replay.entries, vec![log_entry(51, 3)]);
@@ -240,7 +279,10 @@ fn replay_starts_after_the_given_snapshot_marker() {
         }
     ));
     let err = with(31, 1).unwrap_err();
-    assert!(matches!(err, WalError::SnapshotNotFound { index: 31, .. }), "{err}");
+    assert!(
+        matches!(err, WalError::SnapshotNotFound { index: 31, .. }),
+        "{err}"
+    );
     assert!(err.is_corruption());
 }
 
@@ -256,7 +298,11 @@ fn purge_removes_only_segments_wholly_below_the_index() {
     assert!(before.len() >= 4);
     let firsts: Vec<u64> = before
         .iter()
-        .map(|p| format::parse_segment_name(p.file_name().unwrap().to_str().unwrap()).unwrap().1)
+        .map(|p| {
+            format::parse_segment_name(p.file_name().unwrap().to_str().unwrap())
+                .unwrap()
+                .1
+        })
         .collect();
     // Purging below the second segment's first index removes exactly the first segment.
     assert_eq!(wal.purge_below(firsts[1] - 1).unwrap(), 0);
@@ -394,7 +440,10 @@ fn damaged_headers_and_missing_segments_fail_open() {
 
     flip_bit(&paths[2], format::SEQ_OFFSET as u64, 0);
     let err = Wal::open(vfs.clone(), tmp.path(), opts()).unwrap_err();
-    assert!(matches!(&err, WalError::Corrupt { path, offset: 0, .. } if path == &paths[2]), "{err}");
+    assert!(
+        matches!(&err, WalError::Corrupt { path, offset: 0, .. } if path == &paths[2]),
+        "{err}"
+    );
     flip_bit(&paths[2], format::SEQ_OFFSET as u64, 0);
 
     std::fs::remove_file(&paths[1]).unwrap();
@@ -568,7 +617,10 @@ fn appends_queued_during_a_flush_share_the_next_fdatasync() {
             let i = 2 + 2 * k;
             append_async(&wal, i, vec![entry(i, 1), entry(i + 1, 1)], &tx);
         }
-        assert!(rx.try_recv().is_err(), "nothing is acknowledged before its fdatasync");
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is acknowledged before its fdatasync"
+        );
         ctl.open_gate();
         let mut got: Vec<Outcome> = (0..11).map(|_| rx.recv().unwrap()).collect();
         got.sort_by_key(|(id, _)| *id);
@@ -576,11 +628,17 @@ fn appends_queued_during_a_flush_share_the_next_fdatasync() {
         assert_eq!((first.flush_appends, first.flush_records), (1, 1));
         for (id, r) in &got[1..] {
             let info = r.as_ref().unwrap();
-            assert_eq!((info.flush_appends, info.flush_records), (10, 20), "append {id}");
+            assert_eq!(
+                (info.flush_appends, info.flush_records),
+                (10, 20),
+                "append {id}"
+            );
         }
         let flushes = metrics.0.lock().unwrap().clone();
-        let per_flush: Vec<(usize, usize, bool)> =
-            flushes.iter().map(|f| (f.appends, f.records, f.ok)).collect();
+        let per_flush: Vec<(usize, usize, bool)> = flushes
+            .iter()
+            .map(|f| (f.appends, f.records, f.ok))
+            .collect();
         assert_eq!(per_flush, vec![(1, 1, true), (10, 20, true)]);
         assert!(flushes.iter().all(|f| f.bytes > 0 && f.bytes % 4096 == 0));
         assert!(flushes[1].max_queue_wait > Duration::ZERO);

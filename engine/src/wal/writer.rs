@@ -55,6 +55,7 @@ pub(crate) struct Writer {
     metadata: Option<Bytes>,
     /// Time spent in write + fdatasync since the current flush started.
     sync_time: Duration,
+    idle_spin: Duration,
 }
 
 impl Writer {
@@ -95,6 +96,7 @@ impl Writer {
                     hard_state: t.hard_state,
                     metadata: t.metadata,
                     sync_time: Duration::ZERO,
+                    idle_spin: opts.idle_spin,
                     shared,
                 }
             }
@@ -125,6 +127,7 @@ impl Writer {
                     hard_state: None,
                     metadata: None,
                     sync_time: Duration::ZERO,
+                    idle_spin: opts.idle_spin,
                     shared,
                 };
                 w.install(ready, 0, 0)?;
@@ -138,7 +141,7 @@ impl Writer {
     pub(crate) fn run(mut self, rx: Receiver<Msg>) {
         let mut closing = false;
         while !closing {
-            let first = match rx.recv() {
+            let first = match self.next_msg(&rx) {
                 Ok(Msg::Append(req)) => req,
                 Ok(Msg::Close) | Err(_) => break,
             };
@@ -161,6 +164,28 @@ impl Writer {
                 (req.done)(Err(WalError::Closed));
             }
         }
+    }
+
+    /// The next message: polled for up to `idle_spin` (saving the sleep/wake-up of this thread
+    /// when appends follow each other closely), then waited for.
+    fn next_msg(&self, rx: &Receiver<Msg>) -> Result<Msg, crossbeam_channel::RecvError> {
+        if !self.idle_spin.is_zero() {
+            let start = Instant::now();
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => return Ok(msg),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        return Err(crossbeam_channel::RecvError);
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                }
+                if start.elapsed() >= self.idle_spin {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        rx.recv()
     }
 
     fn pos(&self) -> u64 {
@@ -221,7 +246,9 @@ impl Writer {
         }
         let len = align_up(self.fill as u64) as usize;
         let t = Instant::now();
-        let res = self.file.write_at_and_sync(&self.buf[..len], self.block_start);
+        let res = self
+            .file
+            .write_at_and_sync(&self.buf[..len], self.block_start);
         self.sync_time += t.elapsed();
         res.map_err(|e| WalError::io("write+fdatasync segment", &self.seg.path, e))?;
         self.flush_id = self.flush_id.wrapping_add(1);
