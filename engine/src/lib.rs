@@ -17,7 +17,7 @@ pub use io::{UringVfs, pin_current_thread};
 pub use raft_node::{
     ConfState as RaftConfState, Entry as RaftEntry, EntryType as RaftEntryType,
     HardState as RaftHardState, LogSink, NodeConfig, NodeProgress, RaftNode, RaftNodeError,
-    ReadIndexDone, SharedProgress, StateMachine,
+    ReadIndexDone, SharedProgress, StateMachine, apply_replay,
 };
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 #[cfg(feature = "internals")]
