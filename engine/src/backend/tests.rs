@@ -1,0 +1,1 @@
+//! Backend tests that need internals: model-based randomized test, corruption, remap stress.
