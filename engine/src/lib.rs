@@ -9,9 +9,9 @@ mod backend;
 mod io;
 mod storage;
 
+pub use backend::{
+    Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1,
+    FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
+};
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
-pub use backend::{
-    Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1, FORMAT_VERSION,
-    MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
-};

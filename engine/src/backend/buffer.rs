@@ -59,7 +59,11 @@ pub(crate) fn bucket_index(b: Bucket) -> usize {
 }
 
 fn visible(versions: &[(u64, Slot)], seq: u64) -> Option<&Slot> {
-    versions.iter().rev().find(|(s, _)| *s <= seq).map(|(_, v)| v)
+    versions
+        .iter()
+        .rev()
+        .find(|(s, _)| *s <= seq)
+        .map(|(_, v)| v)
 }
 
 impl Buffer {
@@ -69,7 +73,6 @@ impl Buffer {
         g.pinned.fetch_max(g.seq, Ordering::Relaxed);
         g.seq
     }
-
 
     pub(crate) fn write(&self, b: Bucket, key: &[u8], val: Slot) {
         let mut g = self.inner.write();
@@ -94,13 +97,29 @@ impl Buffer {
     /// The buffered state of `key` at `seq`: `None` if not buffered, `Some(None)` if deleted.
     pub(crate) fn get(&self, b: Bucket, key: &[u8], seq: u64) -> Option<Slot> {
         let g = self.inner.read();
-        g.maps[bucket_index(b)].get(key).and_then(|v| visible(v, seq)).cloned()
+        g.maps[bucket_index(b)]
+            .get(key)
+            .and_then(|v| visible(v, seq))
+            .cloned()
     }
 
     /// Buffered entries in `[start, end)` at `seq`, in key order.
-    pub(crate) fn range(&self, b: Bucket, start: &[u8], end: &[u8], seq: u64) -> Vec<(Bytes, Slot)> {
+    pub(crate) fn range(
+        &self,
+        b: Bucket,
+        start: &[u8],
+        end: &[u8],
+        seq: u64,
+    ) -> Vec<(Bytes, Slot)> {
+        if !end.is_empty() && start >= end {
+            return Vec::new();
+        }
         let g = self.inner.read();
-        let hi = if end.is_empty() { Bound::Unbounded } else { Bound::Excluded(end) };
+        let hi = if end.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(end)
+        };
         g.maps[bucket_index(b)]
             .range::<[u8], _>((Bound::Included(start), hi))
             .filter_map(|(k, v)| visible(v, seq).map(|s| (k.clone(), s.clone())))
@@ -114,7 +133,12 @@ impl Buffer {
             .iter()
             .map(|&b| {
                 let m = &g.maps[bucket_index(b)];
-                (b, m.iter().map(|(k, v)| (k.clone(), v.last().expect("non-empty").1.clone())).collect())
+                (
+                    b,
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.last().expect("non-empty").1.clone()))
+                        .collect(),
+                )
             })
             .filter(|(_, v): &(Bucket, Vec<_>)| !v.is_empty())
             .collect()
@@ -133,7 +157,10 @@ mod tests {
         let s = b.pin();
         b.write(Bucket::Key, b"a", None);
         b.write(Bucket::Key, b"b", Some(Arc::from(&b"3"[..])));
-        assert_eq!(b.get(Bucket::Key, b"a", s), Some(Some(Arc::from(&b"2"[..]))));
+        assert_eq!(
+            b.get(Bucket::Key, b"a", s),
+            Some(Some(Arc::from(&b"2"[..])))
+        );
         assert_eq!(b.get(Bucket::Key, b"b", s), None);
         let now = b.pin();
         assert_eq!(b.get(Bucket::Key, b"a", now), Some(None));

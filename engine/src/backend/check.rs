@@ -14,7 +14,8 @@ use super::db::{Shared, Version, read_metas};
 use super::meta::Meta;
 use super::mmap::Mapping;
 use super::page::{
-    Elem, HEADER_LEN, PageError, PageType, Val, decode_freelist, decode_node, header_overflow, page_type, run_pages,
+    Elem, HEADER_LEN, PageError, PageType, Val, decode_freelist, decode_node, header_overflow,
+    page_type, run_pages,
 };
 
 /// What the checker found. `problems` is empty for a healthy file; each names a page and reason.
@@ -79,13 +80,28 @@ impl Walker<'_> {
     }
 
     /// Walks the tree at `root`; returns the number of keys and calls `leaf_val` for each value.
-    fn tree(&mut self, root: u64, what: &str, mut leaf_val: impl FnMut(&mut Self, &[u8], &Val)) -> u64 {
+    fn tree(
+        &mut self,
+        root: u64,
+        what: &str,
+        mut leaf_val: impl FnMut(&mut Self, &[u8], &Val),
+    ) -> u64 {
         if root == 0 {
             return 0;
         }
         let mut keys = 0;
         let mut leaf_depth = None;
-        self.node(root, what, None, None, 0, &mut leaf_depth, &mut keys, &mut leaf_val, true);
+        self.node(
+            root,
+            what,
+            None,
+            None,
+            0,
+            &mut leaf_depth,
+            &mut keys,
+            &mut leaf_val,
+            true,
+        );
         keys
     }
 
@@ -132,7 +148,9 @@ impl Walker<'_> {
             Elem::Leaf { .. } => {
                 match *leaf_depth {
                     None => *leaf_depth = Some(depth),
-                    Some(d) if d != depth => self.problem(id, format!("{what}: leaf at depth {depth}, others at {d}")),
+                    Some(d) if d != depth => {
+                        self.problem(id, format!("{what}: leaf at depth {depth}, others at {d}"))
+                    }
                     Some(_) => {}
                 }
                 for e in &elems {
@@ -152,9 +170,22 @@ impl Walker<'_> {
                         return first;
                     };
                     let next = elems.get(i + 1).map(|n| n.key());
-                    let child_first = self.node(*child, what, Some(key), next.or(hi), depth + 1, leaf_depth, keys, leaf_val, false);
+                    let child_first = self.node(
+                        *child,
+                        what,
+                        Some(key),
+                        next.or(hi),
+                        depth + 1,
+                        leaf_depth,
+                        keys,
+                        leaf_val,
+                        false,
+                    );
                     if child_first.as_deref().is_some_and(|c| c != key.as_slice()) {
-                        self.problem(id, format!("{what}: separator of child {child} is not its smallest key"));
+                        self.problem(
+                            id,
+                            format!("{what}: separator of child {child} is not its smallest key"),
+                        );
                     }
                 }
             }
@@ -170,7 +201,10 @@ impl Walker<'_> {
         if let Some(run) = self.read(page, Some(PageType::Overflow)) {
             let have = header_overflow(&run) as u64 + 1;
             if have != n || HEADER_LEN + len as usize > run.len() {
-                self.problem(page, format!("{what}: overflow run of {have} pages for a {len}-byte value"));
+                self.problem(
+                    page,
+                    format!("{what}: overflow run of {have} pages for a {len}-byte value"),
+                );
             }
         }
     }
@@ -195,7 +229,10 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
                 Ok(m) if m == meta => {}
                 Ok(m) => report.problems.push(PageError {
                     page: slot,
-                    reason: format!("meta on disk is txid {}, the version is txid {}", m.txid, meta.txid),
+                    reason: format!(
+                        "meta on disk is txid {}, the version is txid {}",
+                        m.txid, meta.txid
+                    ),
                 }),
                 Err(reason) => report.problems.push(PageError { page: slot, reason }),
             },
@@ -211,7 +248,10 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
     if meta.page_count.saturating_mul(ps as u64) > file_len.max(version.file_len) {
         report.problems.push(PageError {
             page: meta.page_count - 1,
-            reason: format!("page count {} runs past the end of the file ({file_len} bytes)", meta.page_count),
+            reason: format!(
+                "page count {} runs past the end of the file ({file_len} bytes)",
+                meta.page_count
+            ),
         });
         return report;
     }
@@ -234,7 +274,10 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
     };
     let mut buckets = Vec::new();
     w.tree(meta.catalog, "catalog", |w, key, val| match val {
-        Val::Inline(v) if v.len() == 8 => buckets.push((key.to_vec(), u64::from_le_bytes(v[..].try_into().expect("8 bytes")))),
+        Val::Inline(v) if v.len() == 8 => buckets.push((
+            key.to_vec(),
+            u64::from_le_bytes(v[..].try_into().expect("8 bytes")),
+        )),
         _ => w.problem(meta.catalog, "catalog: entry is not an 8-byte root page id"),
     });
     for (name, root) in buckets {

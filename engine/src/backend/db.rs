@@ -27,13 +27,16 @@ use super::freelist::Freelist;
 use super::meta::Meta;
 use super::mmap::Mapping;
 use super::page::{
-    MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist, freelist_body, header_overflow,
-    max_key_len, run_pages,
+    MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist,
+    freelist_body, header_overflow, max_key_len, run_pages,
 };
 use super::tree::{self, Op, TreeWriter};
 use super::{BackendError, BackendOptions};
 use crate::io::{File, OpenOptions, Vfs};
 use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
+
+/// Most pages one commit moves for online compaction (4 MiB of 4 KiB pages).
+const COMPACT_BUDGET: usize = 1024;
 
 /// One committed state, pinned by every snapshot that reads it.
 pub(crate) struct Version {
@@ -48,7 +51,10 @@ pub(crate) struct Version {
 
 impl Version {
     pub(crate) fn root(&self, name: &[u8]) -> u64 {
-        self.roots.iter().find(|(n, _)| n == name).map_or(0, |(_, r)| *r)
+        self.roots
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, r)| *r)
     }
 }
 
@@ -133,7 +139,11 @@ impl Backend {
     /// Opens the backend file at `path`, creating it (and its directory) if missing. Creation
     /// writes both metas to `path.tmp`, syncs it, renames it into place and syncs the directory,
     /// so a crash leaves either no file or a complete empty one.
-    pub fn open(vfs: Arc<dyn Vfs>, path: &Path, opts: BackendOptions) -> Result<Backend, BackendError> {
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        path: &Path,
+        opts: BackendOptions,
+    ) -> Result<Backend, BackendError> {
         if let Some(why) = bad_opts(&opts) {
             return Err(BackendError::Invalid(why));
         }
@@ -144,7 +154,9 @@ impl Backend {
         if !vfs.exists(path) {
             create(&*vfs, path, opts.page_size).map_err(io("create"))?;
         }
-        let file = vfs.open(path, OpenOptions::read_write()).map_err(io("open"))?;
+        let file = vfs
+            .open(path, OpenOptions::read_write())
+            .map_err(io("open"))?;
         let file_len = file.size().map_err(io("stat"))?;
         let shared_path = path.to_path_buf();
         let (meta, _) = read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
@@ -155,7 +167,8 @@ impl Backend {
         })?;
         let ps = meta.page_size as u64;
         let map_len = file_len / ps * ps;
-        let map = Arc::new(Mapping::new(&file, map_len, ps as usize, opts.mmap).map_err(io("mmap"))?);
+        let map =
+            Arc::new(Mapping::new(&file, map_len, ps as usize, opts.mmap).map_err(io("mmap"))?);
         let corrupt = |e: PageError| BackendError::Corrupt {
             file: shared_path.clone(),
             offset: e.page.saturating_mul(ps),
@@ -165,9 +178,15 @@ impl Backend {
         let freelist = if meta.freelist == 0 {
             Freelist::default()
         } else {
-            let run = map.page(meta.freelist, Some(PageType::Freelist)).map_err(corrupt)?;
+            let run = map
+                .page(meta.freelist, Some(PageType::Freelist))
+                .map_err(corrupt)?;
             let (free, pending) = decode_freelist(&run);
-            if let Some(bad) = free.iter().chain(pending.iter().map(|(p, _)| p)).find(|&&p| p < 2 || p >= meta.page_count) {
+            if let Some(bad) = free
+                .iter()
+                .chain(pending.iter().map(|(p, _)| p))
+                .find(|&&p| p < 2 || p >= meta.page_count)
+            {
                 return Err(corrupt(PageError {
                     page: meta.freelist,
                     reason: format!("freelist names page {bad} outside [2, {})", meta.page_count),
@@ -220,12 +239,10 @@ impl Backend {
     /// Takes the single write role. Fails with `Invalid` while another `BatchWriter` is alive;
     /// dropping the writer returns the role (uncommitted writes stay buffered).
     pub fn batch(&self) -> Result<BatchWriter, BackendError> {
-        let state = self
-            .shared
-            .writer
-            .lock()
-            .take()
-            .ok_or_else(|| BackendError::Invalid("the batch writer is already in use".into()))?;
+        let state =
+            self.shared.writer.lock().take().ok_or_else(|| {
+                BackendError::Invalid("the batch writer is already in use".into())
+            })?;
         Ok(BatchWriter {
             shared: self.shared.clone(),
             state: Some(state),
@@ -294,7 +311,10 @@ fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
 /// Reads both metas; returns the valid one with the highest txid and the other's problem, if
 /// any. Page 1 is found from page 0's page size, or by trying every supported size when page 0
 /// is damaged.
-pub(crate) fn read_metas(file: &dyn File, file_len: u64) -> Result<(Meta, Option<PageError>), PageError> {
+pub(crate) fn read_metas(
+    file: &dyn File,
+    file_len: u64,
+) -> Result<(Meta, Option<PageError>), PageError> {
     let read = |at: u64| -> Vec<u8> {
         let mut b = vec![0u8; MIN_PAGE_SIZE];
         let n = file.read_at(&mut b, at).unwrap_or(0);
@@ -321,11 +341,20 @@ pub(crate) fn read_metas(file: &dyn File, file_len: u64) -> Result<(Meta, Option
     };
     let err = |page, reason: String| PageError { page, reason };
     match (m0, m1) {
-        (Ok(a), Ok(b)) if a.page_size != b.page_size => Err(err(1, format!("meta pages disagree on the page size ({} vs {})", a.page_size, b.page_size))),
+        (Ok(a), Ok(b)) if a.page_size != b.page_size => Err(err(
+            1,
+            format!(
+                "meta pages disagree on the page size ({} vs {})",
+                a.page_size, b.page_size
+            ),
+        )),
         (Ok(a), Ok(b)) => Ok((if a.txid >= b.txid { a } else { b }, None)),
         (Ok(a), Err(e)) => Ok((a, Some(err(1, e)))),
         (Err(e), Ok(b)) => Ok((b, Some(err(0, e)))),
-        (Err(a), Err(b)) => Err(err(0, format!("both meta pages are invalid: page 0: {a}; page 1: {b}"))),
+        (Err(a), Err(b)) => Err(err(
+            0,
+            format!("both meta pages are invalid: page 0: {a}; page 1: {b}"),
+        )),
     }
 }
 
@@ -333,16 +362,22 @@ pub(crate) fn read_metas(file: &dyn File, file_len: u64) -> Result<(Meta, Option
 fn read_catalog(map: &Mapping, catalog: u64) -> Result<Vec<(Vec<u8>, u64)>, PageError> {
     let mut roots = Vec::new();
     let mut bad = None;
-    tree::scan(map, catalog, b"", b"", &mut |k, v| match <[u8; 8]>::try_from(v) {
-        Ok(b) => {
-            roots.push((k.to_vec(), u64::from_le_bytes(b)));
-            true
-        }
-        Err(_) => {
-            bad = Some(v.len());
-            false
-        }
-    })?;
+    tree::scan(
+        map,
+        catalog,
+        b"",
+        b"",
+        &mut |k, v| match <[u8; 8]>::try_from(v) {
+            Ok(b) => {
+                roots.push((k.to_vec(), u64::from_le_bytes(b)));
+                true
+            }
+            Err(_) => {
+                bad = Some(v.len());
+                false
+            }
+        },
+    )?;
     if let Some(len) = bad {
         return Err(PageError {
             page: catalog,
@@ -355,7 +390,7 @@ fn read_catalog(map: &Mapping, catalog: u64) -> Result<Vec<(Vec<u8>, u64)>, Page
 /// A consistent read view. Holds the committed version it started from (its pages cannot be
 /// reused while it lives) and its point in the read buffer. Send + Sync; share or move freely.
 pub struct Snapshot {
-    version: Arc<Version>,
+    pub(crate) version: Arc<Version>,
     buf: Arc<Buffer>,
     seq: u64,
     shared: Arc<Shared>,
@@ -369,12 +404,17 @@ impl Snapshot {
 
     /// Like [`KvRead::get`], but without copying when the value is in the memory map: the
     /// returned slice borrows the snapshot and cannot outlive it.
-    pub fn get_ref(&self, bucket: Bucket, key: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
+    pub fn get_ref(
+        &self,
+        bucket: Bucket,
+        key: &[u8],
+    ) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
         if let Some(slot) = self.buf.get(bucket, key, self.seq) {
             return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
         }
         let root = self.version.root(bucket.name());
-        tree::get(&self.version.map, root, key).map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
+        tree::get(&self.version.map, root, key)
+            .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
     }
 
     /// Like [`KvRead::scan`], with the backend's error type.
@@ -390,7 +430,10 @@ impl Snapshot {
         let mut next = 0;
         let mut stopped = false;
         // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
-        let drain = |upto: Option<&[u8]>, next: &mut usize, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool| -> bool {
+        let drain = |upto: Option<&[u8]>,
+                     next: &mut usize,
+                     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool|
+         -> bool {
             while let Some((k, v)) = buffered.get(*next) {
                 if upto.is_some_and(|u| &**k >= u) {
                     break;
@@ -459,7 +502,9 @@ impl Drop for BatchWriter {
 
 impl BatchWriter {
     fn state(&mut self) -> &mut WriterState {
-        self.state.as_mut().expect("writer state present until drop")
+        self.state
+            .as_mut()
+            .expect("writer state present until drop")
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -476,7 +521,10 @@ impl BatchWriter {
         let view = self.shared.current.lock().clone();
         let max = max_key_len(view.version.meta.page_size as usize);
         if key.is_empty() || key.len() > max {
-            return Err(BackendError::Invalid(format!("key length {} outside [1, {max}]", key.len())));
+            return Err(BackendError::Invalid(format!(
+                "key length {} outside [1, {max}]",
+                key.len()
+            )));
         }
         if val.as_ref().is_some_and(|v| v.len() > u32::MAX as usize) {
             return Err(BackendError::Invalid("value longer than 4 GiB".into()));
@@ -555,12 +603,28 @@ fn commit(
     // Pages freed by transaction t are reusable once every pinned txid is >= t; the older meta on
     // disk (txid - 2 after this commit, i.e. meta.txid - 1 now) counts as pinned (freelist.rs).
     st.live.retain(|(_, w)| w.strong_count() > 0);
-    let oldest = st.live.iter().map(|(t, _)| *t).min().unwrap_or(meta.txid).min(meta.txid.saturating_sub(1));
+    let oldest = st
+        .live
+        .iter()
+        .map(|(t, _)| *t)
+        .min()
+        .unwrap_or(meta.txid)
+        .min(meta.txid.saturating_sub(1));
     st.freelist.release(oldest);
 
-    let mut w = TreeWriter::new(&base.map, ps as usize, txid, &mut st.freelist, meta.page_count);
+    let mut w = TreeWriter::new(
+        &base.map,
+        ps as usize,
+        txid,
+        &mut st.freelist,
+        meta.page_count,
+    );
     if meta.freelist != 0 {
-        let n = header_overflow(&w.read(meta.freelist, Some(PageType::Freelist)).map_err(corrupt)?) as u64 + 1;
+        let n = header_overflow(
+            &w.read(meta.freelist, Some(PageType::Freelist))
+                .map_err(corrupt)?,
+        ) as u64
+            + 1;
         w.free(meta.freelist, n);
     }
     let mut roots = base.roots.clone();
@@ -585,6 +649,22 @@ fn commit(
             }
         }
     }
+    // Online compaction: when a quarter of the file is free, move up to `COMPACT_BUDGET` pages
+    // from the top of the file to free pages below; the vacated tail is released like any freed
+    // page and trimmed from the file by a later commit (no pause longer than this commit).
+    let free = w.freelist.free_len() as u64;
+    if free >= 16 && free * 4 >= w.page_count {
+        let limit = w.page_count - free;
+        let mut budget = COMPACT_BUDGET;
+        for (name, root) in roots.iter_mut() {
+            let new = w.relocate(*root, limit, &mut budget).map_err(corrupt)?;
+            if new != *root {
+                *root = new;
+                catalog_ops.retain(|(n, _)| n != name);
+                catalog_ops.push((name.clone(), new.to_le_bytes()));
+            }
+        }
+    }
     catalog_ops.sort();
     let ops: Vec<Op<'_>> = catalog_ops
         .iter()
@@ -593,14 +673,23 @@ fn commit(
             val: Some(v),
         })
         .collect();
-    let catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
+    let mut catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
+    let free = w.freelist.free_len() as u64;
+    if free >= 16 && free * 4 >= w.page_count {
+        catalog = w
+            .relocate(catalog, w.page_count - free, &mut 64)
+            .map_err(corrupt)?;
+    }
 
     w.page_count = w.freelist.trim_tail(w.page_count);
     let body = freelist_body(w.freelist.free_len(), w.freelist.pending_len());
     let fl_pages = run_pages(ps as usize, body);
     let fl_id = w.alloc(fl_pages);
     let (free, pending) = w.freelist.to_parts();
-    w.dirty.insert(fl_id, encode_freelist(&free, &pending, fl_id, fl_pages, ps as usize));
+    w.dirty.insert(
+        fl_id,
+        encode_freelist(&free, &pending, fl_id, fl_pages, ps as usize),
+    );
     let new_meta = Meta {
         page_size: meta.page_size,
         txid,
@@ -618,11 +707,15 @@ fn commit(
     if need > st.file_len {
         let grow = st.file_len.clamp(16 * ps, 1 << 30);
         let new_len = need.max(st.file_len + grow).div_ceil(ps) * ps;
-        shared.file.allocate(st.file_len, new_len - st.file_len).map_err(|e| shared.io("grow", e))?;
+        shared
+            .file
+            .allocate(st.file_len, new_len - st.file_len)
+            .map_err(|e| shared.io("grow", e))?;
         st.file_len = new_len;
     }
     if need > map.len() {
-        let m = Mapping::new(&shared.file, st.file_len, ps as usize, shared.opts.mmap).map_err(|e| shared.io("mmap", e))?;
+        let m = Mapping::new(&shared.file, st.file_len, ps as usize, shared.opts.mmap)
+            .map_err(|e| shared.io("mmap", e))?;
         m.inherit_verified(&map);
         map = Arc::new(m);
     }
@@ -636,7 +729,10 @@ fn commit(
     for (id, run) in &dirty {
         let at = id * ps;
         if !batch.is_empty() && (at != batch_at + batch.len() as u64 || batch.len() >= 4 << 20) {
-            shared.file.write_at(&batch, batch_at).map_err(|e| shared.io("write pages", e))?;
+            shared
+                .file
+                .write_at(&batch, batch_at)
+                .map_err(|e| shared.io("write pages", e))?;
             batch.clear();
         }
         if batch.is_empty() {
@@ -645,16 +741,25 @@ fn commit(
         batch.extend_from_slice(run);
     }
     if !batch.is_empty() {
-        shared.file.write_at(&batch, batch_at).map_err(|e| shared.io("write pages", e))?;
+        shared
+            .file
+            .write_at(&batch, batch_at)
+            .map_err(|e| shared.io("write pages", e))?;
     }
     // Step 2.
-    shared.file.sync_data().map_err(|e| shared.io("fdatasync pages", e))?;
+    shared
+        .file
+        .sync_data()
+        .map_err(|e| shared.io("fdatasync pages", e))?;
     // Steps 3 and 4.
     shared
         .file
         .write_at(&new_meta.encode(), (txid % 2) * ps)
         .map_err(|e| shared.io("write meta", e))?;
-    shared.file.sync_data().map_err(|e| shared.io("fdatasync meta", e))?;
+    shared
+        .file
+        .sync_data()
+        .map_err(|e| shared.io("fdatasync meta", e))?;
 
     let mut version = Arc::new(Version {
         meta: new_meta,
@@ -675,9 +780,13 @@ fn commit(
     // reachable from no live version (they are free and released), so no slice points there;
     // the new version gets a mapping of the new length.
     if st.file_len - need >= (st.file_len / 2).max(16 * ps) {
-        shared.file.set_len(need).map_err(|e| shared.io("shrink", e))?;
+        shared
+            .file
+            .set_len(need)
+            .map_err(|e| shared.io("shrink", e))?;
         st.file_len = need;
-        let m = Mapping::new(&shared.file, need, ps as usize, shared.opts.mmap).map_err(|e| shared.io("mmap", e))?;
+        let m = Mapping::new(&shared.file, need, ps as usize, shared.opts.mmap)
+            .map_err(|e| shared.io("mmap", e))?;
         m.inherit_verified(&version.map);
         version = Arc::new(Version {
             map: Arc::new(m),

@@ -48,6 +48,11 @@ impl Freelist {
         self.pending.values().map(Vec::len).sum()
     }
 
+    /// The lowest free page id.
+    pub(crate) fn first_free(&self) -> Option<u64> {
+        self.free.first().copied()
+    }
+
     /// Takes `n` contiguous free pages; `None` if there is no such run.
     pub(crate) fn allocate(&mut self, n: u64) -> Option<u64> {
         let start = if n == 1 {
@@ -84,7 +89,10 @@ impl Freelist {
 
     /// Pages reachable from the last committed meta, dropped by transaction `txid`.
     pub(crate) fn free_pending(&mut self, txid: u64, start: u64, n: u64) {
-        self.pending.entry(txid).or_default().extend(start..start + n);
+        self.pending
+            .entry(txid)
+            .or_default()
+            .extend(start..start + n);
     }
 
     /// Moves pages freed by transactions `<= oldest` into the free set. `oldest` is the smallest

@@ -64,14 +64,20 @@ impl Meta {
         let stored = get_u32(b, META_CHECKSUM_OFFSET);
         let actual = crc32c::crc32c(&b[..META_CHECKSUM_OFFSET]);
         if stored != actual {
-            return Err(format!("meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"));
+            return Err(format!(
+                "meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
+            ));
         }
         let version = get_u32(b, VERSION_OFFSET);
         if version != FORMAT_VERSION {
-            return Err(format!("unsupported format version {version} (this build reads {FORMAT_VERSION})"));
+            return Err(format!(
+                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
+            ));
         }
         let page_size = get_u32(b, PAGE_SIZE_OFFSET);
-        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&(page_size as usize)) || !page_size.is_power_of_two() {
+        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&(page_size as usize))
+            || !page_size.is_power_of_two()
+        {
             return Err(format!("unsupported page size {page_size}"));
         }
         let m = Meta {
@@ -82,7 +88,10 @@ impl Meta {
             page_count: get_u64(b, PAGE_COUNT_OFFSET),
         };
         if m.page_count < 2 {
-            return Err(format!("page count {} leaves no room for the meta pages", m.page_count));
+            return Err(format!(
+                "page count {} leaves no room for the meta pages",
+                m.page_count
+            ));
         }
         for (what, id) in [("catalog", m.catalog), ("freelist", m.freelist)] {
             if id == 1 || (id != 0 && id >= m.page_count) {

@@ -35,7 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::page::{
-    CHECKSUM_OFFSET, HEADER_LEN, ID_OFFSET, PageError, PageType, TYPE_OFFSET, get_u64, header_overflow, validate_run,
+    CHECKSUM_OFFSET, HEADER_LEN, ID_OFFSET, PageError, PageType, TYPE_OFFSET, get_u64,
+    header_overflow, validate_run,
 };
 use crate::io::File;
 
@@ -61,7 +62,12 @@ pub(crate) struct Mapping {
 impl Mapping {
     /// Maps the first `len` bytes of `file` (a multiple of `page_size`), through mmap when the file
     /// has a raw fd and `use_mmap` is set, else through `read_at`.
-    pub(crate) fn new(file: &Arc<dyn File>, len: u64, page_size: usize, use_mmap: bool) -> io::Result<Mapping> {
+    pub(crate) fn new(
+        file: &Arc<dyn File>,
+        len: u64,
+        page_size: usize,
+        use_mmap: bool,
+    ) -> io::Result<Mapping> {
         let src = match file.raw_fd() {
             Some(fd) if use_mmap => {
                 // SAFETY: the mapping is read-only and private to this process's readers; the
@@ -74,7 +80,11 @@ impl Mapping {
             }
             _ => Source::Read { file: file.clone() },
         };
-        Ok(Mapping { src, page_size, len })
+        Ok(Mapping {
+            src,
+            page_size,
+            len,
+        })
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -89,7 +99,9 @@ impl Mapping {
     /// Carries verification bits over from the previous mapping of the same file (only for
     /// pages the writer has not written since; it clears bits before writing).
     pub(crate) fn inherit_verified(&self, old: &Mapping) {
-        if let (Source::Map { verified: new, .. }, Source::Map { verified: old, .. }) = (&self.src, &old.src) {
+        if let (Source::Map { verified: new, .. }, Source::Map { verified: old, .. }) =
+            (&self.src, &old.src)
+        {
             for (n, o) in new.iter().zip(old.iter()) {
                 n.store(o.load(Ordering::Relaxed), Ordering::Relaxed);
             }
@@ -109,12 +121,19 @@ impl Mapping {
 
     /// The run starting at page `id`, checked (see module doc). The slice lives as long as the
     /// borrow of this mapping, which is at most the life of the snapshot that holds it.
-    pub(crate) fn page(&self, id: u64, expect: Option<PageType>) -> Result<Cow<'_, [u8]>, PageError> {
+    pub(crate) fn page(
+        &self,
+        id: u64,
+        expect: Option<PageType>,
+    ) -> Result<Cow<'_, [u8]>, PageError> {
         let ps = self.page_size as u64;
-        let start = id.checked_mul(ps).filter(|s| s + ps <= self.len && id >= 2).ok_or_else(|| PageError {
-            page: id,
-            reason: format!("page id out of range (mapped {} pages)", self.len / ps),
-        })?;
+        let start = id
+            .checked_mul(ps)
+            .filter(|s| s + ps <= self.len && id >= 2)
+            .ok_or_else(|| PageError {
+                page: id,
+                reason: format!("page id out of range (mapped {} pages)", self.len / ps),
+            })?;
         match &self.src {
             Source::Map { map, verified } => {
                 let first = &map[start as usize..(start + ps) as usize];
@@ -122,7 +141,10 @@ impl Mapping {
                 if end > self.len {
                     return Err(PageError {
                         page: id,
-                        reason: format!("run of {} pages runs past the mapped end", header_overflow(first) + 1),
+                        reason: format!(
+                            "run of {} pages runs past the mapped end",
+                            header_overflow(first) + 1
+                        ),
                     });
                 }
                 let run = &map[start as usize..end as usize];

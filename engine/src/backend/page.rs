@@ -142,18 +142,39 @@ pub(crate) fn header_overflow(page: &[u8]) -> u32 {
 
 /// Checks a run read from page `id`: length, checksum, id, type, and (for nodes and freelists)
 /// that the structure lies inside the run. Never panics, whatever the bytes (fuzzed).
-pub fn validate_run(run: &[u8], id: u64, page_size: usize, expect: Option<PageType>) -> Result<(), PageError> {
+pub fn validate_run(
+    run: &[u8],
+    id: u64,
+    page_size: usize,
+    expect: Option<PageType>,
+) -> Result<(), PageError> {
     if run.len() < page_size || !run.len().is_multiple_of(page_size) || page_size < HEADER_LEN {
-        return Err(err(id, format!("run length {} is not a positive multiple of the page size {page_size}", run.len())));
+        return Err(err(
+            id,
+            format!(
+                "run length {} is not a positive multiple of the page size {page_size}",
+                run.len()
+            ),
+        ));
     }
     let overflow = get_u32(run, OVERFLOW_OFFSET) as usize;
     if (overflow + 1) * page_size != run.len() {
-        return Err(err(id, format!("header says {} continuation pages, run has {}", overflow, run.len() / page_size - 1)));
+        return Err(err(
+            id,
+            format!(
+                "header says {} continuation pages, run has {}",
+                overflow,
+                run.len() / page_size - 1
+            ),
+        ));
     }
     let stored = get_u32(run, CHECKSUM_OFFSET);
     let actual = run_checksum(run);
     if stored != actual {
-        return Err(err(id, format!("checksum mismatch: stored {stored:#010x}, computed {actual:#010x}")));
+        return Err(err(
+            id,
+            format!("checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"),
+        ));
     }
     let on_page = get_u64(run, ID_OFFSET);
     if on_page != id {
@@ -176,8 +197,16 @@ pub fn validate_run(run: &[u8], id: u64, page_size: usize, expect: Option<PageTy
             if count == 0 {
                 return Err(err(id, "node with no elements"));
             }
-            let view = NodeView { page: run, ty, count };
-            let elem = if ty == PageType::Leaf { LEAF_ELEM_LEN } else { BRANCH_ELEM_LEN };
+            let view = NodeView {
+                page: run,
+                ty,
+                count,
+            };
+            let elem = if ty == PageType::Leaf {
+                LEAF_ELEM_LEN
+            } else {
+                BRANCH_ELEM_LEN
+            };
             let table_end = HEADER_LEN + count * elem;
             if table_end > run.len() {
                 return Err(err(id, format!("{count} elements do not fit the page")));
@@ -194,13 +223,28 @@ pub fn validate_run(run: &[u8], id: u64, page_size: usize, expect: Option<PageTy
                         LEAF_FLAG_OVERFLOW => size_of::<u64>(),
                         f => return Err(err(id, format!("element {i}: unknown flags {f:#x}"))),
                     };
-                    (key_len, get_u32(run, e + LEAF_DATA_OFFSET) as usize, key_len + stored)
+                    (
+                        key_len,
+                        get_u32(run, e + LEAF_DATA_OFFSET) as usize,
+                        key_len + stored,
+                    )
                 } else {
                     let key_len = get_u16(run, e + BRANCH_KEY_LEN_OFFSET) as usize;
-                    (key_len, get_u32(run, e + BRANCH_DATA_OFFSET) as usize, key_len)
+                    (
+                        key_len,
+                        get_u32(run, e + BRANCH_DATA_OFFSET) as usize,
+                        key_len,
+                    )
                 };
-                if data_off < table_end || data_off.checked_add(data_len).is_none_or(|end| end > run.len()) {
-                    return Err(err(id, format!("element {i}: data at {data_off}+{data_len} outside the page")));
+                if data_off < table_end
+                    || data_off
+                        .checked_add(data_len)
+                        .is_none_or(|end| end > run.len())
+                {
+                    return Err(err(
+                        id,
+                        format!("element {i}: data at {data_off}+{data_len} outside the page"),
+                    ));
                 }
                 let _ = key_len;
                 let key = view.key(i);
@@ -211,7 +255,13 @@ pub fn validate_run(run: &[u8], id: u64, page_size: usize, expect: Option<PageTy
                 }
                 prev = Some(key);
                 if ty == PageType::Branch && view.child(i) < 2 {
-                    return Err(err(id, format!("element {i}: child page id {} is a meta page", view.child(i))));
+                    return Err(err(
+                        id,
+                        format!(
+                            "element {i}: child page id {} is a meta page",
+                            view.child(i)
+                        ),
+                    ));
                 }
             }
         }
@@ -224,10 +274,19 @@ pub fn validate_run(run: &[u8], id: u64, page_size: usize, expect: Option<PageTy
             let pending = get_u64(run, PENDING_COUNT_OFFSET);
             let need = free
                 .checked_mul(8)
-                .and_then(|a| pending.checked_mul(PENDING_ENTRY_LEN as u64).and_then(|b| a.checked_add(b)))
+                .and_then(|a| {
+                    pending
+                        .checked_mul(PENDING_ENTRY_LEN as u64)
+                        .and_then(|b| a.checked_add(b))
+                })
                 .and_then(|n| n.checked_add(FREE_IDS_OFFSET as u64));
             if need.is_none_or(|n| n > run.len() as u64) {
-                return Err(err(id, format!("freelist of {free} free and {pending} pending ids does not fit its run")));
+                return Err(err(
+                    id,
+                    format!(
+                        "freelist of {free} free and {pending} pending ids does not fit its run"
+                    ),
+                ));
             }
         }
     }
@@ -275,15 +334,26 @@ impl<'a> NodeView<'a> {
     }
 
     fn elem(&self, i: usize) -> usize {
-        HEADER_LEN + i * if self.is_leaf() { LEAF_ELEM_LEN } else { BRANCH_ELEM_LEN }
+        HEADER_LEN
+            + i * if self.is_leaf() {
+                LEAF_ELEM_LEN
+            } else {
+                BRANCH_ELEM_LEN
+            }
     }
 
     pub(crate) fn key(&self, i: usize) -> &'a [u8] {
         let e = self.elem(i);
         let (len, off) = if self.is_leaf() {
-            (get_u16(self.page, e + LEAF_KEY_LEN_OFFSET), get_u32(self.page, e + LEAF_DATA_OFFSET))
+            (
+                get_u16(self.page, e + LEAF_KEY_LEN_OFFSET),
+                get_u32(self.page, e + LEAF_DATA_OFFSET),
+            )
         } else {
-            (get_u16(self.page, e + BRANCH_KEY_LEN_OFFSET), get_u32(self.page, e + BRANCH_DATA_OFFSET))
+            (
+                get_u16(self.page, e + BRANCH_KEY_LEN_OFFSET),
+                get_u32(self.page, e + BRANCH_DATA_OFFSET),
+            )
         };
         &self.page[off as usize..off as usize + len as usize]
     }
@@ -327,7 +397,11 @@ impl<'a> NodeView<'a> {
     /// or the first element when `key` sorts before every element).
     pub(crate) fn child_index(&self, key: &[u8]) -> usize {
         let i = self.lower_bound(key);
-        if i < self.count && self.key(i) == key { i } else { i.saturating_sub(1) }
+        if i < self.count && self.key(i) == key {
+            i
+        } else {
+            i.saturating_sub(1)
+        }
     }
 }
 
@@ -355,7 +429,10 @@ impl Elem {
     /// Bytes this element takes in a page (element header + data).
     pub(crate) fn size(&self) -> usize {
         match self {
-            Elem::Leaf { key, val: Val::Inline(v) } => LEAF_ELEM_LEN + key.len() + v.len(),
+            Elem::Leaf {
+                key,
+                val: Val::Inline(v),
+            } => LEAF_ELEM_LEN + key.len() + v.len(),
             Elem::Leaf { key, .. } => LEAF_ELEM_LEN + key.len() + size_of::<u64>(),
             Elem::Branch { key, .. } => BRANCH_ELEM_LEN + key.len(),
         }
@@ -375,7 +452,10 @@ pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
                 };
                 Elem::Leaf { key, val }
             } else {
-                Elem::Branch { key, child: v.child(i) }
+                Elem::Branch {
+                    key,
+                    child: v.child(i),
+                }
             }
         })
         .collect()
@@ -436,7 +516,11 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
             }
         }
     }
-    let ty = if leaf { PageType::Leaf } else { PageType::Branch };
+    let ty = if leaf {
+        PageType::Leaf
+    } else {
+        PageType::Branch
+    };
     seal_run(&mut page, id, ty, elems.len() as u16, page_size);
     page
 }
@@ -459,7 +543,13 @@ pub(crate) fn freelist_body(free: usize, pending: usize) -> usize {
 /// Encodes the freelist into a run of exactly `pages` pages (which must be enough).
 // Format: { header | free_count u64 | pending_count u64 | free ids u64[free_count] |
 //   pending { id u64, freed_by_txid u64 }[pending_count] }
-pub(crate) fn encode_freelist(free: &[u64], pending: &[(u64, u64)], id: u64, pages: u64, page_size: usize) -> Vec<u8> {
+pub(crate) fn encode_freelist(
+    free: &[u64],
+    pending: &[(u64, u64)],
+    id: u64,
+    pages: u64,
+    page_size: usize,
+) -> Vec<u8> {
     let mut run = vec![0u8; pages as usize * page_size];
     put_u64(&mut run, FREE_COUNT_OFFSET, free.len() as u64);
     put_u64(&mut run, PENDING_COUNT_OFFSET, pending.len() as u64);
@@ -549,8 +639,14 @@ mod tests {
         assert_eq!(v.lower_bound(b"f"), 3);
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
-            Elem::Branch { key: b"a".to_vec(), child: 5 },
-            Elem::Branch { key: b"m".to_vec(), child: 9 },
+            Elem::Branch {
+                key: b"a".to_vec(),
+                child: 5,
+            },
+            Elem::Branch {
+                key: b"m".to_vec(),
+                child: 9,
+            },
         ];
         let page = encode_node(&br, 3, PS);
         validate_run(&page, 3, PS, Some(PageType::Branch)).unwrap();

@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashSet};
 use super::freelist::Freelist;
 use super::mmap::Mapping;
 use super::page::{
-    Elem, HEADER_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node, encode_node, encode_overflow,
-    max_inline_elem, page_type, run_pages, LEAF_ELEM_LEN,
+    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node,
+    encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
 };
 
 /// Deeper than any real tree (a 4 KiB-page tree of depth 16 holds far more than 2^64 keys);
@@ -103,7 +103,11 @@ fn step<'p>(v: NodeView<'p>, key: &[u8]) -> Step<'p> {
 
 /// Looks `key` up in the tree at `root` (0 = empty). With a memory map the value is borrowed
 /// from the map for as long as the mapping is borrowed.
-pub(crate) fn get<'a>(m: &'a Mapping, root: u64, key: &[u8]) -> Result<Option<Cow<'a, [u8]>>, PageError> {
+pub(crate) fn get<'a>(
+    m: &'a Mapping,
+    root: u64,
+    key: &[u8],
+) -> Result<Option<Cow<'a, [u8]>>, PageError> {
     if root == 0 {
         return Ok(None);
     }
@@ -212,7 +216,13 @@ pub(crate) struct TreeWriter<'m> {
 }
 
 impl<'m> TreeWriter<'m> {
-    pub(crate) fn new(map: &'m Mapping, page_size: usize, txid: u64, freelist: &'m mut Freelist, page_count: u64) -> Self {
+    pub(crate) fn new(
+        map: &'m Mapping,
+        page_size: usize,
+        txid: u64,
+        freelist: &'m mut Freelist,
+        page_count: u64,
+    ) -> Self {
         TreeWriter {
             map,
             page_size,
@@ -224,7 +234,11 @@ impl<'m> TreeWriter<'m> {
         }
     }
 
-    pub(crate) fn read(&self, id: u64, expect: Option<PageType>) -> Result<Cow<'_, [u8]>, PageError> {
+    pub(crate) fn read(
+        &self,
+        id: u64,
+        expect: Option<PageType>,
+    ) -> Result<Cow<'_, [u8]>, PageError> {
         match self.dirty.get(&id) {
             Some(p) => Ok(Cow::Borrowed(p)),
             None => self.map.page(id, expect),
@@ -272,7 +286,8 @@ impl<'m> TreeWriter<'m> {
         let val = if LEAF_ELEM_LEN + key.len() + val.len() > max_inline_elem(self.page_size) {
             let n = run_pages(self.page_size, val.len());
             let id = self.alloc(n);
-            self.dirty.insert(id, encode_overflow(val, id, self.page_size));
+            self.dirty
+                .insert(id, encode_overflow(val, id, self.page_size));
             Val::Overflow {
                 page: id,
                 len: val.len() as u32,
@@ -280,7 +295,10 @@ impl<'m> TreeWriter<'m> {
         } else {
             Val::Inline(val.to_vec())
         };
-        Elem::Leaf { key: key.to_vec(), val }
+        Elem::Leaf {
+            key: key.to_vec(),
+            val,
+        }
     }
 
     /// Applies sorted, distinct-key `ops` to the tree at `root`; returns the new root (0 = empty).
@@ -346,7 +364,12 @@ impl<'m> TreeWriter<'m> {
 
     /// Rewrites node `id` with `ops` applied; returns the branch elements that replace it in its
     /// parent (none if it became empty, several if it split).
-    fn apply_node(&mut self, id: u64, ops: &[Op<'_>], depth: usize) -> Result<Vec<Elem>, PageError> {
+    fn apply_node(
+        &mut self,
+        id: u64,
+        ops: &[Op<'_>],
+        depth: usize,
+    ) -> Result<Vec<Elem>, PageError> {
         if depth >= MAX_DEPTH {
             return Err(too_deep(id));
         }
@@ -387,7 +410,9 @@ impl<'m> TreeWriter<'m> {
                 continue;
             }
             let left = if i + 1 < children.len() { i } else { i - 1 };
-            let (Elem::Branch { child: a, .. }, Elem::Branch { child: b, .. }) = (&children[left], &children[left + 1]) else {
+            let (Elem::Branch { child: a, .. }, Elem::Branch { child: b, .. }) =
+                (&children[left], &children[left + 1])
+            else {
                 unreachable!("branch elements")
             };
             let (a, b) = (*a, *b);
@@ -438,5 +463,77 @@ impl<'m> TreeWriter<'m> {
             }
         }
         out
+    }
+
+    /// Online compaction: moves every node and overflow run of the tree at `root` that lies at or
+    /// above page `limit` to the lowest free pages (rewriting the path above it, copy-on-write
+    /// like any update), relocating at most `budget` pages. Returns the new root.
+    pub(crate) fn relocate(
+        &mut self,
+        root: u64,
+        limit: u64,
+        budget: &mut usize,
+    ) -> Result<u64, PageError> {
+        if root == 0 {
+            return Ok(0);
+        }
+        Ok(self.relocate_node(root, limit, budget, 0)?.unwrap_or(root))
+    }
+
+    fn can_move(&self, limit: u64, budget: usize) -> bool {
+        budget > 0 && self.freelist.first_free().is_some_and(|f| f < limit)
+    }
+
+    fn relocate_node(
+        &mut self,
+        id: u64,
+        limit: u64,
+        budget: &mut usize,
+        depth: usize,
+    ) -> Result<Option<u64>, PageError> {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep(id));
+        }
+        if !self.can_move(limit, *budget) {
+            return Ok(None);
+        }
+        let mut elems = self.read_node(id)?;
+        let mut changed = false;
+        for e in &mut elems {
+            match e {
+                Elem::Branch { child, .. } => {
+                    if let Some(new) = self.relocate_node(*child, limit, budget, depth + 1)? {
+                        *child = new;
+                        changed = true;
+                    }
+                }
+                Elem::Leaf {
+                    val: Val::Overflow { page, len },
+                    ..
+                } if *page >= limit && self.can_move(limit, *budget) => {
+                    let n = run_pages(self.page_size, *len as usize);
+                    let run = self.read(*page, Some(PageType::Overflow))?;
+                    let value = run[HEADER_LEN..HEADER_LEN + *len as usize].to_vec();
+                    drop(run);
+                    self.free(*page, n);
+                    let new = self.alloc(n);
+                    self.dirty
+                        .insert(new, encode_overflow(&value, new, self.page_size));
+                    *page = new;
+                    *budget = budget.saturating_sub(n as usize);
+                    changed = true;
+                }
+                Elem::Leaf { .. } => {}
+            }
+        }
+        if !changed && id < limit {
+            return Ok(None);
+        }
+        self.free(id, 1);
+        let new = self.alloc(1);
+        self.dirty
+            .insert(new, encode_node(&elems, new, self.page_size));
+        *budget = budget.saturating_sub(1);
+        Ok(Some(new))
     }
 }
