@@ -7,6 +7,7 @@
 
 mod backend;
 mod io;
+mod raft_node;
 mod storage;
 
 pub use backend::{
@@ -14,4 +15,10 @@ pub use backend::{
     FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
 };
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
+#[cfg(any(test, feature = "internals"))]
+pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
+pub use raft_node::{
+    ConfState, Entry, EntryType, HardState, LogSink, NodeConfig, NodeProgress, RaftNode,
+    RaftNodeError, ReadIndexDone, SharedProgress, StateMachine,
+};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};

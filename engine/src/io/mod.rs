@@ -20,6 +20,8 @@
 //!   a caller bug reported as `EINVAL` (the fault implementation checks it too, so tests catch it).
 //! - `read_at` may return fewer bytes than asked only at end of file.
 
+#[cfg(any(test, feature = "internals"))]
+mod fault;
 mod std_io;
 
 use std::ffi::OsString;
@@ -28,6 +30,8 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "internals"))]
+pub use fault::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use std_io::StdVfs;
 
 /// Alignment required for O_DIRECT buffers, offsets and lengths (the logical block size we
