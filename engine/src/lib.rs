@@ -5,11 +5,16 @@
 //! are private; the public API is the `pub use` list below. Tests and benches reach internals
 //! through the `internals` feature.
 
+mod backend;
 mod io;
 mod raft_node;
 mod storage;
 mod wal;
 
+pub use backend::{
+    Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1,
+    FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
+};
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};

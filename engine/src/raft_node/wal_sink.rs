@@ -82,9 +82,11 @@ pub fn apply_replay(cfg: &mut NodeConfig, replay: &Replay) -> Result<(), String>
                     e.index, e.entry_type
                 )
             })?;
-            let mut out = Entry::default();
-            out.index = e.index;
-            out.term = e.term;
+            let mut out = Entry {
+                index: e.index,
+                term: e.term,
+                ..Default::default()
+            };
             out.set_entry_type(t);
             out.data = e.data.clone();
             Ok(out)
