@@ -19,8 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // Unimplemented methods answer `Unimplemented`, as etcd does for RPCs it lacks.
-        .generate_default_stubs(true)
+        // Every method is implemented explicitly, so every error comes from the error table.
+        .generate_default_stubs(false)
         .extern_path(".etcdserverpb", "::ringkv_engine::pb::etcdserverpb")
         .extern_path(".mvccpb", "::ringkv_engine::pb::mvccpb")
         .extern_path(".authpb", "::ringkv_engine::pb::authpb")

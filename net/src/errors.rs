@@ -133,6 +133,8 @@ pub enum EtcdError {
     },
     /// An RPC ringkv does not serve (yet).
     Unimplemented(&'static str),
+    /// grpc.health.v1 Check for a service other than `""`.
+    HealthUnknownService,
     /// A server-side failure with no etcd equivalent (code Unknown, the text as given). Storage
     /// corruption and I/O failures that reach a client end up here, named by the engine.
     Internal(String),
@@ -148,7 +150,7 @@ impl EtcdError {
             | InvalidAuthMgmt | AuthOldRevision => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests | MessageTooLarge { .. } => Code::ResourceExhausted,
-            LeaseNotFound | MemberNotFound => Code::NotFound,
+            LeaseNotFound | MemberNotFound | HealthUnknownService => Code::NotFound,
             LeaseExist | MemberExist | PeerUrlExist | MemberNotEnoughStarted | MemberNotLearner
             | LearnerNotReady | TooManyLearners | RootUserNotExist | RootRoleNotExist
             | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
@@ -234,11 +236,14 @@ impl EtcdError {
             BadLeaderTransferee => "etcdserver: bad leader transferee",
             ElectionNoLeader => "election: no leader",
             ElectionNotLeader => "election: not leader",
+            HealthUnknownService => "unknown service",
             MessageTooLarge { found, limit } => {
                 return format!("grpc: received message larger than max ({found} vs. {limit})")
                     .into();
             }
-            Unimplemented(method) => return format!("unknown method {method}").into(),
+            Unimplemented(method) => {
+                return format!("ringkv: {method} is not implemented yet").into();
+            }
             Internal(text) => return text.clone().into(),
         };
         s.into()

@@ -1,15 +1,28 @@
 //! ringkv's network layer: the etcd v3 gRPC services, the HTTP/JSON gateway and the peer
 //! transport. The `ringkv` binary (src/main.rs) parses flags and calls [`run`].
 
+mod auth;
+mod cluster;
 mod config;
+mod election;
+mod gateway;
 mod errors;
 mod frontend;
+mod health;
+mod http;
+mod json;
 mod kv;
+mod lease;
+mod lock;
+mod maintenance;
 mod metrics;
 mod node;
 pub mod pb;
+mod recipe;
+mod server;
 mod shutdown;
 mod validate;
+mod watch;
 
 pub use config::{Config, ConfigError, Flags};
 pub use errors::EtcdError;

@@ -95,8 +95,6 @@ pub struct GrpcMetrics {
     index: HashMap<String, usize>,
     started: Vec<AtomicU64>,
     handled: Vec<[AtomicU64; 17]>,
-    msg_received: Vec<AtomicU64>,
-    msg_sent: Vec<AtomicU64>,
     /// `/health` outcomes.
     pub health_success: AtomicU64,
     /// `/health` failures.
@@ -115,8 +113,6 @@ impl Default for GrpcMetrics {
             index,
             started: (0..n).map(|_| AtomicU64::new(0)).collect(),
             handled: (0..n).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect(),
-            msg_received: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            msg_sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             health_success: AtomicU64::new(0),
             health_failures: AtomicU64::new(0),
         }
@@ -138,16 +134,6 @@ impl GrpcMetrics {
     pub fn handled(&self, m: usize, code: i32) {
         let c = usize::try_from(code).ok().filter(|c| *c < 17).unwrap_or(2);
         self.handled[m][c].fetch_add(1, Relaxed);
-    }
-
-    /// A message was received on method `m`.
-    pub fn msg_received(&self, m: usize) {
-        self.msg_received[m].fetch_add(1, Relaxed);
-    }
-
-    /// A message was sent on method `m`.
-    pub fn msg_sent(&self, m: usize) {
-        self.msg_sent[m].fetch_add(1, Relaxed);
     }
 
     /// Count of handled RPCs of method `m` with code `code` (for tests and health).
@@ -219,8 +205,6 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
             );
         }
     }
-    per_method(&mut out, "grpc_server_msg_received_total", "Total number of RPC stream messages received on the server.", &grpc.msg_received);
-    per_method(&mut out, "grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.", &grpc.msg_sent);
     out
 }
 

@@ -23,7 +23,7 @@ use tokio_stream::Stream;
 
 use crate::errors::EtcdError;
 use crate::pb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, AuthStatusResponse, CompactionRequest, CompactionResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AuthStatusResponse, CompactionRequest, CompactionResponse,
     DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse, LeaseGrantRequest,
     LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse, MemberAddRequest, MemberAddResponse, MemberListResponse,
@@ -114,8 +114,8 @@ pub struct NodeState {
     pub raft_term: u64,
     /// Current store revision.
     pub revision: i64,
-    /// Active alarms (alarm type numbers, `AlarmType`).
-    pub alarms: Vec<i32>,
+    /// Active alarms, with the member that raised each.
+    pub alarms: Vec<AlarmMember>,
     /// Whether this member is a learner.
     pub is_learner: bool,
 }
