@@ -4,6 +4,8 @@
 mod auth;
 mod cluster;
 mod config;
+#[cfg(test)]
+mod e2e_tests;
 mod election;
 mod gateway;
 mod errors;
@@ -21,6 +23,8 @@ pub mod pb;
 mod recipe;
 mod server;
 mod shutdown;
+#[cfg(test)]
+mod test_node;
 mod validate;
 mod watch;
 
