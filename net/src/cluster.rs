@@ -23,7 +23,11 @@ impl<N: EtcdNode> Cluster for ClusterService<N> {
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.member_add(&caller, req.into_inner()).await?;
+        let mut resp = self
+            .shared
+            .node
+            .member_add(&caller, req.into_inner())
+            .await?;
         fill_cluster_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
@@ -33,7 +37,11 @@ impl<N: EtcdNode> Cluster for ClusterService<N> {
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.member_remove(&caller, req.into_inner().id).await?;
+        let mut resp = self
+            .shared
+            .node
+            .member_remove(&caller, req.into_inner().id)
+            .await?;
         fill_cluster_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
@@ -43,7 +51,11 @@ impl<N: EtcdNode> Cluster for ClusterService<N> {
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.member_update(&caller, req.into_inner()).await?;
+        let mut resp = self
+            .shared
+            .node
+            .member_update(&caller, req.into_inner())
+            .await?;
         fill_cluster_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
@@ -64,7 +76,11 @@ impl<N: EtcdNode> Cluster for ClusterService<N> {
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.member_promote(&caller, req.into_inner().id).await?;
+        let mut resp = self
+            .shared
+            .node
+            .member_promote(&caller, req.into_inner().id)
+            .await?;
         fill_cluster_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }

@@ -43,7 +43,11 @@ pub enum CompactionMode {
 /// Flags, in etcd's names. Flags ringkv accepts for compatibility but does not act on yet are
 /// refused by [`Flags::resolve`] when set to anything but their default.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ringkv", version, about = "ringkv: an etcd v3 compatible key-value node")]
+#[command(
+    name = "ringkv",
+    version,
+    about = "ringkv: an etcd v3 compatible key-value node"
+)]
 pub struct Flags {
     /// Human-readable name for this member.
     #[arg(long, env = "RINGKV_NAME", default_value = "default")]
@@ -55,13 +59,25 @@ pub struct Flags {
     #[arg(long, env = "RINGKV_WAL_DIR", default_value = "")]
     pub wal_dir: String,
     /// Comma-separated URLs to listen on for client traffic.
-    #[arg(long, env = "RINGKV_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "RINGKV_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub listen_client_urls: String,
     /// Comma-separated client URLs advertised to the rest of the cluster.
-    #[arg(long, env = "RINGKV_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    #[arg(
+        long,
+        env = "RINGKV_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
     pub advertise_client_urls: String,
     /// Comma-separated URLs to listen on for peer traffic.
-    #[arg(long, env = "RINGKV_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    #[arg(
+        long,
+        env = "RINGKV_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
     pub listen_peer_urls: String,
     /// Comma-separated peer URLs advertised to the rest of the cluster.
     #[arg(
@@ -74,10 +90,19 @@ pub struct Flags {
     #[arg(long, env = "RINGKV_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Initial cluster state.
-    #[arg(long, env = "RINGKV_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    #[arg(
+        long,
+        env = "RINGKV_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
     pub initial_cluster_state: ClusterState,
     /// Initial cluster token; feeds the member and cluster IDs.
-    #[arg(long, env = "RINGKV_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "RINGKV_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Committed entries between raft snapshots.
     #[arg(long, env = "RINGKV_SNAPSHOT_COUNT", default_value_t = 100_000)]
@@ -89,10 +114,20 @@ pub struct Flags {
     #[arg(long, env = "RINGKV_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Backend size that raises the NOSPACE alarm; 0 = 2 GiB, negative disables the quota.
-    #[arg(long, env = "RINGKV_QUOTA_BACKEND_BYTES", default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        env = "RINGKV_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub quota_backend_bytes: i64,
     /// Auto compaction mode.
-    #[arg(long, env = "RINGKV_AUTO_COMPACTION_MODE", value_enum, default_value = "periodic")]
+    #[arg(
+        long,
+        env = "RINGKV_AUTO_COMPACTION_MODE",
+        value_enum,
+        default_value = "periodic"
+    )]
     pub auto_compaction_mode: CompactionMode,
     /// Auto compaction retention (periodic: duration, bare number = hours; revision: count); 0 = off.
     #[arg(long, env = "RINGKV_AUTO_COMPACTION_RETENTION", default_value = "0")]
@@ -295,7 +330,9 @@ impl Flags {
             )));
         }
         if f.enable_v2 {
-            return Err(bad("--enable-v2: the v2 keys API is not supported by ringkv"));
+            return Err(bad(
+                "--enable-v2: the v2 keys API is not supported by ringkv",
+            ));
         }
         let tls_flags = [
             ("--cert-file", !f.cert_file.is_empty()),
@@ -310,7 +347,10 @@ impl Flags {
             ("--peer-auto-tls", f.peer_auto_tls),
             ("--client-crl-file", !f.client_crl_file.is_empty()),
             ("--cipher-suites", !f.cipher_suites.is_empty()),
-            ("--client-cert-allowed-hostname", !f.client_cert_allowed_hostname.is_empty()),
+            (
+                "--client-cert-allowed-hostname",
+                !f.client_cert_allowed_hostname.is_empty(),
+            ),
         ];
         if let Some((flag, _)) = tls_flags.iter().find(|(_, set)| *set) {
             return Err(bad(format!("{flag}: TLS is not supported by ringkv yet")));
@@ -322,14 +362,20 @@ impl Flags {
             return Err(bad("--max-txn-ops must be > 0"));
         }
         if !matches!(f.metrics.as_str(), "basic" | "extensive") {
-            return Err(bad(format!("--metrics: unknown mode {:?} (basic|extensive)", f.metrics)));
+            return Err(bad(format!(
+                "--metrics: unknown mode {:?} (basic|extensive)",
+                f.metrics
+            )));
         }
 
         let client_addrs = parse_listen_urls("--listen-client-urls", &f.listen_client_urls)?;
         let peer_addrs = parse_listen_urls("--listen-peer-urls", &f.listen_peer_urls)?;
-        let advertise_client_urls = split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
-        let mut peer_urls =
-            split_urls("--initial-advertise-peer-urls", &f.initial_advertise_peer_urls)?;
+        let advertise_client_urls =
+            split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
+        let mut peer_urls = split_urls(
+            "--initial-advertise-peer-urls",
+            &f.initial_advertise_peer_urls,
+        )?;
         peer_urls.sort();
 
         let initial_cluster = f
@@ -460,20 +506,30 @@ fn split_urls(flag: &str, list: &str) -> Result<Vec<String>, ConfigError> {
 /// Splits `scheme://host:port[/]` into its parts; only `http` is served (TLS is not supported yet).
 fn url_host_port<'a>(flag: &str, url: &'a str) -> Result<(&'a str, u16), ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(bad(format!("{flag}: {url:?} is not a URL (want http://host:port)")));
+        return Err(bad(format!(
+            "{flag}: {url:?} is not a URL (want http://host:port)"
+        )));
     };
     match scheme {
         "http" => {}
         "https" | "unixs" => {
-            return Err(bad(format!("{flag}: {url:?}: TLS is not supported by ringkv yet")));
+            return Err(bad(format!(
+                "{flag}: {url:?}: TLS is not supported by ringkv yet"
+            )));
         }
-        _ => return Err(bad(format!("{flag}: {url:?}: unsupported scheme {scheme:?}"))),
+        _ => {
+            return Err(bad(format!(
+                "{flag}: {url:?}: unsupported scheme {scheme:?}"
+            )));
+        }
     }
     let hostport = rest.strip_suffix('/').unwrap_or(rest);
     let Some((host, port)) = hostport.rsplit_once(':') else {
         return Err(bad(format!("{flag}: {url:?} has no port")));
     };
-    let port: u16 = port.parse().map_err(|_| bad(format!("{flag}: {url:?} has a bad port")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad(format!("{flag}: {url:?} has a bad port")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad(format!("{flag}: {url:?} has no host")));
@@ -486,9 +542,15 @@ fn parse_listen_urls(flag: &str, list: &str) -> Result<Vec<SocketAddr>, ConfigEr
     for url in split_urls(flag, list)? {
         let (host, port) = url_host_port(flag, &url)?;
         // etcd binds `localhost` to the loopback address; pin it to IPv4 like a fresh etcd.
-        let host = if host == "localhost" { "127.0.0.1" } else { host };
+        let host = if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            host
+        };
         let ip: std::net::IpAddr = host.parse().map_err(|_| {
-            bad(format!("{flag}: {url:?}: listen URLs need an IP address or localhost"))
+            bad(format!(
+                "{flag}: {url:?}: listen URLs need an IP address or localhost"
+            ))
         })?;
         addrs.push(SocketAddr::new(ip, port));
     }
@@ -503,7 +565,9 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<String, Vec<String>>, C
             return Err(bad(format!("--initial-cluster: {entry:?} is not name=url")));
         };
         url_host_port("--initial-cluster", url)?;
-        map.entry(name.to_string()).or_default().push(url.to_string());
+        map.entry(name.to_string())
+            .or_default()
+            .push(url.to_string());
     }
     if map.is_empty() {
         return Err(bad("--initial-cluster is empty"));
@@ -520,15 +584,17 @@ fn parse_retention(mode: CompactionMode, s: &str) -> Result<AutoCompaction, Conf
     match mode {
         _ if off => Ok(AutoCompaction::Off),
         CompactionMode::Revision => s.parse::<u64>().map(AutoCompaction::Revision).map_err(|_| {
-            bad(format!("--auto-compaction-retention {s:?}: revision mode needs a revision count"))
+            bad(format!(
+                "--auto-compaction-retention {s:?}: revision mode needs a revision count"
+            ))
         }),
         CompactionMode::Periodic => {
             if let Ok(hours) = s.parse::<u64>() {
                 return Ok(AutoCompaction::Periodic(Duration::from_secs(hours * 3600)));
             }
-            parse_go_duration(s).map(AutoCompaction::Periodic).map_err(|e| {
-                bad(format!("--auto-compaction-retention {s:?}: {e}"))
-            })
+            parse_go_duration(s)
+                .map(AutoCompaction::Periodic)
+                .map_err(|e| bad(format!("--auto-compaction-retention {s:?}: {e}")))
         }
     }
 }
@@ -545,13 +611,19 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(format!("invalid duration {s:?}"));
         }
-        let value: f64 = rest[..num_len].parse().map_err(|_| format!("invalid duration {s:?}"))?;
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let nanos_per_unit = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,
@@ -575,7 +647,9 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["ringkv"];
         argv.extend_from_slice(args);
-        Flags::try_parse_from(argv).map_err(|e| ConfigError(e.to_string()))?.resolve()
+        Flags::try_parse_from(argv)
+            .map_err(|e| ConfigError(e.to_string()))?
+            .resolve()
     }
 
     /// Spec §4.10: verified against etcd 3.4.23.
@@ -595,8 +669,14 @@ mod tests {
         let a = member_id(&["http://b:1".into(), "http://a:1".into()], "t", None);
         let b = member_id(&["http://a:1".into(), "http://b:1".into()], "t", None);
         assert_eq!(a, b);
-        assert_ne!(a, member_id(&["http://a:1".into(), "http://b:1".into()], "u", None));
-        assert_ne!(a, member_id(&["http://a:1".into(), "http://b:1".into()], "t", Some(1)));
+        assert_ne!(
+            a,
+            member_id(&["http://a:1".into(), "http://b:1".into()], "u", None)
+        );
+        assert_ne!(
+            a,
+            member_id(&["http://a:1".into(), "http://b:1".into()], "t", Some(1))
+        );
         assert_eq!(cluster_id(&[1, 2]), cluster_id(&[2, 1]));
     }
 
@@ -605,11 +685,20 @@ mod tests {
         let c = parse(&[]).unwrap();
         assert_eq!(c.flags.name, "default");
         assert_eq!(c.data_dir, PathBuf::from("default.ringkv"));
-        assert_eq!(c.client_addrs, vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]);
-        assert_eq!(c.peer_addrs, vec!["127.0.0.1:2380".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.client_addrs,
+            vec!["127.0.0.1:2379".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(
+            c.peer_addrs,
+            vec!["127.0.0.1:2380".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.initial_members.len(), 1);
         assert_eq!(c.initial_members[0].name, "default");
-        assert_eq!(c.member_id, member_id(&["http://localhost:2380".into()], "etcd-cluster", None));
+        assert_eq!(
+            c.member_id,
+            member_id(&["http://localhost:2380".into()], "etcd-cluster", None)
+        );
         assert_eq!(c.cluster_id, cluster_id(&[c.member_id]));
         assert_eq!(c.flags.max_request_bytes, 1_572_864);
         assert_eq!(c.grpc_max_recv_bytes, 2_097_152);
@@ -640,7 +729,10 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("n1.ringkv"));
         assert_eq!(format!("{:x}", c.member_id), "2e1259d415f2a040");
         assert_eq!(format!("{:x}", c.cluster_id), "48276a8f75b6a87");
-        assert_eq!(c.client_addrs, vec!["127.0.0.1:23790".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.client_addrs,
+            vec!["127.0.0.1:23790".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -656,18 +748,41 @@ mod tests {
         assert!(c.initial_members.windows(2).all(|w| w[0].id < w[1].id));
         let ids: Vec<u64> = c.initial_members.iter().map(|m| m.id).collect();
         assert_eq!(c.cluster_id, cluster_id(&ids));
-        assert_eq!(c.member_id, member_id(&["http://127.0.0.2:2380".into()], "tok", None));
+        assert_eq!(
+            c.member_id,
+            member_id(&["http://127.0.0.2:2380".into()], "tok", None)
+        );
     }
 
     #[test]
     fn bad_flags_get_clear_errors() {
         let e = parse(&["--election-timeout=400"]).unwrap_err();
         assert!(e.0.contains("--election-timeout"), "{e}");
-        assert!(parse(&["--election-timeout=60000"]).unwrap_err().0.contains("too long"));
+        assert!(
+            parse(&["--election-timeout=60000"])
+                .unwrap_err()
+                .0
+                .contains("too long")
+        );
         assert!(parse(&["--cert-file=x.pem"]).unwrap_err().0.contains("TLS"));
-        assert!(parse(&["--listen-client-urls=https://127.0.0.1:1"]).unwrap_err().0.contains("TLS"));
-        assert!(parse(&["--listen-client-urls=foo"]).unwrap_err().0.contains("not a URL"));
-        assert!(parse(&["--initial-cluster=x=http://a:1"]).unwrap_err().0.contains("no entry"));
+        assert!(
+            parse(&["--listen-client-urls=https://127.0.0.1:1"])
+                .unwrap_err()
+                .0
+                .contains("TLS")
+        );
+        assert!(
+            parse(&["--listen-client-urls=foo"])
+                .unwrap_err()
+                .0
+                .contains("not a URL")
+        );
+        assert!(
+            parse(&["--initial-cluster=x=http://a:1"])
+                .unwrap_err()
+                .0
+                .contains("no entry")
+        );
         assert!(parse(&["--auto-compaction-retention=abc"]).is_err());
         assert!(parse(&["--enable-v2"]).unwrap_err().0.contains("v2"));
         assert!(parse(&["--no-such-flag"]).is_err());
@@ -676,23 +791,51 @@ mod tests {
     #[test]
     fn retention_and_quota() {
         let c = parse(&["--auto-compaction-retention=1"]).unwrap();
-        assert_eq!(c.auto_compaction, AutoCompaction::Periodic(Duration::from_secs(3600)));
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(3600))
+        );
         let c = parse(&["--auto-compaction-retention=30m"]).unwrap();
-        assert_eq!(c.auto_compaction, AutoCompaction::Periodic(Duration::from_secs(1800)));
-        let c = parse(&["--auto-compaction-mode=revision", "--auto-compaction-retention=1000"])
-            .unwrap();
+        assert_eq!(
+            c.auto_compaction,
+            AutoCompaction::Periodic(Duration::from_secs(1800))
+        );
+        let c = parse(&[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+        ])
+        .unwrap();
         assert_eq!(c.auto_compaction, AutoCompaction::Revision(1000));
-        assert_eq!(parse(&["--quota-backend-bytes=-1"]).unwrap().quota_backend_bytes, None);
-        assert_eq!(parse(&["--quota-backend-bytes=1024"]).unwrap().quota_backend_bytes, Some(1024));
+        assert_eq!(
+            parse(&["--quota-backend-bytes=-1"])
+                .unwrap()
+                .quota_backend_bytes,
+            None
+        );
+        assert_eq!(
+            parse(&["--quota-backend-bytes=1024"])
+                .unwrap()
+                .quota_backend_bytes,
+            Some(1024)
+        );
         let c = parse(&["--force-new-cluster", "--strict-reconfig-check=false"]).unwrap();
         assert!(c.flags.force_new_cluster && !c.flags.strict_reconfig_check);
     }
 
     #[test]
     fn go_durations() {
-        assert_eq!(parse_go_duration("100ms").unwrap(), Duration::from_millis(100));
-        assert_eq!(parse_go_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_go_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(
+            parse_go_duration("100ms").unwrap(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            parse_go_duration("1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_go_duration("1.5s").unwrap(),
+            Duration::from_millis(1500)
+        );
         assert!(parse_go_duration("5").is_err());
         assert!(parse_go_duration("5x").is_err());
     }

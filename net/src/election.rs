@@ -10,8 +10,8 @@ use crate::errors::EtcdError;
 use crate::frontend::{LearnerPolicy, Shared, fill_header};
 use crate::node::{BoxStream, Caller, EtcdNode, NodeResult, WatchSpec, WatchUpdate};
 use crate::pb::etcdserverpb::{
-    Compare, PutRequest, RangeRequest, RequestOp, TxnRequest, compare, range_request, request_op,
-    DeleteRangeRequest,
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    range_request, request_op,
 };
 use crate::pb::mvccpb::{KeyValue, event::EventType};
 use crate::pb::v3electionpb::{
@@ -48,7 +48,11 @@ fn guarded(key: &Bytes, rev: i64, op: request_op::Request) -> TxnRequest {
 }
 
 /// The current leader's kv: the oldest key under `<name>/`, with the read's header revision.
-async fn leader_kv<N: EtcdNode>(node: &N, caller: &Caller, name: &[u8]) -> NodeResult<(i64, Option<KeyValue>)> {
+async fn leader_kv<N: EtcdNode>(
+    node: &N,
+    caller: &Caller,
+    name: &[u8],
+) -> NodeResult<(i64, Option<KeyValue>)> {
     let prefix = with_slash(name);
     let resp = node
         .range(
@@ -63,23 +67,35 @@ async fn leader_kv<N: EtcdNode>(node: &N, caller: &Caller, name: &[u8]) -> NodeR
             },
         )
         .await?;
-    Ok((resp.header.map_or(0, |h| h.revision), resp.kvs.into_iter().next()))
+    Ok((
+        resp.header.map_or(0, |h| h.revision),
+        resp.kvs.into_iter().next(),
+    ))
 }
 
 #[tonic::async_trait]
 impl<N: EtcdNode> Election for ElectionService<N> {
     /// Puts `<name>/<lease hex>` (or takes over an existing one, updating its value) and waits
     /// until every older candidate is gone.
-    async fn campaign(&self, req: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
         let node = &*self.shared.node;
         let key = recipe::owner_key(&r.name, r.lease);
-        let (txn, rev, existing) = recipe::create_if_absent(node, &caller, key.clone(), r.value.clone(), r.lease).await?;
+        let (txn, rev, existing) =
+            recipe::create_if_absent(node, &caller, key.clone(), r.value.clone(), r.lease).await?;
         if let Some(kv) = existing
             && kv.value != r.value
         {
-            let put = request_op::Request::RequestPut(PutRequest { key: key.clone(), value: r.value.clone(), lease: r.lease, ..Default::default() });
+            let put = request_op::Request::RequestPut(PutRequest {
+                key: key.clone(),
+                value: r.value.clone(),
+                lease: r.lease,
+                ..Default::default()
+            });
             let resp = node.txn(&caller, guarded(&key, rev, put)).await?;
             if !resp.succeeded {
                 return Err(EtcdError::ElectionNotLeader.into());
@@ -91,16 +107,38 @@ impl<N: EtcdNode> Election for ElectionService<N> {
         }
         let mut header = txn.header;
         fill_header(&mut header, &state);
-        let leader = LeaderKey { name: r.name, key, rev, lease: r.lease };
-        Ok(Response::new(CampaignResponse { header, leader: Some(leader) }))
+        let leader = LeaderKey {
+            name: r.name,
+            key,
+            rev,
+            lease: r.lease,
+        };
+        Ok(Response::new(CampaignResponse {
+            header,
+            leader: Some(leader),
+        }))
     }
 
-    async fn proclaim(&self, req: Request<ProclaimRequest>) -> Result<Response<ProclaimResponse>, Status> {
+    async fn proclaim(
+        &self,
+        req: Request<ProclaimRequest>,
+    ) -> Result<Response<ProclaimResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
-        let Some(l) = r.leader else { return Err(EtcdError::ElectionNotLeader.into()) };
-        let put = request_op::Request::RequestPut(PutRequest { key: l.key.clone(), value: r.value, lease: l.lease, ..Default::default() });
-        let resp = self.shared.node.txn(&caller, guarded(&l.key, l.rev, put)).await?;
+        let Some(l) = r.leader else {
+            return Err(EtcdError::ElectionNotLeader.into());
+        };
+        let put = request_op::Request::RequestPut(PutRequest {
+            key: l.key.clone(),
+            value: r.value,
+            lease: l.lease,
+            ..Default::default()
+        });
+        let resp = self
+            .shared
+            .node
+            .txn(&caller, guarded(&l.key, l.rev, put))
+            .await?;
         if !resp.succeeded {
             return Err(EtcdError::ElectionNotLeader.into());
         }
@@ -109,19 +147,33 @@ impl<N: EtcdNode> Election for ElectionService<N> {
         Ok(Response::new(ProclaimResponse { header }))
     }
 
-    async fn leader(&self, req: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
+    async fn leader(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<LeaderResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let (revision, kv) = leader_kv(&*self.shared.node, &caller, &req.into_inner().name).await?;
-        let Some(kv) = kv else { return Err(EtcdError::ElectionNoLeader.into()) };
-        let mut header = Some(crate::pb::etcdserverpb::ResponseHeader { revision, ..Default::default() });
+        let Some(kv) = kv else {
+            return Err(EtcdError::ElectionNoLeader.into());
+        };
+        let mut header = Some(crate::pb::etcdserverpb::ResponseHeader {
+            revision,
+            ..Default::default()
+        });
         fill_header(&mut header, &state);
-        Ok(Response::new(LeaderResponse { header, kv: Some(kv) }))
+        Ok(Response::new(LeaderResponse {
+            header,
+            kv: Some(kv),
+        }))
     }
 
     type ObserveStream = BoxStream<Result<LeaderResponse, Status>>;
 
     /// Streams the leader's kv now and on every change of leader or of the leader's value.
-    async fn observe(&self, req: Request<LeaderRequest>) -> Result<Response<Self::ObserveStream>, Status> {
+    async fn observe(
+        &self,
+        req: Request<LeaderRequest>,
+    ) -> Result<Response<Self::ObserveStream>, Status> {
         let (caller, _) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let name = req.into_inner().name;
         let shared = self.shared.clone();
@@ -143,11 +195,23 @@ impl<N: EtcdNode> Election for ElectionService<N> {
 
     /// Deletes the leader key if it still has the leadership's create revision; a stale
     /// leadership is silently fine (spec §4.13).
-    async fn resign(&self, req: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
+    async fn resign(
+        &self,
+        req: Request<ResignRequest>,
+    ) -> Result<Response<ResignResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let Some(l) = req.into_inner().leader else { return Err(EtcdError::ElectionNotLeader.into()) };
-        let del = request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: l.key.clone(), ..Default::default() });
-        let resp = self.shared.node.txn(&caller, guarded(&l.key, l.rev, del)).await?;
+        let Some(l) = req.into_inner().leader else {
+            return Err(EtcdError::ElectionNotLeader.into());
+        };
+        let del = request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: l.key.clone(),
+            ..Default::default()
+        });
+        let resp = self
+            .shared
+            .node
+            .txn(&caller, guarded(&l.key, l.rev, del))
+            .await?;
         let mut header = resp.header;
         fill_header(&mut header, &state);
         Ok(Response::new(ResignResponse { header }))
@@ -184,9 +248,15 @@ async fn observe<N: EtcdNode>(
             }
         };
         let send = |kv: KeyValue, revision: i64| {
-            let mut header = Some(crate::pb::etcdserverpb::ResponseHeader { revision, ..Default::default() });
+            let mut header = Some(crate::pb::etcdserverpb::ResponseHeader {
+                revision,
+                ..Default::default()
+            });
             fill_header(&mut header, &node.state());
-            LeaderResponse { header, kv: Some(kv) }
+            LeaderResponse {
+                header,
+                kv: Some(kv),
+            }
         };
         if tx.send(Ok(send(kv.clone(), revision))).await.is_err() {
             return Ok(());

@@ -151,16 +151,36 @@ impl EtcdError {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             NoSpace | TooManyRequests | MessageTooLarge { .. } => Code::ResourceExhausted,
             LeaseNotFound | MemberNotFound | HealthUnknownService => Code::NotFound,
-            LeaseExist | MemberExist | PeerUrlExist | MemberNotEnoughStarted | MemberNotLearner
-            | LearnerNotReady | TooManyLearners | RootUserNotExist | RootRoleNotExist
-            | UserAlreadyExist | UserNotFound | RoleAlreadyExist | RoleNotFound
-            | RoleNotGranted | PermissionNotGranted | AuthNotEnabled | NotLeader
+            LeaseExist
+            | MemberExist
+            | PeerUrlExist
+            | MemberNotEnoughStarted
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | RootUserNotExist
+            | RootRoleNotExist
+            | UserAlreadyExist
+            | UserNotFound
+            | RoleAlreadyExist
+            | RoleNotFound
+            | RoleNotGranted
+            | PermissionNotGranted
+            | AuthNotEnabled
+            | NotLeader
             | BadLeaderTransferee => Code::FailedPrecondition,
             WatchCanceled => Code::Cancelled,
             PermissionDenied => Code::PermissionDenied,
             InvalidAuthToken => Code::Unauthenticated,
-            NoLeader | LeaderChanged | NotCapable | Stopped | Timeout | TimeoutDueToLeaderFail
-            | TimeoutDueToConnectionLost | TimeoutWaitAppliedIndex | UnhealthyCluster
+            NoLeader
+            | LeaderChanged
+            | NotCapable
+            | Stopped
+            | Timeout
+            | TimeoutDueToLeaderFail
+            | TimeoutDueToConnectionLost
+            | TimeoutWaitAppliedIndex
+            | UnhealthyCluster
             | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,
@@ -307,7 +327,10 @@ pub fn rewrite_tonic_status(code: Code, message: &str) -> Option<EtcdError> {
     let rest = message.strip_prefix(TONIC_TOO_LARGE_PREFIX)?;
     let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
     let limit = rest.strip_suffix(" bytes")?;
-    Some(EtcdError::MessageTooLarge { found: found.parse().ok()?, limit: limit.parse().ok()? })
+    Some(EtcdError::MessageTooLarge {
+        found: found.parse().ok()?,
+        limit: limit.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -323,10 +346,26 @@ mod tests {
             (KeyNotFound, 3, "etcdserver: key not found"),
             (ValueProvided, 3, "etcdserver: value is provided"),
             (LeaseProvided, 3, "etcdserver: lease is provided"),
-            (TooManyOps, 3, "etcdserver: too many operations in txn request"),
-            (DuplicateKey, 3, "etcdserver: duplicate key given in txn request"),
-            (Compacted, 11, "etcdserver: mvcc: required revision has been compacted"),
-            (FutureRev, 11, "etcdserver: mvcc: required revision is a future revision"),
+            (
+                TooManyOps,
+                3,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                DuplicateKey,
+                3,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                Compacted,
+                11,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                FutureRev,
+                11,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
             (NoSpace, 8, "etcdserver: mvcc: database space exceeded"),
             (LeaseNotFound, 5, "etcdserver: requested lease not found"),
             (LeaseExist, 9, "etcdserver: lease already exists"),
@@ -339,33 +378,69 @@ mod tests {
                 9,
                 "etcdserver: re-configuration failed due to not enough started members",
             ),
-            (MemberBadUrls, 3, "etcdserver: given member URLs are invalid"),
+            (
+                MemberBadUrls,
+                3,
+                "etcdserver: given member URLs are invalid",
+            ),
             (MemberNotFound, 5, "etcdserver: member not found"),
-            (MemberNotLearner, 9, "etcdserver: can only promote a learner member"),
+            (
+                MemberNotLearner,
+                9,
+                "etcdserver: can only promote a learner member",
+            ),
             (
                 LearnerNotReady,
                 9,
                 "etcdserver: can only promote a learner member which is in sync with leader",
             ),
-            (TooManyLearners, 9, "etcdserver: too many learner members in cluster"),
+            (
+                TooManyLearners,
+                9,
+                "etcdserver: too many learner members in cluster",
+            ),
             (RequestTooLarge, 3, "etcdserver: request is too large"),
             (TooManyRequests, 8, "etcdserver: too many requests"),
             (RootUserNotExist, 9, "etcdserver: root user does not exist"),
-            (RootRoleNotExist, 9, "etcdserver: root user does not have root role"),
+            (
+                RootRoleNotExist,
+                9,
+                "etcdserver: root user does not have root role",
+            ),
             (UserAlreadyExist, 9, "etcdserver: user name already exists"),
             (UserNotFound, 9, "etcdserver: user name not found"),
             (UserEmpty, 3, "etcdserver: user name is empty"),
             (RoleAlreadyExist, 9, "etcdserver: role name already exists"),
             (RoleNotFound, 9, "etcdserver: role name not found"),
             (RoleEmpty, 3, "etcdserver: role name is empty"),
-            (AuthFailed, 3, "etcdserver: authentication failed, invalid user ID or password"),
+            (
+                AuthFailed,
+                3,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
             (PermissionDenied, 7, "etcdserver: permission denied"),
-            (RoleNotGranted, 9, "etcdserver: role is not granted to the user"),
-            (PermissionNotGranted, 9, "etcdserver: permission is not granted to the role"),
-            (AuthNotEnabled, 9, "etcdserver: authentication is not enabled"),
+            (
+                RoleNotGranted,
+                9,
+                "etcdserver: role is not granted to the user",
+            ),
+            (
+                PermissionNotGranted,
+                9,
+                "etcdserver: permission is not granted to the role",
+            ),
+            (
+                AuthNotEnabled,
+                9,
+                "etcdserver: authentication is not enabled",
+            ),
             (InvalidAuthToken, 16, "etcdserver: invalid auth token"),
             (InvalidAuthMgmt, 3, "etcdserver: invalid auth management"),
-            (AuthOldRevision, 3, "etcdserver: revision of auth store is old"),
+            (
+                AuthOldRevision,
+                3,
+                "etcdserver: revision of auth store is old",
+            ),
             (NoLeader, 14, "etcdserver: no leader"),
             (NotLeader, 9, "etcdserver: not leader"),
             (LeaderChanged, 14, "etcdserver: leader changed"),
@@ -389,16 +464,27 @@ mod tests {
             ),
             (UnhealthyCluster, 14, "etcdserver: unhealthy cluster"),
             (Corrupt, 15, "etcdserver: corrupt cluster"),
-            (NotSupportedForLearner, 14, "etcdserver: rpc not supported for learner"),
+            (
+                NotSupportedForLearner,
+                14,
+                "etcdserver: rpc not supported for learner",
+            ),
             (BadLeaderTransferee, 9, "etcdserver: bad leader transferee"),
             (ElectionNoLeader, 2, "election: no leader"),
             (ElectionNotLeader, 2, "election: not leader"),
             (
-                MessageTooLarge { found: 3000000, limit: 2097152 },
+                MessageTooLarge {
+                    found: 3000000,
+                    limit: 2097152,
+                },
                 8,
                 "grpc: received message larger than max (3000000 vs. 2097152)",
             ),
-            (Internal("context deadline exceeded".into()), 2, "context deadline exceeded"),
+            (
+                Internal("context deadline exceeded".into()),
+                2,
+                "context deadline exceeded",
+            ),
         ];
         for (err, code, msg) in rows {
             let status = err.to_status();
@@ -439,8 +525,14 @@ mod tests {
         let msg = "Error, decoded message length too large: found 3145767 bytes, the limit is: 2097152 bytes";
         let e = rewrite_tonic_status(Code::OutOfRange, msg).unwrap();
         assert_eq!(e.code(), Code::ResourceExhausted);
-        assert_eq!(e.message(), "grpc: received message larger than max (3145767 vs. 2097152)");
-        assert_eq!(rewrite_tonic_status(Code::OutOfRange, "something else"), None);
+        assert_eq!(
+            e.message(),
+            "grpc: received message larger than max (3145767 vs. 2097152)"
+        );
+        assert_eq!(
+            rewrite_tonic_status(Code::OutOfRange, "something else"),
+            None
+        );
         assert_eq!(rewrite_tonic_status(Code::Unknown, msg), None);
     }
 }

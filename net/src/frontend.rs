@@ -44,7 +44,11 @@ pub enum LearnerPolicy {
 
 impl<N: EtcdNode> Frontend<N> {
     /// Admits a request: enforces `hasleader` and the learner policy and extracts the caller.
-    pub fn admit(&self, md: &MetadataMap, learner: LearnerPolicy) -> Result<(Caller, NodeState), Status> {
+    pub fn admit(
+        &self,
+        md: &MetadataMap,
+        learner: LearnerPolicy,
+    ) -> Result<(Caller, NodeState), Status> {
         let state = self.node.state();
         if requires_leader(md) && state.leader == 0 {
             return Err(EtcdError::NoLeader.into());
@@ -52,7 +56,10 @@ impl<N: EtcdNode> Frontend<N> {
         if state.is_learner && learner == LearnerPolicy::Refused {
             return Err(EtcdError::NotSupportedForLearner.into());
         }
-        let token = md.get(MD_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let token = md
+            .get(MD_TOKEN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         Ok((Caller { token }, state))
     }
 }
@@ -99,7 +106,10 @@ pub fn strip_nested_headers(responses: &mut [ResponseOp]) {
             None => continue,
         };
         let revision = header.as_ref().map_or(0, |h| h.revision);
-        *header = Some(ResponseHeader { revision, ..Default::default() });
+        *header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
     }
 }
 
@@ -112,44 +122,104 @@ mod tests {
     use crate::pb::etcdserverpb::{PutResponse, RangeResponse, TxnResponse};
 
     fn state() -> NodeState {
-        NodeState { member_id: 7, cluster_id: 9, leader: 7, raft_term: 3, revision: 42, ..Default::default() }
+        NodeState {
+            member_id: 7,
+            cluster_id: 9,
+            leader: 7,
+            raft_term: 3,
+            revision: 42,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn top_level_headers_get_ids() {
-        let mut h = Some(ResponseHeader { revision: 5, raft_term: 2, ..Default::default() });
+        let mut h = Some(ResponseHeader {
+            revision: 5,
+            raft_term: 2,
+            ..Default::default()
+        });
         fill_header(&mut h, &state());
-        assert_eq!(h, Some(ResponseHeader { cluster_id: 9, member_id: 7, revision: 5, raft_term: 2 }));
+        assert_eq!(
+            h,
+            Some(ResponseHeader {
+                cluster_id: 9,
+                member_id: 7,
+                revision: 5,
+                raft_term: 2
+            })
+        );
         let mut none = None;
         fill_header(&mut none, &state());
-        assert_eq!(none, Some(ResponseHeader { cluster_id: 9, member_id: 7, revision: 42, raft_term: 3 }));
-        let mut c = Some(ResponseHeader { revision: 5, ..Default::default() });
+        assert_eq!(
+            none,
+            Some(ResponseHeader {
+                cluster_id: 9,
+                member_id: 7,
+                revision: 42,
+                raft_term: 3
+            })
+        );
+        let mut c = Some(ResponseHeader {
+            revision: 5,
+            ..Default::default()
+        });
         fill_cluster_header(&mut c, &state());
-        assert_eq!(c, Some(ResponseHeader { cluster_id: 9, member_id: 7, revision: 0, raft_term: 3 }));
+        assert_eq!(
+            c,
+            Some(ResponseHeader {
+                cluster_id: 9,
+                member_id: 7,
+                revision: 0,
+                raft_term: 3
+            })
+        );
     }
 
     #[test]
     fn nested_headers_keep_only_revision() {
-        let full = ResponseHeader { cluster_id: 1, member_id: 2, revision: 8, raft_term: 4 };
+        let full = ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            revision: 8,
+            raft_term: 4,
+        };
         let mut ops = vec![
-            ResponseOp { response: Some(Response::ResponsePut(PutResponse { header: Some(full), prev_kv: None })) },
+            ResponseOp {
+                response: Some(Response::ResponsePut(PutResponse {
+                    header: Some(full),
+                    prev_kv: None,
+                })),
+            },
             ResponseOp {
                 response: Some(Response::ResponseTxn(TxnResponse {
                     header: Some(full),
                     succeeded: true,
                     responses: vec![ResponseOp {
-                        response: Some(Response::ResponseRange(RangeResponse { header: Some(full), ..Default::default() })),
+                        response: Some(Response::ResponseRange(RangeResponse {
+                            header: Some(full),
+                            ..Default::default()
+                        })),
                     }],
                 })),
             },
         ];
         strip_nested_headers(&mut ops);
-        let only_rev = Some(ResponseHeader { revision: 8, ..Default::default() });
-        let Some(Response::ResponsePut(p)) = &ops[0].response else { panic!() };
+        let only_rev = Some(ResponseHeader {
+            revision: 8,
+            ..Default::default()
+        });
+        let Some(Response::ResponsePut(p)) = &ops[0].response else {
+            panic!()
+        };
         assert_eq!(p.header, only_rev);
-        let Some(Response::ResponseTxn(t)) = &ops[1].response else { panic!() };
+        let Some(Response::ResponseTxn(t)) = &ops[1].response else {
+            panic!()
+        };
         assert_eq!(t.header, only_rev);
-        let Some(Response::ResponseRange(r)) = &t.responses[0].response else { panic!() };
+        let Some(Response::ResponseRange(r)) = &t.responses[0].response else {
+            panic!()
+        };
         assert_eq!(r.header, only_rev);
     }
 

@@ -33,7 +33,10 @@ pub type Body = tonic::body::Body;
 pub fn json_response(status: StatusCode, json: String) -> Response<Body> {
     let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from(json))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -51,7 +54,9 @@ pub fn error_response(status: &Status) -> Response<Body> {
 /// Metadata a gateway request carries to the services: `Authorization` becomes `token`.
 fn metadata(headers: &HeaderMap) -> MetadataMap {
     let mut md = MetadataMap::new();
-    if let Some(token) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    if let Some(token) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         && let Ok(v) = MetadataValue::try_from(token)
     {
         md.insert(MD_TOKEN, v);
@@ -64,7 +69,12 @@ fn bad_json(e: String) -> Status {
 }
 
 /// Decodes the body, checks the receive limit, calls `f`, encodes the answer.
-async fn unary<Req, Resp, F, Fut>(md: MetadataMap, body: &[u8], limit: usize, f: F) -> Response<Body>
+async fn unary<Req, Resp, F, Fut>(
+    md: MetadataMap,
+    body: &[u8],
+    limit: usize,
+    f: F,
+) -> Response<Body>
 where
     Req: Message + Name + Default,
     Resp: Message + Name,
@@ -84,7 +94,10 @@ where
     match f(request).await {
         Ok(resp) => {
             let mut r = json_response(StatusCode::OK, json::to_string(resp.get_ref()));
-            r.headers_mut().insert("grpc-metadata-content-type", http::HeaderValue::from_static("application/grpc"));
+            r.headers_mut().insert(
+                "grpc-metadata-content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
             r
         }
         Err(status) => error_response(&status),
@@ -109,33 +122,57 @@ fn stream_response<M: Message + Name + 'static>(
         Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(format!("{line}\n"))))
     });
     let mut resp = Response::new(Body::new(http_body_util::StreamBody::new(lines)));
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("grpc-metadata-content-type", http::HeaderValue::from_static("application/grpc"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        "grpc-metadata-content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
     resp
 }
 
 /// Parses a client-streaming body into requests.
 fn stream_requests<M: Message + Name + Default>(body: &[u8]) -> Result<Vec<M>, Status> {
-    json::values(body).map_err(bad_json)?.into_iter().map(|v| json::from_value(v).map_err(bad_json)).collect()
-}
-
-/// Whether `path` (after the /v3beta rewrite) is a gateway path.
-pub fn is_gateway_path(path: &str) -> bool {
-    path.starts_with("/v3/")
+    json::values(body)
+        .map_err(bad_json)?
+        .into_iter()
+        .map(|v| json::from_value(v).map_err(bad_json))
+        .collect()
 }
 
 /// Serves one gateway request. `path` is already rewritten from `/v3beta/` to `/v3/`.
-pub async fn handle<N: EtcdNode>(shared: Shared<N>, path: &str, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+pub async fn handle<N: EtcdNode>(
+    shared: Shared<N>,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let md = metadata(headers);
     let limit = shared.limits.max_request_bytes + crate::config::GRPC_RECV_OVERHEAD;
     let b = body.as_ref();
-    let kv = KvService { shared: shared.clone() };
-    let lease = LeaseService { shared: shared.clone() };
-    let cluster = ClusterService { shared: shared.clone() };
-    let mt = MaintenanceService { shared: shared.clone() };
-    let auth = AuthService { shared: shared.clone() };
-    let election = ElectionService { shared: shared.clone() };
-    let lock = LockService { shared: shared.clone() };
+    let kv = KvService {
+        shared: shared.clone(),
+    };
+    let lease = LeaseService {
+        shared: shared.clone(),
+    };
+    let cluster = ClusterService {
+        shared: shared.clone(),
+    };
+    let mt = MaintenanceService {
+        shared: shared.clone(),
+    };
+    let auth = AuthService {
+        shared: shared.clone(),
+    };
+    let election = ElectionService {
+        shared: shared.clone(),
+    };
+    let lock = LockService {
+        shared: shared.clone(),
+    };
     match path {
         "/v3/kv/range" => unary(md, b, limit, |r| kv.range(r)).await,
         "/v3/kv/put" => unary(md, b, limit, |r| kv.put(r)).await,
@@ -143,11 +180,15 @@ pub async fn handle<N: EtcdNode>(shared: Shared<N>, path: &str, headers: &Header
         "/v3/kv/txn" => unary(md, b, limit, |r| kv.txn(r)).await,
         "/v3/kv/compaction" => unary(md, b, limit, |r| kv.compact(r)).await,
         "/v3/lease/grant" => unary(md, b, limit, |r| lease.lease_grant(r)).await,
-        "/v3/lease/revoke" | "/v3/kv/lease/revoke" => unary(md, b, limit, |r| lease.lease_revoke(r)).await,
+        "/v3/lease/revoke" | "/v3/kv/lease/revoke" => {
+            unary(md, b, limit, |r| lease.lease_revoke(r)).await
+        }
         "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => {
             unary(md, b, limit, |r| lease.lease_time_to_live(r)).await
         }
-        "/v3/lease/leases" | "/v3/kv/lease/leases" => unary(md, b, limit, |r| lease.lease_leases(r)).await,
+        "/v3/lease/leases" | "/v3/kv/lease/leases" => {
+            unary(md, b, limit, |r| lease.lease_leases(r)).await
+        }
         "/v3/cluster/member/add" => unary(md, b, limit, |r| cluster.member_add(r)).await,
         "/v3/cluster/member/remove" => unary(md, b, limit, |r| cluster.member_remove(r)).await,
         "/v3/cluster/member/update" => unary(md, b, limit, |r| cluster.member_update(r)).await,
@@ -204,7 +245,12 @@ pub async fn handle<N: EtcdNode>(shared: Shared<N>, path: &str, headers: &Header
                 Err(s) => return error_response(&s),
             };
             let input = tokio_stream::iter(reqs.into_iter().map(Ok));
-            stream_response(crate::lease::keep_alive(shared.clone(), caller, false, Box::pin(input)))
+            stream_response(crate::lease::keep_alive(
+                shared.clone(),
+                caller,
+                false,
+                Box::pin(input),
+            ))
         }
         "/v3/maintenance/snapshot" => {
             let req = match json::from_body(b) {
@@ -240,14 +286,22 @@ pub fn plain_error(status: StatusCode) -> Response<Body> {
     let text = format!("{}\n", status.canonical_reason().unwrap_or(""));
     let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from(text))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
 /// Go's `http.NotFound`.
 pub fn not_found() -> Response<Body> {
-    let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(b"404 page not found\n"))));
+    let mut resp = Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
+        b"404 page not found\n",
+    ))));
     *resp.status_mut() = StatusCode::NOT_FOUND;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

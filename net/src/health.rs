@@ -8,7 +8,10 @@ use tonic::{Request, Response, Status};
 use crate::errors::EtcdError;
 use crate::frontend::Shared;
 use crate::node::{BoxStream, EtcdNode};
-use crate::pb::health::{HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus, health_server::Health};
+use crate::pb::health::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_server::Health,
+};
 
 /// The health service.
 pub struct HealthService<N> {
@@ -18,23 +21,41 @@ pub struct HealthService<N> {
 
 #[tonic::async_trait]
 impl<N: EtcdNode> Health for HealthService<N> {
-    async fn check(&self, req: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+    async fn check(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
         if !req.get_ref().service.is_empty() {
             return Err(EtcdError::HealthUnknownService.into());
         }
-        Ok(Response::new(HealthCheckResponse { status: ServingStatus::Serving as i32 }))
+        Ok(Response::new(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        }))
     }
 
     type WatchStream = BoxStream<Result<HealthCheckResponse, Status>>;
 
     /// Sends the status once, then holds the stream open until shutdown (the status of service
     /// `""` never changes while the server runs).
-    async fn watch(&self, req: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let status = if req.get_ref().service.is_empty() { ServingStatus::Serving } else { ServingStatus::ServiceUnknown };
+    async fn watch(
+        &self,
+        req: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let status = if req.get_ref().service.is_empty() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::ServiceUnknown
+        };
         let (tx, rx) = mpsc::channel(1);
         let mut shutdown = self.shared.shutdown.clone();
         tokio::spawn(async move {
-            if tx.send(Ok(HealthCheckResponse { status: status as i32 })).await.is_err() {
+            if tx
+                .send(Ok(HealthCheckResponse {
+                    status: status as i32,
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::select! {

@@ -21,16 +21,28 @@ pub const HEALTH_READ_TIMEOUT: Duration = Duration::from_secs(1);
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
     let mut resp = Response::new(Body::new(http_body_util::Full::new(body.into())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
 /// Adds the CORS headers etcd puts on every HTTP response (spec §7).
 fn cors(mut resp: Response<Body>) -> Response<Body> {
     let h = resp.headers_mut();
-    h.insert("access-control-allow-methods", http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"));
-    h.insert("access-control-allow-origin", http::HeaderValue::from_static("*"));
-    h.insert("access-control-allow-headers", http::HeaderValue::from_static("accept, content-type, authorization"));
+    h.insert(
+        "access-control-allow-methods",
+        http::HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+    );
+    h.insert(
+        "access-control-allow-origin",
+        http::HeaderValue::from_static("*"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        http::HeaderValue::from_static("accept, content-type, authorization"),
+    );
     resp
 }
 
@@ -64,12 +76,21 @@ where
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 return method_not_allowed();
             }
-            let body = serde_json::json!({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION});
+            let body =
+                serde_json::json!({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION});
             text(StatusCode::OK, "application/json", body.to_string())
         }
         "/metrics" => {
-            let body = metrics::render(&shared.node.state(), &shared.node.metrics(), &shared.metrics);
-            text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            let body = metrics::render(
+                &shared.node.state(),
+                &shared.node.metrics(),
+                &shared.metrics,
+            );
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
         }
         p if p.starts_with("/v3/") || p.starts_with("/v3beta/") => {
             if req.method() != Method::POST {
@@ -81,10 +102,16 @@ where
             };
             let headers = req.headers().clone();
             let limit = body_limit(shared.limits.max_request_bytes);
-            let body = match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+            let body = match http_body_util::Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+            {
                 Ok(b) => b.to_bytes(),
                 Err(e) => {
-                    let status = tonic::Status::new(tonic::Code::InvalidArgument, format!("reading request body: {e}"));
+                    let status = tonic::Status::new(
+                        tonic::Code::InvalidArgument,
+                        format!("reading request body: {e}"),
+                    );
                     return gateway::error_response(&status);
                 }
             };
@@ -100,8 +127,13 @@ fn body_limit(max_request_bytes: usize) -> usize {
 }
 
 fn method_not_allowed() -> Response<Body> {
-    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "Method Not Allowed\n");
-    resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+    let mut resp = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain; charset=utf-8",
+        "Method Not Allowed\n",
+    );
+    resp.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
     resp
 }
 
@@ -122,18 +154,34 @@ async fn health<N: EtcdNode>(shared: &Shared<N>, excluded: &[i32]) -> Response<B
     let state = shared.node.state();
     let alarm = state.alarms.iter().any(|a| !excluded.contains(&a.alarm));
     let healthy = !alarm && state.leader != 0 && {
-        let read = RangeRequest { key: Bytes::from_static(b"health"), ..Default::default() };
-        match tokio::time::timeout(HEALTH_READ_TIMEOUT, shared.node.range(&Caller::default(), read)).await {
+        let read = RangeRequest {
+            key: Bytes::from_static(b"health"),
+            ..Default::default()
+        };
+        match tokio::time::timeout(
+            HEALTH_READ_TIMEOUT,
+            shared.node.range(&Caller::default(), read),
+        )
+        .await
+        {
             Ok(Ok(_)) | Ok(Err(EtcdError::PermissionDenied)) => true,
             Ok(Err(_)) | Err(_) => false,
         }
     };
     if healthy {
         shared.metrics.health_success.fetch_add(1, Relaxed);
-        text(StatusCode::OK, "text/plain; charset=utf-8", r#"{"health":"true"}"#)
+        text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            r#"{"health":"true"}"#,
+        )
     } else {
         shared.metrics.health_failures.fetch_add(1, Relaxed);
-        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", "{\"health\":\"false\"}\n")
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "{\"health\":\"false\"}\n",
+        )
     }
 }
 
@@ -143,8 +191,14 @@ mod tests {
 
     #[test]
     fn exclude_query() {
-        assert_eq!(excluded_alarms("exclude=NOSPACE"), vec![AlarmType::Nospace as i32]);
-        assert_eq!(excluded_alarms("a=b&exclude=CORRUPT&exclude=BOGUS"), vec![AlarmType::Corrupt as i32]);
+        assert_eq!(
+            excluded_alarms("exclude=NOSPACE"),
+            vec![AlarmType::Nospace as i32]
+        );
+        assert_eq!(
+            excluded_alarms("a=b&exclude=CORRUPT&exclude=BOGUS"),
+            vec![AlarmType::Corrupt as i32]
+        );
         assert!(excluded_alarms("").is_empty());
     }
 }

@@ -79,7 +79,12 @@ mod tests {
     use serde_json::json;
 
     fn header(rev: i64) -> Option<ResponseHeader> {
-        Some(ResponseHeader { cluster_id: 324952591200643719, member_id: 3319814642761637952, revision: rev, raft_term: 35 })
+        Some(ResponseHeader {
+            cluster_id: 324952591200643719,
+            member_id: 3319814642761637952,
+            revision: rev,
+            raft_term: 35,
+        })
     }
 
     /// Spec §7 transcript: `put` request and response.
@@ -88,7 +93,10 @@ mod tests {
         let req: PutRequest = from_body(br#"{"key":"Zm9v","value":"YmFy"}"#).unwrap();
         assert_eq!(req.key.as_ref(), b"foo");
         assert_eq!(req.value.as_ref(), b"bar");
-        let resp = PutResponse { header: header(8092), prev_kv: None };
+        let resp = PutResponse {
+            header: header(8092),
+            prev_kv: None,
+        };
         assert_eq!(
             to_value(&resp),
             json!({"header":{"cluster_id":"324952591200643719","member_id":"3319814642761637952","revision":"8092","raft_term":"35"}})
@@ -99,7 +107,14 @@ mod tests {
     fn range_response_omits_zero_values() {
         let resp = RangeResponse {
             header: header(8093),
-            kvs: vec![KeyValue { key: "foo".into(), create_revision: 8092, mod_revision: 8093, version: 2, value: "baz".into(), lease: 0 }],
+            kvs: vec![KeyValue {
+                key: "foo".into(),
+                create_revision: 8092,
+                mod_revision: 8093,
+                version: 2,
+                value: "baz".into(),
+                lease: 0,
+            }],
             more: false,
             count: 1,
         };
@@ -119,9 +134,16 @@ mod tests {
             "failure":[{"request_range":{"key":"Zm9v","limit":2}}]}"#;
         let t: TxnRequest = from_body(body).unwrap();
         assert_eq!(t.compare[0].target, compare::CompareTarget::Create as i32);
-        assert_eq!(t.compare[0].target_union, Some(compare::TargetUnion::CreateRevision(0)));
-        assert!(matches!(&t.success[0].request, Some(request_op::Request::RequestPut(p)) if p.value.as_ref() == b"1"));
-        assert!(matches!(&t.failure[0].request, Some(request_op::Request::RequestRange(r)) if r.limit == 2));
+        assert_eq!(
+            t.compare[0].target_union,
+            Some(compare::TargetUnion::CreateRevision(0))
+        );
+        assert!(
+            matches!(&t.success[0].request, Some(request_op::Request::RequestPut(p)) if p.value.as_ref() == b"1")
+        );
+        assert!(
+            matches!(&t.failure[0].request, Some(request_op::Request::RequestRange(r)) if r.limit == 2)
+        );
         let g: LeaseGrantRequest = from_body(br#"{"TTL":30,"ID":"1000"}"#).unwrap();
         assert_eq!((g.ttl, g.id), (30, 1000));
         let a: AlarmRequest = from_body(br#"{"action":1,"alarm":"NOSPACE"}"#).unwrap();
@@ -130,21 +152,65 @@ mod tests {
 
     #[test]
     fn odd_field_names_and_enums_out() {
-        let t = LeaseTimeToLiveResponse { header: None, id: 1000, ttl: 29, granted_ttl: 30, keys: vec!["lk".into()] };
-        assert_eq!(to_value(&t), json!({"ID":"1000","TTL":"29","grantedTTL":"30","keys":["bGs="]}));
-        let a = AlarmResponse { header: None, alarms: vec![AlarmMember { member_id: 3319814642761637952, alarm: AlarmType::Nospace as i32 }] };
-        assert_eq!(to_value(&a), json!({"alarms":[{"memberID":"3319814642761637952","alarm":"NOSPACE"}]}));
+        let t = LeaseTimeToLiveResponse {
+            header: None,
+            id: 1000,
+            ttl: 29,
+            granted_ttl: 30,
+            keys: vec!["lk".into()],
+        };
+        assert_eq!(
+            to_value(&t),
+            json!({"ID":"1000","TTL":"29","grantedTTL":"30","keys":["bGs="]})
+        );
+        let a = AlarmResponse {
+            header: None,
+            alarms: vec![AlarmMember {
+                member_id: 3319814642761637952,
+                alarm: AlarmType::Nospace as i32,
+            }],
+        };
+        assert_eq!(
+            to_value(&a),
+            json!({"alarms":[{"memberID":"3319814642761637952","alarm":"NOSPACE"}]})
+        );
         let ev = WatchResponse {
             header: None,
             watch_id: -1,
-            events: vec![Event { r#type: EventType::Delete as i32, kv: Some(KeyValue { key: "wk1".into(), mod_revision: 8101, ..Default::default() }), prev_kv: None }],
+            events: vec![Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: "wk1".into(),
+                    mod_revision: 8101,
+                    ..Default::default()
+                }),
+                prev_kv: None,
+            }],
             ..Default::default()
         };
-        assert_eq!(to_value(&ev), json!({"watch_id":"-1","events":[{"type":"DELETE","kv":{"key":"d2sx","mod_revision":"8101"}}]}));
-        let h = HashResponse { header: None, hash: 1612723873 };
+        assert_eq!(
+            to_value(&ev),
+            json!({"watch_id":"-1","events":[{"type":"DELETE","kv":{"key":"d2sx","mod_revision":"8101"}}]})
+        );
+        let h = HashResponse {
+            header: None,
+            hash: 1612723873,
+        };
         assert_eq!(to_value(&h), json!({"hash":1612723873}));
-        let m = MemberListResponse { header: None, members: vec![Member { id: 1, name: "default".into(), peer_ur_ls: vec!["http://127.0.0.1:23800".into()], client_ur_ls: vec![], is_learner: false }] };
-        assert_eq!(to_value(&m), json!({"members":[{"ID":"1","name":"default","peerURLs":["http://127.0.0.1:23800"]}]}));
+        let m = MemberListResponse {
+            header: None,
+            members: vec![Member {
+                id: 1,
+                name: "default".into(),
+                peer_ur_ls: vec!["http://127.0.0.1:23800".into()],
+                client_ur_ls: vec![],
+                is_learner: false,
+            }],
+        };
+        assert_eq!(
+            to_value(&m),
+            json!({"members":[{"ID":"1","name":"default","peerURLs":["http://127.0.0.1:23800"]}]})
+        );
     }
 
     #[test]
@@ -155,9 +221,13 @@ mod tests {
         assert_eq!(r.key.as_ref(), b"foo");
         assert!(from_body::<RangeRequest>(b"{not json").is_err());
         assert!(from_body::<RangeRequest>(br#"{"key":12}"#).is_err());
-        let vs = values(b"{\"create_request\":{\"key\":\"YQ==\"}}\n{\"progress_request\":{}}\n").unwrap();
+        let vs = values(b"{\"create_request\":{\"key\":\"YQ==\"}}\n{\"progress_request\":{}}\n")
+            .unwrap();
         assert_eq!(vs.len(), 2);
         let w: WatchRequest = from_value(vs[1].clone()).unwrap();
-        assert!(matches!(w.request_union, Some(watch_request::RequestUnion::ProgressRequest(_))));
+        assert!(matches!(
+            w.request_union,
+            Some(watch_request::RequestUnion::ProgressRequest(_))
+        ));
     }
 }

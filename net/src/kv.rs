@@ -20,7 +20,11 @@ pub struct KvService<N> {
 impl<N: EtcdNode> Kv for KvService<N> {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = req.get_ref();
-        let learner = if r.serializable { LearnerPolicy::Allowed } else { LearnerPolicy::Refused };
+        let learner = if r.serializable {
+            LearnerPolicy::Allowed
+        } else {
+            LearnerPolicy::Refused
+        };
         let (caller, state) = self.shared.admit(req.metadata(), learner)?;
         let r = req.into_inner();
         validate::check_range(&r)?;
@@ -46,7 +50,11 @@ impl<N: EtcdNode> Kv for KvService<N> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
         validate::check_delete(&r)?;
-        check_request_size(envelope::DELETE_RANGE, &r, self.shared.limits.max_request_bytes)?;
+        check_request_size(
+            envelope::DELETE_RANGE,
+            &r,
+            self.shared.limits.max_request_bytes,
+        )?;
         let mut resp = self.shared.node.delete_range(&caller, r).await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))
@@ -59,7 +67,11 @@ impl<N: EtcdNode> Kv for KvService<N> {
             && r.success.iter().chain(&r.failure).all(|op| {
                 matches!(&op.request, Some(crate::pb::etcdserverpb::request_op::Request::RequestRange(x)) if x.serializable)
             });
-        let learner = if serializable { LearnerPolicy::Allowed } else { LearnerPolicy::Refused };
+        let learner = if serializable {
+            LearnerPolicy::Allowed
+        } else {
+            LearnerPolicy::Refused
+        };
         let (caller, state) = self.shared.admit(req.metadata(), learner)?;
         let r = req.into_inner();
         validate::check_txn(&r, self.shared.limits.max_txn_ops)?;
@@ -78,7 +90,11 @@ impl<N: EtcdNode> Kv for KvService<N> {
     ) -> Result<Response<CompactionResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
-        check_request_size(envelope::COMPACTION, &r, self.shared.limits.max_request_bytes)?;
+        check_request_size(
+            envelope::COMPACTION,
+            &r,
+            self.shared.limits.max_request_bytes,
+        )?;
         let mut resp = self.shared.node.compact(&caller, r).await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))

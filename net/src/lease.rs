@@ -36,7 +36,11 @@ impl<N: EtcdNode> Lease for LeaseService<N> {
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
-        check_request_size(envelope::LEASE_GRANT, &r, self.shared.limits.max_request_bytes)?;
+        check_request_size(
+            envelope::LEASE_GRANT,
+            &r,
+            self.shared.limits.max_request_bytes,
+        )?;
         if r.ttl > MAX_LEASE_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
@@ -51,7 +55,11 @@ impl<N: EtcdNode> Lease for LeaseService<N> {
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let r = req.into_inner();
-        check_request_size(envelope::LEASE_REVOKE, &r, self.shared.limits.max_request_bytes)?;
+        check_request_size(
+            envelope::LEASE_REVOKE,
+            &r,
+            self.shared.limits.max_request_bytes,
+        )?;
         let mut resp = self.shared.node.lease_revoke(&caller, r.id).await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))
@@ -65,7 +73,12 @@ impl<N: EtcdNode> Lease for LeaseService<N> {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let (caller, _) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let require_leader = requires_leader(req.metadata());
-        Ok(Response::new(keep_alive(self.shared.clone(), caller, require_leader, req.into_inner())))
+        Ok(Response::new(keep_alive(
+            self.shared.clone(),
+            caller,
+            require_leader,
+            req.into_inner(),
+        )))
     }
 
     async fn lease_time_to_live(
@@ -73,7 +86,11 @@ impl<N: EtcdNode> Lease for LeaseService<N> {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.lease_time_to_live(&caller, req.into_inner()).await?;
+        let mut resp = self
+            .shared
+            .node
+            .lease_time_to_live(&caller, req.into_inner())
+            .await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
@@ -101,7 +118,8 @@ pub fn keep_alive<N: EtcdNode>(
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut shutdown = shared.shutdown.clone();
-        let mut leader_check = tokio::time::interval(shared.election_timeout.max(Duration::from_millis(10)));
+        let mut leader_check =
+            tokio::time::interval(shared.election_timeout.max(Duration::from_millis(10)));
         let mut misses = 0;
         let end: Option<Status> = loop {
             tokio::select! {

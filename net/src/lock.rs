@@ -5,7 +5,9 @@ use tonic::{Request, Response, Status};
 
 use crate::frontend::{LearnerPolicy, Shared, fill_header};
 use crate::node::EtcdNode;
-use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse, lock_server::Lock};
+use crate::pb::v3lockpb::{
+    LockRequest, LockResponse, UnlockRequest, UnlockResponse, lock_server::Lock,
+};
 use crate::recipe;
 
 /// The Lock service over a node.
@@ -25,7 +27,9 @@ impl<N: EtcdNode> Lock for LockService<N> {
         let mut prefix = BytesMut::from(r.name.as_ref());
         prefix.extend_from_slice(b"/");
         let key = recipe::owner_key(&r.name, r.lease);
-        let (txn, my_rev, _) = recipe::create_if_absent(node, &caller, key.clone(), bytes::Bytes::new(), r.lease).await?;
+        let (txn, my_rev, _) =
+            recipe::create_if_absent(node, &caller, key.clone(), bytes::Bytes::new(), r.lease)
+                .await?;
         if let Err(e) = recipe::wait_deletes(node, &caller, &prefix, my_rev - 1).await {
             let _ = recipe::delete(node, &caller, key).await;
             return Err(e.into());
@@ -35,7 +39,10 @@ impl<N: EtcdNode> Lock for LockService<N> {
         Ok(Response::new(LockResponse { header, key }))
     }
 
-    async fn unlock(&self, req: Request<UnlockRequest>) -> Result<Response<UnlockResponse>, Status> {
+    async fn unlock(
+        &self,
+        req: Request<UnlockRequest>,
+    ) -> Result<Response<UnlockResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let mut header = recipe::delete(&*self.shared.node, &caller, req.into_inner().key).await?;
         fill_header(&mut header, &state);

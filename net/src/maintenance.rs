@@ -32,7 +32,8 @@ pub struct MaintenanceService<N> {
 /// An alarm as Status `errors` lists it: protobuf text format of `AlarmMember`, with etcd's
 /// trailing space (spec §4.11).
 pub fn alarm_text(a: &AlarmMember) -> String {
-    let name = AlarmType::try_from(a.alarm).map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
+    let name = AlarmType::try_from(a.alarm)
+        .map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
     let mut s = String::new();
     if a.member_id != 0 {
         s.push_str(&format!("memberID:{} ", a.member_id));
@@ -54,7 +55,10 @@ impl<N: EtcdNode> Maintenance for MaintenanceService<N> {
         Ok(Response::new(resp))
     }
 
-    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Allowed)?;
         let mut resp = self.shared.node.status(&caller).await?;
         fill_header(&mut resp.header, &state);
@@ -83,16 +87,26 @@ impl<N: EtcdNode> Maintenance for MaintenanceService<N> {
         Ok(Response::new(resp))
     }
 
-    async fn hash_kv(&self, req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.hash_kv(&caller, req.into_inner().revision).await?;
+        let mut resp = self
+            .shared
+            .node
+            .hash_kv(&caller, req.into_inner().revision)
+            .await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
 
     type SnapshotStream = BoxStream<Result<SnapshotResponse, Status>>;
 
-    async fn snapshot(&self, req: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
         let (caller, _) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let (size, chunks) = self.shared.node.snapshot(&caller).await?;
         Ok(Response::new(snapshot_stream(size, chunks)))
@@ -103,7 +117,11 @@ impl<N: EtcdNode> Maintenance for MaintenanceService<N> {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let mut resp = self.shared.node.move_leader(&caller, req.into_inner().target_id).await?;
+        let mut resp = self
+            .shared
+            .node
+            .move_leader(&caller, req.into_inner().target_id)
+            .await?;
         fill_header(&mut resp.header, &state);
         Ok(Response::new(resp))
     }
@@ -112,7 +130,10 @@ impl<N: EtcdNode> Maintenance for MaintenanceService<N> {
 /// Re-chunks the backend file into ≤ 32 KiB messages with `remaining_bytes` = bytes left after
 /// this chunk, then appends the SHA-256 of everything sent (spec §4.11). A file shorter or
 /// longer than announced fails the stream instead of producing a snapshot that would not verify.
-pub fn snapshot_stream(size: u64, mut chunks: BoxStream<NodeResult<Bytes>>) -> BoxStream<Result<SnapshotResponse, Status>> {
+pub fn snapshot_stream(
+    size: u64,
+    mut chunks: BoxStream<NodeResult<Bytes>>,
+) -> BoxStream<Result<SnapshotResponse, Status>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut sha = Sha256::new();
@@ -141,7 +162,11 @@ pub fn snapshot_stream(size: u64, mut chunks: BoxStream<NodeResult<Bytes>>) -> B
                 return;
             }
             sha.update(&blob);
-            let msg = SnapshotResponse { header: None, remaining_bytes: size - sent, blob };
+            let msg = SnapshotResponse {
+                header: None,
+                remaining_bytes: size - sent,
+                blob,
+            };
             if tx.send(Ok(msg)).await.is_err() {
                 return;
             }
@@ -152,7 +177,13 @@ pub fn snapshot_stream(size: u64, mut chunks: BoxStream<NodeResult<Bytes>>) -> B
             return;
         }
         let digest = Bytes::copy_from_slice(&sha.finalize());
-        let _ = tx.send(Ok(SnapshotResponse { header: None, remaining_bytes: 0, blob: digest })).await;
+        let _ = tx
+            .send(Ok(SnapshotResponse {
+                header: None,
+                remaining_bytes: 0,
+                blob: digest,
+            }))
+            .await;
     });
     Box::pin(ReceiverStream::new(rx))
 }
@@ -163,15 +194,23 @@ mod tests {
 
     #[test]
     fn alarm_text_matches_etcd() {
-        let a = AlarmMember { member_id: 3319814642761637952, alarm: AlarmType::Nospace as i32 };
-        assert_eq!(alarm_text(&a), "memberID:3319814642761637952 alarm:NOSPACE ");
+        let a = AlarmMember {
+            member_id: 3319814642761637952,
+            alarm: AlarmType::Nospace as i32,
+        };
+        assert_eq!(
+            alarm_text(&a),
+            "memberID:3319814642761637952 alarm:NOSPACE "
+        );
     }
 
     #[tokio::test]
     async fn snapshot_chunks_and_digest() {
         let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
-        let parts: Vec<NodeResult<Bytes>> =
-            data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let parts: Vec<NodeResult<Bytes>> = data
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
         let stream = snapshot_stream(data.len() as u64, Box::pin(tokio_stream::iter(parts)));
         let msgs: Vec<SnapshotResponse> = stream.map(|r| r.unwrap()).collect().await;
         assert_eq!(msgs.len(), 4); // 32768 + 32768 + 4464, then the digest

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::node::{Histogram, NodeMetrics, NodeState, HISTOGRAM_BUCKETS};
+use crate::node::{HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeState};
 
 #[cfg(doc)]
 use crate::node::EtcdNode;
@@ -112,7 +112,9 @@ impl Default for GrpcMetrics {
         GrpcMetrics {
             index,
             started: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            handled: (0..n).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect(),
+            handled: (0..n)
+                .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+                .collect(),
             health_success: AtomicU64::new(0),
             health_failures: AtomicU64::new(0),
         }
@@ -149,17 +151,67 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
     };
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
     };
-    gauge(&mut out, "etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.", f64::from(u8::from(state.leader != 0)));
-    gauge(&mut out, "etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.", f64::from(u8::from(state.leader != 0 && state.leader == state.member_id)));
-    gauge(&mut out, "etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.", f64::from(u8::from(state.is_learner)));
-    counter(&mut out, "etcd_server_leader_changes_seen_total", "The number of leader changes seen.", node.leader_changes_seen);
-    gauge(&mut out, "etcd_server_proposals_committed_total", "The total number of consensus proposals committed.", node.proposals_committed as f64);
-    gauge(&mut out, "etcd_server_proposals_applied_total", "The total number of consensus proposals applied.", node.proposals_applied as f64);
-    gauge(&mut out, "etcd_server_proposals_pending", "The current number of pending proposals to commit.", node.proposals_pending as f64);
-    counter(&mut out, "etcd_server_proposals_failed_total", "The total number of failed proposals seen.", node.proposals_failed);
-    gauge(&mut out, "etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.", node.quota_backend_bytes as f64);
+    gauge(
+        &mut out,
+        "etcd_server_has_leader",
+        "Whether or not a leader exists. 1 is existence, 0 is not.",
+        f64::from(u8::from(state.leader != 0)),
+    );
+    gauge(
+        &mut out,
+        "etcd_server_is_leader",
+        "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        f64::from(u8::from(
+            state.leader != 0 && state.leader == state.member_id,
+        )),
+    );
+    gauge(
+        &mut out,
+        "etcd_server_is_learner",
+        "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+        f64::from(u8::from(state.is_learner)),
+    );
+    counter(
+        &mut out,
+        "etcd_server_leader_changes_seen_total",
+        "The number of leader changes seen.",
+        node.leader_changes_seen,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_proposals_committed_total",
+        "The total number of consensus proposals committed.",
+        node.proposals_committed as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_proposals_applied_total",
+        "The total number of consensus proposals applied.",
+        node.proposals_applied as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_proposals_pending",
+        "The current number of pending proposals to commit.",
+        node.proposals_pending as f64,
+    );
+    counter(
+        &mut out,
+        "etcd_server_proposals_failed_total",
+        "The total number of failed proposals seen.",
+        node.proposals_failed,
+    );
+    gauge(
+        &mut out,
+        "etcd_server_quota_backend_bytes",
+        "Current backend storage quota size in bytes.",
+        node.quota_backend_bytes as f64,
+    );
     let _ = writeln!(
         out,
         "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n# TYPE etcd_server_version gauge\netcd_server_version{{server_version=\"{SERVER_VERSION}\"}} 1"
@@ -173,13 +225,48 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
         "# HELP etcd_server_id Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.\n# TYPE etcd_server_id gauge\netcd_server_id{{server_id=\"{:x}\"}} 1",
         state.member_id
     );
-    counter(&mut out, "etcd_server_health_success", "The total number of successful health checks", grpc.health_success.load(Relaxed));
-    counter(&mut out, "etcd_server_health_failures", "The total number of failed health checks", grpc.health_failures.load(Relaxed));
-    histogram(&mut out, "etcd_disk_wal_fsync_duration_seconds", "The latency distributions of fsync called by WAL.", &node.wal_fsync);
-    histogram(&mut out, "etcd_disk_backend_commit_duration_seconds", "The latency distributions of commit called by backend.", &node.backend_commit);
-    gauge(&mut out, "etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically allocated in bytes.", node.db_total_size as f64);
-    gauge(&mut out, "etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database logically in use in bytes.", node.db_total_size_in_use as f64);
-    gauge(&mut out, "etcd_debugging_mvcc_current_revision", "The current revision of store.", state.revision as f64);
+    counter(
+        &mut out,
+        "etcd_server_health_success",
+        "The total number of successful health checks",
+        grpc.health_success.load(Relaxed),
+    );
+    counter(
+        &mut out,
+        "etcd_server_health_failures",
+        "The total number of failed health checks",
+        grpc.health_failures.load(Relaxed),
+    );
+    histogram(
+        &mut out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        &node.wal_fsync,
+    );
+    histogram(
+        &mut out,
+        "etcd_disk_backend_commit_duration_seconds",
+        "The latency distributions of commit called by backend.",
+        &node.backend_commit,
+    );
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Total size of the underlying database physically allocated in bytes.",
+        node.db_total_size as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_mvcc_db_total_size_in_use_in_bytes",
+        "Total size of the underlying database logically in use in bytes.",
+        node.db_total_size_in_use as f64,
+    );
+    gauge(
+        &mut out,
+        "etcd_debugging_mvcc_current_revision",
+        "The current revision of store.",
+        state.revision as f64,
+    );
 
     let per_method = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -191,7 +278,12 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
             );
         }
     };
-    per_method(&mut out, "grpc_server_started_total", "Total number of RPCs started on the server.", &grpc.started);
+    per_method(
+        &mut out,
+        "grpc_server_started_total",
+        "Total number of RPCs started on the server.",
+        &grpc.started,
+    );
     let _ = writeln!(
         out,
         "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n# TYPE grpc_server_handled_total counter"
@@ -213,7 +305,11 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let mut cumulative = 0;
     for k in 0..HISTOGRAM_BUCKETS {
         cumulative += h.buckets[k];
-        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", Histogram::bound(k));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            Histogram::bound(k)
+        );
     }
     cumulative += h.buckets[HISTOGRAM_BUCKETS];
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
@@ -227,8 +323,17 @@ mod tests {
 
     #[test]
     fn exposition_has_the_issue_5_metrics() {
-        let state = NodeState { member_id: 0x2e1259d415f2a040, leader: 0x2e1259d415f2a040, revision: 5, ..Default::default() };
-        let mut node = NodeMetrics { proposals_committed: 12, db_total_size: 20480, ..Default::default() };
+        let state = NodeState {
+            member_id: 0x2e1259d415f2a040,
+            leader: 0x2e1259d415f2a040,
+            revision: 5,
+            ..Default::default()
+        };
+        let mut node = NodeMetrics {
+            proposals_committed: 12,
+            db_total_size: 20480,
+            ..Default::default()
+        };
         node.wal_fsync.observe(0.0015);
         node.wal_fsync.observe(10.0);
         let grpc = GrpcMetrics::default();

@@ -23,13 +23,13 @@ use tokio_stream::Stream;
 
 use crate::errors::EtcdError;
 use crate::pb::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmResponse, AuthStatusResponse, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, MemberAddRequest, MemberAddResponse, MemberListResponse,
-    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, StatusResponse,
-    TxnRequest, TxnResponse,
+    AlarmMember, AlarmRequest, AlarmResponse, AuthStatusResponse, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
+    MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, StatusResponse, TxnRequest, TxnResponse,
 };
 use crate::pb::mvccpb::Event;
 
@@ -163,7 +163,11 @@ pub const HISTOGRAM_BUCKETS: usize = 14;
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: [0; HISTOGRAM_BUCKETS + 1], sum_seconds: 0.0, count: 0 }
+        Histogram {
+            buckets: [0; HISTOGRAM_BUCKETS + 1],
+            sum_seconds: 0.0,
+            count: 0,
+        }
     }
 }
 
@@ -175,7 +179,9 @@ impl Histogram {
 
     /// Records one observation.
     pub fn observe(&mut self, seconds: f64) {
-        let k = (0..HISTOGRAM_BUCKETS).find(|&k| seconds <= Self::bound(k)).unwrap_or(HISTOGRAM_BUCKETS);
+        let k = (0..HISTOGRAM_BUCKETS)
+            .find(|&k| seconds <= Self::bound(k))
+            .unwrap_or(HISTOGRAM_BUCKETS);
         self.buckets[k] += 1;
         self.sum_seconds += seconds;
         self.count += 1;
@@ -196,44 +202,110 @@ pub trait EtcdNode: Send + Sync + 'static {
     fn metrics(&self) -> NodeMetrics;
 
     /// KV Range (§4.3). Linearizable unless `serializable`.
-    fn range(&self, caller: &Caller, req: RangeRequest) -> impl Future<Output = NodeResult<RangeResponse>> + Send;
+    fn range(
+        &self,
+        caller: &Caller,
+        req: RangeRequest,
+    ) -> impl Future<Output = NodeResult<RangeResponse>> + Send;
     /// KV Put (§4.4).
-    fn put(&self, caller: &Caller, req: PutRequest) -> impl Future<Output = NodeResult<PutResponse>> + Send;
+    fn put(
+        &self,
+        caller: &Caller,
+        req: PutRequest,
+    ) -> impl Future<Output = NodeResult<PutResponse>> + Send;
     /// KV DeleteRange (§4.5).
-    fn delete_range(&self, caller: &Caller, req: DeleteRangeRequest) -> impl Future<Output = NodeResult<DeleteRangeResponse>> + Send;
+    fn delete_range(
+        &self,
+        caller: &Caller,
+        req: DeleteRangeRequest,
+    ) -> impl Future<Output = NodeResult<DeleteRangeResponse>> + Send;
     /// KV Txn (§4.6).
-    fn txn(&self, caller: &Caller, req: TxnRequest) -> impl Future<Output = NodeResult<TxnResponse>> + Send;
+    fn txn(
+        &self,
+        caller: &Caller,
+        req: TxnRequest,
+    ) -> impl Future<Output = NodeResult<TxnResponse>> + Send;
     /// KV Compact (§4.7).
-    fn compact(&self, caller: &Caller, req: CompactionRequest) -> impl Future<Output = NodeResult<CompactionResponse>> + Send;
+    fn compact(
+        &self,
+        caller: &Caller,
+        req: CompactionRequest,
+    ) -> impl Future<Output = NodeResult<CompactionResponse>> + Send;
 
     /// Registers a watcher (§4.8). `Err` only for auth failures (sent as a failed create).
-    fn watch(&self, caller: &Caller, spec: WatchSpec) -> impl Future<Output = NodeResult<Watcher>> + Send;
+    fn watch(
+        &self,
+        caller: &Caller,
+        spec: WatchSpec,
+    ) -> impl Future<Output = NodeResult<Watcher>> + Send;
 
     /// Lease grant (§4.9); `req.ttl` already raised to the minimum TTL by the node.
-    fn lease_grant(&self, caller: &Caller, req: LeaseGrantRequest) -> impl Future<Output = NodeResult<LeaseGrantResponse>> + Send;
+    fn lease_grant(
+        &self,
+        caller: &Caller,
+        req: LeaseGrantRequest,
+    ) -> impl Future<Output = NodeResult<LeaseGrantResponse>> + Send;
     /// Lease revoke.
-    fn lease_revoke(&self, caller: &Caller, id: i64) -> impl Future<Output = NodeResult<LeaseRevokeResponse>> + Send;
+    fn lease_revoke(
+        &self,
+        caller: &Caller,
+        id: i64,
+    ) -> impl Future<Output = NodeResult<LeaseRevokeResponse>> + Send;
     /// One keep-alive: `TTL` = the full granted TTL, 0 for an unknown or expired lease (not an
     /// error); the header is filled before the renewal.
-    fn lease_keep_alive(&self, caller: &Caller, id: i64) -> impl Future<Output = NodeResult<LeaseKeepAliveResponse>> + Send;
+    fn lease_keep_alive(
+        &self,
+        caller: &Caller,
+        id: i64,
+    ) -> impl Future<Output = NodeResult<LeaseKeepAliveResponse>> + Send;
     /// Lease time-to-live (TTL −1 for unknown leases).
-    fn lease_time_to_live(&self, caller: &Caller, req: LeaseTimeToLiveRequest) -> impl Future<Output = NodeResult<LeaseTimeToLiveResponse>> + Send;
+    fn lease_time_to_live(
+        &self,
+        caller: &Caller,
+        req: LeaseTimeToLiveRequest,
+    ) -> impl Future<Output = NodeResult<LeaseTimeToLiveResponse>> + Send;
     /// All leases.
-    fn lease_leases(&self, caller: &Caller) -> impl Future<Output = NodeResult<LeaseLeasesResponse>> + Send;
+    fn lease_leases(
+        &self,
+        caller: &Caller,
+    ) -> impl Future<Output = NodeResult<LeaseLeasesResponse>> + Send;
 
     /// Cluster MemberAdd (§4.10).
-    fn member_add(&self, caller: &Caller, req: MemberAddRequest) -> impl Future<Output = NodeResult<MemberAddResponse>> + Send;
+    fn member_add(
+        &self,
+        caller: &Caller,
+        req: MemberAddRequest,
+    ) -> impl Future<Output = NodeResult<MemberAddResponse>> + Send;
     /// Cluster MemberRemove.
-    fn member_remove(&self, caller: &Caller, id: u64) -> impl Future<Output = NodeResult<MemberRemoveResponse>> + Send;
+    fn member_remove(
+        &self,
+        caller: &Caller,
+        id: u64,
+    ) -> impl Future<Output = NodeResult<MemberRemoveResponse>> + Send;
     /// Cluster MemberUpdate.
-    fn member_update(&self, caller: &Caller, req: MemberUpdateRequest) -> impl Future<Output = NodeResult<MemberUpdateResponse>> + Send;
+    fn member_update(
+        &self,
+        caller: &Caller,
+        req: MemberUpdateRequest,
+    ) -> impl Future<Output = NodeResult<MemberUpdateResponse>> + Send;
     /// Cluster MemberList.
-    fn member_list(&self, caller: &Caller) -> impl Future<Output = NodeResult<MemberListResponse>> + Send;
+    fn member_list(
+        &self,
+        caller: &Caller,
+    ) -> impl Future<Output = NodeResult<MemberListResponse>> + Send;
     /// Cluster MemberPromote.
-    fn member_promote(&self, caller: &Caller, id: u64) -> impl Future<Output = NodeResult<MemberPromoteResponse>> + Send;
+    fn member_promote(
+        &self,
+        caller: &Caller,
+        id: u64,
+    ) -> impl Future<Output = NodeResult<MemberPromoteResponse>> + Send;
 
     /// Maintenance Alarm (§4.11).
-    fn alarm(&self, caller: &Caller, req: AlarmRequest) -> impl Future<Output = NodeResult<AlarmResponse>> + Send;
+    fn alarm(
+        &self,
+        caller: &Caller,
+        req: AlarmRequest,
+    ) -> impl Future<Output = NodeResult<AlarmResponse>> + Send;
     /// Maintenance Status.
     fn status(&self, caller: &Caller) -> impl Future<Output = NodeResult<StatusResponse>> + Send;
     /// Maintenance Defragment (the backend's online compaction).
@@ -241,13 +313,27 @@ pub trait EtcdNode: Send + Sync + 'static {
     /// Maintenance Hash.
     fn hash(&self, caller: &Caller) -> impl Future<Output = NodeResult<HashResponse>> + Send;
     /// Maintenance HashKV.
-    fn hash_kv(&self, caller: &Caller, revision: i64) -> impl Future<Output = NodeResult<HashKvResponse>> + Send;
+    fn hash_kv(
+        &self,
+        caller: &Caller,
+        revision: i64,
+    ) -> impl Future<Output = NodeResult<HashKvResponse>> + Send;
     /// Maintenance Snapshot: the backend file as chunks (the front end adds remaining_bytes
     /// bookkeeping and the trailing SHA-256 message). The first item is the total size.
-    fn snapshot(&self, caller: &Caller) -> impl Future<Output = NodeResult<(u64, BoxStream<NodeResult<bytes::Bytes>>)>> + Send;
+    fn snapshot(
+        &self,
+        caller: &Caller,
+    ) -> impl Future<Output = NodeResult<(u64, BoxStream<NodeResult<bytes::Bytes>>)>> + Send;
     /// Maintenance MoveLeader.
-    fn move_leader(&self, caller: &Caller, target: u64) -> impl Future<Output = NodeResult<MoveLeaderResponse>> + Send;
+    fn move_leader(
+        &self,
+        caller: &Caller,
+        target: u64,
+    ) -> impl Future<Output = NodeResult<MoveLeaderResponse>> + Send;
 
     /// Auth AuthStatus (the only auth RPC served before the auth issue).
-    fn auth_status(&self, caller: &Caller) -> impl Future<Output = NodeResult<AuthStatusResponse>> + Send;
+    fn auth_status(
+        &self,
+        caller: &Caller,
+    ) -> impl Future<Output = NodeResult<AuthStatusResponse>> + Send;
 }

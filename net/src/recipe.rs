@@ -59,8 +59,16 @@ pub async fn create_if_absent<N: EtcdNode>(
             target_union: Some(compare::TargetUnion::CreateRevision(0)),
             range_end: Bytes::new(),
         }],
-        success: vec![op(request_op::Request::RequestPut(PutRequest { key: key.clone(), value, lease, ..Default::default() }))],
-        failure: vec![op(request_op::Request::RequestRange(RangeRequest { key, ..Default::default() }))],
+        success: vec![op(request_op::Request::RequestPut(PutRequest {
+            key: key.clone(),
+            value,
+            lease,
+            ..Default::default()
+        }))],
+        failure: vec![op(request_op::Request::RequestRange(RangeRequest {
+            key,
+            ..Default::default()
+        }))],
     };
     let resp = node.txn(caller, txn).await?;
     let revision = resp.header.as_ref().map_or(0, |h| h.revision);
@@ -73,14 +81,21 @@ pub async fn create_if_absent<N: EtcdNode>(
     });
     let Some(kv) = existing else {
         // The key vanished between compare and range: impossible inside one txn.
-        return Err(EtcdError::Internal("recipe: txn failed but the key is absent".into()));
+        return Err(EtcdError::Internal(
+            "recipe: txn failed but the key is absent".into(),
+        ));
     };
     Ok((resp, kv.create_revision, Some(kv)))
 }
 
 /// Waits until no key under `prefix` has a create revision ≤ `max_create_revision`
 /// (etcd's `waitDeletes`): repeatedly find the newest such key and wait for its deletion.
-pub async fn wait_deletes<N: EtcdNode>(node: &N, caller: &Caller, prefix: &[u8], max_create_revision: i64) -> NodeResult<()> {
+pub async fn wait_deletes<N: EtcdNode>(
+    node: &N,
+    caller: &Caller,
+    prefix: &[u8],
+    max_create_revision: i64,
+) -> NodeResult<()> {
     loop {
         let resp = node
             .range(
@@ -96,14 +111,21 @@ pub async fn wait_deletes<N: EtcdNode>(node: &N, caller: &Caller, prefix: &[u8],
                 },
             )
             .await?;
-        let Some(kv) = resp.kvs.into_iter().next() else { return Ok(()) };
+        let Some(kv) = resp.kvs.into_iter().next() else {
+            return Ok(());
+        };
         let rev = resp.header.map_or(0, |h| h.revision);
         wait_delete(node, caller, kv.key, rev).await?;
     }
 }
 
 /// Waits for a DELETE of `key` at or after revision `from`.
-async fn wait_delete<N: EtcdNode>(node: &N, caller: &Caller, key: Bytes, from: i64) -> NodeResult<()> {
+async fn wait_delete<N: EtcdNode>(
+    node: &N,
+    caller: &Caller,
+    key: Bytes,
+    from: i64,
+) -> NodeResult<()> {
     let spec = WatchSpec {
         key,
         range_end: Bytes::new(),
@@ -129,8 +151,20 @@ async fn wait_delete<N: EtcdNode>(node: &N, caller: &Caller, key: Bytes, from: i
 }
 
 /// Deletes `key`, returning the response header.
-pub async fn delete<N: EtcdNode>(node: &N, caller: &Caller, key: Bytes) -> NodeResult<Option<ResponseHeader>> {
-    let resp = node.delete_range(caller, DeleteRangeRequest { key, ..Default::default() }).await?;
+pub async fn delete<N: EtcdNode>(
+    node: &N,
+    caller: &Caller,
+    key: Bytes,
+) -> NodeResult<Option<ResponseHeader>> {
+    let resp = node
+        .delete_range(
+            caller,
+            DeleteRangeRequest {
+                key,
+                ..Default::default()
+            },
+        )
+        .await?;
     Ok(resp.header)
 }
 
@@ -140,7 +174,10 @@ mod tests {
 
     #[test]
     fn keys_and_prefixes() {
-        assert_eq!(owner_key(b"mylock", 0x2040a1fcec899555).as_ref(), b"mylock/2040a1fcec899555");
+        assert_eq!(
+            owner_key(b"mylock", 0x2040a1fcec899555).as_ref(),
+            b"mylock/2040a1fcec899555"
+        );
         assert_eq!(prefix_end(b"aa").as_ref(), b"ab");
         assert_eq!(prefix_end(b"a\xff").as_ref(), b"b");
         assert_eq!(prefix_end(b"\xff\xff").as_ref(), b"\0");

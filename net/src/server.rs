@@ -104,17 +104,41 @@ impl<N: EtcdNode> ClientServer<N> {
         });
         let max = options.grpc_max_recv_bytes;
         let s = || shared.clone();
-        let routes = Routes::new(KvServer::new(KvService { shared: s() }).max_decoding_message_size(max))
-            .add_service(WatchServer::new(WatchService { shared: s() }).max_decoding_message_size(max))
-            .add_service(LeaseServer::new(LeaseService { shared: s() }).max_decoding_message_size(max))
-            .add_service(ClusterServer::new(ClusterService { shared: s() }).max_decoding_message_size(max))
-            .add_service(MaintenanceServer::new(MaintenanceService { shared: s() }).max_decoding_message_size(max))
-            .add_service(AuthServer::new(AuthService { shared: s() }).max_decoding_message_size(max))
-            .add_service(ElectionServer::new(ElectionService { shared: s() }).max_decoding_message_size(max))
-            .add_service(LockServer::new(LockService { shared: s() }).max_decoding_message_size(max))
-            .add_service(HealthServer::new(HealthService { shared: s() }).max_decoding_message_size(max))
-            .prepare();
-        Arc::new(ClientServer { shared, routes, options })
+        let routes =
+            Routes::new(KvServer::new(KvService { shared: s() }).max_decoding_message_size(max))
+                .add_service(
+                    WatchServer::new(WatchService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    LeaseServer::new(LeaseService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    ClusterServer::new(ClusterService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    MaintenanceServer::new(MaintenanceService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    AuthServer::new(AuthService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    ElectionServer::new(ElectionService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    LockServer::new(LockService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    HealthServer::new(HealthService { shared: s() }).max_decoding_message_size(max),
+                )
+                .prepare();
+        Arc::new(ClientServer {
+            shared,
+            routes,
+            options,
+        })
     }
 
     /// The gRPC counters (for tests and the metrics endpoint).
@@ -124,7 +148,11 @@ impl<N: EtcdNode> ClientServer<N> {
 
     /// Accepts connections until shutdown; each connection runs in its own task holding a
     /// clone of `guard`.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, guard: DrainGuard) -> std::io::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        guard: DrainGuard,
+    ) -> std::io::Result<()> {
         let mut shutdown = self.shared.shutdown.clone();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {

@@ -38,12 +38,21 @@ impl ShutdownTrigger {
     pub fn new() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(false);
         let (drain_tx, drain_rx) = mpsc::channel(1);
-        (ShutdownTrigger { tx, drain_tx: Some(drain_tx), drain_rx }, Shutdown { rx })
+        (
+            ShutdownTrigger {
+                tx,
+                drain_tx: Some(drain_tx),
+                drain_rx,
+            },
+            Shutdown { rx },
+        )
     }
 
     /// A guard for one more task to drain.
     pub fn guard(&self) -> DrainGuard {
-        DrainGuard { _tx: self.drain_tx.clone().expect("guard() after drain()") }
+        DrainGuard {
+            _tx: self.drain_tx.clone().expect("guard() after drain()"),
+        }
     }
 
     /// Broadcasts shutdown.
@@ -56,7 +65,9 @@ impl ShutdownTrigger {
     pub async fn drain(mut self, limit: std::time::Duration) -> bool {
         self.fire();
         self.drain_tx = None;
-        tokio::time::timeout(limit, self.drain_rx.recv()).await.is_ok()
+        tokio::time::timeout(limit, self.drain_rx.recv())
+            .await
+            .is_ok()
     }
 }
 

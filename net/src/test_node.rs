@@ -75,12 +75,20 @@ fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
 }
 
 fn header(rev: i64) -> Option<ResponseHeader> {
-    Some(ResponseHeader { revision: rev, raft_term: 2, ..Default::default() })
+    Some(ResponseHeader {
+        revision: rev,
+        raft_term: 2,
+        ..Default::default()
+    })
 }
 
 impl Store {
     fn select(&self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
-        self.kvs.values().filter(|kv| in_range(&kv.key, key, end)).cloned().collect()
+        self.kvs
+            .values()
+            .filter(|kv| in_range(&kv.key, key, end))
+            .cloned()
+            .collect()
     }
 
     fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -109,10 +117,20 @@ impl Store {
         if r.count_only {
             kvs.clear();
         }
-        Ok(RangeResponse { header: header(self.rev), kvs, more, count })
+        Ok(RangeResponse {
+            header: header(self.rev),
+            kvs,
+            more,
+            count,
+        })
     }
 
-    fn put(&mut self, p: &PutRequest, rev: i64, events: &mut Vec<Event>) -> Result<PutResponse, EtcdError> {
+    fn put(
+        &mut self,
+        p: &PutRequest,
+        rev: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<PutResponse, EtcdError> {
         if p.lease != 0 && !self.leases.contains_key(&p.lease) {
             return Err(EtcdError::LeaseNotFound);
         }
@@ -125,23 +143,55 @@ impl Store {
             create_revision: prev.as_ref().map_or(rev, |k| k.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |k| k.version + 1),
-            value: if p.ignore_value { prev.as_ref().map(|k| k.value.clone()).unwrap_or_default() } else { p.value.clone() },
-            lease: if p.ignore_lease { prev.as_ref().map_or(0, |k| k.lease) } else { p.lease },
+            value: if p.ignore_value {
+                prev.as_ref().map(|k| k.value.clone()).unwrap_or_default()
+            } else {
+                p.value.clone()
+            },
+            lease: if p.ignore_lease {
+                prev.as_ref().map_or(0, |k| k.lease)
+            } else {
+                p.lease
+            },
         };
         if kv.lease != 0 {
-            self.leases.get_mut(&kv.lease).expect("checked").1.push(kv.key.clone());
+            self.leases
+                .get_mut(&kv.lease)
+                .expect("checked")
+                .1
+                .push(kv.key.clone());
         }
         self.kvs.insert(kv.key.clone(), kv.clone());
-        events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None });
-        Ok(PutResponse { header: header(rev), prev_kv: if p.prev_kv { prev } else { None } })
+        events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: None,
+        });
+        Ok(PutResponse {
+            header: header(rev),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
     }
 
-    fn delete(&mut self, d: &DeleteRangeRequest, rev: i64, events: &mut Vec<Event>) -> DeleteRangeResponse {
+    fn delete(
+        &mut self,
+        d: &DeleteRangeRequest,
+        rev: i64,
+        events: &mut Vec<Event>,
+    ) -> DeleteRangeResponse {
         let gone = self.select(&d.key, &d.range_end);
         for kv in &gone {
             self.kvs.remove(&kv.key);
-            let tomb = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
-            events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: None });
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: rev,
+                ..Default::default()
+            };
+            events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(tomb),
+                prev_kv: None,
+            });
         }
         DeleteRangeResponse {
             header: header(rev),
@@ -181,32 +231,55 @@ impl Store {
         }
     }
 
-    fn txn(&mut self, t: &TxnRequest, rev: i64, events: &mut Vec<Event>) -> Result<TxnResponse, EtcdError> {
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        rev: i64,
+        events: &mut Vec<Event>,
+    ) -> Result<TxnResponse, EtcdError> {
         let ok = t.compare.iter().all(|c| self.compare(c));
         let ops = if ok { &t.success } else { &t.failure };
         let mut responses = Vec::new();
         for op in ops {
             let response = match &op.request {
-                Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(self.range(r)?),
-                Some(request_op::Request::RequestPut(p)) => response_op::Response::ResponsePut(self.put(p, rev, events)?),
+                Some(request_op::Request::RequestRange(r)) => {
+                    response_op::Response::ResponseRange(self.range(r)?)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    response_op::Response::ResponsePut(self.put(p, rev, events)?)
+                }
                 Some(request_op::Request::RequestDeleteRange(d)) => {
                     response_op::Response::ResponseDeleteRange(self.delete(d, rev, events))
                 }
-                Some(request_op::Request::RequestTxn(t)) => response_op::Response::ResponseTxn(self.txn(t, rev, events)?),
+                Some(request_op::Request::RequestTxn(t)) => {
+                    response_op::Response::ResponseTxn(self.txn(t, rev, events)?)
+                }
                 None => return Err(EtcdError::KeyNotFound),
             };
-            responses.push(ResponseOp { response: Some(response) });
+            responses.push(ResponseOp {
+                response: Some(response),
+            });
         }
-        Ok(TxnResponse { header: header(rev), succeeded: ok, responses })
+        Ok(TxnResponse {
+            header: header(rev),
+            succeeded: ok,
+            responses,
+        })
     }
 }
 
 impl MemNode {
     /// Runs a write: `f` gets the next revision; the revision is bumped (and events published)
     /// only if `f` produced events. A failed write leaves the store as it was.
-    fn write<T>(&self, f: impl FnOnce(&mut Store, i64, &mut Vec<Event>) -> Result<T, EtcdError>) -> Result<(T, i64), EtcdError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Store, i64, &mut Vec<Event>) -> Result<T, EtcdError>,
+    ) -> Result<(T, i64), EtcdError> {
         let mut s = self.store.lock().unwrap();
-        if s.alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
+        if s.alarms
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32)
+        {
             return Err(EtcdError::NoSpace);
         }
         let saved = (s.kvs.clone(), s.leases.clone());
@@ -255,7 +328,12 @@ impl EtcdNode for MemNode {
 
     fn metrics(&self) -> NodeMetrics {
         let rev = self.rev();
-        NodeMetrics { proposals_committed: rev as u64, proposals_applied: rev as u64, db_total_size: 70_000, ..Default::default() }
+        NodeMetrics {
+            proposals_committed: rev as u64,
+            proposals_applied: rev as u64,
+            db_total_size: 70_000,
+            ..Default::default()
+        }
     }
 
     async fn range(&self, _: &Caller, req: RangeRequest) -> NodeResult<RangeResponse> {
@@ -268,7 +346,11 @@ impl EtcdNode for MemNode {
         Ok(resp)
     }
 
-    async fn delete_range(&self, _: &Caller, req: DeleteRangeRequest) -> NodeResult<DeleteRangeResponse> {
+    async fn delete_range(
+        &self,
+        _: &Caller,
+        req: DeleteRangeRequest,
+    ) -> NodeResult<DeleteRangeResponse> {
         let (mut resp, rev) = self.write(|s, rev, ev| Ok(s.delete(&req, rev, ev)))?;
         set_rev(&mut resp.header, rev);
         Ok(resp)
@@ -291,7 +373,9 @@ impl EtcdNode for MemNode {
         s.compact_rev = req.revision;
         let keep = req.revision;
         s.history.retain(|(r, _)| *r >= keep);
-        Ok(CompactionResponse { header: header(s.rev) })
+        Ok(CompactionResponse {
+            header: header(s.rev),
+        })
     }
 
     async fn watch(&self, _: &Caller, spec: WatchSpec) -> NodeResult<Watcher> {
@@ -301,10 +385,17 @@ impl EtcdNode for MemNode {
         if spec.start_revision > 0 && spec.start_revision < s.compact_rev {
             let compact_revision = s.compact_rev;
             let updates = tokio_stream::iter([WatchUpdate::Compacted { compact_revision }]);
-            return Ok(Watcher { revision: rev, updates: Box::pin(updates) });
+            return Ok(Watcher {
+                revision: rev,
+                updates: Box::pin(updates),
+            });
         }
         let replay: Vec<(i64, Vec<Event>)> = if spec.start_revision > 0 {
-            s.history.iter().filter(|(r, _)| *r >= spec.start_revision).cloned().collect()
+            s.history
+                .iter()
+                .filter(|(r, _)| *r >= spec.start_revision)
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
@@ -316,22 +407,38 @@ impl EtcdNode for MemNode {
                 .filter(|e| {
                     let kv = e.kv.as_ref().expect("fixture events carry kvs");
                     let put = e.r#type == EventType::Put as i32;
-                    in_range(&kv.key, &spec2.key, &spec2.range_end) && !(put && spec2.no_put) && !(!put && spec2.no_delete)
+                    in_range(&kv.key, &spec2.key, &spec2.range_end)
+                        && !(put && spec2.no_put)
+                        && (put || !spec2.no_delete)
                 })
                 .collect();
-            (!events.is_empty()).then_some(WatchUpdate::Events { revision: r, events })
+            (!events.is_empty()).then_some(WatchUpdate::Events {
+                revision: r,
+                events,
+            })
         };
         let keep2 = keep.clone();
         let replayed_to = replay.last().map_or(rev, |(r, _)| *r).max(rev);
-        let updates = tokio_stream::iter(replay)
-            .filter_map(keep)
-            .chain(live.filter_map(move |item| item.ok().filter(|(r, _)| *r > replayed_to)).filter_map(keep2));
-        Ok(Watcher { revision: rev, updates: Box::pin(updates) })
+        let updates = tokio_stream::iter(replay).filter_map(keep).chain(
+            live.filter_map(move |item| item.ok().filter(|(r, _)| *r > replayed_to))
+                .filter_map(keep2),
+        );
+        Ok(Watcher {
+            revision: rev,
+            updates: Box::pin(updates),
+        })
     }
 
-    async fn lease_grant(&self, _: &Caller, req: LeaseGrantRequest) -> NodeResult<LeaseGrantResponse> {
+    async fn lease_grant(
+        &self,
+        _: &Caller,
+        req: LeaseGrantRequest,
+    ) -> NodeResult<LeaseGrantResponse> {
         let mut s = self.store.lock().unwrap();
-        if s.alarms.iter().any(|a| a.alarm == AlarmType::Nospace as i32) {
+        if s.alarms
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32)
+        {
             return Err(EtcdError::NoSpace);
         }
         let id = if req.id == 0 {
@@ -345,36 +452,66 @@ impl EtcdNode for MemNode {
         }
         let ttl = req.ttl.max(2);
         s.leases.insert(id, (ttl, Vec::new()));
-        Ok(LeaseGrantResponse { header: header(s.rev), id, ttl, error: String::new() })
+        Ok(LeaseGrantResponse {
+            header: header(s.rev),
+            id,
+            ttl,
+            error: String::new(),
+        })
     }
 
     async fn lease_revoke(&self, _: &Caller, id: i64) -> NodeResult<LeaseRevokeResponse> {
         let keys = {
             let s = self.store.lock().unwrap();
-            s.leases.get(&id).map(|l| l.1.clone()).ok_or(EtcdError::LeaseNotFound)?
+            s.leases
+                .get(&id)
+                .map(|l| l.1.clone())
+                .ok_or(EtcdError::LeaseNotFound)?
         };
         let (_, rev) = self.write(|s, rev, ev| {
             s.leases.remove(&id);
             for k in keys {
                 if s.kvs.get(&k).is_some_and(|kv| kv.lease == id) {
-                    s.delete(&DeleteRangeRequest { key: k, ..Default::default() }, rev, ev);
+                    s.delete(
+                        &DeleteRangeRequest {
+                            key: k,
+                            ..Default::default()
+                        },
+                        rev,
+                        ev,
+                    );
                 }
             }
             Ok(())
         })?;
-        Ok(LeaseRevokeResponse { header: header(rev) })
+        Ok(LeaseRevokeResponse {
+            header: header(rev),
+        })
     }
 
     async fn lease_keep_alive(&self, _: &Caller, id: i64) -> NodeResult<LeaseKeepAliveResponse> {
         let s = self.store.lock().unwrap();
         let ttl = s.leases.get(&id).map_or(0, |l| l.0);
-        Ok(LeaseKeepAliveResponse { header: header(s.rev), id, ttl })
+        Ok(LeaseKeepAliveResponse {
+            header: header(s.rev),
+            id,
+            ttl,
+        })
     }
 
-    async fn lease_time_to_live(&self, _: &Caller, req: LeaseTimeToLiveRequest) -> NodeResult<LeaseTimeToLiveResponse> {
+    async fn lease_time_to_live(
+        &self,
+        _: &Caller,
+        req: LeaseTimeToLiveRequest,
+    ) -> NodeResult<LeaseTimeToLiveResponse> {
         let s = self.store.lock().unwrap();
         let Some((ttl, keys)) = s.leases.get(&req.id) else {
-            return Ok(LeaseTimeToLiveResponse { header: header(s.rev), id: req.id, ttl: -1, ..Default::default() });
+            return Ok(LeaseTimeToLiveResponse {
+                header: header(s.rev),
+                id: req.id,
+                ttl: -1,
+                ..Default::default()
+            });
         };
         Ok(LeaseTimeToLiveResponse {
             header: header(s.rev),
@@ -388,7 +525,10 @@ impl EtcdNode for MemNode {
     async fn lease_leases(&self, _: &Caller) -> NodeResult<LeaseLeasesResponse> {
         let s = self.store.lock().unwrap();
         let leases = s.leases.keys().map(|id| LeaseStatus { id: *id }).collect();
-        Ok(LeaseLeasesResponse { header: header(s.rev), leases })
+        Ok(LeaseLeasesResponse {
+            header: header(s.rev),
+            leases,
+        })
     }
 
     async fn member_add(&self, _: &Caller, _: MemberAddRequest) -> NodeResult<MemberAddResponse> {
@@ -400,7 +540,11 @@ impl EtcdNode for MemNode {
         Err(EtcdError::MemberNotFound)
     }
 
-    async fn member_update(&self, _: &Caller, _: MemberUpdateRequest) -> NodeResult<MemberUpdateResponse> {
+    async fn member_update(
+        &self,
+        _: &Caller,
+        _: MemberUpdateRequest,
+    ) -> NodeResult<MemberUpdateResponse> {
         Err(EtcdError::MemberNotFound)
     }
 
@@ -412,7 +556,10 @@ impl EtcdNode for MemNode {
             client_ur_ls: vec!["http://127.0.0.1:23790".into()],
             is_learner: false,
         };
-        Ok(MemberListResponse { header: header(self.rev()), members: vec![member] })
+        Ok(MemberListResponse {
+            header: header(self.rev()),
+            members: vec![member],
+        })
     }
 
     async fn member_promote(&self, _: &Caller, _: u64) -> NodeResult<MemberPromoteResponse> {
@@ -421,20 +568,36 @@ impl EtcdNode for MemNode {
 
     async fn alarm(&self, _: &Caller, req: AlarmRequest) -> NodeResult<AlarmResponse> {
         let mut s = self.store.lock().unwrap();
-        let member = AlarmMember { member_id: if req.member_id == 0 { MEMBER_ID } else { req.member_id }, alarm: req.alarm };
+        let member = AlarmMember {
+            member_id: if req.member_id == 0 {
+                MEMBER_ID
+            } else {
+                req.member_id
+            },
+            alarm: req.alarm,
+        };
         match alarm_request::AlarmAction::try_from(req.action) {
             Ok(alarm_request::AlarmAction::Activate) => {
                 if !s.alarms.contains(&member) {
                     s.alarms.push(member);
                 }
-                Ok(AlarmResponse { header: None, alarms: vec![member] })
+                Ok(AlarmResponse {
+                    header: None,
+                    alarms: vec![member],
+                })
             }
             Ok(alarm_request::AlarmAction::Deactivate) => {
                 let had = s.alarms.contains(&member);
                 s.alarms.retain(|a| *a != member);
-                Ok(AlarmResponse { header: None, alarms: if had { vec![member] } else { vec![] } })
+                Ok(AlarmResponse {
+                    header: None,
+                    alarms: if had { vec![member] } else { vec![] },
+                })
             }
-            _ => Ok(AlarmResponse { header: None, alarms: s.alarms.clone() }),
+            _ => Ok(AlarmResponse {
+                header: None,
+                alarms: s.alarms.clone(),
+            }),
         }
     }
 
@@ -458,7 +621,10 @@ impl EtcdNode for MemNode {
 
     async fn hash(&self, _: &Caller) -> NodeResult<HashResponse> {
         let data = snapshot_bytes();
-        Ok(HashResponse { header: header(self.rev()), hash: crc32c::crc32c(&data) })
+        Ok(HashResponse {
+            header: header(self.rev()),
+            hash: crc32c::crc32c(&data),
+        })
     }
 
     async fn hash_kv(&self, _: &Caller, revision: i64) -> NodeResult<HashKvResponse> {
@@ -474,13 +640,20 @@ impl EtcdNode for MemNode {
             digest = crc32c::crc32c_append(digest, &kv.key);
             digest = crc32c::crc32c_append(digest, &kv.value);
         }
-        Ok(HashKvResponse { header: header(s.rev), hash: digest, compact_revision: s.compact_rev })
+        Ok(HashKvResponse {
+            header: header(s.rev),
+            hash: digest,
+            compact_revision: s.compact_rev,
+        })
     }
 
     async fn snapshot(&self, _: &Caller) -> NodeResult<(u64, BoxStream<NodeResult<Bytes>>)> {
         let data = snapshot_bytes();
         let len = data.len() as u64;
-        let chunks: Vec<NodeResult<Bytes>> = data.chunks(10_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let chunks: Vec<NodeResult<Bytes>> = data
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
         Ok((len, Box::pin(tokio_stream::iter(chunks))))
     }
 
@@ -488,10 +661,16 @@ impl EtcdNode for MemNode {
         if target != MEMBER_ID {
             return Err(EtcdError::BadLeaderTransferee);
         }
-        Ok(MoveLeaderResponse { header: header(self.rev()) })
+        Ok(MoveLeaderResponse {
+            header: header(self.rev()),
+        })
     }
 
     async fn auth_status(&self, _: &Caller) -> NodeResult<AuthStatusResponse> {
-        Ok(AuthStatusResponse { header: header(self.rev()), enabled: false, auth_revision: 1 })
+        Ok(AuthStatusResponse {
+            header: header(self.rev()),
+            enabled: false,
+            auth_revision: 1,
+        })
     }
 }

@@ -7,8 +7,8 @@ use prost::Message;
 
 use crate::errors::EtcdError;
 use crate::pb::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestHeader, RequestOp,
-    TxnRequest, request_op::Request,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestHeader, RequestOp, TxnRequest,
+    request_op::Request,
 };
 
 /// Limits from the flags (spec §10).
@@ -22,7 +22,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_txn_ops: 128, max_request_bytes: 1_572_864 }
+        Limits {
+            max_txn_ops: 128,
+            max_request_bytes: 1_572_864,
+        }
     }
 }
 
@@ -139,7 +142,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Writes, EtcdError> {
 
     let mut puts = std::collections::HashSet::new();
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let then = check_intervals(&t.success)?;
         let els = check_intervals(&t.failure)?;
         for k in &then.puts {
@@ -158,7 +163,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Writes, EtcdError> {
         dels.extend(els.dels);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
             return Err(EtcdError::DuplicateKey);
         }
@@ -201,13 +208,20 @@ pub mod envelope {
 /// plus a header whose ID is taken at its widest (10-byte varint), since the real ID is assigned
 /// later; etcd's IDs carry member bits in the top 16 bits and are as wide in practice.
 pub fn envelope_len<M: Message>(tag: u32, msg: &M) -> usize {
-    let header = RequestHeader { id: u64::MAX, ..Default::default() };
+    let header = RequestHeader {
+        id: u64::MAX,
+        ..Default::default()
+    };
     prost::encoding::message::encoded_len(envelope::HEADER, &header)
         + prost::encoding::message::encoded_len(tag, msg)
 }
 
 /// Rejects a request whose raft envelope exceeds `--max-request-bytes` (spec §11 pitfall 10).
-pub fn check_request_size<M: Message>(tag: u32, msg: &M, max_request_bytes: usize) -> Result<(), EtcdError> {
+pub fn check_request_size<M: Message>(
+    tag: u32,
+    msg: &M,
+    max_request_bytes: usize,
+) -> Result<(), EtcdError> {
     if envelope_len(tag, msg) > max_request_bytes {
         return Err(EtcdError::RequestTooLarge);
     }
@@ -245,26 +259,49 @@ mod tests {
         }
     }
     fn txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> TxnRequest {
-        TxnRequest { compare: vec![], success, failure }
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        }
     }
     fn nested(t: TxnRequest) -> RequestOp {
-        RequestOp { request: Some(Request::RequestTxn(t)) }
+        RequestOp {
+            request: Some(Request::RequestTxn(t)),
+        }
     }
 
     #[test]
     fn empty_keys_are_rejected_everywhere() {
-        assert_eq!(check_range(&RangeRequest::default()), Err(EtcdError::EmptyKey));
+        assert_eq!(
+            check_range(&RangeRequest::default()),
+            Err(EtcdError::EmptyKey)
+        );
         assert_eq!(check_put(&PutRequest::default()), Err(EtcdError::EmptyKey));
-        assert_eq!(check_delete(&DeleteRangeRequest::default()), Err(EtcdError::EmptyKey));
-        let t = TxnRequest { compare: vec![Compare::default()], ..Default::default() };
+        assert_eq!(
+            check_delete(&DeleteRangeRequest::default()),
+            Err(EtcdError::EmptyKey)
+        );
+        let t = TxnRequest {
+            compare: vec![Compare::default()],
+            ..Default::default()
+        };
         assert_eq!(check_txn(&t, 128), Err(EtcdError::EmptyKey));
-        assert_eq!(check_txn(&txn(vec![get("")], vec![]), 128), Err(EtcdError::EmptyKey));
+        assert_eq!(
+            check_txn(&txn(vec![get("")], vec![]), 128),
+            Err(EtcdError::EmptyKey)
+        );
     }
 
     /// Spec §4.4: checks in etcd's order.
     #[test]
     fn put_flags() {
-        let mut p = PutRequest { key: "k".into(), value: "v".into(), ignore_value: true, ..Default::default() };
+        let mut p = PutRequest {
+            key: "k".into(),
+            value: "v".into(),
+            ignore_value: true,
+            ..Default::default()
+        };
         assert_eq!(check_put(&p), Err(EtcdError::ValueProvided));
         p.value = Bytes::new();
         assert_eq!(check_put(&p), Ok(()));
@@ -272,7 +309,13 @@ mod tests {
         p.lease = 5;
         assert_eq!(check_put(&p), Err(EtcdError::LeaseProvided));
         // empty value is fine
-        assert_eq!(check_put(&PutRequest { key: "k".into(), ..Default::default() }), Ok(()));
+        assert_eq!(
+            check_put(&PutRequest {
+                key: "k".into(),
+                ..Default::default()
+            }),
+            Ok(())
+        );
     }
 
     /// Spec §4.6: 128 puts OK, 129 rejected; nested txns use the remaining budget.
@@ -280,20 +323,37 @@ mod tests {
     fn txn_op_limits() {
         let ops = |n: usize| (0..n).map(|i| put(&format!("k{i}"))).collect::<Vec<_>>();
         assert_eq!(check_txn(&txn(ops(128), vec![]), 128), Ok(()));
-        assert_eq!(check_txn(&txn(ops(129), vec![]), 128), Err(EtcdError::TooManyOps));
-        assert_eq!(check_txn(&txn(vec![], ops(129)), 128), Err(EtcdError::TooManyOps));
+        assert_eq!(
+            check_txn(&txn(ops(129), vec![]), 128),
+            Err(EtcdError::TooManyOps)
+        );
+        assert_eq!(
+            check_txn(&txn(vec![], ops(129)), 128),
+            Err(EtcdError::TooManyOps)
+        );
         let cmp = TxnRequest {
-            compare: (0..129).map(|_| Compare { key: "a".into(), ..Default::default() }).collect(),
+            compare: (0..129)
+                .map(|_| Compare {
+                    key: "a".into(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         assert_eq!(check_txn(&cmp, 128), Err(EtcdError::TooManyOps));
         // parent uses 100 of 128 → a nested txn may have 28.
         let mut outer = ops(99);
-        outer.push(nested(txn(ops(28).into_iter().map(|_| get("x")).collect(), vec![])));
+        outer.push(nested(txn(
+            ops(28).into_iter().map(|_| get("x")).collect(),
+            vec![],
+        )));
         assert_eq!(check_txn(&txn(outer.clone(), vec![]), 128), Ok(()));
         outer.pop();
         outer.push(nested(txn((0..29).map(|_| get("x")).collect(), vec![])));
-        assert_eq!(check_txn(&txn(outer, vec![]), 128), Err(EtcdError::TooManyOps));
+        assert_eq!(
+            check_txn(&txn(outer, vec![]), 128),
+            Err(EtcdError::TooManyOps)
+        );
     }
 
     #[test]
@@ -307,26 +367,50 @@ mod tests {
     fn duplicate_keys() {
         let dup = Err(EtcdError::DuplicateKey);
         assert_eq!(check_txn(&txn(vec![put("a"), put("a")], vec![]), 128), dup);
-        assert_eq!(check_txn(&txn(vec![put("b"), del("a", "c")], vec![]), 128), dup);
-        assert_eq!(check_txn(&txn(vec![del("a", ""), put("a")], vec![]), 128), dup);
+        assert_eq!(
+            check_txn(&txn(vec![put("b"), del("a", "c")], vec![]), 128),
+            dup
+        );
+        assert_eq!(
+            check_txn(&txn(vec![del("a", ""), put("a")], vec![]), 128),
+            dup
+        );
         // overlapping deletes are fine; the same put in success and failure is fine
-        assert_eq!(check_txn(&txn(vec![del("a", "c"), del("b", "d")], vec![]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&txn(vec![del("a", "c"), del("b", "d")], vec![]), 128),
+            Ok(())
+        );
         assert_eq!(check_txn(&txn(vec![put("a")], vec![put("a")]), 128), Ok(()));
         // put outside the delete interval
-        assert_eq!(check_txn(&txn(vec![put("c"), del("a", "c")], vec![]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&txn(vec![put("c"), del("a", "c")], vec![]), 128),
+            Ok(())
+        );
         // nested: a put in a nested txn inside a delete of the parent level
         let inner = nested(txn(vec![put("b")], vec![put("b")]));
-        assert_eq!(check_txn(&txn(vec![inner.clone(), del("a", "z")], vec![]), 128), dup);
+        assert_eq!(
+            check_txn(&txn(vec![inner.clone(), del("a", "z")], vec![]), 128),
+            dup
+        );
         assert_eq!(check_txn(&txn(vec![inner.clone()], vec![]), 128), Ok(()));
         // nested put duplicating a parent put
-        assert_eq!(check_txn(&txn(vec![inner.clone(), put("b")], vec![]), 128), dup);
+        assert_eq!(
+            check_txn(&txn(vec![inner.clone(), put("b")], vec![]), 128),
+            dup
+        );
         // a nested delete covers a parent put
         let inner_del = nested(txn(vec![del("a", "c")], vec![]));
         assert_eq!(check_txn(&txn(vec![inner_del, put("b")], vec![]), 128), dup);
         // two nested txns putting the same key
-        assert_eq!(check_txn(&txn(vec![inner.clone(), inner], vec![]), 128), dup);
+        assert_eq!(
+            check_txn(&txn(vec![inner.clone(), inner], vec![]), 128),
+            dup
+        );
         // a from-key ("\0") delete does not overlap in etcd's check
-        assert_eq!(check_txn(&txn(vec![del("a", "\0"), put("b")], vec![]), 128), Ok(()));
+        assert_eq!(
+            check_txn(&txn(vec![del("a", "\0"), put("b")], vec![]), 128),
+            Ok(())
+        );
     }
 
     #[test]
@@ -334,18 +418,38 @@ mod tests {
         assert!(txn_is_read_only(&txn(vec![get("a")], vec![get("b")])));
         assert!(txn_is_read_only(&txn(vec![], vec![])));
         assert!(!txn_is_read_only(&txn(vec![get("a")], vec![put("b")])));
-        assert!(!txn_is_read_only(&txn(vec![nested(txn(vec![], vec![]))], vec![])));
+        assert!(!txn_is_read_only(&txn(
+            vec![nested(txn(vec![], vec![]))],
+            vec![]
+        )));
     }
 
     #[test]
     fn envelope_tags_match_proto() {
         use crate::pb::etcdserverpb::*;
-        let header = Some(RequestHeader { id: u64::MAX, ..Default::default() });
-        let put = PutRequest { key: "k".into(), ..Default::default() };
-        let e = InternalRaftRequest { header: header.clone(), put: Some(put.clone()), ..Default::default() };
+        let header = Some(RequestHeader {
+            id: u64::MAX,
+            ..Default::default()
+        });
+        let put = PutRequest {
+            key: "k".into(),
+            ..Default::default()
+        };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            put: Some(put.clone()),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::PUT, &put));
-        let d = DeleteRangeRequest { key: "k".into(), ..Default::default() };
-        let e = InternalRaftRequest { header: header.clone(), delete_range: Some(d.clone()), ..Default::default() };
+        let d = DeleteRangeRequest {
+            key: "k".into(),
+            ..Default::default()
+        };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            delete_range: Some(d.clone()),
+            ..Default::default()
+        };
         assert_eq!(e.encode_to_vec(), {
             let mut v = Vec::new();
             prost::encoding::message::encode(envelope::DELETE_RANGE, &d, &mut v);
@@ -353,19 +457,46 @@ mod tests {
             v
         });
         let t = txn(vec![put_op_for_test()], vec![]);
-        let e = InternalRaftRequest { header: header.clone(), txn: Some(t.clone()), ..Default::default() };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            txn: Some(t.clone()),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::TXN, &t));
-        let c = CompactionRequest { revision: 5, physical: true };
-        let e = InternalRaftRequest { header: header.clone(), compaction: Some(c), ..Default::default() };
+        let c = CompactionRequest {
+            revision: 5,
+            physical: true,
+        };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            compaction: Some(c),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::COMPACTION, &c));
         let g = LeaseGrantRequest { ttl: 5, id: 1 };
-        let e = InternalRaftRequest { header: header.clone(), lease_grant: Some(g), ..Default::default() };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            lease_grant: Some(g),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::LEASE_GRANT, &g));
         let rv = LeaseRevokeRequest { id: 1 };
-        let e = InternalRaftRequest { header: header.clone(), lease_revoke: Some(rv), ..Default::default() };
+        let e = InternalRaftRequest {
+            header: header.clone(),
+            lease_revoke: Some(rv),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::LEASE_REVOKE, &rv));
-        let a = AlarmRequest { action: 1, member_id: 1, alarm: 1 };
-        let e = InternalRaftRequest { header, alarm: Some(a), ..Default::default() };
+        let a = AlarmRequest {
+            action: 1,
+            member_id: 1,
+            alarm: 1,
+        };
+        let e = InternalRaftRequest {
+            header,
+            alarm: Some(a),
+            ..Default::default()
+        };
         assert_eq!(e.encoded_len(), envelope_len(envelope::ALARM, &a));
     }
 
@@ -377,7 +508,11 @@ mod tests {
     #[test]
     fn request_size_counts_the_envelope() {
         let limit = 1_572_864;
-        let make = |n: usize| PutRequest { key: "foo".into(), value: vec![b'x'; n].into(), ..Default::default() };
+        let make = |n: usize| PutRequest {
+            key: "foo".into(),
+            value: vec![b'x'; n].into(),
+            ..Default::default()
+        };
         let check = |p: PutRequest| check_request_size(envelope::PUT, &p, limit);
         assert_eq!(check(make(limit - 100)), Ok(()));
         assert_eq!(check(make(limit - 10)), Err(EtcdError::RequestTooLarge));

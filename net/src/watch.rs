@@ -25,8 +25,8 @@ use crate::errors::{EtcdError, cancel_reason};
 use crate::frontend::{LearnerPolicy, Shared, fill_header, requires_leader};
 use crate::node::{BoxStream, Caller, EtcdNode, WatchSpec, WatchUpdate};
 use crate::pb::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchResponse, watch_create_request::FilterType,
-    watch_request::RequestUnion, watch_server::Watch, WatchRequest,
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+    watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch,
 };
 
 /// Responses queued per stream before the session waits for the client to read.
@@ -50,7 +50,12 @@ impl<N: EtcdNode> Watch for WatchService<N> {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (caller, _) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
         let require_leader = requires_leader(req.metadata());
-        Ok(Response::new(serve(self.shared.clone(), caller, require_leader, req.into_inner())))
+        Ok(Response::new(serve(
+            self.shared.clone(),
+            caller,
+            require_leader,
+            req.into_inner(),
+        )))
     }
 }
 
@@ -87,9 +92,22 @@ struct Session<N> {
 }
 
 impl<N: EtcdNode> Session<N> {
-    fn new(shared: Shared<N>, caller: Caller, tx: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
+    fn new(
+        shared: Shared<N>,
+        caller: Caller,
+        tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    ) -> Self {
         let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-        Session { shared, caller, tx, watchers: HashMap::new(), next_gen: 0, next_id: 0, ended_tx, ended_rx }
+        Session {
+            shared,
+            caller,
+            tx,
+            watchers: HashMap::new(),
+            next_gen: 0,
+            next_id: 0,
+            ended_tx,
+            ended_rx,
+        }
     }
 
     async fn run(
@@ -98,7 +116,8 @@ impl<N: EtcdNode> Session<N> {
         require_leader: bool,
     ) {
         let mut shutdown = self.shared.shutdown.clone();
-        let mut leader_check = tokio::time::interval(self.shared.election_timeout.max(Duration::from_millis(10)));
+        let mut leader_check =
+            tokio::time::interval(self.shared.election_timeout.max(Duration::from_millis(10)));
         let mut misses = 0u32;
         let mut input_open = true;
         let end: Option<Status> = loop {
@@ -139,13 +158,22 @@ impl<N: EtcdNode> Session<N> {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                let Some((_, task)) = self.watchers.remove(&c.watch_id) else { return true };
+                let Some((_, task)) = self.watchers.remove(&c.watch_id) else {
+                    return true;
+                };
                 task.abort();
-                let resp = WatchResponse { watch_id: c.watch_id, canceled: true, ..self.current() };
+                let resp = WatchResponse {
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    ..self.current()
+                };
                 self.tx.send(Ok(resp)).await.is_ok()
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                let resp = WatchResponse { watch_id: -1, ..self.current() };
+                let resp = WatchResponse {
+                    watch_id: -1,
+                    ..self.current()
+                };
                 self.tx.send(Ok(resp)).await.is_ok()
             }
             None => true,
@@ -157,45 +185,84 @@ impl<N: EtcdNode> Session<N> {
         let state = self.shared.node.state();
         let mut header = None;
         fill_header(&mut header, &state);
-        WatchResponse { header, ..Default::default() }
+        WatchResponse {
+            header,
+            ..Default::default()
+        }
     }
 
     fn failed_create(&self, reason: String) -> WatchResponse {
-        WatchResponse { watch_id: -1, created: true, canceled: true, cancel_reason: reason, ..self.current() }
+        WatchResponse {
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..self.current()
+        }
     }
 
     async fn create(&mut self, c: WatchCreateRequest) -> bool {
         let (spec, id) = match self.prepare(&c) {
             Ok(v) => v,
-            Err(reason) => return self.tx.send(Ok(self.failed_create(reason.to_string()))).await.is_ok(),
+            Err(reason) => {
+                return self
+                    .tx
+                    .send(Ok(self.failed_create(reason.to_string())))
+                    .await
+                    .is_ok();
+            }
         };
         let watcher = match self.shared.node.watch(&self.caller, spec).await {
             Ok(w) => w,
-            Err(e) => return self.tx.send(Ok(self.failed_create(e.message().into_owned()))).await.is_ok(),
+            Err(e) => {
+                return self
+                    .tx
+                    .send(Ok(self.failed_create(e.message().into_owned())))
+                    .await
+                    .is_ok();
+            }
         };
         if id >= self.next_id && c.watch_id == 0 {
             self.next_id = id + 1;
         }
         let state = self.shared.node.state();
-        let mut header = Some(ResponseHeader { revision: watcher.revision, ..Default::default() });
+        let mut header = Some(ResponseHeader {
+            revision: watcher.revision,
+            ..Default::default()
+        });
         fill_header(&mut header, &state);
-        let created = WatchResponse { header, watch_id: id, created: true, ..Default::default() };
+        let created = WatchResponse {
+            header,
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        };
         if self.tx.send(Ok(created)).await.is_err() {
             return false;
         }
         let generation = self.next_gen;
         self.next_gen += 1;
         let ended = self.ended_tx.clone();
-        let task = tokio::spawn(forward(self.shared.clone(), id, watcher.updates, self.tx.clone(), move || {
-            let _ = ended.send((id, generation));
-        }));
+        let task = tokio::spawn(forward(
+            self.shared.clone(),
+            id,
+            watcher.updates,
+            self.tx.clone(),
+            move || {
+                let _ = ended.send((id, generation));
+            },
+        ));
         self.watchers.insert(id, (generation, task));
         true
     }
 
     /// Normalises a create request (spec §4.8) and picks its ID.
     fn prepare(&mut self, c: &WatchCreateRequest) -> Result<(WatchSpec, i64), &'static str> {
-        let key = if c.key.is_empty() { Bytes::from_static(b"\0") } else { c.key.clone() };
+        let key = if c.key.is_empty() {
+            Bytes::from_static(b"\0")
+        } else {
+            c.key.clone()
+        };
         let range_end = c.range_end.clone();
         let from_key = range_end.as_ref() == b"\0";
         if !range_end.is_empty() && !from_key && key >= range_end {
@@ -236,17 +303,39 @@ async fn forward<N: EtcdNode>(
     while let Some(update) = updates.next().await {
         let state = shared.node.state();
         let (revision, resp) = match update {
-            WatchUpdate::Events { revision, events } => {
-                (revision, WatchResponse { watch_id: id, events, ..Default::default() })
-            }
-            WatchUpdate::Progress { revision } => (revision, WatchResponse { watch_id: id, ..Default::default() }),
+            WatchUpdate::Events { revision, events } => (
+                revision,
+                WatchResponse {
+                    watch_id: id,
+                    events,
+                    ..Default::default()
+                },
+            ),
+            WatchUpdate::Progress { revision } => (
+                revision,
+                WatchResponse {
+                    watch_id: id,
+                    ..Default::default()
+                },
+            ),
             WatchUpdate::Compacted { compact_revision } => {
                 // Header revision 0, then the watcher is gone (spec §4.8).
-                (0, WatchResponse { watch_id: id, canceled: true, compact_revision, ..Default::default() })
+                (
+                    0,
+                    WatchResponse {
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision,
+                        ..Default::default()
+                    },
+                )
             }
         };
         let last = resp.canceled;
-        let mut header = Some(ResponseHeader { revision, ..Default::default() });
+        let mut header = Some(ResponseHeader {
+            revision,
+            ..Default::default()
+        });
         fill_header(&mut header, &state);
         if tx.send(Ok(WatchResponse { header, ..resp })).await.is_err() || last {
             break;
