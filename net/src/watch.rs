@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::GRPC_RECV_OVERHEAD;
 use crate::errors::{EtcdError, cancel_reason};
 use crate::frontend::{LearnerPolicy, Shared, fill_header, requires_leader};
 use crate::node::{BoxStream, Caller, EtcdNode, WatchSpec, WatchUpdate};
@@ -243,9 +244,13 @@ impl<N: EtcdNode> Session<N> {
         let generation = self.next_gen;
         self.next_gen += 1;
         let ended = self.ended_tx.clone();
+        let fragment_at = c
+            .fragment
+            .then_some(self.shared.limits.max_request_bytes + GRPC_RECV_OVERHEAD);
         let task = tokio::spawn(forward(
             self.shared.clone(),
             id,
+            fragment_at,
             watcher.updates,
             self.tx.clone(),
             move || {
@@ -296,6 +301,7 @@ impl<N: EtcdNode> Session<N> {
 async fn forward<N: EtcdNode>(
     shared: Shared<N>,
     id: i64,
+    fragment_at: Option<usize>,
     mut updates: BoxStream<WatchUpdate>,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     on_end: impl FnOnce() + Send + 'static,
@@ -337,9 +343,92 @@ async fn forward<N: EtcdNode>(
             ..Default::default()
         });
         fill_header(&mut header, &state);
-        if tx.send(Ok(WatchResponse { header, ..resp })).await.is_err() || last {
+        let resp = WatchResponse { header, ..resp };
+        let parts = match fragment_at {
+            Some(limit) => fragment(resp, limit),
+            None => vec![resp],
+        };
+        for part in parts {
+            if tx.send(Ok(part)).await.is_err() {
+                return;
+            }
+        }
+        if last {
             break;
         }
     }
     on_end();
+}
+
+/// Splits a response for a watcher created with `fragment: true` (spec §4.8): a response of
+/// `limit` bytes or more with at least two events becomes several responses, each as large as
+/// possible below `limit` (but at least one event), all but the last marked `fragment`.
+pub fn fragment(resp: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    use prost::Message;
+    if resp.events.len() < 2 || resp.encoded_len() < limit {
+        return vec![resp];
+    }
+    let mut events = resp.events.clone().into_iter().peekable();
+    let template = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..resp
+    };
+    let mut parts = Vec::new();
+    while events.peek().is_some() {
+        let mut cur = template.clone();
+        while let Some(ev) = events.peek() {
+            cur.events.push(ev.clone());
+            if cur.events.len() > 1 && cur.encoded_len() >= limit {
+                cur.events.pop();
+                break;
+            }
+            events.next();
+        }
+        if events.peek().is_none() {
+            cur.fragment = false;
+        }
+        parts.push(cur);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::mvccpb::{Event, KeyValue};
+
+    fn ev(n: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: "k".into(),
+                value: vec![b'v'; n].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fragments_split_large_responses() {
+        let resp = WatchResponse {
+            watch_id: 3,
+            events: (0..10).map(|_| ev(100)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(fragment(resp.clone(), 1 << 20), vec![resp.clone()]);
+        let parts = fragment(resp.clone(), 350);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts.last().unwrap().fragment);
+        let all: Vec<Event> = parts.iter().flat_map(|p| p.events.clone()).collect();
+        assert_eq!(all, resp.events);
+        assert!(parts.iter().all(|p| p.watch_id == 3));
+        // a single huge event is sent whole
+        let one = WatchResponse {
+            events: vec![ev(1000)],
+            ..Default::default()
+        };
+        assert_eq!(fragment(one.clone(), 10), vec![one]);
+    }
 }
