@@ -7,6 +7,7 @@
 
 mod backend;
 mod io;
+pub mod pb;
 mod raft_node;
 mod storage;
 mod wal;
