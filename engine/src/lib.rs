@@ -8,6 +8,7 @@
 mod io;
 mod lease;
 mod mvcc;
+pub mod pb;
 mod storage;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
@@ -23,6 +24,6 @@ pub use mvcc::{
     Found, Generation, HeaderIds, IntervalEnd, IntervalIndex, KeyIndex, MARKED_REV_BYTES_LEN,
     MAX_REVS_PER_SYNC_RESPONSE, MAX_WATCHERS_PER_SYNC, META_CONSISTENT_INDEX,
     META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, MvccError, MvccResult, MvccStore,
-    REV_BYTES_LEN, RevKey, Revision, StreamId, TreeIndex, WatchHub, WatchHubStats, etcdserverpb,
-    is_txn_read_only, mvccpb, range_end,
+    REV_BYTES_LEN, RevKey, Revision, StreamId, TreeIndex, WatchHub, WatchHubStats, is_txn_read_only,
+    range_end,
 };

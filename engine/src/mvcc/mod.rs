@@ -9,7 +9,6 @@ mod error;
 mod key_index;
 #[cfg(any(test, feature = "internals"))]
 mod mem_storage;
-mod pb_shim;
 mod revision;
 mod store;
 mod watch;
@@ -19,7 +18,6 @@ pub use error::{MvccError, MvccResult};
 pub use key_index::{Found, Generation, KeyIndex, TreeIndex};
 #[cfg(any(test, feature = "internals"))]
 pub use mem_storage::{MemSnapshot, MemStorage};
-pub use pb_shim::{etcdserverpb, mvccpb};
 pub use revision::{BadRevKey, MARKED_REV_BYTES_LEN, REV_BYTES_LEN, RevKey, Revision};
 pub use store::{
     DEFAULT_COMPACTION_BATCH, HeaderIds, META_CONSISTENT_INDEX, META_FINISHED_COMPACT,

@@ -18,16 +18,17 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prost::Message;
 
 use super::error::{MvccError, MvccResult};
 use super::key_index::{KeyIndex, TreeIndex};
-use super::pb_shim::etcdserverpb::{
+use crate::pb::etcdserverpb::{
     self as pb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion,
     range_request::SortOrder, range_request::SortTarget, request_op::Request,
     response_op::Response,
 };
-use super::pb_shim::mvccpb::{self, event::EventType};
+use crate::pb::mvccpb::{self, event::EventType};
 use super::revision::{RevKey, Revision};
 use super::watch::{ReadCtx, StreamId, WatchHub};
 use crate::lease::{LeaseRecord, Lessor};
@@ -223,11 +224,11 @@ impl<B: BatchWrite> MvccStore<B> {
                 let kv = decode_kv(k, v)?;
                 current = rk.rev.main;
                 if rk.tombstone {
-                    key_lease.remove(&kv.key);
+                    key_lease.remove(kv.key.as_ref());
                 } else if kv.lease != 0 {
-                    key_lease.insert(kv.key.clone(), kv.lease);
+                    key_lease.insert(kv.key.to_vec(), kv.lease);
                 } else {
-                    key_lease.remove(&kv.key);
+                    key_lease.remove(kv.key.as_ref());
                 }
                 match index.key_index_mut(&kv.key) {
                     Some(ki) => {
@@ -238,7 +239,7 @@ impl<B: BatchWrite> MvccStore<B> {
                         }
                     }
                     None if !rk.tombstone => index.insert_restored(
-                        kv.key.clone(),
+                        kv.key.to_vec(),
                         KeyIndex::restore(
                             Revision::new(kv.create_revision, 0),
                             rk.rev,
@@ -529,7 +530,7 @@ impl<B: BatchWrite> MvccStore<B> {
         &mut self,
         txn: &mut TxnState,
         key: &[u8],
-        value: Vec<u8>,
+        value: Bytes,
         lease: i64,
     ) -> MvccResult<i64> {
         let rev = txn.begin_rev + 1;
@@ -539,7 +540,7 @@ impl<B: BatchWrite> MvccStore<B> {
         };
         let idx_rev = Revision::new(rev, txn.changes.len() as i64);
         let kv = mvccpb::KeyValue {
-            key: key.to_vec(),
+            key: Bytes::copy_from_slice(key),
             create_revision: created,
             mod_revision: rev,
             version: version + 1,
@@ -564,7 +565,7 @@ impl<B: BatchWrite> MvccStore<B> {
     fn txn_delete(&mut self, txn: &mut TxnState, key: &[u8]) -> MvccResult<()> {
         let idx_rev = Revision::new(txn.begin_rev + 1, txn.changes.len() as i64);
         let kv = mvccpb::KeyValue {
-            key: key.to_vec(),
+            key: Bytes::copy_from_slice(key),
             ..Default::default()
         };
         self.backend
@@ -1032,7 +1033,7 @@ impl<B: BatchWrite> MvccStore<B> {
                 id,
                 ttl: t.ttl,
                 granted_ttl: t.granted_ttl,
-                keys: t.keys,
+                keys: t.keys.into_iter().map(Bytes::from).collect(),
             },
             None => pb::LeaseTimeToLiveResponse {
                 header,
@@ -1136,7 +1137,7 @@ fn compare_kv(c: &pb::Compare, target: CompareTarget, kv: &mvccpb::KeyValue) -> 
                 Some(TargetUnion::Value(v)) => v,
                 _ => &[],
             };
-            kv.value.as_slice().cmp(v)
+            kv.value.as_ref().cmp(v)
         }
         CompareTarget::Create => {
             let r = match c.target_union {

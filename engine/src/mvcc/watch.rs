@@ -26,8 +26,8 @@ use crossbeam_channel::{Sender, TrySendError};
 use prost::Message;
 
 use super::key_index::TreeIndex;
-use super::pb_shim::etcdserverpb::{self as pb, watch_create_request::FilterType};
-use super::pb_shim::mvccpb::{self, event::EventType};
+use crate::pb::etcdserverpb::{self as pb, watch_create_request::FilterType};
+use crate::pb::mvccpb::{self, event::EventType};
 use super::revision::{RevKey, Revision};
 use super::store::HeaderIds;
 use super::watch_index::{End, IntervalIndex};
@@ -211,7 +211,7 @@ fn is_create(ev: &mvccpb::Event) -> bool {
 }
 
 fn ev_key(ev: &mvccpb::Event) -> &[u8] {
-    ev.kv.as_ref().map_or(&[], |kv| kv.key.as_slice())
+    ev.kv.as_ref().map_or(&[], |kv| kv.key.as_ref())
 }
 
 fn ev_rev(ev: &mvccpb::Event) -> i64 {
@@ -339,9 +339,9 @@ impl WatchHub {
         let key = if req.key.is_empty() {
             vec![0]
         } else {
-            req.key.clone()
+            req.key.to_vec()
         };
-        let end = match req.range_end.as_slice() {
+        let end = match req.range_end.as_ref() {
             [] => None,
             [0] => Some(End::Inf),
             e => Some(End::Key(e.to_vec())),
