@@ -11,6 +11,8 @@ mod key_index;
 mod mem_storage;
 mod revision;
 mod store;
+#[cfg(test)]
+mod store_tests;
 mod watch;
 mod watch_index;
 
