@@ -14,6 +14,8 @@ mod store;
 #[cfg(test)]
 mod store_tests;
 mod watch;
+#[cfg(test)]
+mod watch_tests;
 mod watch_index;
 
 pub use error::{MvccError, MvccResult};
