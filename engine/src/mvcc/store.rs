@@ -187,7 +187,7 @@ impl<B: BatchWrite> MvccStore<B> {
         if let Some(r) = self.meta_rev(META_FINISHED_COMPACT)? {
             self.compact_rev = r;
         }
-        let scheduled = self.meta_rev(META_SCHEDULED_COMPACT)?.unwrap_or(0);
+        let scheduled = self.meta_rev(META_SCHEDULED_COMPACT)?;
 
         // Leases first, so restored keys can attach.
         let mut err = None;
@@ -267,7 +267,12 @@ impl<B: BatchWrite> MvccStore<B> {
                 tracing::warn!(lease = id, "restored key attached to a missing lease");
             }
         }
-        if scheduled > self.compact_rev {
+        // A compaction scheduled but not finished before a crash is resumed (etcd skips a
+        // scheduled revision 0, and so do we).
+        if let Some(scheduled) = scheduled
+            && scheduled > self.compact_rev
+            && scheduled != 0
+        {
             self.compact_rev = scheduled;
             let keep = self.index.compact(scheduled);
             self.compaction = Some(CompactionJob {
@@ -520,6 +525,7 @@ impl<B: BatchWrite> MvccStore<B> {
             backend: &self.backend,
             current_rev: rev,
             compact_rev: self.compact_rev,
+            doomed: self.compaction.as_ref().map(|j| (j.at, &j.keep)),
         };
         self.hub.notify(rev, &events, &ctx);
         rev
@@ -1089,6 +1095,7 @@ impl<B: BatchWrite> MvccStore<B> {
             backend: &self.backend,
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
+            doomed: self.compaction.as_ref().map(|j| (j.at, &j.keep)),
         };
         self.hub.create(stream, req, &ctx);
     }
@@ -1116,6 +1123,7 @@ impl<B: BatchWrite> MvccStore<B> {
             backend: &self.backend,
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
+            doomed: self.compaction.as_ref().map(|j| (j.at, &j.keep)),
         };
         self.hub.sync(&ctx)
     }

@@ -155,6 +155,9 @@ pub(crate) struct ReadCtx<'a> {
     pub backend: &'a dyn KvRead,
     pub current_rev: i64,
     pub compact_rev: i64,
+    /// A compaction whose backend removal is unfinished: `(at, keep)`. Entries at or below
+    /// `at` that are not kept are already gone for readers.
+    pub doomed: Option<(i64, &'a HashSet<Revision>)>,
 }
 
 impl ReadCtx<'_> {
@@ -706,6 +709,12 @@ impl WatchHub {
             let (Ok(rk), Ok(mut kv)) = (RevKey::decode(k), mvccpb::KeyValue::decode(v)) else {
                 return true;
             };
+            if let Some((at, keep)) = ctx.doomed
+                && rk.rev.main <= at
+                && !keep.contains(&rk.rev)
+            {
+                return true;
+            }
             let ty = if rk.tombstone {
                 kv.mod_revision = rk.rev.main;
                 EventType::Delete
