@@ -182,6 +182,8 @@ pub struct WatchHubStats {
     pub unsynced: usize,
     pub victims: usize,
     pub streams: usize,
+    /// How many times a watcher was moved aside because its stream was full.
+    pub victimized_total: u64,
 }
 
 /// The hub. Owned by the store; see the module doc.
@@ -197,6 +199,7 @@ pub struct WatchHub {
     victims: BTreeSet<WatcherKey>,
     ids: HeaderIds,
     max_request_bytes: usize,
+    victimized_total: u64,
 }
 
 impl Default for WatchHub {
@@ -234,6 +237,7 @@ impl WatchHub {
             victims: BTreeSet::new(),
             ids: HeaderIds::default(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            victimized_total: 0,
         }
     }
 
@@ -260,6 +264,7 @@ impl WatchHub {
             unsynced: self.unsynced.len(),
             victims: self.victims.len(),
             streams: self.streams.len(),
+            victimized_total: self.victimized_total,
         }
     }
 
@@ -609,7 +614,9 @@ impl WatchHub {
                 let w = self.watchers.get_mut(&wk).expect("watcher");
                 w.group = Group::Victim;
                 w.pending = Some((rest, next));
-                self.victims.insert(wk);
+                if self.victims.insert(wk) {
+                    self.victimized_total += 1;
+                }
                 false
             }
         }
