@@ -223,7 +223,10 @@ impl EtcdProcess {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("etcd exited during startup: {status}");
             }
-            assert!(Instant::now() < deadline, "etcd did not become ready in 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become ready in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

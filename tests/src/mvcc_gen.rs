@@ -14,10 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use ringkv_engine::pb::etcdserverpb::{
-    self as pb, compare::TargetUnion,
-    request_op::Request,
-};
+use ringkv_engine::pb::etcdserverpb::{self as pb, compare::TargetUnion, request_op::Request};
 use ringkv_engine::{BatchWrite, MvccError, MvccStore};
 
 use crate::json::{error_json, message_json};

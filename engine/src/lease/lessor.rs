@@ -175,7 +175,10 @@ impl Lessor {
         if !self.primary {
             return Err(MvccError::ErrNotPrimary);
         }
-        let l = self.leases.get_mut(&id).ok_or(MvccError::ErrLeaseNotFound)?;
+        let l = self
+            .leases
+            .get_mut(&id)
+            .ok_or(MvccError::ErrLeaseNotFound)?;
         if l.expiry.is_some_and(|t| t <= now) {
             return Err(MvccError::ErrLeaseNotFound);
         }
@@ -196,14 +199,20 @@ impl Lessor {
     }
 
     pub fn attach(&mut self, id: i64, key: &[u8]) -> Result<(), MvccError> {
-        let l = self.leases.get_mut(&id).ok_or(MvccError::ErrLeaseNotFound)?;
+        let l = self
+            .leases
+            .get_mut(&id)
+            .ok_or(MvccError::ErrLeaseNotFound)?;
         l.keys.insert(key.to_vec());
         self.key_lease.insert(key.to_vec(), id);
         Ok(())
     }
 
     pub fn detach(&mut self, id: i64, key: &[u8]) -> Result<(), MvccError> {
-        let l = self.leases.get_mut(&id).ok_or(MvccError::ErrLeaseNotFound)?;
+        let l = self
+            .leases
+            .get_mut(&id)
+            .ok_or(MvccError::ErrLeaseNotFound)?;
         l.keys.remove(key);
         self.key_lease.remove(key);
         Ok(())
@@ -383,7 +392,10 @@ mod tests {
             l.grant(5, MAX_LEASE_TTL + 1, t0),
             Err(MvccError::ErrLeaseTtlTooLarge)
         ));
-        assert!(l.grant(-7, 10, t0).is_ok(), "negative client IDs are used as given");
+        assert!(
+            l.grant(-7, 10, t0).is_ok(),
+            "negative client IDs are used as given"
+        );
         assert_eq!(l.len(), 5);
     }
 
@@ -450,7 +462,10 @@ mod tests {
         l.promote(t0, Duration::ZERO);
         l.grant(1, 600, t0).unwrap();
         l.grant(2, 30, t0).unwrap();
-        assert!(l.checkpoints_due(t0 + Duration::from_secs(59), 10).is_empty());
+        assert!(
+            l.checkpoints_due(t0 + Duration::from_secs(59), 10)
+                .is_empty()
+        );
         assert_eq!(
             l.checkpoints_due(t0 + Duration::from_secs(60), 10),
             vec![(1, 540)]

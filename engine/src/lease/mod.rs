@@ -8,6 +8,6 @@ mod lessor;
 
 pub use id_gen::LeaseIdGen;
 pub use lessor::{
-    DEFAULT_CHECKPOINT_INTERVAL, EXPIRED_RETRY_INTERVAL, Lease, LeaseRecord, Lessor,
-    MAX_LEASE_TTL, MIN_LEASE_TTL, TimeToLive,
+    DEFAULT_CHECKPOINT_INTERVAL, EXPIRED_RETRY_INTERVAL, Lease, LeaseRecord, Lessor, MAX_LEASE_TTL,
+    MIN_LEASE_TTL, TimeToLive,
 };

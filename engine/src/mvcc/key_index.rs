@@ -324,10 +324,7 @@ impl TreeIndex {
                 } else {
                     Bound::Excluded(end)
                 };
-                for (k, ki) in self
-                    .keys
-                    .range::<[u8], _>((Bound::Included(key), upper))
-                {
+                for (k, ki) in self.keys.range::<[u8], _>((Bound::Included(key), upper)) {
                     if !visit(k, ki) {
                         break;
                     }
@@ -434,7 +431,8 @@ mod tests {
     #[test]
     fn get_follows_generations() {
         let ki = sample();
-        let cases: &[(i64, Option<(Revision, i64, i64)>)] = &[
+        type Want = Option<(Revision, i64, i64)>;
+        let cases: &[(i64, Want)] = &[
             (17, None),
             (16, None),
             (15, Some((Revision::new(14, 1), 14, 2))),
@@ -455,9 +453,7 @@ mod tests {
             (0, None),
         ];
         for &(at, want) in cases {
-            let got = ki
-                .get(at)
-                .map(|f| (f.modified, f.created.main, f.version));
+            let got = ki.get(at).map(|f| (f.modified, f.created.main, f.version));
             assert_eq!(got, want, "get({at})");
         }
     }
@@ -617,8 +613,16 @@ mod tests {
             ),
             (12, vec![g3(&[14, 141, 16]), empty.clone()], vec![]),
             (13, vec![g3(&[14, 141, 16]), empty.clone()], vec![]),
-            (14, vec![g3(&[141, 16]), empty.clone()], vec![Revision::new(14, 1)]),
-            (15, vec![g3(&[141, 16]), empty.clone()], vec![Revision::new(14, 1)]),
+            (
+                14,
+                vec![g3(&[141, 16]), empty.clone()],
+                vec![Revision::new(14, 1)],
+            ),
+            (
+                15,
+                vec![g3(&[141, 16]), empty.clone()],
+                vec![Revision::new(14, 1)],
+            ),
             (16, vec![empty.clone()], vec![]),
             (17, vec![empty.clone()], vec![]),
         ];
@@ -666,7 +670,10 @@ mod tests {
         assert!(t.tombstone(b"b", r(6)));
         let keys = |v: Vec<(Vec<u8>, Found)>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
         let (v, n) = t.revisions(b"a", Some(b""), 6, 0);
-        assert_eq!((keys(v), n), (vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()], 3));
+        assert_eq!(
+            (keys(v), n),
+            (vec![b"a".to_vec(), b"c".to_vec(), b"d".to_vec()], 3)
+        );
         let (v, n) = t.revisions(b"a", Some(b""), 5, 2);
         assert_eq!((keys(v), n), (vec![b"a".to_vec(), b"b".to_vec()], 4));
         let (v, n) = t.revisions(b"b", Some(b"d"), 6, 0);

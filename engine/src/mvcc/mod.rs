@@ -14,9 +14,9 @@ mod store;
 #[cfg(test)]
 mod store_tests;
 mod watch;
+mod watch_index;
 #[cfg(test)]
 mod watch_tests;
-mod watch_index;
 
 pub use error::{MvccError, MvccResult};
 pub use key_index::{Found, Generation, KeyIndex, TreeIndex};

@@ -128,7 +128,7 @@ mod tests {
                 tombstone: true
             }
         );
-        assert_eq!(RevKey::decode(&k).unwrap().tombstone, false);
+        assert!(!RevKey::decode(&k).unwrap().tombstone);
     }
 
     #[test]

@@ -23,15 +23,15 @@ use prost::Message;
 
 use super::error::{MvccError, MvccResult};
 use super::key_index::{KeyIndex, TreeIndex};
+use super::revision::{RevKey, Revision};
+use super::watch::{ReadCtx, StreamId, WatchHub};
+use crate::lease::{LeaseRecord, Lessor};
 use crate::pb::etcdserverpb::{
     self as pb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion,
     range_request::SortOrder, range_request::SortTarget, request_op::Request,
     response_op::Response,
 };
 use crate::pb::mvccpb::{self, event::EventType};
-use super::revision::{RevKey, Revision};
-use super::watch::{ReadCtx, StreamId, WatchHub};
-use crate::lease::{LeaseRecord, Lessor};
 use crate::storage::{BatchWrite, Bucket};
 
 /// `meta` key of the consistent index: 8 bytes, big-endian (etcd's encoding; not a sort key,
@@ -218,9 +218,8 @@ impl<B: BatchWrite> MvccStore<B> {
         let mut err = None;
         self.backend.scan(Bucket::Key, b"", b"", &mut |k, v| {
             let step = (|| -> MvccResult<()> {
-                let rk = RevKey::decode(k).map_err(|e| {
-                    corrupt(format!("bucket key, entry {}: {}", hex(k), e.0))
-                })?;
+                let rk = RevKey::decode(k)
+                    .map_err(|e| corrupt(format!("bucket key, entry {}: {}", hex(k), e.0)))?;
                 let kv = decode_kv(k, v)?;
                 current = rk.rev.main;
                 if rk.tombstone {
@@ -240,11 +239,7 @@ impl<B: BatchWrite> MvccStore<B> {
                     }
                     None if !rk.tombstone => index.insert_restored(
                         kv.key.to_vec(),
-                        KeyIndex::restore(
-                            Revision::new(kv.create_revision, 0),
-                            rk.rev,
-                            kv.version,
-                        ),
+                        KeyIndex::restore(Revision::new(kv.create_revision, 0), rk.rev, kv.version),
                     ),
                     None => {}
                 }
@@ -637,9 +632,7 @@ impl<B: BatchWrite> MvccStore<B> {
         let end = range_end(&d.range_end);
         let mut prev_kvs = Vec::new();
         if d.prev_kv {
-            prev_kvs = self
-                .range_keys(&d.key, end, txn.read_rev(), 0, 0, false)?
-                .0;
+            prev_kvs = self.range_keys(&d.key, end, txn.read_rev(), 0, 0, false)?.0;
         }
         let (deleted, rev) = self.txn_delete_range(txn, &d.key, end)?;
         Ok(pb::DeleteRangeResponse {
@@ -714,7 +707,11 @@ impl<B: BatchWrite> MvccStore<B> {
         path: &TxnPath,
         check: &dyn Fn(&Self, &Request) -> MvccResult<()>,
     ) -> MvccResult<()> {
-        let ops = if path.succeeded { &rt.success } else { &rt.failure };
+        let ops = if path.succeeded {
+            &rt.success
+        } else {
+            &rt.failure
+        };
         let mut nested = path.nested.iter();
         for op in ops {
             match &op.request {
@@ -765,15 +762,21 @@ impl<B: BatchWrite> MvccStore<B> {
         rt: &pb::TxnRequest,
         path: &TxnPath,
     ) -> MvccResult<pb::TxnResponse> {
-        let ops = if path.succeeded { &rt.success } else { &rt.failure };
+        let ops = if path.succeeded {
+            &rt.success
+        } else {
+            &rt.failure
+        };
         let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
-                Some(Request::RequestRange(r)) => {
-                    Some(Response::ResponseRange(self.apply_range(r, txn.read_rev())?))
+                Some(Request::RequestRange(r)) => Some(Response::ResponseRange(
+                    self.apply_range(r, txn.read_rev())?,
+                )),
+                Some(Request::RequestPut(p)) => {
+                    Some(Response::ResponsePut(self.apply_put(txn, p)?))
                 }
-                Some(Request::RequestPut(p)) => Some(Response::ResponsePut(self.apply_put(txn, p)?)),
                 Some(Request::RequestDeleteRange(d)) => {
                     Some(Response::ResponseDeleteRange(self.apply_delete(txn, d)?))
                 }
@@ -855,10 +858,11 @@ impl<B: BatchWrite> MvccStore<B> {
         let end = Revision::main_bound(job.at + 1);
         let mut keys = Vec::with_capacity(self.compaction_batch);
         let batch = self.compaction_batch;
-        self.backend.scan(Bucket::Key, &job.next, &end, &mut |k, _| {
-            keys.push(k.to_vec());
-            keys.len() < batch
-        })?;
+        self.backend
+            .scan(Bucket::Key, &job.next, &end, &mut |k, _| {
+                keys.push(k.to_vec());
+                keys.len() < batch
+            })?;
         let mut last = None;
         for k in &keys {
             let rk = RevKey::decode(k)
@@ -1187,9 +1191,12 @@ fn compare_kv(c: &pb::Compare, target: CompareTarget, kv: &mvccpb::KeyValue) -> 
 
 /// True when no op of either branch (nested txns included) writes.
 pub fn is_txn_read_only(rt: &pb::TxnRequest) -> bool {
-    rt.success.iter().chain(&rt.failure).all(|op| match &op.request {
-        Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
-        Some(Request::RequestTxn(t)) => is_txn_read_only(t),
-        _ => true,
-    })
+    rt.success
+        .iter()
+        .chain(&rt.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => false,
+            Some(Request::RequestTxn(t)) => is_txn_read_only(t),
+            _ => true,
+        })
 }

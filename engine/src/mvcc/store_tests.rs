@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::MvccError;
 use super::mem_storage::MemStorage;
 use super::store::MvccStore;
-use super::MvccError;
 use crate::lease::Lessor;
 use crate::pb::etcdserverpb::{
     self as pb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion,
@@ -71,15 +71,16 @@ fn revisions_versions_and_recreation() {
     assert_eq!(put(&mut s, "a", "1"), 3);
     let r = s.range(&rng("a", "")).unwrap();
     let kv = &r.kvs[0];
-    assert_eq!(
-        (kv.create_revision, kv.mod_revision, kv.version),
-        (2, 3, 2)
-    );
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     assert_eq!(r.header.unwrap().revision, 3);
     assert_eq!(del(&mut s, "a", ""), 1);
     assert_eq!(s.current_revision(), 4);
     assert_eq!(del(&mut s, "a", ""), 0, "deleting nothing");
-    assert_eq!(s.current_revision(), 4, "no bump when nothing changed (§4.5)");
+    assert_eq!(
+        s.current_revision(),
+        4,
+        "no bump when nothing changed (§4.5)"
+    );
     assert_eq!(put(&mut s, "a", "2"), 5);
     let kv = &s.range(&rng("a", "")).unwrap().kvs[0];
     assert_eq!((kv.create_revision, kv.version), (5, 1));
@@ -103,12 +104,21 @@ fn range_options() {
     let mut q = rng("a", "\0");
     q.limit = 2;
     let r = s.range(&q).unwrap();
-    assert_eq!((keys(&r), r.count, r.more), (vec!["a".into(), "ab".into()], 5, true));
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec!["a".into(), "ab".into()], 5, true)
+    );
     q.limit = 5;
     assert!(!s.range(&q).unwrap().more);
     q.limit = 0;
     q.keys_only = true;
-    assert!(s.range(&q).unwrap().kvs.iter().all(|kv| kv.value.is_empty()));
+    assert!(
+        s.range(&q)
+            .unwrap()
+            .kvs
+            .iter()
+            .all(|kv| kv.value.is_empty())
+    );
     q.keys_only = false;
     q.count_only = true;
     let r = s.range(&q).unwrap();
@@ -126,7 +136,11 @@ fn range_options() {
     q.revision = 3;
     assert!(matches!(s.range(&q), Err(MvccError::ErrCompacted)));
     q.revision = 4;
-    assert_eq!(keys(&s.range(&q).unwrap()), ["a", "ab", "b"], "== compact rev is allowed");
+    assert_eq!(
+        keys(&s.range(&q).unwrap()),
+        ["a", "ab", "b"],
+        "== compact rev is allowed"
+    );
 }
 
 /// §4.3: sorting (ASCEND forced for non-key targets), filters prune kvs but not count.
@@ -146,7 +160,10 @@ fn range_sort_and_filters() {
     q.sort_target = SortTarget::Create as i32;
     q.limit = 1;
     let r = s.range(&q).unwrap();
-    assert_eq!((keys(&r), r.more, r.count), (vec!["k3".to_string()], true, 3));
+    assert_eq!(
+        (keys(&r), r.more, r.count),
+        (vec!["k3".to_string()], true, 3)
+    );
     q.sort_order = SortOrder::Descend as i32;
     q.sort_target = SortTarget::Key as i32;
     q.limit = 0;
@@ -197,7 +214,10 @@ fn put_options_and_errors() {
         lease: 77,
         ..Default::default()
     };
-    assert!(matches!(s.put(&bad_lease), Err(MvccError::ErrLeaseNotFound)));
+    assert!(matches!(
+        s.put(&bad_lease),
+        Err(MvccError::ErrLeaseNotFound)
+    ));
     assert_eq!(s.current_revision(), 3, "failed puts change nothing");
 
     s.lease_grant(77, 30, now).unwrap();
@@ -284,11 +304,12 @@ fn txn_semantics() {
         "nested headers carry only the revision"
     );
     // Both puts share main revision 2 with sub revisions 0 and 1.
-    assert!(s
-        .backend()
-        .get(Bucket::Key, &super::Revision::new(2, 1).to_key(false))
-        .unwrap()
-        .is_some());
+    assert!(
+        s.backend()
+            .get(Bucket::Key, &super::Revision::new(2, 1).to_key(false))
+            .unwrap()
+            .is_some()
+    );
     let r = s.txn(&create_if_absent).unwrap();
     assert!(!r.succeeded);
     assert_eq!(r.header.unwrap().revision, 2, "read-only branch: no bump");
@@ -359,7 +380,10 @@ fn txn_semantics() {
     let Some(Response::ResponseTxn(inner)) = &r.responses[1].response else {
         panic!("txn response expected")
     };
-    assert!(inner.succeeded, "nested compare evaluated before the outer put");
+    assert!(
+        inner.succeeded,
+        "nested compare evaluated before the outer put"
+    );
     assert_eq!(inner.header.unwrap(), pb::ResponseHeader::default());
     assert_eq!(s.range(&rng("n2", "")).unwrap().kvs[0].mod_revision, 3);
 
@@ -411,7 +435,11 @@ fn compaction_and_restart() {
     let mut backend = s.backend().clone();
     assert!(!s.compaction_step().unwrap());
     s.finish_compaction().unwrap();
-    assert_eq!(s.hash_kv(45).unwrap().hash, hash_during, "HashKV stable across removal");
+    assert_eq!(
+        s.hash_kv(45).unwrap().hash,
+        hash_during,
+        "HashKV stable across removal"
+    );
     // Entries kept: the newest ≤ 40 of each live key, everything above 40.
     let n = s.backend().len(Bucket::Key);
     assert_eq!(n, 5 + 12, "5 kept + revisions 41..=52");
@@ -478,7 +506,10 @@ fn lease_revoke_deletes_keys_in_one_revision() {
     let now = Instant::now();
     s.lease_promote(now, Duration::ZERO);
     assert_eq!(s.lease_grant(1, 1, now).unwrap().ttl, 2);
-    assert!(matches!(s.lease_grant(1, 5, now), Err(MvccError::ErrLeaseExists)));
+    assert!(matches!(
+        s.lease_grant(1, 5, now),
+        Err(MvccError::ErrLeaseExists)
+    ));
     for k in ["x", "y", "z"] {
         s.put(&pb::PutRequest {
             key: b(k),
@@ -494,7 +525,10 @@ fn lease_revoke_deletes_keys_in_one_revision() {
     let r = s.lease_revoke(1).unwrap();
     assert_eq!(r.header.unwrap().revision, 5);
     assert!(s.range(&rng("\0", "\0")).unwrap().kvs.is_empty());
-    assert!(matches!(s.lease_revoke(1), Err(MvccError::ErrLeaseNotFound)));
+    assert!(matches!(
+        s.lease_revoke(1),
+        Err(MvccError::ErrLeaseNotFound)
+    ));
     assert_eq!(s.lease_time_to_live(1, false, now).ttl, -1);
     assert_eq!(s.lease_keep_alive(1, now).unwrap().ttl, 0);
     assert!(s.backend().len(Bucket::Lease) == 0);
@@ -513,7 +547,8 @@ fn consistent_index_commits_with_data() {
     s.commit().unwrap();
     let snap = s.backend().snapshot();
     assert_eq!(
-        snap.get(Bucket::Meta, super::META_CONSISTENT_INDEX).unwrap(),
+        snap.get(Bucket::Meta, super::META_CONSISTENT_INDEX)
+            .unwrap(),
         Some(7u64.to_be_bytes().to_vec())
     );
     let _ = s.backend_mut().commit();

@@ -26,11 +26,11 @@ use crossbeam_channel::{Sender, TrySendError};
 use prost::Message;
 
 use super::key_index::TreeIndex;
-use crate::pb::etcdserverpb::{self as pb, watch_create_request::FilterType};
-use crate::pb::mvccpb::{self, event::EventType};
 use super::revision::{RevKey, Revision};
 use super::store::HeaderIds;
 use super::watch_index::{End, IntervalIndex};
+use crate::pb::etcdserverpb::{self as pb, watch_create_request::FilterType};
+use crate::pb::mvccpb::{self, event::EventType};
 use crate::storage::{Bucket, KvRead};
 
 /// Cancel reason for a create with a watch ID already used on the stream.
@@ -299,7 +299,10 @@ impl WatchHub {
         let w = &self.watchers[&key];
         match &w.end {
             None => {
-                self.synced_keys.entry(w.key.clone()).or_default().insert(key);
+                self.synced_keys
+                    .entry(w.key.clone())
+                    .or_default()
+                    .insert(key);
             }
             Some(end) => self.synced_ranges.insert(&w.key, end.clone(), key),
         }

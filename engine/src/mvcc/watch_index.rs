@@ -218,7 +218,9 @@ mod tests {
         let mut all: Vec<(Vec<u8>, End, u64)> = Vec::new();
         let mut seed = 12345u64;
         let mut rnd = |n: u64| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (seed >> 33) % n
         };
         for id in 0..2000u64 {

@@ -68,7 +68,11 @@ fn create_live_events_and_delete_shape() {
     let created = drain(&rx);
     assert_eq!(created.len(), 2);
     assert!(created.iter().all(|r| r.created && !r.canceled));
-    assert_eq!((created[0].watch_id, created[1].watch_id), (0, 1), "auto IDs from 0");
+    assert_eq!(
+        (created[0].watch_id, created[1].watch_id),
+        (0, 1),
+        "auto IDs from 0"
+    );
     assert_eq!(created[0].header.unwrap().revision, 1);
 
     put(&mut s, "b", "1");
@@ -214,8 +218,15 @@ fn compacted_start_is_canceled_with_compact_revision() {
     assert_eq!(cancel.compact_revision, 4);
     assert_eq!(cancel.header.unwrap().revision, 0);
     assert!(cancel.cancel_reason.is_empty());
-    let w1: Vec<_> = got.iter().filter(|r| r.watch_id == 1 && !r.created).collect();
-    assert_eq!(w1[0].events.len(), 3, "start == compact revision is allowed");
+    let w1: Vec<_> = got
+        .iter()
+        .filter(|r| r.watch_id == 1 && !r.created)
+        .collect();
+    assert_eq!(
+        w1[0].events.len(),
+        3,
+        "start == compact revision is allowed"
+    );
 }
 
 #[test]
@@ -264,7 +275,10 @@ fn progress_notify_only_when_quiet() {
     put(&mut s, "a", "1");
     drain(&rx);
     s.watch_progress_tick();
-    assert!(drain(&rx).is_empty(), "events since the last tick: no notify");
+    assert!(
+        drain(&rx).is_empty(),
+        "events since the last tick: no notify"
+    );
     s.watch_progress_tick();
     assert_eq!(drain(&rx).len(), 1);
 }
@@ -289,7 +303,11 @@ fn slow_watcher_becomes_victim_without_blocking_and_loses_nothing() {
             break;
         }
     }
-    assert_eq!(revs, (2..=51).collect::<Vec<_>>(), "in order, no gaps, no duplicates");
+    assert_eq!(
+        revs,
+        (2..=51).collect::<Vec<_>>(),
+        "in order, no gaps, no duplicates"
+    );
     assert_eq!(s.hub().stats().synced, 1);
 }
 

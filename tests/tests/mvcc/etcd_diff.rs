@@ -104,7 +104,11 @@ fn random_ops_match_etcd() {
     let (tx, rx) = bounded(100_000);
     let st = store.watch_open_stream(tx);
     store.watch_create(st, &create);
-    assert_eq!(wrap(rx.try_iter().collect()), first, "watch created response");
+    assert_eq!(
+        wrap(rx.try_iter().collect()),
+        first,
+        "watch created response"
+    );
 
     let seed = std::env::var("DIFF_SEED")
         .ok()
@@ -131,7 +135,9 @@ fn random_ops_match_etcd() {
             got, want,
             "op #{i} (seed {seed:#x}) differs from etcd\nrequest {path} {body}"
         );
-        if std::env::var("DIFF_TRACE").is_ok() { println!("{i} {path} {body}\n  => {got}"); }
+        if std::env::var("DIFF_TRACE").is_ok() {
+            println!("{i} {path} {body}\n  => {got}");
+        }
         generator.rev = store.current_revision();
         generator.compact = store.compact_revision();
         store.watch_sync();

@@ -33,7 +33,10 @@ impl Fail {
     fn json(&self) -> Value {
         let (m, c) = match self {
             Fail::Compacted => ("etcdserver: mvcc: required revision has been compacted", 11),
-            Fail::Future => ("etcdserver: mvcc: required revision is a future revision", 11),
+            Fail::Future => (
+                "etcdserver: mvcc: required revision is a future revision",
+                11,
+            ),
             Fail::KeyNotFound => ("etcdserver: key not found", 3),
             Fail::LeaseNotFound => ("etcdserver: requested lease not found", 5),
             Fail::LeaseExists => ("etcdserver: lease already exists", 9),
@@ -94,7 +97,12 @@ impl Model {
         self.history.last().expect("history")
     }
 
-    fn range_in(&self, st: &State, r: &pb::RangeRequest, hrev: i64) -> Result<pb::RangeResponse, Fail> {
+    fn range_in(
+        &self,
+        st: &State,
+        r: &pb::RangeRequest,
+        hrev: i64,
+    ) -> Result<pb::RangeResponse, Fail> {
         let state = if r.revision > 0 {
             if r.revision > hrev {
                 return Err(Fail::Future);
@@ -150,7 +158,7 @@ impl Model {
         };
         match order {
             SortOrder::Ascend => kvs.sort_by_key(key_of),
-            SortOrder::Descend => kvs.sort_by(|a, b| key_of(b).cmp(&key_of(a))),
+            SortOrder::Descend => kvs.sort_by_key(|kv| std::cmp::Reverse(key_of(kv))),
             SortOrder::None => {}
         }
         let mut more = false;
@@ -251,10 +259,14 @@ impl Model {
         };
         list.into_iter().all(|kv| {
             let ord = match (target, &c.target_union) {
-                (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_ref().cmp(v.as_ref()),
+                (CompareTarget::Value, Some(TargetUnion::Value(v))) => {
+                    kv.value.as_ref().cmp(v.as_ref())
+                }
                 (CompareTarget::Value, _) => kv.value.as_ref().cmp(&[][..]),
                 (CompareTarget::Version, Some(TargetUnion::Version(x))) => kv.version.cmp(x),
-                (CompareTarget::Create, Some(TargetUnion::CreateRevision(x))) => kv.create_revision.cmp(x),
+                (CompareTarget::Create, Some(TargetUnion::CreateRevision(x))) => {
+                    kv.create_revision.cmp(x)
+                }
                 (CompareTarget::Mod, Some(TargetUnion::ModRevision(x))) => kv.mod_revision.cmp(x),
                 (CompareTarget::Lease, Some(TargetUnion::Lease(x))) => kv.lease.cmp(x),
                 (CompareTarget::Version, _) => kv.version.cmp(&0),
@@ -301,7 +313,9 @@ impl Model {
                     Response::ResponseRange(self.range_in(&st, r, w.read_rev()).unwrap())
                 }
                 Request::RequestPut(p) => Response::ResponsePut(self.put_in(w, p).unwrap()),
-                Request::RequestDeleteRange(d) => Response::ResponseDeleteRange(self.delete_in(w, d)),
+                Request::RequestDeleteRange(d) => {
+                    Response::ResponseDeleteRange(self.delete_in(w, d))
+                }
                 Request::RequestTxn(n) => Response::ResponseTxn(self.txn_in(w, n)),
             };
             responses.push(pb::ResponseOp { response: Some(r) });
@@ -379,7 +393,9 @@ impl Model {
                 let writes = {
                     fn w(ops: &[pb::RequestOp]) -> bool {
                         ops.iter().any(|o| match &o.request {
-                            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => true,
+                            Some(Request::RequestPut(_)) | Some(Request::RequestDeleteRange(_)) => {
+                                true
+                            }
                             Some(Request::RequestTxn(t)) => w(&t.success) || w(&t.failure),
                             _ => false,
                         })
@@ -499,7 +515,10 @@ fn run(seed: u64, ops: usize) {
         let op = generator.next_op();
         let got = apply_to_store(&mut store, &op, now);
         let want = model.apply(&op);
-        assert_eq!(got, want, "op #{i} (seed {seed}) differs from the model: {op:?}");
+        assert_eq!(
+            got, want,
+            "op #{i} (seed {seed}) differs from the model: {op:?}"
+        );
         generator.rev = store.current_revision();
         generator.compact = store.compact_revision();
         if i % 400 == 399 {

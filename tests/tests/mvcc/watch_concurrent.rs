@@ -54,7 +54,10 @@ fn history(store: &Store) -> BTreeMap<i64, BTreeSet<Change>> {
                 ..Default::default()
             })
             .expect("range");
-        r.kvs.into_iter().map(|kv| (kv.key, kv.mod_revision)).collect()
+        r.kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.mod_revision))
+            .collect()
     };
     let mut out = BTreeMap::new();
     let mut before = state_at(1);
@@ -125,11 +128,12 @@ fn ordered_gapless_atomic_under_concurrent_writes() {
                     1 => Bytes::from_static(b"\0"),
                     _ => Bytes::copy_from_slice(keys[rng.random_range(0..keys.len())].as_bytes()),
                 };
-                let end = if !end.is_empty() && end.as_ref() != b"\0" && end.as_ref() <= k.as_bytes() {
-                    Bytes::from_static(b"\0")
-                } else {
-                    end
-                };
+                let end =
+                    if !end.is_empty() && end.as_ref() != b"\0" && end.as_ref() <= k.as_bytes() {
+                        Bytes::from_static(b"\0")
+                    } else {
+                        end
+                    };
                 let start = if rng.random_bool(0.5) {
                     rng.random_range(1..=cur)
                 } else {
@@ -200,7 +204,11 @@ fn ordered_gapless_atomic_under_concurrent_writes() {
         thread::sleep(Duration::from_micros(200));
     }
     let stats = store.lock().unwrap().hub().stats();
-    assert_eq!((stats.unsynced, stats.victims), (0, 0), "everyone caught up");
+    assert_eq!(
+        (stats.unsynced, stats.victims),
+        (0, 0),
+        "everyone caught up"
+    );
     assert!(stats.victimized_total > 0, "slow consumers made victims");
     for st in &stream_ids {
         store.lock().unwrap().watch_close_stream(*st);
@@ -242,8 +250,11 @@ fn ordered_gapless_atomic_under_concurrent_writes() {
             let want: BTreeMap<i64, BTreeSet<Change>> = hist
                 .range(spec.start..)
                 .map(|(rev, set)| {
-                    let s: BTreeSet<Change> =
-                        set.iter().filter(|(_, k)| contains(spec, k)).cloned().collect();
+                    let s: BTreeSet<Change> = set
+                        .iter()
+                        .filter(|(_, k)| contains(spec, k))
+                        .cloned()
+                        .collect();
                     (*rev, s)
                 })
                 .filter(|(_, s)| !s.is_empty())
