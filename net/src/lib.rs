@@ -35,6 +35,7 @@ mod maintenance;
 mod metrics;
 mod node;
 pub mod pb;
+mod raft_backed;
 mod recipe;
 mod server;
 mod shutdown;
@@ -44,6 +45,7 @@ mod validate;
 mod watch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -57,22 +59,46 @@ pub use node::{
     BoxStream, Caller, EtcdNode, HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeResult, NodeState,
     WatchSpec, WatchUpdate, Watcher,
 };
+pub use raft_backed::{NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
 pub use validate::Limits;
 
-/// Runs the node: parses the flags (and `RINGKV_*` environment), validates them, and — once
-/// the raft-backed node exists — serves it. Until then it returns a clear error after the
-/// flags were checked: the front end must not pretend to be a node.
+/// Runs the node: parses the flags (and `RINGKV_*` environment), validates them, opens the
+/// raft-backed node in the data directory, serves clients until SIGTERM/SIGINT, drains, then
+/// stops raft and closes the backend and WAL.
 pub fn run() -> Result<(), String> {
     let config = Flags::parse().resolve().map_err(|e| e.to_string())?;
-    Err(format!(
-        "ringkv: the node is not built yet (issue 5): flags are valid (member {:x}, cluster {:x}, \
-         data dir {}), but there is no raft/WAL/MVCC node to serve yet",
-        config.member_id,
-        config.cluster_id,
-        config.data_dir.display()
-    ))
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.flags.log_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ringkv-front")
+        .build()
+        .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
+    let node = RaftBackedNode::open(NodeOptions::from_config(&config)).map_err(|e| e.to_string())?;
+    tracing::info!(
+        member = format!("{:x}", config.member_id),
+        cluster = format!("{:x}", config.cluster_id),
+        data_dir = %config.data_dir.display(),
+        "ringkv node opened"
+    );
+    let served = runtime.block_on(async {
+        if !node.wait_leader(Duration::from_secs(60)).await {
+            tracing::warn!("no leader after 60 s; serving anyway");
+        }
+        serve_clients(&config, Arc::new(node.clone())).await
+    });
+    drop(runtime);
+    let closed = node.close();
+    served.map_err(|e| e.to_string())?;
+    closed.map_err(|e| format!("ringkv: stopped after a failure: {e}"))?;
+    tracing::info!("ringkv stopped cleanly");
+    Ok(())
 }
 
 /// Listener options derived from the configuration.

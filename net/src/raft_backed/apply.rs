@@ -1,0 +1,249 @@
+//! The apply side of the node: the [`StateMachine`] raft's apply thread drives. Each committed
+//! entry is an etcd `InternalRaftRequest` (field numbers as etcd's, so the size limit counts
+//! the same bytes); its `header.ID` names the waiter on the proposing side.
+//!
+//! Invariants relied on here:
+//! 1. The consistent index is set to the entry's index *before* the entry's writes, under the
+//!    same store lock, and the backend never commits on its own (its batch limits are off):
+//!    every commit (`MvccStore::commit`) writes data and consistent index together, so after a
+//!    crash the WAL is replayed from exactly the first entry whose writes are not durable.
+//! 2. An entry is applied at most once per process: raft hands every index once, and replay
+//!    after a restart starts above the durable consistent index.
+//! 3. Apply errors that are etcd errors (compacted, lease not found, NOSPACE, ...) change
+//!    nothing and go back to the waiter; storage failures are fatal: the node records the
+//!    failure and refuses every later request (never retries a failed fdatasync).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use prost::Message;
+use ringkv_engine::pb::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse,
+    InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
+    alarm_request::AlarmAction,
+};
+use ringkv_engine::{BatchWrite, BatchWriter, Bucket, HeaderIds, MvccError, MvccStore, StateMachine};
+
+use super::Inner;
+use crate::errors::EtcdError;
+
+/// The outcome of one applied request, handed to its waiter.
+#[derive(Debug)]
+pub(crate) enum Applied {
+    Put(PutResponse),
+    Delete(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    Alarm(AlarmResponse),
+    /// Requests without a response body (lease checkpoints, unknown requests).
+    Nothing,
+}
+
+/// Maps MVCC's errors to etcd's. Corruption and storage failures become `Internal` with the
+/// engine's text (which names the file and offset).
+pub(crate) fn mvcc_err(e: MvccError) -> EtcdError {
+    match e {
+        MvccError::ErrCompacted => EtcdError::Compacted,
+        MvccError::ErrFutureRev => EtcdError::FutureRev,
+        MvccError::ErrKeyNotFound => EtcdError::KeyNotFound,
+        MvccError::ErrLeaseNotFound => EtcdError::LeaseNotFound,
+        MvccError::ErrLeaseExists => EtcdError::LeaseExist,
+        MvccError::ErrLeaseTtlTooLarge => EtcdError::LeaseTtlTooLarge,
+        MvccError::ErrNotPrimary => EtcdError::NotLeader,
+        e @ (MvccError::Corrupt { .. } | MvccError::Storage(_)) => EtcdError::Internal(e.to_string()),
+    }
+}
+
+fn is_fatal(e: &MvccError) -> bool {
+    matches!(e, MvccError::Corrupt { .. } | MvccError::Storage(_))
+}
+
+/// Backend key of a raised alarm: the `AlarmMember` message itself (etcd's layout; the value
+/// is empty).
+pub(crate) fn alarm_key(a: &AlarmMember) -> Vec<u8> {
+    a.encode_to_vec()
+}
+
+/// The state machine on raft's apply thread.
+pub(crate) struct Applier {
+    pub(crate) inner: Arc<Inner>,
+    /// Term last written into the store's header ids.
+    pub(crate) term: u64,
+}
+
+impl Applier {
+    fn apply_request(
+        &self,
+        store: &mut MvccStore<BatchWriter>,
+        req: &InternalRaftRequest,
+    ) -> Result<Applied, MvccErrorOr> {
+        let nospace = self.inner.nospace();
+        if let Some(p) = &req.put {
+            if nospace {
+                return Err(MvccErrorOr::Etcd(EtcdError::NoSpace));
+            }
+            return Ok(Applied::Put(store.put(p)?));
+        }
+        if let Some(d) = &req.delete_range {
+            return Ok(Applied::Delete(store.delete_range(d)?));
+        }
+        if let Some(t) = &req.txn {
+            if nospace && !ringkv_engine::is_txn_read_only(t) {
+                return Err(MvccErrorOr::Etcd(EtcdError::NoSpace));
+            }
+            return Ok(Applied::Txn(store.txn(t)?));
+        }
+        if let Some(c) = &req.compaction {
+            let resp = store.compact(c.revision)?;
+            if c.physical {
+                store.finish_compaction()?;
+            }
+            return Ok(Applied::Compact(resp));
+        }
+        if let Some(g) = &req.lease_grant {
+            if nospace {
+                return Err(MvccErrorOr::Etcd(EtcdError::NoSpace));
+            }
+            return Ok(Applied::LeaseGrant(store.lease_grant(
+                g.id,
+                g.ttl,
+                Instant::now(),
+            )?));
+        }
+        if let Some(r) = &req.lease_revoke {
+            return Ok(Applied::LeaseRevoke(store.lease_revoke(r.id)?));
+        }
+        if let Some(c) = &req.lease_checkpoint {
+            for cp in &c.checkpoints {
+                store.lease_checkpoint(cp.id, cp.remaining_ttl)?;
+            }
+            return Ok(Applied::Nothing);
+        }
+        if let Some(a) = &req.alarm {
+            return self.apply_alarm(store, a);
+        }
+        Ok(Applied::Nothing)
+    }
+
+    fn apply_alarm(
+        &self,
+        store: &mut MvccStore<BatchWriter>,
+        a: &AlarmRequest,
+    ) -> Result<Applied, MvccErrorOr> {
+        let member = AlarmMember {
+            member_id: if a.member_id == 0 {
+                self.inner.ids.member_id
+            } else {
+                a.member_id
+            },
+            alarm: a.alarm,
+        };
+        let mut alarms = self.inner.alarms.write();
+        let action = AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get);
+        let changed = match action {
+            AlarmAction::Activate if a.alarm != AlarmType::None as i32 => {
+                if alarms.contains(&member) {
+                    vec![]
+                } else {
+                    store
+                        .backend_mut()
+                        .put(Bucket::Alarm, &alarm_key(&member), b"")
+                        .map_err(MvccError::from)?;
+                    alarms.push(member);
+                    vec![member]
+                }
+            }
+            AlarmAction::Deactivate => {
+                if alarms.contains(&member) {
+                    store
+                        .backend_mut()
+                        .delete(Bucket::Alarm, &alarm_key(&member))
+                        .map_err(MvccError::from)?;
+                    alarms.retain(|x| *x != member);
+                    vec![member]
+                } else {
+                    vec![]
+                }
+            }
+            _ => alarms.clone(),
+        };
+        Ok(Applied::Alarm(AlarmResponse {
+            header: None,
+            alarms: changed,
+        }))
+    }
+}
+
+/// An apply error: MVCC's, or an etcd error decided by the node (NOSPACE).
+#[derive(Debug)]
+pub(crate) enum MvccErrorOr {
+    Mvcc(MvccError),
+    Etcd(EtcdError),
+}
+
+impl From<MvccError> for MvccErrorOr {
+    fn from(e: MvccError) -> Self {
+        MvccErrorOr::Mvcc(e)
+    }
+}
+
+impl StateMachine for Applier {
+    fn apply(&mut self, index: u64, term: u64, data: &[u8]) {
+        let inner = self.inner.clone();
+        let decoded = InternalRaftRequest::decode(data);
+        let mut store = inner.store.write();
+        // Invariant 1: the index goes with the writes of this entry.
+        store.set_consistent_index(index);
+        if term != self.term {
+            self.term = term;
+            store.set_header_ids(HeaderIds {
+                cluster_id: inner.ids.cluster_id,
+                member_id: inner.ids.member_id,
+                raft_term: term,
+            });
+        }
+        if data.is_empty() {
+            // The empty entry a new leader appends: nothing to apply.
+            return;
+        }
+        let req = match decoded {
+            Ok(r) => r,
+            Err(e) => {
+                inner.fail(format!(
+                    "raft entry {index} (term {term}) is not an InternalRaftRequest: {e}"
+                ));
+                return;
+            }
+        };
+        let result = if inner.failed.get().is_some() {
+            Err(EtcdError::Internal(inner.failure_text()))
+        } else {
+            match self.apply_request(&mut store, &req) {
+                Ok(a) => Ok(a),
+                Err(MvccErrorOr::Etcd(e)) => Err(e),
+                Err(MvccErrorOr::Mvcc(e)) => {
+                    if is_fatal(&e) {
+                        inner.fail(format!("applying raft entry {index}: {e}"));
+                    }
+                    Err(mvcc_err(e))
+                }
+            }
+        };
+        inner
+            .revision
+            .store(store.current_revision(), Ordering::Release);
+        inner.dirty.store(true, Ordering::Release);
+        drop(store);
+        let id = req.header.as_ref().map_or(req.id, |h| h.id);
+        if let Some(tx) = inner.waiters.lock().remove(&id) {
+            let _ = tx.send(result);
+        }
+    }
+
+    fn applied_batch(&mut self, _last_index: u64) {
+        self.inner.commit_if_due(false);
+    }
+}

@@ -1,0 +1,1153 @@
+//! The raft-backed node: what the `ringkv` binary serves. One raft-rs member (a single voter
+//! for now) over the WAL, applying to the MVCC store on the backend.
+//!
+//! ```text
+//!  tonic/gateway tasks (tokio)                         engine threads (no tokio)
+//!  ───────────────────────────                         ─────────────────────────
+//!  write: encode InternalRaftRequest{header.ID}
+//!         register waiter ID → oneshot ──propose──►  ringkv-raft (RawNode) ──► ringkv-wal
+//!         await (request timeout)                        │ committed entries    (fdatasync)
+//!                 ▲                                      ▼
+//!                 └──── oneshot ◄── waiter ──────── ringkv-apply: Applier (apply.rs)
+//!                                                        │ store.write(): MVCC + lessor + hub
+//!  linearizable read: read_index (batched) ──► raft ─────┘ done once applied ≥ read index
+//!                     then store.read()
+//!  serializable read: store.read() at once
+//!  watch: hub stream (crossbeam) ──► pump (blocking task) ──► tokio mpsc ──► WatchUpdate
+//!                                         ringkv-housekeeping: backend commits when due,
+//!                                         watch catch-up, physical compaction steps, lease
+//!                                         expiry (proposes LeaseRevoke), auto-compaction
+//! ```
+//!
+//! Sharing: the MVCC store sits behind one `RwLock` (see engine/docs/design.md, "## Node",
+//! for the cost and what replaces it). Lock order: `store` before `alarms` before `waiters`;
+//! no lock is held across an `.await`.
+
+mod apply;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+use ringkv_engine::pb::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, AuthStatusResponse, CompactionRequest,
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
+    InternalRaftRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse, Member, MemberAddRequest, MemberAddResponse, MemberListResponse,
+    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
+    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader,
+    ResponseHeader, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
+    alarm_request::AlarmAction, watch_create_request::FilterType,
+};
+use ringkv_engine::{
+    Backend, BackendOptions, BatchWriter, Bucket, FlushStats, HeaderIds, IoKind, KvRead,
+    LeaseIdGen, Lessor, MvccStore, NodeConfig, RaftNode, RaftNodeError, Vfs, Wal, WalMetrics,
+    WalOptions, apply_replay, new_vfs,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use self::apply::{Applied, Applier, mvcc_err};
+use crate::config::{AutoCompaction, Config};
+use crate::errors::EtcdError;
+use crate::node::{
+    BoxStream, Caller, EtcdNode, Histogram, NodeMetrics, NodeResult, NodeState, WatchSpec,
+    WatchUpdate, Watcher,
+};
+
+/// Commit the backend after this many applied entries (etcd's batch limit) ...
+const COMMIT_OPS: u64 = 10_000;
+/// ... or when this long has passed since the last commit (etcd's batch interval).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// Housekeeping period (watch catch-up runs at this rate, like etcd's 10 ms victim retry).
+const HOUSEKEEPING_TICK: Duration = Duration::from_millis(10);
+/// Lease expiry check period (etcd's lessor checks every 500 ms).
+const LEASE_CHECK: Duration = Duration::from_millis(500);
+/// Most expired leases revoked per check (etcd's `leaseRevokeRate` per 500 ms is 500).
+const LEASE_REVOKE_BATCH: usize = 500;
+/// etcd's revision auto-compactor checks every 5 minutes.
+const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
+/// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
+const WATCH_STREAM_CAPACITY: usize = 1024;
+/// Snapshot chunk size read from the copied backend file.
+const SNAPSHOT_READ_CHUNK: usize = 32 * 1024;
+
+/// How the node was opened; derived from [`Config`] by [`NodeOptions::from_config`].
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// `None` = no quota.
+    pub quota_backend_bytes: Option<u64>,
+    pub auto_compaction: AutoCompaction,
+    pub max_request_bytes: usize,
+    pub progress_notify_interval: Duration,
+    /// I/O implementation: `RINGKV_IO=std` picks plain pread/pwrite; the default is io_uring,
+    /// falling back to std when the kernel refuses io_uring.
+    pub io: IoKind,
+}
+
+impl NodeOptions {
+    pub fn from_config(c: &Config) -> NodeOptions {
+        let io = match std::env::var("RINGKV_IO").as_deref() {
+            Ok("std") => IoKind::Std,
+            _ => IoKind::Uring,
+        };
+        NodeOptions {
+            data_dir: c.data_dir.clone(),
+            name: c.flags.name.clone(),
+            member_id: c.member_id,
+            cluster_id: c.cluster_id,
+            peer_urls: c.peer_urls.clone(),
+            client_urls: c.advertise_client_urls.clone(),
+            heartbeat: Duration::from_millis(c.flags.heartbeat_interval),
+            election_timeout: Duration::from_millis(c.flags.election_timeout),
+            quota_backend_bytes: c.quota_backend_bytes,
+            auto_compaction: c.auto_compaction,
+            max_request_bytes: c.flags.max_request_bytes as usize,
+            progress_notify_interval: c.flags.experimental_watch_progress_notify_interval,
+            io,
+        }
+    }
+
+    /// etcd's request timeout: 5 s plus twice the election timeout.
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election_timeout
+    }
+}
+
+/// Why the node could not open.
+#[derive(Debug, thiserror::Error)]
+#[error("ringkv: {0}")]
+pub struct OpenError(String);
+
+/// WAL flush latencies for `/metrics`.
+#[derive(Default)]
+struct FsyncHistogram(Mutex<Histogram>);
+
+impl WalMetrics for FsyncHistogram {
+    fn on_flush(&self, stats: &FlushStats) {
+        if stats.ok {
+            self.0.lock().observe(stats.sync_duration.as_secs_f64());
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Applied, EtcdError>>;
+
+/// State shared by the front-end tasks, the apply thread and housekeeping.
+pub(crate) struct Inner {
+    /// The MVCC store (with lessor and watch hub). Written by the apply thread and
+    /// housekeeping; read by the front end.
+    store: RwLock<MvccStore<BatchWriter>>,
+    backend: Backend,
+    wal: Arc<Wal>,
+    /// Set once right after raft started.
+    raft: OnceLock<RaftNode>,
+    /// Proposals waiting for their entry to apply, by request ID.
+    waiters: Mutex<HashMap<u64, Waiter>>,
+    next_request_id: AtomicU64,
+    lease_ids: Mutex<LeaseIdGen>,
+    /// Raised alarms (mirrors the backend's `alarm` bucket).
+    alarms: RwLock<Vec<AlarmMember>>,
+    ids: HeaderIds,
+    opts: NodeOptions,
+    /// Current store revision (for `state()` without the store lock).
+    revision: AtomicI64,
+    /// Writes applied since the last backend commit.
+    dirty: AtomicBool,
+    last_commit: Mutex<Instant>,
+    ops_since_commit: AtomicU64,
+    /// The first fatal failure (storage, WAL, corrupt entry); every request fails after it.
+    failed: OnceLock<String>,
+    stopping: AtomicBool,
+    wal_fsync: Arc<FsyncHistogram>,
+    backend_commit: Mutex<Histogram>,
+    /// Whether this member's lessor is primary (it is the leader).
+    lease_primary: AtomicBool,
+}
+
+impl Inner {
+    fn nospace(&self) -> bool {
+        self.alarms
+            .read()
+            .iter()
+            .any(|a| a.alarm == AlarmType::Nospace as i32)
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!("ringkv node failed: {why}");
+        let _ = self.failed.set(why);
+    }
+
+    fn failure_text(&self) -> String {
+        self.failed.get().cloned().unwrap_or_default()
+    }
+
+    fn check_failed(&self) -> NodeResult<()> {
+        match self.failed.get() {
+            Some(why) => Err(EtcdError::Internal(format!("ringkv: node failed: {why}"))),
+            None if self.stopping.load(Ordering::Acquire) => Err(EtcdError::Stopped),
+            None => Ok(()),
+        }
+    }
+
+    fn raft(&self) -> &RaftNode {
+        self.raft.get().expect("raft started before the node is shared")
+    }
+
+    /// Commits the backend (data + consistent index) when `force`, or when writes are pending
+    /// and the batch limit or interval was reached.
+    fn commit_if_due(&self, force: bool) {
+        let ops = self.ops_since_commit.fetch_add(1, Ordering::AcqRel) + 1;
+        if !self.dirty.load(Ordering::Acquire) {
+            return;
+        }
+        let due = force || ops >= COMMIT_OPS || self.last_commit.lock().elapsed() >= COMMIT_INTERVAL;
+        if !due || self.failed.get().is_some() {
+            return;
+        }
+        let mut store = self.store.write();
+        self.commit_locked(&mut store);
+    }
+
+    fn commit_locked(&self, store: &mut MvccStore<BatchWriter>) {
+        if self.failed.get().is_some() {
+            return;
+        }
+        let t = Instant::now();
+        match store.commit() {
+            Ok(()) => {
+                self.backend_commit
+                    .lock()
+                    .observe(t.elapsed().as_secs_f64());
+                self.dirty.store(false, Ordering::Release);
+                self.ops_since_commit.store(0, Ordering::Release);
+                *self.last_commit.lock() = Instant::now();
+            }
+            // Fatal: the backend refuses writes after a failed commit; never retried.
+            Err(e) => self.fail(format!("backend commit: {e}")),
+        }
+    }
+
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            revision: self.revision.load(Ordering::Acquire),
+            raft_term: self.raft().progress().term.load(Ordering::Acquire),
+            ..Default::default()
+        })
+    }
+
+    /// Proposes without waiting (lease expiry, auto-compaction, alarms raised by the node).
+    fn propose_detached(&self, mut req: InternalRaftRequest) {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        req.header = Some(RequestHeader {
+            id,
+            ..Default::default()
+        });
+        self.raft().propose(req.encode_to_vec(), None);
+    }
+}
+
+fn raft_err(e: RaftNodeError) -> EtcdError {
+    match e {
+        RaftNodeError::NoLeader | RaftNodeError::ProposalDropped => EtcdError::NoLeader,
+        RaftNodeError::Stopped => EtcdError::Stopped,
+        RaftNodeError::PersistFailed(why) => {
+            EtcdError::Internal(format!("ringkv: WAL failed: {why}"))
+        }
+        RaftNodeError::Raft(why) => EtcdError::Internal(format!("ringkv: raft: {why}")),
+    }
+}
+
+/// Removes a waiter when the proposing future is dropped before its entry applied.
+struct WaiterGuard<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.waiters.lock().remove(&self.id);
+    }
+}
+
+/// The raft-backed node. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftBackedNode {
+    inner: Arc<Inner>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+fn open_vfs(kind: IoKind) -> Arc<dyn Vfs> {
+    match new_vfs(kind) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("io_uring unavailable ({e}); using plain pread/pwrite");
+            new_vfs(IoKind::Std).expect("the std VFS always opens")
+        }
+    }
+}
+
+fn open_wal(vfs: &Arc<dyn Vfs>, dir: &Path, metrics: Arc<FsyncHistogram>) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
+    let opts = WalOptions {
+        metrics: Some(metrics),
+        ..WalOptions::default()
+    };
+    match Wal::open(vfs.clone(), dir, opts.clone()) {
+        Ok(r) => Ok(r),
+        // O_DIRECT is refused by some file systems (tmpfs): fall back to buffered segments,
+        // which are still made durable by fdatasync.
+        Err(e) if !e.is_corruption() && !e.is_caller_mistake() => {
+            tracing::warn!("WAL with O_DIRECT failed ({e}); retrying without O_DIRECT");
+            Wal::open(
+                vfs.clone(),
+                dir,
+                WalOptions {
+                    direct: false,
+                    ..opts
+                },
+            )
+            .map_err(|e| OpenError(format!("cannot open the WAL in {}: {e}", dir.display())))
+        }
+        Err(e) => Err(OpenError(format!(
+            "cannot open the WAL in {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RaftBackedNode {
+    /// Opens (or creates) `<data-dir>/member/{snap/db,wal}`, rebuilds the MVCC store from the
+    /// backend, replays the WAL above the backend's consistent index and starts raft, the
+    /// apply thread and housekeeping. Returns once the threads run (not once a leader exists:
+    /// see [`RaftBackedNode::wait_leader`]).
+    pub fn open(opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
+        let vfs = open_vfs(opts.io);
+        let member = opts.data_dir.join("member");
+        let snap_dir = member.join("snap");
+        let wal_dir = member.join("wal");
+        for d in [&snap_dir, &wal_dir] {
+            vfs.create_dir_all(d)
+                .map_err(|e| OpenError(format!("cannot create {}: {e}", d.display())))?;
+        }
+        let db_path = snap_dir.join("db");
+        let backend = Backend::open(
+            vfs.clone(),
+            &db_path,
+            BackendOptions {
+                // Invariant 1 of apply.rs: only the node commits (data + consistent index).
+                batch_ops: usize::MAX,
+                batch_interval: Duration::MAX,
+                ..BackendOptions::default()
+            },
+        )
+        .map_err(|e| OpenError(format!("cannot open the backend: {e}")))?;
+        let writer = backend
+            .batch()
+            .map_err(|e| OpenError(format!("cannot open the backend: {e}")))?;
+        // etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
+        let min_ttl = ((opts.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)) as i64;
+        let lessor = Lessor::new(
+            min_ttl.max(ringkv_engine::MIN_LEASE_TTL),
+            ringkv_engine::DEFAULT_CHECKPOINT_INTERVAL,
+        );
+        let mut store = MvccStore::open(writer, lessor)
+            .map_err(|e| OpenError(format!("cannot open the MVCC store: {e}")))?;
+        let ids = HeaderIds {
+            cluster_id: opts.cluster_id,
+            member_id: opts.member_id,
+            raft_term: 0,
+        };
+        store.set_header_ids(ids);
+        store.hub_mut().set_max_request_bytes(opts.max_request_bytes);
+        let applied = store.consistent_index();
+        let mut alarms = Vec::new();
+        store
+            .backend()
+            .scan(Bucket::Alarm, b"", b"", &mut |k, _| {
+                if let Ok(a) = AlarmMember::decode(k) {
+                    alarms.push(a);
+                }
+                true
+            })
+            .map_err(|e| OpenError(format!("cannot read alarms: {e}")))?;
+
+        let wal_fsync = Arc::new(FsyncHistogram::default());
+        let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone())?;
+        if let Some((file, offset)) = &replay.truncated_tail {
+            tracing::warn!(
+                "WAL: cut a torn tail in {} at offset {offset}",
+                file.display()
+            );
+        }
+        let heartbeat_ms = opts.heartbeat.as_millis().max(1);
+        let mut cfg = NodeConfig {
+            tick: opts.heartbeat,
+            election_ticks: (opts.election_timeout.as_millis() / heartbeat_ms).max(2) as usize,
+            heartbeat_ticks: 1,
+            applied,
+            ..NodeConfig::single(opts.member_id)
+        };
+        apply_replay(&mut cfg, &replay).map_err(OpenError)?;
+        if let Some(last) = cfg.entries.last()
+            && last.index < applied
+        {
+            return Err(OpenError(format!(
+                "the backend's consistent index {applied} is past the WAL's last entry {} \
+                 (WAL in {} lost entries the backend applied)",
+                last.index,
+                wal_dir.display()
+            )));
+        }
+        let revision = store.current_revision();
+        let inner = Arc::new(Inner {
+            store: RwLock::new(store),
+            backend,
+            wal: Arc::new(wal),
+            raft: OnceLock::new(),
+            waiters: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(
+                ((opts.member_id & 0xffff) << 48) | ((now_ms() & 0xff_ffff_ffff) << 8),
+            ),
+            lease_ids: Mutex::new(LeaseIdGen::new(opts.member_id, now_ms())),
+            alarms: RwLock::new(alarms),
+            ids,
+            opts,
+            revision: AtomicI64::new(revision),
+            dirty: AtomicBool::new(false),
+            last_commit: Mutex::new(Instant::now()),
+            ops_since_commit: AtomicU64::new(0),
+            failed: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            wal_fsync,
+            backend_commit: Mutex::new(Histogram::default()),
+            lease_primary: AtomicBool::new(false),
+        });
+        let applier = Applier {
+            inner: inner.clone(),
+            term: 0,
+        };
+        let raft = RaftNode::start(cfg, inner.wal.clone(), applier)
+            .map_err(|e| OpenError(format!("cannot start raft: {e}")))?;
+        let _ = inner.raft.set(raft);
+        let hk = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("ringkv-housekeeping".into())
+                .spawn(move || housekeeping(inner))
+                .map_err(|e| OpenError(format!("cannot spawn housekeeping: {e}")))?
+        };
+        Ok(RaftBackedNode {
+            inner,
+            threads: Arc::new(Mutex::new(vec![hk])),
+        })
+    }
+
+    /// Waits until a leader is known and, when it is this member, its lessor is primary.
+    pub async fn wait_leader(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let leader = self.inner.raft().progress().leader();
+            if leader != 0
+                && (leader != self.inner.ids.member_id
+                    || self.inner.lease_primary.load(Ordering::Acquire))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    /// Stops raft, commits the backend and closes the WAL. Requests after this fail with
+    /// `Stopped`. Returns the first failure the node saw, if any.
+    pub fn close(&self) -> Result<(), String> {
+        self.inner.stopping.store(true, Ordering::Release);
+        for t in std::mem::take(&mut *self.threads.lock()) {
+            let _ = t.join();
+        }
+        self.inner.raft().shutdown();
+        {
+            let mut store = self.inner.store.write();
+            self.inner.dirty.store(true, Ordering::Release);
+            self.inner.commit_locked(&mut store);
+        }
+        // Waiters of proposals that will never apply now.
+        self.inner.waiters.lock().clear();
+        let wal = self.inner.wal.close().map_err(|e| e.to_string());
+        match self.inner.failed.get() {
+            Some(why) => Err(why.clone()),
+            None => wal,
+        }
+    }
+
+    async fn propose(&self, mut req: InternalRaftRequest) -> NodeResult<Applied> {
+        let inner = &*self.inner;
+        inner.check_failed()?;
+        let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        req.header = Some(RequestHeader {
+            id,
+            ..Default::default()
+        });
+        let data = req.encode_to_vec();
+        let (tx, rx) = oneshot::channel();
+        inner.waiters.lock().insert(id, tx);
+        let _guard = WaiterGuard { inner, id };
+        let (rej_tx, rej_rx) = oneshot::channel();
+        inner.raft().propose(
+            data,
+            Some(Box::new(move |e| {
+                let _ = rej_tx.send(e);
+            })),
+        );
+        let timeout = tokio::time::sleep(inner.opts.request_timeout());
+        tokio::select! {
+            r = rx => r.map_err(|_| EtcdError::Stopped)?,
+            Ok(e) = rej_rx => Err(raft_err(e)),
+            _ = timeout => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Waits for a linearizable read point (a batched ReadIndex) and for apply to reach it.
+    async fn linearize(&self) -> NodeResult<()> {
+        self.inner.check_failed()?;
+        let (tx, rx) = oneshot::channel();
+        self.inner.raft().read_index(Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        match tokio::time::timeout(self.inner.opts.request_timeout(), rx).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(_)) => Err(EtcdError::Stopped),
+            Ok(Ok(Err(e))) => Err(raft_err(e)),
+            Ok(Ok(Ok(_))) => Ok(()),
+        }
+    }
+
+    /// etcd's quota check before proposing a request that may grow the backend: NOSPACE when
+    /// the alarm is raised, or when the backend plus the request would pass the quota (then
+    /// the alarm is raised through raft).
+    fn check_quota(&self, cost: usize) -> NodeResult<()> {
+        if self.inner.nospace() {
+            return Err(EtcdError::NoSpace);
+        }
+        if let Some(quota) = self.inner.opts.quota_backend_bytes {
+            let size = self.inner.backend.stats().file_bytes;
+            if size + cost as u64 > quota {
+                self.inner.propose_detached(InternalRaftRequest {
+                    alarm: Some(AlarmRequest {
+                        action: AlarmAction::Activate as i32,
+                        member_id: self.inner.ids.member_id,
+                        alarm: AlarmType::Nospace as i32,
+                    }),
+                    ..Default::default()
+                });
+                return Err(EtcdError::NoSpace);
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.opts.data_dir
+    }
+}
+
+fn unexpected(what: &str) -> EtcdError {
+    EtcdError::Internal(format!("ringkv: unexpected apply result for {what}"))
+}
+
+/// Background duties of the node; one thread, no tokio. See the module doc.
+fn housekeeping(inner: Arc<Inner>) {
+    let mut last_lease_check = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_rev_compact = Instant::now();
+    // Periodic auto-compaction: (when, revision) samples; compact to the newest sample older
+    // than the retention.
+    let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
+    let mut last_sample = Instant::now() - Duration::from_secs(3600);
+    while !inner.stopping.load(Ordering::Acquire) {
+        std::thread::sleep(HOUSEKEEPING_TICK);
+        if inner.failed.get().is_some() {
+            continue;
+        }
+        let Some(raft) = inner.raft.get() else {
+            continue;
+        };
+        let leader = raft.progress().leader();
+        let is_leader = leader == inner.ids.member_id;
+        let now = Instant::now();
+        {
+            let mut store = inner.store.write();
+            // Leadership decides whether this member's lessor runs lease clocks.
+            let primary = inner.lease_primary.load(Ordering::Acquire);
+            if is_leader && !primary {
+                store.lease_promote(now, inner.opts.election_timeout);
+                inner.lease_primary.store(true, Ordering::Release);
+            } else if !is_leader && primary {
+                store.lease_demote();
+                inner.lease_primary.store(false, Ordering::Release);
+            }
+            store.watch_sync();
+            if store.compaction_pending() {
+                if let Err(e) = store.compaction_step() {
+                    inner.fail(format!("physical compaction: {e}"));
+                    continue;
+                }
+            }
+            if now.duration_since(last_progress) >= inner.opts.progress_notify_interval {
+                last_progress = now;
+                store.watch_progress_tick();
+            }
+            if inner.dirty.load(Ordering::Acquire)
+                && inner.last_commit.lock().elapsed() >= COMMIT_INTERVAL
+            {
+                inner.commit_locked(&mut store);
+            }
+        }
+        if !is_leader {
+            continue;
+        }
+        if now.duration_since(last_lease_check) >= LEASE_CHECK {
+            last_lease_check = now;
+            let expired = inner.store.write().lease_expired(now, LEASE_REVOKE_BATCH);
+            for id in expired {
+                inner.propose_detached(InternalRaftRequest {
+                    lease_revoke: Some(LeaseRevokeRequest { id }),
+                    ..Default::default()
+                });
+            }
+        }
+        let (rev, compacted) = {
+            let s = inner.store.read();
+            (s.current_revision(), s.compact_revision())
+        };
+        let target = match inner.opts.auto_compaction {
+            AutoCompaction::Off => None,
+            AutoCompaction::Revision(keep) => {
+                if now.duration_since(last_rev_compact) >= REVISION_COMPACT_CHECK {
+                    last_rev_compact = now;
+                    Some(rev - keep as i64)
+                } else {
+                    None
+                }
+            }
+            AutoCompaction::Periodic(retention) => {
+                // etcd samples the revision every retention/10 (at most hourly).
+                let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+                if now.duration_since(last_sample) >= every {
+                    last_sample = now;
+                    samples.push_back((now, rev));
+                }
+                let mut target = None;
+                while let Some(&(t, r)) = samples.front() {
+                    if now.duration_since(t) >= retention {
+                        target = Some(r);
+                        samples.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                target
+            }
+        };
+        if let Some(t) = target
+            && t > compacted.max(0)
+            && t <= rev
+        {
+            tracing::info!(revision = t, "auto-compaction");
+            inner.propose_detached(InternalRaftRequest {
+                compaction: Some(CompactionRequest {
+                    revision: t,
+                    physical: false,
+                }),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// Turns a hub response into what the front end sends.
+fn to_update(resp: WatchResponse) -> Option<WatchUpdate> {
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision);
+    if resp.compact_revision != 0 {
+        return Some(WatchUpdate::Compacted {
+            compact_revision: resp.compact_revision,
+        });
+    }
+    if resp.created || resp.canceled {
+        return None;
+    }
+    if resp.events.is_empty() {
+        return Some(WatchUpdate::Progress { revision });
+    }
+    Some(WatchUpdate::Events {
+        revision,
+        events: resp.events,
+    })
+}
+
+/// Forwards one watcher's hub stream to the front end until either side ends.
+fn pump_watch(
+    inner: Arc<Inner>,
+    stream: ringkv_engine::StreamId,
+    rx: crossbeam_channel::Receiver<WatchResponse>,
+    tx: mpsc::Sender<WatchUpdate>,
+) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(resp) => {
+                let canceled = resp.canceled && !resp.created || resp.compact_revision != 0;
+                if let Some(u) = to_update(resp)
+                    && tx.blocking_send(u).is_err()
+                {
+                    break;
+                }
+                if canceled {
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if tx.is_closed() || inner.stopping.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    inner.store.write().watch_close_stream(stream);
+}
+
+impl EtcdNode for RaftBackedNode {
+    fn state(&self) -> NodeState {
+        let p = self.inner.raft().progress();
+        NodeState {
+            member_id: self.inner.ids.member_id,
+            cluster_id: self.inner.ids.cluster_id,
+            leader: p.leader(),
+            raft_term: p.term.load(Ordering::Acquire),
+            revision: self.inner.revision.load(Ordering::Acquire),
+            alarms: self.inner.alarms.read().clone(),
+            is_learner: false,
+        }
+    }
+
+    fn metrics(&self) -> NodeMetrics {
+        let p = self.inner.raft().progress();
+        let stats = self.inner.backend.stats();
+        let committed = p.commit.load(Ordering::Acquire);
+        let applied = p.applied();
+        NodeMetrics {
+            leader_changes_seen: p.leader_changes.load(Ordering::Acquire),
+            proposals_committed: committed,
+            proposals_applied: applied,
+            proposals_pending: self.inner.waiters.lock().len() as u64,
+            proposals_failed: p.proposals_failed.load(Ordering::Acquire),
+            wal_fsync: self.inner.wal_fsync.0.lock().clone(),
+            backend_commit: self.inner.backend_commit.lock().clone(),
+            db_total_size: stats.file_bytes as i64,
+            db_total_size_in_use: stats.live_bytes as i64,
+            quota_backend_bytes: self.inner.opts.quota_backend_bytes.unwrap_or(0) as i64,
+        }
+    }
+
+    async fn range(&self, _: &Caller, req: RangeRequest) -> NodeResult<RangeResponse> {
+        if !req.serializable {
+            self.linearize().await?;
+        } else {
+            self.inner.check_failed()?;
+        }
+        self.inner.store.read().range(&req).map_err(mvcc_err)
+    }
+
+    async fn put(&self, _: &Caller, req: PutRequest) -> NodeResult<PutResponse> {
+        self.check_quota(req.encoded_len())?;
+        match self
+            .propose(InternalRaftRequest {
+                put: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::Put(r) => Ok(r),
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        _: &Caller,
+        req: DeleteRangeRequest,
+    ) -> NodeResult<DeleteRangeResponse> {
+        match self
+            .propose(InternalRaftRequest {
+                delete_range: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::Delete(r) => Ok(r),
+            _ => Err(unexpected("delete")),
+        }
+    }
+
+    async fn txn(&self, _: &Caller, req: TxnRequest) -> NodeResult<TxnResponse> {
+        if ringkv_engine::is_txn_read_only(&req) {
+            // etcd serves read-only txns like ranges: linearizable read, no proposal.
+            self.linearize().await?;
+            let mut store = self.inner.store.write();
+            return store.txn(&req).map_err(mvcc_err);
+        }
+        self.check_quota(req.encoded_len())?;
+        match self
+            .propose(InternalRaftRequest {
+                txn: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::Txn(r) => Ok(r),
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(&self, _: &Caller, req: CompactionRequest) -> NodeResult<CompactionResponse> {
+        match self
+            .propose(InternalRaftRequest {
+                compaction: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::Compact(r) => Ok(r),
+            _ => Err(unexpected("compact")),
+        }
+    }
+
+    async fn watch(&self, _: &Caller, spec: WatchSpec) -> NodeResult<Watcher> {
+        self.inner.check_failed()?;
+        let (hub_tx, hub_rx) = crossbeam_channel::bounded(WATCH_STREAM_CAPACITY);
+        let mut filters = Vec::new();
+        if spec.no_put {
+            filters.push(FilterType::Noput as i32);
+        }
+        if spec.no_delete {
+            filters.push(FilterType::Nodelete as i32);
+        }
+        let create = WatchCreateRequest {
+            key: spec.key.clone(),
+            range_end: spec.range_end.clone(),
+            start_revision: spec.start_revision,
+            progress_notify: spec.progress_notify,
+            filters,
+            prev_kv: spec.prev_kv,
+            watch_id: 0,
+            fragment: false,
+        };
+        let (stream, revision) = {
+            let mut store = self.inner.store.write();
+            let stream = store.watch_open_stream(hub_tx);
+            store.watch_create(stream, &create);
+            (stream, store.current_revision())
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || pump_watch(inner, stream, hub_rx, tx));
+        Ok(Watcher {
+            revision,
+            updates: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        })
+    }
+
+    async fn lease_grant(
+        &self,
+        _: &Caller,
+        mut req: LeaseGrantRequest,
+    ) -> NodeResult<LeaseGrantResponse> {
+        self.check_quota(req.encoded_len())?;
+        if req.id == 0 {
+            req.id = self.inner.lease_ids.lock().next();
+        }
+        match self
+            .propose(InternalRaftRequest {
+                lease_grant: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::LeaseGrant(r) => Ok(r),
+            _ => Err(unexpected("lease grant")),
+        }
+    }
+
+    async fn lease_revoke(&self, _: &Caller, id: i64) -> NodeResult<LeaseRevokeResponse> {
+        match self
+            .propose(InternalRaftRequest {
+                lease_revoke: Some(LeaseRevokeRequest { id }),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::LeaseRevoke(r) => Ok(r),
+            _ => Err(unexpected("lease revoke")),
+        }
+    }
+
+    async fn lease_keep_alive(&self, _: &Caller, id: i64) -> NodeResult<LeaseKeepAliveResponse> {
+        self.inner.check_failed()?;
+        // Renewal happens on the leader's lessor (not through raft), like etcd.
+        self.inner
+            .store
+            .write()
+            .lease_keep_alive(id, Instant::now())
+            .map_err(mvcc_err)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        _: &Caller,
+        req: LeaseTimeToLiveRequest,
+    ) -> NodeResult<LeaseTimeToLiveResponse> {
+        self.inner.check_failed()?;
+        Ok(self
+            .inner
+            .store
+            .read()
+            .lease_time_to_live(req.id, req.keys, Instant::now()))
+    }
+
+    async fn lease_leases(&self, _: &Caller) -> NodeResult<LeaseLeasesResponse> {
+        self.inner.check_failed()?;
+        Ok(self.inner.store.read().lease_leases())
+    }
+
+    async fn member_add(&self, _: &Caller, _: MemberAddRequest) -> NodeResult<MemberAddResponse> {
+        Err(EtcdError::Unimplemented(
+            "MemberAdd: ringkv runs single-member clusters until the multi-member issue",
+        ))
+    }
+
+    async fn member_remove(&self, _: &Caller, id: u64) -> NodeResult<MemberRemoveResponse> {
+        if id == self.inner.ids.member_id {
+            return Err(EtcdError::Unimplemented(
+                "MemberRemove: cannot remove the only member",
+            ));
+        }
+        Err(EtcdError::MemberNotFound)
+    }
+
+    async fn member_update(
+        &self,
+        _: &Caller,
+        req: MemberUpdateRequest,
+    ) -> NodeResult<MemberUpdateResponse> {
+        if req.id != self.inner.ids.member_id {
+            return Err(EtcdError::MemberNotFound);
+        }
+        Err(EtcdError::Unimplemented(
+            "MemberUpdate: peer URLs are fixed until the multi-member issue",
+        ))
+    }
+
+    async fn member_list(&self, _: &Caller) -> NodeResult<MemberListResponse> {
+        let o = &self.inner.opts;
+        Ok(MemberListResponse {
+            header: self.inner.header(),
+            members: vec![Member {
+                id: o.member_id,
+                name: o.name.clone(),
+                peer_ur_ls: o.peer_urls.clone(),
+                client_ur_ls: o.client_urls.clone(),
+                is_learner: false,
+            }],
+        })
+    }
+
+    async fn member_promote(&self, _: &Caller, id: u64) -> NodeResult<MemberPromoteResponse> {
+        if id == self.inner.ids.member_id {
+            return Err(EtcdError::MemberNotLearner);
+        }
+        Err(EtcdError::MemberNotFound)
+    }
+
+    async fn alarm(&self, _: &Caller, req: AlarmRequest) -> NodeResult<AlarmResponse> {
+        let action = AlarmAction::try_from(req.action).unwrap_or(AlarmAction::Get);
+        if action == AlarmAction::Get {
+            self.inner.check_failed()?;
+            let alarms = self.inner.alarms.read();
+            return Ok(AlarmResponse {
+                header: None,
+                alarms: alarms
+                    .iter()
+                    .filter(|a| req.member_id == 0 || a.member_id == req.member_id)
+                    .copied()
+                    .collect(),
+            });
+        }
+        match self
+            .propose(InternalRaftRequest {
+                alarm: Some(req),
+                ..Default::default()
+            })
+            .await?
+        {
+            Applied::Alarm(r) => Ok(r),
+            _ => Err(unexpected("alarm")),
+        }
+    }
+
+    async fn status(&self, _: &Caller) -> NodeResult<StatusResponse> {
+        self.inner.check_failed()?;
+        let p = self.inner.raft().progress();
+        let stats = self.inner.backend.stats();
+        Ok(StatusResponse {
+            header: self.inner.header(),
+            db_size: stats.file_bytes as i64,
+            db_size_in_use: stats.live_bytes as i64,
+            leader: p.leader(),
+            raft_index: p.commit.load(Ordering::Acquire),
+            raft_term: p.term.load(Ordering::Acquire),
+            raft_applied_index: p.applied(),
+            is_learner: false,
+            ..Default::default()
+        })
+    }
+
+    async fn defragment(&self, _: &Caller) -> NodeResult<()> {
+        self.inner.check_failed()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            // Each commit moves a bounded number of pages down and a later one trims the
+            // freed tail: commit until the file stops shrinking.
+            let mut store = inner.store.write();
+            let mut unchanged = 0;
+            for _ in 0..512 {
+                let before = inner.backend.stats();
+                inner.dirty.store(true, Ordering::Release);
+                inner.commit_locked(&mut store);
+                if inner.failed.get().is_some() {
+                    return Err(EtcdError::Internal(inner.failure_text()));
+                }
+                let after = inner.backend.stats();
+                if (after.page_count, after.file_bytes) == (before.page_count, before.file_bytes) {
+                    unchanged += 1;
+                    if unchanged >= 2 {
+                        break;
+                    }
+                } else {
+                    unchanged = 0;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("defragment: {e}")))?
+    }
+
+    async fn hash(&self, _: &Caller) -> NodeResult<HashResponse> {
+        self.inner.check_failed()?;
+        self.inner.store.read().hash().map_err(mvcc_err)
+    }
+
+    async fn hash_kv(&self, _: &Caller, revision: i64) -> NodeResult<HashKvResponse> {
+        self.inner.check_failed()?;
+        self.inner.store.read().hash_kv(revision).map_err(mvcc_err)
+    }
+
+    async fn snapshot(&self, _: &Caller) -> NodeResult<(u64, BoxStream<NodeResult<Bytes>>)> {
+        self.inner.check_failed()?;
+        let inner = self.inner.clone();
+        // A consistent copy: commit, then copy the file while no commit can run.
+        let copy = tokio::task::spawn_blocking(move || -> NodeResult<(PathBuf, u64)> {
+            let mut store = inner.store.write();
+            inner.dirty.store(true, Ordering::Release);
+            inner.commit_locked(&mut store);
+            if inner.failed.get().is_some() {
+                return Err(EtcdError::Internal(inner.failure_text()));
+            }
+            let src = inner.backend.path().to_path_buf();
+            let dst = src.with_file_name(format!(
+                "db.snapshot.{}",
+                inner.next_request_id.fetch_add(1, Ordering::Relaxed)
+            ));
+            let n = std::fs::copy(&src, &dst).map_err(|e| {
+                EtcdError::Internal(format!(
+                    "snapshot: copy {} to {}: {e}",
+                    src.display(),
+                    dst.display()
+                ))
+            })?;
+            Ok((dst, n))
+        })
+        .await
+        .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
+        let (path, size) = copy;
+        let (tx, rx) = mpsc::channel::<NodeResult<Bytes>>(4);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let result = (|| -> std::io::Result<()> {
+                let mut f = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; SNAPSHOT_READ_CHUNK];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if tx
+                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            })();
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(EtcdError::Internal(format!(
+                    "snapshot: read {}: {e}",
+                    path.display()
+                ))));
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+        Ok((
+            size,
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        ))
+    }
+
+    async fn move_leader(&self, _: &Caller, target: u64) -> NodeResult<MoveLeaderResponse> {
+        if target != self.inner.ids.member_id {
+            return Err(EtcdError::BadLeaderTransferee);
+        }
+        Ok(MoveLeaderResponse {
+            header: self.inner.header(),
+        })
+    }
+
+    async fn auth_status(&self, _: &Caller) -> NodeResult<AuthStatusResponse> {
+        Ok(AuthStatusResponse {
+            header: self.inner.header(),
+            enabled: false,
+            auth_revision: 1,
+        })
+    }
+}
