@@ -4,12 +4,16 @@
 //!   dir, and talks to its HTTP/JSON gateway (spec §7).
 //! - `json`: renders our protobuf messages as the gateway's JSON, so ringkv's and etcd's
 //!   responses compare field by field.
+//! - `ringkv`: runs the real `ringkv` binary (free ports, temp data dir, killed on drop), with
+//!   `etcdctl` and HTTP/1.1 helpers.
 //! - `mvcc_gen`: random etcd KV/lease operations and their execution against an `MvccStore`.
 
 mod etcd;
 mod json;
 mod mvcc_gen;
+mod ringkv;
 
 pub use etcd::{EtcdProcess, HttpResponse, WatchStreamReader, free_port, http_post};
 pub use json::{error_json, message_json, normalise_headers};
+pub use ringkv::{RingkvProcess, etcdctl_at, http_get, ringkv_binary};
 pub use mvcc_gen::{Op, OpGen, apply_to_store, op_request_json, txn_is_valid};

@@ -1,0 +1,335 @@
+//! A real `ringkv` process for system tests: free loopback ports, a temp data dir (or a given
+//! one, to test restarts), killed on drop; plus `etcdctl` and raw HTTP/1.1 helpers.
+//!
+//! The binary is built once per test process with `cargo build -p ringkv-net --bin ringkv`
+//! (the same profile and target directory as the running test), because cargo builds another
+//! package's binaries for its own integration tests only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::etcd::{HttpResponse, free_port};
+
+/// Path of the `ringkv` binary, built on first use.
+pub fn ringkv_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // <target>/<profile>/deps/<test binary>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in <target>/<profile>/deps")
+            .to_path_buf();
+        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .expect("profile name")
+            .to_string();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "ringkv-net", "--bin", "ringkv"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .env("CARGO_TARGET_DIR", &target_dir);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let status = cmd.status().expect("run cargo build for the ringkv binary");
+        assert!(status.success(), "cargo build of the ringkv binary failed");
+        let bin = profile_dir.join("ringkv");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        // A private copy: another build into the same target directory (a shared
+        // CARGO_TARGET_DIR) must not swap the binary under a running test.
+        // Named by size and mtime, so test processes share one copy per build.
+        let meta = std::fs::metadata(&bin).expect("stat ringkv");
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        let private = std::env::temp_dir().join(format!("ringkv-under-test-{}-{mtime}", meta.len()));
+        if !private.exists() {
+            let tmp = private.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::copy(&bin, &tmp).expect("copy the ringkv binary");
+            std::fs::rename(&tmp, &private).expect("rename the ringkv copy");
+        }
+        private
+    })
+    .clone()
+}
+
+/// A running `ringkv` node.
+pub struct RingkvProcess {
+    child: Option<Child>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+    /// Keeps a temp data dir alive (None when the caller owns the directory).
+    _tmp: Option<tempfile::TempDir>,
+}
+
+fn tmp_base() -> PathBuf {
+    std::env::temp_dir()
+}
+
+impl RingkvProcess {
+    /// Starts a single member with a fresh temp data dir and fast raft timing.
+    pub fn start(extra: &[&str]) -> RingkvProcess {
+        let tmp = tempfile::Builder::new()
+            .prefix("ringkv-test-")
+            .tempdir_in(tmp_base())
+            .expect("temp dir");
+        let dir = tmp.path().join("data");
+        let mut p = RingkvProcess::start_in(&dir, extra);
+        p._tmp = Some(tmp);
+        p
+    }
+
+    /// Starts a member on `data_dir` (kept after drop).
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> RingkvProcess {
+        let mut p = RingkvProcess {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = self.data_dir.with_extension("log");
+        std::fs::create_dir_all(self.data_dir.parent().expect("parent")).expect("mkdir");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(ringkv_binary())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(&self.extra)
+            .env("RINGKV_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn ringkv");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "ringkv exited during startup ({status}); log: {}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = http_get(self.client_port, "/health")
+                && r.status == 200
+                && r.body.contains("\"true\"")
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ringkv not healthy within 30 s; log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The node's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    /// `127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit (status 0).
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let rc = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(rc.success());
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "ringkv exited with {status} after SIGTERM; log: {}",
+                    self.log()
+                );
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "ringkv did not exit within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+    }
+
+    /// Starts the node again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+
+    /// Runs `etcdctl` (v3 API) against this node.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_stdin(args, None)
+    }
+
+    /// Runs `etcdctl` with `stdin` as its input.
+    pub fn etcdctl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        etcdctl_at(&self.endpoint(), args, stdin)
+    }
+
+    /// `etcdctl` that must succeed; returns stdout.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// `etcdctl` that must fail; returns stderr.
+    pub fn ctl_err(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            !out.status.success(),
+            "etcdctl {args:?} should fail but printed {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8 output")
+    }
+}
+
+impl Drop for RingkvProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; the body is read to the end (`Connection: close`).
+pub fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut r = BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line)?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut chunked = false;
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let l = line.to_ascii_lowercase();
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = String::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk)?;
+            body.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    } else {
+        r.read_to_string(&mut body)?;
+    }
+    Ok(HttpResponse { status, body })
+}
+
+/// Runs `etcdctl` (v3 API) against `endpoint` with optional standard input.
+pub fn etcdctl_at(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--command-timeout=20s", "--dial-timeout=10s"])
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .expect("spawn etcdctl (Debian package etcd-client; tests/run.sh installs it)");
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().expect("stdin");
+        si.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("etcdctl output")
+}
