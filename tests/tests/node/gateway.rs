@@ -71,7 +71,15 @@ fn health_version_and_metrics() {
     for i in 0..5 {
         http_post(p, "/v3/kv/put", &format!(r#"{{"key":"a{i}","value":"dg=="}}"#)).expect("put");
     }
-    let m = http_get(p, "/metrics").expect("metrics");
+    // The in-use figure counts committed pages: wait for the backend's batch commit.
+    let mut m = http_get(p, "/metrics").expect("metrics");
+    for _ in 0..200 {
+        if !m.body.contains("etcd_mvcc_db_total_size_in_use_in_bytes 0\n") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        m = http_get(p, "/metrics").expect("metrics");
+    }
     assert_eq!(m.status, 200);
     let value = |name: &str| -> f64 {
         m.body
