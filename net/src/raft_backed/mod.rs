@@ -544,22 +544,25 @@ impl RaftBackedNode {
 
     /// etcd's quota check before proposing a request that may grow the backend: NOSPACE when
     /// the alarm is raised, or when the backend plus the request would pass the quota (then
-    /// the alarm is raised through raft).
-    fn check_quota(&self, cost: usize) -> NodeResult<()> {
+    /// the alarm is raised through raft first, as etcd's quota layer does, so a following
+    /// `alarm list` sees it).
+    async fn check_quota(&self, cost: usize) -> NodeResult<()> {
         if self.inner.nospace() {
             return Err(EtcdError::NoSpace);
         }
         if let Some(quota) = self.inner.opts.quota_backend_bytes {
             let size = self.inner.backend.stats().file_bytes;
             if size + cost as u64 > quota {
-                self.inner.propose_detached(InternalRaftRequest {
+                tracing::warn!(size, quota, "backend quota exceeded: raising NOSPACE");
+                self.propose(InternalRaftRequest {
                     alarm: Some(AlarmRequest {
                         action: AlarmAction::Activate as i32,
                         member_id: self.inner.ids.member_id,
                         alarm: AlarmType::Nospace as i32,
                     }),
                     ..Default::default()
-                });
+                })
+                .await?;
                 return Err(EtcdError::NoSpace);
             }
         }
@@ -780,7 +783,7 @@ impl EtcdNode for RaftBackedNode {
     }
 
     async fn put(&self, _: &Caller, req: PutRequest) -> NodeResult<PutResponse> {
-        self.check_quota(req.encoded_len())?;
+        self.check_quota(req.encoded_len()).await?;
         match self
             .propose(InternalRaftRequest {
                 put: Some(req),
@@ -817,7 +820,7 @@ impl EtcdNode for RaftBackedNode {
             let mut store = self.inner.store.write();
             return store.txn(&req).map_err(mvcc_err);
         }
-        self.check_quota(req.encoded_len())?;
+        self.check_quota(req.encoded_len()).await?;
         match self
             .propose(InternalRaftRequest {
                 txn: Some(req),
@@ -883,7 +886,7 @@ impl EtcdNode for RaftBackedNode {
         _: &Caller,
         mut req: LeaseGrantRequest,
     ) -> NodeResult<LeaseGrantResponse> {
-        self.check_quota(req.encoded_len())?;
+        self.check_quota(req.encoded_len()).await?;
         if req.id == 0 {
             req.id = self.inner.lease_ids.lock().next();
         }
