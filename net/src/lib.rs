@@ -80,7 +80,8 @@ pub fn run() -> Result<(), String> {
         .thread_name("ringkv-front")
         .build()
         .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
-    let node = RaftBackedNode::open(NodeOptions::from_config(&config)).map_err(|e| e.to_string())?;
+    let node =
+        RaftBackedNode::open(NodeOptions::from_config(&config)).map_err(|e| e.to_string())?;
     tracing::info!(
         member = format!("{:x}", config.member_id),
         cluster = format!("{:x}", config.cluster_id),

@@ -60,7 +60,8 @@ pub fn ringkv_binary() -> PathBuf {
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
-        let private = std::env::temp_dir().join(format!("ringkv-under-test-{}-{mtime}", meta.len()));
+        let private =
+            std::env::temp_dir().join(format!("ringkv-under-test-{}-{mtime}", meta.len()));
         if !private.exists() {
             let tmp = private.with_extension(format!("tmp{}", std::process::id()));
             std::fs::copy(&bin, &tmp).expect("copy the ringkv binary");

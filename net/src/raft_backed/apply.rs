@@ -23,7 +23,9 @@ use ringkv_engine::pb::etcdserverpb::{
     InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
     alarm_request::AlarmAction,
 };
-use ringkv_engine::{BatchWrite, BatchWriter, Bucket, HeaderIds, MvccError, MvccStore, StateMachine};
+use ringkv_engine::{
+    BatchWrite, BatchWriter, Bucket, HeaderIds, MvccError, MvccStore, StateMachine,
+};
 
 use super::Inner;
 use crate::errors::EtcdError;
@@ -53,7 +55,9 @@ pub(crate) fn mvcc_err(e: MvccError) -> EtcdError {
         MvccError::ErrLeaseExists => EtcdError::LeaseExist,
         MvccError::ErrLeaseTtlTooLarge => EtcdError::LeaseTtlTooLarge,
         MvccError::ErrNotPrimary => EtcdError::NotLeader,
-        e @ (MvccError::Corrupt { .. } | MvccError::Storage(_)) => EtcdError::Internal(e.to_string()),
+        e @ (MvccError::Corrupt { .. } | MvccError::Storage(_)) => {
+            EtcdError::Internal(e.to_string())
+        }
     }
 }
 

@@ -205,7 +205,9 @@ impl Inner {
     }
 
     fn raft(&self) -> &RaftNode {
-        self.raft.get().expect("raft started before the node is shared")
+        self.raft
+            .get()
+            .expect("raft started before the node is shared")
     }
 
     /// Commits the backend (data + consistent index) when `force`, or when writes are pending
@@ -215,7 +217,8 @@ impl Inner {
         if !self.dirty.load(Ordering::Acquire) {
             return;
         }
-        let due = force || ops >= COMMIT_OPS || self.last_commit.lock().elapsed() >= COMMIT_INTERVAL;
+        let due =
+            force || ops >= COMMIT_OPS || self.last_commit.lock().elapsed() >= COMMIT_INTERVAL;
         if !due || self.failed.get().is_some() {
             return;
         }
@@ -301,7 +304,11 @@ fn open_vfs(kind: IoKind) -> Arc<dyn Vfs> {
     }
 }
 
-fn open_wal(vfs: &Arc<dyn Vfs>, dir: &Path, metrics: Arc<FsyncHistogram>) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
+fn open_wal(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    metrics: Arc<FsyncHistogram>,
+) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
     let opts = WalOptions {
         metrics: Some(metrics),
         ..WalOptions::default()
@@ -378,7 +385,9 @@ impl RaftBackedNode {
             raft_term: 0,
         };
         store.set_header_ids(ids);
-        store.hub_mut().set_max_request_bytes(opts.max_request_bytes);
+        store
+            .hub_mut()
+            .set_max_request_bytes(opts.max_request_bytes);
         let applied = store.consistent_index();
         let mut alarms = Vec::new();
         store
@@ -611,11 +620,11 @@ fn housekeeping(inner: Arc<Inner>) {
                 inner.lease_primary.store(false, Ordering::Release);
             }
             store.watch_sync();
-            if store.compaction_pending() {
-                if let Err(e) = store.compaction_step() {
-                    inner.fail(format!("physical compaction: {e}"));
-                    continue;
-                }
+            if store.compaction_pending()
+                && let Err(e) = store.compaction_step()
+            {
+                inner.fail(format!("physical compaction: {e}"));
+                continue;
             }
             if now.duration_since(last_progress) >= inner.opts.progress_notify_interval {
                 last_progress = now;
@@ -656,7 +665,8 @@ fn housekeeping(inner: Arc<Inner>) {
             }
             AutoCompaction::Periodic(retention) => {
                 // etcd samples the revision every retention/10 (at most hourly).
-                let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+                let every =
+                    (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
                 if now.duration_since(last_sample) >= every {
                     last_sample = now;
                     samples.push_back((now, rev));

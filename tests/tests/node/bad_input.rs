@@ -14,7 +14,10 @@ fn etcd_errors_for_bad_requests() {
     let err = |body: &str, path: &str| -> (u16, String) {
         let r = http_post(p, path, body).expect("post");
         let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
-        (r.status, v["error"].as_str().unwrap_or_default().to_string())
+        (
+            r.status,
+            v["error"].as_str().unwrap_or_default().to_string(),
+        )
     };
     // Empty key.
     assert_eq!(
@@ -23,15 +26,26 @@ fn etcd_errors_for_bad_requests() {
     );
     // Unknown lease.
     assert_eq!(
-        err(r#"{"key":"aw==","value":"dg==","lease":"12345"}"#, "/v3/kv/put"),
+        err(
+            r#"{"key":"aw==","value":"dg==","lease":"12345"}"#,
+            "/v3/kv/put"
+        ),
         (404, "etcdserver: requested lease not found".into())
     );
     // 129 operations in one txn.
     let ops: Vec<String> = (0..129)
-        .map(|i| format!(r#"{{"request_put":{{"key":"{}","value":"dg=="}}}}"#, b64(&format!("k{i}"))))
+        .map(|i| {
+            format!(
+                r#"{{"request_put":{{"key":"{}","value":"dg=="}}}}"#,
+                b64(&format!("k{i}"))
+            )
+        })
         .collect();
     assert_eq!(
-        err(&format!(r#"{{"success":[{}]}}"#, ops.join(",")), "/v3/kv/txn"),
+        err(
+            &format!(r#"{{"success":[{}]}}"#, ops.join(",")),
+            "/v3/kv/txn"
+        ),
         (400, "etcdserver: too many operations in txn request".into())
     );
     // Duplicate keys written in one txn.
@@ -44,8 +58,14 @@ fn etcd_errors_for_bad_requests() {
     );
     // Oversize request (value above 1.5 MiB).
     let big = "A".repeat(2 * 1024 * 1024);
-    let (status, msg) = err(&format!(r#"{{"key":"aw==","value":"{big}"}}"#), "/v3/kv/put");
-    assert_eq!((status, msg.as_str()), (400, "etcdserver: request is too large"));
+    let (status, msg) = err(
+        &format!(r#"{{"key":"aw==","value":"{big}"}}"#),
+        "/v3/kv/put",
+    );
+    assert_eq!(
+        (status, msg.as_str()),
+        (400, "etcdserver: request is too large")
+    );
     // Malformed JSON.
     let r = http_post(p, "/v3/kv/put", "{not json").expect("post");
     assert_eq!(r.status, 400, "{}", r.body);
@@ -57,9 +77,15 @@ fn etcd_errors_for_bad_requests() {
     }
     node.ctl(&["compaction", "4"]);
     let e = node.ctl_err(&["get", "c", "--rev=2"]);
-    assert!(e.contains("etcdserver: mvcc: required revision has been compacted"), "{e}");
+    assert!(
+        e.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{e}"
+    );
     let e = node.ctl_err(&["get", "c", "--rev=100"]);
-    assert!(e.contains("etcdserver: mvcc: required revision is a future revision"), "{e}");
+    assert!(
+        e.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{e}"
+    );
     let e = node.ctl_err(&["compaction", "3"]);
     assert!(e.contains("required revision has been compacted"), "{e}");
     assert_serving(&node);
@@ -78,7 +104,10 @@ fn quota_raises_nospace_and_disarm_restores_writes() {
         }
     }
     let e = refused.expect("the quota refuses writes at some point");
-    assert!(e.contains("etcdserver: mvcc: database space exceeded"), "{e}");
+    assert!(
+        e.contains("etcdserver: mvcc: database space exceeded"),
+        "{e}"
+    );
     let alarms = node.ctl(&["alarm", "list"]);
     assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
     // Reads and deletes still work while the alarm is raised.

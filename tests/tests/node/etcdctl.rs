@@ -22,7 +22,8 @@ const fn step(args: &'static [&'static str]) -> Step {
     Step { args, stdin: None }
 }
 
-const TXN_INPUT: &str = "value(\"a\") = \"1\"\nmod(\"a\") > \"0\"\n\nput a 2\nget a\n\nput b 3\nget b\n\n";
+const TXN_INPUT: &str =
+    "value(\"a\") = \"1\"\nmod(\"a\") > \"0\"\n\nput a 2\nget a\n\nput b 3\nget b\n\n";
 
 const SCRIPT: &[Step] = &[
     step(&["put", "foo", "bar"]),
@@ -35,8 +36,22 @@ const SCRIPT: &[Step] = &[
     step(&["get", "foo", "--prefix"]),
     step(&["get", "foo", "--prefix", "--keys-only"]),
     step(&["get", "foo", "--prefix", "--print-value-only"]),
-    step(&["get", "foo", "--prefix", "--limit", "1", "--sort-by=MODIFY", "--order=DESCEND"]),
-    step(&["get", "foo", "--prefix", "--sort-by=VALUE", "--order=ASCEND"]),
+    step(&[
+        "get",
+        "foo",
+        "--prefix",
+        "--limit",
+        "1",
+        "--sort-by=MODIFY",
+        "--order=DESCEND",
+    ]),
+    step(&[
+        "get",
+        "foo",
+        "--prefix",
+        "--sort-by=VALUE",
+        "--order=ASCEND",
+    ]),
     step(&["get", "--from-key", "foo2"]),
     step(&["get", "", "--prefix", "--consistency=s"]),
     step(&["get", "nothing"]),
@@ -199,7 +214,12 @@ fn kv_txn_lease_watch_compaction_output_matches_etcd() {
             diffs.push(format!("--- etcd:\n{w}\n--- ringkv:\n{g}\n"));
         }
     }
-    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
     // The script is not vacuous: it saw data, errors and watch events.
     let all = got.join("\n");
     assert!(all.contains("SUCCESS") && all.contains("FAILURE"));
@@ -218,7 +238,13 @@ fn member_list_and_endpoint_commands_report_this_member() {
     let id = fields[0];
     assert_eq!(
         &fields[1..],
-        &["started", "n1", peer.as_str(), &format!("http://{ep}"), "false"]
+        &[
+            "started",
+            "n1",
+            peer.as_str(),
+            &format!("http://{ep}"),
+            "false"
+        ]
     );
     // etcd's member ID: sha1 of the sorted peer URLs and the cluster token (spec).
     let want_id = ringkv_net::member_id(std::slice::from_ref(&peer), "etcd-cluster", None);
@@ -241,7 +267,10 @@ fn member_list_and_endpoint_commands_report_this_member() {
 
     node.ctl(&["put", "k", "v"]);
     let status2 = node.ctl(&["endpoint", "status", "-w", "json"]);
-    assert!(status2.contains(&format!("\"leader\":{want_id}")), "{status2}");
+    assert!(
+        status2.contains(&format!("\"leader\":{want_id}")),
+        "{status2}"
+    );
 
     // etcdctl 3.4 prints the health line on stderr.
     let out = node.etcdctl(&["endpoint", "health"]);
@@ -256,7 +285,11 @@ fn member_list_and_endpoint_commands_report_this_member() {
     assert_eq!(hash1, hash2, "hashkv is stable without writes");
     assert!(hash1.starts_with(&format!("{ep}, ")), "{hash1}");
     node.ctl(&["put", "k", "v2"]);
-    assert_ne!(node.ctl(&["endpoint", "hashkv"]), hash1, "a write changes hashkv");
+    assert_ne!(
+        node.ctl(&["endpoint", "hashkv"]),
+        hash1,
+        "a write changes hashkv"
+    );
     assert_eq!(node.ctl(&["alarm", "list"]), "");
     assert_eq!(
         node.ctl(&["defrag"]),
@@ -289,7 +322,10 @@ fn snapshot_save_writes_the_backend_with_a_verified_checksum() {
     assert!(bytes.len() > 50_000, "{} bytes", bytes.len());
     let hay = String::from_utf8_lossy(&bytes);
     for i in [0, 25, 49] {
-        assert!(hay.contains(&format!("key{i:03}")), "key{i:03} in the snapshot");
+        assert!(
+            hay.contains(&format!("key{i:03}")),
+            "key{i:03} in the snapshot"
+        );
     }
     // The node keeps serving writes afterwards.
     node.ctl(&["put", "after", "snapshot"]);

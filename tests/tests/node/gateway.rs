@@ -31,7 +31,11 @@ fn gateway_put_range_txn_delete_and_lease() {
     assert_eq!(v["succeeded"], true);
     assert_eq!(v["header"]["revision"], "3");
 
-    let v = json(&http_post(p, "/v3/lease/grant", r#"{"TTL":"30"}"#).expect("grant").body);
+    let v = json(
+        &http_post(p, "/v3/lease/grant", r#"{"TTL":"30"}"#)
+            .expect("grant")
+            .body,
+    );
     assert_eq!(v["TTL"], "30");
     let id = v["ID"].as_str().expect("lease ID as string").to_string();
     let v = json(
@@ -53,7 +57,10 @@ fn gateway_put_range_txn_delete_and_lease() {
     let r = http_post(p, "/v3/kv/range", r#"{"key":"Zm9v","revision":"99"}"#).expect("range");
     assert_eq!(r.status, 400, "{}", r.body);
     let v = json(&r.body);
-    assert_eq!(v["error"], "etcdserver: mvcc: required revision is a future revision");
+    assert_eq!(
+        v["error"],
+        "etcdserver: mvcc: required revision is a future revision"
+    );
     assert_eq!(v["code"], 11);
 }
 
@@ -65,16 +72,29 @@ fn health_version_and_metrics() {
     assert_eq!(h.status, 200);
     assert_eq!(json(&h.body)["health"], "true");
     let v = json(&http_get(p, "/version").expect("version").body);
-    assert!(v["etcdserver"].as_str().is_some_and(|s| s.starts_with("3.")), "{v}");
+    assert!(
+        v["etcdserver"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("3.")),
+        "{v}"
+    );
     assert!(v["etcdcluster"].as_str().is_some(), "{v}");
 
     for i in 0..5 {
-        http_post(p, "/v3/kv/put", &format!(r#"{{"key":"a{i}","value":"dg=="}}"#)).expect("put");
+        http_post(
+            p,
+            "/v3/kv/put",
+            &format!(r#"{{"key":"a{i}","value":"dg=="}}"#),
+        )
+        .expect("put");
     }
     // The in-use figure counts committed pages: wait for the backend's batch commit.
     let mut m = http_get(p, "/metrics").expect("metrics");
     for _ in 0..200 {
-        if !m.body.contains("etcd_mvcc_db_total_size_in_use_in_bytes 0\n") {
+        if !m
+            .body
+            .contains("etcd_mvcc_db_total_size_in_use_in_bytes 0\n")
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));

@@ -18,8 +18,17 @@ fn write_some(node: &RingkvProcess, round: u32) {
     }
     node.ctl(&["del", "k05"]);
     let lease = node.ctl(&["lease", "grant", "600"]);
-    let id = lease.split_whitespace().nth(1).expect("lease id").to_string();
-    node.ctl(&["put", &format!("leased{round}"), "x", &format!("--lease={id}")]);
+    let id = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    node.ctl(&[
+        "put",
+        &format!("leased{round}"),
+        "x",
+        &format!("--lease={id}"),
+    ]);
 }
 
 #[test]
@@ -36,7 +45,10 @@ fn sigterm_then_restart_keeps_data_and_revisions() {
     assert_eq!(node.ctl(&["lease", "list"]), leases);
     // Compaction survived too.
     let err = node.ctl_err(&["get", "k01", "--rev=3"]);
-    assert!(err.contains("required revision has been compacted"), "{err}");
+    assert!(
+        err.contains("required revision has been compacted"),
+        "{err}"
+    );
     // And the node continues at the next revision.
     node.ctl(&["put", "after", "1"]);
     let v: serde_json::Value =
