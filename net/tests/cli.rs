@@ -1,7 +1,8 @@
-//! The `ringkv` binary's command line: etcd's flag names, `RINGKV_*` environment variables, clear
-//! errors, and the honest "not built yet" answer until the node exists.
+//! The `ringkv` binary's command line: etcd's flag names, `RINGKV_*` environment variables,
+//! clear errors, and a node that starts from the environment alone.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 fn ringkv(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringkv"));
@@ -19,11 +20,10 @@ fn ringkv(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 }
 
 #[test]
-fn no_flags_parse_and_report_not_built() {
-    let (code, text) = ringkv(&[], &[]);
+fn unsupported_flag_values_are_refused() {
+    let (code, text) = ringkv(&["--enable-v2"], &[]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("not built yet"), "{text}");
-    assert!(text.contains("default.ringkv"), "{text}");
+    assert!(text.contains("v2 keys API is not supported"), "{text}");
 }
 
 #[test]
@@ -31,19 +31,48 @@ fn environment_variables_are_read() {
     let (code, text) = ringkv(&[], &[("RINGKV_ELECTION_TIMEOUT", "400")]);
     assert_eq!(code, 1);
     assert!(text.contains("--election-timeout[400ms]"), "{text}");
-    let (_, text) = ringkv(
-        &[],
-        &[
-            ("RINGKV_NAME", "n1"),
-            (
-                "RINGKV_INITIAL_ADVERTISE_PEER_URLS",
-                "http://127.0.0.1:23800",
-            ),
-        ],
-    );
-    assert!(text.contains("member 2e1259d415f2a040"), "{text}");
-    assert!(text.contains("cluster 48276a8f75b6a87"), "{text}");
-    assert!(text.contains("n1.ringkv"), "{text}");
+
+    // A node configured only through the environment: its IDs follow etcd's derivation from
+    // the name, peer URLs and token, and its data dir defaults to ${name}.ringkv.
+    let cwd = tempfile::tempdir().expect("tmp");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringkv"))
+        .current_dir(cwd.path())
+        .env("RINGKV_NAME", "n1")
+        .env(
+            "RINGKV_INITIAL_ADVERTISE_PEER_URLS",
+            "http://127.0.0.1:23800",
+        )
+        .env(
+            "RINGKV_LISTEN_CLIENT_URLS",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("RINGKV_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn ringkv");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut opened = None;
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("log line");
+        if line.contains("ringkv node opened") {
+            opened = Some(line);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = opened.expect("the node logs its identity when it opens");
+    assert!(text.contains("2e1259d415f2a040"), "{text}");
+    assert!(text.contains("48276a8f75b6a87"), "{text}");
+    assert!(cwd.path().join("n1.ringkv/member/wal").is_dir());
+    assert!(cwd.path().join("n1.ringkv/member/snap/db").is_file());
 }
 
 #[test]
