@@ -400,3 +400,54 @@ fn lock_and_elect_work_through_etcdctl() {
     assert!(out.starts_with("myelection/"), "{out}");
     assert!(out.contains("candidate1"), "{out}");
 }
+
+#[test]
+fn expired_lease_deletes_its_keys_and_keep_alive_holds_it() {
+    let node = RingkvProcess::start(&[]);
+    let grant = |ttl: &str| -> String {
+        let out = node.ctl(&["lease", "grant", ttl]);
+        out.split_whitespace().nth(1).expect("lease id").to_string()
+    };
+    let short = grant("2");
+    let kept = grant("2");
+    node.ctl(&["put", "short", "x", &format!("--lease={short}")]);
+    node.ctl(&["put", "kept", "y", &format!("--lease={kept}")]);
+    // Streaming keep-alive (one request per TTL/3) keeps `kept` alive.
+    let mut ka = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", node.endpoint()))
+        .args(["lease", "keep-alive", &kept])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl lease keep-alive");
+    // The leader's expiry timer revokes `short` through raft; wait for it (bounded).
+    let mut gone = false;
+    for _ in 0..200 {
+        if node.ctl(&["get", "short"]).is_empty() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(gone, "the expired lease's key is deleted");
+    assert!(
+        node.ctl(&["lease", "timetolive", &short])
+            .contains("already expired")
+    );
+    // Well past `kept`'s TTL, it still stands thanks to the keep-alives.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(node.ctl(&["get", "kept", "--print-value-only"]), "y\n");
+    let _ = ka.kill();
+    let mut out = String::new();
+    ka.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    let _ = ka.wait();
+    assert!(
+        out.contains(&format!("lease {kept} keepalived with TTL(2)")),
+        "{out}"
+    );
+}
