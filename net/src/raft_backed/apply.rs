@@ -240,6 +240,7 @@ impl StateMachine for Applier {
             .revision
             .store(store.current_revision(), Ordering::Release);
         inner.dirty.store(true, Ordering::Release);
+        inner.ops_since_commit.fetch_add(1, Ordering::AcqRel);
         drop(store);
         let id = req.header.as_ref().map_or(req.id, |h| h.id);
         if let Some(tx) = inner.waiters.lock().remove(&id) {

@@ -169,6 +169,7 @@ pub(crate) struct Inner {
     /// Writes applied since the last backend commit.
     dirty: AtomicBool,
     last_commit: Mutex<Instant>,
+    /// Entries applied since the last backend commit.
     ops_since_commit: AtomicU64,
     /// The first fatal failure (storage, WAL, corrupt entry); every request fails after it.
     failed: OnceLock<String>,
@@ -213,7 +214,7 @@ impl Inner {
     /// Commits the backend (data + consistent index) when `force`, or when writes are pending
     /// and the batch limit or interval was reached.
     fn commit_if_due(&self, force: bool) {
-        let ops = self.ops_since_commit.fetch_add(1, Ordering::AcqRel) + 1;
+        let ops = self.ops_since_commit.load(Ordering::Acquire);
         if !self.dirty.load(Ordering::Acquire) {
             return;
         }
