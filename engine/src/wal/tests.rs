@@ -775,3 +775,67 @@ fn power_cut_at_a_random_operation_keeps_every_acknowledged_record() {
         wal3.close().unwrap();
     }
 }
+
+/// A segment written by format version 1 (header, then: metadata, entry 1, HardState in flush
+/// 1; entry 2 and a snapshot marker in flush 2). Every later version must still open it.
+const V1_SEGMENT_HEX: [&str; 7] = [
+    "72696e676b76574c010000000000000000000000000000000000000000000000",
+    "838a420200000000b72340630800000004000000010000006d656d6265723d31",
+    "9745062315000000010000000100000001000000000000000100000000000000",
+    "01636f6e660000006b2e7a191800000002000000010000000100000000000000",
+    "010000000000000001000000000000002f9199e4180000000100000002000000",
+    "020000000000000001000000000000000070757420613d6238614ee110000000",
+    "030000000200000001000000000000000100000000000000",
+];
+
+#[test]
+fn a_version_1_segment_still_opens() {
+    let hex: String = V1_SEGMENT_HEX.concat();
+    let mut data: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(data[..8], format::SEGMENT_MAGIC);
+    assert_eq!(
+        format::get_u32(&data, format::VERSION_OFFSET),
+        format::FORMAT_V1
+    );
+    data.resize(SEG as usize, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join(format::segment_name(0, 0)), &data).unwrap();
+    let vfs: Arc<dyn Vfs> = Arc::new(StdVfs::new());
+    let (wal, replay) = open(&vfs, tmp.path());
+    assert_eq!(
+        replay,
+        Replay {
+            entries: vec![
+                LogEntry {
+                    index: 1,
+                    term: 1,
+                    entry_type: 1,
+                    data: Bytes::from_static(b"conf"),
+                },
+                LogEntry {
+                    index: 2,
+                    term: 1,
+                    entry_type: 0,
+                    data: Bytes::from_static(b"put a=b"),
+                },
+            ],
+            hard_state: Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 1,
+            }),
+            metadata: Some(Bytes::from_static(b"member=1")),
+            snapshot: Some(SnapshotMark { index: 1, term: 1 }),
+            truncated_tail: None,
+        }
+    );
+    // Appending continues after the old records.
+    wal.append_wait(vec![entry(3, 1)]).unwrap();
+    wal.close().unwrap();
+    let (wal, replay) = open(&vfs, tmp.path());
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    wal.close().unwrap();
+}
