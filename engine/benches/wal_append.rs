@@ -8,7 +8,8 @@
 //! the WAL/raw ratio of p50s; the last line gives the median ratio over rounds.
 //!
 //! Run: `cargo bench -p ringkv-engine --bench wal_append [-- ROUNDS OPS]` (default 5 rounds of
-//! 2000 appends; set `RINGKV_BENCH_DIR` to measure another file system than the temp dir's).
+//! 2000 appends; set `RINGKV_BENCH_DIR` to measure another file system than the temp dir's, and
+//! `RINGKV_WAL_IDLE_SPIN_US` to set `WalOptions::idle_spin`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,8 +58,13 @@ fn raw_round(vfs: &dyn Vfs, dir: &std::path::Path, ops: usize) -> (u128, u128) {
 
 fn wal_round(vfs: &Arc<dyn Vfs>, dir: &std::path::Path, ops: usize) -> (u128, u128) {
     let wal_dir = dir.join("wal");
+    let spin_us = std::env::var("RINGKV_WAL_IDLE_SPIN_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let opts = WalOptions {
         segment_size: 16 << 20,
+        idle_spin: Duration::from_micros(spin_us),
         ..WalOptions::default()
     };
     let (wal, _) = Wal::open(vfs.clone(), &wal_dir, opts).unwrap();
