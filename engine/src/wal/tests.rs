@@ -839,3 +839,83 @@ fn a_version_1_segment_still_opens() {
     assert_eq!(indexes(&replay), vec![1, 2, 3]);
     wal.close().unwrap();
 }
+
+/// The worked example of `replay.rs`: damage in the newest segment is a torn tail when only
+/// frames of the last flush (or the one after it) follow, and corruption when a later flush does.
+#[test]
+fn damage_in_the_newest_segment_is_torn_only_within_the_last_flushes() {
+    let base = FaultVfs::new();
+    let base_dyn: Arc<dyn Vfs> = Arc::new(base.clone());
+    let dir = Path::new("/wal");
+    let (wal, _) = open(&base_dyn, dir);
+    // r1, r2, r3 in flushes of their own, then r4, r5, r6 in one flush.
+    let mut at = Vec::new();
+    for i in 1..=3 {
+        let info = wal.append_wait(vec![entry(i, 1)]).unwrap();
+        at.push(info.end_offset - encoded_len(&entry(i, 1)) as u64);
+    }
+    let info = wal
+        .append_wait(vec![entry(4, 1), entry(5, 1), entry(6, 1)])
+        .unwrap();
+    assert_eq!(info.flush_records, 3);
+    let mut off = info.end_offset;
+    let mut tail_at = vec![0; 3];
+    for i in (4..=6).rev() {
+        off -= encoded_len(&entry(i, 1)) as u64;
+        tail_at[i as usize - 4] = off;
+    }
+    at.extend(tail_at);
+    let path = wal.segment_paths()[0].clone();
+    wal.close().unwrap();
+
+    let damage = |victim: usize| {
+        let img = copy(&base);
+        // A byte inside the payload of record `victim` (1-based).
+        img.corrupt(&path, at[victim - 1] + 20, &[0xee]);
+        let img: Arc<dyn Vfs> = Arc::new(img);
+        Wal::open(img, dir, opts())
+    };
+    // r5 damaged: r6 belongs to the same (last) flush → torn; r1..r4 kept.
+    let (w, replay) = damage(5).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3, 4]);
+    assert_eq!(replay.truncated_tail, Some((path.clone(), at[4])));
+    w.close().unwrap();
+    // r4 damaged: r5, r6 are of the flush after r3's → torn; r1..r3 kept.
+    let (w, replay) = damage(4).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    w.close().unwrap();
+    // r3 damaged: r4..r6 come from a flush two after r2's → r3 was acknowledged: corruption.
+    let err = damage(3).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { path: p, offset, .. } if p == &path && *offset == at[2]),
+        "{err}"
+    );
+    // r2 damaged: likewise.
+    assert!(damage(2).unwrap_err().is_corruption());
+}
+
+/// After an fdatasync error the WAL never syncs that flush again (no retry, no later flush), so
+/// on the fault implementation a power cut leaves exactly the acknowledged appends.
+#[test]
+fn after_an_fdatasync_eio_a_power_cut_keeps_exactly_the_acknowledged_appends() {
+    let fault = FaultVfs::new();
+    let ctl = Ctl::new();
+    let vfs: Arc<dyn Vfs> = Arc::new(TestVfs {
+        inner: Arc::new(fault.clone()),
+        ctl: ctl.clone(),
+    });
+    let dir = Path::new("/wal");
+    let (wal, _) = Wal::open(vfs, dir, opts()).unwrap();
+    for i in 1..=5 {
+        wal.append_wait(vec![entry(i, 1)]).unwrap();
+    }
+    ctl.fail_from
+        .store(ctl.calls.load(Ordering::SeqCst), Ordering::SeqCst);
+    let err = wal.append_wait(vec![entry(6, 1), entry(7, 1)]).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    let _ = wal.close();
+    let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(CrashMode::LoseUnsynced));
+    let (wal, replay) = Wal::open(image, dir, opts()).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
+    wal.close().unwrap();
+}
