@@ -213,6 +213,13 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
                 // Rollback: reopen without committing; the uncommitted writes are gone.
                 generation.fetch_add(1, Ordering::SeqCst);
                 while outstanding.load(Ordering::SeqCst) != 0 {
+                    if readers.iter().any(|r| r.is_finished()) {
+                        // A reader died (a failed check): surface its panic instead of waiting.
+                        for r in readers {
+                            r.join().unwrap();
+                        }
+                        unreachable!("a reader thread ended early without panicking");
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 drop(w);
@@ -737,5 +744,42 @@ mod crash_tests {
                 );
             }
         }
+    }
+
+    /// Commit T+1 fails after its pages are durable (the meta write fails), and meta T is then
+    /// found damaged: open falls back to meta T-1, whose pages T+1 must not have reused.
+    #[test]
+    fn interrupted_commit_then_damaged_meta_falls_back_to_intact_older_commit() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = batches(13, 8);
+        let clean = FaultVfs::new();
+        let _ = run(&(Arc::new(clean.clone()) as Arc<dyn Vfs>), &path, &work);
+        // The last commit's operations end with: write meta, fdatasync.
+        let meta_write = clean.ops() - 2;
+        let vfs = FaultVfs::new();
+        vfs.fail_at(meta_write, Fault::Eio);
+        let out = run(&(Arc::new(vfs.clone()) as Arc<dyn Vfs>), &path, &work);
+        assert!(out.in_flight.is_some(), "the last commit must have failed");
+        let image = vfs.crash_image(CrashMode::LoseUnsynced);
+        let newest = {
+            let b = Backend::open(Arc::new(image.clone()), &path, opts(true)).unwrap();
+            assert_eq!(dump(&b.snapshot()), out.committed);
+            b.stats().txid
+        };
+        assert!(image.corrupt(&path, (newest % 2) * 4096 + 20, &[0xff]));
+        let backend = Backend::open(Arc::new(image), &path, opts(true)).unwrap();
+        assert_eq!(backend.stats().txid, newest - 1);
+        let mut before = Model::new();
+        for batch in &work[..work.len() - 2] {
+            for (b, k, v) in batch {
+                match v {
+                    Some(v) => before.insert((*b, k.clone()), v.clone()),
+                    None => before.remove(&(*b, k.clone())),
+                };
+            }
+        }
+        assert_eq!(dump(&backend.snapshot()), before);
+        let report = backend.check();
+        assert_eq!(report.problems.len(), 1, "only the damaged meta: {:?}", report.problems);
     }
 }
