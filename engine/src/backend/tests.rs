@@ -591,8 +591,11 @@ mod crash_tests {
     use super::*;
     use crate::io::{CrashMode, Fault, FaultVfs};
 
+    /// One commit's writes: `(bucket, key, Some(value) | None = delete)`.
+    type Batch = Vec<(Bucket, Vec<u8>, Option<Vec<u8>>)>;
+
     /// A deterministic workload of `commits` batches; returns the model after each commit.
-    fn batches(seed: u64, commits: usize) -> Vec<Vec<(Bucket, Vec<u8>, Option<Vec<u8>>)>> {
+    fn batches(seed: u64, commits: usize) -> Vec<Batch> {
         let mut rng = StdRng::seed_from_u64(seed);
         (0..commits)
             .map(|c| {
@@ -620,11 +623,7 @@ mod crash_tests {
         in_flight: Option<Model>,
     }
 
-    fn run(
-        vfs: &Arc<dyn Vfs>,
-        path: &Path,
-        work: &[Vec<(Bucket, Vec<u8>, Option<Vec<u8>>)>],
-    ) -> Outcome {
+    fn run(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch]) -> Outcome {
         let mut committed = Model::new();
         let backend = match Backend::open(vfs.clone(), path, opts(true)) {
             Ok(b) => b,
@@ -780,6 +779,11 @@ mod crash_tests {
         }
         assert_eq!(dump(&backend.snapshot()), before);
         let report = backend.check();
-        assert_eq!(report.problems.len(), 1, "only the damaged meta: {:?}", report.problems);
+        assert_eq!(
+            report.problems.len(),
+            1,
+            "only the damaged meta: {:?}",
+            report.problems
+        );
     }
 }
