@@ -583,6 +583,63 @@ fn remap_under_concurrent_readers() {
     assert_checked(&w);
 }
 
+#[test]
+fn online_compaction_shrinks_the_file_while_readers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(std_vfs(), &db_path(&dir), opts(true)).unwrap();
+    let mut w = backend.batch().unwrap();
+    let val = |i: u32| vec![(i % 251) as u8; 300];
+    for i in 0..4000u32 {
+        w.put(Bucket::Key, &i.to_be_bytes(), &val(i)).unwrap();
+    }
+    w.commit().unwrap();
+    let full = backend.stats();
+    // Keep every 10th key, spread over the whole file.
+    for i in (0..4000u32).filter(|i| i % 10 != 0) {
+        w.delete(Bucket::Key, &i.to_be_bytes()).unwrap();
+    }
+    w.commit().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let backend = backend.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let snap = backend.snapshot();
+                let mut n = 0;
+                snap.scan_with(Bucket::Key, b"", b"", &mut |k, v| {
+                    let i = u32::from_be_bytes(k.try_into().unwrap());
+                    assert_eq!(i % 10, 0);
+                    assert_eq!(v, &val(i)[..]);
+                    n += 1;
+                    true
+                })
+                .unwrap();
+                assert_eq!(n, 400);
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut sizes = Vec::new();
+    for round in 0..30u32 {
+        // Small commits, as a running cluster makes; each moves pages down and trims the tail.
+        w.put(Bucket::Meta, b"round", &round.to_le_bytes()).unwrap();
+        w.commit().unwrap();
+        assert_checked(&w);
+        sizes.push(backend.stats().file_bytes);
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let end = backend.stats();
+    assert!(
+        end.file_bytes * 3 < full.file_bytes,
+        "file did not shrink enough: {full:?} -> {end:?} (sizes {sizes:?})"
+    );
+    assert!(end.live_bytes * 2 > end.file_bytes / 2, "{end:?}");
+}
+
 mod crash_tests {
     //! Crash at every mutating I/O operation in turn (power cut, torn last write, random subset
     //! of unsynced sectors) and after single failed operations: reopening must yield exactly the
