@@ -23,12 +23,14 @@
 //!    a follower's messages wait for persistence (`persisted_messages`).
 
 mod core;
+mod wal_sink;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use self::core::{LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, StateMachine};
 pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+pub use wal_sink::apply_replay;
 
 /// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.
 #[derive(Debug, Default)]

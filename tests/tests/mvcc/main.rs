@@ -1,0 +1,6 @@
+//! MVCC system tests: differential against real etcd, model-based, and watch guarantees under
+//! concurrent writes.
+
+mod etcd_diff;
+mod model;
+mod watch_concurrent;
