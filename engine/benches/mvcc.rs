@@ -76,6 +76,36 @@ fn kv_ops(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // Peers measured in the same run: the in-memory backend alone, so MVCC's own cost shows
+    // as a ratio.
+    let mut be = s.backend().clone();
+    let raw = Bytes::from_static(&[b'x'; 96]);
+    let mut r = 1_000_000i64;
+    g.bench_function("peer_backend_put_100k", |b| {
+        b.iter(|| {
+            r += 1;
+            ringkv_engine::BatchWrite::put(
+                &mut be,
+                ringkv_engine::Bucket::Key,
+                &Revision::new(r, 0).to_key(false),
+                &raw,
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("peer_backend_get_100k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % n;
+            black_box(
+                ringkv_engine::KvRead::get(
+                    &be,
+                    ringkv_engine::Bucket::Key,
+                    &Revision::new(i as i64 + 2, 0).to_key(false),
+                )
+                .unwrap(),
+            )
+        })
+    });
     g.bench_function("range_1_key_100k", |b| {
         b.iter(|| {
             i = (i + 7919) % n;
