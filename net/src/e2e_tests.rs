@@ -772,3 +772,118 @@ async fn graceful_shutdown_drains() {
     h.server.await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
+
+/// Runs etcdctl 3.4 (installed by tests/run.sh from Debian's `etcd-client`) against `h`.
+fn etcdctl(h: &Harness, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let endpoint = format!("--endpoints=http://{}", h.addr);
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(&endpoint)
+        .arg("--command-timeout=5s")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The real etcdctl 3.4 drives the front end (spec §6): wire format, headers, errors and the
+/// snapshot digest as a real client parses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_speaks_to_the_front_end() {
+    let h = Arc::new(start().await);
+    let run = |args: &'static [&'static str], stdin: &'static str| {
+        let h = h.clone();
+        tokio::task::spawn_blocking(move || etcdctl(&h, args, stdin))
+    };
+    assert_eq!(
+        run(&["put", "foo", "bar"], "").await.unwrap(),
+        (true, "OK\n".into())
+    );
+    assert_eq!(
+        run(&["get", "foo"], "").await.unwrap(),
+        (true, "foo\nbar\n".into())
+    );
+    let (ok, text) = run(&["get", "foo", "-w", "json"], "").await.unwrap();
+    assert!(ok, "{text}");
+    let v = json(&text);
+    assert_eq!(v["header"]["member_id"], serde_json::json!(MEMBER_ID));
+    assert_eq!(v["count"], 1);
+    let (ok, text) = run(&["put", "", "v"], "").await.unwrap();
+    assert!(!ok);
+    assert!(text.contains("etcdserver: key is not provided"), "{text}");
+    let (ok, text) = run(
+        &["txn"],
+        "value(\"foo\") = \"bar\"\n\nput foo baz\nget foo\n\n\n",
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(text, "SUCCESS\n\nOK\n\nfoo\nbaz\n");
+    assert_eq!(
+        run(&["del", "foo"], "").await.unwrap(),
+        (true, "1\n".into())
+    );
+    let (ok, text) = run(&["lease", "grant", "60"], "").await.unwrap();
+    assert!(
+        ok && text.starts_with("lease ") && text.ends_with(" granted with TTL(60s)\n"),
+        "{text}"
+    );
+    let (ok, text) = run(&["lease", "keep-alive", "--once", "123"], "")
+        .await
+        .unwrap();
+    assert!(!ok || text.contains("expired or revoked"), "{text}");
+    let (ok, text) = run(&["member", "list"], "").await.unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(
+        text,
+        "2e1259d415f2a040, started, default, http://127.0.0.1:23800, http://127.0.0.1:23790, false\n"
+    );
+    let (ok, text) = run(&["endpoint", "status"], "").await.unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(", 2e1259d415f2a040, 3.4.23, 70 kB, true, false, 2, "),
+        "{text}"
+    );
+    let (ok, text) = run(&["endpoint", "health"], "").await.unwrap();
+    assert!(ok && text.contains("is healthy"), "{text}");
+    assert_eq!(
+        run(&["alarm", "list"], "").await.unwrap(),
+        (true, String::new())
+    );
+    let (ok, text) = run(&["defrag"], "").await.unwrap();
+    assert!(
+        ok && text.contains("Finished defragmenting etcd member"),
+        "{text}"
+    );
+    let dir = std::env::temp_dir().join(format!("ringkv-net-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snap.db");
+    let h2 = h.clone();
+    let p = path.to_str().unwrap().to_string();
+    let (ok, text) =
+        tokio::task::spawn_blocking(move || etcdctl(&h2, &["snapshot", "save", &p], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{text}");
+    let file = std::fs::read(&path).unwrap();
+    let data = snapshot_bytes();
+    assert_eq!(file.len(), data.len() + 32); // etcdctl keeps the trailing SHA-256 (spec §4.11)
+    assert_eq!(&file[..data.len()], &data[..]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

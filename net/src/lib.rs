@@ -25,6 +25,7 @@ mod election;
 mod errors;
 mod frontend;
 mod gateway;
+mod h2fix;
 mod health;
 mod http;
 mod json;

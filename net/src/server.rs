@@ -197,7 +197,9 @@ impl<N: EtcdNode> ClientServer<N> {
             let this = this.clone();
             async move { Ok::<_, Infallible>(this.dispatch(req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // See h2fix.rs: grpc-go clients may send a URL as :authority, which h2 would reject.
+        let io = TokioIo::new(crate::h2fix::AuthorityFix::new(stream));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut shutdown = self.shared.shutdown.clone();
         tokio::select! {

@@ -23,9 +23,10 @@ pub const MEMBER_ID: u64 = 0x2e1259d415f2a040;
 /// Fixture cluster ID.
 pub const CLUSTER_ID: u64 = 0x48276a8f75b6a87;
 
-/// Fixture snapshot contents: 70 000 deterministic bytes.
+/// Fixture snapshot contents: 71 680 deterministic bytes (a multiple of 512, as etcdctl expects
+/// of a backend file before its trailing SHA-256).
 pub fn snapshot_bytes() -> Vec<u8> {
-    (0..70_000u32).map(|i| (i % 251) as u8).collect()
+    (0..71_680u32).map(|i| (i % 251) as u8).collect()
 }
 
 struct Store {
