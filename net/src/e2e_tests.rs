@@ -887,3 +887,61 @@ async fn etcdctl_speaks_to_the_front_end() {
     assert_eq!(&file[..data.len()], &data[..]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// etcdctl's watch (spec §6: Watch with `hasleader`, one create request) prints the events the
+/// front end streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_prints_events() {
+    use std::io::BufRead;
+    let h = start().await;
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://{}", h.addr))
+        .args(["watch", "wk", "--prefix"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut kv = KvClient::new(channel(&h).await);
+    // The watch is registered once etcdctl's create request arrived; until then puts are missed,
+    // so keep putting until the first event shows up.
+    let first = loop {
+        kv.put(put("wk1", "a")).await.unwrap();
+        if let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            break line;
+        }
+    };
+    assert_eq!(first, "PUT");
+    assert_eq!(rx.recv().await.unwrap(), "wk1");
+    assert_eq!(rx.recv().await.unwrap(), "a");
+    kv.delete_range(DeleteRangeRequest {
+        key: "wk1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Skip further PUT events from the registration loop until the DELETE.
+        if lines.is_empty() && line != "DELETE" {
+            continue;
+        }
+        lines.push(line);
+    }
+    assert_eq!(lines, vec!["DELETE".to_string(), "wk1".to_string()]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
