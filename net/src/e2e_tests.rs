@@ -945,3 +945,55 @@ async fn etcdctl_watch_prints_events() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// `serve_clients_until` binds every `--listen-client-urls` address from the flags, serves,
+/// and drains when told to stop.
+#[tokio::test]
+async fn serve_clients_from_flags() {
+    use clap::Parser;
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
+    let config = crate::Flags::try_parse_from(["ringkv", url.as_str()])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = Arc::new(MemNode::default());
+    let server = tokio::spawn(async move {
+        crate::serve_clients_until(&config, node, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = loop {
+        if let Ok(c) = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut kv = KvClient::new(channel);
+    assert_eq!(
+        kv.put(put("k", "v"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        2
+    );
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
