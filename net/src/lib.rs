@@ -19,8 +19,6 @@
 mod auth;
 mod cluster;
 mod config;
-#[cfg(test)]
-mod e2e_tests;
 mod election;
 mod errors;
 mod frontend;
@@ -39,8 +37,6 @@ pub mod pb;
 mod recipe;
 mod server;
 mod shutdown;
-#[cfg(test)]
-mod test_node;
 mod validate;
 mod watch;
 

@@ -1,6 +1,8 @@
-//! Front-end tests over a real listener: real tonic clients (HTTP/2) and raw HTTP/1.1
-//! requests, curl-style, against one port, served by the in-memory TEST FIXTURE node
-//! (`test_node.rs`). They cite the spec section they check.
+//! Front-end tests over a real listener: real tonic clients (HTTP/2), etcdctl 3.4 and raw
+//! HTTP/1.1 requests, curl-style, against one port, served by the in-memory TEST FIXTURE node
+//! (`support/fixture.rs`). They cite the spec section they check.
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,15 +15,14 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::pb::etcdserverpb::{
+use ringkv_net::pb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     watch_client::WatchClient, *,
 };
-use crate::pb::health::{HealthCheckRequest, health_client::HealthClient};
-use crate::pb::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
-use crate::server::{ClientServer, ServerOptions};
-use crate::shutdown::ShutdownTrigger;
-use crate::test_node::{CLUSTER_ID, MEMBER_ID, MemNode, snapshot_bytes};
+use ringkv_net::pb::health::{HealthCheckRequest, health_client::HealthClient};
+use ringkv_net::pb::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
+use ringkv_net::{ClientServer, ServerOptions, ShutdownTrigger};
+use support::fixture::{CLUSTER_ID, MEMBER_ID, MemNode, snapshot_bytes};
 
 struct Harness {
     addr: std::net::SocketAddr,
@@ -955,14 +956,14 @@ async fn serve_clients_from_flags() {
     let port = probe.local_addr().unwrap().port();
     drop(probe);
     let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
-    let config = crate::Flags::try_parse_from(["ringkv", url.as_str()])
+    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str()])
         .unwrap()
         .resolve()
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let node = Arc::new(MemNode::default());
     let server = tokio::spawn(async move {
-        crate::serve_clients_until(&config, node, async {
+        ringkv_net::serve_clients_until(&config, node, async {
             let _ = stop_rx.await;
         })
         .await
