@@ -1,0 +1,23 @@
+//! ringkv-bench: load generator for any etcd-compatible endpoint (etcd `benchmark`'s
+//! subcommands and flags), side-by-side comparison of etcd and ringkv, and the disk / WAL
+//! profiler.
+//!
+//! The binary (`src/main.rs`) only parses the command line and calls [`run`]. Modules are
+//! private; the list below is the crate's API, used by the binary and the tests.
+
+mod cli;
+mod cpu;
+mod disk;
+mod hist;
+mod report;
+mod run;
+
+pub use cli::{Cli, Command, Consistency, DiskCommand, parse_duration, parse_size};
+pub use cpu::{CpuMeter, CpuUsed, peak_rss_bytes, process_cpu, self_cpu};
+pub use disk::{
+    Engine, FsyncOpts, SWEEP_RECORD_SIZES, SWEEP_WRITERS, WalOpts, run_fsync, run_wal,
+    write_heatmap_svg,
+};
+pub use hist::Recorder;
+pub use report::{DiskReport, LoadReport, Table, disk_table};
+pub use run::run;
