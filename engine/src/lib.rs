@@ -9,4 +9,5 @@ mod io;
 mod storage;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
+pub use io::{UringVfs, pin_current_thread};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
