@@ -6,6 +6,7 @@
 //! through the `internals` feature.
 
 mod io;
+pub mod pb;
 mod storage;
 
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
