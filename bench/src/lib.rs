@@ -6,9 +6,11 @@
 //! private; the list below is the crate's API, used by the binary and the tests.
 
 mod cli;
+mod compare;
 mod cpu;
 mod disk;
 mod hist;
+mod load;
 mod report;
 mod run;
 
@@ -19,5 +21,6 @@ pub use disk::{
     write_heatmap_svg,
 };
 pub use hist::Recorder;
+pub use load::{EtcdClient, Plan, WatchPlan, make_key};
 pub use report::{DiskReport, LoadReport, Table, disk_table};
 pub use run::run;

@@ -3,20 +3,191 @@
 use std::io::Write as _;
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, DiskCommand, FsyncArgs, Global, WalArgs};
+use std::cell::Cell;
+
+use crate::cli::{Cli, Command, Consistency, DiskCommand, FsyncArgs, Global, TotalArgs, WalArgs};
+use crate::cpu::{CpuMeter, peak_rss_bytes};
 use crate::disk::{
     self, Engine, FsyncOpts, SWEEP_RECORD_SIZES, SWEEP_WRITERS, WalOpts, parse_io,
     write_heatmap_svg,
 };
-use crate::report::{DiskReport, disk_table};
+use crate::load::{
+    self, KeyGen, LeaseKeepalive, Mixed, Plan, Put, RangeLoad, TxnPut, WatchPlan, run_compactor,
+    run_watch, run_workload,
+};
+use crate::report::{DiskReport, LoadReport, disk_table};
 
 /// Runs one command line to completion; the error is the message for the user.
 pub fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Disk(DiskCommand::Fsync(a)) => disk_fsync(&cli.global, &a),
         Command::Disk(DiskCommand::Wal(a)) => disk_wal(&cli.global, &a),
-        _ => Err("network workloads are not part of this build yet".to_owned()),
+        Command::Compare(a) => crate::compare::run_compare(&cli.global, &a),
+        cmd => network(&cli.global, cmd),
     }
+}
+
+fn plan(g: &Global, t: &TotalArgs) -> Result<Plan, String> {
+    Plan::new(t.total, g.duration, t.rate)
+}
+
+/// Runs one network workload command and prints its report(s).
+fn network(g: &Global, cmd: Command) -> Result<(), String> {
+    let rt = load::runtime()?;
+    let reports = rt.block_on(async {
+        let conns = load::connect(g).await?;
+        let reports: Vec<LoadReport> = match cmd {
+            Command::Put(a) => {
+                let w = Put {
+                    keys: KeyGen::new(&a.keys)?,
+                    value: load::value(a.keys.val_size),
+                    last_rev: Cell::new(0),
+                };
+                let running = Cell::new(true);
+                let work = async {
+                    let r = run_workload("put", &w, g, plan(g, &a.total)?, &conns).await;
+                    running.set(false);
+                    r
+                };
+                if a.compact_interval.is_zero() {
+                    vec![work.await?]
+                } else {
+                    let compactor = run_compactor(
+                        conns[0].clone(),
+                        &w.last_rev,
+                        a.compact_interval,
+                        a.compact_index_delta,
+                        &running,
+                    );
+                    let (r, compactions) = tokio::join!(work, compactor);
+                    if !g.json {
+                        eprintln!("compactions: {compactions}");
+                    }
+                    vec![r?]
+                }
+            }
+            Command::Range(a) => {
+                let w = RangeLoad::new(&a.key, a.end.as_deref(), a.consistency, a.limit);
+                vec![run_workload("range", &w, g, plan(g, &a.total)?, &conns).await?]
+            }
+            Command::TxnPut(a) => {
+                let w = TxnPut::new(
+                    KeyGen::new(&a.keys)?,
+                    load::value(a.keys.val_size),
+                    a.txn_ops,
+                )?;
+                vec![run_workload("txn-put", &w, g, plan(g, &a.total)?, &conns).await?]
+            }
+            Command::Mixed(a) => {
+                if !(0.0..=1.0).contains(&a.read_ratio) {
+                    return Err(format!(
+                        "--read-ratio must be between 0 and 1, got {}",
+                        a.read_ratio
+                    ));
+                }
+                let w = Mixed {
+                    keys: KeyGen::new(&a.keys)?,
+                    value: load::value(a.keys.val_size),
+                    read_ratio: a.read_ratio,
+                    serializable: a.consistency == Consistency::Serializable,
+                };
+                vec![run_workload("mixed", &w, g, plan(g, &a.total)?, &conns).await?]
+            }
+            Command::LeaseKeepalive(a) => {
+                vec![
+                    run_workload(
+                        "lease-keepalive",
+                        &LeaseKeepalive,
+                        g,
+                        plan(g, &a.total)?,
+                        &conns,
+                    )
+                    .await?,
+                ]
+            }
+            Command::Watch(a) => {
+                let p = WatchPlan {
+                    streams: a.streams,
+                    watchers_per_stream: a.watch_per_stream,
+                    keys: a.watched_key_total,
+                    put_total: a.put_total,
+                    put_rate: a.put_rate,
+                    prev_kv: false,
+                    key_size: a.key_size,
+                    val_size: a.val_size,
+                };
+                watch_reports("watch", &p, g, &conns).await?
+            }
+            Command::WatchLatency(a) => {
+                let p = WatchPlan {
+                    streams: a.streams,
+                    watchers_per_stream: a.watchers_per_stream,
+                    keys: 1,
+                    put_total: a.put_total,
+                    put_rate: a.put_rate,
+                    prev_kv: a.prevkv,
+                    key_size: a.key_size,
+                    val_size: a.val_size,
+                };
+                watch_reports("watch-latency", &p, g, &conns).await?
+            }
+            Command::Disk(_) | Command::Compare(_) => {
+                unreachable!("dispatched before the network commands")
+            }
+        };
+        Ok::<_, String>(reports)
+    })?;
+    for r in &reports {
+        if g.json {
+            print_json(r)?;
+        } else {
+            print!("{}", r.to_text());
+        }
+    }
+    Ok(())
+}
+
+/// Two reports: watcher creation (`<name>-create`, one op per watcher) and event delivery
+/// (`<name>`, one op per event received).
+async fn watch_reports(
+    name: &str,
+    p: &WatchPlan,
+    g: &Global,
+    conns: &[load::EtcdClient],
+) -> Result<Vec<LoadReport>, String> {
+    let meter = CpuMeter::start(g.server_pid).map_err(|e| format!("--server-pid: {e}"))?;
+    let sample_start = g.sample.then(std::time::Instant::now);
+    let out = run_watch(p, conns, sample_start).await?;
+    let cpu = meter.stop().map_err(|e| format!("--server-pid: {e}"))?;
+    let rss = match g.server_pid {
+        Some(pid) => Some(peak_rss_bytes(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?),
+        None => None,
+    };
+    let streams = p.streams;
+    let create = LoadReport::new(
+        &format!("{name}-create"),
+        streams,
+        conns.len() as u32,
+        &out.create,
+        out.create_elapsed,
+        crate::cpu::CpuUsed {
+            client: std::time::Duration::ZERO,
+            server: None,
+        },
+        None,
+        false,
+    );
+    let events = LoadReport::new(
+        name,
+        streams,
+        conns.len() as u32,
+        &out.events,
+        out.events_elapsed,
+        cpu,
+        rss,
+        g.sample,
+    );
+    Ok(vec![create, events])
 }
 
 fn seconds(s: f64, flag: &str) -> Result<Duration, String> {

@@ -44,20 +44,38 @@ fn direct_io_round_trip_and_alignment(vfs: &dyn Vfs, dir: &Path) {
 
     // Misaligned length, offset and address are caller bugs reported as EINVAL.
     let einval = Some(libc::EINVAL);
-    assert_eq!(f.write_at(&buf[..100], 0).unwrap_err().raw_os_error(), einval);
-    assert_eq!(f.write_at(&buf[..DIRECT_ALIGN], 512).unwrap_err().raw_os_error(), einval);
-    let misaligned = &buf[1..DIRECT_ALIGN + 1];
-    assert_eq!(f.write_at(misaligned, 0).unwrap_err().raw_os_error(), einval);
     assert_eq!(
-        f.write_at_and_sync(&buf[..100], 0).unwrap_err().raw_os_error(),
+        f.write_at(&buf[..100], 0).unwrap_err().raw_os_error(),
         einval
     );
-    assert_eq!(f.read_at(&mut one[..100], 0).unwrap_err().raw_os_error(), einval);
+    assert_eq!(
+        f.write_at(&buf[..DIRECT_ALIGN], 512)
+            .unwrap_err()
+            .raw_os_error(),
+        einval
+    );
+    let misaligned = &buf[1..DIRECT_ALIGN + 1];
+    assert_eq!(
+        f.write_at(misaligned, 0).unwrap_err().raw_os_error(),
+        einval
+    );
+    assert_eq!(
+        f.write_at_and_sync(&buf[..100], 0)
+            .unwrap_err()
+            .raw_os_error(),
+        einval
+    );
+    assert_eq!(
+        f.read_at(&mut one[..100], 0).unwrap_err().raw_os_error(),
+        einval
+    );
 }
 
 fn buffered_io_and_end_of_file(vfs: &dyn Vfs, dir: &Path) {
     let path = dir.join("buffered");
-    let f = vfs.open(&path, OpenOptions::read_write().create(true)).unwrap();
+    let f = vfs
+        .open(&path, OpenOptions::read_write().create(true))
+        .unwrap();
     f.write_at_and_sync(b"hello, world", 3).unwrap();
     assert_eq!(f.size().unwrap(), 15);
     let mut back = [0xffu8; 32];
@@ -79,7 +97,9 @@ fn buffered_io_and_end_of_file(vfs: &dyn Vfs, dir: &Path) {
 
 fn lengths_and_allocation(vfs: &dyn Vfs, dir: &Path) {
     let path = dir.join("lengths");
-    let f = vfs.open(&path, OpenOptions::read_write().create(true)).unwrap();
+    let f = vfs
+        .open(&path, OpenOptions::read_write().create(true))
+        .unwrap();
     assert_eq!(f.size().unwrap(), 0);
     f.write_at(&[7u8; 100], 0).unwrap();
     f.set_len(10).unwrap();
@@ -88,7 +108,10 @@ fn lengths_and_allocation(vfs: &dyn Vfs, dir: &Path) {
     let mut back = [0xffu8; 50];
     f.read_exact_at(&mut back, 0).unwrap();
     assert_eq!(&back[..10], &[7u8; 10]);
-    assert!(back[10..].iter().all(|&b| b == 0), "extension reads as zeros");
+    assert!(
+        back[10..].iter().all(|&b| b == 0),
+        "extension reads as zeros"
+    );
     f.allocate(0, 4096).unwrap();
     assert_eq!(f.size().unwrap(), 4096);
     // Allocating inside the file keeps its length and contents.
@@ -112,7 +135,10 @@ fn directory_entries(vfs: &dyn Vfs, dir: &Path) {
         .unwrap()
         .write_at(b"A", 0)
         .unwrap();
-    let exists = vfs.open(&a, OpenOptions::read_write().create_new(true)).err().unwrap();
+    let exists = vfs
+        .open(&a, OpenOptions::read_write().create_new(true))
+        .err()
+        .unwrap();
     assert_eq!(exists.kind(), io::ErrorKind::AlreadyExists);
     vfs.open(&b, OpenOptions::read_write().create(true))
         .unwrap()
@@ -137,5 +163,8 @@ fn directory_entries(vfs: &dyn Vfs, dir: &Path) {
     vfs.sync_dir(&sub).unwrap();
     assert!(!vfs.exists(&b));
     assert!(vfs.list_dir(&sub).unwrap().is_empty());
-    assert_eq!(vfs.remove_file(&b).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        vfs.remove_file(&b).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
 }

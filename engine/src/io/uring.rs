@@ -388,7 +388,10 @@ mod tests {
         let vfs = Arc::new(UringVfs::new().unwrap());
         let dir = tempfile::tempdir().unwrap();
         let f = vfs
-            .open(&dir.path().join("f"), OpenOptions::read_write().create(true))
+            .open(
+                &dir.path().join("f"),
+                OpenOptions::read_write().create(true),
+            )
             .unwrap();
         f.allocate(0, 8 * 4096).unwrap();
         let threads: Vec<_> = (0..4u8)
