@@ -168,3 +168,14 @@ fn directory_entries(vfs: &dyn Vfs, dir: &Path) {
         io::ErrorKind::NotFound
     );
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fault_vfs_passes_the_shared_behaviour_suite() {
+        let vfs = crate::io::FaultVfs::new();
+        let dir = std::path::Path::new("/conformance");
+        crate::io::Vfs::create_dir_all(&vfs, dir).unwrap();
+        super::run_all(&vfs, dir);
+    }
+}

@@ -22,6 +22,8 @@
 
 #[cfg(test)]
 mod conformance;
+#[cfg(any(test, feature = "internals"))]
+mod fault;
 mod std_io;
 mod uring;
 
@@ -31,6 +33,8 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "internals"))]
+pub use fault::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use std_io::StdVfs;
 pub use uring::{UringVfs, pin_current_thread};
 

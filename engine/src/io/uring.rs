@@ -213,7 +213,7 @@ impl UringFile {
             // SAFETY: `buf` is borrowed for the whole call and `run` returns only after the
             // write completed.
             let [res] = unsafe { submit([sqe]) }?;
-            let n = check_res(res)?;
+            let Some(n) = check_res(res)? else { continue };
             if n == 0 {
                 return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
             }
@@ -224,12 +224,12 @@ impl UringFile {
     }
 }
 
-/// A completion's result as a byte count, retrying-class errors mapped to 0 bytes.
-fn check_res(res: i32) -> io::Result<usize> {
+/// A completion's result as a byte count; `None` for an error worth retrying (EINTR, EAGAIN).
+fn check_res(res: i32) -> io::Result<Option<usize>> {
     if res >= 0 {
-        Ok(res as usize)
+        Ok(Some(res as usize))
     } else if is_retry(-res) {
-        Ok(0)
+        Ok(None)
     } else {
         Err(io::Error::from_raw_os_error(-res))
     }
@@ -251,10 +251,11 @@ impl File for UringFile {
             // SAFETY: `buf` is exclusively borrowed for the whole call and `run` returns only
             // after the read completed.
             let [res] = unsafe { submit([sqe]) }?;
-            if res == 0 {
-                break;
+            match check_res(res)? {
+                Some(0) => break,
+                Some(n) => done += n,
+                None => {}
             }
-            done += check_res(res)?;
         }
         Ok(done)
     }
@@ -282,7 +283,7 @@ impl File for UringFile {
         // SAFETY: `buf` is borrowed for the whole call and `run` returns only after both
         // entries completed.
         let [w, s] = unsafe { submit([write, sync]) }?;
-        let written = check_res(w)?;
+        let written = check_res(w)?.unwrap_or(0);
         if written == buf.len() {
             // The write completed in full, so the fsync ran: its result is final.
             if s < 0 {
