@@ -306,9 +306,20 @@ pub struct WalArgs {
     /// Engines to run, comma separated: ringkv, raft-engine, raw (overrides --compare).
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
-    /// Writers 1,2,4,…,256 × record sizes 64 B…64 KiB; table and SVG heat map.
+    /// Every writer count × record size of --sweep-writers/--sweep-sizes (default writers
+    /// 1,2,4,…,256 × sizes 64 B…64 KiB); a table and an SVG heat map.
     #[arg(long)]
     pub sweep: bool,
+    /// Writer counts of --sweep.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16,32,64,128,256"
+    )]
+    pub sweep_writers: Vec<u32>,
+    /// Record sizes of --sweep.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "64,256,1K,4K,16K,64K")]
+    pub sweep_sizes: Vec<u64>,
     /// Where --sweep writes its heat map.
     #[arg(long, default_value = "wal-sweep.svg")]
     pub svg: PathBuf,

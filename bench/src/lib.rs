@@ -13,14 +13,13 @@ mod hist;
 mod load;
 mod report;
 mod run;
+mod server;
 
 pub use cli::{Cli, Command, Consistency, DiskCommand, parse_duration, parse_size};
 pub use cpu::{CpuMeter, CpuUsed, peak_rss_bytes, process_cpu, self_cpu};
-pub use disk::{
-    Engine, FsyncOpts, SWEEP_RECORD_SIZES, SWEEP_WRITERS, WalOpts, run_fsync, run_wal,
-    write_heatmap_svg,
-};
+pub use disk::{Engine, FsyncOpts, WalOpts, run_fsync, run_wal, write_heatmap_svg};
 pub use hist::Recorder;
 pub use load::{EtcdClient, Plan, WatchPlan, make_key};
 pub use report::{DiskReport, LoadReport, Table, disk_table};
 pub use run::run;
+pub use server::{Cluster, Member, start_cluster};

@@ -7,10 +7,7 @@ use std::cell::Cell;
 
 use crate::cli::{Cli, Command, Consistency, DiskCommand, FsyncArgs, Global, TotalArgs, WalArgs};
 use crate::cpu::{CpuMeter, peak_rss_bytes};
-use crate::disk::{
-    self, Engine, FsyncOpts, SWEEP_RECORD_SIZES, SWEEP_WRITERS, WalOpts, parse_io,
-    write_heatmap_svg,
-};
+use crate::disk::{self, Engine, FsyncOpts, WalOpts, parse_io, write_heatmap_svg};
 use crate::load::{
     self, KeyGen, LeaseKeepalive, Mixed, Plan, Put, RangeLoad, TxnPut, WatchPlan, run_compactor,
     run_watch, run_workload,
@@ -155,9 +152,15 @@ async fn watch_reports(
     g: &Global,
     conns: &[load::EtcdClient],
 ) -> Result<Vec<LoadReport>, String> {
-    let meter = CpuMeter::start(g.server_pid).map_err(|e| format!("--server-pid: {e}"))?;
     let sample_start = g.sample.then(std::time::Instant::now);
-    let out = run_watch(p, conns, sample_start).await?;
+    let mut meter = None;
+    let out = run_watch(p, conns, sample_start, || {
+        meter = Some(CpuMeter::start(g.server_pid));
+    })
+    .await?;
+    let meter = meter
+        .expect("run_watch calls on_events_start")
+        .map_err(|e| format!("--server-pid: {e}"))?;
     let cpu = meter.stop().map_err(|e| format!("--server-pid: {e}"))?;
     let rss = match g.server_pid {
         Some(pid) => Some(peak_rss_bytes(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?),
@@ -171,7 +174,7 @@ async fn watch_reports(
         &out.create,
         out.create_elapsed,
         crate::cpu::CpuUsed {
-            client: std::time::Duration::ZERO,
+            client: out.create_cpu,
             server: None,
         },
         None,
@@ -262,9 +265,12 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
         return Err("--record-size must be at least 1 byte".to_owned());
     }
     let cells: Vec<(u32, u64)> = if a.sweep {
-        SWEEP_WRITERS
+        if a.sweep_writers.contains(&0) || a.sweep_sizes.contains(&0) {
+            return Err("--sweep-writers and --sweep-sizes must be ≥ 1".to_owned());
+        }
+        a.sweep_writers
             .iter()
-            .flat_map(|&w| SWEEP_RECORD_SIZES.iter().map(move |&s| (w, s)))
+            .flat_map(|&w| a.sweep_sizes.iter().map(move |&s| (w, s)))
             .collect()
     } else {
         vec![(a.writers, a.record_size)]

@@ -32,13 +32,9 @@ use crate::report::DiskReport;
 pub use engines::Engine;
 pub use heatmap::write_heatmap_svg;
 
-/// Record sizes of `--sweep`: 64 B … 64 KiB, ×4.
-pub const SWEEP_RECORD_SIZES: [u64; 6] = [64, 256, 1024, 4096, 16384, 65536];
-/// Writer counts of `--sweep`: 1 … 256, ×2.
-pub const SWEEP_WRITERS: [u32; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
-
-/// Size of the pre-zeroed file of the raw loops unless a run needs more.
-pub const RAW_FILE_BYTES: u64 = 64 << 20;
+/// Size of the pre-zeroed file of `disk wal`'s raw engine unless a run needs more. Writes wrap
+/// around in it; its size does not matter once every block was written.
+pub const RAW_FILE_BYTES: u64 = 16 << 20;
 
 /// Parses `--io`.
 pub fn parse_io(s: &str) -> Result<IoKind, String> {

@@ -7,7 +7,7 @@
 //! how many events its watchers must receive; events that have not arrived after
 //! [`EVENT_IDLE_TIMEOUT`] without any progress are counted as `MissingEvent` errors.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -81,6 +81,8 @@ pub struct WatchOutcome {
     /// One latency per watcher: from sending the create request to the `created` response.
     pub create: Recorder,
     pub create_elapsed: Duration,
+    /// This process's CPU during watcher creation.
+    pub create_cpu: Duration,
     /// One latency per event received: from the put's (intended) start to the event's arrival;
     /// put failures and missing events are its errors.
     pub events: Recorder,
@@ -88,14 +90,18 @@ pub struct WatchOutcome {
 }
 
 /// Runs `plan` over `conns` (streams round-robin over the connections; puts on the first).
+/// `on_events_start` is called when every watcher exists and the puts are about to begin (to
+/// start CPU meters for the event phase).
 pub async fn run_watch(
     plan: &WatchPlan,
     conns: &[EtcdClient],
     sample_start: Option<std::time::Instant>,
+    on_events_start: impl FnOnce(),
 ) -> Result<WatchOutcome, String> {
     plan.validate()?;
     // Phase 1: open the streams and create every watcher.
     let create_start = Instant::now();
+    let create_cpu0 = crate::cpu::self_cpu();
     let mut opened = FuturesUnordered::new();
     for s in 0..plan.streams {
         let mut client = conns[s as usize % conns.len()].clone();
@@ -152,11 +158,12 @@ pub async fn run_watch(
         streams.push((s, tx, rx));
     }
     let create_elapsed = create_start.elapsed();
+    let create_cpu = crate::cpu::self_cpu().saturating_sub(create_cpu0);
 
     // Phase 2: puts, and every stream receiving its events.
     let starts: RefCell<Vec<Option<Instant>>> = RefCell::new(vec![None; plan.put_total as usize]);
     let put_errors: RefCell<Recorder> = RefCell::new(Recorder::new(None));
-    let putting = Cell::new(true);
+    on_events_start();
     let start = Instant::now();
     let mut putter = conns[0].clone();
     let puts = async {
@@ -178,7 +185,6 @@ pub async fn run_watch(
                     .error(&format!("Put{}", status_kind(&e)));
             }
         }
-        putting.set(false);
     };
     let receivers: FuturesUnordered<_> = streams
         .into_iter()
@@ -235,6 +241,7 @@ pub async fn run_watch(
     Ok(WatchOutcome {
         create,
         create_elapsed,
+        create_cpu,
         events,
         events_elapsed,
     })
