@@ -240,15 +240,16 @@ pub struct CompareArgs {
     /// Cluster size: 1 or 3 members (3 runs every member on this machine).
     #[arg(long, default_value_t = 1)]
     pub members: u32,
-    /// Comma-separated workload names (see --help of compare for the list); default: all.
+    /// Comma-separated workloads: put-1, put-1000, range-l-1000, range-s-1000, txn-put,
+    /// mixed-95 (default: all).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Runs of each workload on each system (alternating); medians are reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
-    /// Operations per run (each run is also capped by --run-seconds).
-    #[arg(long, default_value_t = 20000)]
-    pub total: u64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub run_seconds: f64,
     /// Report directory (report.md and SVG plots).
     #[arg(long, default_value = "bench/reports/latest")]
     pub out: PathBuf,

@@ -67,6 +67,16 @@ pub fn peak_rss_bytes(pid: u32) -> io::Result<u64> {
     })
 }
 
+/// The largest peak RSS among `pids` (`None` for no pids).
+pub fn max_peak_rss_bytes(pids: &[u32]) -> io::Result<Option<u64>> {
+    let mut max = None;
+    for &pid in pids {
+        let rss = peak_rss_bytes(pid)?;
+        max = Some(max.map_or(rss, |m: u64| m.max(rss)));
+    }
+    Ok(max)
+}
+
 /// The `VmHWM:  1234 kB` line of `/proc/<pid>/status`, in bytes.
 pub fn parse_vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -80,11 +90,12 @@ pub fn parse_vm_hwm(status: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// CPU time of this process and, optionally, a server process, between two points of a run.
-#[derive(Clone, Copy, Debug)]
+/// CPU time of this process and, optionally, of server processes (summed: the members of a
+/// cluster), between two points of a run.
+#[derive(Clone, Debug)]
 pub struct CpuMeter {
     self_start: Duration,
-    server: Option<(u32, Duration)>,
+    server: Vec<(u32, Duration)>,
 }
 
 /// What a [`CpuMeter`] measured.
@@ -95,12 +106,12 @@ pub struct CpuUsed {
 }
 
 impl CpuMeter {
-    /// Starts measuring now; `server_pid` adds that process's CPU.
-    pub fn start(server_pid: Option<u32>) -> io::Result<Self> {
-        let server = match server_pid {
-            Some(pid) => Some((pid, process_cpu(pid)?)),
-            None => None,
-        };
+    /// Starts measuring now; `server_pids` adds those processes' CPU (none: no server CPU).
+    pub fn start(server_pids: &[u32]) -> io::Result<Self> {
+        let server = server_pids
+            .iter()
+            .map(|&pid| Ok((pid, process_cpu(pid)?)))
+            .collect::<io::Result<Vec<_>>>()?;
         Ok(CpuMeter {
             self_start: self_cpu(),
             server,
@@ -110,9 +121,14 @@ impl CpuMeter {
     /// CPU used since [`CpuMeter::start`].
     pub fn stop(&self) -> io::Result<CpuUsed> {
         let client = self_cpu().saturating_sub(self.self_start);
-        let server = match self.server {
-            Some((pid, start)) => Some(process_cpu(pid)?.saturating_sub(start)),
-            None => None,
+        let server = if self.server.is_empty() {
+            None
+        } else {
+            let mut sum = Duration::ZERO;
+            for &(pid, start) in &self.server {
+                sum += process_cpu(pid)?.saturating_sub(start);
+            }
+            Some(sum)
         };
         Ok(CpuUsed { client, server })
     }
@@ -156,7 +172,7 @@ mod tests {
     fn own_process_is_readable_and_cpu_grows() {
         let pid = std::process::id();
         let before = process_cpu(pid).unwrap();
-        let meter = CpuMeter::start(Some(pid)).unwrap();
+        let meter = CpuMeter::start(&[pid]).unwrap();
         // Burn 50 ms of this process's CPU (measured by getrusage, not the wall clock), so the
         // 10 ms ticks of /proc/<pid>/stat must advance too.
         let cpu0 = self_cpu();
@@ -172,6 +188,9 @@ mod tests {
         assert!(server >= Duration::from_millis(20), "{used:?}");
         assert!(process_cpu(pid).unwrap() >= before + server);
         assert!(peak_rss_bytes(pid).unwrap() > 0);
+        assert_eq!(max_peak_rss_bytes(&[]).unwrap(), None);
+        assert!(max_peak_rss_bytes(&[pid, pid]).unwrap().unwrap() > 0);
+        assert_eq!(CpuMeter::start(&[]).unwrap().stop().unwrap().server, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::cell::Cell;
 
 use crate::cli::{Cli, Command, Consistency, DiskCommand, FsyncArgs, Global, TotalArgs, WalArgs};
-use crate::cpu::{CpuMeter, peak_rss_bytes};
+use crate::cpu::{CpuMeter, max_peak_rss_bytes};
 use crate::disk::{self, Engine, FsyncOpts, WalOpts, parse_io, write_heatmap_svg};
 use crate::load::{
     self, KeyGen, LeaseKeepalive, Mixed, Plan, Put, RangeLoad, TxnPut, WatchPlan, run_compactor,
@@ -33,6 +33,7 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
     let rt = load::runtime()?;
     let reports = rt.block_on(async {
         let conns = load::connect(g).await?;
+        let pids: Vec<u32> = g.server_pid.into_iter().collect();
         let reports: Vec<LoadReport> = match cmd {
             Command::Put(a) => {
                 let w = Put {
@@ -42,9 +43,9 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                 };
                 let running = Cell::new(true);
                 let work = async {
-                    let r = run_workload("put", &w, g, plan(g, &a.total)?, &conns).await;
+                    let r = run_workload("put", &w, g, plan(g, &a.total)?, &conns, &pids).await;
                     running.set(false);
-                    r
+                    r.map(|(report, _)| report)
                 };
                 if a.compact_interval.is_zero() {
                     vec![work.await?]
@@ -65,7 +66,11 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
             }
             Command::Range(a) => {
                 let w = RangeLoad::new(&a.key, a.end.as_deref(), a.consistency, a.limit);
-                vec![run_workload("range", &w, g, plan(g, &a.total)?, &conns).await?]
+                vec![
+                    run_workload("range", &w, g, plan(g, &a.total)?, &conns, &pids)
+                        .await?
+                        .0,
+                ]
             }
             Command::TxnPut(a) => {
                 let w = TxnPut::new(
@@ -73,7 +78,11 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                     load::value(a.keys.val_size),
                     a.txn_ops,
                 )?;
-                vec![run_workload("txn-put", &w, g, plan(g, &a.total)?, &conns).await?]
+                vec![
+                    run_workload("txn-put", &w, g, plan(g, &a.total)?, &conns, &pids)
+                        .await?
+                        .0,
+                ]
             }
             Command::Mixed(a) => {
                 if !(0.0..=1.0).contains(&a.read_ratio) {
@@ -88,7 +97,11 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                     read_ratio: a.read_ratio,
                     serializable: a.consistency == Consistency::Serializable,
                 };
-                vec![run_workload("mixed", &w, g, plan(g, &a.total)?, &conns).await?]
+                vec![
+                    run_workload("mixed", &w, g, plan(g, &a.total)?, &conns, &pids)
+                        .await?
+                        .0,
+                ]
             }
             Command::LeaseKeepalive(a) => {
                 vec![
@@ -98,8 +111,10 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                         g,
                         plan(g, &a.total)?,
                         &conns,
+                        &pids,
                     )
-                    .await?,
+                    .await?
+                    .0,
                 ]
             }
             Command::Watch(a) => {
@@ -153,19 +168,17 @@ async fn watch_reports(
     conns: &[load::EtcdClient],
 ) -> Result<Vec<LoadReport>, String> {
     let sample_start = g.sample.then(std::time::Instant::now);
+    let pids: Vec<u32> = g.server_pid.into_iter().collect();
     let mut meter = None;
     let out = run_watch(p, conns, sample_start, || {
-        meter = Some(CpuMeter::start(g.server_pid));
+        meter = Some(CpuMeter::start(&pids));
     })
     .await?;
     let meter = meter
         .expect("run_watch calls on_events_start")
         .map_err(|e| format!("--server-pid: {e}"))?;
     let cpu = meter.stop().map_err(|e| format!("--server-pid: {e}"))?;
-    let rss = match g.server_pid {
-        Some(pid) => Some(peak_rss_bytes(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?),
-        None => None,
-    };
+    let rss = max_peak_rss_bytes(&pids).map_err(|e| format!("--server-pid: {e}"))?;
     let streams = p.streams;
     let create = LoadReport::new(
         &format!("{name}-create"),

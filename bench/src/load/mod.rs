@@ -33,7 +33,7 @@ use rand::rngs::SmallRng;
 use tokio::time::Instant;
 
 use crate::cli::Global;
-use crate::cpu::{CpuMeter, peak_rss_bytes};
+use crate::cpu::{CpuMeter, max_peak_rss_bytes};
 use crate::hist::Recorder;
 use crate::report::LoadReport;
 
@@ -265,32 +265,29 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))
 }
 
-/// Connects, runs `w` under `plan`, and builds its report (CPU of this tool and, with
-/// `--server-pid`, of the server).
+/// Runs `w` under `plan` on `conns` and builds its report: CPU of this tool and, when
+/// `server_pids` is not empty, of those server processes (summed) and their peak RSS (max).
+/// Also returns the run's merged recorder (for plots).
 pub async fn run_workload<W: Workload>(
     name: &str,
     w: &W,
     g: &Global,
     plan: Plan,
     conns: &[EtcdClient],
-) -> Result<LoadReport, String> {
+    server_pids: &[u32],
+) -> Result<(LoadReport, Recorder), String> {
     let len = if plan.duration.is_some() {
         None
     } else {
         Some(plan.total)
     };
     let mut progress = Progress::new(g, len);
-    let meter = CpuMeter::start(g.server_pid)
-        .map_err(|e| format!("--server-pid {:?}: {e}", g.server_pid))?;
+    let pid_err = |e: std::io::Error| format!("server process {server_pids:?}: {e}");
+    let meter = CpuMeter::start(server_pids).map_err(pid_err)?;
     let (rec, elapsed) = drive(w, conns, g.clients, plan, g.sample, &mut progress).await?;
-    let cpu = meter
-        .stop()
-        .map_err(|e| format!("--server-pid {:?}: {e}", g.server_pid))?;
-    let rss = match g.server_pid {
-        Some(pid) => Some(peak_rss_bytes(pid).map_err(|e| format!("--server-pid {pid}: {e}"))?),
-        None => None,
-    };
-    Ok(LoadReport::new(
+    let cpu = meter.stop().map_err(pid_err)?;
+    let rss = max_peak_rss_bytes(server_pids).map_err(pid_err)?;
+    let report = LoadReport::new(
         name,
         g.clients.max(1),
         conns.len() as u32,
@@ -299,7 +296,8 @@ pub async fn run_workload<W: Workload>(
         cpu,
         rss,
         g.sample,
-    ))
+    );
+    Ok((report, rec))
 }
 
 #[cfg(test)]

@@ -230,3 +230,38 @@ fn unreachable_endpoint_is_a_clear_error() {
     ]);
     assert!(e.contains("cannot connect to http://127.0.0.1:1"), "{e}");
 }
+
+#[test]
+fn compare_writes_markdown_and_plots() {
+    let out = tempfile::tempdir().unwrap();
+    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "/usr/bin/etcd".to_owned());
+    let v = bench_json(&[
+        "compare",
+        &format!("--etcd-bin={bin}"),
+        "--workloads=put-1,range-s-1000",
+        "--repeat=2",
+        "--run-seconds=0.5",
+        &format!("--out={}", out.path().display()),
+    ]);
+    // One JSON line per run: 2 workloads × 2 repetitions × 1 system.
+    assert_eq!(v.len(), 4);
+    for r in &v {
+        assert_eq!(r["system"], "etcd");
+        assert_eq!(u(r, "errors"), 0, "{r}");
+        assert!(u(r, "total") > 0, "{r}");
+        assert!(f(r, "server_cpu_us_per_op") > 0.0, "{r}");
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## put-1 (1 clients, 1 conns)"), "{md}");
+    assert!(md.contains("| ops/s |"), "{md}");
+    assert!(md.contains("Errors (all runs): etcd: 0."), "{md}");
+    for svg in ["throughput.svg", "cdf-put-1.svg", "cdf-range-s-1000.svg"] {
+        let text = std::fs::read_to_string(out.path().join(svg)).unwrap();
+        assert!(text.starts_with("<svg"), "{svg}");
+        assert!(text.contains("etcd"), "{svg} has no legend");
+    }
+    let runs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("runs.json")).unwrap())
+            .unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 4);
+}
