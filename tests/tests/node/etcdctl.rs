@@ -117,6 +117,18 @@ fn normalise(endpoint: &str, leases: &HashMap<String, String>, out: &str) -> Str
                 l.to_string()
             }
         })
+        .map(|l| {
+            // etcd lists a lease's keys in Go map order: compare them as a set.
+            if let Some(i) = l.find("attached keys([") {
+                let start = i + "attached keys([".len();
+                let end = l[start..].find("])").map_or(l.len(), |e| start + e);
+                let mut keys: Vec<&str> = l[start..end].split(' ').collect();
+                keys.sort_unstable();
+                format!("{}{}{}", &l[..start], keys.join(" "), &l[end..])
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -6,3 +6,4 @@ mod bad_input;
 mod etcdctl;
 mod gateway;
 mod restart;
+mod rust_client;
