@@ -5,7 +5,7 @@
 //! alarm, lock, elect) are checked against etcdctl's formats with the IDs we compute.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -183,7 +183,10 @@ fn run_script(endpoint: &str) -> Vec<String> {
     outputs
 }
 
-/// Runs `etcdctl watch <args>` for a moment and returns what it printed (stdout, stderr).
+/// Runs `etcdctl watch <args>` until it has been quiet for a while (or exited) and returns
+/// what it printed (stdout, stderr). Waits up to 10 s for the first line, then stops after
+/// 700 ms without output: the watches here replay a fixed revision range, so no output is
+/// missed by a slow start.
 fn watch_for(endpoint: &str, args: &[&str]) -> (String, String) {
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -194,15 +197,12 @@ fn watch_for(endpoint: &str, args: &[&str]) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn etcdctl watch");
-    std::thread::sleep(Duration::from_millis(1500));
+    let out = collect_lines(
+        child.stdout.take().expect("stdout"),
+        Duration::from_secs(10),
+    );
     let _ = child.kill();
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read watch output");
+    let mut err = String::new();
     child
         .stderr
         .take()
@@ -211,6 +211,28 @@ fn watch_for(endpoint: &str, args: &[&str]) -> (String, String) {
         .expect("read watch errors");
     let _ = child.wait();
     (out, err)
+}
+
+/// Reads lines from `r` on a helper thread: up to `first` for the first line, then until
+/// 700 ms pass without a new one, or the stream ends.
+fn collect_lines(r: impl Read + Send + 'static, first: Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = String::new();
+    let mut wait = first;
+    while let Ok(line) = rx.recv_timeout(wait) {
+        out.push_str(&line);
+        out.push('\n');
+        wait = Duration::from_millis(700);
+    }
+    out
 }
 
 #[test]
@@ -347,28 +369,34 @@ fn snapshot_save_writes_the_backend_with_a_verified_checksum() {
 fn watch_prints_live_events_with_prev_kv() {
     let node = RingkvProcess::start(&[]);
     node.ctl(&["put", "w/a", "1"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&node.ctl(&["get", "w/a", "-w", "json"])).expect("json");
+    let next = v["header"]["revision"].as_i64().expect("revision") + 1;
+    // Starting at the next revision, whatever etcdctl's start-up time, the watch sees exactly
+    // the writes below, whether they arrive live or are caught up.
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", node.endpoint()))
-        .args(["watch", "w/", "--prefix", "--prev-kv"])
+        .args([
+            "watch",
+            "w/",
+            "--prefix",
+            "--prev-kv",
+            "--rev",
+            &next.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("etcdctl watch");
-    // Writes after the watcher is registered show up live: retry until the first one does.
-    std::thread::sleep(Duration::from_millis(500));
     node.ctl(&["put", "w/a", "2"]);
     node.ctl(&["del", "w/a"]);
     node.ctl(&["put", "other", "x"]);
-    std::thread::sleep(Duration::from_millis(500));
+    let out = collect_lines(
+        child.stdout.take().expect("stdout"),
+        Duration::from_secs(10),
+    );
     let _ = child.kill();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
     let _ = child.wait();
     assert_eq!(out, "PUT\nw/a\n1\nw/a\n2\nDELETE\nw/a\n2\nw/a\n\n");
 }
