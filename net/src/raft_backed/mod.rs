@@ -75,6 +75,8 @@ const LEASE_REVOKE_BATCH: usize = 500;
 const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
 /// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
 const WATCH_STREAM_CAPACITY: usize = 1024;
+/// Name prefix of the temporary backend copies a Snapshot RPC streams from (in `member/snap`).
+const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
 /// Snapshot chunk size read from the copied backend file.
 const SNAPSHOT_READ_CHUNK: usize = 32 * 1024;
 
@@ -358,6 +360,14 @@ impl RaftBackedNode {
                 .map_err(|e| OpenError(format!("cannot create {}: {e}", d.display())))?;
         }
         let db_path = snap_dir.join("db");
+        // Copies left by snapshot streams that a crash interrupted.
+        if let Ok(names) = vfs.list_dir(&snap_dir) {
+            for n in names {
+                if n.to_string_lossy().starts_with(SNAPSHOT_COPY_PREFIX) {
+                    let _ = vfs.remove_file(&snap_dir.join(n));
+                }
+            }
+        }
         let backend = Backend::open(
             vfs.clone(),
             &db_path,
@@ -1100,7 +1110,7 @@ impl EtcdNode for RaftBackedNode {
             }
             let src = inner.backend.path().to_path_buf();
             let dst = src.with_file_name(format!(
-                "db.snapshot.{}",
+                "{SNAPSHOT_COPY_PREFIX}{}",
                 inner.next_request_id.fetch_add(1, Ordering::Relaxed)
             ));
             let n = std::fs::copy(&src, &dst).map_err(|e| {

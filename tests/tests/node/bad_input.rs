@@ -145,3 +145,27 @@ fn b64(s: &str) -> String {
     }
     out
 }
+
+#[test]
+fn garbage_on_the_client_port_does_not_hurt_the_node() {
+    use std::io::{Read, Write};
+    let node = RingkvProcess::start(&[]);
+    let inputs: [&[u8]; 3] = [
+        // An HTTP/2 preface followed by a frame header announcing a huge, malformed frame.
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\x01\x00\x00\x00\x00\x01garbage",
+        // Not HTTP at all.
+        b"\x00\x01\x02\x03 hello \r\n\r\n",
+        // A truncated HTTP/1.1 request.
+        b"POST /v3/kv/put HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"key\":",
+    ];
+    for input in inputs {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", node.client_port)).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .expect("timeout");
+        s.write_all(input).expect("write");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    assert_serving(&node);
+}
