@@ -39,7 +39,19 @@ fn sigterm_then_restart_keeps_data_and_revisions() {
     node.ctl(&["compaction", "5"]);
     let before = snapshot(&node);
     let leases = node.ctl(&["lease", "list"]);
+    // An open watch stream and a keep-alive stream do not hold the shutdown up.
+    let mut watch = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", node.endpoint()))
+        .args(["watch", "k", "--prefix"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl watch");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     node.stop();
+    let _ = watch.kill();
+    let _ = watch.wait();
     node.restart();
     assert_eq!(snapshot(&node), before);
     assert_eq!(node.ctl(&["lease", "list"]), leases);
