@@ -66,6 +66,13 @@ pub use validate::Limits;
 /// stops raft and closes the backend and WAL.
 pub fn run() -> Result<(), String> {
     let config = Flags::parse().resolve().map_err(|e| e.to_string())?;
+    if config.flags.cpu_layout != "auto" {
+        // Pinning is not built yet: refuse rather than silently ignore the layout.
+        return Err(format!(
+            "--cpu-layout {:?}: only `auto` (no pinning; the OS schedules the roles) is supported yet",
+            config.flags.cpu_layout
+        ));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.flags.log_level));
     let _ = tracing_subscriber::fmt()

@@ -24,6 +24,9 @@ fn unsupported_flag_values_are_refused() {
     let (code, text) = ringkv(&["--enable-v2"], &[]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("v2 keys API is not supported"), "{text}");
+    let (code, text) = ringkv(&["--cpu-layout", "raft=0"], &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("only `auto`"), "{text}");
 }
 
 #[test]
