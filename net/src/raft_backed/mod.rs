@@ -24,6 +24,8 @@
 //! no lock is held across an `.await`.
 
 mod apply;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -81,7 +83,7 @@ const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
 const SNAPSHOT_READ_CHUNK: usize = 32 * 1024;
 
 /// How the node was opened; derived from [`Config`] by [`NodeOptions::from_config`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeOptions {
     pub data_dir: PathBuf,
     pub name: String,
@@ -99,6 +101,8 @@ pub struct NodeOptions {
     /// I/O implementation: `RINGKV_IO=std` picks plain pread/pwrite; the default is io_uring,
     /// falling back to std when the kernel refuses io_uring.
     pub io: IoKind,
+    /// A file system to use instead of the one `io` names (tests: the fault-injecting VFS).
+    pub vfs: Option<Arc<dyn Vfs>>,
 }
 
 impl NodeOptions {
@@ -121,6 +125,7 @@ impl NodeOptions {
             max_request_bytes: c.flags.max_request_bytes as usize,
             progress_notify_interval: c.flags.experimental_watch_progress_notify_interval,
             io,
+            vfs: None,
         }
     }
 
@@ -351,7 +356,7 @@ impl RaftBackedNode {
     /// apply thread and housekeeping. Returns once the threads run (not once a leader exists:
     /// see [`RaftBackedNode::wait_leader`]).
     pub fn open(opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
-        let vfs = open_vfs(opts.io);
+        let vfs = opts.vfs.clone().unwrap_or_else(|| open_vfs(opts.io));
         let member = opts.data_dir.join("member");
         let snap_dir = member.join("snap");
         let wal_dir = member.join("wal");
@@ -482,7 +487,9 @@ impl RaftBackedNode {
         })
     }
 
-    /// Waits until a leader is known and, when it is this member, its lessor is primary.
+    /// Waits until a leader is known, this member's lessor is primary when it leads, and
+    /// apply has caught up with the log (one ReadIndex round: a restarted member has then
+    /// applied every entry the WAL replayed, so even serializable reads see them).
     pub async fn wait_leader(&self, limit: Duration) -> bool {
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -491,7 +498,11 @@ impl RaftBackedNode {
                 && (leader != self.inner.ids.member_id
                     || self.inner.lease_primary.load(Ordering::Acquire))
             {
-                return true;
+                let left = limit.saturating_sub(start.elapsed());
+                return matches!(
+                    tokio::time::timeout(left, self.linearize()).await,
+                    Ok(Ok(()))
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -1,0 +1,119 @@
+//! In-process tests of the node over the fault-injecting VFS: every write the node
+//! acknowledged survives a power cut (WAL replay from the backend's consistent index, spec
+//! §11's double-apply impossible), whatever unsynced sectors the disk kept.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringkv_engine::pb::etcdserverpb::{PutRequest, RangeRequest};
+use ringkv_engine::{CrashMode, FaultVfs, IoKind, Vfs};
+
+use super::{NodeOptions, RaftBackedNode};
+use crate::config::AutoCompaction;
+use crate::node::{Caller, EtcdNode};
+
+fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
+    NodeOptions {
+        data_dir: PathBuf::from("/data/n1"),
+        name: "n1".into(),
+        member_id: 0x2e1259d415f2a040,
+        cluster_id: 0x48276a8f75b6a87,
+        peer_urls: vec!["http://127.0.0.1:23800".into()],
+        client_urls: vec!["http://127.0.0.1:23790".into()],
+        heartbeat: Duration::from_millis(10),
+        election_timeout: Duration::from_millis(100),
+        quota_backend_bytes: None,
+        auto_compaction: AutoCompaction::Off,
+        max_request_bytes: 1_572_864,
+        progress_notify_interval: Duration::from_secs(600),
+        io: IoKind::Std,
+        vfs: Some(vfs),
+    }
+}
+
+async fn open(vfs: Arc<dyn Vfs>) -> RaftBackedNode {
+    let node = RaftBackedNode::open(opts(vfs)).expect("open node");
+    assert!(node.wait_leader(Duration::from_secs(20)).await, "leader");
+    node
+}
+
+/// Every key with its (value, create, mod, version), read serializably.
+async fn dump(node: &RaftBackedNode) -> (i64, Vec<(Bytes, Bytes, i64, i64, i64)>) {
+    let r = node
+        .range(
+            &Caller::default(),
+            RangeRequest {
+                key: Bytes::from_static(b"\0"),
+                range_end: Bytes::from_static(b"\0"),
+                serializable: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("range");
+    let rev = r.header.as_ref().expect("header").revision;
+    let kvs = r
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect();
+    (rev, kvs)
+}
+
+async fn write_and_cut(vfs: &FaultVfs, n: usize) -> (i64, Vec<(Bytes, Bytes, i64, i64, i64)>) {
+    let node = open(Arc::new(vfs.clone())).await;
+    for i in 0..n {
+        // Overwrites: a replayed put applied twice would bump version and revision.
+        let req = PutRequest {
+            key: Bytes::from(format!("k{}", i % 7)),
+            value: Bytes::from(format!("v{i}")),
+            ..Default::default()
+        };
+        node.put(&Caller::default(), req).await.expect("put");
+    }
+    let acked = dump(&node).await;
+    vfs.power_cut();
+    // The cut makes the final commit fail: the node reports it.
+    assert!(node.close().is_err());
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_keeps_every_acknowledged_write_exactly_once() {
+    let vfs = FaultVfs::new();
+    let acked = write_and_cut(&vfs, 120).await;
+    assert_eq!(acked.0, 121);
+    for mode in [
+        CrashMode::LoseUnsynced,
+        CrashMode::RandomSectors { seed: 1 },
+        CrashMode::RandomSectors { seed: 7 },
+    ] {
+        let image = vfs.crash_image(mode);
+        let node = open(Arc::new(image.clone())).await;
+        assert_eq!(dump(&node).await, acked, "{mode:?}");
+        // And it goes on from the same revision.
+        let r = node
+            .put(
+                &Caller::default(),
+                PutRequest {
+                    key: Bytes::from_static(b"after"),
+                    value: Bytes::from_static(b"x"),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("put after restart");
+        assert_eq!(r.header.expect("header").revision, acked.0 + 1);
+        node.close().expect("clean close");
+    }
+}
