@@ -1083,9 +1083,14 @@ impl EtcdNode for RaftBackedNode {
                     return Err(EtcdError::Internal(inner.failure_text()));
                 }
                 let after = inner.backend.stats();
-                if (after.page_count, after.file_bytes) == (before.page_count, before.file_bytes) {
+                // Freed pages go pending, then free, then the tail is trimmed: stop only
+                // when none of these moved for a few commits.
+                let shape = |s: &ringkv_engine::BackendStats| {
+                    (s.page_count, s.file_bytes, s.free_pages, s.pending_pages)
+                };
+                if shape(&after) == shape(&before) {
                     unchanged += 1;
-                    if unchanged >= 2 {
+                    if unchanged >= 3 {
                         break;
                     }
                 } else {
