@@ -63,13 +63,53 @@ struct View {
     buf: Arc<Buffer>,
 }
 
+/// Files open in this process (see `register`). Two `Backend`s on one file would each believe
+/// they own the free pages (mmap.rs, fact 4), so the second open is refused.
+static OPEN_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers `path` as open; `None` if it already is. Paths of the in-memory fault VFS are not
+/// registered (each instance is its own namespace). The directory is canonicalised so that two
+/// spellings of one path collide.
+fn register(vfs: &dyn Vfs, path: &Path) -> Result<Registration, BackendError> {
+    if vfs.kind() == crate::io::IoKind::Fault {
+        return Ok(Registration(None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let key = match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    };
+    let mut open = OPEN_FILES.lock();
+    if open.contains(&key) {
+        return Err(BackendError::Invalid(format!(
+            "{} is already open in this process",
+            path.display()
+        )));
+    }
+    open.push(key.clone());
+    Ok(Registration(Some(key)))
+}
+
 pub(crate) struct Shared {
+    /// Our entry in `OPEN_FILES`, removed on drop.
+    _registered: Registration,
     pub path: PathBuf,
     pub file: Arc<dyn File>,
     opts: BackendOptions,
     current: Mutex<Arc<View>>,
     /// The write role: `None` while a `BatchWriter` holds it.
     writer: Mutex<Option<WriterState>>,
+}
+
+/// An entry in `OPEN_FILES`, removed when dropped.
+struct Registration(Option<PathBuf>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(key) = &self.0 {
+            OPEN_FILES.lock().retain(|p| p != key);
+        }
+    }
 }
 
 impl Shared {
@@ -154,6 +194,7 @@ impl Backend {
         if !vfs.exists(path) {
             create(&*vfs, path, opts.page_size).map_err(io("create"))?;
         }
+        let registered = register(&*vfs, path)?;
         let file = vfs
             .open(path, OpenOptions::read_write())
             .map_err(io("open"))?;
@@ -212,6 +253,7 @@ impl Backend {
             file_len,
         };
         let shared = Arc::new(Shared {
+            _registered: registered,
             path: path.to_path_buf(),
             file,
             opts,
@@ -409,7 +451,11 @@ impl Snapshot {
         bucket: Bucket,
         key: &[u8],
     ) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
-        if let Some(slot) = self.buf.get(bucket, key, self.seq) {
+        // Sequence numbers start at 1: a snapshot pinned at 0 sees no buffered write, so it skips
+        // the buffer's lock.
+        if self.seq > 0
+            && let Some(slot) = self.buf.get(bucket, key, self.seq)
+        {
             return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
         }
         let root = self.version.root(bucket.name());
@@ -425,7 +471,11 @@ impl Snapshot {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        let buffered = self.buf.range(bucket, start, end, self.seq);
+        let buffered = if self.seq > 0 {
+            self.buf.range(bucket, start, end, self.seq)
+        } else {
+            Vec::new()
+        };
         let root = self.version.root(bucket.name());
         let mut next = 0;
         let mut stopped = false;

@@ -323,6 +323,12 @@ fn invalid_keys_and_options_are_refused() {
         Err(BackendError::Invalid(_))
     ));
     let backend = Backend::open(std_vfs(), &db_path(&dir), BackendOptions::default()).unwrap();
+    let again = Backend::open(
+        std_vfs(),
+        &dir.path().join("member/snap/../snap/db"),
+        BackendOptions::default(),
+    );
+    assert!(matches!(again, Err(BackendError::Invalid(m)) if m.contains("already open")));
     let mut w = backend.batch().unwrap();
     assert!(w.put(Bucket::Key, b"", b"v").is_err());
     assert!(
