@@ -312,6 +312,37 @@ fn batch_commits_every_n_ops_and_persists() {
 }
 
 #[test]
+fn batch_interval_commits_on_write_and_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(
+        std_vfs(),
+        &db_path(&dir),
+        BackendOptions {
+            batch_ops: 1_000_000,
+            batch_interval: Duration::from_millis(500),
+            ..BackendOptions::default()
+        },
+    )
+    .unwrap();
+    let mut w = backend.batch().unwrap();
+    let t0 = backend.stats().txid;
+    assert!(
+        !w.commit_if_due().unwrap(),
+        "nothing buffered, nothing to commit"
+    );
+    w.put(Bucket::Key, b"a", b"1").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(w.commit_if_due().unwrap());
+    assert_eq!(backend.stats().txid, t0 + 1);
+    assert!(!w.commit_if_due().unwrap(), "just committed");
+    std::thread::sleep(Duration::from_millis(600));
+    // A write arriving after the interval commits everything buffered, itself included.
+    w.put(Bucket::Key, b"b", b"2").unwrap();
+    assert_eq!(backend.stats().txid, t0 + 2);
+    assert_checked(&w);
+}
+
+#[test]
 fn invalid_keys_and_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bad = BackendOptions {
@@ -780,6 +811,54 @@ mod crash_tests {
                     &path,
                     &out,
                     &format!("power cut at op {n}, mode {i} {mode:?}"),
+                );
+            }
+        }
+    }
+
+    /// Crashes while online compaction moves pages down and the file shrinks.
+    #[test]
+    fn crash_during_compaction_and_shrink() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let mut work: Vec<Batch> = vec![
+            (0..600u32)
+                .map(|i| (Bucket::Key, key(i), Some(vec![(i % 200) as u8; 200])))
+                .collect(),
+            (0..600u32)
+                .filter(|i| i % 8 != 0)
+                .map(|i| (Bucket::Key, key(i), None))
+                .collect(),
+        ];
+        for round in 0..12u8 {
+            work.push(vec![(
+                Bucket::Meta,
+                b"round".to_vec(),
+                Some(vec![round; 8]),
+            )]);
+        }
+        let clean = FaultVfs::new();
+        let clean_dyn: Arc<dyn Vfs> = Arc::new(clean.clone());
+        let out = run(&clean_dyn, &path, &work);
+        assert!(out.in_flight.is_none());
+        let peak = 600 * 200;
+        let end = clean.written_contents(&path).unwrap().len();
+        assert!(
+            end < peak,
+            "the workload must shrink the file (end {end} bytes)"
+        );
+        for n in 0..clean.ops() {
+            let vfs = FaultVfs::new();
+            vfs.fail_at(n, Fault::PowerCut);
+            let out = run(&(Arc::new(vfs.clone()) as Arc<dyn Vfs>), &path, &work);
+            for mode in [
+                CrashMode::LoseUnsynced,
+                CrashMode::RandomSectors { seed: n },
+            ] {
+                reopen_and_judge(
+                    vfs.crash_image(mode),
+                    &path,
+                    &out,
+                    &format!("power cut at op {n}, {mode:?}"),
                 );
             }
         }
