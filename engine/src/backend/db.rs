@@ -324,7 +324,17 @@ fn stats(v: &Version) -> BackendStats {
 
 fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Directories this call creates: each new entry is durable once its parent is synced.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !vfs.exists(d))
+        .collect();
     vfs.create_dir_all(dir)?;
+    for d in created.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent)?;
+        }
+    }
     let tmp = path.with_extension("tmp");
     if vfs.exists(&tmp) {
         vfs.remove_file(&tmp)?;
