@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::buffer::{Buffer, Bytes, Slot};
+use super::buffer::{Buffer, Bytes, Slot, bucket_index};
 use super::check::{self, CheckReport};
 use super::freelist::Freelist;
 use super::meta::Meta;
@@ -44,6 +44,8 @@ pub(crate) struct Version {
     pub map: Arc<Mapping>,
     /// Bucket name -> tree root (0 = empty), read from the catalog at commit/open.
     pub roots: Vec<(Vec<u8>, u64)>,
+    /// The roots of `Bucket::ALL`, by `bucket_index`: the read path's lookup.
+    pub by_bucket: [u64; Bucket::ALL.len()],
     pub free_pages: u64,
     pub pending_pages: u64,
     pub file_len: u64,
@@ -56,6 +58,17 @@ impl Version {
             .find(|(n, _)| n == name)
             .map_or(0, |(_, r)| *r)
     }
+}
+
+fn by_bucket(roots: &[(Vec<u8>, u64)]) -> [u64; Bucket::ALL.len()] {
+    let mut out = [0; Bucket::ALL.len()];
+    for b in Bucket::ALL {
+        out[bucket_index(b)] = roots
+            .iter()
+            .find(|(n, _)| n == b.name())
+            .map_or(0, |(_, r)| *r);
+    }
+    out
 }
 
 struct View {
@@ -239,6 +252,7 @@ impl Backend {
         let version = Arc::new(Version {
             meta,
             map,
+            by_bucket: by_bucket(&roots),
             roots,
             free_pages: freelist.free_len() as u64,
             pending_pages: freelist.pending_len() as u64,
@@ -468,7 +482,7 @@ impl Snapshot {
         {
             return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
         }
-        let root = self.version.root(bucket.name());
+        let root = self.version.by_bucket[bucket_index(bucket)];
         tree::get(&self.version.map, root, key)
             .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
     }
@@ -486,7 +500,7 @@ impl Snapshot {
         } else {
             Vec::new()
         };
-        let root = self.version.root(bucket.name());
+        let root = self.version.by_bucket[bucket_index(bucket)];
         let mut next = 0;
         let mut stopped = false;
         // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
@@ -765,7 +779,9 @@ fn commit(
     let need = new_meta.page_count * ps;
     let mut map = base.map.clone();
     if need > st.file_len {
-        let grow = st.file_len.clamp(16 * ps, 1 << 30);
+        // Grow by a quarter (at least 16 pages, at most 1 GiB): well under the shrink threshold
+        // below, so a file never oscillates between growing and shrinking.
+        let grow = (st.file_len / 4).clamp(16 * ps, 1 << 30);
         let new_len = need.max(st.file_len + grow).div_ceil(ps) * ps;
         shared
             .file
@@ -824,6 +840,7 @@ fn commit(
     let mut version = Arc::new(Version {
         meta: new_meta,
         map,
+        by_bucket: by_bucket(&roots),
         roots,
         free_pages: st.freelist.free_len() as u64,
         pending_pages: st.freelist.pending_len() as u64,
