@@ -30,7 +30,7 @@ use super::page::{
     MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist,
     freelist_body, header_overflow, max_key_len, run_pages,
 };
-use super::tree::{self, Op, TreeWriter};
+use super::tree::{self, Op, TreeWriter, Walk};
 use super::{BackendError, BackendOptions};
 use crate::io::{File, OpenOptions, Vfs};
 use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
@@ -146,6 +146,8 @@ impl Shared {
 
 struct WriterState {
     freelist: Freelist,
+    /// Where online compaction resumes: (index into the version's roots, key).
+    compact_cursor: (usize, Vec<u8>),
     /// Versions published so far that may still be pinned; pruned at each commit.
     live: Vec<(u64, Weak<Version>)>,
     failed: Option<String>,
@@ -260,6 +262,7 @@ impl Backend {
         });
         let state = WriterState {
             freelist,
+            compact_cursor: (0, Vec::new()),
             live: vec![(meta.txid, Arc::downgrade(&version))],
             failed: None,
             last_commit: Instant::now(),
@@ -674,8 +677,8 @@ fn commit(
     let txid = meta.txid + 1;
     let corrupt = |e: PageError| shared.corrupt(e, ps);
 
-    // Pages freed by transaction t are reusable once every pinned txid is >= t; the older meta on
-    // disk (txid - 2 after this commit, i.e. meta.txid - 1 now) counts as pinned (freelist.rs).
+    // Pages freed by transaction t are reusable once every pinned txid is >= t. The older meta on
+    // disk, meta.txid - 1, counts as pinned until this commit's meta replaces it (freelist.rs).
     st.live.retain(|(_, w)| w.strong_count() > 0);
     let oldest = st
         .live
@@ -724,18 +727,37 @@ fn commit(
         }
     }
     // Online compaction: when a quarter of the file is free, move up to `COMPACT_BUDGET` pages
-    // from the top of the file to free pages below; the vacated tail is released like any freed
-    // page and trimmed from the file by a later commit (no pause longer than this commit).
+    // from the top of the file to free pages below, reading at most `compact_visits` nodes per
+    // commit and resuming where the previous commit stopped; the vacated tail is released like
+    // any freed page and trimmed from the file by a later commit.
     let free = w.freelist.free_len() as u64;
-    if free >= 16 && free * 4 >= w.page_count {
+    if free >= 16 && free * 4 >= w.page_count && !roots.is_empty() {
         let limit = w.page_count - free;
         let mut budget = COMPACT_BUDGET;
-        for (name, root) in roots.iter_mut() {
-            let new = w.relocate(*root, limit, &mut budget).map_err(corrupt)?;
+        let (first, from) = std::mem::take(&mut st.compact_cursor);
+        let first = first % roots.len();
+        let mut walk = Walk {
+            visits: shared.opts.compact_visits.max(1),
+            from,
+            stopped_at: None,
+        };
+        for j in 0..roots.len() {
+            let b = (first + j) % roots.len();
+            if j > 0 {
+                walk.from.clear();
+            }
+            let (name, root) = &mut roots[b];
+            let new = w
+                .relocate(*root, limit, &mut budget, &mut walk)
+                .map_err(corrupt)?;
             if new != *root {
                 *root = new;
                 catalog_ops.retain(|(n, _)| n != name);
                 catalog_ops.push((name.clone(), new.to_le_bytes()));
+            }
+            if let Some(key) = walk.stopped_at.take() {
+                st.compact_cursor = (b, key);
+                break;
             }
         }
     }
@@ -751,7 +773,16 @@ fn commit(
     let free = w.freelist.free_len() as u64;
     if free >= 16 && free * 4 >= w.page_count {
         catalog = w
-            .relocate(catalog, w.page_count - free, &mut 64)
+            .relocate(
+                catalog,
+                w.page_count - free,
+                &mut 64,
+                &mut Walk {
+                    visits: usize::MAX,
+                    from: Vec::new(),
+                    stopped_at: None,
+                },
+            )
             .map_err(corrupt)?;
     }
 

@@ -25,6 +25,8 @@ fn opts(mmap: bool) -> BackendOptions {
         batch_ops: 1_000_000,
         batch_interval: Duration::from_secs(3600),
         mmap,
+        // Small, so that compaction stops and resumes from its cursor within the tests.
+        compact_visits: 4,
         ..BackendOptions::default()
     }
 }
@@ -623,7 +625,16 @@ fn remap_under_concurrent_readers() {
 #[test]
 fn online_compaction_shrinks_the_file_while_readers_run() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = Backend::open(std_vfs(), &db_path(&dir), opts(true)).unwrap();
+    // A small walk budget: compaction takes many commits and resumes from its cursor.
+    let backend = Backend::open(
+        std_vfs(),
+        &db_path(&dir),
+        BackendOptions {
+            compact_visits: 10,
+            ..opts(true)
+        },
+    )
+    .unwrap();
     let mut w = backend.batch().unwrap();
     let val = |i: u32| vec![(i % 251) as u8; 300];
     for i in 0..4000u32 {
@@ -660,7 +671,7 @@ fn online_compaction_shrinks_the_file_while_readers_run() {
         })
     };
     let mut sizes = Vec::new();
-    for round in 0..30u32 {
+    for round in 0..60u32 {
         // Small commits, as a running cluster makes; each moves pages down and trims the tail.
         w.put(Bucket::Meta, b"round", &round.to_le_bytes()).unwrap();
         w.commit().unwrap();
