@@ -42,6 +42,6 @@ else
     cargo install cargo-fuzz --locked --quiet
   fi
   for target in $(cd engine/fuzz && cargo +nightly fuzz list); do
-    (cd engine/fuzz && cargo +nightly fuzz run --locked "$target" -- -max_total_time=10 -print_final_stats=1 2>&1 | tail -3)
+    (cd engine/fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=10 -print_final_stats=1 2>&1 | tail -3)
   done
 fi
