@@ -100,6 +100,8 @@ impl KeyIndex {
         let g = self.generations.last_mut().expect("one generation");
         if g.revs.is_empty() {
             g.created = rev;
+            // Most keys hold one revision between compactions: no spare capacity up front.
+            g.revs.reserve_exact(1);
         }
         g.revs.push(rev);
         g.ver += 1;

@@ -188,4 +188,43 @@ fn random_ops_match_etcd() {
     let r = WatchStreamReader::open(etcd.client_port, &body.join("\n")).expect("watch");
     let theirs = by_watch_id(&read_watch(&r, |v| v.len() >= want_n));
     assert_eq!(ours, theirs, "catch-up and compacted watch streams");
+
+    // HashKV (spec §4.11) through etcdctl: the key bucket must be byte-identical.
+    let cur = store.current_revision();
+    for rev in [0, (compact + 1 + cur) / 2] {
+        if rev != 0 && rev <= compact {
+            continue;
+        }
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &format!("127.0.0.1:{}", etcd.client_port),
+                "endpoint",
+                "hashkv",
+                "--rev",
+                &rev.to_string(),
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("etcdctl (apt-get install etcd-client; tests/run.sh installs it)");
+        assert!(out.status.success(), "etcdctl hashkv: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("etcdctl json");
+        let want = &v[0]["HashKV"];
+        let got = store.hash_kv(rev).expect("hash_kv");
+        assert_eq!(
+            (
+                json!(got.hash),
+                json!(got.compact_revision),
+                json!(got.header.unwrap().revision)
+            ),
+            (
+                want["hash"].clone(),
+                want["compact_revision"].clone(),
+                want["header"]["revision"].clone()
+            ),
+            "HashKV at revision {rev}"
+        );
+    }
 }
