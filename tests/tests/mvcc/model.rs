@@ -491,6 +491,30 @@ impl Model {
                 self.top(&mut resp.header, self.rev());
                 message_json("etcdserverpb.LeaseTimeToLiveResponse", &resp)
             }
+            Op::LeaseKeepAlive(k) => {
+                let mut resp = pb::LeaseKeepAliveResponse {
+                    id: k.id,
+                    ttl: self.leases.get(&k.id).copied().unwrap_or(0),
+                    ..Default::default()
+                };
+                self.top(&mut resp.header, self.rev());
+                serde_json::json!({
+                    "result": message_json("etcdserverpb.LeaseKeepAliveResponse", &resp)
+                })
+            }
+            Op::LeaseLeases(_) => {
+                // Frozen clock: every expiry is equal; ties are listed by ID.
+                let mut resp = pb::LeaseLeasesResponse {
+                    leases: self
+                        .leases
+                        .keys()
+                        .map(|&id| pb::LeaseStatus { id })
+                        .collect(),
+                    ..Default::default()
+                };
+                self.top(&mut resp.header, self.rev());
+                message_json("etcdserverpb.LeaseLeasesResponse", &resp)
+            }
         })
     }
 }
