@@ -615,16 +615,25 @@ fn corrupt_entries_are_reported_on_open() {
     be.put(Bucket::Key, b"short-key", b"x").unwrap();
     let err = MvccStore::open(be, Lessor::default()).unwrap_err();
     assert!(matches!(err, MvccError::Corrupt { .. }));
-    assert!(err.to_string().contains("bucket key, entry 73686f72742d6b6579"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("bucket key, entry 73686f72742d6b6579"),
+        "{err}"
+    );
 
     let mut be = s.backend().clone();
-    be.put(Bucket::Key, &super::Revision::new(2, 0).to_key(false), b"\xff\xff")
-        .unwrap();
+    be.put(
+        Bucket::Key,
+        &super::Revision::new(2, 0).to_key(false),
+        b"\xff\xff",
+    )
+    .unwrap();
     let err = MvccStore::open(be, Lessor::default()).unwrap_err();
     assert!(err.to_string().contains("not a KeyValue"), "{err}");
 
     let mut be = s.backend().clone();
-    be.put(Bucket::Meta, super::META_CONSISTENT_INDEX, b"123").unwrap();
+    be.put(Bucket::Meta, super::META_CONSISTENT_INDEX, b"123")
+        .unwrap();
     let err = MvccStore::open(be, Lessor::default()).unwrap_err();
     assert!(err.to_string().contains("consistent_index"), "{err}");
 
