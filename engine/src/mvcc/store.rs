@@ -294,6 +294,7 @@ impl<B: BatchWrite> MvccStore<B> {
 
     /// Makes every applied write durable together with the consistent index covering it.
     pub fn commit(&mut self) -> MvccResult<()> {
+        // Format: { "consistent_index": u64 BE }
         self.backend.put(
             Bucket::Meta,
             META_CONSISTENT_INDEX,
@@ -542,6 +543,7 @@ impl<B: BatchWrite> MvccStore<B> {
             None => (rev, 0, 0),
         };
         let idx_rev = Revision::new(rev, txn.changes.len() as i64);
+        // Format: { key: revision key (17 bytes), value: mvccpb.KeyValue protobuf }
         let kv = mvccpb::KeyValue {
             key: Bytes::copy_from_slice(key),
             create_revision: created,
@@ -567,6 +569,7 @@ impl<B: BatchWrite> MvccStore<B> {
     /// Deletes one live key in the txn.
     fn txn_delete(&mut self, txn: &mut TxnState, key: &[u8]) -> MvccResult<()> {
         let idx_rev = Revision::new(txn.begin_rev + 1, txn.changes.len() as i64);
+        // Format: { key: revision key + 't' (18 bytes), value: mvccpb.KeyValue { key } }
         let kv = mvccpb::KeyValue {
             key: Bytes::copy_from_slice(key),
             ..Default::default()
@@ -964,6 +967,7 @@ impl<B: BatchWrite> MvccStore<B> {
         })
     }
 
+    // Format: { key: lease ID i64 BE (8 bytes), value: leasepb.Lease { ID=1, TTL=2, RemainingTTL=3 } }
     fn persist_lease(&mut self, rec: &LeaseRecord) -> MvccResult<()> {
         // Big-endian lease ID: etcd's key layout for the lease bucket.
         self.backend
