@@ -11,9 +11,15 @@
 //!
 //! Durability (spec §11, etcd 3.5.0–3.5.2's corruption): `commit()` writes the consistent index
 //! (the last applied raft index, set with `set_consistent_index`) into the `meta` bucket of the
-//! same backend batch as the data it covers, then commits. Nothing else commits, except the
-//! physical compaction batches (which write the index too). After a crash the store reopens at
-//! some commit; its consistent index says from where the WAL must be replayed.
+//! same backend batch as the data it covers, then commits. Nothing else commits, except
+//! `compact()` and the physical compaction batches (through `commit()`, so with the index too).
+//! The apply loop calls `set_consistent_index(i)` *before* applying entry `i` and never commits
+//! in the middle of an entry; then every commit holds whole entries up to the index it names.
+//! After a crash the store reopens at some commit; its consistent index says from where the WAL
+//! must be replayed (a replayed Compact just answers ErrCompacted, as in etcd).
+//!
+//! Threads: the store is owned by the apply core. Readers on other threads need the store
+//! behind a lock (`RwLock`: ranges share, writes exclude) or a channel to the apply core.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
