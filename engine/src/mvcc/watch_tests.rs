@@ -331,3 +331,39 @@ fn fragments_split_large_responses() {
     assert!(!got.last().unwrap().fragment);
     assert_eq!(got.iter().map(|r| r.events.len()).sum::<usize>(), 4);
 }
+
+#[test]
+fn lease_expiry_revokes_through_the_write_path_with_delete_events() {
+    use std::time::{Duration, Instant};
+    let mut s = store();
+    let t0 = Instant::now();
+    s.lease_promote(t0, Duration::ZERO);
+    s.lease_grant(42, 5, t0).unwrap();
+    for k in ["x", "y"] {
+        s.put(&pb::PutRequest {
+            key: b(k),
+            lease: 42,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let (tx, rx) = bounded(64);
+    let st = s.watch_open_stream(tx);
+    s.watch_create(st, &watch("\0", "\0", 0));
+    drain(&rx);
+    assert!(s.lease_expired(t0 + Duration::from_secs(4), 10).is_empty());
+    for id in s.lease_expired(t0 + Duration::from_secs(5), 10) {
+        s.lease_revoke(id).unwrap();
+    }
+    let got = drain(&rx);
+    assert_eq!(got.len(), 1, "one revision, one response");
+    let evs: Vec<_> = got[0].events.iter().map(ev_summary).collect();
+    assert_eq!(
+        evs,
+        vec![
+            (EventType::Delete as i32, "x".into(), 4),
+            (EventType::Delete as i32, "y".into(), 4),
+        ]
+    );
+    assert!(s.lessor().lookup(42).is_none());
+}

@@ -18,7 +18,7 @@ use ringkv_tests::{
     op_request_json,
 };
 
-const OPS: usize = 600;
+const OPS: usize = 1200;
 
 fn normalise(v: &mut Value, op: &Op) {
     normalise_headers(v);
