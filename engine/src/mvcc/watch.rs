@@ -41,6 +41,8 @@ pub const CANCEL_REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 pub const MAX_WATCHERS_PER_SYNC: usize = 512;
 /// Most distinct revisions in one catch-up response (etcd's `watchBatchMaxRevs`).
 pub const MAX_REVS_PER_SYNC_RESPONSE: usize = 1000;
+/// Most main revisions one `sync` call reads from the backend.
+pub const MAX_REVS_PER_SYNC_SCAN: i64 = 10_000;
 /// Default `max-request-bytes`; fragmenting starts at this plus 512 KiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
@@ -711,10 +713,15 @@ impl WatchHub {
             .map(|wk| self.watchers[wk].next_rev)
             .min()
             .expect("non-empty");
-        // Read history [min_rev, current] once for the whole batch.
+        // Read history [min_rev, scan_end) once for the whole batch; bounded so a watcher far
+        // behind costs a bounded amount of work per call instead of a scan of all history.
+        let scan_end = min_rev
+            .max(1)
+            .saturating_add(MAX_REVS_PER_SYNC_SCAN)
+            .min(ctx.current_rev + 1);
         let mut history: Vec<mvccpb::Event> = Vec::new();
         let start = Revision::main_bound(min_rev.max(1));
-        let end = Revision::main_bound(ctx.current_rev + 1);
+        let end = Revision::main_bound(scan_end);
         let _ = ctx.backend.scan(Bucket::Key, &start, &end, &mut |k, v| {
             let (Ok(rk), Ok(mut kv)) = (RevKey::decode(k), mvccpb::KeyValue::decode(v)) else {
                 return true;
@@ -740,6 +747,10 @@ impl WatchHub {
         });
         for wk in live {
             let w = &self.watchers[&wk];
+            if w.next_rev >= scan_end {
+                // Nothing of its history was read this round.
+                continue;
+            }
             let mut evs = Vec::new();
             let mut revs = 0usize;
             let mut last_rev = 0i64;
@@ -759,14 +770,11 @@ impl WatchHub {
                 }
                 evs.push(ev.clone());
             }
-            let next = if more_rev != 0 {
-                more_rev
-            } else {
-                ctx.current_rev + 1
-            };
+            let next = if more_rev != 0 { more_rev } else { scan_end };
             let resps = self.build(w, evs, ctx.current_rev, ctx);
-            // On failure `deliver` made it a victim; on success it is caught up to `next`.
-            if self.deliver(wk, resps, next) && more_rev == 0 {
+            // On failure `deliver` made it a victim; on success it is caught up to `next`, and
+            // synced once that is past the current revision.
+            if self.deliver(wk, resps, next) && next > ctx.current_rev {
                 self.unsynced.remove(&wk);
                 self.add_synced(wk);
             }

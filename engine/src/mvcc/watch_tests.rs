@@ -367,3 +367,36 @@ fn lease_expiry_revokes_through_the_write_path_with_delete_events() {
     );
     assert!(s.lessor().lookup(42).is_none());
 }
+
+#[test]
+fn far_behind_watcher_catches_up_in_bounded_steps() {
+    let mut s = store();
+    let n = 2 * super::MAX_REVS_PER_SYNC_SCAN as usize + 500;
+    for i in 0..n {
+        put(&mut s, if i % 3 == 0 { "k" } else { "other" }, "v");
+    }
+    let (tx, rx) = bounded(1 << 16);
+    let st = s.watch_open_stream(tx);
+    s.watch_create(st, &watch("k", "", 2));
+    drain(&rx);
+    let mut rounds = 0;
+    while s.watch_sync() {
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert!(rounds >= 2, "more than one bounded scan");
+    put(&mut s, "k", "live");
+    let mut revs = Vec::new();
+    for r in drain(&rx) {
+        let rs: Vec<i64> = r.events.iter().map(|e| ev_summary(e).2).collect();
+        let distinct: std::collections::BTreeSet<_> = rs.iter().collect();
+        assert!(distinct.len() <= super::MAX_REVS_PER_SYNC_RESPONSE);
+        revs.extend(rs);
+    }
+    let want: Vec<i64> = (0..n)
+        .filter(|i| i % 3 == 0)
+        .map(|i| i as i64 + 2)
+        .chain([n as i64 + 2])
+        .collect();
+    assert_eq!(revs, want);
+}
