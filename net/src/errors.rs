@@ -135,6 +135,15 @@ pub enum EtcdError {
     Unimplemented(&'static str),
     /// grpc.health.v1 Check for a service other than `""`.
     HealthUnknownService,
+    /// A gRPC path naming a service the server does not register (grpc-go's wording).
+    UnknownService(String),
+    /// A gRPC path naming an unknown method of a registered service (grpc-go's wording).
+    UnknownMethod {
+        /// Method name.
+        method: String,
+        /// Fully qualified service name.
+        service: String,
+    },
     /// A server-side failure with no etcd equivalent (code Unknown, the text as given). Storage
     /// corruption and I/O failures that reach a client end up here, named by the engine.
     Internal(String),
@@ -183,7 +192,7 @@ impl EtcdError {
             | UnhealthyCluster
             | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
-            Unimplemented(_) => Code::Unimplemented,
+            Unimplemented(_) | UnknownService(_) | UnknownMethod { .. } => Code::Unimplemented,
             ElectionNoLeader | ElectionNotLeader | Internal(_) => Code::Unknown,
         }
     }
@@ -265,6 +274,10 @@ impl EtcdError {
                 return format!("ringkv: {method} is not implemented yet").into();
             }
             Internal(text) => return text.clone().into(),
+            UnknownService(service) => return format!("unknown service {service}").into(),
+            UnknownMethod { method, service } => {
+                return format!("unknown method {method} for service {service}").into();
+            }
         };
         s.into()
     }
@@ -316,6 +329,21 @@ pub fn http_status(code: Code) -> http::StatusCode {
 /// tonic's own text for a message over the decoding limit; [`rewrite_tonic_status`] turns it
 /// into grpc-go's wording, which etcd clients see.
 const TONIC_TOO_LARGE_PREFIX: &str = "Error, decoded message length too large: found ";
+
+/// The status grpc-go gives a call to a path no registered service serves: `path` is
+/// `/package.Service/Method`; `known_services` are the registered services.
+pub fn unknown_path(path: &str, known_services: &[&str]) -> EtcdError {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    if known_services.contains(&service) {
+        EtcdError::UnknownMethod {
+            method: method.to_string(),
+            service: service.to_string(),
+        }
+    } else {
+        EtcdError::UnknownService(service.to_string())
+    }
+}
 
 /// Rewrites statuses that tonic produces by itself into etcd's (grpc-go's) code and message;
 /// other statuses are returned unchanged. Returns `None` when no rewrite applies.

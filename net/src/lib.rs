@@ -19,12 +19,11 @@
 mod auth;
 mod cluster;
 mod config;
-#[cfg(test)]
-mod e2e_tests;
 mod election;
 mod errors;
 mod frontend;
 mod gateway;
+mod h2fix;
 mod health;
 mod http;
 mod json;
@@ -38,8 +37,6 @@ pub mod pb;
 mod recipe;
 mod server;
 mod shutdown;
-#[cfg(test)]
-mod test_node;
 mod validate;
 mod watch;
 
@@ -94,6 +91,21 @@ pub fn server_options(config: &Config) -> ServerOptions {
 /// then drains (bounded by [`DRAIN_TIMEOUT`]). For the node's `main` once it exists; must run
 /// inside a tokio runtime. Returns after the drain; the caller then closes WAL and backend.
 pub async fn serve_clients<N: EtcdNode>(config: &Config, node: Arc<N>) -> std::io::Result<()> {
+    serve_clients_until(config, node, async {
+        if let Err(e) = signal().await {
+            tracing::error!("cannot install SIGTERM/SIGINT handlers: {e}");
+            std::future::pending::<()>().await;
+        }
+    })
+    .await
+}
+
+/// [`serve_clients`] with an explicit stop condition instead of the signals.
+pub async fn serve_clients_until<N: EtcdNode>(
+    config: &Config,
+    node: Arc<N>,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
     let (trigger, shutdown) = ShutdownTrigger::new();
     let server = ClientServer::new(node, server_options(config), shutdown);
     let mut tasks = Vec::new();
@@ -108,7 +120,7 @@ pub async fn serve_clients<N: EtcdNode>(config: &Config, node: Arc<N>) -> std::i
             server.clone().serve(listener, trigger.guard()),
         ));
     }
-    signal().await?;
+    stop.await;
     tracing::info!("shutting down: draining client connections");
     if !trigger.drain(DRAIN_TIMEOUT).await {
         tracing::warn!("client connections still open after {DRAIN_TIMEOUT:?}; dropping them");

@@ -28,7 +28,7 @@ use tower::ServiceExt;
 use crate::auth::AuthService;
 use crate::cluster::ClusterService;
 use crate::election::ElectionService;
-use crate::errors::rewrite_tonic_status;
+use crate::errors::{rewrite_tonic_status, unknown_path};
 use crate::frontend::{Frontend, Shared};
 use crate::gateway::Body;
 use crate::health::HealthService;
@@ -48,6 +48,19 @@ use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::shutdown::{DrainGuard, Shutdown};
 use crate::validate::Limits;
 use crate::watch::WatchService;
+
+/// The registered gRPC services (grpc-go words unknown paths differently for these).
+const SERVICES: [&str; 9] = [
+    "etcdserverpb.KV",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+    "v3electionpb.Election",
+    "v3lockpb.Lock",
+    "grpc.health.v1.Health",
+];
 
 /// Most client connections served at once; further accepts wait for a slot.
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
@@ -197,7 +210,9 @@ impl<N: EtcdNode> ClientServer<N> {
             let this = this.clone();
             async move { Ok::<_, Infallible>(this.dispatch(req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        // See h2fix.rs: grpc-go clients may send a URL as :authority, which h2 would reject.
+        let io = TokioIo::new(crate::h2fix::AuthorityFix::new(stream));
+        let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let mut shutdown = self.shared.shutdown.clone();
         tokio::select! {
@@ -233,7 +248,8 @@ impl<N: EtcdNode> ClientServer<N> {
     /// grpc-go's (see `errors::rewrite_tonic_status`).
     async fn grpc(&self, req: Request<Incoming>) -> Response<Body> {
         let metrics = self.shared.metrics.clone();
-        let method = metrics.method(req.uri().path());
+        let path = req.uri().path().to_string();
+        let method = metrics.method(&path);
         if let Some(m) = method {
             metrics.started(m);
         }
@@ -245,6 +261,9 @@ impl<N: EtcdNode> ClientServer<N> {
         if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
             let status = match rewrite_tonic_status(status.code(), status.message()) {
                 Some(e) => e.to_status(),
+                None if method.is_none() && status.code() == tonic::Code::Unimplemented => {
+                    unknown_path(&path, &SERVICES).to_status()
+                }
                 None => status,
             };
             if let Some(m) = method {

@@ -422,8 +422,14 @@ impl<'m> TreeWriter<'m> {
             self.free(b, 1);
             let merged = self.write_nodes(elems);
             let n = merged.len();
+            let still_small = match merged.as_slice() {
+                [Elem::Branch { child, .. }] => self.small.contains(child),
+                _ => false,
+            };
             children.splice(left..left + 2, merged);
-            i = left + n;
+            // A merged node that is still small absorbs its next neighbour too (each merge
+            // removes one child, so this ends).
+            i = if still_small { left } else { left + n };
         }
         Ok(())
     }

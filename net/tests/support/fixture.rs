@@ -1,5 +1,5 @@
-//! TEST FIXTURE ONLY — never what the `ringkv` binary runs (this module exists only under
-//! `#[cfg(test)]`). A small in-memory stand-in for the raft-backed node, so the front end's
+//! TEST FIXTURE ONLY — never what the `ringkv` binary runs (it lives under `net/tests/` and is
+//! compiled only into test and bench targets). A small in-memory stand-in for the raft-backed node, so the front end's
 //! tests can drive real gRPC and HTTP clients against a real listener. It keeps only the
 //! current key space plus an event history; it has no persistence, consensus or historical
 //! reads, and its semantics are just deep enough for the front-end tests.
@@ -13,19 +13,22 @@ use tokio::sync::broadcast;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::errors::EtcdError;
-use crate::node::*;
-use crate::pb::etcdserverpb::*;
-use crate::pb::mvccpb::{Event, KeyValue, event::EventType};
+use ringkv_net::pb::etcdserverpb::*;
+use ringkv_net::pb::mvccpb::{Event, KeyValue, event::EventType};
+use ringkv_net::{
+    BoxStream, Caller, EtcdError, EtcdNode, NodeMetrics, NodeResult, NodeState, WatchSpec,
+    WatchUpdate, Watcher,
+};
 
 /// Fixture member ID (etcd's ID for peer http://127.0.0.1:23800, token etcd-cluster).
 pub const MEMBER_ID: u64 = 0x2e1259d415f2a040;
 /// Fixture cluster ID.
 pub const CLUSTER_ID: u64 = 0x48276a8f75b6a87;
 
-/// Fixture snapshot contents: 70 000 deterministic bytes.
+/// Fixture snapshot contents: 71 680 deterministic bytes (a multiple of 512, as etcdctl expects
+/// of a backend file before its trailing SHA-256).
 pub fn snapshot_bytes() -> Vec<u8> {
-    (0..70_000u32).map(|i| (i % 251) as u8).collect()
+    (0..71_680u32).map(|i| (i % 251) as u8).collect()
 }
 
 struct Store {

@@ -1,6 +1,8 @@
-//! Front-end tests over a real listener: real tonic clients (HTTP/2) and raw HTTP/1.1
-//! requests, curl-style, against one port, served by the in-memory TEST FIXTURE node
-//! (`test_node.rs`). They cite the spec section they check.
+//! Front-end tests over a real listener: real tonic clients (HTTP/2), etcdctl 3.4 and raw
+//! HTTP/1.1 requests, curl-style, against one port, served by the in-memory TEST FIXTURE node
+//! (`support/fixture.rs`). They cite the spec section they check.
+
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,15 +15,14 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::pb::etcdserverpb::{
+use ringkv_net::pb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     watch_client::WatchClient, *,
 };
-use crate::pb::health::{HealthCheckRequest, health_client::HealthClient};
-use crate::pb::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
-use crate::server::{ClientServer, ServerOptions};
-use crate::shutdown::ShutdownTrigger;
-use crate::test_node::{CLUSTER_ID, MEMBER_ID, MemNode, snapshot_bytes};
+use ringkv_net::pb::health::{HealthCheckRequest, health_client::HealthClient};
+use ringkv_net::pb::v3lockpb::{LockRequest, UnlockRequest, lock_client::LockClient};
+use ringkv_net::{ClientServer, ServerOptions, ShutdownTrigger};
+use support::fixture::{CLUSTER_ID, MEMBER_ID, MemNode, snapshot_bytes};
 
 struct Harness {
     addr: std::net::SocketAddr,
@@ -771,4 +772,229 @@ async fn graceful_shutdown_drains() {
     );
     h.server.await.unwrap().unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+}
+
+/// Runs etcdctl 3.4 (installed by tests/run.sh from Debian's `etcd-client`) against `h`.
+fn etcdctl(h: &Harness, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let endpoint = format!("--endpoints=http://{}", h.addr);
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(&endpoint)
+        .arg("--command-timeout=5s")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The real etcdctl 3.4 drives the front end (spec §6): wire format, headers, errors and the
+/// snapshot digest as a real client parses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_speaks_to_the_front_end() {
+    let h = Arc::new(start().await);
+    let run = |args: &'static [&'static str], stdin: &'static str| {
+        let h = h.clone();
+        tokio::task::spawn_blocking(move || etcdctl(&h, args, stdin))
+    };
+    assert_eq!(
+        run(&["put", "foo", "bar"], "").await.unwrap(),
+        (true, "OK\n".into())
+    );
+    assert_eq!(
+        run(&["get", "foo"], "").await.unwrap(),
+        (true, "foo\nbar\n".into())
+    );
+    let (ok, text) = run(&["get", "foo", "-w", "json"], "").await.unwrap();
+    assert!(ok, "{text}");
+    let v = json(&text);
+    assert_eq!(v["header"]["member_id"], serde_json::json!(MEMBER_ID));
+    assert_eq!(v["count"], 1);
+    let (ok, text) = run(&["put", "", "v"], "").await.unwrap();
+    assert!(!ok);
+    assert!(text.contains("etcdserver: key is not provided"), "{text}");
+    let (ok, text) = run(
+        &["txn"],
+        "value(\"foo\") = \"bar\"\n\nput foo baz\nget foo\n\n\n",
+    )
+    .await
+    .unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(text, "SUCCESS\n\nOK\n\nfoo\nbaz\n");
+    assert_eq!(
+        run(&["del", "foo"], "").await.unwrap(),
+        (true, "1\n".into())
+    );
+    let (ok, text) = run(&["lease", "grant", "60"], "").await.unwrap();
+    assert!(
+        ok && text.starts_with("lease ") && text.ends_with(" granted with TTL(60s)\n"),
+        "{text}"
+    );
+    let (ok, text) = run(&["lease", "keep-alive", "--once", "123"], "")
+        .await
+        .unwrap();
+    assert!(!ok || text.contains("expired or revoked"), "{text}");
+    let (ok, text) = run(&["member", "list"], "").await.unwrap();
+    assert!(ok, "{text}");
+    assert_eq!(
+        text,
+        "2e1259d415f2a040, started, default, http://127.0.0.1:23800, http://127.0.0.1:23790, false\n"
+    );
+    let (ok, text) = run(&["endpoint", "status"], "").await.unwrap();
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(", 2e1259d415f2a040, 3.4.23, 70 kB, true, false, 2, "),
+        "{text}"
+    );
+    let (ok, text) = run(&["endpoint", "health"], "").await.unwrap();
+    assert!(ok && text.contains("is healthy"), "{text}");
+    assert_eq!(
+        run(&["alarm", "list"], "").await.unwrap(),
+        (true, String::new())
+    );
+    let (ok, text) = run(&["defrag"], "").await.unwrap();
+    assert!(
+        ok && text.contains("Finished defragmenting etcd member"),
+        "{text}"
+    );
+    let dir = std::env::temp_dir().join(format!("ringkv-net-snap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snap.db");
+    let h2 = h.clone();
+    let p = path.to_str().unwrap().to_string();
+    let (ok, text) =
+        tokio::task::spawn_blocking(move || etcdctl(&h2, &["snapshot", "save", &p], ""))
+            .await
+            .unwrap();
+    assert!(ok, "{text}");
+    let file = std::fs::read(&path).unwrap();
+    let data = snapshot_bytes();
+    assert_eq!(file.len(), data.len() + 32); // etcdctl keeps the trailing SHA-256 (spec §4.11)
+    assert_eq!(&file[..data.len()], &data[..]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// etcdctl's watch (spec §6: Watch with `hasleader`, one create request) prints the events the
+/// front end streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_watch_prints_events() {
+    use std::io::BufRead;
+    let h = start().await;
+    let mut child = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://{}", h.addr))
+        .args(["watch", "wk", "--prefix"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut kv = KvClient::new(channel(&h).await);
+    // The watch is registered once etcdctl's create request arrived; until then puts are missed,
+    // so keep putting until the first event shows up.
+    let first = loop {
+        kv.put(put("wk1", "a")).await.unwrap();
+        if let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            break line;
+        }
+    };
+    assert_eq!(first, "PUT");
+    assert_eq!(rx.recv().await.unwrap(), "wk1");
+    assert_eq!(rx.recv().await.unwrap(), "a");
+    kv.delete_range(DeleteRangeRequest {
+        key: "wk1".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Skip further PUT events from the registration loop until the DELETE.
+        if lines.is_empty() && line != "DELETE" {
+            continue;
+        }
+        lines.push(line);
+    }
+    assert_eq!(lines, vec!["DELETE".to_string(), "wk1".to_string()]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// `serve_clients_until` binds every `--listen-client-urls` address from the flags, serves,
+/// and drains when told to stop.
+#[tokio::test]
+async fn serve_clients_from_flags() {
+    use clap::Parser;
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
+    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str()])
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let node = Arc::new(MemNode::default());
+    let server = tokio::spawn(async move {
+        ringkv_net::serve_clients_until(&config, node, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let channel = loop {
+        if let Ok(c) = Channel::from_shared(endpoint.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut kv = KvClient::new(channel);
+    assert_eq!(
+        kv.put(put("k", "v"))
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision,
+        2
+    );
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
