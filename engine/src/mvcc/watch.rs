@@ -568,9 +568,10 @@ impl WatchHub {
         if self.watchers.is_empty() {
             return;
         }
-        let mut per_watcher: HashMap<WatcherKey, Vec<mvccpb::Event>> = HashMap::new();
+        // Which events each watcher takes, as indexes into `events` (no copies yet).
+        let mut per_watcher: HashMap<WatcherKey, Vec<usize>> = HashMap::new();
         let mut hits = Vec::new();
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
             hits.clear();
             let k = ev_key(ev);
             if let Some(set) = self.synced_keys.get(k) {
@@ -579,12 +580,30 @@ impl WatchHub {
             self.synced_ranges.stab(k, &mut hits);
             for &wk in &hits {
                 if ev_rev(ev) >= self.watchers[&wk].next_rev {
-                    per_watcher.entry(wk).or_default().push(ev.clone());
+                    per_watcher.entry(wk).or_default().push(i);
                 }
             }
         }
-        for (wk, evs) in per_watcher {
-            let resps = self.build(&self.watchers[&wk], evs, rev, ctx);
+        // Watchers that take every event and share options get one built response, cloned
+        // (keys and values are shared `Bytes`): the common fan-out case costs a clone and a
+        // send per watcher.
+        let mut shared: HashMap<(bool, bool, bool, bool), Vec<pb::WatchResponse>> = HashMap::new();
+        for (wk, idx) in per_watcher {
+            let w = &self.watchers[&wk];
+            let resps = if idx.len() == events.len() {
+                let opts = (w.no_put, w.no_delete, w.prev_kv, w.fragment);
+                let template = shared
+                    .entry(opts)
+                    .or_insert_with(|| self.build(w, events.to_vec(), rev, ctx));
+                let mut resps = template.clone();
+                for r in &mut resps {
+                    r.watch_id = w.watch_id;
+                }
+                resps
+            } else {
+                let evs = idx.into_iter().map(|i| events[i].clone()).collect();
+                self.build(w, evs, rev, ctx)
+            };
             self.deliver(wk, resps, rev + 1);
         }
     }
