@@ -233,21 +233,24 @@ fn main() {
     let port = free_port();
     let (trigger, shutdown) = ShutdownTrigger::new();
     let guard = trigger.guard();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let node = Arc::new(fixture::MemNode::default());
-            let server = ClientServer::new(node, ServerOptions::default(), shutdown);
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
+    let server_thread = std::thread::Builder::new().name("ringkv-server".into());
+    server_thread
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
                 .unwrap();
-            handle_tx.send(tokio::runtime::Handle::current()).unwrap();
-            server.serve(listener, guard).await.unwrap();
-        });
-    });
+            rt.block_on(async move {
+                let node = Arc::new(fixture::MemNode::default());
+                let server = ClientServer::new(node, ServerOptions::default(), shutdown);
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                handle_tx.send(tokio::runtime::Handle::current()).unwrap();
+                server.serve(listener, guard).await.unwrap();
+            });
+        })
+        .expect("spawn the server thread");
     let server_handle = handle_rx.recv().unwrap();
 
     let client = tokio::runtime::Builder::new_current_thread()
