@@ -90,11 +90,21 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 
 impl Store {
     fn select(&self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
-        self.kvs
-            .values()
-            .filter(|kv| in_range(&kv.key, key, end))
-            .cloned()
-            .collect()
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        if end.is_empty() {
+            return self.kvs.get(key).cloned().into_iter().collect();
+        }
+        let from_key = end == b"\0";
+        if !from_key && key >= end {
+            return Vec::new();
+        }
+        let upper = if from_key {
+            Unbounded
+        } else {
+            Excluded(Bytes::copy_from_slice(end))
+        };
+        let range = (Included(Bytes::copy_from_slice(key)), upper);
+        self.kvs.range(range).map(|(_, kv)| kv.clone()).collect()
     }
 
     fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
