@@ -237,6 +237,12 @@ pub struct CompareArgs {
     /// The ringkv binary to run (without it, only etcd is measured).
     #[arg(long)]
     pub ringkv_bin: Option<PathBuf>,
+    /// Name of the --etcd-bin system in the report.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_label: String,
+    /// Name of the --ringkv-bin system in the report (e.g. to compare two etcd versions).
+    #[arg(long, default_value = "ringkv")]
+    pub ringkv_label: String,
     /// Cluster size: 1 or 3 members (3 runs every member on this machine).
     #[arg(long, default_value_t = 1)]
     pub members: u32,
