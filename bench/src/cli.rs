@@ -307,6 +307,9 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Unmeasured seconds of appending before each measured period.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
     /// Also run raft-engine and the raw loop, in the same run.
     #[arg(long)]
     pub compare: bool,
