@@ -325,7 +325,8 @@ fn markdown(
     md.push('\n');
     let _ = writeln!(
         md,
-        "\nThroughput: ![throughput](throughput.svg)\n\nErrors are counted per run; a workload with errors is marked.\n"
+        "\nThroughput: ![throughput](throughput.svg)\n\nErrors are counted per run. Peak RSS is each server's high-water mark since it started \
+         (VmHWM), so it only grows along the run order.\n"
     );
     for spec in specs {
         let by_sys = &runs[spec.name];
