@@ -237,6 +237,12 @@ pub struct CompareArgs {
     /// The ringkv binary to run (without it, only etcd is measured).
     #[arg(long)]
     pub ringkv_bin: Option<PathBuf>,
+    /// Name of the --etcd-bin system in the report.
+    #[arg(long, default_value = "etcd")]
+    pub etcd_label: String,
+    /// Name of the --ringkv-bin system in the report (e.g. to compare two etcd versions).
+    #[arg(long, default_value = "ringkv")]
+    pub ringkv_label: String,
     /// Cluster size: 1 or 3 members (3 runs every member on this machine).
     #[arg(long, default_value_t = 1)]
     pub members: u32,
@@ -301,6 +307,9 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
+    /// Unmeasured seconds of appending before each measured period.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
     /// Also run raft-engine and the raw loop, in the same run.
     #[arg(long)]
     pub compare: bool,

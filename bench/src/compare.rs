@@ -91,7 +91,7 @@ const RANGE_KEY: &str = "compare/range";
 
 /// A system under test.
 struct System {
-    label: &'static str,
+    label: String,
     cluster: Cluster,
 }
 
@@ -127,15 +127,21 @@ pub fn run_compare(g: &Global, a: &CompareArgs) -> Result<(), String> {
     if !a.run_seconds.is_finite() || a.run_seconds <= 0.0 {
         return Err("--run-seconds must be positive".to_owned());
     }
+    if a.ringkv_bin.is_some() && a.etcd_label == a.ringkv_label {
+        return Err(format!(
+            "--etcd-label and --ringkv-label are both {:?}; the systems need distinct names",
+            a.etcd_label
+        ));
+    }
     std::fs::create_dir_all(&a.out)
         .map_err(|e| format!("cannot create --out {}: {e}", a.out.display()))?;
     let mut systems = vec![System {
-        label: "etcd",
+        label: a.etcd_label.clone(),
         cluster: start_cluster(&a.etcd_bin, a.members, None)?,
     }];
     if let Some(bin) = &a.ringkv_bin {
         systems.push(System {
-            label: "ringkv",
+            label: a.ringkv_label.clone(),
             cluster: start_cluster(bin, a.members, None)?,
         });
     }
@@ -153,18 +159,18 @@ pub fn run_compare(g: &Global, a: &CompareArgs) -> Result<(), String> {
                 if g.json {
                     let mut v = serde_json::to_value(&run.report)
                         .map_err(|e| format!("cannot encode JSON: {e}"))?;
-                    v["system"] = serde_json::Value::from(sys.label);
+                    v["system"] = serde_json::Value::from(sys.label.as_str());
                     println!("{v}");
                 }
                 runs.entry(spec.name)
                     .or_default()
-                    .entry(sys.label)
+                    .entry(sys.label.as_str())
                     .or_default()
                     .push(run);
             }
         }
     }
-    let labels: Vec<&str> = systems.iter().map(|s| s.label).collect();
+    let labels: Vec<&str> = systems.iter().map(|s| s.label.as_str()).collect();
     let md = markdown(a, &specs, &labels, &runs);
     let path = a.out.join("report.md");
     std::fs::write(&path, &md).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -312,13 +318,15 @@ fn markdown(
          Keys {KEY_SIZE} B (random in {KEY_SPACE}), values {VAL_SIZE} B.\n",
         a.members, a.repeat, a.run_seconds
     );
-    let _ = writeln!(md, "Binaries: etcd `{}`", a.etcd_bin.display());
+    let _ = write!(md, "Binaries: {} `{}`", a.etcd_label, a.etcd_bin.display());
     if let Some(r) = &a.ringkv_bin {
-        let _ = writeln!(md, ", ringkv `{}`", r.display());
+        let _ = write!(md, ", {} `{}`", a.ringkv_label, r.display());
     }
+    md.push('\n');
     let _ = writeln!(
         md,
-        "\nThroughput: ![throughput](throughput.svg)\n\nErrors are counted per run; a workload with errors is marked.\n"
+        "\nThroughput: ![throughput](throughput.svg)\n\nErrors are counted per run. Peak RSS is each server's high-water mark since it started \
+         (VmHWM), so it only grows along the run order.\n"
     );
     for spec in specs {
         let by_sys = &runs[spec.name];

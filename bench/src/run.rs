@@ -271,6 +271,10 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
     let engines = wal_engines(a)?;
     let io = parse_io(&a.common.io)?;
     let duration = seconds(a.seconds, "--seconds")?;
+    if !a.warmup.is_finite() || a.warmup < 0.0 {
+        return Err(format!("--warmup must be ≥ 0 seconds, got {}", a.warmup));
+    }
+    let warmup = Duration::from_secs_f64(a.warmup);
     if a.writers == 0 {
         return Err("--writers must be at least 1".to_owned());
     }
@@ -304,6 +308,7 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
                 io,
                 writers,
                 record_size,
+                warmup,
                 duration,
             };
             let r = disk::run_wal(engine, &opts)?;

@@ -19,6 +19,11 @@
 //! Blocks without a URL authority are forwarded byte for byte. If a block cannot be parsed, the
 //! original bytes are forwarded and the connection is left alone from then on (h2 reports the
 //! error it would have reported anyway).
+//!
+//! Cost: a client sends its authority as a literal in its first request (the dynamic table starts
+//! empty) and keeps it for the connection, so once the first `:authority` seen is already valid
+//! the connection switches to pass-through, reading straight into hyper's buffer. Only
+//! connections that do send a URL keep paying for HPACK parsing.
 
 use std::collections::VecDeque;
 use std::io;
@@ -244,11 +249,21 @@ pub fn fixed_authority(value: &[u8]) -> Option<Vec<u8>> {
         .then(|| fixed.into_bytes())
 }
 
-/// Walks a header block, updating `table`; returns a rewritten block if an `:authority` value
-/// needed fixing, `None` if the block is fine as it is.
-fn fix_block(block: &[u8], table: &mut Table) -> Result<Option<Vec<u8>>, Malformed> {
+/// What a header block held, for the caller's pass-through decision.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct BlockReport {
+    /// The block had an `:authority` field.
+    saw_authority: bool,
+    /// Some `:authority` value was rewritten (then the rewritten block is returned).
+    rewritten: Option<Vec<u8>>,
+}
+
+/// Walks a header block, updating `table`; reports whether an `:authority` was present and
+/// returns a rewritten block if a value needed fixing.
+fn fix_block(block: &[u8], table: &mut Table) -> Result<BlockReport, Malformed> {
     let mut out = Vec::with_capacity(block.len() + 16);
     let mut changed = false;
+    let mut saw_authority = false;
     let mut pos = 0;
     while pos < block.len() {
         let start = pos;
@@ -256,9 +271,8 @@ fn fix_block(block: &[u8], table: &mut Table) -> Result<Option<Vec<u8>>, Malform
         if b & 0x80 != 0 {
             // Indexed header field: no table change.
             let i = integer(block, &mut pos, 7)?;
-            if i == 0 || (i > 61 && i - 62 >= table.entries.len()) {
-                return Err(Malformed);
-            }
+            let name = table.name(i).ok_or(Malformed)?;
+            saw_authority |= name == b":authority";
             out.extend_from_slice(&block[start..pos]);
             continue;
         }
@@ -306,7 +320,10 @@ fn fix_block(block: &[u8], table: &mut Table) -> Result<Option<Vec<u8>>, Malform
             }
         }
     }
-    Ok(changed.then_some(out))
+    Ok(BlockReport {
+        saw_authority,
+        rewritten: changed.then_some(out),
+    })
 }
 
 /// A header block being collected across HEADERS and CONTINUATION frames.
@@ -329,6 +346,8 @@ pub struct AuthorityFix<IO> {
     table: Table,
     pending: Option<PendingBlock>,
     eof: bool,
+    /// Some block on this connection needed a rewrite (then every block is inspected).
+    rewrote: bool,
 }
 
 impl<IO> AuthorityFix<IO> {
@@ -342,6 +361,7 @@ impl<IO> AuthorityFix<IO> {
             table: Table::new(),
             pending: None,
             eof: false,
+            rewrote: false,
         }
     }
 
@@ -459,8 +479,23 @@ impl<IO> AuthorityFix<IO> {
     fn finish_block(&mut self) {
         let p = self.pending.take().expect("pending");
         match fix_block(&p.fragment, &mut self.table) {
-            Ok(None) => self.out.extend_from_slice(&p.raw_frames),
-            Ok(Some(block)) => self.emit_block(&p, &block),
+            Ok(BlockReport {
+                rewritten: Some(block),
+                ..
+            }) => {
+                self.rewrote = true;
+                self.emit_block(&p, &block);
+            }
+            Ok(BlockReport {
+                saw_authority,
+                rewritten: None,
+            }) => {
+                self.out.extend_from_slice(&p.raw_frames);
+                if saw_authority && !self.rewrote {
+                    // This client sends a valid authority: nothing to fix on this connection.
+                    self.mode = Mode::Passthrough;
+                }
+            }
             Err(Malformed) => {
                 self.out.extend_from_slice(&p.raw_frames);
                 self.mode = Mode::Passthrough;
@@ -514,6 +549,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityFix<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.mode == Mode::Passthrough && this.out.is_empty() && this.inbuf.is_empty() {
+                // Fast path: nothing buffered, nothing to inspect.
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
             if !this.out.is_empty() {
                 let n = this.out.len().min(buf.remaining());
                 buf.put_slice(&this.out[..n]);

@@ -35,6 +35,8 @@ pub enum Op {
     LeaseGrant(pb::LeaseGrantRequest),
     LeaseRevoke(pb::LeaseRevokeRequest),
     LeaseTimeToLive(pb::LeaseTimeToLiveRequest),
+    LeaseKeepAlive(pb::LeaseKeepAliveRequest),
+    LeaseLeases(pb::LeaseLeasesRequest),
 }
 
 /// The generator. The test keeps `rev` and `compact` up to date so revisions hit interesting
@@ -232,13 +234,17 @@ impl OpGen {
                 ttl: 1000,
                 id: self.pick(&LEASES[3..]),
             }),
-            95..=97 => Op::LeaseRevoke(pb::LeaseRevokeRequest {
+            95 | 96 => Op::LeaseRevoke(pb::LeaseRevokeRequest {
                 id: self.pick(&LEASES[3..]),
             }),
-            _ => Op::LeaseTimeToLive(pb::LeaseTimeToLiveRequest {
+            97 => Op::LeaseTimeToLive(pb::LeaseTimeToLiveRequest {
                 id: self.pick(&LEASES[3..]),
                 keys: true,
             }),
+            98 => Op::LeaseKeepAlive(pb::LeaseKeepAliveRequest {
+                id: self.pick(&LEASES[3..]),
+            }),
+            _ => Op::LeaseLeases(pb::LeaseLeasesRequest {}),
         }
     }
 }
@@ -317,6 +323,14 @@ pub fn op_request_json(op: &Op) -> (&'static str, Value) {
             "/v3/lease/timetolive",
             message_json("etcdserverpb.LeaseTimeToLiveRequest", r),
         ),
+        Op::LeaseKeepAlive(r) => (
+            "/v3/lease/keepalive",
+            message_json("etcdserverpb.LeaseKeepAliveRequest", r),
+        ),
+        Op::LeaseLeases(r) => (
+            "/v3/lease/leases",
+            message_json("etcdserverpb.LeaseLeasesRequest", r),
+        ),
     }
 }
 
@@ -350,6 +364,14 @@ pub fn apply_to_store<B: BatchWrite>(s: &mut MvccStore<B>, op: &Op, now: Instant
         Op::LeaseTimeToLive(r) => Ok(message_json(
             "etcdserverpb.LeaseTimeToLiveResponse",
             &s.lease_time_to_live(r.id, r.keys, now),
+        )),
+        // The gateway streams keepalive results: one `{"result": ...}` line per request.
+        Op::LeaseKeepAlive(r) => s.lease_keep_alive(r.id, now).map(|x| {
+            serde_json::json!({ "result": message_json("etcdserverpb.LeaseKeepAliveResponse", &x) })
+        }),
+        Op::LeaseLeases(_) => Ok(message_json(
+            "etcdserverpb.LeaseLeasesResponse",
+            &s.lease_leases(),
         )),
     };
     res.unwrap_or_else(|e| err_json(&e))

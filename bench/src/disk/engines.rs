@@ -308,6 +308,7 @@ mod tests {
             io: IoKind::Std,
             writers,
             record_size,
+            warmup: Duration::from_millis(50),
             duration: Duration::from_millis(200),
         }
     }

@@ -19,7 +19,7 @@ mod heatmap;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -183,6 +183,9 @@ pub struct WalOpts {
     pub io: IoKind,
     pub writers: u32,
     pub record_size: u64,
+    /// Writers run this long before the measured period starts (segment pre-allocation at
+    /// open, first-write effects), unmeasured.
+    pub warmup: Duration,
     pub duration: Duration,
 }
 
@@ -190,36 +193,52 @@ pub struct WalOpts {
 /// it is durable.
 pub type AppendFn<'a> = Box<dyn FnMut(u64) -> Result<(), String> + Send + 'a>;
 
-/// Runs `engine` with `opts.writers` concurrent writers for `opts.duration`.
+/// Runs `engine` with `opts.writers` concurrent writers for `opts.warmup` (not measured), then
+/// for `opts.duration`. An append counts if it started inside the measured period.
 pub fn run_wal(engine: Engine, opts: &WalOpts) -> Result<DiskReport, String> {
     let scratch = scratch_dir(&opts.dir, engine.name())?;
     let target = engines::open(engine, opts, scratch.path())?;
     let writers = opts.writers.max(1) as usize;
+    // Phases: all start together (`go`), append unmeasured until `warm` is set, all stop
+    // between two appends (`quiet`: nothing in flight while the counters are read), all start
+    // the measured period together (`measure`), and run until `stop`. Every append of the
+    // measured period starts after the counters were read and is waited for at the end, so
+    // `syncs` and `total` cover exactly the same appends.
     let stop = AtomicBool::new(false);
-    let barrier = Barrier::new(writers + 1);
-    let started = AtomicU64::new(0);
+    let warm = AtomicBool::new(false);
+    let go = Barrier::new(writers + 1);
+    let quiet = Barrier::new(writers + 1);
+    let measure = Barrier::new(writers + 1);
     let (recs, elapsed, cpu, syncs) = std::thread::scope(|s| -> Result<_, String> {
         let mut handles = Vec::with_capacity(writers);
         for w in 0..writers {
             let mut append = target.writer(w)?;
-            let barrier = &barrier;
-            let stop = &stop;
-            let started = &started;
+            let (go, quiet, measure) = (&go, &quiet, &measure);
+            let (stop, warm) = (&stop, &warm);
             let h = std::thread::Builder::new()
                 .name(format!("bench-writer-{w}"))
                 .spawn_scoped(s, move || {
                     let mut rec = Recorder::new(None);
-                    barrier.wait();
-                    started.fetch_add(1, Ordering::Relaxed);
                     let mut seq = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    go.wait();
+                    let mut failed = false;
+                    while !warm.load(Ordering::Relaxed) && !failed {
+                        if let Err(e) = append(seq) {
+                            rec.error(&e);
+                            failed = true;
+                        }
+                        seq += 1;
+                    }
+                    quiet.wait();
+                    measure.wait();
+                    while !stop.load(Ordering::Relaxed) && !failed {
                         let t = Instant::now();
                         match append(seq) {
                             Ok(()) => rec.record(t.elapsed(), Instant::now()),
                             Err(e) => {
                                 rec.error(&e);
                                 // Every engine's durability errors are fatal: stop this writer.
-                                break;
+                                failed = true;
                             }
                         }
                         seq += 1;
@@ -229,10 +248,14 @@ pub fn run_wal(engine: Engine, opts: &WalOpts) -> Result<DiskReport, String> {
                 .map_err(|e| format!("cannot spawn writer thread {w}: {e}"))?;
             handles.push(h);
         }
+        go.wait();
+        std::thread::sleep(opts.warmup);
+        warm.store(true, Ordering::Relaxed);
+        quiet.wait();
         let syncs0 = target.syncs();
         let cpu0 = self_cpu();
-        barrier.wait();
         let start = Instant::now();
+        measure.wait();
         std::thread::sleep(opts.duration);
         stop.store(true, Ordering::Relaxed);
         let mut recs = Vec::with_capacity(writers);

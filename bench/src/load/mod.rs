@@ -168,9 +168,21 @@ impl Progress {
             return;
         }
         let len = self.len;
-        let bar = self.bar.get_or_insert_with(|| match len {
-            Some(n) => indicatif::ProgressBar::new(n),
-            None => indicatif::ProgressBar::new_spinner(),
+        let bar = self.bar.get_or_insert_with(|| {
+            let (bar, template) = match len {
+                Some(n) => (
+                    indicatif::ProgressBar::new(n),
+                    "{elapsed_precise} {bar:50} {pos}/{len} ops",
+                ),
+                None => (
+                    indicatif::ProgressBar::new_spinner(),
+                    "{elapsed_precise} {spinner} {pos} ops",
+                ),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                bar.set_style(style);
+            }
+            bar
         });
         bar.set_position(done);
     }

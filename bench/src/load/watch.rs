@@ -118,17 +118,16 @@ pub async fn run_watch(
             let first = s * plan.watchers_per_stream;
             // The first create request opens the stream (see `EtcdClient::watch`).
             let mut t = Instant::now();
-            let (tx, mut rx) = client
-                .watch(create(first))
+            let (mut tx, mut rx) = client
+                .watch(&create(first))
                 .await
                 .map_err(|e| format!("stream {s}: cannot open Watch: {e}"))?;
             let mut rec = Recorder::new(None);
             for g in first..first + plan.watchers_per_stream {
                 if g != first {
                     t = Instant::now();
-                    tx.send(create(g))
-                        .await
-                        .map_err(|_| format!("stream {s}: Watch stream closed"))?;
+                    tx.send(&create(g))
+                        .map_err(|e| format!("stream {s}: Watch stream: {e}"))?;
                 }
                 loop {
                     match rx.message().await {

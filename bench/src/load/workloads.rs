@@ -10,9 +10,9 @@ use ringkv_engine::pb::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
     request_op,
 };
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
+use super::client::{GrpcSender, GrpcStream};
 use super::{EtcdClient, Workload};
 use crate::cli::{Consistency, KeyArgs};
 
@@ -182,7 +182,7 @@ impl Workload for RangeLoad {
         _: u64,
         _: &mut SmallRng,
     ) -> Result<(), Status> {
-        client.range(self.req.clone()).await.map(|_| ())
+        client.range(&self.req).await.map(|_| ())
     }
 }
 
@@ -238,7 +238,7 @@ impl Workload for TxnPut {
             success,
             failure: Vec::new(),
         };
-        client.txn(req).await.map(|_| ())
+        client.txn(&req).await.map(|_| ())
     }
 }
 
@@ -271,7 +271,7 @@ impl Workload for Mixed {
                 serializable: self.serializable,
                 ..Default::default()
             };
-            client.range(req).await.map(|_| ())
+            client.range(&req).await.map(|_| ())
         } else {
             client.put(key, self.value.clone()).await.map(|_| ())
         }
@@ -285,8 +285,8 @@ pub struct LeaseKeepalive;
 /// A client's lease and its keep-alive stream.
 pub struct KeepaliveState {
     lease: i64,
-    tx: mpsc::Sender<LeaseKeepAliveRequest>,
-    rx: Streaming<LeaseKeepAliveResponse>,
+    tx: GrpcSender<LeaseKeepAliveRequest>,
+    rx: GrpcStream<LeaseKeepAliveResponse>,
 }
 
 /// TTL of the benchmark's leases (long enough to outlive any run).
@@ -301,7 +301,7 @@ impl Workload for LeaseKeepalive {
             .await
             .map_err(|e| format!("client {c}: LeaseGrant failed: {e}"))?;
         let (tx, mut rx) = client
-            .lease_keep_alive(LeaseKeepAliveRequest { id: g.id })
+            .lease_keep_alive(&LeaseKeepAliveRequest { id: g.id })
             .await
             .map_err(|e| format!("client {c}: LeaseKeepAlive stream failed: {e}"))?;
         // The answer to the request that opened the stream.
@@ -323,9 +323,7 @@ impl Workload for LeaseKeepalive {
         _: u64,
         _: &mut SmallRng,
     ) -> Result<(), Status> {
-        s.tx.send(LeaseKeepAliveRequest { id: s.lease })
-            .await
-            .map_err(|_| Status::unavailable("keep-alive stream closed"))?;
+        s.tx.send(&LeaseKeepAliveRequest { id: s.lease })?;
         match s.rx.message().await? {
             Some(r) if r.ttl > 0 => Ok(()),
             Some(_) => Err(Status::not_found("lease expired")),

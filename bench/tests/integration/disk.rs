@@ -59,6 +59,7 @@ fn wal_compare_runs_all_three_engines() {
         "--writers=8",
         "--record-size=256",
         "--seconds=0.5",
+        "--warmup=0.2",
     ]);
     assert_eq!(v.len(), 3);
     check_disk_row(&v[0], "ringkv", 8, 256);
@@ -86,6 +87,7 @@ fn wal_sweep_writes_table_rows_and_heat_map() {
         "--sweep-writers=1,4",
         "--sweep-sizes=64,4K",
         "--seconds=0.2",
+        "--warmup=0.1",
         &format!("--svg={}", svg.display()),
     ]);
     // 2 writer counts × 2 sizes × (ringkv, raw).

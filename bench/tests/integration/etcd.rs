@@ -31,7 +31,7 @@ fn keys_and_revision(c: &Cluster) -> (i64, i64) {
             .unwrap();
         // [\0, \0) is every key.
         let r = client
-            .range(RangeRequest {
+            .range(&RangeRequest {
                 key: Bytes::from_static(b"\0"),
                 range_end: Bytes::from_static(b"\0"),
                 count_only: true,
@@ -112,7 +112,7 @@ fn put_with_compaction_and_server_cpu() {
             .await
             .unwrap();
         client
-            .range(RangeRequest {
+            .range(&RangeRequest {
                 key: Bytes::from_static(b"\0"),
                 revision: 2,
                 ..Default::default()

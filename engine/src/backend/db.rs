@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::buffer::{Buffer, Bytes, Slot};
+use super::buffer::{Buffer, Bytes, Slot, bucket_index};
 use super::check::{self, CheckReport};
 use super::freelist::Freelist;
 use super::meta::Meta;
@@ -30,7 +30,7 @@ use super::page::{
     MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist,
     freelist_body, header_overflow, max_key_len, run_pages,
 };
-use super::tree::{self, Op, TreeWriter};
+use super::tree::{self, Op, TreeWriter, Walk};
 use super::{BackendError, BackendOptions};
 use crate::io::{File, OpenOptions, Vfs};
 use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
@@ -44,6 +44,8 @@ pub(crate) struct Version {
     pub map: Arc<Mapping>,
     /// Bucket name -> tree root (0 = empty), read from the catalog at commit/open.
     pub roots: Vec<(Vec<u8>, u64)>,
+    /// The roots of `Bucket::ALL`, by `bucket_index`: the read path's lookup.
+    pub by_bucket: [u64; Bucket::ALL.len()],
     pub free_pages: u64,
     pub pending_pages: u64,
     pub file_len: u64,
@@ -58,18 +60,69 @@ impl Version {
     }
 }
 
+fn by_bucket(roots: &[(Vec<u8>, u64)]) -> [u64; Bucket::ALL.len()] {
+    let mut out = [0; Bucket::ALL.len()];
+    for b in Bucket::ALL {
+        out[bucket_index(b)] = roots
+            .iter()
+            .find(|(n, _)| n == b.name())
+            .map_or(0, |(_, r)| *r);
+    }
+    out
+}
+
 struct View {
     version: Arc<Version>,
     buf: Arc<Buffer>,
 }
 
+/// Files open in this process (see `register`). Two `Backend`s on one file would each believe
+/// they own the free pages (mmap.rs, fact 4), so the second open is refused.
+static OPEN_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers `path` as open; `None` if it already is. Paths of the in-memory fault VFS are not
+/// registered (each instance is its own namespace). The directory is canonicalised so that two
+/// spellings of one path collide.
+fn register(vfs: &dyn Vfs, path: &Path) -> Result<Registration, BackendError> {
+    if vfs.kind() == crate::io::IoKind::Fault {
+        return Ok(Registration(None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let key = match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    };
+    let mut open = OPEN_FILES.lock();
+    if open.contains(&key) {
+        return Err(BackendError::Invalid(format!(
+            "{} is already open in this process",
+            path.display()
+        )));
+    }
+    open.push(key.clone());
+    Ok(Registration(Some(key)))
+}
+
 pub(crate) struct Shared {
+    /// Our entry in `OPEN_FILES`, removed on drop.
+    _registered: Registration,
     pub path: PathBuf,
     pub file: Arc<dyn File>,
     opts: BackendOptions,
     current: Mutex<Arc<View>>,
     /// The write role: `None` while a `BatchWriter` holds it.
     writer: Mutex<Option<WriterState>>,
+}
+
+/// An entry in `OPEN_FILES`, removed when dropped.
+struct Registration(Option<PathBuf>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(key) = &self.0 {
+            OPEN_FILES.lock().retain(|p| p != key);
+        }
+    }
 }
 
 impl Shared {
@@ -93,6 +146,8 @@ impl Shared {
 
 struct WriterState {
     freelist: Freelist,
+    /// Where online compaction resumes: (index into the version's roots, key).
+    compact_cursor: (usize, Vec<u8>),
     /// Versions published so far that may still be pinned; pruned at each commit.
     live: Vec<(u64, Weak<Version>)>,
     failed: Option<String>,
@@ -154,6 +209,7 @@ impl Backend {
         if !vfs.exists(path) {
             create(&*vfs, path, opts.page_size).map_err(io("create"))?;
         }
+        let registered = register(&*vfs, path)?;
         let file = vfs
             .open(path, OpenOptions::read_write())
             .map_err(io("open"))?;
@@ -198,6 +254,7 @@ impl Backend {
         let version = Arc::new(Version {
             meta,
             map,
+            by_bucket: by_bucket(&roots),
             roots,
             free_pages: freelist.free_len() as u64,
             pending_pages: freelist.pending_len() as u64,
@@ -205,6 +262,7 @@ impl Backend {
         });
         let state = WriterState {
             freelist,
+            compact_cursor: (0, Vec::new()),
             live: vec![(meta.txid, Arc::downgrade(&version))],
             failed: None,
             last_commit: Instant::now(),
@@ -212,6 +270,7 @@ impl Backend {
             file_len,
         };
         let shared = Arc::new(Shared {
+            _registered: registered,
             path: path.to_path_buf(),
             file,
             opts,
@@ -282,7 +341,17 @@ fn stats(v: &Version) -> BackendStats {
 
 fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Directories this call creates: each new entry is durable once its parent is synced.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !vfs.exists(d))
+        .collect();
     vfs.create_dir_all(dir)?;
+    for d in created.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent)?;
+        }
+    }
     let tmp = path.with_extension("tmp");
     if vfs.exists(&tmp) {
         vfs.remove_file(&tmp)?;
@@ -409,10 +478,14 @@ impl Snapshot {
         bucket: Bucket,
         key: &[u8],
     ) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
-        if let Some(slot) = self.buf.get(bucket, key, self.seq) {
+        // Sequence numbers start at 1: a snapshot pinned at 0 sees no buffered write, so it skips
+        // the buffer's lock.
+        if self.seq > 0
+            && let Some(slot) = self.buf.get(bucket, key, self.seq)
+        {
             return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
         }
-        let root = self.version.root(bucket.name());
+        let root = self.version.by_bucket[bucket_index(bucket)];
         tree::get(&self.version.map, root, key)
             .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
     }
@@ -425,8 +498,12 @@ impl Snapshot {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        let buffered = self.buf.range(bucket, start, end, self.seq);
-        let root = self.version.root(bucket.name());
+        let buffered = if self.seq > 0 {
+            self.buf.range(bucket, start, end, self.seq)
+        } else {
+            Vec::new()
+        };
+        let root = self.version.by_bucket[bucket_index(bucket)];
         let mut next = 0;
         let mut stopped = false;
         // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
@@ -600,8 +677,8 @@ fn commit(
     let txid = meta.txid + 1;
     let corrupt = |e: PageError| shared.corrupt(e, ps);
 
-    // Pages freed by transaction t are reusable once every pinned txid is >= t; the older meta on
-    // disk (txid - 2 after this commit, i.e. meta.txid - 1 now) counts as pinned (freelist.rs).
+    // Pages freed by transaction t are reusable once every pinned txid is >= t. The older meta on
+    // disk, meta.txid - 1, counts as pinned until this commit's meta replaces it (freelist.rs).
     st.live.retain(|(_, w)| w.strong_count() > 0);
     let oldest = st
         .live
@@ -650,18 +727,37 @@ fn commit(
         }
     }
     // Online compaction: when a quarter of the file is free, move up to `COMPACT_BUDGET` pages
-    // from the top of the file to free pages below; the vacated tail is released like any freed
-    // page and trimmed from the file by a later commit (no pause longer than this commit).
+    // from the top of the file to free pages below, reading at most `compact_visits` nodes per
+    // commit and resuming where the previous commit stopped; the vacated tail is released like
+    // any freed page and trimmed from the file by a later commit.
     let free = w.freelist.free_len() as u64;
-    if free >= 16 && free * 4 >= w.page_count {
+    if free >= 16 && free * 4 >= w.page_count && !roots.is_empty() {
         let limit = w.page_count - free;
         let mut budget = COMPACT_BUDGET;
-        for (name, root) in roots.iter_mut() {
-            let new = w.relocate(*root, limit, &mut budget).map_err(corrupt)?;
+        let (first, from) = std::mem::take(&mut st.compact_cursor);
+        let first = first % roots.len();
+        let mut walk = Walk {
+            visits: shared.opts.compact_visits.max(1),
+            from,
+            stopped_at: None,
+        };
+        for j in 0..roots.len() {
+            let b = (first + j) % roots.len();
+            if j > 0 {
+                walk.from.clear();
+            }
+            let (name, root) = &mut roots[b];
+            let new = w
+                .relocate(*root, limit, &mut budget, &mut walk)
+                .map_err(corrupt)?;
             if new != *root {
                 *root = new;
                 catalog_ops.retain(|(n, _)| n != name);
                 catalog_ops.push((name.clone(), new.to_le_bytes()));
+            }
+            if let Some(key) = walk.stopped_at.take() {
+                st.compact_cursor = (b, key);
+                break;
             }
         }
     }
@@ -677,7 +773,16 @@ fn commit(
     let free = w.freelist.free_len() as u64;
     if free >= 16 && free * 4 >= w.page_count {
         catalog = w
-            .relocate(catalog, w.page_count - free, &mut 64)
+            .relocate(
+                catalog,
+                w.page_count - free,
+                &mut 64,
+                &mut Walk {
+                    visits: usize::MAX,
+                    from: Vec::new(),
+                    stopped_at: None,
+                },
+            )
             .map_err(corrupt)?;
     }
 
@@ -705,7 +810,9 @@ fn commit(
     let need = new_meta.page_count * ps;
     let mut map = base.map.clone();
     if need > st.file_len {
-        let grow = st.file_len.clamp(16 * ps, 1 << 30);
+        // Grow by a quarter (at least 16 pages, at most 1 GiB): well under the shrink threshold
+        // below, so a file never oscillates between growing and shrinking.
+        let grow = (st.file_len / 4).clamp(16 * ps, 1 << 30);
         let new_len = need.max(st.file_len + grow).div_ceil(ps) * ps;
         shared
             .file
@@ -764,6 +871,7 @@ fn commit(
     let mut version = Arc::new(Version {
         meta: new_meta,
         map,
+        by_bucket: by_bucket(&roots),
         roots,
         free_pages: st.freelist.free_len() as u64,
         pending_pages: st.freelist.pending_len() as u64,

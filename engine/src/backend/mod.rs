@@ -44,6 +44,9 @@ pub struct BackendOptions {
     pub batch_interval: Duration,
     /// Serve reads from a memory map when the file has a raw fd; else through `read_at`.
     pub mmap: bool,
+    /// Online compaction reads at most this many tree nodes per commit (bounding the extra
+    /// work a commit does), resuming where the previous commit stopped.
+    pub compact_visits: usize,
 }
 
 impl Default for BackendOptions {
@@ -53,6 +56,7 @@ impl Default for BackendOptions {
             batch_ops: 10_000,
             batch_interval: Duration::from_millis(100),
             mmap: true,
+            compact_visits: 4096,
         }
     }
 }

@@ -214,7 +214,7 @@ pub fn validate_run(
             let mut prev: Option<&[u8]> = None;
             for i in 0..count {
                 let e = HEADER_LEN + i * elem;
-                let (key_len, data_off, data_len) = if ty == PageType::Leaf {
+                let (data_off, data_len) = if ty == PageType::Leaf {
                     let key_len = get_u16(run, e + LEAF_KEY_LEN_OFFSET) as usize;
                     let val_len = get_u32(run, e + LEAF_VAL_LEN_OFFSET) as usize;
                     let flags = run[e + LEAF_FLAGS_OFFSET];
@@ -224,17 +224,12 @@ pub fn validate_run(
                         f => return Err(err(id, format!("element {i}: unknown flags {f:#x}"))),
                     };
                     (
-                        key_len,
                         get_u32(run, e + LEAF_DATA_OFFSET) as usize,
                         key_len + stored,
                     )
                 } else {
                     let key_len = get_u16(run, e + BRANCH_KEY_LEN_OFFSET) as usize;
-                    (
-                        key_len,
-                        get_u32(run, e + BRANCH_DATA_OFFSET) as usize,
-                        key_len,
-                    )
+                    (get_u32(run, e + BRANCH_DATA_OFFSET) as usize, key_len)
                 };
                 if data_off < table_end
                     || data_off
@@ -246,7 +241,6 @@ pub fn validate_run(
                         format!("element {i}: data at {data_off}+{data_len} outside the page"),
                     ));
                 }
-                let _ = key_len;
                 let key = view.key(i);
                 if let Some(p) = prev
                     && p >= key

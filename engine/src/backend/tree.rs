@@ -194,6 +194,16 @@ fn scan_node(
     Ok(true)
 }
 
+/// How far online compaction may walk in one commit, and where it resumes.
+pub(crate) struct Walk {
+    /// Nodes this commit may still read.
+    pub visits: usize,
+    /// Subtrees wholly before this key were walked by earlier commits.
+    pub from: Vec<u8>,
+    /// Set when `visits` ran out: the key the next commit resumes from.
+    pub stopped_at: Option<Vec<u8>>,
+}
+
 /// One put (`Some`) or delete (`None`), as handed to [`TreeWriter::apply`] in key order.
 pub(crate) struct Op<'a> {
     pub key: &'a [u8],
@@ -473,44 +483,71 @@ impl<'m> TreeWriter<'m> {
 
     /// Online compaction: moves every node and overflow run of the tree at `root` that lies at or
     /// above page `limit` to the lowest free pages (rewriting the path above it, copy-on-write
-    /// like any update), relocating at most `budget` pages. Returns the new root.
+    /// like any update), relocating at most `budget` pages and reading at most `walk.visits`
+    /// nodes, skipping subtrees wholly before `walk.from`. Returns the new root.
     pub(crate) fn relocate(
         &mut self,
         root: u64,
         limit: u64,
         budget: &mut usize,
+        walk: &mut Walk,
     ) -> Result<u64, PageError> {
         if root == 0 {
             return Ok(0);
         }
-        Ok(self.relocate_node(root, limit, budget, 0)?.unwrap_or(root))
+        let from = walk.from.clone();
+        Ok(self
+            .relocate_node(root, &from, limit, budget, walk, 0)?
+            .unwrap_or(root))
     }
 
     fn can_move(&self, limit: u64, budget: usize) -> bool {
         budget > 0 && self.freelist.first_free().is_some_and(|f| f < limit)
     }
 
+    /// `lo` is the smallest key node `id` may hold (where a later commit resumes if the walk
+    /// stops here).
     fn relocate_node(
         &mut self,
         id: u64,
+        lo: &[u8],
         limit: u64,
         budget: &mut usize,
+        walk: &mut Walk,
         depth: usize,
     ) -> Result<Option<u64>, PageError> {
         if depth >= MAX_DEPTH {
             return Err(too_deep(id));
         }
-        if !self.can_move(limit, *budget) {
+        if !self.can_move(limit, *budget) || walk.stopped_at.is_some() {
             return Ok(None);
         }
+        if walk.visits == 0 {
+            walk.stopped_at = Some(lo.max(walk.from.as_slice()).to_vec());
+            return Ok(None);
+        }
+        walk.visits -= 1;
         let mut elems = self.read_node(id)?;
+        let seps: Vec<Vec<u8>> = elems.iter().map(|e| e.key().to_vec()).collect();
         let mut changed = false;
-        for e in &mut elems {
+        for (i, e) in elems.iter_mut().enumerate() {
             match e {
-                Elem::Branch { child, .. } => {
-                    if let Some(new) = self.relocate_node(*child, limit, budget, depth + 1)? {
+                Elem::Branch { key, child } => {
+                    // Subtrees wholly before the cursor were handled by earlier commits.
+                    if seps
+                        .get(i + 1)
+                        .is_some_and(|next| next.as_slice() <= walk.from.as_slice())
+                    {
+                        continue;
+                    }
+                    if let Some(new) =
+                        self.relocate_node(*child, key, limit, budget, walk, depth + 1)?
+                    {
                         *child = new;
                         changed = true;
+                    }
+                    if walk.stopped_at.is_some() {
+                        break;
                     }
                 }
                 Elem::Leaf {

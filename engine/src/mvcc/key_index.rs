@@ -359,6 +359,56 @@ impl TreeIndex {
         (out, total)
     }
 
+    /// Like `revisions`, without copying the keys (the values carry them).
+    pub fn found(
+        &self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        at: i64,
+        limit: usize,
+    ) -> (Vec<Found>, usize) {
+        let mut out = Vec::new();
+        let mut total = 0;
+        self.visit(key, end, |_, ki| {
+            if let Some(f) = ki.get(at) {
+                if limit == 0 || out.len() < limit {
+                    out.push(f);
+                }
+                total += 1;
+            }
+            true
+        });
+        (out, total)
+    }
+
+    /// Rebuild step: records one `key` bucket entry (in revision order). A put of a key not
+    /// in the index starts it from the entry's `created`/`version` (older history may have
+    /// been compacted away); a tombstone of an unknown key is ignored.
+    pub fn restore_entry(
+        &mut self,
+        key: Vec<u8>,
+        rev: Revision,
+        tombstone: bool,
+        created: i64,
+        version: i64,
+    ) {
+        use std::collections::btree_map::Entry;
+        match self.keys.entry(key) {
+            Entry::Occupied(mut e) => {
+                if tombstone {
+                    e.get_mut().tombstone(rev);
+                } else {
+                    e.get_mut().put(rev);
+                }
+            }
+            Entry::Vacant(e) => {
+                if !tombstone {
+                    e.insert(KeyIndex::restore(Revision::new(created, 0), rev, version));
+                }
+            }
+        }
+    }
+
     /// Counts the live keys of the range at `at`.
     pub fn count(&self, key: &[u8], end: Option<&[u8]>, at: i64) -> usize {
         let mut n = 0;

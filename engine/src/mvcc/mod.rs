@@ -29,6 +29,6 @@ pub use store::{
 };
 pub use watch::{
     CANCEL_REASON_DUPLICATE_ID, CANCEL_REASON_EMPTY_RANGE, MAX_REVS_PER_SYNC_RESPONSE,
-    MAX_WATCHERS_PER_SYNC, StreamId, WatchHub, WatchHubStats,
+    MAX_REVS_PER_SYNC_SCAN, MAX_WATCHERS_PER_SYNC, StreamId, WatchHub, WatchHubStats,
 };
 pub use watch_index::{End as IntervalEnd, IntervalIndex};

@@ -53,6 +53,17 @@ impl Revision {
         out
     }
 
+    /// `to_key(false)` without allocating.
+    // Format: { main: u64 BE, '_', sub: u64 BE }
+    pub fn to_key_array(self) -> [u8; REV_BYTES_LEN] {
+        let mut out = [0u8; REV_BYTES_LEN];
+        // Big-endian: bytewise order of keys must be revision order.
+        out[MAIN_OFFSET..SEP_OFFSET].copy_from_slice(&(self.main as u64).to_be_bytes());
+        out[SEP_OFFSET] = REV_SEPARATOR;
+        out[SUB_OFFSET..MARK_OFFSET].copy_from_slice(&(self.sub as u64).to_be_bytes());
+        out
+    }
+
     /// The smallest key of main revision `main` (`{main, 0}`, unmarked): a scan bound.
     pub fn main_bound(main: i64) -> Vec<u8> {
         Revision::new(main, 0).to_key(false)
@@ -118,6 +129,7 @@ mod tests {
     fn encoding_is_etcds_layout() {
         let k = Revision::new(5, 2).to_key(false);
         assert_eq!(k, b"\0\0\0\0\0\0\0\x05_\0\0\0\0\0\0\0\x02".to_vec());
+        assert_eq!(Revision::new(5, 2).to_key_array().to_vec(), k);
         let t = Revision::new(5, 2).to_key(true);
         assert_eq!(t.len(), 18);
         assert_eq!(t[17], b't');

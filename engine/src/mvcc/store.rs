@@ -11,9 +11,15 @@
 //!
 //! Durability (spec §11, etcd 3.5.0–3.5.2's corruption): `commit()` writes the consistent index
 //! (the last applied raft index, set with `set_consistent_index`) into the `meta` bucket of the
-//! same backend batch as the data it covers, then commits. Nothing else commits, except the
-//! physical compaction batches (which write the index too). After a crash the store reopens at
-//! some commit; its consistent index says from where the WAL must be replayed.
+//! same backend batch as the data it covers, then commits. Nothing else commits, except
+//! `compact()` and the physical compaction batches (through `commit()`, so with the index too).
+//! The apply loop calls `set_consistent_index(i)` *before* applying entry `i` and never commits
+//! in the middle of an entry; then every commit holds whole entries up to the index it names.
+//! After a crash the store reopens at some commit; its consistent index says from where the WAL
+//! must be replayed (a replayed Compact just answers ErrCompacted, as in etcd).
+//!
+//! Threads: the store is owned by the apply core. Readers on other threads need the store
+//! behind a lock (`RwLock`: ranges share, writes exclude) or a channel to the apply core.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -22,7 +28,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::error::{MvccError, MvccResult};
-use super::key_index::{KeyIndex, TreeIndex};
+use super::key_index::TreeIndex;
 use super::revision::{RevKey, Revision};
 use super::watch::{ReadCtx, StreamId, WatchHub};
 use crate::lease::{LeaseRecord, Lessor};
@@ -119,17 +125,22 @@ impl<B: BatchWrite> std::fmt::Debug for MvccStore<B> {
     }
 }
 
-fn corrupt(what: impl Into<String>) -> MvccError {
-    MvccError::Corrupt { what: what.into() }
+/// The fields of a stored `mvccpb.KeyValue` the index rebuild needs (field numbers as in
+/// `KeyValue`; the value, field 5, is skipped by the decoder).
+#[derive(Clone, PartialEq, ::prost::Message)]
+struct KvMeta {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
-fn decode_kv(rev_key: &[u8], value: &[u8]) -> MvccResult<mvccpb::KeyValue> {
-    mvccpb::KeyValue::decode(value).map_err(|e| {
-        corrupt(format!(
-            "bucket key, entry {}: value is not a KeyValue: {e}",
-            hex(rev_key)
-        ))
-    })
+fn corrupt(what: impl Into<String>) -> MvccError {
+    MvccError::Corrupt { what: what.into() }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -220,29 +231,20 @@ impl<B: BatchWrite> MvccStore<B> {
             let step = (|| -> MvccResult<()> {
                 let rk = RevKey::decode(k)
                     .map_err(|e| corrupt(format!("bucket key, entry {}: {}", hex(k), e.0)))?;
-                let kv = decode_kv(k, v)?;
+                // Only the fields the index needs; the value is skipped, not copied.
+                let kv = KvMeta::decode(v).map_err(|e| {
+                    corrupt(format!(
+                        "bucket key, entry {}: value is not a KeyValue: {e}",
+                        hex(k)
+                    ))
+                })?;
                 current = rk.rev.main;
-                if rk.tombstone {
-                    key_lease.remove(kv.key.as_ref());
-                } else if kv.lease != 0 {
-                    key_lease.insert(kv.key.to_vec(), kv.lease);
+                if rk.tombstone || kv.lease == 0 {
+                    key_lease.remove(&kv.key);
                 } else {
-                    key_lease.remove(kv.key.as_ref());
+                    key_lease.insert(kv.key.clone(), kv.lease);
                 }
-                match index.key_index_mut(&kv.key) {
-                    Some(ki) => {
-                        if rk.tombstone {
-                            ki.tombstone(rk.rev);
-                        } else {
-                            ki.put(rk.rev);
-                        }
-                    }
-                    None if !rk.tombstone => index.insert_restored(
-                        kv.key.to_vec(),
-                        KeyIndex::restore(Revision::new(kv.create_revision, 0), rk.rev, kv.version),
-                    ),
-                    None => {}
-                }
+                index.restore_entry(kv.key, rk.rev, rk.tombstone, kv.create_revision, kv.version);
                 Ok(())
             })();
             match step {
@@ -298,6 +300,7 @@ impl<B: BatchWrite> MvccStore<B> {
 
     /// Makes every applied write durable together with the consistent index covering it.
     pub fn commit(&mut self) -> MvccResult<()> {
+        // Format: { "consistent_index": u64 BE }
         self.backend.put(
             Bucket::Meta,
             META_CONSISTENT_INDEX,
@@ -363,9 +366,15 @@ impl<B: BatchWrite> MvccStore<B> {
 
     /// Reads the kv stored under `rev` (a put revision).
     fn read_kv(&self, rev: Revision) -> MvccResult<mvccpb::KeyValue> {
-        let k = rev.to_key(false);
+        let k = rev.to_key_array();
         match self.backend.get(Bucket::Key, &k)? {
-            Some(v) => decode_kv(&k, &v),
+            // Decoding from `Bytes` lets key and value share the buffer instead of copying.
+            Some(v) => mvccpb::KeyValue::decode(Bytes::from(v)).map_err(|e| {
+                corrupt(format!(
+                    "bucket key, entry {}: value is not a KeyValue: {e}",
+                    hex(&k)
+                ))
+            }),
             None => Err(corrupt(format!(
                 "bucket key: index names revision {rev} but the backend has no entry {}",
                 hex(&k)
@@ -394,10 +403,10 @@ impl<B: BatchWrite> MvccStore<B> {
         if count_only {
             return Ok((Vec::new(), self.index.count(key, end, rev)));
         }
-        let (pairs, total) = self.index.revisions(key, end, rev, limit);
-        let mut kvs = Vec::with_capacity(pairs.len());
-        for (_, found) in pairs {
-            kvs.push(self.read_kv(found.modified)?);
+        let (found, total) = self.index.found(key, end, rev, limit);
+        let mut kvs = Vec::with_capacity(found.len());
+        for f in found {
+            kvs.push(self.read_kv(f.modified)?);
         }
         Ok((kvs, total))
     }
@@ -540,6 +549,7 @@ impl<B: BatchWrite> MvccStore<B> {
             None => (rev, 0, 0),
         };
         let idx_rev = Revision::new(rev, txn.changes.len() as i64);
+        // Format: { key: revision key (17 bytes), value: mvccpb.KeyValue protobuf }
         let kv = mvccpb::KeyValue {
             key: Bytes::copy_from_slice(key),
             create_revision: created,
@@ -565,6 +575,7 @@ impl<B: BatchWrite> MvccStore<B> {
     /// Deletes one live key in the txn.
     fn txn_delete(&mut self, txn: &mut TxnState, key: &[u8]) -> MvccResult<()> {
         let idx_rev = Revision::new(txn.begin_rev + 1, txn.changes.len() as i64);
+        // Format: { key: revision key + 't' (18 bytes), value: mvccpb.KeyValue { key } }
         let kv = mvccpb::KeyValue {
             key: Bytes::copy_from_slice(key),
             ..Default::default()
@@ -962,6 +973,7 @@ impl<B: BatchWrite> MvccStore<B> {
         })
     }
 
+    // Format: { key: lease ID i64 BE (8 bytes), value: leasepb.Lease { ID=1, TTL=2, RemainingTTL=3 } }
     fn persist_lease(&mut self, rec: &LeaseRecord) -> MvccResult<()> {
         // Big-endian lease ID: etcd's key layout for the lease bucket.
         self.backend

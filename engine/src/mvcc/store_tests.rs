@@ -605,3 +605,40 @@ fn lease_checkpoint_survives_restart() {
     );
     assert_eq!(r.lease_expired(now + Duration::from_secs(100), 10), vec![5]);
 }
+
+/// Corrupt stored data is detected on open and named (bucket, key), not silently skipped.
+#[test]
+fn corrupt_entries_are_reported_on_open() {
+    let mut s = store();
+    put(&mut s, "a", "1");
+    let mut be = s.backend().clone();
+    be.put(Bucket::Key, b"short-key", b"x").unwrap();
+    let err = MvccStore::open(be, Lessor::default()).unwrap_err();
+    assert!(matches!(err, MvccError::Corrupt { .. }));
+    assert!(
+        err.to_string()
+            .contains("bucket key, entry 73686f72742d6b6579"),
+        "{err}"
+    );
+
+    let mut be = s.backend().clone();
+    be.put(
+        Bucket::Key,
+        &super::Revision::new(2, 0).to_key(false),
+        b"\xff\xff",
+    )
+    .unwrap();
+    let err = MvccStore::open(be, Lessor::default()).unwrap_err();
+    assert!(err.to_string().contains("not a KeyValue"), "{err}");
+
+    let mut be = s.backend().clone();
+    be.put(Bucket::Meta, super::META_CONSISTENT_INDEX, b"123")
+        .unwrap();
+    let err = MvccStore::open(be, Lessor::default()).unwrap_err();
+    assert!(err.to_string().contains("consistent_index"), "{err}");
+
+    let mut be = s.backend().clone();
+    be.put(Bucket::Lease, &1i64.to_be_bytes(), b"\xff").unwrap();
+    let err = MvccStore::open(be, Lessor::default()).unwrap_err();
+    assert!(err.to_string().contains("bucket lease"), "{err}");
+}

@@ -41,6 +41,8 @@ pub const CANCEL_REASON_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 pub const MAX_WATCHERS_PER_SYNC: usize = 512;
 /// Most distinct revisions in one catch-up response (etcd's `watchBatchMaxRevs`).
 pub const MAX_REVS_PER_SYNC_RESPONSE: usize = 1000;
+/// Most main revisions one `sync` call reads from the backend.
+pub const MAX_REVS_PER_SYNC_SCAN: i64 = 10_000;
 /// Default `max-request-bytes`; fragmenting starts at this plus 512 KiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
@@ -566,9 +568,10 @@ impl WatchHub {
         if self.watchers.is_empty() {
             return;
         }
-        let mut per_watcher: HashMap<WatcherKey, Vec<mvccpb::Event>> = HashMap::new();
+        // Which events each watcher takes, as indexes into `events` (no copies yet).
+        let mut per_watcher: HashMap<WatcherKey, Vec<usize>> = HashMap::new();
         let mut hits = Vec::new();
-        for ev in events {
+        for (i, ev) in events.iter().enumerate() {
             hits.clear();
             let k = ev_key(ev);
             if let Some(set) = self.synced_keys.get(k) {
@@ -577,12 +580,30 @@ impl WatchHub {
             self.synced_ranges.stab(k, &mut hits);
             for &wk in &hits {
                 if ev_rev(ev) >= self.watchers[&wk].next_rev {
-                    per_watcher.entry(wk).or_default().push(ev.clone());
+                    per_watcher.entry(wk).or_default().push(i);
                 }
             }
         }
-        for (wk, evs) in per_watcher {
-            let resps = self.build(&self.watchers[&wk], evs, rev, ctx);
+        // Watchers that take every event and share options get one built response, cloned
+        // (keys and values are shared `Bytes`): the common fan-out case costs a clone and a
+        // send per watcher.
+        let mut shared: HashMap<(bool, bool, bool, bool), Vec<pb::WatchResponse>> = HashMap::new();
+        for (wk, idx) in per_watcher {
+            let w = &self.watchers[&wk];
+            let resps = if idx.len() == events.len() {
+                let opts = (w.no_put, w.no_delete, w.prev_kv, w.fragment);
+                let template = shared
+                    .entry(opts)
+                    .or_insert_with(|| self.build(w, events.to_vec(), rev, ctx));
+                let mut resps = template.clone();
+                for r in &mut resps {
+                    r.watch_id = w.watch_id;
+                }
+                resps
+            } else {
+                let evs = idx.into_iter().map(|i| events[i].clone()).collect();
+                self.build(w, evs, rev, ctx)
+            };
             self.deliver(wk, resps, rev + 1);
         }
     }
@@ -711,10 +732,15 @@ impl WatchHub {
             .map(|wk| self.watchers[wk].next_rev)
             .min()
             .expect("non-empty");
-        // Read history [min_rev, current] once for the whole batch.
+        // Read history [min_rev, scan_end) once for the whole batch; bounded so a watcher far
+        // behind costs a bounded amount of work per call instead of a scan of all history.
+        let scan_end = min_rev
+            .max(1)
+            .saturating_add(MAX_REVS_PER_SYNC_SCAN)
+            .min(ctx.current_rev + 1);
         let mut history: Vec<mvccpb::Event> = Vec::new();
         let start = Revision::main_bound(min_rev.max(1));
-        let end = Revision::main_bound(ctx.current_rev + 1);
+        let end = Revision::main_bound(scan_end);
         let _ = ctx.backend.scan(Bucket::Key, &start, &end, &mut |k, v| {
             let (Ok(rk), Ok(mut kv)) = (RevKey::decode(k), mvccpb::KeyValue::decode(v)) else {
                 return true;
@@ -740,6 +766,10 @@ impl WatchHub {
         });
         for wk in live {
             let w = &self.watchers[&wk];
+            if w.next_rev >= scan_end {
+                // Nothing of its history was read this round.
+                continue;
+            }
             let mut evs = Vec::new();
             let mut revs = 0usize;
             let mut last_rev = 0i64;
@@ -759,14 +789,11 @@ impl WatchHub {
                 }
                 evs.push(ev.clone());
             }
-            let next = if more_rev != 0 {
-                more_rev
-            } else {
-                ctx.current_rev + 1
-            };
+            let next = if more_rev != 0 { more_rev } else { scan_end };
             let resps = self.build(w, evs, ctx.current_rev, ctx);
-            // On failure `deliver` made it a victim; on success it is caught up to `next`.
-            if self.deliver(wk, resps, next) && more_rev == 0 {
+            // On failure `deliver` made it a victim; on success it is caught up to `next`, and
+            // synced once that is past the current revision.
+            if self.deliver(wk, resps, next) && next > ctx.current_rev {
                 self.unsynced.remove(&wk);
                 self.add_synced(wk);
             }

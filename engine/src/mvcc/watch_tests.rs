@@ -331,3 +331,72 @@ fn fragments_split_large_responses() {
     assert!(!got.last().unwrap().fragment);
     assert_eq!(got.iter().map(|r| r.events.len()).sum::<usize>(), 4);
 }
+
+#[test]
+fn lease_expiry_revokes_through_the_write_path_with_delete_events() {
+    use std::time::{Duration, Instant};
+    let mut s = store();
+    let t0 = Instant::now();
+    s.lease_promote(t0, Duration::ZERO);
+    s.lease_grant(42, 5, t0).unwrap();
+    for k in ["x", "y"] {
+        s.put(&pb::PutRequest {
+            key: b(k),
+            lease: 42,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let (tx, rx) = bounded(64);
+    let st = s.watch_open_stream(tx);
+    s.watch_create(st, &watch("\0", "\0", 0));
+    drain(&rx);
+    assert!(s.lease_expired(t0 + Duration::from_secs(4), 10).is_empty());
+    for id in s.lease_expired(t0 + Duration::from_secs(5), 10) {
+        s.lease_revoke(id).unwrap();
+    }
+    let got = drain(&rx);
+    assert_eq!(got.len(), 1, "one revision, one response");
+    let evs: Vec<_> = got[0].events.iter().map(ev_summary).collect();
+    assert_eq!(
+        evs,
+        vec![
+            (EventType::Delete as i32, "x".into(), 4),
+            (EventType::Delete as i32, "y".into(), 4),
+        ]
+    );
+    assert!(s.lessor().lookup(42).is_none());
+}
+
+#[test]
+fn far_behind_watcher_catches_up_in_bounded_steps() {
+    let mut s = store();
+    let n = 2 * super::MAX_REVS_PER_SYNC_SCAN as usize + 500;
+    for i in 0..n {
+        put(&mut s, if i % 3 == 0 { "k" } else { "other" }, "v");
+    }
+    let (tx, rx) = bounded(1 << 16);
+    let st = s.watch_open_stream(tx);
+    s.watch_create(st, &watch("k", "", 2));
+    drain(&rx);
+    let mut rounds = 0;
+    while s.watch_sync() {
+        rounds += 1;
+        assert!(rounds < 100);
+    }
+    assert!(rounds >= 2, "more than one bounded scan");
+    put(&mut s, "k", "live");
+    let mut revs = Vec::new();
+    for r in drain(&rx) {
+        let rs: Vec<i64> = r.events.iter().map(|e| ev_summary(e).2).collect();
+        let distinct: std::collections::BTreeSet<_> = rs.iter().collect();
+        assert!(distinct.len() <= super::MAX_REVS_PER_SYNC_RESPONSE);
+        revs.extend(rs);
+    }
+    let want: Vec<i64> = (0..n)
+        .filter(|i| i % 3 == 0)
+        .map(|i| i as i64 + 2)
+        .chain([n as i64 + 2])
+        .collect();
+    assert_eq!(revs, want);
+}

@@ -20,6 +20,9 @@ use ringkv_net::{
     WatchUpdate, Watcher,
 };
 
+/// Revisions of event history kept for watch replay.
+const HISTORY: usize = 10_000;
+
 /// Fixture member ID (etcd's ID for peer http://127.0.0.1:23800, token etcd-cluster).
 pub const MEMBER_ID: u64 = 0x2e1259d415f2a040;
 /// Fixture cluster ID.
@@ -87,11 +90,21 @@ fn header(rev: i64) -> Option<ResponseHeader> {
 
 impl Store {
     fn select(&self, key: &[u8], end: &[u8]) -> Vec<KeyValue> {
-        self.kvs
-            .values()
-            .filter(|kv| in_range(&kv.key, key, end))
-            .cloned()
-            .collect()
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        if end.is_empty() {
+            return self.kvs.get(key).cloned().into_iter().collect();
+        }
+        let from_key = end == b"\0";
+        if !from_key && key >= end {
+            return Vec::new();
+        }
+        let upper = if from_key {
+            Unbounded
+        } else {
+            Excluded(Bytes::copy_from_slice(end))
+        };
+        let range = (Included(Bytes::copy_from_slice(key)), upper);
+        self.kvs.range(range).map(|(_, kv)| kv.clone()).collect()
     }
 
     fn range(&self, r: &RangeRequest) -> Result<RangeResponse, EtcdError> {
@@ -273,9 +286,11 @@ impl Store {
 
 impl MemNode {
     /// Runs a write: `f` gets the next revision; the revision is bumped (and events published)
-    /// only if `f` produced events. A failed write leaves the store as it was.
+    /// only if `f` produced events. A failed write leaves the store as it was (with `rollback`
+    /// the store is copied first, for writes that may fail after changing it: txns).
     fn write<T>(
         &self,
+        rollback: bool,
         f: impl FnOnce(&mut Store, i64, &mut Vec<Event>) -> Result<T, EtcdError>,
     ) -> Result<(T, i64), EtcdError> {
         let mut s = self.store.lock().unwrap();
@@ -285,7 +300,7 @@ impl MemNode {
         {
             return Err(EtcdError::NoSpace);
         }
-        let saved = (s.kvs.clone(), s.leases.clone());
+        let saved = rollback.then(|| (s.kvs.clone(), s.leases.clone()));
         let next = s.rev + 1;
         let mut events = Vec::new();
         match f(&mut s, next, &mut events) {
@@ -296,11 +311,17 @@ impl MemNode {
                 }
                 s.rev = next;
                 s.history.push((next, events.clone()));
+                if s.history.len() > HISTORY {
+                    let excess = s.history.len() - HISTORY;
+                    s.history.drain(..excess);
+                }
                 let _ = self.events.send((next, events));
                 Ok((v, next))
             }
             Err(e) => {
-                (s.kvs, s.leases) = saved;
+                if let Some(saved) = saved {
+                    (s.kvs, s.leases) = saved;
+                }
                 Err(e)
             }
         }
@@ -344,7 +365,7 @@ impl EtcdNode for MemNode {
     }
 
     async fn put(&self, _: &Caller, req: PutRequest) -> NodeResult<PutResponse> {
-        let (mut resp, rev) = self.write(|s, rev, ev| s.put(&req, rev, ev))?;
+        let (mut resp, rev) = self.write(false, |s, rev, ev| s.put(&req, rev, ev))?;
         set_rev(&mut resp.header, rev);
         Ok(resp)
     }
@@ -354,13 +375,13 @@ impl EtcdNode for MemNode {
         _: &Caller,
         req: DeleteRangeRequest,
     ) -> NodeResult<DeleteRangeResponse> {
-        let (mut resp, rev) = self.write(|s, rev, ev| Ok(s.delete(&req, rev, ev)))?;
+        let (mut resp, rev) = self.write(false, |s, rev, ev| Ok(s.delete(&req, rev, ev)))?;
         set_rev(&mut resp.header, rev);
         Ok(resp)
     }
 
     async fn txn(&self, _: &Caller, req: TxnRequest) -> NodeResult<TxnResponse> {
-        let (mut resp, rev) = self.write(|s, rev, ev| s.txn(&req, rev, ev))?;
+        let (mut resp, rev) = self.write(true, |s, rev, ev| s.txn(&req, rev, ev))?;
         set_rev(&mut resp.header, rev);
         Ok(resp)
     }
@@ -471,7 +492,7 @@ impl EtcdNode for MemNode {
                 .map(|l| l.1.clone())
                 .ok_or(EtcdError::LeaseNotFound)?
         };
-        let (_, rev) = self.write(|s, rev, ev| {
+        let (_, rev) = self.write(false, |s, rev, ev| {
             s.leases.remove(&id);
             for k in keys {
                 if s.kvs.get(&k).is_some_and(|kv| kv.lease == id) {

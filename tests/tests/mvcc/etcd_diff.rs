@@ -18,7 +18,7 @@ use ringkv_tests::{
     op_request_json,
 };
 
-const OPS: usize = 600;
+const OPS: usize = 1200;
 
 fn normalise(v: &mut Value, op: &Op) {
     normalise_headers(v);
@@ -161,6 +161,23 @@ fn random_ops_match_etcd() {
         watch_id: 1,
         ..Default::default()
     }];
+    reqs.push(pb::WatchCreateRequest {
+        key: "b".into(),
+        range_end: "f".into(),
+        start_revision: compact + 1,
+        watch_id: 3,
+        prev_kv: true,
+        filters: vec![pb::watch_create_request::FilterType::Nodelete as i32],
+        ..Default::default()
+    });
+    reqs.push(pb::WatchCreateRequest {
+        key: "c".into(),
+        start_revision: compact + 2,
+        watch_id: 4,
+        prev_kv: true,
+        filters: vec![pb::watch_create_request::FilterType::Noput as i32],
+        ..Default::default()
+    });
     if compact > 2 {
         reqs.push(pb::WatchCreateRequest {
             key: "\0".into(),

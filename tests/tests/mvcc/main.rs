@@ -3,4 +3,5 @@
 
 mod etcd_diff;
 mod model;
+mod real_backend;
 mod watch_concurrent;

@@ -15,7 +15,7 @@ use ringkv_engine::pb::etcdserverpb::{
     response_op::Response,
 };
 use ringkv_engine::pb::mvccpb::KeyValue;
-use ringkv_engine::{Lessor, MemStorage, MvccStore};
+use ringkv_engine::{BatchWrite, Lessor, MemStorage, MvccStore};
 use ringkv_tests::{Op, OpGen, apply_to_store, error_json, message_json};
 
 type State = BTreeMap<Bytes, KeyValue>;
@@ -491,14 +491,43 @@ impl Model {
                 self.top(&mut resp.header, self.rev());
                 message_json("etcdserverpb.LeaseTimeToLiveResponse", &resp)
             }
+            Op::LeaseKeepAlive(k) => {
+                let mut resp = pb::LeaseKeepAliveResponse {
+                    id: k.id,
+                    ttl: self.leases.get(&k.id).copied().unwrap_or(0),
+                    ..Default::default()
+                };
+                self.top(&mut resp.header, self.rev());
+                serde_json::json!({
+                    "result": message_json("etcdserverpb.LeaseKeepAliveResponse", &resp)
+                })
+            }
+            Op::LeaseLeases(_) => {
+                // Frozen clock: every expiry is equal; ties are listed by ID.
+                let mut resp = pb::LeaseLeasesResponse {
+                    leases: self
+                        .leases
+                        .keys()
+                        .map(|&id| pb::LeaseStatus { id })
+                        .collect(),
+                    ..Default::default()
+                };
+                self.top(&mut resp.header, self.rev());
+                message_json("etcdserverpb.LeaseLeasesResponse", &resp)
+            }
         })
     }
 }
 
-fn run(seed: u64, ops: usize) {
+/// Runs `ops` random operations against the store and the model. `reopen(None)` opens a fresh
+/// store; `reopen(Some(store))` commits, closes and reopens it from its backend.
+pub(crate) fn run_model<B: BatchWrite>(
+    seed: u64,
+    ops: usize,
+    mut reopen: impl FnMut(Option<MvccStore<B>>) -> MvccStore<B>,
+) {
     let now = Instant::now();
-    let open = |backend: MemStorage| {
-        let mut s = MvccStore::open(backend, Lessor::default()).expect("open");
+    let prepare = |mut s: MvccStore<B>| {
         s.set_header_ids(ringkv_engine::HeaderIds {
             cluster_id: 1,
             member_id: 2,
@@ -508,7 +537,7 @@ fn run(seed: u64, ops: usize) {
         s.lease_promote(now, Duration::ZERO);
         s
     };
-    let mut store = open(MemStorage::new());
+    let mut store = prepare(reopen(None));
     let mut model = Model::new();
     let mut generator = OpGen::new(seed);
     for i in 0..ops {
@@ -522,11 +551,7 @@ fn run(seed: u64, ops: usize) {
         generator.rev = store.current_revision();
         generator.compact = store.compact_revision();
         if i % 400 == 399 {
-            // Restart: commit, reopen from the backend, and go on.
-            store.commit().expect("commit");
-            let mut backend = store.backend().clone();
-            backend.crash();
-            store = open(backend);
+            store = prepare(reopen(Some(store)));
         } else if i % 50 == 0 {
             store.finish_compaction().expect("compaction");
         }
@@ -536,6 +561,17 @@ fn run(seed: u64, ops: usize) {
 #[test]
 fn store_matches_model() {
     for seed in 1..=4 {
-        run(seed, 1500);
+        run_model(seed, 1500, |old: Option<MvccStore<MemStorage>>| {
+            let backend = match old {
+                None => MemStorage::new(),
+                Some(mut s) => {
+                    s.commit().expect("commit");
+                    let mut b = s.backend().clone();
+                    b.crash();
+                    b
+                }
+            };
+            MvccStore::open(backend, Lessor::default()).expect("open")
+        });
     }
 }
