@@ -13,7 +13,7 @@
 //!  linearizable read: read_index (batched) ──► raft ─────┘ done once applied ≥ read index
 //!                     then store.read()
 //!  serializable read: store.read() at once
-//!  watch: hub stream (crossbeam) ──► pump (blocking task) ──► tokio mpsc ──► WatchUpdate
+//!  watch: hub stream (crossbeam) ──► pump thread ──► tokio mpsc ──► WatchUpdate
 //!                                         ringkv-housekeeping: backend commits when due,
 //!                                         watch catch-up, physical compaction steps, lease
 //!                                         expiry (proposes LeaseRevoke), auto-compaction
@@ -77,6 +77,8 @@ const LEASE_REVOKE_BATCH: usize = 500;
 const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
 /// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
 const WATCH_STREAM_CAPACITY: usize = 1024;
+/// Stack of a watch pump thread (it only moves messages between two channels).
+const WATCH_PUMP_STACK: usize = 128 * 1024;
 /// Name prefix of the temporary backend copies a Snapshot RPC streams from (in `member/snap`).
 const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
 /// Snapshot chunk size read from the copied backend file.
@@ -906,7 +908,21 @@ impl EtcdNode for RaftBackedNode {
         };
         let (tx, rx) = mpsc::channel(64);
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || pump_watch(inner, stream, hub_rx, tx));
+        // A small dedicated thread, not the blocking pool: the pool's thread cap would make
+        // watcher N+1 (and snapshots, defragment) wait behind N open watchers.
+        let spawned = std::thread::Builder::new()
+            .name("ringkv-watch".into())
+            .stack_size(WATCH_PUMP_STACK)
+            .spawn({
+                let inner = self.inner.clone();
+                move || pump_watch(inner, stream, hub_rx, tx)
+            });
+        if let Err(e) = spawned {
+            inner.store.write().watch_close_stream(stream);
+            return Err(EtcdError::Internal(format!(
+                "ringkv: cannot start a watcher: {e}"
+            )));
+        }
         Ok(Watcher {
             revision,
             updates: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
