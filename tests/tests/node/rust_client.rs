@@ -295,3 +295,41 @@ async fn lock_and_election_services() {
     let got = c.leader("myelection").await.expect("leader");
     assert_eq!(got.kv().expect("kv").value(), b"candidate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_watchers_on_one_stream_all_deliver() {
+    // More watchers than tokio's default blocking-pool cap (512).
+    const N: usize = 600;
+    let node = RingkvProcess::start(&[]);
+    let mut c = connect(&node).await;
+    let mut stream = c.watch("w0", None).await.expect("watch");
+    for i in 1..N {
+        stream
+            .watch(format!("w{i}"), None)
+            .await
+            .expect("add watcher");
+    }
+    // Every created response arrives before the events.
+    let mut created = 0;
+    while created < N {
+        let r = stream.message().await.expect("stream").expect("open");
+        assert!(r.created(), "{r:?}");
+        created += 1;
+    }
+    c.put(format!("w{}", N - 1), "last", None)
+        .await
+        .expect("put");
+    c.put("w0", "first", None).await.expect("put");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+            .await
+            .expect("events within 20 s")
+            .expect("stream")
+            .expect("open");
+        for e in r.events() {
+            got.push(String::from_utf8_lossy(e.kv().expect("kv").value()).to_string());
+        }
+    }
+    assert_eq!(got, vec!["last".to_string(), "first".to_string()]);
+}
