@@ -40,13 +40,14 @@ use prost::Message;
 use ringkv_engine::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, AuthStatusResponse, CompactionRequest,
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
-    InternalRaftRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveResponse,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, Member, MemberAddRequest, MemberAddResponse, MemberListResponse,
-    MemberPromoteResponse, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    MoveLeaderResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestHeader,
-    ResponseHeader, StatusResponse, TxnRequest, TxnResponse, WatchCreateRequest, WatchResponse,
-    alarm_request::AlarmAction, watch_create_request::FilterType,
+    InternalRaftRequest, LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, MemberAddRequest,
+    MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse, TxnRequest,
+    TxnResponse, WatchCreateRequest, WatchResponse, alarm_request::AlarmAction,
+    watch_create_request::FilterType,
 };
 use ringkv_engine::{
     Backend, BackendOptions, BatchWriter, Bucket, FlushStats, HeaderIds, IoKind, KvRead,
@@ -100,6 +101,9 @@ pub struct NodeOptions {
     pub auto_compaction: AutoCompaction,
     pub max_request_bytes: usize,
     pub progress_notify_interval: Duration,
+    /// Propose lease checkpoints (remaining TTLs) through raft
+    /// (`--experimental-enable-lease-checkpoint`); otherwise due checkpoints are dropped.
+    pub lease_checkpoint: bool,
     /// I/O implementation: `RINGKV_IO=std` picks plain pread/pwrite; the default is io_uring,
     /// falling back to std when the kernel refuses io_uring.
     pub io: IoKind,
@@ -126,6 +130,7 @@ impl NodeOptions {
             auto_compaction: c.auto_compaction,
             max_request_bytes: c.flags.max_request_bytes as usize,
             progress_notify_interval: c.flags.experimental_watch_progress_notify_interval,
+            lease_checkpoint: c.flags.experimental_enable_lease_checkpoint,
             io,
             vfs: None,
         }
@@ -665,7 +670,25 @@ fn housekeeping(inner: Arc<Inner>) {
         }
         if now.duration_since(last_lease_check) >= LEASE_CHECK {
             last_lease_check = now;
-            let expired = inner.store.write().lease_expired(now, LEASE_REVOKE_BATCH);
+            let (expired, checkpoints) = {
+                let mut store = inner.store.write();
+                (
+                    store.lease_expired(now, LEASE_REVOKE_BATCH),
+                    // Drained either way: the lessor schedules one per renewal of a long lease.
+                    store.lease_checkpoints_due(now, LEASE_REVOKE_BATCH),
+                )
+            };
+            if inner.opts.lease_checkpoint && !checkpoints.is_empty() {
+                inner.propose_detached(InternalRaftRequest {
+                    lease_checkpoint: Some(LeaseCheckpointRequest {
+                        checkpoints: checkpoints
+                            .into_iter()
+                            .map(|(id, remaining_ttl)| LeaseCheckpoint { id, remaining_ttl })
+                            .collect(),
+                    }),
+                    ..Default::default()
+                });
+            }
             for id in expired {
                 inner.propose_detached(InternalRaftRequest {
                     lease_revoke: Some(LeaseRevokeRequest { id }),

@@ -28,6 +28,7 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         auto_compaction: AutoCompaction::Off,
         max_request_bytes: 1_572_864,
         progress_notify_interval: Duration::from_secs(600),
+        lease_checkpoint: false,
         io: IoKind::Std,
         vfs: Some(vfs),
     }
