@@ -23,11 +23,10 @@ use ringkv_engine::pb::etcdserverpb::{
     InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
     alarm_request::AlarmAction,
 };
-use ringkv_engine::{
-    BatchWrite, BatchWriter, Bucket, HeaderIds, MvccError, MvccStore, StateMachine,
-};
+use ringkv_engine::{BatchWrite, Bucket, HeaderIds, MvccError, MvccStore, StateMachine};
 
 use super::Inner;
+use super::shared_writer::NodeBackend;
 use crate::errors::EtcdError;
 
 /// The outcome of one applied request, handed to its waiter.
@@ -81,7 +80,7 @@ pub(crate) struct Applier {
 impl Applier {
     fn apply_request(
         &self,
-        store: &mut MvccStore<BatchWriter>,
+        store: &mut MvccStore<NodeBackend>,
         req: &InternalRaftRequest,
     ) -> Result<Applied, MvccErrorOr> {
         let nospace = self.inner.nospace();
@@ -134,7 +133,7 @@ impl Applier {
 
     fn apply_alarm(
         &self,
-        store: &mut MvccStore<BatchWriter>,
+        store: &mut MvccStore<NodeBackend>,
         a: &AlarmRequest,
     ) -> Result<Applied, MvccErrorOr> {
         let member = AlarmMember {

@@ -24,6 +24,7 @@
 //! no lock is held across an `.await`.
 
 mod apply;
+mod shared_writer;
 #[cfg(test)]
 mod tests;
 
@@ -50,13 +51,14 @@ use ringkv_engine::pb::etcdserverpb::{
     watch_create_request::FilterType,
 };
 use ringkv_engine::{
-    Backend, BackendOptions, BatchWriter, Bucket, FlushStats, HeaderIds, IoKind, KvRead,
-    LeaseIdGen, Lessor, MvccStore, NodeConfig, RaftNode, RaftNodeError, Vfs, Wal, WalMetrics,
-    WalOptions, apply_replay, new_vfs,
+    Backend, BackendOptions, Bucket, FlushStats, HeaderIds, IoKind, KvRead, LeaseIdGen, Lessor,
+    MvccStore, NodeConfig, RaftNode, RaftNodeError, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
+    new_vfs,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use self::apply::{Applied, Applier, mvcc_err};
+use self::shared_writer::NodeBackend;
 use crate::config::{AutoCompaction, Config};
 use crate::errors::EtcdError;
 use crate::node::{
@@ -165,7 +167,7 @@ type Waiter = oneshot::Sender<Result<Applied, EtcdError>>;
 pub(crate) struct Inner {
     /// The MVCC store (with lessor and watch hub). Written by the apply thread and
     /// housekeeping; read by the front end.
-    store: RwLock<MvccStore<BatchWriter>>,
+    store: RwLock<MvccStore<NodeBackend>>,
     backend: Backend,
     wal: Arc<Wal>,
     /// Set once right after raft started.
@@ -237,16 +239,18 @@ impl Inner {
         if !due || self.failed.get().is_some() {
             return;
         }
-        let mut store = self.store.write();
-        self.commit_locked(&mut store);
+        // Read lock only: front-end reads continue during the commit (shared_writer.rs).
+        let store = self.store.read();
+        self.commit_locked(&store);
     }
 
-    fn commit_locked(&self, store: &mut MvccStore<BatchWriter>) {
+    /// Commits data and consistent index; the caller holds the store lock (read or write).
+    fn commit_locked(&self, store: &MvccStore<NodeBackend>) {
         if self.failed.get().is_some() {
             return;
         }
         let t = Instant::now();
-        match store.commit() {
+        match store.backend().commit_shared(store.consistent_index()) {
             Ok(()) => {
                 self.backend_commit
                     .lock()
@@ -400,7 +404,7 @@ impl RaftBackedNode {
             min_ttl.max(ringkv_engine::MIN_LEASE_TTL),
             ringkv_engine::DEFAULT_CHECKPOINT_INTERVAL,
         );
-        let mut store = MvccStore::open(writer, lessor)
+        let mut store = MvccStore::open(NodeBackend::new(backend.clone(), writer), lessor)
             .map_err(|e| OpenError(format!("cannot open the MVCC store: {e}")))?;
         let ids = HeaderIds {
             cluster_id: opts.cluster_id,
@@ -525,9 +529,9 @@ impl RaftBackedNode {
         }
         self.inner.raft().shutdown();
         {
-            let mut store = self.inner.store.write();
+            let store = self.inner.store.write();
             self.inner.dirty.store(true, Ordering::Release);
-            self.inner.commit_locked(&mut store);
+            self.inner.commit_locked(&store);
         }
         // Waiters of proposals that will never apply now.
         self.inner.waiters.lock().clear();
@@ -659,12 +663,9 @@ fn housekeeping(inner: Arc<Inner>) {
                 last_progress = now;
                 store.watch_progress_tick();
             }
-            if inner.dirty.load(Ordering::Acquire)
-                && inner.last_commit.lock().elapsed() >= COMMIT_INTERVAL
-            {
-                inner.commit_locked(&mut store);
-            }
         }
+        // Under the read lock (shared_writer.rs): reads go on during the fdatasyncs.
+        inner.commit_if_due(false);
         if !is_leader {
             continue;
         }
@@ -1112,12 +1113,12 @@ impl EtcdNode for RaftBackedNode {
         tokio::task::spawn_blocking(move || {
             // Each commit moves a bounded number of pages down and a later one trims the
             // freed tail: commit until the file stops shrinking.
-            let mut store = inner.store.write();
+            let store = inner.store.write();
             let mut unchanged = 0;
             for _ in 0..512 {
                 let before = inner.backend.stats();
                 inner.dirty.store(true, Ordering::Release);
-                inner.commit_locked(&mut store);
+                inner.commit_locked(&store);
                 if inner.failed.get().is_some() {
                     return Err(EtcdError::Internal(inner.failure_text()));
                 }
@@ -1157,9 +1158,9 @@ impl EtcdNode for RaftBackedNode {
         let inner = self.inner.clone();
         // A consistent copy: commit, then copy the file while no commit can run.
         let copy = tokio::task::spawn_blocking(move || -> NodeResult<(PathBuf, u64)> {
-            let mut store = inner.store.write();
+            let store = inner.store.write();
             inner.dirty.store(true, Ordering::Release);
-            inner.commit_locked(&mut store);
+            inner.commit_locked(&store);
             if inner.failed.get().is_some() {
                 return Err(EtcdError::Internal(inner.failure_text()));
             }
