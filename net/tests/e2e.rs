@@ -61,7 +61,17 @@ async fn channel(h: &Harness) -> Channel {
 
 /// A raw HTTP/1.1 exchange, as curl would do it: returns (status, headers, body).
 async fn http(h: &Harness, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    http_at(h.addr, method, path, body).await
+}
+
+/// [`http`] against any address.
+async fn http_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -955,8 +965,12 @@ async fn serve_clients_from_flags() {
     let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = probe.local_addr().unwrap().port();
     drop(probe);
+    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mport = probe.local_addr().unwrap().port();
+    drop(probe);
     let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
-    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str()])
+    let murl = format!("--listen-metrics-urls=http://127.0.0.1:{mport}");
+    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str(), murl.as_str()])
         .unwrap()
         .resolve()
         .unwrap();
@@ -990,6 +1004,16 @@ async fn serve_clients_from_flags() {
             .revision,
         2
     );
+    // The metrics listener serves /metrics and /health only.
+    let maddr: std::net::SocketAddr = ([127, 0, 0, 1], mport).into();
+    let (status, _, body) = http_at(maddr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\""),
+        "{body}"
+    );
+    assert_eq!(http_at(maddr, "GET", "/health", "").await.0, 200);
+    assert_eq!(http_at(maddr, "POST", "/v3/kv/range", "{}").await.0, 404);
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server)
         .await
