@@ -1022,3 +1022,97 @@ async fn serve_clients_from_flags() {
         .unwrap();
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
 }
+
+/// Spec §4.13: Campaign, Leader, Proclaim, Observe and Resign over the v3election service.
+#[tokio::test]
+async fn v3election_round_trip() {
+    use ringkv_net::pb::v3electionpb::{
+        CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
+        election_client::ElectionClient,
+    };
+    let h = start().await;
+    let mut lease = LeaseClient::new(channel(&h).await);
+    let l1 = lease
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut el = ElectionClient::new(channel(&h).await);
+    let c = el
+        .campaign(CampaignRequest {
+            name: "e".into(),
+            lease: l1,
+            value: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let leader = c.leader.unwrap();
+    assert_eq!(leader.key, Bytes::from(format!("e/{l1:x}")));
+    assert_eq!(leader.rev, c.header.unwrap().revision);
+    let mut observe = el
+        .observe(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), observe.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kv.unwrap().value.as_ref(), b"v1");
+    el.proclaim(ProclaimRequest {
+        leader: Some(leader.clone()),
+        value: "v2".into(),
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), observe.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.kv.unwrap().value.as_ref(), b"v2");
+    let l = el
+        .leader(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.kv.unwrap().value.as_ref(), b"v2");
+    // A stale leadership cannot proclaim; resigning it is silently fine.
+    let stale = ringkv_net::pb::v3electionpb::LeaderKey {
+        rev: leader.rev + 100,
+        ..leader.clone()
+    };
+    let e = el
+        .proclaim(ProclaimRequest {
+            leader: Some(stale.clone()),
+            value: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unknown, "election: not leader")
+    );
+    el.resign(ResignRequest {
+        leader: Some(stale),
+    })
+    .await
+    .unwrap();
+    assert!(el.leader(LeaderRequest { name: "e".into() }).await.is_ok());
+    el.resign(ResignRequest {
+        leader: Some(leader),
+    })
+    .await
+    .unwrap();
+    let e = el
+        .leader(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unknown, "election: no leader")
+    );
+}
