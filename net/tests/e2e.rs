@@ -595,9 +595,17 @@ async fn watch_stream_protocol() {
     })
     .await
     .unwrap();
-    let created = out2.next().await.unwrap().unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(10), out2.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(created.created);
-    let c = out2.next().await.unwrap().unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), out2.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (c.canceled, c.compact_revision, c.header.unwrap().revision),
         (true, 3, 0)
@@ -768,13 +776,22 @@ async fn graceful_shutdown_drains() {
         .await
         .unwrap()
         .into_inner();
-    assert!(out.next().await.unwrap().unwrap().created);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .created
+    );
     let addr = h.addr;
     assert!(
         h.trigger.drain(Duration::from_secs(10)).await,
         "connections drained"
     );
-    let end = out.next().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .unwrap();
     assert!(
         matches!(&end, Some(Err(s)) if s.message() == "etcdserver: server stopped")
             || end.is_none(),
@@ -905,15 +922,17 @@ async fn etcdctl_speaks_to_the_front_end() {
 async fn etcdctl_watch_prints_events() {
     use std::io::BufRead;
     let h = start().await;
-    let mut child = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=http://{}", h.addr))
-        .args(["watch", "wk", "--prefix"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://{}", h.addr))
+            .args(["watch", "wk", "--prefix"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -925,11 +944,18 @@ async fn etcdctl_watch_prints_events() {
     let mut kv = KvClient::new(channel(&h).await);
     // The watch is registered once etcdctl's create request arrived; until then puts are missed,
     // so keep putting until the first event shows up.
+    let mut attempts = 0;
     let first = loop {
         kv.put(put("wk1", "a")).await.unwrap();
         if let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             break line;
         }
+        attempts += 1;
+        assert!(attempts < 100, "etcdctl watch printed nothing in 20 s");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "etcdctl watch exited early"
+        );
     };
     assert_eq!(first, "PUT");
     assert_eq!(rx.recv().await.unwrap(), "wk1");
@@ -953,8 +979,16 @@ async fn etcdctl_watch_prints_events() {
         lines.push(line);
     }
     assert_eq!(lines, vec!["DELETE".to_string(), "wk1".to_string()]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// Kills a child process when dropped, also when a test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `serve_clients_until` binds every `--listen-client-urls` address from the flags, serves,
@@ -962,12 +996,10 @@ async fn etcdctl_watch_prints_events() {
 #[tokio::test]
 async fn serve_clients_from_flags() {
     use clap::Parser;
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mport = probe.local_addr().unwrap().port();
-    drop(probe);
+    // Ports below Linux's ephemeral range (32768+), which every other test binds from, chosen
+    // by process ID so parallel test processes do not collide.
+    let port = 20_000 + (std::process::id() % 6_000) as u16 * 2;
+    let mport = port + 1;
     let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
     let murl = format!("--listen-metrics-urls=http://127.0.0.1:{mport}");
     let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str(), murl.as_str()])
@@ -983,7 +1015,13 @@ async fn serve_clients_from_flags() {
         .await
     });
     let endpoint = format!("http://127.0.0.1:{port}");
+    let mut attempts = 0;
     let channel = loop {
+        assert!(
+            !server.is_finished(),
+            "serve_clients_until ended early: {:?}",
+            server.await
+        );
         if let Ok(c) = Channel::from_shared(endpoint.clone())
             .unwrap()
             .connect()
@@ -991,6 +1029,8 @@ async fn serve_clients_from_flags() {
         {
             break c;
         }
+        attempts += 1;
+        assert!(attempts < 500, "server did not come up in 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut kv = KvClient::new(channel);
