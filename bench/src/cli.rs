@@ -307,7 +307,15 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Unmeasured seconds of appending before each measured period.
+    /// ringkv WAL option `idle_spin` in µs: after a flush its thread polls for new appends this
+    /// long before sleeping (trades CPU for wake-up latency at low load).
+    #[arg(long, default_value_t = 0)]
+    pub wal_idle_spin_us: u64,
+    /// With several engines: split --seconds into this many slices per engine, run in turn
+    /// (A, B, C, A, B, C, …) so that noise hits every engine alike.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Unmeasured seconds of appending before each engine's first measured period.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
     /// Also run raft-engine and the raw loop, in the same run.

@@ -294,24 +294,23 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
     };
     let mut rows: Vec<DiskReport> = Vec::new();
     for (i, &(writers, record_size)) in cells.iter().enumerate() {
-        for &engine in &engines {
-            if a.sweep && !g.json {
-                eprintln!(
-                    "[{}/{}] {} writers={writers} record_size={record_size}",
-                    i + 1,
-                    cells.len(),
-                    engine.name()
-                );
-            }
-            let opts = WalOpts {
-                dir: a.common.dir.clone(),
-                io,
-                writers,
-                record_size,
-                warmup,
-                duration,
-            };
-            let r = disk::run_wal(engine, &opts)?;
+        if a.sweep && !g.json {
+            eprintln!(
+                "[{}/{}] writers={writers} record_size={record_size}",
+                i + 1,
+                cells.len()
+            );
+        }
+        let opts = WalOpts {
+            dir: a.common.dir.clone(),
+            io,
+            writers,
+            record_size,
+            warmup,
+            duration,
+            wal_idle_spin: Duration::from_micros(a.wal_idle_spin_us),
+        };
+        for r in disk::run_wal_interleaved(&engines, &opts, a.rounds)? {
             if g.json {
                 print_json(&r)?;
             }
