@@ -312,8 +312,11 @@ pub struct WalArgs {
     #[arg(long, default_value_t = 0)]
     pub wal_idle_spin_us: u64,
     /// With several engines: split --seconds into this many slices per engine, run in turn
-    /// (A, B, C, A, B, C, …) so that noise hits every engine alike.
-    #[arg(long, default_value_t = 5)]
+    /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
+    /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,
+    /// which flatters it and penalises them when segments fill within a slice; 1 (default)
+    /// runs each engine once, in order.
+    #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Unmeasured seconds of appending before each engine's first measured period.
     #[arg(long, default_value_t = 1.0)]

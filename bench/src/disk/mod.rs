@@ -214,6 +214,11 @@ struct Slice {
 /// (engine A, B, C, A, B, C, …), so that a noisy neighbour or a slow minute of the device hits
 /// all of them alike. All engines stay open for the whole run, each in its own directory; each
 /// warms up (unmeasured) before its first slice. One report per engine, in `engines` order.
+///
+/// With more than one round, background work an engine starts during its slice (ringkv's WAL
+/// pre-zeroes its next segment on another thread) continues into the other engines' slices:
+/// it costs them and is hidden from its owner. Comparisons of sustained throughput must use
+/// one round, or slices long enough to hold many segment switches.
 pub fn run_wal_interleaved(
     engines: &[Engine],
     opts: &WalOpts,
