@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Every `bytes` field is `bytes::Bytes`, so keys and values move between the network, the
     // read buffer and the backend without copies.
     config.bytes(["."]);
+    // `prost::Name` gives every message its full protobuf name (for the gateway's JSON codec).
+    config.enable_type_names();
     config.compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -56,6 +56,12 @@ impl Allocator {
                 for k in 0u64.. {
                     let ready = prepare(&*vfs, &dir, k, segment_size, direct, &stop2);
                     let failed = ready.is_err();
+                    if let Err(e) = &ready
+                        && !stop2.load(Ordering::Acquire)
+                    {
+                        // The WAL fails at its next segment switch; say why now.
+                        tracing::error!("WAL segment allocator in {}: {e}", dir.display());
+                    }
                     if let Err(e) = tx.send(ready) {
                         // The WAL is closing: delete the spare we made.
                         if let Ok(r) = e.into_inner() {

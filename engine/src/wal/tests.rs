@@ -775,3 +775,147 @@ fn power_cut_at_a_random_operation_keeps_every_acknowledged_record() {
         wal3.close().unwrap();
     }
 }
+
+/// A segment written by format version 1 (header, then: metadata, entry 1, HardState in flush
+/// 1; entry 2 and a snapshot marker in flush 2). Every later version must still open it.
+const V1_SEGMENT_HEX: [&str; 7] = [
+    "72696e676b76574c010000000000000000000000000000000000000000000000",
+    "838a420200000000b72340630800000004000000010000006d656d6265723d31",
+    "9745062315000000010000000100000001000000000000000100000000000000",
+    "01636f6e660000006b2e7a191800000002000000010000000100000000000000",
+    "010000000000000001000000000000002f9199e4180000000100000002000000",
+    "020000000000000001000000000000000070757420613d6238614ee110000000",
+    "030000000200000001000000000000000100000000000000",
+];
+
+#[test]
+fn a_version_1_segment_still_opens() {
+    let hex: String = V1_SEGMENT_HEX.concat();
+    let mut data: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(data[..8], format::SEGMENT_MAGIC);
+    assert_eq!(
+        format::get_u32(&data, format::VERSION_OFFSET),
+        format::FORMAT_V1
+    );
+    data.resize(SEG as usize, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join(format::segment_name(0, 0)), &data).unwrap();
+    let vfs: Arc<dyn Vfs> = Arc::new(StdVfs::new());
+    let (wal, replay) = open(&vfs, tmp.path());
+    assert_eq!(
+        replay,
+        Replay {
+            entries: vec![
+                LogEntry {
+                    index: 1,
+                    term: 1,
+                    entry_type: 1,
+                    data: Bytes::from_static(b"conf"),
+                },
+                LogEntry {
+                    index: 2,
+                    term: 1,
+                    entry_type: 0,
+                    data: Bytes::from_static(b"put a=b"),
+                },
+            ],
+            hard_state: Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 1,
+            }),
+            metadata: Some(Bytes::from_static(b"member=1")),
+            snapshot: Some(SnapshotMark { index: 1, term: 1 }),
+            truncated_tail: None,
+        }
+    );
+    // Appending continues after the old records.
+    wal.append_wait(vec![entry(3, 1)]).unwrap();
+    wal.close().unwrap();
+    let (wal, replay) = open(&vfs, tmp.path());
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    wal.close().unwrap();
+}
+
+/// The worked example of `replay.rs`: damage in the newest segment is a torn tail when only
+/// frames of the last flush (or the one after it) follow, and corruption when a later flush does.
+#[test]
+fn damage_in_the_newest_segment_is_torn_only_within_the_last_flushes() {
+    let base = FaultVfs::new();
+    let base_dyn: Arc<dyn Vfs> = Arc::new(base.clone());
+    let dir = Path::new("/wal");
+    let (wal, _) = open(&base_dyn, dir);
+    // r1, r2, r3 in flushes of their own, then r4, r5, r6 in one flush.
+    let mut at = Vec::new();
+    for i in 1..=3 {
+        let info = wal.append_wait(vec![entry(i, 1)]).unwrap();
+        at.push(info.end_offset - encoded_len(&entry(i, 1)) as u64);
+    }
+    let info = wal
+        .append_wait(vec![entry(4, 1), entry(5, 1), entry(6, 1)])
+        .unwrap();
+    assert_eq!(info.flush_records, 3);
+    let mut off = info.end_offset;
+    let mut tail_at = vec![0; 3];
+    for i in (4..=6).rev() {
+        off -= encoded_len(&entry(i, 1)) as u64;
+        tail_at[i as usize - 4] = off;
+    }
+    at.extend(tail_at);
+    let path = wal.segment_paths()[0].clone();
+    wal.close().unwrap();
+
+    let damage = |victim: usize| {
+        let img = copy(&base);
+        // A byte inside the payload of record `victim` (1-based).
+        img.corrupt(&path, at[victim - 1] + 20, &[0xee]);
+        let img: Arc<dyn Vfs> = Arc::new(img);
+        Wal::open(img, dir, opts())
+    };
+    // r5 damaged: r6 belongs to the same (last) flush → torn; r1..r4 kept.
+    let (w, replay) = damage(5).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3, 4]);
+    assert_eq!(replay.truncated_tail, Some((path.clone(), at[4])));
+    w.close().unwrap();
+    // r4 damaged: r5, r6 are of the flush after r3's → torn; r1..r3 kept.
+    let (w, replay) = damage(4).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    w.close().unwrap();
+    // r3 damaged: r4..r6 come from a flush two after r2's → r3 was acknowledged: corruption.
+    let err = damage(3).unwrap_err();
+    assert!(
+        matches!(&err, WalError::Corrupt { path: p, offset, .. } if p == &path && *offset == at[2]),
+        "{err}"
+    );
+    // r2 damaged: likewise.
+    assert!(damage(2).unwrap_err().is_corruption());
+}
+
+/// After an fdatasync error the WAL never syncs that flush again (no retry, no later flush), so
+/// on the fault implementation a power cut leaves exactly the acknowledged appends.
+#[test]
+fn after_an_fdatasync_eio_a_power_cut_keeps_exactly_the_acknowledged_appends() {
+    let fault = FaultVfs::new();
+    let ctl = Ctl::new();
+    let vfs: Arc<dyn Vfs> = Arc::new(TestVfs {
+        inner: Arc::new(fault.clone()),
+        ctl: ctl.clone(),
+    });
+    let dir = Path::new("/wal");
+    let (wal, _) = Wal::open(vfs, dir, opts()).unwrap();
+    for i in 1..=5 {
+        wal.append_wait(vec![entry(i, 1)]).unwrap();
+    }
+    ctl.fail_from
+        .store(ctl.calls.load(Ordering::SeqCst), Ordering::SeqCst);
+    let err = wal.append_wait(vec![entry(6, 1), entry(7, 1)]).unwrap_err();
+    assert!(matches!(err, WalError::Io { .. }), "{err}");
+    let _ = wal.close();
+    let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(CrashMode::LoseUnsynced));
+    let (wal, replay) = Wal::open(image, dir, opts()).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
+    wal.close().unwrap();
+}

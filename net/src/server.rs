@@ -1,0 +1,292 @@
+//! The client listener: one TCP port serving gRPC and HTTP/1.1 (etcd-v3-spec.md §1).
+//!
+//! Connection sniffing (etcd uses cmux): hyper-util's auto connection reads the first bytes; the
+//! HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0...`) selects HTTP/2, anything else HTTP/1.1.
+//! Requests are then routed: HTTP/2 with `content-type: application/grpc*` → the gRPC services;
+//! everything else → the HTTP mux (gateway, /health, /version, /metrics). This is also etcd's
+//! rule on TLS listeners.
+//!
+//! Shutdown: see `shutdown.rs` (broadcast, drain, bounded). Each connection task holds a
+//! `DrainGuard`; on the broadcast it asks hyper for a graceful close (HTTP/2 GOAWAY, HTTP/1
+//! close after the in-flight response) and finishes when in-flight requests have.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tonic::service::Routes;
+use tower::ServiceExt;
+
+use crate::auth::AuthService;
+use crate::cluster::ClusterService;
+use crate::election::ElectionService;
+use crate::errors::{rewrite_tonic_status, unknown_path};
+use crate::frontend::{Frontend, Shared};
+use crate::gateway::Body;
+use crate::health::HealthService;
+use crate::kv::KvService;
+use crate::lease::LeaseService;
+use crate::lock::LockService;
+use crate::maintenance::MaintenanceService;
+use crate::metrics::GrpcMetrics;
+use crate::node::EtcdNode;
+use crate::pb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+};
+use crate::pb::health::health_server::HealthServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
+use crate::shutdown::{DrainGuard, Shutdown};
+use crate::validate::Limits;
+use crate::watch::WatchService;
+
+/// The registered gRPC services (grpc-go words unknown paths differently for these).
+const SERVICES: [&str; 9] = [
+    "etcdserverpb.KV",
+    "etcdserverpb.Watch",
+    "etcdserverpb.Lease",
+    "etcdserverpb.Cluster",
+    "etcdserverpb.Maintenance",
+    "etcdserverpb.Auth",
+    "v3electionpb.Election",
+    "v3lockpb.Lock",
+    "grpc.health.v1.Health",
+];
+
+/// Most client connections served at once; further accepts wait for a slot.
+pub const MAX_CONNECTIONS: usize = 16 * 1024;
+
+/// Listener settings from the flags.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Request limits.
+    pub limits: Limits,
+    /// gRPC receive limit (max-request-bytes + 512 KiB).
+    pub grpc_max_recv_bytes: usize,
+    /// HTTP/2 max concurrent streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Server-to-client ping interval.
+    pub keepalive_interval: Duration,
+    /// Ping answer timeout.
+    pub keepalive_timeout: Duration,
+    /// Election timeout (stream leader checks).
+    pub election_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            limits: Limits::default(),
+            grpc_max_recv_bytes: 2 * 1024 * 1024,
+            max_concurrent_streams: u32::MAX,
+            keepalive_interval: Duration::from_secs(7200),
+            keepalive_timeout: Duration::from_secs(20),
+            election_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// One client listener's request handling: the gRPC routes and the HTTP mux over one node.
+pub struct ClientServer<N> {
+    /// Front-end state shared by every service.
+    shared: Shared<N>,
+    /// The tonic services (cloned per request; cheap).
+    routes: Routes,
+    /// Connection-level settings.
+    options: ServerOptions,
+}
+
+impl<N: EtcdNode> ClientServer<N> {
+    /// Builds the services over `node`.
+    pub fn new(node: Arc<N>, options: ServerOptions, shutdown: Shutdown) -> Arc<Self> {
+        let shared = Arc::new(Frontend {
+            node,
+            limits: options.limits,
+            metrics: Arc::new(GrpcMetrics::default()),
+            shutdown,
+            election_timeout: options.election_timeout,
+        });
+        let max = options.grpc_max_recv_bytes;
+        let s = || shared.clone();
+        let routes =
+            Routes::new(KvServer::new(KvService { shared: s() }).max_decoding_message_size(max))
+                .add_service(
+                    WatchServer::new(WatchService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    LeaseServer::new(LeaseService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    ClusterServer::new(ClusterService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    MaintenanceServer::new(MaintenanceService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    AuthServer::new(AuthService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    ElectionServer::new(ElectionService { shared: s() })
+                        .max_decoding_message_size(max),
+                )
+                .add_service(
+                    LockServer::new(LockService { shared: s() }).max_decoding_message_size(max),
+                )
+                .add_service(
+                    HealthServer::new(HealthService { shared: s() }).max_decoding_message_size(max),
+                )
+                .prepare();
+        Arc::new(ClientServer {
+            shared,
+            routes,
+            options,
+        })
+    }
+
+    /// The gRPC counters (for tests and the metrics endpoint).
+    pub fn grpc_metrics(&self) -> &GrpcMetrics {
+        &self.shared.metrics
+    }
+
+    /// Accepts connections until shutdown; each connection runs in its own task holding a
+    /// clone of `guard`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        guard: DrainGuard,
+    ) -> std::io::Result<()> {
+        let mut shutdown = self.shared.shutdown.clone();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = shutdown.fired() => return Ok(()),
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    // Per-connection accept failures (e.g. EMFILE, reset before accept) do
+                    // not stop the listener.
+                    Err(e) => {
+                        tracing::warn!("accept on client listener: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.fired() => return Ok(()),
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                this.serve_connection(stream, peer).await;
+                drop(permit);
+                drop(guard);
+            });
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.options.max_concurrent_streams)
+            .keep_alive_interval(self.options.keepalive_interval)
+            .keep_alive_timeout(self.options.keepalive_timeout);
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            async move { Ok::<_, Infallible>(this.dispatch(req).await) }
+        });
+        // See h2fix.rs: grpc-go clients may send a URL as :authority, which h2 would reject.
+        let io = TokioIo::new(crate::h2fix::AuthorityFix::new(stream));
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
+        let mut shutdown = self.shared.shutdown.clone();
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("client connection {peer}: {e}");
+                }
+                return;
+            }
+            _ = shutdown.fired() => conn.as_mut().graceful_shutdown(),
+        }
+        if let Err(e) = conn.await {
+            tracing::debug!("client connection {peer} during shutdown: {e}");
+        }
+    }
+
+    /// Routes one request to gRPC or to the HTTP mux.
+    async fn dispatch(&self, req: Request<Incoming>) -> Response<Body> {
+        let grpc = req.version() == http::Version::HTTP_2
+            && req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+        if grpc {
+            self.grpc(req).await
+        } else {
+            crate::http::handle(self.shared.clone(), req).await
+        }
+    }
+
+    /// Calls the tonic routes, counting the RPC and rewriting tonic's own statuses into
+    /// grpc-go's (see `errors::rewrite_tonic_status`).
+    async fn grpc(&self, req: Request<Incoming>) -> Response<Body> {
+        let metrics = self.shared.metrics.clone();
+        let path = req.uri().path().to_string();
+        let method = metrics.method(&path);
+        if let Some(m) = method {
+            metrics.started(m);
+        }
+        let resp = match self.routes.clone().oneshot(req.map(Body::new)).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        // Trailers-only responses (errors before any message) carry the status in headers.
+        if let Some(status) = tonic::Status::from_header_map(resp.headers()) {
+            let status = match rewrite_tonic_status(status.code(), status.message()) {
+                Some(e) => e.to_status(),
+                None if method.is_none() && status.code() == tonic::Code::Unimplemented => {
+                    unknown_path(&path, &SERVICES).to_status()
+                }
+                None => status,
+            };
+            if let Some(m) = method {
+                metrics.handled(m, status.code() as i32);
+            }
+            if status.code() != tonic::Code::Ok {
+                return status.into_http();
+            }
+            return resp;
+        }
+        let Some(m) = method else { return resp };
+        resp.map(move |body| {
+            Body::new(body.map_frame(move |frame| {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|s| s.parse::<i32>().ok())
+                        .unwrap_or(2);
+                    metrics.handled(m, code);
+                }
+                frame
+            }))
+        })
+    }
+}

@@ -1,0 +1,3 @@
+//! Shared test support. TEST FIXTURES ONLY.
+
+pub mod fixture;
