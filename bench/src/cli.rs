@@ -87,6 +87,30 @@ pub enum Command {
     /// Disk profiler: raw fdatasync loop and WAL group commit.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Storage engine micro-benchmarks, in-process.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// ringkv's B+tree backend, side by side with LMDB (heed) and redb with --compare: bulk load,
+    /// point gets (1 and 2 threads), 10-key range scans, durable commits of 1 and 1,000 keys,
+    /// and sequential revision-key appends.
+    Btree(BtreeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BtreeArgs {
+    /// Keys in the bulk load (24-byte keys, 150-byte values).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: usize,
+    /// Also run LMDB and redb in the same run.
+    #[arg(long)]
+    pub compare: bool,
+    /// Directory on the device to measure (a temporary subdirectory is used and removed).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

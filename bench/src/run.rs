@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use std::cell::Cell;
 
-use crate::cli::{Cli, Command, Consistency, DiskCommand, FsyncArgs, Global, TotalArgs, WalArgs};
+use crate::cli::{
+    BtreeArgs, Cli, Command, Consistency, DiskCommand, EngineCommand, FsyncArgs, Global, TotalArgs,
+    WalArgs,
+};
 use crate::cpu::{CpuMeter, max_peak_rss_bytes};
 use crate::disk::{self, Engine, FsyncOpts, WalOpts, parse_io, write_heatmap_svg};
 use crate::load::{
@@ -20,8 +23,24 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Disk(DiskCommand::Fsync(a)) => disk_fsync(&cli.global, &a),
         Command::Disk(DiskCommand::Wal(a)) => disk_wal(&cli.global, &a),
         Command::Compare(a) => crate::compare::run_compare(&cli.global, &a),
+        Command::Engine(EngineCommand::Btree(a)) => engine_btree(&cli.global, &a),
         cmd => network(&cli.global, cmd),
     }
+}
+
+fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("ringkv-bench-btree-")
+        .tempdir_in(&a.dir)
+        .map_err(|e| format!("temporary directory in {}: {e}", a.dir.display()))?;
+    let opts = crate::engine_btree::BtreeOptions {
+        keys: a.keys,
+        compare: a.compare,
+        json: g.json,
+    };
+    crate::engine_btree::run(&opts, dir.path())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn plan(g: &Global, t: &TotalArgs) -> Result<Plan, String> {
@@ -143,7 +162,7 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                 };
                 watch_reports("watch-latency", &p, g, &conns).await?
             }
-            Command::Disk(_) | Command::Compare(_) => {
+            Command::Disk(_) | Command::Compare(_) | Command::Engine(_) => {
                 unreachable!("dispatched before the network commands")
             }
         };
