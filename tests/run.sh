@@ -32,3 +32,16 @@ else
   echo "tests/run.sh: cargo-nextest not found, running cargo test (install it with: cargo install cargo-nextest)"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+echo "== fuzz smoke (engine/fuzz, 10 s per target)"
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "tests/run.sh: WARNING: the fuzz smoke run needs a nightly toolchain (rustup toolchain install nightly); NOT RUN" >&2
+else
+  if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "tests/run.sh: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+  for target in $(cd engine/fuzz && cargo +nightly fuzz list); do
+    (cd engine/fuzz && cargo +nightly fuzz run "$target" -- -max_total_time=10 -print_final_stats=1 2>&1 | tail -3)
+  done
+fi

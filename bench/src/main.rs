@@ -1,4 +1,9 @@
+use clap::Parser;
+
 fn main() {
-    eprintln!("ringkv-bench: no subcommands yet");
-    std::process::exit(2);
+    let cli = ringkv_bench::Cli::parse();
+    if let Err(e) = ringkv_bench::run(cli) {
+        eprintln!("ringkv-bench: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,1 +1,15 @@
 //! ringkv's test harness: helpers shared by the system tests in `tests/tests/`.
+//!
+//! - `etcd`: runs a real etcd (Debian's `etcd-server`) on free loopback ports with a temp data
+//!   dir, and talks to its HTTP/JSON gateway (spec §7).
+//! - `json`: renders our protobuf messages as the gateway's JSON, so ringkv's and etcd's
+//!   responses compare field by field.
+//! - `mvcc_gen`: random etcd KV/lease operations and their execution against an `MvccStore`.
+
+mod etcd;
+mod json;
+mod mvcc_gen;
+
+pub use etcd::{EtcdProcess, HttpResponse, WatchStreamReader, free_port, http_post};
+pub use json::{error_json, message_json, normalise_headers};
+pub use mvcc_gen::{Op, OpGen, apply_to_store, op_request_json, txn_is_valid};

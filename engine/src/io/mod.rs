@@ -20,7 +20,12 @@
 //!   a caller bug reported as `EINVAL` (the fault implementation checks it too, so tests catch it).
 //! - `read_at` may return fewer bytes than asked only at end of file.
 
+#[cfg(test)]
+mod conformance;
+#[cfg(any(test, feature = "internals"))]
+mod fault;
 mod std_io;
+mod uring;
 
 use std::ffi::OsString;
 use std::io;
@@ -28,7 +33,10 @@ use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "internals"))]
+pub use fault::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use std_io::StdVfs;
+pub use uring::{UringVfs, pin_current_thread};
 
 /// Alignment required for O_DIRECT buffers, offsets and lengths (the logical block size we
 /// assume for every device; 4 KiB also matches the page size of the backend).
@@ -164,7 +172,8 @@ pub trait Vfs: Send + Sync + 'static {
 pub fn new_vfs(kind: IoKind) -> io::Result<Arc<dyn Vfs>> {
     match kind {
         IoKind::Std => Ok(Arc::new(StdVfs::new())),
-        IoKind::Uring | IoKind::Fault => Err(io::Error::new(
+        IoKind::Uring => Ok(Arc::new(UringVfs::new()?)),
+        IoKind::Fault => Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("I/O implementation {kind:?} is not available through new_vfs"),
         )),

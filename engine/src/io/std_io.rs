@@ -174,6 +174,12 @@ mod tests {
     use crate::io::{AlignedBuf, DIRECT_ALIGN};
 
     #[test]
+    fn std_passes_the_shared_behaviour_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::io::conformance::run_all(&StdVfs::new(), dir.path());
+    }
+
+    #[test]
     fn direct_write_read_round_trip_and_alignment_check() {
         let dir = tempfile::tempdir().unwrap();
         let vfs = StdVfs::new();

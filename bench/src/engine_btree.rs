@@ -1,0 +1,423 @@
+//! `ringkv-bench engine btree`: the same phases on ringkv's backend, LMDB (through `heed`) and
+//! `redb`, side by side in one run, so figures compare as ratios on the same noisy machine.
+//!
+//! Phases (N = `keys`, default 1M; 24-byte random keys, 150-byte values):
+//! - `bulk-load`: N keys in one transaction (one durable commit);
+//! - `get-1t`, `get-2t`: random point gets of loaded keys from 1 and 2 threads (one read
+//!   transaction per thread);
+//! - `range-10`: random range scans returning 10 keys;
+//! - `commit-1`: durable commits of a single random key;
+//! - `commit-1000`: durable commits of 1,000 random keys each (`ops_per_sec` counts keys);
+//! - `revision-append`: sequential 17-byte revision keys (8-byte big-endian main, `_`, 8-byte
+//!   big-endian sub: etcd's layout) with 256-byte values, committed every 10,000 keys.
+//!
+//! Every commit is durable (fdatasync) in every engine: ringkv commits explicitly, LMDB runs with
+//! its default sync flags, redb with its default `Durability::Immediate`.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use heed::types::Bytes;
+use redb::{ReadableDatabase, TableDefinition};
+use ringkv_engine::{Backend, BackendOptions, BatchWrite, Bucket, StdVfs};
+
+/// One measured phase of one engine.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhaseResult {
+    pub engine: &'static str,
+    pub phase: &'static str,
+    pub ops: u64,
+    pub secs: f64,
+    pub ops_per_sec: f64,
+    pub ns_per_op: f64,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BtreeOptions {
+    pub keys: usize,
+    /// Also run LMDB and redb (else ringkv only).
+    pub compare: bool,
+    /// Print one JSON object per engine and phase instead of a table.
+    pub json: bool,
+}
+
+impl Default for BtreeOptions {
+    fn default() -> Self {
+        BtreeOptions {
+            keys: 1_000_000,
+            compare: false,
+            json: false,
+        }
+    }
+}
+
+/// Runs every phase for each engine in a fresh directory under `dir`, prints the results
+/// (table or JSON lines) and returns them.
+pub fn run(
+    opts: &BtreeOptions,
+    dir: &Path,
+) -> Result<Vec<PhaseResult>, Box<dyn std::error::Error>> {
+    let w = Workload::new(opts.keys);
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(&dir.join("ringkv"))?)];
+    if opts.compare {
+        engines.push(Box::new(Lmdb::open(&dir.join("lmdb"))?));
+        engines.push(Box::new(Redb::open(&dir.join("redb"))?));
+    }
+    let mut out = Vec::new();
+    for e in &mut engines {
+        for r in run_engine(e.as_mut(), &w)? {
+            if opts.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "{:<7} {:<16} {:>12.0} ops/s {:>10.0} ns/op",
+                    r.engine, r.phase, r.ops_per_sec, r.ns_per_op
+                );
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+type BoxErr = Box<dyn std::error::Error>;
+
+/// The three engines behind one interface: only what the phases need.
+trait Engine {
+    fn name(&self) -> &'static str;
+    /// Writes `pairs` in one durable transaction.
+    fn commit(&mut self, pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>)
+    -> Result<(), BoxErr>;
+    /// Looks up every key of `keys` on `threads` threads (split evenly); returns hits.
+    fn gets(&self, keys: &[Vec<u8>], threads: usize) -> Result<u64, BoxErr>;
+    /// For each start key, reads the next 10 keys; returns keys read.
+    fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr>;
+}
+
+/// Keys and values, generated once so every engine gets the same.
+struct Workload {
+    keys: Vec<Vec<u8>>,
+    value: Vec<u8>,
+    get_order: Vec<Vec<u8>>,
+}
+
+/// SplitMix64: a deterministic generator, so runs are repeatable without extra dependencies.
+struct Mix(u64);
+
+impl Mix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn key(&mut self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(24);
+        for _ in 0..3 {
+            k.extend_from_slice(&self.next().to_le_bytes());
+        }
+        k
+    }
+}
+
+impl Workload {
+    fn new(n: usize) -> Workload {
+        let mut rng = Mix(42);
+        let keys: Vec<Vec<u8>> = (0..n).map(|_| rng.key()).collect();
+        let get_order = (0..n.min(1_000_000))
+            .map(|_| keys[(rng.next() % n as u64) as usize].clone())
+            .collect();
+        Workload {
+            keys,
+            value: vec![0xab; 150],
+            get_order,
+        }
+    }
+}
+
+fn result(engine: &'static str, phase: &'static str, ops: u64, start: Instant) -> PhaseResult {
+    let secs = start.elapsed().as_secs_f64();
+    PhaseResult {
+        engine,
+        phase,
+        ops,
+        secs,
+        ops_per_sec: ops as f64 / secs,
+        ns_per_op: secs * 1e9 / ops.max(1) as f64,
+    }
+}
+
+/// A 17-byte etcd revision key. Big-endian so that byte order is numeric order.
+fn revision(main: u64, sub: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&main.to_be_bytes());
+    k.push(b'_');
+    k.extend_from_slice(&sub.to_be_bytes());
+    k
+}
+
+fn run_engine(e: &mut dyn Engine, w: &Workload) -> Result<Vec<PhaseResult>, BoxErr> {
+    let name = e.name();
+    let n = w.keys.len();
+    let mut out = Vec::new();
+
+    let t = Instant::now();
+    e.commit(&mut w.keys.iter().map(|k| (k.clone(), w.value.clone())))?;
+    out.push(result(name, "bulk-load", n as u64, t));
+
+    for (threads, phase) in [(1, "get-1t"), (2, "get-2t")] {
+        let t = Instant::now();
+        let hits = e.gets(&w.get_order, threads)?;
+        if hits != w.get_order.len() as u64 {
+            return Err(format!(
+                "{name}: {hits} of {} gets found their key",
+                w.get_order.len()
+            )
+            .into());
+        }
+        out.push(result(name, phase, hits, t));
+    }
+
+    let starts = &w.get_order[..(n / 10).clamp(1, 100_000).min(w.get_order.len())];
+    let t = Instant::now();
+    e.ranges(starts)?;
+    out.push(result(name, "range-10", starts.len() as u64, t));
+
+    let mut rng = Mix(7);
+    let commits = 1000.min(n.max(10));
+    let t = Instant::now();
+    for _ in 0..commits {
+        e.commit(&mut std::iter::once((rng.key(), w.value.clone())))?;
+    }
+    out.push(result(name, "commit-1", commits as u64, t));
+
+    let batches = 100.min(n / 1000 + 1);
+    let t = Instant::now();
+    for _ in 0..batches {
+        e.commit(&mut (0..1000).map(|_| (rng.key(), w.value.clone())))?;
+    }
+    out.push(result(name, "commit-1000", batches as u64 * 1000, t));
+
+    let total = (n / 10).clamp(10_000, 1_000_000) as u64;
+    let value = vec![0xcd; 256];
+    let t = Instant::now();
+    for batch in 0..total / 10_000 {
+        e.commit(&mut (0..10_000).map(|i| (revision(batch * 10_000 + i + 1, 0), value.clone())))?;
+    }
+    out.push(result(name, "revision-append", total / 10_000 * 10_000, t));
+    Ok(out)
+}
+
+/// Splits `keys` over `threads` scoped threads running `f` on each chunk; sums the results.
+fn split<F>(keys: &[Vec<u8>], threads: usize, f: F) -> Result<u64, BoxErr>
+where
+    F: Fn(&[Vec<u8>]) -> Result<u64, String> + Sync,
+{
+    let chunk = keys.len().div_ceil(threads).max(1);
+    let results: Vec<Result<u64, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = keys.chunks(chunk).map(|c| s.spawn(|| f(c))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bench thread"))
+            .collect()
+    });
+    let mut sum = 0;
+    for r in results {
+        sum += r?;
+    }
+    Ok(sum)
+}
+
+struct Ringkv {
+    backend: Backend,
+}
+
+impl Ringkv {
+    fn open(dir: &Path) -> Result<Ringkv, BoxErr> {
+        let opts = BackendOptions {
+            batch_ops: usize::MAX,
+            batch_interval: std::time::Duration::from_secs(3600),
+            ..BackendOptions::default()
+        };
+        let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
+        Ok(Ringkv { backend })
+    }
+}
+
+impl Engine for Ringkv {
+    fn name(&self) -> &'static str {
+        "ringkv"
+    }
+
+    fn commit(
+        &mut self,
+        pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), BoxErr> {
+        let mut w = self.backend.batch()?;
+        for (k, v) in pairs {
+            w.put(Bucket::Key, &k, &v)?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    fn gets(&self, keys: &[Vec<u8>], threads: usize) -> Result<u64, BoxErr> {
+        split(keys, threads, |chunk| {
+            let snap = self.backend.snapshot();
+            let mut hits = 0;
+            for k in chunk {
+                if let Some(v) = snap.get_ref(Bucket::Key, k).map_err(|e| e.to_string())? {
+                    hits += u64::from(!v.is_empty());
+                }
+            }
+            Ok(hits)
+        })
+    }
+
+    fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr> {
+        let snap = self.backend.snapshot();
+        let mut n = 0;
+        for s in starts {
+            let mut left = 10;
+            snap.scan_with(Bucket::Key, s, b"", &mut |_, _| {
+                left -= 1;
+                left > 0
+            })?;
+            n += 10 - left;
+        }
+        Ok(n)
+    }
+}
+
+struct Lmdb {
+    env: heed::Env,
+    db: heed::Database<Bytes, Bytes>,
+}
+
+impl Lmdb {
+    fn open(dir: &Path) -> Result<Lmdb, BoxErr> {
+        std::fs::create_dir_all(dir)?;
+        // SAFETY: heed requires that the environment is not opened twice in one process and
+        // that no other process changes it; the directory is fresh and private to this run.
+        let env = unsafe { heed::EnvOpenOptions::new().map_size(64 << 30).open(dir)? };
+        let mut wtxn = env.write_txn()?;
+        let db = env.create_database::<Bytes, Bytes>(&mut wtxn, None)?;
+        wtxn.commit()?;
+        Ok(Lmdb { env, db })
+    }
+}
+
+impl Engine for Lmdb {
+    fn name(&self) -> &'static str {
+        "lmdb"
+    }
+
+    fn commit(
+        &mut self,
+        pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), BoxErr> {
+        let mut wtxn = self.env.write_txn()?;
+        for (k, v) in pairs {
+            self.db.put(&mut wtxn, &k, &v)?;
+        }
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn gets(&self, keys: &[Vec<u8>], threads: usize) -> Result<u64, BoxErr> {
+        split(keys, threads, |chunk| {
+            let rtxn = self.env.read_txn().map_err(|e| e.to_string())?;
+            let mut hits = 0;
+            for k in chunk {
+                if let Some(v) = self.db.get(&rtxn, k).map_err(|e| e.to_string())? {
+                    hits += u64::from(!v.is_empty());
+                }
+            }
+            Ok(hits)
+        })
+    }
+
+    fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr> {
+        let rtxn = self.env.read_txn()?;
+        let mut n = 0;
+        for s in starts {
+            for kv in self
+                .db
+                .range(&rtxn, &(Bound::Included(s.as_slice()), Bound::Unbounded))?
+                .take(10)
+            {
+                kv?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key");
+
+struct Redb {
+    db: redb::Database,
+}
+
+impl Redb {
+    fn open(dir: &Path) -> Result<Redb, BoxErr> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Redb {
+            db: redb::Database::create(dir.join("db.redb"))?,
+        })
+    }
+}
+
+impl Engine for Redb {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn commit(
+        &mut self,
+        pairs: &mut dyn Iterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), BoxErr> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(TABLE)?;
+            for (k, v) in pairs {
+                t.insert(k.as_slice(), v.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn gets(&self, keys: &[Vec<u8>], threads: usize) -> Result<u64, BoxErr> {
+        split(keys, threads, |chunk| {
+            let tx = self.db.begin_read().map_err(|e| e.to_string())?;
+            let t = tx.open_table(TABLE).map_err(|e| e.to_string())?;
+            let mut hits = 0;
+            for k in chunk {
+                if let Some(v) = t.get(k.as_slice()).map_err(|e| e.to_string())? {
+                    hits += u64::from(!v.value().is_empty());
+                }
+            }
+            Ok(hits)
+        })
+    }
+
+    fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(TABLE)?;
+        let mut n = 0;
+        for s in starts {
+            for kv in t.range(s.as_slice()..)?.take(10) {
+                kv?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,939 @@
+//! The backend handle, snapshots, and the batch writer with its commit protocol.
+//!
+//! State shared between threads: `current`, one `Arc<View>` = (newest committed `Version`, the
+//! read buffer generation on top of it). A snapshot clones it under a mutex held for two
+//! reference-count increments. The writer replaces it at each commit. Lock order: `writer`
+//! before `current` before a buffer's lock; no lock is held across I/O except `writer` (by
+//! whoever holds the write role).
+//!
+//! Commit protocol (numbered crash cases in format.md, "Backend file / Commit protocol"):
+//! 1. write every new page (all at ids free in both on-disk metas and in every live snapshot);
+//! 2. `fdatasync` (also makes a grown file length durable);
+//! 3. write the meta page of slot `txid % 2`;
+//! 4. `fdatasync`.
+//!
+//! Then publish the new version to new snapshots.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::buffer::{Buffer, Bytes, Slot, bucket_index};
+use super::check::{self, CheckReport};
+use super::freelist::Freelist;
+use super::meta::Meta;
+use super::mmap::Mapping;
+use super::page::{
+    MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist,
+    freelist_body, header_overflow, max_key_len, run_pages,
+};
+use super::tree::{self, Op, TreeWriter, Walk};
+use super::{BackendError, BackendOptions};
+use crate::io::{File, OpenOptions, Vfs};
+use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
+
+/// Most pages one commit moves for online compaction (4 MiB of 4 KiB pages).
+const COMPACT_BUDGET: usize = 1024;
+
+/// One committed state, pinned by every snapshot that reads it.
+pub(crate) struct Version {
+    pub meta: Meta,
+    pub map: Arc<Mapping>,
+    /// Bucket name -> tree root (0 = empty), read from the catalog at commit/open.
+    pub roots: Vec<(Vec<u8>, u64)>,
+    /// The roots of `Bucket::ALL`, by `bucket_index`: the read path's lookup.
+    pub by_bucket: [u64; Bucket::ALL.len()],
+    pub free_pages: u64,
+    pub pending_pages: u64,
+    pub file_len: u64,
+}
+
+impl Version {
+    pub(crate) fn root(&self, name: &[u8]) -> u64 {
+        self.roots
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, r)| *r)
+    }
+}
+
+fn by_bucket(roots: &[(Vec<u8>, u64)]) -> [u64; Bucket::ALL.len()] {
+    let mut out = [0; Bucket::ALL.len()];
+    for b in Bucket::ALL {
+        out[bucket_index(b)] = roots
+            .iter()
+            .find(|(n, _)| n == b.name())
+            .map_or(0, |(_, r)| *r);
+    }
+    out
+}
+
+struct View {
+    version: Arc<Version>,
+    buf: Arc<Buffer>,
+}
+
+/// Files open in this process (see `register`). Two `Backend`s on one file would each believe
+/// they own the free pages (mmap.rs, fact 4), so the second open is refused.
+static OPEN_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Registers `path` as open; `None` if it already is. Paths of the in-memory fault VFS are not
+/// registered (each instance is its own namespace). The directory is canonicalised so that two
+/// spellings of one path collide.
+fn register(vfs: &dyn Vfs, path: &Path) -> Result<Registration, BackendError> {
+    if vfs.kind() == crate::io::IoKind::Fault {
+        return Ok(Registration(None));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let key = match (std::fs::canonicalize(dir), path.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => path.to_path_buf(),
+    };
+    let mut open = OPEN_FILES.lock();
+    if open.contains(&key) {
+        return Err(BackendError::Invalid(format!(
+            "{} is already open in this process",
+            path.display()
+        )));
+    }
+    open.push(key.clone());
+    Ok(Registration(Some(key)))
+}
+
+pub(crate) struct Shared {
+    /// Our entry in `OPEN_FILES`, removed on drop.
+    _registered: Registration,
+    pub path: PathBuf,
+    pub file: Arc<dyn File>,
+    opts: BackendOptions,
+    current: Mutex<Arc<View>>,
+    /// The write role: `None` while a `BatchWriter` holds it.
+    writer: Mutex<Option<WriterState>>,
+}
+
+/// An entry in `OPEN_FILES`, removed when dropped.
+struct Registration(Option<PathBuf>);
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(key) = &self.0 {
+            OPEN_FILES.lock().retain(|p| p != key);
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn corrupt(&self, e: PageError, page_size: u64) -> BackendError {
+        BackendError::Corrupt {
+            file: self.path.clone(),
+            offset: e.page.saturating_mul(page_size),
+            page: e.page,
+            reason: e.reason,
+        }
+    }
+
+    fn io(&self, op: &'static str, source: std::io::Error) -> BackendError {
+        BackendError::Io {
+            file: self.path.clone(),
+            op,
+            source,
+        }
+    }
+}
+
+struct WriterState {
+    freelist: Freelist,
+    /// Where online compaction resumes: (index into the version's roots, key).
+    compact_cursor: (usize, Vec<u8>),
+    /// Versions published so far that may still be pinned; pruned at each commit.
+    live: Vec<(u64, Weak<Version>)>,
+    failed: Option<String>,
+    last_commit: Instant,
+    ops_since_commit: usize,
+    file_len: u64,
+}
+
+/// An open backend file. Cheap to share (`Clone` clones a handle).
+#[derive(Clone)]
+pub struct Backend {
+    shared: Arc<Shared>,
+}
+
+/// Space accounting ("actual DB usage"): `live_bytes` is what the data needs, `file_bytes` what
+/// the file takes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendStats {
+    pub txid: u64,
+    pub page_size: u64,
+    /// Pages `[0, page_count)` are in use or free; the file may be longer (preallocated).
+    pub page_count: u64,
+    pub free_pages: u64,
+    /// Freed, but a snapshot or the older meta may still read them.
+    pub pending_pages: u64,
+    pub live_bytes: u64,
+    pub file_bytes: u64,
+}
+
+fn bad_opts(opts: &BackendOptions) -> Option<String> {
+    let ps = opts.page_size;
+    if !ps.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps) {
+        return Some(format!(
+            "page size {ps} is not a power of two in [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]"
+        ));
+    }
+    if opts.batch_ops == 0 {
+        return Some("batch_ops must be at least 1".into());
+    }
+    None
+}
+
+impl Backend {
+    /// Opens the backend file at `path`, creating it (and its directory) if missing. Creation
+    /// writes both metas to `path.tmp`, syncs it, renames it into place and syncs the directory,
+    /// so a crash leaves either no file or a complete empty one.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        path: &Path,
+        opts: BackendOptions,
+    ) -> Result<Backend, BackendError> {
+        if let Some(why) = bad_opts(&opts) {
+            return Err(BackendError::Invalid(why));
+        }
+        let io = |op: &'static str| {
+            let file = path.to_path_buf();
+            move |source| BackendError::Io { file, op, source }
+        };
+        if !vfs.exists(path) {
+            create(&*vfs, path, opts.page_size).map_err(io("create"))?;
+        }
+        let registered = register(&*vfs, path)?;
+        let file = vfs
+            .open(path, OpenOptions::read_write())
+            .map_err(io("open"))?;
+        let file_len = file.size().map_err(io("stat"))?;
+        let shared_path = path.to_path_buf();
+        let (meta, _) = read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
+            file: shared_path.clone(),
+            page: e.page,
+            offset: 0,
+            reason: e.reason,
+        })?;
+        let ps = meta.page_size as u64;
+        let map_len = file_len / ps * ps;
+        let map =
+            Arc::new(Mapping::new(&file, map_len, ps as usize, opts.mmap).map_err(io("mmap"))?);
+        let corrupt = |e: PageError| BackendError::Corrupt {
+            file: shared_path.clone(),
+            offset: e.page.saturating_mul(ps),
+            page: e.page,
+            reason: e.reason,
+        };
+        let freelist = if meta.freelist == 0 {
+            Freelist::default()
+        } else {
+            let run = map
+                .page(meta.freelist, Some(PageType::Freelist))
+                .map_err(corrupt)?;
+            let (free, pending) = decode_freelist(&run);
+            if let Some(bad) = free
+                .iter()
+                .chain(pending.iter().map(|(p, _)| p))
+                .find(|&&p| p < 2 || p >= meta.page_count)
+            {
+                return Err(corrupt(PageError {
+                    page: meta.freelist,
+                    reason: format!("freelist names page {bad} outside [2, {})", meta.page_count),
+                }));
+            }
+            Freelist::from_parts(free, pending)
+        };
+        let roots = read_catalog(&map, meta.catalog).map_err(corrupt)?;
+        let version = Arc::new(Version {
+            meta,
+            map,
+            by_bucket: by_bucket(&roots),
+            roots,
+            free_pages: freelist.free_len() as u64,
+            pending_pages: freelist.pending_len() as u64,
+            file_len,
+        });
+        let state = WriterState {
+            freelist,
+            compact_cursor: (0, Vec::new()),
+            live: vec![(meta.txid, Arc::downgrade(&version))],
+            failed: None,
+            last_commit: Instant::now(),
+            ops_since_commit: 0,
+            file_len,
+        };
+        let shared = Arc::new(Shared {
+            _registered: registered,
+            path: path.to_path_buf(),
+            file,
+            opts,
+            current: Mutex::new(Arc::new(View {
+                version,
+                buf: Arc::new(Buffer::default()),
+            })),
+            writer: Mutex::new(Some(state)),
+        });
+        Ok(Backend { shared })
+    }
+
+    /// A consistent view: the last commit plus every write applied before this call.
+    pub fn snapshot(&self) -> Snapshot {
+        let view = self.shared.current.lock().clone();
+        let seq = view.buf.pin();
+        Snapshot {
+            version: view.version.clone(),
+            buf: view.buf.clone(),
+            seq,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Takes the single write role. Fails with `Invalid` while another `BatchWriter` is alive;
+    /// dropping the writer returns the role (uncommitted writes stay buffered).
+    pub fn batch(&self) -> Result<BatchWriter, BackendError> {
+        let state =
+            self.shared.writer.lock().take().ok_or_else(|| {
+                BackendError::Invalid("the batch writer is already in use".into())
+            })?;
+        Ok(BatchWriter {
+            shared: self.shared.clone(),
+            state: Some(state),
+        })
+    }
+
+    /// Checks the newest committed state (see [`CheckReport`]). Checks the other meta page too
+    /// unless a `BatchWriter` is alive (it might be writing that page).
+    pub fn check(&self) -> CheckReport {
+        let guard = self.shared.writer.lock();
+        let version = self.shared.current.lock().version.clone();
+        check::check(&self.shared, &version, guard.is_some())
+    }
+
+    pub fn stats(&self) -> BackendStats {
+        stats(&self.shared.current.lock().version)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+}
+
+fn stats(v: &Version) -> BackendStats {
+    let ps = v.meta.page_size as u64;
+    let unused = 2 + v.free_pages + v.pending_pages;
+    BackendStats {
+        txid: v.meta.txid,
+        page_size: ps,
+        page_count: v.meta.page_count,
+        free_pages: v.free_pages,
+        pending_pages: v.pending_pages,
+        live_bytes: v.meta.page_count.saturating_sub(unused) * ps,
+        file_bytes: v.file_len,
+    }
+}
+
+fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Directories this call creates: each new entry is durable once its parent is synced.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !vfs.exists(d))
+        .collect();
+    vfs.create_dir_all(dir)?;
+    for d in created.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent)?;
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    if vfs.exists(&tmp) {
+        vfs.remove_file(&tmp)?;
+    }
+    let f = vfs.open(&tmp, OpenOptions::read_write().create(true))?;
+    let mut both = Vec::with_capacity(2 * page_size);
+    for txid in 0..2 {
+        both.extend(
+            Meta {
+                page_size: page_size as u32,
+                txid,
+                catalog: 0,
+                freelist: 0,
+                page_count: 2,
+            }
+            .encode(),
+        );
+    }
+    f.write_at(&both, 0)?;
+    f.sync_data()?;
+    drop(f);
+    vfs.rename(&tmp, path)?;
+    vfs.sync_dir(dir)
+}
+
+/// Reads both metas; returns the valid one with the highest txid and the other's problem, if
+/// any. Page 1 is found from page 0's page size, or by trying every supported size when page 0
+/// is damaged.
+pub(crate) fn read_metas(
+    file: &dyn File,
+    file_len: u64,
+) -> Result<(Meta, Option<PageError>), PageError> {
+    let read = |at: u64| -> Vec<u8> {
+        let mut b = vec![0u8; MIN_PAGE_SIZE];
+        let n = file.read_at(&mut b, at).unwrap_or(0);
+        b.truncate(n);
+        b
+    };
+    let m0 = Meta::decode(&read(0));
+    let m1 = match &m0 {
+        Ok(m) => Meta::decode(&read(m.page_size as u64)),
+        Err(_) => {
+            let mut found = Err("no valid meta at any supported page size".to_string());
+            let mut ps = MIN_PAGE_SIZE as u64;
+            while ps <= MAX_PAGE_SIZE as u64 && ps < file_len {
+                if let Ok(m) = Meta::decode(&read(ps))
+                    && m.page_size as u64 == ps
+                {
+                    found = Ok(m);
+                    break;
+                }
+                ps *= 2;
+            }
+            found
+        }
+    };
+    let err = |page, reason: String| PageError { page, reason };
+    match (m0, m1) {
+        (Ok(a), Ok(b)) if a.page_size != b.page_size => Err(err(
+            1,
+            format!(
+                "meta pages disagree on the page size ({} vs {})",
+                a.page_size, b.page_size
+            ),
+        )),
+        (Ok(a), Ok(b)) => Ok((if a.txid >= b.txid { a } else { b }, None)),
+        (Ok(a), Err(e)) => Ok((a, Some(err(1, e)))),
+        (Err(e), Ok(b)) => Ok((b, Some(err(0, e)))),
+        (Err(a), Err(b)) => Err(err(
+            0,
+            format!("both meta pages are invalid: page 0: {a}; page 1: {b}"),
+        )),
+    }
+}
+
+/// Bucket name -> root page, from the catalog tree.
+fn read_catalog(map: &Mapping, catalog: u64) -> Result<Vec<(Vec<u8>, u64)>, PageError> {
+    let mut roots = Vec::new();
+    let mut bad = None;
+    tree::scan(
+        map,
+        catalog,
+        b"",
+        b"",
+        &mut |k, v| match <[u8; 8]>::try_from(v) {
+            Ok(b) => {
+                roots.push((k.to_vec(), u64::from_le_bytes(b)));
+                true
+            }
+            Err(_) => {
+                bad = Some(v.len());
+                false
+            }
+        },
+    )?;
+    if let Some(len) = bad {
+        return Err(PageError {
+            page: catalog,
+            reason: format!("catalog entry holds {len} bytes, expected an 8-byte root page id"),
+        });
+    }
+    Ok(roots)
+}
+
+/// A consistent read view. Holds the committed version it started from (its pages cannot be
+/// reused while it lives) and its point in the read buffer. Send + Sync; share or move freely.
+pub struct Snapshot {
+    pub(crate) version: Arc<Version>,
+    buf: Arc<Buffer>,
+    seq: u64,
+    shared: Arc<Shared>,
+}
+
+impl Snapshot {
+    /// The txid of the committed state under this snapshot.
+    pub fn txid(&self) -> u64 {
+        self.version.meta.txid
+    }
+
+    /// Like [`KvRead::get`], but without copying when the value is in the memory map: the
+    /// returned slice borrows the snapshot and cannot outlive it.
+    pub fn get_ref(
+        &self,
+        bucket: Bucket,
+        key: &[u8],
+    ) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
+        // Sequence numbers start at 1: a snapshot pinned at 0 sees no buffered write, so it skips
+        // the buffer's lock.
+        if self.seq > 0
+            && let Some(slot) = self.buf.get(bucket, key, self.seq)
+        {
+            return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
+        }
+        let root = self.version.by_bucket[bucket_index(bucket)];
+        tree::get(&self.version.map, root, key)
+            .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
+    }
+
+    /// Like [`KvRead::scan`], with the backend's error type.
+    pub fn scan_with(
+        &self,
+        bucket: Bucket,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), BackendError> {
+        let buffered = if self.seq > 0 {
+            self.buf.range(bucket, start, end, self.seq)
+        } else {
+            Vec::new()
+        };
+        let root = self.version.by_bucket[bucket_index(bucket)];
+        let mut next = 0;
+        let mut stopped = false;
+        // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
+        let drain = |upto: Option<&[u8]>,
+                     next: &mut usize,
+                     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool|
+         -> bool {
+            while let Some((k, v)) = buffered.get(*next) {
+                if upto.is_some_and(|u| &**k >= u) {
+                    break;
+                }
+                *next += 1;
+                if let Some(v) = v
+                    && !visit(k, v)
+                {
+                    return false;
+                }
+            }
+            true
+        };
+        tree::scan(&self.version.map, root, start, end, &mut |k, v| {
+            if !drain(Some(k), &mut next, visit) {
+                stopped = true;
+                return false;
+            }
+            let cont = match buffered.get(next) {
+                Some((bk, slot)) if &**bk == k => {
+                    next += 1;
+                    slot.as_ref().is_none_or(|bv| visit(k, bv))
+                }
+                _ => visit(k, v),
+            };
+            stopped = !cont;
+            cont
+        })
+        .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))?;
+        if !stopped {
+            drain(None, &mut next, visit);
+        }
+        Ok(())
+    }
+}
+
+impl KvRead for Snapshot {
+    fn get(&self, bucket: Bucket, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        Ok(self.get_ref(bucket, key)?.map(Cow::into_owned))
+    }
+
+    fn scan(
+        &self,
+        bucket: Bucket,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StorageResult<()> {
+        Ok(self.scan_with(bucket, start, end, visit)?)
+    }
+}
+
+/// The single writer (see [`Backend::batch`]). Its reads see its own writes (it reads like a
+/// snapshot taken at the time of the read).
+pub struct BatchWriter {
+    shared: Arc<Shared>,
+    /// Always `Some` until drop.
+    state: Option<WriterState>,
+}
+
+impl Drop for BatchWriter {
+    fn drop(&mut self) {
+        *self.shared.writer.lock() = self.state.take();
+    }
+}
+
+impl BatchWriter {
+    fn state(&mut self) -> &mut WriterState {
+        self.state
+            .as_mut()
+            .expect("writer state present until drop")
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Backend {
+            shared: self.shared.clone(),
+        }
+        .snapshot()
+    }
+
+    fn write(&mut self, bucket: Bucket, key: &[u8], val: Slot) -> Result<(), BackendError> {
+        if let Some(why) = &self.state().failed {
+            return Err(BackendError::Failed(why.clone()));
+        }
+        let view = self.shared.current.lock().clone();
+        let max = max_key_len(view.version.meta.page_size as usize);
+        if key.is_empty() || key.len() > max {
+            return Err(BackendError::Invalid(format!(
+                "key length {} outside [1, {max}]",
+                key.len()
+            )));
+        }
+        if val.as_ref().is_some_and(|v| v.len() > u32::MAX as usize) {
+            return Err(BackendError::Invalid("value longer than 4 GiB".into()));
+        }
+        view.buf.write(bucket, key, val);
+        let opts = &self.shared.opts;
+        let (limit, interval) = (opts.batch_ops, opts.batch_interval);
+        let st = self.state();
+        st.ops_since_commit += 1;
+        if st.ops_since_commit >= limit || st.last_commit.elapsed() >= interval {
+            self.commit_now()?;
+        }
+        Ok(())
+    }
+
+    /// Commits if the batch interval has passed since the last commit and writes are buffered.
+    /// The apply loop calls this when idle. Returns whether it committed.
+    pub fn commit_if_due(&mut self) -> Result<bool, BackendError> {
+        let interval = self.shared.opts.batch_interval;
+        let st = self.state();
+        if st.ops_since_commit > 0 && st.last_commit.elapsed() >= interval {
+            self.commit_now()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Runs the checker on the newest commit, including the other meta page.
+    pub fn check(&self) -> CheckReport {
+        let version = self.shared.current.lock().version.clone();
+        check::check(&self.shared, &version, true)
+    }
+
+    pub fn stats(&self) -> BackendStats {
+        stats(&self.shared.current.lock().version)
+    }
+
+    /// Commits every buffered write (guarantee 3 of storage.rs). On error the writer refuses all
+    /// further writes: the outcome on disk is either commit, and the caller must reopen.
+    pub fn commit_now(&mut self) -> Result<(), BackendError> {
+        if let Some(why) = &self.state().failed {
+            return Err(BackendError::Failed(why.clone()));
+        }
+        let view = self.shared.current.lock().clone();
+        let shared = self.shared.clone();
+        let st = self.state();
+        st.ops_since_commit = 0;
+        st.last_commit = Instant::now();
+        let latest = view.buf.latest();
+        if latest.is_empty() {
+            return Ok(());
+        }
+        match commit(&shared, st, &view.version, &latest) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                st.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Writes the buffered state `latest` on top of `base` as transaction `base.txid + 1` and
+/// publishes it.
+fn commit(
+    shared: &Shared,
+    st: &mut WriterState,
+    base: &Arc<Version>,
+    latest: &[(Bucket, Vec<(Bytes, Slot)>)],
+) -> Result<(), BackendError> {
+    let meta = base.meta;
+    let ps = meta.page_size as u64;
+    let txid = meta.txid + 1;
+    let corrupt = |e: PageError| shared.corrupt(e, ps);
+
+    // Pages freed by transaction t are reusable once every pinned txid is >= t. The older meta on
+    // disk, meta.txid - 1, counts as pinned until this commit's meta replaces it (freelist.rs).
+    st.live.retain(|(_, w)| w.strong_count() > 0);
+    let oldest = st
+        .live
+        .iter()
+        .map(|(t, _)| *t)
+        .min()
+        .unwrap_or(meta.txid)
+        .min(meta.txid.saturating_sub(1));
+    st.freelist.release(oldest);
+
+    let mut w = TreeWriter::new(
+        &base.map,
+        ps as usize,
+        txid,
+        &mut st.freelist,
+        meta.page_count,
+    );
+    if meta.freelist != 0 {
+        let n = header_overflow(
+            &w.read(meta.freelist, Some(PageType::Freelist))
+                .map_err(corrupt)?,
+        ) as u64
+            + 1;
+        w.free(meta.freelist, n);
+    }
+    let mut roots = base.roots.clone();
+    let mut catalog_ops: Vec<(Vec<u8>, [u8; 8])> = Vec::new();
+    for (bucket, entries) in latest {
+        let ops: Vec<Op<'_>> = entries
+            .iter()
+            .map(|(k, v)| Op {
+                key: k,
+                val: v.as_deref(),
+            })
+            .collect();
+        let name = bucket.name();
+        let old = base.root(name);
+        let new = w.apply(old, &ops).map_err(corrupt)?;
+        let known = roots.iter_mut().find(|(n, _)| n == name);
+        if new != old || known.is_none() {
+            catalog_ops.push((name.to_vec(), new.to_le_bytes()));
+            match known {
+                Some((_, r)) => *r = new,
+                None => roots.push((name.to_vec(), new)),
+            }
+        }
+    }
+    // Online compaction: when a quarter of the file is free, move up to `COMPACT_BUDGET` pages
+    // from the top of the file to free pages below, reading at most `compact_visits` nodes per
+    // commit and resuming where the previous commit stopped; the vacated tail is released like
+    // any freed page and trimmed from the file by a later commit.
+    let free = w.freelist.free_len() as u64;
+    if free >= 16 && free * 4 >= w.page_count && !roots.is_empty() {
+        let limit = w.page_count - free;
+        let mut budget = COMPACT_BUDGET;
+        let (first, from) = std::mem::take(&mut st.compact_cursor);
+        let first = first % roots.len();
+        let mut walk = Walk {
+            visits: shared.opts.compact_visits.max(1),
+            from,
+            stopped_at: None,
+        };
+        for j in 0..roots.len() {
+            let b = (first + j) % roots.len();
+            if j > 0 {
+                walk.from.clear();
+            }
+            let (name, root) = &mut roots[b];
+            let new = w
+                .relocate(*root, limit, &mut budget, &mut walk)
+                .map_err(corrupt)?;
+            if new != *root {
+                *root = new;
+                catalog_ops.retain(|(n, _)| n != name);
+                catalog_ops.push((name.clone(), new.to_le_bytes()));
+            }
+            if let Some(key) = walk.stopped_at.take() {
+                st.compact_cursor = (b, key);
+                break;
+            }
+        }
+    }
+    catalog_ops.sort();
+    let ops: Vec<Op<'_>> = catalog_ops
+        .iter()
+        .map(|(k, v)| Op {
+            key: k,
+            val: Some(v),
+        })
+        .collect();
+    let mut catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
+    let free = w.freelist.free_len() as u64;
+    if free >= 16 && free * 4 >= w.page_count {
+        catalog = w
+            .relocate(
+                catalog,
+                w.page_count - free,
+                &mut 64,
+                &mut Walk {
+                    visits: usize::MAX,
+                    from: Vec::new(),
+                    stopped_at: None,
+                },
+            )
+            .map_err(corrupt)?;
+    }
+
+    w.page_count = w.freelist.trim_tail(w.page_count);
+    let body = freelist_body(w.freelist.free_len(), w.freelist.pending_len());
+    let fl_pages = run_pages(ps as usize, body);
+    let fl_id = w.alloc(fl_pages);
+    let (free, pending) = w.freelist.to_parts();
+    w.dirty.insert(
+        fl_id,
+        encode_freelist(&free, &pending, fl_id, fl_pages, ps as usize),
+    );
+    let new_meta = Meta {
+        page_size: meta.page_size,
+        txid,
+        catalog,
+        freelist: fl_id,
+        page_count: w.page_count,
+    };
+    let dirty = std::mem::take(&mut w.dirty);
+    drop(w);
+
+    // Grow the file (made durable by step 2's fdatasync, before any meta can point past the old
+    // end) and map the new length for the new version; old versions keep the old mapping.
+    let need = new_meta.page_count * ps;
+    let mut map = base.map.clone();
+    if need > st.file_len {
+        // Grow by a quarter (at least 16 pages, at most 1 GiB): well under the shrink threshold
+        // below, so a file never oscillates between growing and shrinking.
+        let grow = (st.file_len / 4).clamp(16 * ps, 1 << 30);
+        let new_len = need.max(st.file_len + grow).div_ceil(ps) * ps;
+        shared
+            .file
+            .allocate(st.file_len, new_len - st.file_len)
+            .map_err(|e| shared.io("grow", e))?;
+        st.file_len = new_len;
+    }
+    if need > map.len() {
+        let m = Mapping::new(&shared.file, st.file_len, ps as usize, shared.opts.mmap)
+            .map_err(|e| shared.io("mmap", e))?;
+        m.inherit_verified(&map);
+        map = Arc::new(m);
+    }
+    for &id in dirty.keys() {
+        map.forget_verified(id);
+    }
+
+    // Step 1: pages, coalesced into runs of adjacent ids.
+    let mut batch: Vec<u8> = Vec::new();
+    let mut batch_at = 0;
+    for (id, run) in &dirty {
+        let at = id * ps;
+        if !batch.is_empty() && (at != batch_at + batch.len() as u64 || batch.len() >= 4 << 20) {
+            shared
+                .file
+                .write_at(&batch, batch_at)
+                .map_err(|e| shared.io("write pages", e))?;
+            batch.clear();
+        }
+        if batch.is_empty() {
+            batch_at = at;
+        }
+        batch.extend_from_slice(run);
+    }
+    if !batch.is_empty() {
+        shared
+            .file
+            .write_at(&batch, batch_at)
+            .map_err(|e| shared.io("write pages", e))?;
+    }
+    // Step 2.
+    shared
+        .file
+        .sync_data()
+        .map_err(|e| shared.io("fdatasync pages", e))?;
+    // Steps 3 and 4.
+    shared
+        .file
+        .write_at(&new_meta.encode(), (txid % 2) * ps)
+        .map_err(|e| shared.io("write meta", e))?;
+    shared
+        .file
+        .sync_data()
+        .map_err(|e| shared.io("fdatasync meta", e))?;
+
+    let mut version = Arc::new(Version {
+        meta: new_meta,
+        map,
+        by_bucket: by_bucket(&roots),
+        roots,
+        free_pages: st.freelist.free_len() as u64,
+        pending_pages: st.freelist.pending_len() as u64,
+        file_len: st.file_len,
+    });
+    st.live.push((txid, Arc::downgrade(&version)));
+    let buf = Arc::new(Buffer::default());
+    *shared.current.lock() = Arc::new(View {
+        version: version.clone(),
+        buf: buf.clone(),
+    });
+
+    // Online shrink: give back a free tail of at least half the file. Pages past `need` are
+    // reachable from no live version (they are free and released), so no slice points there;
+    // the new version gets a mapping of the new length.
+    if st.file_len - need >= (st.file_len / 2).max(16 * ps) {
+        shared
+            .file
+            .set_len(need)
+            .map_err(|e| shared.io("shrink", e))?;
+        st.file_len = need;
+        let m = Mapping::new(&shared.file, need, ps as usize, shared.opts.mmap)
+            .map_err(|e| shared.io("mmap", e))?;
+        m.inherit_verified(&version.map);
+        version = Arc::new(Version {
+            map: Arc::new(m),
+            roots: version.roots.clone(),
+            file_len: need,
+            ..*version
+        });
+        st.live.push((txid, Arc::downgrade(&version)));
+        *shared.current.lock() = Arc::new(View { version, buf });
+    }
+    Ok(())
+}
+
+impl KvRead for BatchWriter {
+    fn get(&self, bucket: Bucket, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.snapshot().get(bucket, key)
+    }
+
+    fn scan(
+        &self,
+        bucket: Bucket,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> StorageResult<()> {
+        self.snapshot().scan(bucket, start, end, visit)
+    }
+}
+
+impl BatchWrite for BatchWriter {
+    fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> StorageResult<()> {
+        Ok(self.write(bucket, key, Some(Arc::from(value)))?)
+    }
+
+    fn delete(&mut self, bucket: Bucket, key: &[u8]) -> StorageResult<()> {
+        Ok(self.write(bucket, key, None)?)
+    }
+
+    fn commit(&mut self) -> StorageResult<()> {
+        Ok(self.commit_now()?)
+    }
+}

@@ -1,0 +1,128 @@
+//! The two meta pages (pages 0 and 1). Commit `txid` writes its meta to page `txid % 2`; open
+//! uses the valid meta with the highest txid. Layout in `engine/docs/format.md`, "Backend file".
+
+use super::page::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, get_u32, get_u64, put_u32, put_u64};
+
+/// `RINGKVDB`: identifies a backend file.
+pub(crate) const MAGIC: [u8; 8] = *b"RINGKVDB";
+
+/// Format version 1: the first version (page header with per-run CRC32C, overflow runs, freelist
+/// with pending entries tagged by the txid that freed them).
+pub const FORMAT_V1: u32 = 1;
+/// The version this build writes; it reads exactly this one.
+pub const FORMAT_VERSION: u32 = FORMAT_V1;
+
+pub(crate) const MAGIC_OFFSET: usize = 0;
+pub(crate) const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
+pub(crate) const PAGE_SIZE_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
+pub(crate) const TXID_OFFSET: usize = PAGE_SIZE_OFFSET + size_of::<u32>();
+pub(crate) const CATALOG_OFFSET: usize = TXID_OFFSET + size_of::<u64>();
+pub(crate) const FREELIST_OFFSET: usize = CATALOG_OFFSET + size_of::<u64>();
+pub(crate) const PAGE_COUNT_OFFSET: usize = FREELIST_OFFSET + size_of::<u64>();
+pub(crate) const META_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<u64>();
+pub(crate) const META_LEN: usize = META_CHECKSUM_OFFSET + size_of::<u32>();
+
+/// One committed state: everything a reader needs to find the data of transaction `txid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Meta {
+    pub page_size: u32,
+    pub txid: u64,
+    /// Root page of the bucket catalog tree (bucket name -> root page id), 0 = no buckets.
+    pub catalog: u64,
+    /// First page of the freelist run, 0 = none.
+    pub freelist: u64,
+    /// Pages in use or free: ids `[0, page_count)`. The file is at least this long.
+    pub page_count: u64,
+}
+
+impl Meta {
+    /// Encodes into a full page.
+    // Format: { magic [8] | version u32 | page_size u32 | txid u64 | catalog u64 | freelist u64 |
+    //   page_count u64 | checksum u32 (CRC32C of the preceding bytes) | zero padding }
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut page = vec![0u8; self.page_size as usize];
+        page[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
+        put_u32(&mut page, VERSION_OFFSET, FORMAT_VERSION);
+        put_u32(&mut page, PAGE_SIZE_OFFSET, self.page_size);
+        put_u64(&mut page, TXID_OFFSET, self.txid);
+        put_u64(&mut page, CATALOG_OFFSET, self.catalog);
+        put_u64(&mut page, FREELIST_OFFSET, self.freelist);
+        put_u64(&mut page, PAGE_COUNT_OFFSET, self.page_count);
+        let sum = crc32c::crc32c(&page[..META_CHECKSUM_OFFSET]);
+        put_u32(&mut page, META_CHECKSUM_OFFSET, sum);
+        page
+    }
+
+    /// Decodes and checks a meta page; the error says what was wrong.
+    pub(crate) fn decode(b: &[u8]) -> Result<Meta, String> {
+        if b.len() < META_LEN {
+            return Err(format!("meta page truncated to {} bytes", b.len()));
+        }
+        if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
+            return Err("bad magic (not a ringkv backend file)".into());
+        }
+        let stored = get_u32(b, META_CHECKSUM_OFFSET);
+        let actual = crc32c::crc32c(&b[..META_CHECKSUM_OFFSET]);
+        if stored != actual {
+            return Err(format!(
+                "meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
+            ));
+        }
+        let version = get_u32(b, VERSION_OFFSET);
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
+            ));
+        }
+        let page_size = get_u32(b, PAGE_SIZE_OFFSET);
+        if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&(page_size as usize))
+            || !page_size.is_power_of_two()
+        {
+            return Err(format!("unsupported page size {page_size}"));
+        }
+        let m = Meta {
+            page_size,
+            txid: get_u64(b, TXID_OFFSET),
+            catalog: get_u64(b, CATALOG_OFFSET),
+            freelist: get_u64(b, FREELIST_OFFSET),
+            page_count: get_u64(b, PAGE_COUNT_OFFSET),
+        };
+        if m.page_count < 2 {
+            return Err(format!(
+                "page count {} leaves no room for the meta pages",
+                m.page_count
+            ));
+        }
+        for (what, id) in [("catalog", m.catalog), ("freelist", m.freelist)] {
+            if id == 1 || (id != 0 && id >= m.page_count) {
+                return Err(format!("{what} page {id} outside [2, {})", m.page_count));
+            }
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip_and_damage() {
+        let m = Meta {
+            page_size: 4096,
+            txid: 42,
+            catalog: 7,
+            freelist: 9,
+            page_count: 12,
+        };
+        let page = m.encode();
+        assert_eq!(META_LEN, 52);
+        assert_eq!(Meta::decode(&page).unwrap(), m);
+        let mut bad = page.clone();
+        bad[TXID_OFFSET] ^= 4;
+        assert!(Meta::decode(&bad).unwrap_err().contains("checksum"));
+        let mut bad = page;
+        bad[0] = b'X';
+        assert!(Meta::decode(&bad).unwrap_err().contains("magic"));
+    }
+}

@@ -1,0 +1,992 @@
+//! Backend tests that reach internals: the model-based randomized test, overflow values,
+//! corruption detection, the meta fallback, online shrink, and remap under concurrent readers.
+//! The crash test through the fault-injecting VFS is in `crash_tests` below.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::io::{OpenOptions, StdVfs, Vfs};
+use crate::storage::{BatchWrite, Bucket, KvRead, StorageError};
+
+type Model = BTreeMap<(Bucket, Vec<u8>), Vec<u8>>;
+
+const BUCKETS: [Bucket; 3] = [Bucket::Key, Bucket::Meta, Bucket::Lease];
+
+fn opts(mmap: bool) -> BackendOptions {
+    BackendOptions {
+        // Commit only when the test says so (or at the op limit, which it also models).
+        batch_ops: 1_000_000,
+        batch_interval: Duration::from_secs(3600),
+        mmap,
+        // Small, so that compaction stops and resumes from its cursor within the tests.
+        compact_visits: 4,
+        ..BackendOptions::default()
+    }
+}
+
+fn std_vfs() -> Arc<dyn Vfs> {
+    Arc::new(StdVfs::new())
+}
+
+fn db_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("member/snap/db")
+}
+
+/// Everything `snap` sees, per bucket, through scans.
+fn dump(snap: &dyn KvRead) -> Model {
+    let mut out = Model::new();
+    for b in BUCKETS {
+        snap.scan(b, b"", b"", &mut |k, v| {
+            out.insert((b, k.to_vec()), v.to_vec());
+            true
+        })
+        .unwrap();
+    }
+    out
+}
+
+/// Checks `snap` against `model`: full scans, point gets, and a bounded scan with early stop.
+fn verify(snap: &dyn KvRead, model: &Model, rng: &mut StdRng) {
+    assert_eq!(dump(snap), *model);
+    for _ in 0..20 {
+        let b = BUCKETS[rng.random_range(0..BUCKETS.len())];
+        let k = key(rng.random_range(0..400u32));
+        assert_eq!(
+            snap.get(b, &k).unwrap(),
+            model.get(&(b, k.clone())).cloned(),
+            "get {b:?} {k:?}"
+        );
+        let end = key(rng.random_range(0..400u32));
+        let limit = rng.random_range(1..30usize);
+        let mut got = Vec::new();
+        snap.scan(b, &k, &end, &mut |k, v| {
+            got.push((k.to_vec(), v.to_vec()));
+            got.len() < limit
+        })
+        .unwrap();
+        if k < end {
+            let want: Vec<_> = model
+                .range((b, k.clone())..(b, end.clone()))
+                .take(limit)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, want, "scan {b:?} [{k:?}, {end:?}) limit {limit}");
+        } else {
+            assert!(got.is_empty(), "scan with start >= end returned keys");
+        }
+    }
+}
+
+fn key(i: u32) -> Vec<u8> {
+    // Variable-length keys sharing prefixes, so separators and ordering are exercised.
+    let mut k = format!("k{:05}", i * 7919 % 100_000).into_bytes();
+    k.extend(std::iter::repeat_n(b'x', (i % 13) as usize));
+    k
+}
+
+fn value(rng: &mut StdRng) -> Vec<u8> {
+    let len = match rng.random_range(0..100) {
+        0..3 => rng.random_range(2000..20_000), // overflow runs of 1..5 pages
+        3..10 => 0,
+        _ => rng.random_range(1..300),
+    };
+    let b: u8 = rng.random();
+    (0..len).map(|i| b.wrapping_add(i as u8)).collect()
+}
+
+fn assert_checked(w: &BatchWriter) {
+    let r = w.check();
+    assert!(r.is_ok(), "checker: {:?}", r.problems);
+}
+
+/// Random puts, deletes, scans, commits and reopen-without-commit (the rollback: writes after
+/// the last commit are gone) against a `BTreeMap` model, with reader threads holding old
+/// snapshots and re-checking them while the writer moves on. The checker runs after every commit.
+fn model_test(seed: u64, mmap: bool, steps: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
+    let mut w = backend.batch().unwrap();
+    let mut model = Model::new();
+    let mut committed = Model::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Snapshots handed to readers carry the backend instance's generation; before a reopen the
+    // writer bumps it and waits until readers dropped every older snapshot (one process must not
+    // keep snapshots of a closed instance while another instance writes the file).
+    let generation = Arc::new(AtomicUsize::new(0));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, Snapshot, Model)>(4);
+    let readers: Vec<_> = (0..2)
+        .map(|i| {
+            let rx = rx.clone();
+            let stop = stop.clone();
+            let generation = generation.clone();
+            let outstanding = outstanding.clone();
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(seed ^ (i + 100));
+                let mut held: Vec<(usize, Snapshot, Model)> = Vec::new();
+                let mut checks = 0;
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(1)) {
+                        Ok(s) => held.push(s),
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+                            if held.is_empty() =>
+                        {
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                    let now = generation.load(Ordering::SeqCst);
+                    let before = held.len();
+                    held.retain(|(g, _, _)| *g == now);
+                    outstanding.fetch_sub(before - held.len(), Ordering::SeqCst);
+                    if let Some(idx) = (!held.is_empty()).then(|| rng.random_range(0..held.len())) {
+                        let (_, snap, m) = &held[idx];
+                        verify(snap, m, &mut rng);
+                        checks += 1;
+                        if held.len() > 3 || stop.load(Ordering::Relaxed) || rng.random_bool(0.2) {
+                            held.swap_remove(idx);
+                            outstanding.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+                checks
+            })
+        })
+        .collect();
+    for step in 0..steps {
+        match rng.random_range(0..100) {
+            0..55 => {
+                let b = BUCKETS[rng.random_range(0..BUCKETS.len())];
+                let k = key(rng.random_range(0..400));
+                let v = value(&mut rng);
+                w.put(b, &k, &v).unwrap();
+                model.insert((b, k), v);
+            }
+            55..80 => {
+                let b = BUCKETS[rng.random_range(0..BUCKETS.len())];
+                let k = key(rng.random_range(0..400));
+                w.delete(b, &k).unwrap();
+                model.remove(&(b, k));
+            }
+            80..86 => verify(&backend.snapshot(), &model, &mut rng),
+            86..88 => {
+                // Delete a whole range, so leaves and branches empty out and merge.
+                let b = BUCKETS[rng.random_range(0..BUCKETS.len())];
+                let lo = key(rng.random_range(0..400));
+                let doomed: Vec<_> = model
+                    .range((b, lo.clone())..)
+                    .take(60)
+                    .filter(|((bb, _), _)| *bb == b)
+                    .map(|((_, k), _)| k.clone())
+                    .collect();
+                for k in doomed {
+                    w.delete(b, &k).unwrap();
+                    model.remove(&(b, k));
+                }
+            }
+            88..96 => {
+                w.commit().unwrap();
+                committed = model.clone();
+                assert_checked(&w);
+            }
+            96..98 => {
+                outstanding.fetch_add(1, Ordering::SeqCst);
+                if tx
+                    .try_send((
+                        generation.load(Ordering::SeqCst),
+                        backend.snapshot(),
+                        model.clone(),
+                    ))
+                    .is_err()
+                {
+                    outstanding.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            _ => {
+                // Rollback: reopen without committing; the uncommitted writes are gone.
+                generation.fetch_add(1, Ordering::SeqCst);
+                while outstanding.load(Ordering::SeqCst) != 0 {
+                    if readers.iter().any(|r| r.is_finished()) {
+                        // A reader died (a failed check): surface its panic instead of waiting.
+                        for r in readers {
+                            r.join().unwrap();
+                        }
+                        unreachable!("a reader thread ended early without panicking");
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(w);
+                drop(backend);
+                backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
+                w = backend.batch().unwrap();
+                model = committed.clone();
+                assert_checked(&w);
+                verify(&backend.snapshot(), &model, &mut rng);
+            }
+        }
+        if step % 500 == 0 {
+            verify(&w, &model, &mut rng);
+        }
+    }
+    w.commit().unwrap();
+    assert_checked(&w);
+    stop.store(true, Ordering::Relaxed);
+    drop(tx);
+    let checks: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(checks > 0, "reader threads checked no snapshot");
+    drop(w);
+    drop(backend);
+    let backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
+    assert_eq!(dump(&backend.snapshot()), model);
+    assert!(backend.check().is_ok());
+}
+
+#[test]
+fn model_randomized_mmap() {
+    for seed in 0..3 {
+        model_test(seed, true, 3000);
+    }
+}
+
+#[test]
+fn model_randomized_read_at() {
+    model_test(7, false, 2500);
+}
+
+#[test]
+fn batch_commits_every_n_ops_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let backend = Backend::open(
+        std_vfs(),
+        &path,
+        BackendOptions {
+            batch_ops: 100,
+            batch_interval: Duration::from_secs(3600),
+            ..BackendOptions::default()
+        },
+    )
+    .unwrap();
+    let mut w = backend.batch().unwrap();
+    assert!(matches!(backend.batch(), Err(BackendError::Invalid(_))));
+    let t0 = backend.stats().txid;
+    for i in 0..250u32 {
+        w.put(Bucket::Key, &i.to_be_bytes(), b"v").unwrap();
+        // Guarantee 1: visible to a new snapshot at once, committed or not.
+        assert_eq!(
+            backend
+                .snapshot()
+                .get(Bucket::Key, &i.to_be_bytes())
+                .unwrap()
+                .unwrap(),
+            b"v"
+        );
+    }
+    assert_eq!(
+        backend.stats().txid,
+        t0 + 2,
+        "two automatic commits after 100 and 200 ops"
+    );
+    drop(w);
+    drop(backend);
+    let backend = Backend::open(std_vfs(), &path, BackendOptions::default()).unwrap();
+    let mut n = 0;
+    backend
+        .snapshot()
+        .scan(Bucket::Key, b"", b"", &mut |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(
+        n, 200,
+        "the 50 writes after the last automatic commit were not committed"
+    );
+}
+
+#[test]
+fn batch_interval_commits_on_write_and_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(
+        std_vfs(),
+        &db_path(&dir),
+        BackendOptions {
+            batch_ops: 1_000_000,
+            batch_interval: Duration::from_millis(500),
+            ..BackendOptions::default()
+        },
+    )
+    .unwrap();
+    let mut w = backend.batch().unwrap();
+    let t0 = backend.stats().txid;
+    assert!(
+        !w.commit_if_due().unwrap(),
+        "nothing buffered, nothing to commit"
+    );
+    w.put(Bucket::Key, b"a", b"1").unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(w.commit_if_due().unwrap());
+    assert_eq!(backend.stats().txid, t0 + 1);
+    assert!(!w.commit_if_due().unwrap(), "just committed");
+    std::thread::sleep(Duration::from_millis(600));
+    // A write arriving after the interval commits everything buffered, itself included.
+    w.put(Bucket::Key, b"b", b"2").unwrap();
+    assert_eq!(backend.stats().txid, t0 + 2);
+    assert_checked(&w);
+}
+
+#[test]
+fn invalid_keys_and_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = BackendOptions {
+        page_size: 5000,
+        ..BackendOptions::default()
+    };
+    assert!(matches!(
+        Backend::open(std_vfs(), &db_path(&dir), bad),
+        Err(BackendError::Invalid(_))
+    ));
+    let backend = Backend::open(std_vfs(), &db_path(&dir), BackendOptions::default()).unwrap();
+    let again = Backend::open(
+        std_vfs(),
+        &dir.path().join("member/snap/../snap/db"),
+        BackendOptions::default(),
+    );
+    assert!(matches!(again, Err(BackendError::Invalid(m)) if m.contains("already open")));
+    let mut w = backend.batch().unwrap();
+    assert!(w.put(Bucket::Key, b"", b"v").is_err());
+    assert!(
+        w.put(Bucket::Key, &vec![b'k'; max_key_len(4096) + 1], b"v")
+            .is_err()
+    );
+    w.put(Bucket::Key, &vec![b'k'; max_key_len(4096)], b"v")
+        .unwrap();
+    w.commit().unwrap();
+    assert_checked(&w);
+}
+
+#[test]
+fn two_mib_values_round_trip_through_overflow_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+    let mut w = backend.batch().unwrap();
+    let big: Vec<u8> = (0..2 << 20).map(|i: u32| (i % 251) as u8).collect();
+    w.put(Bucket::Key, b"big", &big).unwrap();
+    w.put(Bucket::Key, b"small", b"s").unwrap();
+    w.commit().unwrap();
+    assert_checked(&w);
+    let snap = backend.snapshot();
+    assert_eq!(
+        snap.get_ref(Bucket::Key, b"big").unwrap().unwrap().as_ref(),
+        &big[..]
+    );
+    let before = backend.stats();
+    assert!(before.live_bytes >= 2 << 20);
+    w.delete(Bucket::Key, b"big").unwrap();
+    w.commit().unwrap();
+    // The old snapshot still reads the value: its pages are pending, not reused.
+    assert_eq!(snap.get(Bucket::Key, b"big").unwrap().unwrap(), big);
+    drop(snap);
+    // Online compaction moves the pages above the freed run down; a later commit trims the tail.
+    for i in 0..6u8 {
+        w.put(Bucket::Key, b"x", &[i]).unwrap();
+        w.commit().unwrap();
+        assert_checked(&w);
+    }
+    let after = backend.stats();
+    assert!(after.live_bytes < 64 << 10, "{after:?}");
+    assert!(
+        after.file_bytes < before.file_bytes,
+        "freed tail was given back: {before:?} -> {after:?}"
+    );
+    drop(w);
+    drop(backend);
+    let backend = Backend::open(std_vfs(), &path, opts(false)).unwrap();
+    assert_eq!(
+        backend.snapshot().get(Bucket::Key, b"x").unwrap().unwrap(),
+        [5]
+    );
+    assert!(backend.check().is_ok());
+}
+
+/// Writes 3 commits of data and returns the path; commit 3 changes `k0050`.
+fn three_commits(dir: &tempfile::TempDir) -> PathBuf {
+    let path = db_path(dir);
+    let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+    let mut w = backend.batch().unwrap();
+    for round in 0..3u8 {
+        for i in 0..(if round == 2 { 1 } else { 300 }) {
+            let k = format!("k{:04}", i + if round == 2 { 50 } else { 0 });
+            w.put(Bucket::Key, k.as_bytes(), &[round; 100]).unwrap();
+        }
+        w.commit().unwrap();
+        assert_checked(&w);
+    }
+    path
+}
+
+fn flip(path: &Path, offset: u64) {
+    let f = StdVfs::new().open(path, OpenOptions::read_write()).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    b[0] ^= 0x10;
+    f.write_at(&b, offset).unwrap();
+    f.sync_data().unwrap();
+}
+
+#[test]
+fn flipped_bit_in_a_page_is_detected_with_page_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_commits(&dir);
+    let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+    // Find the leaf that holds k0100 (the last key in the first commit's data is far from k0050).
+    let snap = backend.snapshot();
+    let root = snap.version.root(b"key");
+    let mut id = root;
+    loop {
+        let page = snap.version.map.page(id, None).unwrap();
+        let v = page::NodeView::new(&page);
+        if v.is_leaf() {
+            break;
+        }
+        id = v.child(v.child_index(b"k0100"));
+    }
+    drop(snap);
+    drop(backend);
+    flip(&path, id * 4096 + 2000);
+    for mmap in [true, false] {
+        let backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
+        let err = backend
+            .snapshot()
+            .get_ref(Bucket::Key, b"k0100")
+            .unwrap_err();
+        match &err {
+            BackendError::Corrupt {
+                page,
+                offset,
+                reason,
+                ..
+            } => {
+                assert_eq!(*page, id);
+                assert_eq!(*offset, id * 4096);
+                assert!(reason.contains("checksum"), "{reason}");
+            }
+            e => panic!("expected corruption, got {e}"),
+        }
+        let se: StorageError = err.into();
+        assert!(se.to_string().contains(&format!("page {id}")), "{se}");
+        let report = backend.check();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.page == id && p.reason.contains("checksum")),
+            "{:?}",
+            report.problems
+        );
+    }
+}
+
+#[test]
+fn damaged_newest_meta_falls_back_to_the_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = three_commits(&dir);
+    let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+    let newest = backend.stats().txid;
+    assert_eq!(
+        backend
+            .snapshot()
+            .get(Bucket::Key, b"k0050")
+            .unwrap()
+            .unwrap(),
+        vec![2; 100]
+    );
+    drop(backend);
+    flip(&path, (newest % 2) * 4096 + 20);
+    let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+    assert_eq!(backend.stats().txid, newest - 1);
+    // The previous commit's state, intact (its pages were not reused by the newest commit).
+    assert_eq!(
+        backend
+            .snapshot()
+            .get(Bucket::Key, b"k0050")
+            .unwrap()
+            .unwrap(),
+        vec![1; 100]
+    );
+    let report = backend.check();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].page, newest % 2);
+    assert!(
+        report.problems[0].reason.contains("meta checksum"),
+        "{:?}",
+        report.problems
+    );
+    // Writing on from the fallback works and overwrites the damaged slot.
+    let mut w = backend.batch().unwrap();
+    w.put(Bucket::Key, b"k0050", &[9; 100]).unwrap();
+    w.commit().unwrap();
+    w.put(Bucket::Key, b"k0051", &[9; 100]).unwrap();
+    w.commit().unwrap();
+    assert_checked(&w);
+    // Both metas damaged: a clear error naming the problem.
+    drop(w);
+    drop(backend);
+    flip(&path, 20);
+    flip(&path, 4096 + 20);
+    let err = Backend::open(std_vfs(), &path, opts(true))
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().contains("both meta pages are invalid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn remap_under_concurrent_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::open(std_vfs(), &db_path(&dir), opts(true)).unwrap();
+    let mut w = backend.batch().unwrap();
+    for i in 0..200u32 {
+        w.put(Bucket::Key, &i.to_be_bytes(), &[7; 200]).unwrap();
+    }
+    w.commit().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let backend = backend.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let snap = backend.snapshot();
+                    assert!(snap.version.map.is_mmap());
+                    // Hold a borrowed slice across the writer's growth and remaps.
+                    let v = snap
+                        .get_ref(Bucket::Key, &5u32.to_be_bytes())
+                        .unwrap()
+                        .unwrap();
+                    let mut n = 0u32;
+                    snap.scan_with(Bucket::Key, b"", b"", &mut |k, val| {
+                        assert_eq!(val.len(), 200);
+                        assert!(
+                            val.iter().all(|&b| b == val[0]),
+                            "torn value under key {k:?}"
+                        );
+                        n += 1;
+                        true
+                    })
+                    .unwrap();
+                    assert!(n >= 200);
+                    assert_eq!(v.len(), 200);
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut maps = std::collections::HashSet::new();
+    for round in 0..40u32 {
+        for i in 0..150u32 {
+            w.put(
+                Bucket::Key,
+                &(1000 + round * 150 + i).to_be_bytes(),
+                &[round as u8; 200],
+            )
+            .unwrap();
+            w.put(Bucket::Key, &(i % 200).to_be_bytes(), &[round as u8; 200])
+                .unwrap();
+        }
+        w.commit().unwrap();
+        maps.insert(Arc::as_ptr(&backend.snapshot().version.map) as usize);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+    assert!(reads > 0);
+    assert!(
+        maps.len() > 3,
+        "the file grew and was remapped several times ({} maps)",
+        maps.len()
+    );
+    assert_checked(&w);
+}
+
+#[test]
+fn online_compaction_shrinks_the_file_while_readers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small walk budget: compaction takes many commits and resumes from its cursor.
+    let backend = Backend::open(
+        std_vfs(),
+        &db_path(&dir),
+        BackendOptions {
+            compact_visits: 10,
+            ..opts(true)
+        },
+    )
+    .unwrap();
+    let mut w = backend.batch().unwrap();
+    let val = |i: u32| vec![(i % 251) as u8; 300];
+    for i in 0..4000u32 {
+        w.put(Bucket::Key, &i.to_be_bytes(), &val(i)).unwrap();
+    }
+    w.commit().unwrap();
+    let full = backend.stats();
+    // Keep every 10th key, spread over the whole file.
+    for i in (0..4000u32).filter(|i| i % 10 != 0) {
+        w.delete(Bucket::Key, &i.to_be_bytes()).unwrap();
+    }
+    w.commit().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let backend = backend.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let snap = backend.snapshot();
+                let mut n = 0;
+                snap.scan_with(Bucket::Key, b"", b"", &mut |k, v| {
+                    let i = u32::from_be_bytes(k.try_into().unwrap());
+                    assert_eq!(i % 10, 0);
+                    assert_eq!(v, &val(i)[..]);
+                    n += 1;
+                    true
+                })
+                .unwrap();
+                assert_eq!(n, 400);
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut sizes = Vec::new();
+    for round in 0..60u32 {
+        // Small commits, as a running cluster makes; each moves pages down and trims the tail.
+        w.put(Bucket::Meta, b"round", &round.to_le_bytes()).unwrap();
+        w.commit().unwrap();
+        assert_checked(&w);
+        sizes.push(backend.stats().file_bytes);
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let end = backend.stats();
+    assert!(
+        end.file_bytes * 2 < full.file_bytes,
+        "file did not shrink enough: {full:?} -> {end:?} (sizes {sizes:?})"
+    );
+    assert!(end.live_bytes * 2 > end.file_bytes / 2, "{end:?}");
+}
+
+mod crash_tests {
+    //! Crash at every mutating I/O operation in turn (power cut, torn last write, random subset
+    //! of unsynced sectors) and after single failed operations: reopening must yield exactly the
+    //! last commit that returned success, or the one in flight if its meta became durable.
+
+    use super::*;
+    use crate::io::{CrashMode, Fault, FaultVfs};
+
+    /// One commit's writes: `(bucket, key, Some(value) | None = delete)`.
+    type Batch = Vec<(Bucket, Vec<u8>, Option<Vec<u8>>)>;
+
+    /// A deterministic workload of `commits` batches; returns the model after each commit.
+    fn batches(seed: u64, commits: usize) -> Vec<Batch> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..commits)
+            .map(|c| {
+                let n = if c % 5 == 4 {
+                    300
+                } else {
+                    rng.random_range(1..60)
+                };
+                (0..n)
+                    .map(|_| {
+                        let b = BUCKETS[rng.random_range(0..2)];
+                        let k = key(rng.random_range(0..300));
+                        let v = (!rng.random_bool(0.25)).then(|| value(&mut rng));
+                        (b, k, v)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    struct Outcome {
+        /// Model after the last commit that returned Ok.
+        committed: Model,
+        /// Model of the commit that failed, if one did.
+        in_flight: Option<Model>,
+    }
+
+    fn run(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch]) -> Outcome {
+        let mut committed = Model::new();
+        let backend = match Backend::open(vfs.clone(), path, opts(true)) {
+            Ok(b) => b,
+            Err(_) => {
+                return Outcome {
+                    committed,
+                    in_flight: None,
+                };
+            }
+        };
+        let mut w = backend.batch().unwrap();
+        for batch in work {
+            let mut next = committed.clone();
+            for (b, k, v) in batch {
+                match v {
+                    Some(v) => {
+                        w.put(*b, k, v).unwrap();
+                        next.insert((*b, k.clone()), v.clone());
+                    }
+                    None => {
+                        w.delete(*b, k).unwrap();
+                        next.remove(&(*b, k.clone()));
+                    }
+                }
+            }
+            if w.commit().is_err() {
+                // The writer is poisoned: later writes are refused.
+                assert!(w.put(Bucket::Key, b"after", b"failure").is_err());
+                return Outcome {
+                    committed,
+                    in_flight: Some(next),
+                };
+            }
+            committed = next;
+        }
+        Outcome {
+            committed,
+            in_flight: None,
+        }
+    }
+
+    fn reopen_and_judge(image: FaultVfs, path: &Path, out: &Outcome, what: &str) {
+        let vfs: Arc<dyn Vfs> = Arc::new(image);
+        let backend = Backend::open(vfs, path, opts(true))
+            .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+        let got = dump(&backend.snapshot());
+        let ok = got == out.committed || out.in_flight.as_ref() == Some(&got);
+        assert!(
+            ok,
+            "{what}: reopened state is neither the last commit nor the one in flight"
+        );
+        let report = backend.check();
+        assert!(report.is_ok(), "{what}: checker: {:?}", report.problems);
+        // The reopened store takes writes again.
+        let mut w = backend.batch().unwrap();
+        w.put(Bucket::Key, b"again", b"1").unwrap();
+        w.commit().unwrap();
+        assert!(w.check().is_ok(), "{what}: checker after a new commit");
+    }
+
+    #[test]
+    fn crash_at_every_operation() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = batches(11, 14);
+        let clean = FaultVfs::new();
+        let clean_dyn: Arc<dyn Vfs> = Arc::new(clean.clone());
+        let out = run(&clean_dyn, &path, &work);
+        assert!(out.in_flight.is_none());
+        let total = clean.ops();
+        assert!(
+            total > 40,
+            "workload too small to be interesting ({total} ops)"
+        );
+        for n in 0..total {
+            let vfs = FaultVfs::new();
+            vfs.fail_at(n, Fault::PowerCut);
+            let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
+            let out = run(&dynv, &path, &work);
+            for (i, mode) in [
+                CrashMode::LoseUnsynced,
+                CrashMode::TornLastWrite {
+                    keep: 512 * (n as usize % 9),
+                },
+                CrashMode::RandomSectors { seed: n },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                reopen_and_judge(
+                    vfs.crash_image(mode),
+                    &path,
+                    &out,
+                    &format!("power cut at op {n}, mode {i} {mode:?}"),
+                );
+            }
+        }
+    }
+
+    /// Crashes while online compaction moves pages down and the file shrinks.
+    #[test]
+    fn crash_during_compaction_and_shrink() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let mut work: Vec<Batch> = vec![
+            (0..600u32)
+                .map(|i| (Bucket::Key, key(i), Some(vec![(i % 200) as u8; 200])))
+                .collect(),
+            (0..600u32)
+                .filter(|i| i % 8 != 0)
+                .map(|i| (Bucket::Key, key(i), None))
+                .collect(),
+        ];
+        for round in 0..12u8 {
+            work.push(vec![(
+                Bucket::Meta,
+                b"round".to_vec(),
+                Some(vec![round; 8]),
+            )]);
+        }
+        let clean = FaultVfs::new();
+        let clean_dyn: Arc<dyn Vfs> = Arc::new(clean.clone());
+        let out = run(&clean_dyn, &path, &work);
+        assert!(out.in_flight.is_none());
+        let peak = 600 * 200;
+        let end = clean.written_contents(&path).unwrap().len();
+        assert!(
+            end < peak,
+            "the workload must shrink the file (end {end} bytes)"
+        );
+        for n in 0..clean.ops() {
+            let vfs = FaultVfs::new();
+            vfs.fail_at(n, Fault::PowerCut);
+            let out = run(&(Arc::new(vfs.clone()) as Arc<dyn Vfs>), &path, &work);
+            for mode in [
+                CrashMode::LoseUnsynced,
+                CrashMode::RandomSectors { seed: n },
+            ] {
+                reopen_and_judge(
+                    vfs.crash_image(mode),
+                    &path,
+                    &out,
+                    &format!("power cut at op {n}, {mode:?}"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn failed_operation_poisons_the_writer_and_loses_nothing_committed() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = batches(12, 10);
+        let clean = FaultVfs::new();
+        let _ = run(&(Arc::new(clean.clone()) as Arc<dyn Vfs>), &path, &work);
+        for n in 0..clean.ops() {
+            for fault in [Fault::Eio, Fault::ShortWrite, Fault::Enospc] {
+                let vfs = FaultVfs::new();
+                vfs.fail_at(n, fault);
+                let out = run(&(Arc::new(vfs.clone()) as Arc<dyn Vfs>), &path, &work);
+                let what = format!("{fault:?} at op {n}");
+                reopen_and_judge(vfs.crash_image(CrashMode::LoseUnsynced), &path, &out, &what);
+                reopen_and_judge(
+                    vfs.crash_image(CrashMode::RandomSectors { seed: n }),
+                    &path,
+                    &out,
+                    &what,
+                );
+            }
+        }
+    }
+
+    /// Commit T+1 fails after its pages are durable (the meta write fails), and meta T is then
+    /// found damaged: open falls back to meta T-1, whose pages T+1 must not have reused.
+    #[test]
+    fn interrupted_commit_then_damaged_meta_falls_back_to_intact_older_commit() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = batches(13, 8);
+        let clean = FaultVfs::new();
+        let _ = run(&(Arc::new(clean.clone()) as Arc<dyn Vfs>), &path, &work);
+        // The last commit's operations end with: write meta, fdatasync.
+        let meta_write = clean.ops() - 2;
+        let vfs = FaultVfs::new();
+        vfs.fail_at(meta_write, Fault::Eio);
+        let out = run(&(Arc::new(vfs.clone()) as Arc<dyn Vfs>), &path, &work);
+        assert!(out.in_flight.is_some(), "the last commit must have failed");
+        let image = vfs.crash_image(CrashMode::LoseUnsynced);
+        let newest = {
+            let b = Backend::open(Arc::new(image.clone()), &path, opts(true)).unwrap();
+            assert_eq!(dump(&b.snapshot()), out.committed);
+            b.stats().txid
+        };
+        assert!(image.corrupt(&path, (newest % 2) * 4096 + 20, &[0xff]));
+        let backend = Backend::open(Arc::new(image), &path, opts(true)).unwrap();
+        assert_eq!(backend.stats().txid, newest - 1);
+        let mut before = Model::new();
+        for batch in &work[..work.len() - 2] {
+            for (b, k, v) in batch {
+                match v {
+                    Some(v) => before.insert((*b, k.clone()), v.clone()),
+                    None => before.remove(&(*b, k.clone())),
+                };
+            }
+        }
+        assert_eq!(dump(&backend.snapshot()), before);
+        let report = backend.check();
+        assert_eq!(
+            report.problems.len(),
+            1,
+            "only the damaged meta: {:?}",
+            report.problems
+        );
+    }
+}
+
+/// The contents of `engine/testdata/backend-v1.db`, a file written by format version 1.
+fn fixture_v1(w: &mut BatchWriter) {
+    for i in 0..50u32 {
+        w.put(
+            Bucket::Key,
+            format!("fixture-{i:03}").as_bytes(),
+            format!("v{i}").repeat(20).as_bytes(),
+        )
+        .unwrap();
+    }
+    w.put(Bucket::Key, b"fixture-big", &vec![0x5a; 10_000])
+        .unwrap();
+    w.commit().unwrap();
+    w.put(Bucket::Meta, b"consistent_index", &42u64.to_le_bytes())
+        .unwrap();
+    w.delete(Bucket::Key, b"fixture-007").unwrap();
+    w.commit().unwrap();
+}
+
+/// STYLE.md item 4: a file written by format version 1 (`fixture_v1`, committed as
+/// `engine/testdata/backend-v1.db`) still opens, checks clean and reads back. When the format
+/// changes, keep this file and add one for the new version.
+#[test]
+fn opens_a_file_written_by_format_v1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::write(&path, include_bytes!("../../testdata/backend-v1.db")).unwrap();
+    let backend = Backend::open(std_vfs(), &path, BackendOptions::default()).unwrap();
+    assert!(backend.check().is_ok(), "{:?}", backend.check().problems);
+    let expected = {
+        let dir2 = tempfile::tempdir().unwrap();
+        let b = Backend::open(
+            std_vfs(),
+            &dir2.path().join("db"),
+            BackendOptions::default(),
+        )
+        .unwrap();
+        let mut w = b.batch().unwrap();
+        fixture_v1(&mut w);
+        drop(w);
+        dump(&b.snapshot())
+    };
+    assert_eq!(expected.len(), 51);
+    assert_eq!(dump(&backend.snapshot()), expected);
+    let mut w = backend.batch().unwrap();
+    w.put(Bucket::Key, b"new", b"write").unwrap();
+    w.commit().unwrap();
+    assert_checked(&w);
+}

@@ -1,0 +1,582 @@
+//! The B+tree: lookups and scans over committed pages, and the copy-on-write update that turns a
+//! sorted batch of puts and deletes into new pages.
+//!
+//! Invariants of every committed tree (checked by check.rs):
+//! 1. All leaves are at the same depth; the root of an empty tree is page 0 ("none").
+//! 2. In a branch, element i's key equals the smallest key of child i's subtree, and keys are
+//!    strictly ascending; so child i holds exactly the keys in `[key_i, key_{i+1})`.
+//! 3. No node is empty; a root branch has at least two children.
+//!
+//! # Worked example of an update
+//!
+//! Tree (page size small enough that a leaf holds 3 entries):
+//! ```text
+//!            branch 5: [a -> 3, m -> 4]
+//!   leaf 3: [a, c, e]          leaf 4: [m, q]
+//! ```
+//! Batch `put b, put d, delete q` (sorted). At branch 5, ops are split by separator `m`: `b, d`
+//! go to child 3, `delete q` to child 4. Leaf 3 is merged with its ops into `[a, b, c, d, e]`,
+//! which is too big and is written as two new pages, say 6 `[a, b, c]` and 7 `[d, e]`; page 3 is
+//! freed (pending: a snapshot may still read it). Leaf 4 becomes `[m]` on new page 8, which is
+//! under a quarter full, so it is merged with its left neighbour 7 into page 9 `[d, e, m]` (7 was
+//! written by this transaction, so it is free again at once). Branch 5 becomes
+//! `[a -> 6, d -> 9]` on a new page 10, the new root. Pages 3, 4, 5 become reusable once no
+//! snapshot older than this commit remains.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+
+use super::freelist::Freelist;
+use super::mmap::Mapping;
+use super::page::{
+    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node,
+    encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
+};
+
+/// Deeper than any real tree (a 4 KiB-page tree of depth 16 holds far more than 2^64 keys);
+/// a cycle in a corrupt file hits this instead of looping forever.
+const MAX_DEPTH: usize = 32;
+
+fn too_deep(id: u64) -> PageError {
+    PageError {
+        page: id,
+        reason: format!("tree deeper than {MAX_DEPTH} levels (cycle?)"),
+    }
+}
+
+/// Reads a node (branch or leaf) page.
+fn node<'a>(m: &'a Mapping, id: u64) -> Result<Cow<'a, [u8]>, PageError> {
+    let p = m.page(id, None)?;
+    match page_type(&p) {
+        PageType::Branch | PageType::Leaf => Ok(p),
+        t => Err(PageError {
+            page: id,
+            reason: format!("page type {t:?}, expected a branch or leaf"),
+        }),
+    }
+}
+
+/// Resolves a stored leaf value (reading its overflow run if needed).
+fn value<'a>(m: &'a Mapping, v: StoredVal<'_>) -> Result<Cow<'a, [u8]>, PageError> {
+    match v {
+        StoredVal::Inline(b) => Ok(Cow::Owned(b.to_vec())),
+        StoredVal::Overflow { page, len } => {
+            let run = m.page(page, Some(PageType::Overflow))?;
+            let end = HEADER_LEN + len as usize;
+            if end > run.len() {
+                return Err(PageError {
+                    page,
+                    reason: format!("value of {len} bytes does not fit its overflow run"),
+                });
+            }
+            Ok(match run {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[HEADER_LEN..end]),
+                Cow::Owned(mut b) => {
+                    b.truncate(end);
+                    b.drain(..HEADER_LEN);
+                    Cow::Owned(b)
+                }
+            })
+        }
+    }
+}
+
+/// One step of a lookup inside a node.
+enum Step<'p> {
+    Found(StoredVal<'p>),
+    Missing,
+    Child(u64),
+}
+
+fn step<'p>(v: NodeView<'p>, key: &[u8]) -> Step<'p> {
+    if v.is_leaf() {
+        let i = v.lower_bound(key);
+        if i < v.len() && v.key(i) == key {
+            Step::Found(v.value(i))
+        } else {
+            Step::Missing
+        }
+    } else {
+        Step::Child(v.child(v.child_index(key)))
+    }
+}
+
+/// Looks `key` up in the tree at `root` (0 = empty). With a memory map the value is borrowed
+/// from the map for as long as the mapping is borrowed.
+pub(crate) fn get<'a>(
+    m: &'a Mapping,
+    root: u64,
+    key: &[u8],
+) -> Result<Option<Cow<'a, [u8]>>, PageError> {
+    if root == 0 {
+        return Ok(None);
+    }
+    let mut id = root;
+    for _ in 0..MAX_DEPTH {
+        let found = match node(m, id)? {
+            Cow::Borrowed(p) => match step(NodeView::new(p), key) {
+                Step::Found(StoredVal::Inline(b)) => Some(Cow::Borrowed(b)),
+                Step::Found(sv) => Some(value(m, sv)?),
+                Step::Missing => return Ok(None),
+                Step::Child(c) => {
+                    id = c;
+                    None
+                }
+            },
+            Cow::Owned(p) => match step(NodeView::new(&p), key) {
+                Step::Found(sv) => Some(value(m, sv)?),
+                Step::Missing => return Ok(None),
+                Step::Child(c) => {
+                    id = c;
+                    None
+                }
+            },
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Err(too_deep(root))
+}
+
+/// Visits keys in `[start, end)` (`end` empty = unbounded) in order until `visit` returns false.
+/// Returns false if the visitor stopped the scan.
+pub(crate) fn scan(
+    m: &Mapping,
+    root: u64,
+    start: &[u8],
+    end: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<bool, PageError> {
+    if root == 0 {
+        return Ok(true);
+    }
+    scan_node(m, root, start, end, visit, 0)
+}
+
+fn scan_node(
+    m: &Mapping,
+    id: u64,
+    start: &[u8],
+    end: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    depth: usize,
+) -> Result<bool, PageError> {
+    if depth >= MAX_DEPTH {
+        return Err(too_deep(id));
+    }
+    let page = node(m, id)?;
+    let v = NodeView::new(&page);
+    if v.is_leaf() {
+        for i in v.lower_bound(start)..v.len() {
+            let k = v.key(i);
+            if !end.is_empty() && k >= end {
+                return Ok(false);
+            }
+            let cont = match v.value(i) {
+                StoredVal::Inline(b) => visit(k, b),
+                sv => visit(k, &value(m, sv)?),
+            };
+            if !cont {
+                return Ok(false);
+            }
+        }
+        return Ok(true);
+    }
+    for i in v.child_index(start)..v.len() {
+        if !end.is_empty() && v.key(i) >= end {
+            return Ok(false);
+        }
+        if !scan_node(m, v.child(i), start, end, visit, depth + 1)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// How far online compaction may walk in one commit, and where it resumes.
+pub(crate) struct Walk {
+    /// Nodes this commit may still read.
+    pub visits: usize,
+    /// Subtrees wholly before this key were walked by earlier commits.
+    pub from: Vec<u8>,
+    /// Set when `visits` ran out: the key the next commit resumes from.
+    pub stopped_at: Option<Vec<u8>>,
+}
+
+/// One put (`Some`) or delete (`None`), as handed to [`TreeWriter::apply`] in key order.
+pub(crate) struct Op<'a> {
+    pub key: &'a [u8],
+    pub val: Option<&'a [u8]>,
+}
+
+/// The state of one write transaction: pages written so far (not yet on disk) and the page
+/// allocator.
+pub(crate) struct TreeWriter<'m> {
+    pub map: &'m Mapping,
+    pub page_size: usize,
+    /// The transaction being built; pages it frees that the last meta reaches are pending under it.
+    pub txid: u64,
+    pub freelist: &'m mut Freelist,
+    pub page_count: u64,
+    /// Runs written by this transaction, by first page id.
+    pub dirty: BTreeMap<u64, Vec<u8>>,
+    /// Dirty nodes under a quarter full: candidates for merging with a neighbour.
+    small: HashSet<u64>,
+}
+
+impl<'m> TreeWriter<'m> {
+    pub(crate) fn new(
+        map: &'m Mapping,
+        page_size: usize,
+        txid: u64,
+        freelist: &'m mut Freelist,
+        page_count: u64,
+    ) -> Self {
+        TreeWriter {
+            map,
+            page_size,
+            txid,
+            freelist,
+            page_count,
+            dirty: BTreeMap::new(),
+            small: HashSet::new(),
+        }
+    }
+
+    pub(crate) fn read(
+        &self,
+        id: u64,
+        expect: Option<PageType>,
+    ) -> Result<Cow<'_, [u8]>, PageError> {
+        match self.dirty.get(&id) {
+            Some(p) => Ok(Cow::Borrowed(p)),
+            None => self.map.page(id, expect),
+        }
+    }
+
+    fn read_node(&self, id: u64) -> Result<Vec<Elem>, PageError> {
+        let page = self.read(id, None)?;
+        match page_type(&page) {
+            PageType::Branch | PageType::Leaf => Ok(decode_node(&page)),
+            t => Err(PageError {
+                page: id,
+                reason: format!("page type {t:?}, expected a branch or leaf"),
+            }),
+        }
+    }
+
+    /// Allocates a run of `n` pages: from the freelist, else at the end of the file.
+    pub(crate) fn alloc(&mut self, n: u64) -> u64 {
+        if let Some(id) = self.freelist.allocate(n) {
+            return id;
+        }
+        let id = self.page_count;
+        self.page_count += n;
+        id
+    }
+
+    /// Frees the run at `id` of `n` pages.
+    pub(crate) fn free(&mut self, id: u64, n: u64) {
+        self.small.remove(&id);
+        if self.dirty.remove(&id).is_some() {
+            self.freelist.free_now(id, n);
+        } else {
+            self.freelist.free_pending(self.txid, id, n);
+        }
+    }
+
+    fn free_val(&mut self, v: &Val) {
+        if let Val::Overflow { page, len } = *v {
+            self.free(page, run_pages(self.page_size, len as usize));
+        }
+    }
+
+    fn new_leaf_elem(&mut self, key: &[u8], val: &[u8]) -> Elem {
+        let val = if LEAF_ELEM_LEN + key.len() + val.len() > max_inline_elem(self.page_size) {
+            let n = run_pages(self.page_size, val.len());
+            let id = self.alloc(n);
+            self.dirty
+                .insert(id, encode_overflow(val, id, self.page_size));
+            Val::Overflow {
+                page: id,
+                len: val.len() as u32,
+            }
+        } else {
+            Val::Inline(val.to_vec())
+        };
+        Elem::Leaf {
+            key: key.to_vec(),
+            val,
+        }
+    }
+
+    /// Applies sorted, distinct-key `ops` to the tree at `root`; returns the new root (0 = empty).
+    pub(crate) fn apply(&mut self, root: u64, ops: &[Op<'_>]) -> Result<u64, PageError> {
+        if ops.is_empty() {
+            return Ok(root);
+        }
+        let mut out = if root == 0 {
+            let elems = self.merge_leaf(Vec::new(), ops);
+            self.write_nodes(elems)
+        } else {
+            self.apply_node(root, ops, 0)?
+        };
+        while out.len() > 1 {
+            out = self.write_nodes(out);
+        }
+        let mut root = out.first().map_or(0, |e| match e {
+            Elem::Branch { child, .. } => *child,
+            Elem::Leaf { .. } => unreachable!("write_nodes returns branch elements"),
+        });
+        // A root branch with one child is replaced by the child (invariant 3).
+        while root != 0 {
+            let elems = self.read_node(root)?;
+            match elems.as_slice() {
+                [Elem::Branch { child, .. }] => {
+                    self.free(root, 1);
+                    root = *child;
+                }
+                _ => break,
+            }
+        }
+        Ok(root)
+    }
+
+    fn merge_leaf(&mut self, old: Vec<Elem>, ops: &[Op<'_>]) -> Vec<Elem> {
+        let mut out = Vec::with_capacity(old.len() + ops.len());
+        let mut old = old.into_iter().peekable();
+        let mut ops = ops.iter().peekable();
+        loop {
+            match (old.peek(), ops.peek()) {
+                (Some(e), Some(op)) if e.key() < op.key => out.push(old.next().expect("peeked")),
+                (Some(e), Some(op)) if e.key() == op.key => {
+                    if let Some(Elem::Leaf { val, .. }) = old.next() {
+                        self.free_val(&val);
+                    }
+                    let op = ops.next().expect("peeked");
+                    if let Some(v) = op.val {
+                        out.push(self.new_leaf_elem(op.key, v));
+                    }
+                }
+                (_, Some(_)) => {
+                    let op = ops.next().expect("peeked");
+                    if let Some(v) = op.val {
+                        out.push(self.new_leaf_elem(op.key, v));
+                    }
+                }
+                (Some(_), None) => out.push(old.next().expect("peeked")),
+                (None, None) => break,
+            }
+        }
+        out
+    }
+
+    /// Rewrites node `id` with `ops` applied; returns the branch elements that replace it in its
+    /// parent (none if it became empty, several if it split).
+    fn apply_node(
+        &mut self,
+        id: u64,
+        ops: &[Op<'_>],
+        depth: usize,
+    ) -> Result<Vec<Elem>, PageError> {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep(id));
+        }
+        let elems = self.read_node(id)?;
+        self.free(id, 1);
+        if matches!(elems[0], Elem::Leaf { .. }) {
+            let merged = self.merge_leaf(elems, ops);
+            return Ok(self.write_nodes(merged));
+        }
+        let mut children = Vec::with_capacity(elems.len() + 2);
+        let mut rest = ops;
+        for (i, e) in elems.iter().enumerate() {
+            let n = match elems.get(i + 1) {
+                Some(next) => rest.partition_point(|op| op.key < next.key()),
+                None => rest.len(),
+            };
+            let (mine, after) = rest.split_at(n);
+            rest = after;
+            if mine.is_empty() {
+                children.push(e.clone());
+            } else if let Elem::Branch { child, .. } = e {
+                children.extend(self.apply_node(*child, mine, depth + 1)?);
+            }
+        }
+        self.rebalance(&mut children)?;
+        Ok(self.write_nodes(children))
+    }
+
+    /// Merges each small dirty child with a neighbour.
+    fn rebalance(&mut self, children: &mut Vec<Elem>) -> Result<(), PageError> {
+        let mut i = 0;
+        while i < children.len() && children.len() > 1 {
+            let Elem::Branch { child, .. } = children[i] else {
+                unreachable!("branch elements")
+            };
+            if !self.small.contains(&child) {
+                i += 1;
+                continue;
+            }
+            let left = if i + 1 < children.len() { i } else { i - 1 };
+            let (Elem::Branch { child: a, .. }, Elem::Branch { child: b, .. }) =
+                (&children[left], &children[left + 1])
+            else {
+                unreachable!("branch elements")
+            };
+            let (a, b) = (*a, *b);
+            let mut elems = self.read_node(a)?;
+            elems.extend(self.read_node(b)?);
+            self.free(a, 1);
+            self.free(b, 1);
+            let merged = self.write_nodes(elems);
+            let n = merged.len();
+            let still_small = match merged.as_slice() {
+                [Elem::Branch { child, .. }] => self.small.contains(child),
+                _ => false,
+            };
+            children.splice(left..left + 2, merged);
+            // A merged node that is still small absorbs its next neighbour too (each merge
+            // removes one child, so this ends).
+            i = if still_small { left } else { left + n };
+        }
+        Ok(())
+    }
+
+    /// Writes `elems` (sorted, one kind) as one or more pages of near-equal fill; returns the
+    /// branch elements pointing at them.
+    fn write_nodes(&mut self, elems: Vec<Elem>) -> Vec<Elem> {
+        if elems.is_empty() {
+            return Vec::new();
+        }
+        let cap = self.page_size - HEADER_LEN;
+        let total: usize = elems.iter().map(Elem::size).sum();
+        let pages = total.div_ceil(cap);
+        let target = total.div_ceil(pages);
+        let mut out = Vec::with_capacity(pages);
+        let mut group: Vec<Elem> = Vec::new();
+        let mut size = 0;
+        let mut elems = elems.into_iter().peekable();
+        while let Some(e) = elems.next() {
+            size += e.size();
+            group.push(e);
+            let cut = match elems.peek() {
+                None => true,
+                Some(next) => size + next.size() > cap || size >= target,
+            };
+            if cut {
+                let id = self.alloc(1);
+                let key = group[0].key().to_vec();
+                let page = encode_node(&group, id, self.page_size);
+                self.dirty.insert(id, page);
+                if HEADER_LEN + size < self.page_size / 4 {
+                    self.small.insert(id);
+                }
+                out.push(Elem::Branch { key, child: id });
+                group.clear();
+                size = 0;
+            }
+        }
+        out
+    }
+
+    /// Online compaction: moves every node and overflow run of the tree at `root` that lies at or
+    /// above page `limit` to the lowest free pages (rewriting the path above it, copy-on-write
+    /// like any update), relocating at most `budget` pages and reading at most `walk.visits`
+    /// nodes, skipping subtrees wholly before `walk.from`. Returns the new root.
+    pub(crate) fn relocate(
+        &mut self,
+        root: u64,
+        limit: u64,
+        budget: &mut usize,
+        walk: &mut Walk,
+    ) -> Result<u64, PageError> {
+        if root == 0 {
+            return Ok(0);
+        }
+        let from = walk.from.clone();
+        Ok(self
+            .relocate_node(root, &from, limit, budget, walk, 0)?
+            .unwrap_or(root))
+    }
+
+    fn can_move(&self, limit: u64, budget: usize) -> bool {
+        budget > 0 && self.freelist.first_free().is_some_and(|f| f < limit)
+    }
+
+    /// `lo` is the smallest key node `id` may hold (where a later commit resumes if the walk
+    /// stops here).
+    fn relocate_node(
+        &mut self,
+        id: u64,
+        lo: &[u8],
+        limit: u64,
+        budget: &mut usize,
+        walk: &mut Walk,
+        depth: usize,
+    ) -> Result<Option<u64>, PageError> {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep(id));
+        }
+        if !self.can_move(limit, *budget) || walk.stopped_at.is_some() {
+            return Ok(None);
+        }
+        if walk.visits == 0 {
+            walk.stopped_at = Some(lo.max(walk.from.as_slice()).to_vec());
+            return Ok(None);
+        }
+        walk.visits -= 1;
+        let mut elems = self.read_node(id)?;
+        let seps: Vec<Vec<u8>> = elems.iter().map(|e| e.key().to_vec()).collect();
+        let mut changed = false;
+        for (i, e) in elems.iter_mut().enumerate() {
+            match e {
+                Elem::Branch { key, child } => {
+                    // Subtrees wholly before the cursor were handled by earlier commits.
+                    if seps
+                        .get(i + 1)
+                        .is_some_and(|next| next.as_slice() <= walk.from.as_slice())
+                    {
+                        continue;
+                    }
+                    if let Some(new) =
+                        self.relocate_node(*child, key, limit, budget, walk, depth + 1)?
+                    {
+                        *child = new;
+                        changed = true;
+                    }
+                    if walk.stopped_at.is_some() {
+                        break;
+                    }
+                }
+                Elem::Leaf {
+                    val: Val::Overflow { page, len },
+                    ..
+                } if *page >= limit && self.can_move(limit, *budget) => {
+                    let n = run_pages(self.page_size, *len as usize);
+                    let run = self.read(*page, Some(PageType::Overflow))?;
+                    let value = run[HEADER_LEN..HEADER_LEN + *len as usize].to_vec();
+                    drop(run);
+                    self.free(*page, n);
+                    let new = self.alloc(n);
+                    self.dirty
+                        .insert(new, encode_overflow(&value, new, self.page_size));
+                    *page = new;
+                    *budget = budget.saturating_sub(n as usize);
+                    changed = true;
+                }
+                Elem::Leaf { .. } => {}
+            }
+        }
+        if !changed && id < limit {
+            return Ok(None);
+        }
+        self.free(id, 1);
+        let new = self.alloc(1);
+        self.dirty
+            .insert(new, encode_node(&elems, new, self.page_size));
+        *budget = budget.saturating_sub(1);
+        Ok(Some(new))
+    }
+}

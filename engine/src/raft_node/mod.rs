@@ -1,0 +1,57 @@
+//! The raft glue: one raft-rs `RawNode` driven by a dedicated raft core thread, persisting through
+//! a [`LogSink`] (the WAL) and handing committed entries to a [`StateMachine`] on an apply thread.
+//!
+//! ```text
+//!  propose / read_index ──► raft core thread ──► LogSink::persist (WAL group commit, async)
+//!                             ▲   │  committed entries                │ done(number)
+//!        applied index ───────┘   ▼                                   │
+//!                           apply thread ──► StateMachine::apply       │
+//!                             ▲──────────────────────────────────────────┘ (back to the core)
+//! ```
+//!
+//! Invariants the core relies on:
+//! 1. Readies are persisted in order: the sink completes `persist` calls in the order they were
+//!    made (the WAL's flushes are sequential), so a completion for ready N means every ready
+//!    before N is durable too (raft-rs `on_persist_ready` has the same meaning).
+//! 2. Entries are in the in-memory raft log (raft-rs reads them through `Storage`) before
+//!    `advance_append_async` is called, and before they are durable.
+//! 3. A HardState whose only change is the commit index is not worth an fdatasync of its own: it
+//!    rides along with the next persisted batch. On restart, `commit` is raised to the state
+//!    machine's applied index (anything applied was committed), so raft-rs never sees
+//!    `applied > commit`.
+//! 4. The leader's messages go out before its own entries are durable (Raft thesis §10.2.1);
+//!    a follower's messages wait for persistence (`persisted_messages`).
+
+mod core;
+mod wal_sink;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use self::core::{LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, StateMachine};
+pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+pub use wal_sink::apply_replay;
+
+/// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.
+#[derive(Debug, Default)]
+pub struct NodeProgress {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub leader_changes: AtomicU64,
+    pub proposals_committed: AtomicU64,
+    pub proposals_failed: AtomicU64,
+}
+
+impl NodeProgress {
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    pub fn leader(&self) -> u64 {
+        self.leader.load(Ordering::Acquire)
+    }
+}
+
+pub type SharedProgress = Arc<NodeProgress>;

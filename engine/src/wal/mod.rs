@@ -1,0 +1,454 @@
+//! The write-ahead log: raft entries, hard states, snapshot markers and metadata, made durable
+//! by group commit on a dedicated thread.
+//!
+//! Layout on disk: segments `{seq:016x}-{index:016x}.wal` in one directory, each
+//! [`WalOptions::segment_size`] bytes, preallocated and zero-filled ahead of need by a
+//! background thread. Byte format and crash cases: the WAL section of `engine/docs/format.md`;
+//! threads and group commit: the WAL section of `engine/docs/design.md`.
+//!
+//! # Contract
+//! - [`Wal::append`] returns at once; its callback runs on the WAL thread after the fdatasync
+//!   that covers every record of the append returned (`Ok`), or with the error that prevented
+//!   it. Appends are written in the order they were called (per thread; across threads in the
+//!   order they reached the queue), each append's records contiguously.
+//! - A failed write or fdatasync is fatal: every append of that flush gets the error, every
+//!   later append gets [`WalError::Failed`]. Records of a failed flush may or may not be on disk
+//!   after a restart; records acknowledged `Ok` are.
+//! - An append the WAL must refuse (an entry index that leaves a gap, a record larger than a
+//!   segment) fails alone with [`WalError::InvalidAppend`]; nothing of it is written and the WAL
+//!   stays usable.
+//! - Entry indexes: an entry may repeat or go below earlier indexes (a new leader overwriting
+//!   an uncommitted suffix: replay keeps the newest), but never skip ahead past the next index;
+//!   a snapshot marker moves the next index to after the snapshot.
+
+mod alloc;
+mod format;
+mod replay;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, bounded};
+
+use crate::io::Vfs;
+
+/// One raft log entry as the WAL stores it (the raft glue converts raft-rs's `Entry`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub index: u64,
+    pub term: u64,
+    /// raft-rs `EntryType` as a number: 0 normal, 1 conf change, 2 conf change v2.
+    pub entry_type: u8,
+    pub data: Bytes,
+}
+
+/// raft's HardState: the vote and commit index that must survive a restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+/// Marks that a snapshot at (index, term) exists; replay starts after a marker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotMark {
+    pub index: u64,
+    pub term: u64,
+}
+
+/// One WAL record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Entry(LogEntry),
+    HardState(HardState),
+    Snapshot(SnapshotMark),
+    /// Opaque node metadata (member and cluster ids); the newest one is replayed and carried
+    /// into every new segment.
+    Metadata(Bytes),
+}
+
+/// What one append's covering flush did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Records written by the flush that made this append durable (all appends in it).
+    pub flush_records: usize,
+    /// Appends acknowledged by that flush.
+    pub flush_appends: usize,
+    /// Bytes the flush wrote, including the rewritten tail block and padding.
+    pub flush_bytes: u64,
+    /// Segment holding the end of this append, and the offset just after its last record.
+    pub segment_seq: u64,
+    pub end_offset: u64,
+}
+
+/// Statistics of one flush, given to [`WalMetrics::on_flush`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlushStats {
+    pub records: usize,
+    pub appends: usize,
+    pub bytes: u64,
+    /// Time spent in write + fdatasync (all writes of the flush, including a segment switch).
+    pub sync_duration: Duration,
+    /// Longest and summed time the flush's appends waited in the queue before it started.
+    pub max_queue_wait: Duration,
+    pub total_queue_wait: Duration,
+    /// Whether the flush succeeded.
+    pub ok: bool,
+}
+
+/// Metrics hook. Called on the WAL thread, so it must be quick (update counters/histograms).
+pub trait WalMetrics: Send + Sync {
+    fn on_flush(&self, stats: &FlushStats);
+}
+
+/// Settings for [`Wal::open`].
+#[derive(Clone)]
+pub struct WalOptions {
+    /// Bytes per segment; a multiple of 4096, at least 16 KiB. Default 64 MiB.
+    pub segment_size: u64,
+    /// Open segments with O_DIRECT (needs a file system that supports it). Default true.
+    pub direct: bool,
+    /// Replay starts after this snapshot marker; (0, 0) replays everything. When the index is
+    /// not 0 the WAL must hold a marker with this index and term.
+    pub replay_from: SnapshotMark,
+    /// Pin the WAL thread to this CPU.
+    pub wal_cpu: Option<usize>,
+    /// Appends that may wait for the WAL thread before `append` blocks. Default 65536.
+    pub queue_capacity: usize,
+    /// After a flush, the WAL thread polls the queue this long before it sleeps. Non-zero
+    /// trades CPU for latency: a closed-loop appender's next append is then picked up without
+    /// waking the thread. It never delays a flush. Default 0.
+    pub idle_spin: Duration,
+    pub metrics: Option<Arc<dyn WalMetrics>>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size: 64 << 20,
+            direct: true,
+            replay_from: SnapshotMark::default(),
+            wal_cpu: None,
+            queue_capacity: 1 << 16,
+            idle_spin: Duration::ZERO,
+            metrics: None,
+        }
+    }
+}
+
+impl fmt::Debug for WalOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalOptions")
+            .field("segment_size", &self.segment_size)
+            .field("direct", &self.direct)
+            .field("replay_from", &self.replay_from)
+            .field("wal_cpu", &self.wal_cpu)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("idle_spin", &self.idle_spin)
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
+/// What [`Wal::open`] read back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Entries after `replay_from.index`, contiguous, overwrites applied (newest wins).
+    pub entries: Vec<LogEntry>,
+    /// The newest HardState in the WAL.
+    pub hard_state: Option<HardState>,
+    /// The newest metadata record in the WAL.
+    pub metadata: Option<Bytes>,
+    /// The newest snapshot marker read (at or after `replay_from`).
+    pub snapshot: Option<SnapshotMark>,
+    /// Where a torn tail was cut off: file and offset (also logged).
+    pub truncated_tail: Option<(PathBuf, u64)>,
+}
+
+/// WAL errors: corruption, I/O failure and caller mistakes are separate variants.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum WalError {
+    /// An I/O operation failed (`op` names it). Fatal for appends.
+    #[error("WAL I/O error: {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Bytes on disk are not a valid WAL at `path`, `offset`.
+    #[error("WAL corrupt: {} at offset {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// A segment sequence number is missing between two present segments.
+    #[error("WAL segment {expected:016x} missing: the next segment after {} is absent", after.display())]
+    MissingSegment { after: PathBuf, expected: u64 },
+    /// `replay_from` names a snapshot the WAL has no marker for.
+    #[error("WAL has no snapshot marker for index {index} (term {term})")]
+    SnapshotNotFound { index: u64, term: u64 },
+    /// The WAL's marker at `replay_from.index` has another term.
+    #[error("WAL snapshot marker at index {index} has term {found}, expected {expected}")]
+    SnapshotMismatch {
+        index: u64,
+        expected: u64,
+        found: u64,
+    },
+    /// The caller asked for something the WAL must refuse; nothing was written.
+    #[error("invalid WAL append: {0}")]
+    InvalidAppend(String),
+    #[error("invalid WAL options: {0}")]
+    InvalidOptions(String),
+    /// An earlier write or fdatasync failed; the WAL refuses appends until reopened.
+    #[error("WAL refuses appends after an earlier failure: {0}")]
+    Failed(Arc<WalError>),
+    #[error("WAL is closed")]
+    Closed,
+}
+
+impl WalError {
+    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> WalError {
+        WalError::Io {
+            op,
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Corrupt data on disk (including a missing segment or snapshot marker).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            WalError::Corrupt { .. }
+                | WalError::MissingSegment { .. }
+                | WalError::SnapshotNotFound { .. }
+                | WalError::SnapshotMismatch { .. }
+        )
+    }
+
+    /// A mistake of the caller; the WAL is unaffected.
+    pub fn is_caller_mistake(&self) -> bool {
+        matches!(
+            self,
+            WalError::InvalidAppend(_) | WalError::InvalidOptions(_) | WalError::Closed
+        )
+    }
+}
+
+type Done = Box<dyn FnOnce(Result<AppendInfo, WalError>) + Send>;
+
+struct AppendRequest {
+    records: Vec<Record>,
+    done: Done,
+    enqueued: Instant,
+}
+
+enum Msg {
+    Append(AppendRequest),
+    Close,
+}
+
+/// A segment on disk, as listed in [`Shared::segments`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    pub seq: u64,
+    pub first_index: u64,
+    pub path: PathBuf,
+}
+
+/// State shared by the handle and the WAL thread.
+pub(crate) struct Shared {
+    pub vfs: Arc<dyn Vfs>,
+    pub dir: PathBuf,
+    /// Segments on disk, oldest first. The WAL thread pushes at a segment switch;
+    /// `purge_below` removes from the front. Never empty.
+    pub segments: Mutex<Vec<SegmentInfo>>,
+    /// Set once, by the first failed write or fdatasync.
+    pub failure: OnceLock<Arc<WalError>>,
+}
+
+/// The write-ahead log. `Send + Sync`: share it (e.g. in an `Arc`) between appenders.
+pub struct Wal {
+    shared: Arc<Shared>,
+    tx: Sender<Msg>,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`, replays it from `opts.replay_from`, cuts a torn
+    /// tail of the last segment, and starts the WAL and allocator threads.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: WalOptions,
+    ) -> Result<(Wal, Replay), WalError> {
+        if !opts
+            .segment_size
+            .is_multiple_of(crate::io::DIRECT_ALIGN as u64)
+            || opts.segment_size < 16 * 1024
+        {
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size {} must be a multiple of 4096 and at least 16 KiB",
+                opts.segment_size
+            )));
+        }
+        if opts.queue_capacity == 0 {
+            return Err(WalError::InvalidOptions(
+                "queue_capacity must be > 0".into(),
+            ));
+        }
+        let opened = replay::open(&vfs, dir, &opts)?;
+        let shared = Arc::new(Shared {
+            vfs: vfs.clone(),
+            dir: dir.to_path_buf(),
+            segments: Mutex::new(opened.segments.clone()),
+            failure: OnceLock::new(),
+        });
+        let (tx, rx) = bounded(opts.queue_capacity);
+        let writer = writer::Writer::new(shared.clone(), &opts, opened.tail)?;
+        let cpu = opts.wal_cpu;
+        let thread = std::thread::Builder::new()
+            .name("ringkv-wal".into())
+            .spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(e) = crate::io::pin_current_thread(cpu)
+                {
+                    tracing::warn!("could not pin the WAL thread to CPU {cpu}: {e}");
+                }
+                writer.run(rx)
+            })
+            .map_err(|e| WalError::io("spawn WAL thread", dir, e))?;
+        Ok((
+            Wal {
+                shared,
+                tx,
+                closed: AtomicBool::new(false),
+                thread: Mutex::new(Some(thread)),
+            },
+            opened.replay,
+        ))
+    }
+
+    /// Queues `records` and returns; `done` runs on the WAL thread once they are durable (or
+    /// failed). Blocks only while the queue is full.
+    pub fn append(
+        &self,
+        records: Vec<Record>,
+        done: impl FnOnce(Result<AppendInfo, WalError>) + Send + 'static,
+    ) {
+        if self.closed.load(Ordering::Acquire) {
+            return done(Err(WalError::Closed));
+        }
+        if let Some(cause) = self.shared.failure.get() {
+            return done(Err(WalError::Failed(cause.clone())));
+        }
+        let req = AppendRequest {
+            records,
+            done: Box::new(done),
+            enqueued: Instant::now(),
+        };
+        if let Err(e) = self.tx.send(Msg::Append(req)) {
+            // The WAL thread is gone (closed concurrently).
+            if let Msg::Append(req) = e.into_inner() {
+                (req.done)(Err(WalError::Closed));
+            }
+        }
+    }
+
+    /// [`Wal::append`] and wait for the outcome.
+    pub fn append_wait(&self, records: Vec<Record>) -> Result<AppendInfo, WalError> {
+        let (tx, rx) = bounded(1);
+        self.append(records, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().unwrap_or(Err(WalError::Closed))
+    }
+
+    /// Removes segments whose every entry is below `index` (never the newest segment), oldest
+    /// first, then syncs the directory. Returns how many were removed. A crash part-way leaves
+    /// a contiguous run of segments.
+    pub fn purge_below(&self, index: u64) -> Result<usize, WalError> {
+        let mut segs = self.shared.segments.lock().expect("segment list lock");
+        // Segment i holds only entries below segments[i + 1].first_index.
+        let mut n = 0;
+        while n + 1 < segs.len() && segs[n + 1].first_index <= index {
+            n += 1;
+        }
+        for seg in segs.iter().take(n) {
+            self.shared
+                .vfs
+                .remove_file(&seg.path)
+                .map_err(|e| WalError::io("remove segment", &seg.path, e))?;
+        }
+        segs.drain(..n);
+        drop(segs);
+        if n > 0 {
+            self.shared
+                .vfs
+                .sync_dir(&self.shared.dir)
+                .map_err(|e| WalError::io("sync directory", &self.shared.dir, e))?;
+        }
+        Ok(n)
+    }
+
+    /// Paths of the segments on disk, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        let segs = self.shared.segments.lock().expect("segment list lock");
+        segs.iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// Flushes every append queued before this call, stops the threads, and returns the
+    /// WAL's failure if it had one. Later appends fail with [`WalError::Closed`]. Idempotent.
+    pub fn close(&self) -> Result<(), WalError> {
+        self.closed.store(true, Ordering::Release);
+        let handle = self.thread.lock().expect("thread handle lock").take();
+        if let Some(handle) = handle {
+            let _ = self.tx.send(Msg::Close);
+            if handle.join().is_err() {
+                return Err(WalError::io(
+                    "join WAL thread",
+                    &self.shared.dir,
+                    io::Error::other("the WAL thread panicked"),
+                ));
+            }
+        }
+        match self.shared.failure.get() {
+            Some(cause) => Err(WalError::Failed(cause.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Internals for benches and the tests crate (`internals` feature).
+#[cfg(feature = "internals")]
+pub mod internals {
+    pub use super::format::{Decoded, crc_seed, decode_record, encode_record, encoded_len};
+}

@@ -1,0 +1,416 @@
+//! The WAL thread: group commit.
+//!
+//! The thread blocks on the queue for one append, then takes every append already queued; that
+//! batch is one flush. It encodes the batch after the bytes of the current tail block, writes
+//! from the tail block's start to the next 4 KiB boundary and fdatasyncs (one linked io_uring
+//! chain with `UringVfs`), then runs each append's callback. Appends that arrive while a flush
+//! is in flight wait in the queue and form the next batch, so the batch size follows the load
+//! with no timer: at low load every append is flushed alone, at once.
+//!
+//! Invariants relied on:
+//! - `buf[..fill]` holds the segment's bytes from `block_start` to the end of the records;
+//!   `buf[fill..]` is all zeros (it becomes the padding of the next write).
+//! - `buf[..durable]` is on disk and synced; only `fill > durable` needs a write.
+//! - Records of one flush all carry `flush_id`; it increases by one per physical write (see
+//!   the torn-tail rule in `replay.rs`).
+//! - Segment switch: write the new segment's header block, fdatasync, rename to its final name,
+//!   sync the directory, and only then put records after it (crash cases in format.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+
+use super::alloc::Allocator;
+use super::format::{
+    SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
+    segment_name,
+};
+use super::replay::Tail;
+use super::{
+    AppendInfo, AppendRequest, Done, FlushStats, HardState, Msg, Record, SegmentInfo, Shared,
+    WalError, WalMetrics, WalOptions,
+};
+use crate::io::{AlignedBuf, DIRECT_ALIGN, File, align_up};
+
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    metrics: Option<Arc<dyn WalMetrics>>,
+    allocator: Allocator,
+    segment_size: u64,
+    /// Largest encoded record accepted: header + carried records + it must fit a segment.
+    max_record: usize,
+    seg: SegmentInfo,
+    file: Arc<dyn File>,
+    capacity: u64,
+    seed: u32,
+    block_start: u64,
+    buf: AlignedBuf,
+    fill: usize,
+    durable: usize,
+    flush_id: u32,
+    next_index: u64,
+    hard_state: Option<HardState>,
+    metadata: Option<Bytes>,
+    /// Time spent in write + fdatasync since the current flush started.
+    sync_time: Duration,
+    idle_spin: Duration,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        opts: &WalOptions,
+        tail: Option<Tail>,
+    ) -> Result<Writer, WalError> {
+        let allocator = Allocator::start(
+            shared.vfs.clone(),
+            shared.dir.clone(),
+            opts.segment_size,
+            opts.direct,
+        )
+        .map_err(|e| WalError::io("start segment allocator", &shared.dir, e))?;
+        // Header, a HardState and a metadata record of at most `max_record` must fit.
+        let max_record = (opts.segment_size as usize - SEGMENT_HEADER_LEN - 64) / 2;
+        let max_record = max_record.min(u32::MAX as usize);
+        let mut w = match tail {
+            Some(t) => {
+                let mut buf = AlignedBuf::zeroed((1 << 20).max(t.tail.len() * 2));
+                buf[..t.tail.len()].copy_from_slice(&t.tail);
+                Writer {
+                    metrics: opts.metrics.clone(),
+                    allocator,
+                    segment_size: opts.segment_size,
+                    max_record,
+                    seed: crc_seed(t.seg.seq),
+                    seg: t.seg,
+                    file: t.file,
+                    capacity: t.capacity,
+                    block_start: t.block_start,
+                    fill: t.tail.len(),
+                    durable: t.tail.len(),
+                    buf,
+                    flush_id: t.next_flush,
+                    next_index: t.next_index,
+                    hard_state: t.hard_state,
+                    metadata: t.metadata,
+                    sync_time: Duration::ZERO,
+                    idle_spin: opts.idle_spin,
+                    shared,
+                }
+            }
+            None => {
+                // A new WAL: segment 0, first index 0.
+                let ready = allocator
+                    .take()
+                    .map_err(|e| WalError::io("prepare segment", &shared.dir, e))?;
+                let mut w = Writer {
+                    metrics: opts.metrics.clone(),
+                    allocator,
+                    segment_size: opts.segment_size,
+                    max_record,
+                    seed: 0,
+                    seg: SegmentInfo {
+                        seq: 0,
+                        first_index: 0,
+                        path: ready.path.clone(),
+                    },
+                    file: ready.file.clone(),
+                    capacity: opts.segment_size,
+                    block_start: 0,
+                    fill: 0,
+                    durable: 0,
+                    buf: AlignedBuf::zeroed(1 << 20),
+                    flush_id: 0,
+                    next_index: 1,
+                    hard_state: None,
+                    metadata: None,
+                    sync_time: Duration::ZERO,
+                    idle_spin: opts.idle_spin,
+                    shared,
+                };
+                w.install(ready, 0, 0)?;
+                w
+            }
+        };
+        w.durable = w.fill;
+        Ok(w)
+    }
+
+    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
+        let mut closing = false;
+        while !closing {
+            let first = match self.next_msg(&rx) {
+                Ok(Msg::Append(req)) => req,
+                Ok(Msg::Close) | Err(_) => break,
+            };
+            let mut batch = vec![first];
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Append(req)) => batch.push(req),
+                    Ok(Msg::Close) => {
+                        closing = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.flush(batch);
+        }
+        // Appends that raced with close.
+        while let Ok(msg) = rx.try_recv() {
+            if let Msg::Append(req) = msg {
+                (req.done)(Err(WalError::Closed));
+            }
+        }
+    }
+
+    /// The next message: polled for up to `idle_spin` (saving the sleep/wake-up of this thread
+    /// when appends follow each other closely), then waited for.
+    fn next_msg(&self, rx: &Receiver<Msg>) -> Result<Msg, crossbeam_channel::RecvError> {
+        if !self.idle_spin.is_zero() {
+            let start = Instant::now();
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => return Ok(msg),
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                        return Err(crossbeam_channel::RecvError);
+                    }
+                    Err(crossbeam_channel::TryRecvError::Empty) => {}
+                }
+                if start.elapsed() >= self.idle_spin {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        rx.recv()
+    }
+
+    fn pos(&self) -> u64 {
+        self.block_start + self.fill as u64
+    }
+
+    /// Checks an append against the entry-index rule and the size limit, without changing
+    /// anything.
+    fn validate(&self, records: &[Record]) -> Result<(), String> {
+        let mut next = self.next_index;
+        for rec in records {
+            let len = encoded_len(rec);
+            if len > self.max_record {
+                return Err(format!(
+                    "a record of {len} bytes exceeds the limit of {} bytes for {}-byte segments",
+                    self.max_record, self.segment_size
+                ));
+            }
+            match rec {
+                Record::Entry(e) => {
+                    if e.index == 0 || e.index > next {
+                        return Err(format!(
+                            "entry index {} would leave a gap (next index is at most {next})",
+                            e.index
+                        ));
+                    }
+                    next = e.index + 1;
+                }
+                Record::Snapshot(s) => next = next.max(s.index + 1),
+                Record::HardState(_) | Record::Metadata(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes `rec` at the end of the buffer (growing it if needed) with the current flush id.
+    fn push_record(&mut self, rec: &Record) {
+        let need = self.fill + encoded_len(rec);
+        if need > self.buf.len() {
+            let mut bigger = AlignedBuf::zeroed((need * 2).max(self.buf.len() * 2));
+            bigger[..self.fill].copy_from_slice(&self.buf[..self.fill]);
+            self.buf = bigger;
+        }
+        self.fill += encode_record(&mut self.buf[self.fill..], rec, self.flush_id, self.seed);
+        match rec {
+            Record::Entry(e) => self.next_index = e.index + 1,
+            Record::Snapshot(s) => self.next_index = self.next_index.max(s.index + 1),
+            Record::HardState(h) => self.hard_state = Some(*h),
+            Record::Metadata(m) => self.metadata = Some(m.clone()),
+        }
+    }
+
+    /// Writes the buffer from the tail block's start and fdatasyncs; keeps the new tail block.
+    /// Returns the bytes written (0 if nothing was pending).
+    fn write_pending(&mut self) -> Result<u64, WalError> {
+        if self.fill == self.durable {
+            return Ok(0);
+        }
+        let len = align_up(self.fill as u64) as usize;
+        let t = Instant::now();
+        let res = self
+            .file
+            .write_at_and_sync(&self.buf[..len], self.block_start);
+        self.sync_time += t.elapsed();
+        res.map_err(|e| WalError::io("write+fdatasync segment", &self.seg.path, e))?;
+        self.flush_id = self.flush_id.wrapping_add(1);
+        // Keep the partially filled last block at the front of the buffer.
+        let end = self.pos();
+        let new_start = end & !(DIRECT_ALIGN as u64 - 1);
+        let shift = (new_start - self.block_start) as usize;
+        self.buf.copy_within(shift..self.fill, 0);
+        let new_fill = self.fill - shift;
+        self.buf[new_fill..len].fill(0);
+        self.block_start = new_start;
+        self.fill = new_fill;
+        self.durable = new_fill;
+        Ok(len as u64)
+    }
+
+    /// Makes `ready` segment `seq` starting at `first_index`: header block with the carried
+    /// HardState and metadata, fdatasync, rename, directory sync.
+    fn install(
+        &mut self,
+        ready: super::alloc::ReadySegment,
+        seq: u64,
+        first_index: u64,
+    ) -> Result<u64, WalError> {
+        let path = self.shared.dir.join(segment_name(seq, first_index));
+        self.buf[..self.fill].fill(0);
+        self.seg = SegmentInfo {
+            seq,
+            first_index,
+            path: ready.path.clone(),
+        };
+        self.file = ready.file;
+        self.capacity = self.segment_size;
+        self.seed = crc_seed(seq);
+        self.block_start = 0;
+        self.fill = SEGMENT_HEADER_LEN;
+        self.durable = 0;
+        let header = SegmentHeader {
+            seq,
+            first_index,
+            flush: self.flush_id,
+        };
+        encode_header(&mut self.buf[..SEGMENT_HEADER_LEN], &header);
+        if let Some(m) = self.metadata.clone() {
+            self.push_record(&Record::Metadata(m));
+        }
+        if let Some(h) = self.hard_state {
+            self.push_record(&Record::HardState(h));
+        }
+        let written = self.write_pending()?;
+        let vfs = &self.shared.vfs;
+        vfs.rename(&ready.path, &path)
+            .map_err(|e| WalError::io("rename new segment", &ready.path, e))?;
+        vfs.sync_dir(&self.shared.dir)
+            .map_err(|e| WalError::io("sync directory", &self.shared.dir, e))?;
+        self.seg.path = path;
+        self.shared
+            .segments
+            .lock()
+            .expect("segment list lock")
+            .push(self.seg.clone());
+        Ok(written)
+    }
+
+    /// Flushes what is pending in the current segment and switches to the next one.
+    fn switch_segment(&mut self) -> Result<u64, WalError> {
+        let mut written = self.write_pending()?;
+        let ready = self
+            .allocator
+            .take()
+            .map_err(|e| WalError::io("prepare segment", &self.shared.dir, e))?;
+        written += self.install(ready, self.seg.seq + 1, self.next_index)?;
+        Ok(written)
+    }
+
+    fn flush(&mut self, batch: Vec<AppendRequest>) {
+        let started = Instant::now();
+        self.sync_time = Duration::ZERO;
+        let mut max_wait = Duration::ZERO;
+        let mut total_wait = Duration::ZERO;
+        for req in &batch {
+            let wait = started.saturating_duration_since(req.enqueued);
+            max_wait = max_wait.max(wait);
+            total_wait += wait;
+        }
+        if let Some(cause) = self.shared.failure.get() {
+            for req in batch {
+                (req.done)(Err(WalError::Failed(cause.clone())));
+            }
+            return;
+        }
+        let mut acks: Vec<(Done, u64, u64)> = Vec::with_capacity(batch.len());
+        let mut records = 0;
+        let mut bytes = 0;
+        let mut result = Ok(());
+        let mut reqs = batch.into_iter();
+        for req in reqs.by_ref() {
+            if let Err(reason) = self.validate(&req.records) {
+                (req.done)(Err(WalError::InvalidAppend(reason)));
+                continue;
+            }
+            for rec in &req.records {
+                if self.pos() + encoded_len(rec) as u64 > self.capacity {
+                    match self.switch_segment() {
+                        Ok(n) => bytes += n,
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                self.push_record(rec);
+            }
+            records += req.records.len();
+            acks.push((req.done, self.seg.seq, self.pos()));
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            match self.write_pending() {
+                Ok(n) => bytes += n,
+                Err(e) => result = Err(e),
+            }
+        }
+        let sync_duration = self.sync_time;
+        let appends = acks.len();
+        if let Some(m) = &self.metrics {
+            m.on_flush(&FlushStats {
+                records,
+                appends,
+                bytes,
+                sync_duration,
+                max_queue_wait: max_wait,
+                total_queue_wait: total_wait,
+                ok: result.is_ok(),
+            });
+        }
+        match result {
+            Ok(()) => {
+                for (done, segment_seq, end_offset) in acks {
+                    done(Ok(AppendInfo {
+                        flush_records: records,
+                        flush_appends: appends,
+                        flush_bytes: bytes,
+                        segment_seq,
+                        end_offset,
+                    }));
+                }
+            }
+            Err(e) => {
+                // Fatal: never retried (the kernel may have dropped the dirty pages).
+                tracing::error!("WAL failed, refusing further appends: {e}");
+                let cause = Arc::new(e.clone());
+                let _ = self.shared.failure.set(cause.clone());
+                for (done, _, _) in acks {
+                    done(Err(e.clone()));
+                }
+                for req in reqs {
+                    (req.done)(Err(WalError::Failed(cause.clone())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! MVCC system tests: differential against real etcd, model-based, and watch guarantees under
+//! concurrent writes.
+
+mod etcd_diff;
+mod model;
+mod real_backend;
+mod watch_concurrent;
