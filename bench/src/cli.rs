@@ -87,6 +87,30 @@ pub enum Command {
     /// Disk profiler: raw fdatasync loop and WAL group commit.
     #[command(subcommand)]
     Disk(DiskCommand),
+    /// Storage engine micro-benchmarks, in-process.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EngineCommand {
+    /// ringkv's B+tree backend, side by side with LMDB (heed) and redb with --compare: bulk load,
+    /// point gets (1 and 2 threads), 10-key range scans, durable commits of 1 and 1,000 keys,
+    /// and sequential revision-key appends.
+    Btree(BtreeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BtreeArgs {
+    /// Keys in the bulk load (24-byte keys, 150-byte values).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub keys: usize,
+    /// Also run LMDB and redb in the same run.
+    #[arg(long)]
+    pub compare: bool,
+    /// Directory on the device to measure (a temporary subdirectory is used and removed).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.
@@ -307,7 +331,18 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Unmeasured seconds of appending before each measured period.
+    /// ringkv WAL option `idle_spin` in µs: after a flush its thread polls for new appends this
+    /// long before sleeping (trades CPU for wake-up latency at low load).
+    #[arg(long, default_value_t = 0)]
+    pub wal_idle_spin_us: u64,
+    /// With several engines: split --seconds into this many slices per engine, run in turn
+    /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
+    /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,
+    /// which flatters it and penalises them when segments fill within a slice; 1 (default)
+    /// runs each engine once, in order.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Unmeasured seconds of appending before each engine's first measured period.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
     /// Also run raft-engine and the raw loop, in the same run.

@@ -9,15 +9,19 @@ mod cli;
 mod compare;
 mod cpu;
 mod disk;
+mod engine_btree;
 mod hist;
 mod load;
 mod report;
 mod run;
 mod server;
 
-pub use cli::{Cli, Command, Consistency, DiskCommand, parse_duration, parse_size};
+pub use cli::{Cli, Command, Consistency, DiskCommand, EngineCommand, parse_duration, parse_size};
 pub use cpu::{CpuMeter, CpuUsed, peak_rss_bytes, process_cpu, self_cpu};
-pub use disk::{Engine, FsyncOpts, WalOpts, run_fsync, run_wal, write_heatmap_svg};
+pub use disk::{
+    Engine, FsyncOpts, WalOpts, run_fsync, run_wal, run_wal_interleaved, write_heatmap_svg,
+};
+pub use engine_btree::{BtreeOptions, PhaseResult, run as run_engine_btree};
 pub use hist::Recorder;
 pub use load::{EtcdClient, Plan, WatchPlan, make_key};
 pub use report::{DiskReport, LoadReport, Table, disk_table};

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use std::cell::Cell;
 
-use crate::cli::{Cli, Command, Consistency, DiskCommand, FsyncArgs, Global, TotalArgs, WalArgs};
+use crate::cli::{
+    BtreeArgs, Cli, Command, Consistency, DiskCommand, EngineCommand, FsyncArgs, Global, TotalArgs,
+    WalArgs,
+};
 use crate::cpu::{CpuMeter, max_peak_rss_bytes};
 use crate::disk::{self, Engine, FsyncOpts, WalOpts, parse_io, write_heatmap_svg};
 use crate::load::{
@@ -20,8 +23,24 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Command::Disk(DiskCommand::Fsync(a)) => disk_fsync(&cli.global, &a),
         Command::Disk(DiskCommand::Wal(a)) => disk_wal(&cli.global, &a),
         Command::Compare(a) => crate::compare::run_compare(&cli.global, &a),
+        Command::Engine(EngineCommand::Btree(a)) => engine_btree(&cli.global, &a),
         cmd => network(&cli.global, cmd),
     }
+}
+
+fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
+    let dir = tempfile::Builder::new()
+        .prefix("ringkv-bench-btree-")
+        .tempdir_in(&a.dir)
+        .map_err(|e| format!("temporary directory in {}: {e}", a.dir.display()))?;
+    let opts = crate::engine_btree::BtreeOptions {
+        keys: a.keys,
+        compare: a.compare,
+        json: g.json,
+    };
+    crate::engine_btree::run(&opts, dir.path())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn plan(g: &Global, t: &TotalArgs) -> Result<Plan, String> {
@@ -143,7 +162,7 @@ fn network(g: &Global, cmd: Command) -> Result<(), String> {
                 };
                 watch_reports("watch-latency", &p, g, &conns).await?
             }
-            Command::Disk(_) | Command::Compare(_) => {
+            Command::Disk(_) | Command::Compare(_) | Command::Engine(_) => {
                 unreachable!("dispatched before the network commands")
             }
         };
@@ -294,24 +313,23 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
     };
     let mut rows: Vec<DiskReport> = Vec::new();
     for (i, &(writers, record_size)) in cells.iter().enumerate() {
-        for &engine in &engines {
-            if a.sweep && !g.json {
-                eprintln!(
-                    "[{}/{}] {} writers={writers} record_size={record_size}",
-                    i + 1,
-                    cells.len(),
-                    engine.name()
-                );
-            }
-            let opts = WalOpts {
-                dir: a.common.dir.clone(),
-                io,
-                writers,
-                record_size,
-                warmup,
-                duration,
-            };
-            let r = disk::run_wal(engine, &opts)?;
+        if a.sweep && !g.json {
+            eprintln!(
+                "[{}/{}] writers={writers} record_size={record_size}",
+                i + 1,
+                cells.len()
+            );
+        }
+        let opts = WalOpts {
+            dir: a.common.dir.clone(),
+            io,
+            writers,
+            record_size,
+            warmup,
+            duration,
+            wal_idle_spin: Duration::from_micros(a.wal_idle_spin_us),
+        };
+        for r in disk::run_wal_interleaved(&engines, &opts, a.rounds)? {
             if g.json {
                 print_json(&r)?;
             }

@@ -86,11 +86,36 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("cannot find a free port: {e}"))
 }
 
+/// Times a cluster start is tried: a port found free can be taken by another process before
+/// the member binds it, and then that member exits at once.
+const START_ATTEMPTS: u32 = 3;
+
 /// Starts `members` members of `bin` (etcd or ringkv) and waits until they answer Status with a
 /// leader. `parent` is where the temporary data directory goes (the system temp dir if `None`).
+/// A start that fails after the binary ran is retried on new ports and a new directory.
 pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<Cluster, String> {
+    let mut last = String::new();
+    for _ in 0..START_ATTEMPTS {
+        match start_once(bin, members, parent) {
+            Ok(c) => return Ok(c),
+            Err(StartError::Fatal(e)) => return Err(e),
+            Err(StartError::Retry(e)) => last = e,
+        }
+    }
+    Err(format!("{last}\n(gave up after {START_ATTEMPTS} attempts)"))
+}
+
+enum StartError {
+    /// Retrying cannot help (no binary, no directory).
+    Fatal(String),
+    /// A member exited or did not get ready.
+    Retry(String),
+}
+
+fn start_once(bin: &Path, members: u32, parent: Option<&Path>) -> Result<Cluster, StartError> {
+    let fatal = StartError::Fatal;
     if members == 0 {
-        return Err("a cluster needs at least one member".to_owned());
+        return Err(fatal("a cluster needs at least one member".to_owned()));
     }
     let dir = match parent {
         Some(p) => tempfile::Builder::new()
@@ -100,10 +125,10 @@ pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<
             .prefix("ringkv-bench-cluster-")
             .tempdir(),
     }
-    .map_err(|e| format!("cannot create a data directory: {e}"))?;
+    .map_err(|e| fatal(format!("cannot create a data directory: {e}")))?;
     let mut ports = Vec::new();
     for _ in 0..members {
-        ports.push((free_port()?, free_port()?));
+        ports.push((free_port().map_err(fatal)?, free_port().map_err(fatal)?));
     }
     let initial: Vec<String> = ports
         .iter()
@@ -119,10 +144,10 @@ pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<
         let name = format!("m{i}");
         let log = cluster.dir.path().join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+            .map_err(|e| fatal(format!("cannot create {}: {e}", log.display())))?;
         let log_err = log_file
             .try_clone()
-            .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
+            .map_err(|e| fatal(format!("cannot open {}: {e}", log.display())))?;
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let child = Command::new(bin)
@@ -143,7 +168,7 @@ pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<
             .stderr(log_err)
             .spawn()
             .map_err(|e| {
-                format!(
+                fatal(format!(
                     "cannot start {}: {e}{}",
                     bin.display(),
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -151,7 +176,7 @@ pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<
                     } else {
                         ""
                     }
-                )
+                ))
             })?;
         cluster.members.push(Member {
             name,
@@ -160,7 +185,7 @@ pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<
             child,
         });
     }
-    wait_ready(&mut cluster)?;
+    wait_ready(&mut cluster).map_err(StartError::Retry)?;
     Ok(cluster)
 }
 
@@ -199,4 +224,31 @@ fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_is_a_clear_error_without_retries() {
+        let e = start_cluster(Path::new("/nonexistent/etcd"), 1, None).unwrap_err();
+        assert!(e.contains("cannot start /nonexistent/etcd"), "{e}");
+        assert!(e.contains("apt-get install etcd-server"), "{e}");
+        assert!(!e.contains("attempts"), "not retried: {e}");
+    }
+
+    #[test]
+    fn a_member_that_exits_is_retried_then_reported_with_its_log() {
+        // `false` exits at once with status 1, whatever its arguments.
+        let e = start_cluster(Path::new("/bin/false"), 1, None).unwrap_err();
+        assert!(e.contains("exited with exit status: 1"), "{e}");
+        assert!(e.contains("gave up after 3 attempts"), "{e}");
+        assert!(e.contains("--- m0"), "log tail named: {e}");
+    }
+
+    #[test]
+    fn zero_members_is_refused() {
+        assert!(start_cluster(Path::new("etcd"), 0, None).is_err());
+    }
 }

@@ -284,6 +284,8 @@ pub struct Config {
     pub advertise_client_urls: Vec<String>,
     /// Addresses to serve peers on.
     pub peer_addrs: Vec<SocketAddr>,
+    /// Extra addresses serving only `/metrics` and `/health` (`--listen-metrics-urls`).
+    pub metrics_addrs: Vec<SocketAddr>,
     /// This member's advertised peer URLs, sorted.
     pub peer_urls: Vec<String>,
     /// The members of `--initial-cluster`, sorted by ID.
@@ -370,6 +372,11 @@ impl Flags {
 
         let client_addrs = parse_listen_urls("--listen-client-urls", &f.listen_client_urls)?;
         let peer_addrs = parse_listen_urls("--listen-peer-urls", &f.listen_peer_urls)?;
+        let metrics_addrs = if f.listen_metrics_urls.trim().is_empty() {
+            Vec::new()
+        } else {
+            parse_listen_urls("--listen-metrics-urls", &f.listen_metrics_urls)?
+        };
         let advertise_client_urls =
             split_urls("--advertise-client-urls", &f.advertise_client_urls)?;
         let mut peer_urls = split_urls(
@@ -433,6 +440,7 @@ impl Flags {
             client_addrs,
             advertise_client_urls,
             peer_addrs,
+            metrics_addrs,
             peer_urls,
             initial_members,
             member_id,
@@ -786,6 +794,16 @@ mod tests {
         assert!(parse(&["--auto-compaction-retention=abc"]).is_err());
         assert!(parse(&["--enable-v2"]).unwrap_err().0.contains("v2"));
         assert!(parse(&["--no-such-flag"]).is_err());
+    }
+
+    #[test]
+    fn metrics_urls() {
+        assert!(parse(&[]).unwrap().metrics_addrs.is_empty());
+        let c = parse(&["--listen-metrics-urls=http://127.0.0.1:2381"]).unwrap();
+        assert_eq!(
+            c.metrics_addrs,
+            vec!["127.0.0.1:2381".parse::<SocketAddr>().unwrap()]
+        );
     }
 
     #[test]

@@ -131,6 +131,9 @@ pub enum EtcdError {
         /// The receive limit (max-request-bytes + 512 KiB).
         limit: usize,
     },
+    /// A request message that is not valid protobuf for its type (grpc-go's wording; the
+    /// decoder's detail differs from Go's).
+    Unmarshal(String),
     /// An RPC ringkv does not serve (yet).
     Unimplemented(&'static str),
     /// grpc.health.v1 Check for a service other than `""`.
@@ -192,6 +195,7 @@ impl EtcdError {
             | UnhealthyCluster
             | NotSupportedForLearner => Code::Unavailable,
             Corrupt => Code::DataLoss,
+            Unmarshal(_) => Code::Internal,
             Unimplemented(_) | UnknownService(_) | UnknownMethod { .. } => Code::Unimplemented,
             ElectionNoLeader | ElectionNotLeader | Internal(_) => Code::Unknown,
         }
@@ -274,6 +278,9 @@ impl EtcdError {
                 return format!("ringkv: {method} is not implemented yet").into();
             }
             Internal(text) => return text.clone().into(),
+            Unmarshal(detail) => {
+                return format!("grpc: error unmarshalling request: {detail}").into();
+            }
             UnknownService(service) => return format!("unknown service {service}").into(),
             UnknownMethod { method, service } => {
                 return format!("unknown method {method} for service {service}").into();
@@ -345,9 +352,16 @@ pub fn unknown_path(path: &str, known_services: &[&str]) -> EtcdError {
     }
 }
 
+/// prost's text for a request that does not decode (tonic sends it as `Internal`).
+const TONIC_DECODE_PREFIX: &str = "failed to decode Protobuf message: ";
+
 /// Rewrites statuses that tonic produces by itself into etcd's (grpc-go's) code and message;
 /// other statuses are returned unchanged. Returns `None` when no rewrite applies.
 pub fn rewrite_tonic_status(code: Code, message: &str) -> Option<EtcdError> {
+    if code == Code::Internal {
+        let detail = message.strip_prefix(TONIC_DECODE_PREFIX)?;
+        return Some(EtcdError::Unmarshal(detail.to_string()));
+    }
     if code != Code::OutOfRange {
         return None;
     }

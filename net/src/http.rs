@@ -55,6 +55,21 @@ where
     cors(route(shared, req).await)
 }
 
+/// Serves one request on a `--listen-metrics-urls` listener: only `/metrics` and `/health`.
+pub async fn handle_metrics_only<N: EtcdNode, B>(
+    shared: Shared<N>,
+    req: Request<B>,
+) -> Response<Body>
+where
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match req.uri().path() {
+        "/metrics" | "/health" => route(shared, req).await,
+        _ => gateway::not_found(),
+    }
+}
+
 async fn route<N: EtcdNode, B>(shared: Shared<N>, req: Request<B>) -> Response<Body>
 where
     B: http_body::Body<Data = Bytes> + Send,

@@ -124,7 +124,8 @@ pub fn server_options(config: &Config) -> ServerOptions {
     }
 }
 
-/// Serves `node` to clients on every `--listen-client-urls` address until SIGTERM/SIGINT,
+/// Serves `node` to clients on every `--listen-client-urls` address (and `/metrics`, `/health`
+/// on every `--listen-metrics-urls` address) until SIGTERM/SIGINT,
 /// then drains (bounded by [`DRAIN_TIMEOUT`]). For the node's `main` once it exists; must run
 /// inside a tokio runtime. Returns after the drain; the caller then closes WAL and backend.
 pub async fn serve_clients<N: EtcdNode>(config: &Config, node: Arc<N>) -> std::io::Result<()> {
@@ -155,6 +156,17 @@ pub async fn serve_clients_until<N: EtcdNode>(
         })?;
         tasks.push(tokio::spawn(
             server.clone().serve(listener, trigger.guard()),
+        ));
+    }
+    for addr in &config.metrics_addrs {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("ringkv: cannot listen on {addr} for metrics: {e}"),
+            )
+        })?;
+        tasks.push(tokio::spawn(
+            server.clone().serve_metrics(listener, trigger.guard()),
         ));
     }
     stop.await;

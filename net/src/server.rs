@@ -197,6 +197,54 @@ impl<N: EtcdNode> ClientServer<N> {
         }
     }
 
+    /// Serves `/metrics` and `/health` only (a `--listen-metrics-urls` listener), HTTP/1.1 and
+    /// HTTP/2, until shutdown.
+    pub async fn serve_metrics(
+        self: Arc<Self>,
+        listener: TcpListener,
+        guard: DrainGuard,
+    ) -> std::io::Result<()> {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!("accept on metrics listener: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.fired() => return Ok(()),
+            };
+            let shared = self.shared.clone();
+            let guard = guard.clone();
+            let mut shutdown = self.shared.shutdown.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let shared = shared.clone();
+                    async move {
+                        Ok::<_, Infallible>(crate::http::handle_metrics_only(shared, req).await)
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!("metrics connection {peer}: {e}");
+                        }
+                        return;
+                    }
+                    _ = shutdown.fired() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+                drop(guard);
+            });
+        }
+    }
+
     async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr) {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -61,7 +61,17 @@ async fn channel(h: &Harness) -> Channel {
 
 /// A raw HTTP/1.1 exchange, as curl would do it: returns (status, headers, body).
 async fn http(h: &Harness, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    http_at(h.addr, method, path, body).await
+}
+
+/// [`http`] against any address.
+async fn http_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -585,9 +595,17 @@ async fn watch_stream_protocol() {
     })
     .await
     .unwrap();
-    let created = out2.next().await.unwrap().unwrap();
+    let created = tokio::time::timeout(Duration::from_secs(10), out2.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(created.created);
-    let c = out2.next().await.unwrap().unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(10), out2.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (c.canceled, c.compact_revision, c.header.unwrap().revision),
         (true, 3, 0)
@@ -758,13 +776,22 @@ async fn graceful_shutdown_drains() {
         .await
         .unwrap()
         .into_inner();
-    assert!(out.next().await.unwrap().unwrap().created);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), out.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .created
+    );
     let addr = h.addr;
     assert!(
         h.trigger.drain(Duration::from_secs(10)).await,
         "connections drained"
     );
-    let end = out.next().await;
+    let end = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .unwrap();
     assert!(
         matches!(&end, Some(Err(s)) if s.message() == "etcdserver: server stopped")
             || end.is_none(),
@@ -895,15 +922,17 @@ async fn etcdctl_speaks_to_the_front_end() {
 async fn etcdctl_watch_prints_events() {
     use std::io::BufRead;
     let h = start().await;
-    let mut child = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=http://{}", h.addr))
-        .args(["watch", "wk", "--prefix"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)");
-    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://{}", h.addr))
+            .args(["watch", "wk", "--prefix"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcdctl 3.4 must be installed (tests/run.sh installs Debian's etcd-client)"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -915,11 +944,18 @@ async fn etcdctl_watch_prints_events() {
     let mut kv = KvClient::new(channel(&h).await);
     // The watch is registered once etcdctl's create request arrived; until then puts are missed,
     // so keep putting until the first event shows up.
+    let mut attempts = 0;
     let first = loop {
         kv.put(put("wk1", "a")).await.unwrap();
         if let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             break line;
         }
+        attempts += 1;
+        assert!(attempts < 100, "etcdctl watch printed nothing in 20 s");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "etcdctl watch exited early"
+        );
     };
     assert_eq!(first, "PUT");
     assert_eq!(rx.recv().await.unwrap(), "wk1");
@@ -943,8 +979,16 @@ async fn etcdctl_watch_prints_events() {
         lines.push(line);
     }
     assert_eq!(lines, vec!["DELETE".to_string(), "wk1".to_string()]);
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// Kills a child process when dropped, also when a test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `serve_clients_until` binds every `--listen-client-urls` address from the flags, serves,
@@ -952,11 +996,13 @@ async fn etcdctl_watch_prints_events() {
 #[tokio::test]
 async fn serve_clients_from_flags() {
     use clap::Parser;
-    let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
+    // Ports below Linux's ephemeral range (32768+), which every other test binds from, chosen
+    // by process ID so parallel test processes do not collide.
+    let port = 20_000 + (std::process::id() % 6_000) as u16 * 2;
+    let mport = port + 1;
     let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
-    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str()])
+    let murl = format!("--listen-metrics-urls=http://127.0.0.1:{mport}");
+    let config = ringkv_net::Flags::try_parse_from(["ringkv", url.as_str(), murl.as_str()])
         .unwrap()
         .resolve()
         .unwrap();
@@ -969,7 +1015,13 @@ async fn serve_clients_from_flags() {
         .await
     });
     let endpoint = format!("http://127.0.0.1:{port}");
+    let mut attempts = 0;
     let channel = loop {
+        assert!(
+            !server.is_finished(),
+            "serve_clients_until ended early: {:?}",
+            server.await
+        );
         if let Ok(c) = Channel::from_shared(endpoint.clone())
             .unwrap()
             .connect()
@@ -977,6 +1029,8 @@ async fn serve_clients_from_flags() {
         {
             break c;
         }
+        attempts += 1;
+        assert!(attempts < 500, "server did not come up in 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut kv = KvClient::new(channel);
@@ -990,6 +1044,16 @@ async fn serve_clients_from_flags() {
             .revision,
         2
     );
+    // The metrics listener serves /metrics and /health only.
+    let maddr: std::net::SocketAddr = ([127, 0, 0, 1], mport).into();
+    let (status, _, body) = http_at(maddr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\""),
+        "{body}"
+    );
+    assert_eq!(http_at(maddr, "GET", "/health", "").await.0, 200);
+    assert_eq!(http_at(maddr, "POST", "/v3/kv/range", "{}").await.0, 404);
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(15), server)
         .await
@@ -997,4 +1061,98 @@ async fn serve_clients_from_flags() {
         .unwrap()
         .unwrap();
     assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+}
+
+/// Spec §4.13: Campaign, Leader, Proclaim, Observe and Resign over the v3election service.
+#[tokio::test]
+async fn v3election_round_trip() {
+    use ringkv_net::pb::v3electionpb::{
+        CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest,
+        election_client::ElectionClient,
+    };
+    let h = start().await;
+    let mut lease = LeaseClient::new(channel(&h).await);
+    let l1 = lease
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut el = ElectionClient::new(channel(&h).await);
+    let c = el
+        .campaign(CampaignRequest {
+            name: "e".into(),
+            lease: l1,
+            value: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let leader = c.leader.unwrap();
+    assert_eq!(leader.key, Bytes::from(format!("e/{l1:x}")));
+    assert_eq!(leader.rev, c.header.unwrap().revision);
+    let mut observe = el
+        .observe(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), observe.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.kv.unwrap().value.as_ref(), b"v1");
+    el.proclaim(ProclaimRequest {
+        leader: Some(leader.clone()),
+        value: "v2".into(),
+    })
+    .await
+    .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), observe.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.kv.unwrap().value.as_ref(), b"v2");
+    let l = el
+        .leader(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.kv.unwrap().value.as_ref(), b"v2");
+    // A stale leadership cannot proclaim; resigning it is silently fine.
+    let stale = ringkv_net::pb::v3electionpb::LeaderKey {
+        rev: leader.rev + 100,
+        ..leader.clone()
+    };
+    let e = el
+        .proclaim(ProclaimRequest {
+            leader: Some(stale.clone()),
+            value: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unknown, "election: not leader")
+    );
+    el.resign(ResignRequest {
+        leader: Some(stale),
+    })
+    .await
+    .unwrap();
+    assert!(el.leader(LeaderRequest { name: "e".into() }).await.is_ok());
+    el.resign(ResignRequest {
+        leader: Some(leader),
+    })
+    .await
+    .unwrap();
+    let e = el
+        .leader(LeaderRequest { name: "e".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unknown, "election: no leader")
+    );
 }

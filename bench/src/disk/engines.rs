@@ -169,6 +169,7 @@ impl RingkvTarget {
         let flushes = Arc::new(FlushCounter::default());
         let wal_opts = WalOptions {
             metrics: Some(flushes.clone()),
+            idle_spin: opts.wal_idle_spin,
             ..WalOptions::default()
         };
         let wal_dir = dir.join("wal");
@@ -310,6 +311,7 @@ mod tests {
             record_size,
             warmup: Duration::from_millis(50),
             duration: Duration::from_millis(200),
+            wal_idle_spin: Duration::ZERO,
         }
     }
 
@@ -343,6 +345,32 @@ mod tests {
         assert!(r.total > 0, "{r:?}");
         assert_eq!(r.errors, 0);
         assert!(r.syncs > 0 && r.syncs <= r.total, "{r:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn interleaved_rounds_report_each_engine_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = super::super::run_wal_interleaved(
+            &[Engine::Raw, Engine::Ringkv],
+            &opts(dir.path(), 2, 100),
+            4,
+        )
+        .unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            (rs[0].engine.as_str(), rs[1].engine.as_str()),
+            ("raw", "ringkv")
+        );
+        for r in &rs {
+            assert!(r.total > 0 && r.errors == 0, "{r:?}");
+            // Four slices of 50 ms each.
+            assert!(r.duration_s >= 0.2, "{r:?}");
+        }
+        assert_eq!(
+            rs[0].syncs, rs[0].total,
+            "raw: one sync per record over all slices"
+        );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

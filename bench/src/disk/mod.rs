@@ -187,6 +187,8 @@ pub struct WalOpts {
     /// open, first-write effects), unmeasured.
     pub warmup: Duration,
     pub duration: Duration,
+    /// `WalOptions::idle_spin` of the ringkv engine.
+    pub wal_idle_spin: Duration,
 }
 
 /// One writer's append function: appends record number `seq` of this writer and returns once
@@ -196,20 +198,105 @@ pub type AppendFn<'a> = Box<dyn FnMut(u64) -> Result<(), String> + Send + 'a>;
 /// Runs `engine` with `opts.writers` concurrent writers for `opts.warmup` (not measured), then
 /// for `opts.duration`. An append counts if it started inside the measured period.
 pub fn run_wal(engine: Engine, opts: &WalOpts) -> Result<DiskReport, String> {
-    let scratch = scratch_dir(&opts.dir, engine.name())?;
-    let target = engines::open(engine, opts, scratch.path())?;
-    let writers = opts.writers.max(1) as usize;
+    let mut reports = run_wal_interleaved(&[engine], opts, 1)?;
+    Ok(reports.remove(0))
+}
+
+/// What one measured slice of one engine produced.
+struct Slice {
+    rec: Recorder,
+    elapsed: Duration,
+    cpu: Duration,
+    syncs: u64,
+}
+
+/// Runs every engine of `engines` for `opts.duration` in total, in `rounds` alternating slices
+/// (engine A, B, C, A, B, C, …), so that a noisy neighbour or a slow minute of the device hits
+/// all of them alike. All engines stay open for the whole run, each in its own directory; each
+/// warms up (unmeasured) before its first slice. One report per engine, in `engines` order.
+///
+/// With more than one round, background work an engine starts during its slice (ringkv's WAL
+/// pre-zeroes its next segment on another thread) continues into the other engines' slices:
+/// it costs them and is hidden from its owner. Comparisons of sustained throughput must use
+/// one round, or slices long enough to hold many segment switches.
+pub fn run_wal_interleaved(
+    engines: &[Engine],
+    opts: &WalOpts,
+    rounds: u32,
+) -> Result<Vec<DiskReport>, String> {
+    let rounds = rounds.max(1);
+    let mut open = Vec::new();
+    for &engine in engines {
+        let scratch = scratch_dir(&opts.dir, engine.name())?;
+        let target = engines::open(engine, opts, scratch.path())?;
+        open.push((engine, scratch, target));
+    }
+    let slice_len = opts.duration / rounds;
+    let mut totals: Vec<Option<Slice>> = engines.iter().map(|_| None).collect();
+    for round in 0..rounds {
+        for (i, (_, _, target)) in open.iter().enumerate() {
+            let warmup = if round == 0 {
+                opts.warmup
+            } else {
+                Duration::ZERO
+            };
+            let s = run_slice(&**target, opts.writers, warmup, slice_len)?;
+            match &mut totals[i] {
+                None => totals[i] = Some(s),
+                Some(t) => {
+                    t.rec.merge(&s.rec);
+                    t.elapsed += s.elapsed;
+                    t.cpu += s.cpu;
+                    t.syncs += s.syncs;
+                }
+            }
+        }
+    }
+    let mut reports = Vec::new();
+    for ((engine, scratch, target), total) in open.into_iter().zip(totals) {
+        let t = total.expect("every engine ran at least one slice");
+        if let Some((kind, _)) = t.rec.errors().iter().next() {
+            eprintln!(
+                "disk wal: {} stopped on error {kind} ({} errors)",
+                engine.name(),
+                t.rec.error_total()
+            );
+        }
+        reports.push(DiskReport::new(
+            engine.name(),
+            &target.io_name(),
+            opts.writers.max(1),
+            opts.record_size,
+            &t.rec,
+            t.elapsed,
+            t.syncs,
+            t.cpu,
+        ));
+        target.close()?;
+        drop(scratch);
+    }
+    Ok(reports)
+}
+
+/// One slice: `writers` threads append unmeasured for `warmup`, then measured for `duration`.
+fn run_slice(
+    target: &dyn engines::Target,
+    writers: u32,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Slice, String> {
+    let writers = writers.max(1) as usize;
     // Phases: all start together (`go`), append unmeasured until `warm` is set, all stop
     // between two appends (`quiet`: nothing in flight while the counters are read), all start
     // the measured period together (`measure`), and run until `stop`. Every append of the
     // measured period starts after the counters were read and is waited for at the end, so
-    // `syncs` and `total` cover exactly the same appends.
+    // `syncs` and the recorded appends cover exactly the same appends.
     let stop = AtomicBool::new(false);
     let warm = AtomicBool::new(false);
     let go = Barrier::new(writers + 1);
     let quiet = Barrier::new(writers + 1);
     let measure = Barrier::new(writers + 1);
-    let (recs, elapsed, cpu, syncs) = std::thread::scope(|s| -> Result<_, String> {
+    std::thread::scope(|s| -> Result<Slice, String> {
         let mut handles = Vec::with_capacity(writers);
         for w in 0..writers {
             let mut append = target.writer(w)?;
@@ -249,49 +336,29 @@ pub fn run_wal(engine: Engine, opts: &WalOpts) -> Result<DiskReport, String> {
             handles.push(h);
         }
         go.wait();
-        std::thread::sleep(opts.warmup);
+        std::thread::sleep(warmup);
         warm.store(true, Ordering::Relaxed);
         quiet.wait();
         let syncs0 = target.syncs();
         let cpu0 = self_cpu();
         let start = Instant::now();
         measure.wait();
-        std::thread::sleep(opts.duration);
+        std::thread::sleep(duration);
         stop.store(true, Ordering::Relaxed);
-        let mut recs = Vec::with_capacity(writers);
+        let mut rec = Recorder::new(None);
         for h in handles {
-            recs.push(
-                h.join()
-                    .map_err(|_| "a writer thread panicked".to_owned())?,
-            );
+            let r = h
+                .join()
+                .map_err(|_| "a writer thread panicked".to_owned())?;
+            rec.merge(&r);
         }
-        let elapsed = start.elapsed();
-        let cpu = self_cpu().saturating_sub(cpu0);
-        Ok((recs, elapsed, cpu, target.syncs().saturating_sub(syncs0)))
-    })?;
-    let mut all = Recorder::new(None);
-    for r in &recs {
-        all.merge(r);
-    }
-    let report = DiskReport::new(
-        engine.name(),
-        &target.io_name(),
-        writers as u32,
-        opts.record_size,
-        &all,
-        elapsed,
-        syncs,
-        cpu,
-    );
-    if let Some((kind, _)) = all.errors().iter().next() {
-        eprintln!(
-            "disk wal: {} stopped on error {kind} ({} errors)",
-            engine.name(),
-            all.error_total()
-        );
-    }
-    target.close()?;
-    Ok(report)
+        Ok(Slice {
+            rec,
+            elapsed: start.elapsed(),
+            cpu: self_cpu().saturating_sub(cpu0),
+            syncs: target.syncs().saturating_sub(syncs0),
+        })
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ fn keys_and_revision(c: &Cluster) -> (i64, i64) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut client = EtcdClient::connect(&c.endpoints(), Duration::from_secs(2))
+        let mut client = EtcdClient::connect(&c.members[0].client_addr, Duration::from_secs(2))
             .await
             .unwrap();
         // [\0, \0) is every key.
@@ -264,4 +264,22 @@ fn compare_writes_markdown_and_plots() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("runs.json")).unwrap())
             .unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn three_members_with_target_leader() {
+    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned());
+    let c = start_cluster(Path::new(&bin), 3, None)
+        .unwrap_or_else(|e| panic!("cannot start a 3-member etcd: {e}"));
+    let v = bench_json(&[
+        &ep(&c),
+        "--target-leader",
+        "--conns=3",
+        "--clients=6",
+        "put",
+        "--total=150",
+        "--key-space-size=10",
+    ]);
+    check_load_report(&v[0], "put", 150);
+    assert_eq!(keys_and_revision(&c).1, 151);
 }
