@@ -6,7 +6,7 @@
 //! - `get-1t`, `get-2t`: random point gets of loaded keys from 1 and 2 threads (one read
 //!   transaction per thread);
 //! - `range-10`: random range scans returning 10 keys;
-//! - `commit-1`: durable commits of a single random key;
+//! - `commit-1`: durable commits of a single random key (N/100 of them, 10 to 1,000);
 //! - `commit-1000`: durable commits of 1,000 random keys each (`ops_per_sec` counts keys);
 //! - `revision-append`: sequential 17-byte revision keys (8-byte big-endian main, `_`, 8-byte
 //!   big-endian sub: etcd's layout) with 256-byte values, committed every 10,000 keys.
@@ -189,7 +189,7 @@ fn run_engine(e: &mut dyn Engine, w: &Workload) -> Result<Vec<PhaseResult>, BoxE
     out.push(result(name, "range-10", starts.len() as u64, t));
 
     let mut rng = Mix(7);
-    let commits = 1000.min(n.max(10));
+    let commits = (n / 100).clamp(10, 1000);
     let t = Instant::now();
     for _ in 0..commits {
         e.commit(&mut std::iter::once((rng.key(), w.value.clone())))?;
