@@ -26,4 +26,4 @@ pub use hist::Recorder;
 pub use load::{EtcdClient, Plan, WatchPlan, make_key};
 pub use report::{DiskReport, LoadReport, Table, disk_table};
 pub use run::run;
-pub use server::{Cluster, Member, start_cluster};
+pub use server::{Cluster, Member, start_cluster, start_cluster_with_args};

@@ -94,9 +94,20 @@ const START_ATTEMPTS: u32 = 3;
 /// leader. `parent` is where the temporary data directory goes (the system temp dir if `None`).
 /// A start that fails after the binary ran is retried on new ports and a new directory.
 pub fn start_cluster(bin: &Path, members: u32, parent: Option<&Path>) -> Result<Cluster, String> {
+    start_cluster_with_args(bin, members, parent, &[])
+}
+
+/// [`start_cluster`] with `extra` flags appended to every member's command line (after the
+/// launcher's own flags), e.g. faster raft timing for tests.
+pub fn start_cluster_with_args(
+    bin: &Path,
+    members: u32,
+    parent: Option<&Path>,
+    extra: &[&str],
+) -> Result<Cluster, String> {
     let mut last = String::new();
     for _ in 0..START_ATTEMPTS {
-        match start_once(bin, members, parent) {
+        match start_once(bin, members, parent, extra) {
             Ok(c) => return Ok(c),
             Err(StartError::Fatal(e)) => return Err(e),
             Err(StartError::Retry(e)) => last = e,
@@ -112,7 +123,12 @@ enum StartError {
     Retry(String),
 }
 
-fn start_once(bin: &Path, members: u32, parent: Option<&Path>) -> Result<Cluster, StartError> {
+fn start_once(
+    bin: &Path,
+    members: u32,
+    parent: Option<&Path>,
+    extra: &[&str],
+) -> Result<Cluster, StartError> {
     let fatal = StartError::Fatal;
     if members == 0 {
         return Err(fatal("a cluster needs at least one member".to_owned()));
@@ -163,6 +179,7 @@ fn start_once(bin: &Path, members: u32, parent: Option<&Path>) -> Result<Cluster
             .arg(format!("--initial-cluster={initial}"))
             .arg("--initial-cluster-state=new")
             .arg("--initial-cluster-token=ringkv-bench")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(log_err)

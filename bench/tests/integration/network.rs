@@ -1,19 +1,103 @@
-//! Network subcommands against a real etcd.
+//! Network subcommands against a real etcd and a real ringkv node: one test body per
+//! subcommand, run once for each system (modules `etcd` and `ringkv` below).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringkv_bench::{Cluster, EtcdClient, start_cluster};
+use ringkv_bench::{Cluster, EtcdClient, start_cluster, start_cluster_with_args};
 use ringkv_engine::pb::etcdserverpb::RangeRequest;
 
+use crate::ringkv_bin::ringkv_bin;
 use crate::util::{bench_fails, bench_json, check_load_report, f, u};
 
-/// A fresh single-member etcd; fails loudly when the etcd binary is missing.
-fn etcd() -> Cluster {
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned());
-    start_cluster(Path::new(&bin), 1, None).unwrap_or_else(|e| panic!("cannot start etcd: {e}"))
+/// The server a shared test body runs against.
+#[derive(Debug, Clone, Copy)]
+enum System {
+    /// `$ETCD_BIN`, else `etcd` on the PATH.
+    Etcd,
+    /// The `ringkv` binary of this workspace, with fast raft timing.
+    Ringkv,
 }
+
+fn etcd_bin() -> String {
+    std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned())
+}
+
+/// A fresh single-member cluster of `sys`; fails loudly when the binary is missing.
+fn start(sys: System) -> Cluster {
+    let (bin, cluster) = start_with_bin(sys);
+    // The member really runs the binary meant (the launcher takes any path).
+    let exe = std::fs::read_link(format!("/proc/{}/exe", cluster.members[0].pid()))
+        .expect("read /proc/<pid>/exe of the member");
+    let meant = std::fs::canonicalize(&bin).expect("canonical path of the binary");
+    assert_eq!(exe, meant, "{sys:?} member runs {}", exe.display());
+    cluster
+}
+
+fn start_with_bin(sys: System) -> (PathBuf, Cluster) {
+    let bin = match sys {
+        System::Etcd => which(&etcd_bin()),
+        System::Ringkv => ringkv_bin(),
+    };
+    let cluster = match sys {
+        System::Etcd => {
+            start_cluster(&bin, 1, None).unwrap_or_else(|e| panic!("cannot start etcd: {e}"))
+        }
+        // 10 ms heartbeats and a 100 ms election timeout: the member leads within a fraction
+        // of a second instead of after the default 1 s timeout.
+        System::Ringkv => start_cluster_with_args(
+            &bin,
+            1,
+            None,
+            &["--heartbeat-interval=10", "--election-timeout=100"],
+        )
+        .unwrap_or_else(|e| panic!("cannot start ringkv: {e}")),
+    };
+    (bin, cluster)
+}
+
+/// `name` itself when it has a `/`, else its first match on `$PATH` (as `Command` looks it up).
+fn which(name: &str) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found on PATH (Debian: apt-get install etcd-server)"))
+}
+
+/// Each shared body as one `#[test]` per system.
+macro_rules! for_each_system {
+    ($($body:ident),* $(,)?) => {
+        mod etcd {
+            $(#[test]
+            fn $body() {
+                super::$body(super::System::Etcd);
+            })*
+        }
+        mod ringkv {
+            $(#[test]
+            fn $body() {
+                super::$body(super::System::Ringkv);
+            })*
+        }
+    };
+}
+
+for_each_system!(
+    put_writes_the_key_space,
+    put_open_loop_for_a_duration_sends_rate_times_duration,
+    put_with_compaction_and_server_cpu,
+    range_linearizable_and_serializable,
+    txn_put_one_revision_per_transaction,
+    mixed_reads_and_writes,
+    lease_keepalive_round_trips,
+    watch_every_watcher_gets_every_event,
+    watch_latency_events,
+);
 
 fn ep(c: &Cluster) -> String {
     format!("--endpoints={}", c.endpoints())
@@ -43,9 +127,8 @@ fn keys_and_revision(c: &Cluster) -> (i64, i64) {
     })
 }
 
-#[test]
-fn put_writes_the_key_space() {
-    let c = etcd();
+fn put_writes_the_key_space(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "--clients=8",
@@ -64,9 +147,8 @@ fn put_writes_the_key_space() {
     assert_eq!(keys_and_revision(&c), (50, 301));
 }
 
-#[test]
-fn put_open_loop_for_a_duration_sends_rate_times_duration() {
-    let c = etcd();
+fn put_open_loop_for_a_duration_sends_rate_times_duration(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "--duration=1s",
@@ -85,9 +167,8 @@ fn put_open_loop_for_a_duration_sends_rate_times_duration() {
     assert_eq!(keys_and_revision(&c).1, 201);
 }
 
-#[test]
-fn put_with_compaction_and_server_cpu() {
-    let c = etcd();
+fn put_with_compaction_and_server_cpu(sys: System) {
+    let c = start(sys);
     let pid = c.members[0].pid().to_string();
     let v = bench_json(&[
         &ep(&c),
@@ -123,9 +204,8 @@ fn put_with_compaction_and_server_cpu() {
     assert!(err.message().contains("compacted"), "{err}");
 }
 
-#[test]
-fn range_linearizable_and_serializable() {
-    let c = etcd();
+fn range_linearizable_and_serializable(sys: System) {
+    let c = start(sys);
     bench_json(&[&ep(&c), "put", "--total=10", "--key-size=3"]);
     for consistency in ["l", "s"] {
         let v = bench_json(&[
@@ -143,9 +223,8 @@ fn range_linearizable_and_serializable() {
     assert_eq!(keys_and_revision(&c).1, 11);
 }
 
-#[test]
-fn txn_put_one_revision_per_transaction() {
-    let c = etcd();
+fn txn_put_one_revision_per_transaction(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "--clients=4",
@@ -160,9 +239,8 @@ fn txn_put_one_revision_per_transaction() {
     assert!((3..=30).contains(&keys), "{keys} keys");
 }
 
-#[test]
-fn mixed_reads_and_writes() {
-    let c = etcd();
+fn mixed_reads_and_writes(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "--clients=8",
@@ -178,16 +256,14 @@ fn mixed_reads_and_writes() {
     assert!((100..300).contains(&puts), "{puts} puts");
 }
 
-#[test]
-fn lease_keepalive_round_trips() {
-    let c = etcd();
+fn lease_keepalive_round_trips(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[&ep(&c), "--clients=4", "lease-keepalive", "--total=500"]);
     check_load_report(&v[0], "lease-keepalive", 500);
 }
 
-#[test]
-fn watch_every_watcher_gets_every_event() {
-    let c = etcd();
+fn watch_every_watcher_gets_every_event(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "--conns=2",
@@ -204,9 +280,8 @@ fn watch_every_watcher_gets_every_event() {
     assert_eq!(keys_and_revision(&c), (2, 51));
 }
 
-#[test]
-fn watch_latency_events() {
-    let c = etcd();
+fn watch_latency_events(sys: System) {
+    let c = start(sys);
     let v = bench_json(&[
         &ep(&c),
         "watch-latency",
@@ -268,8 +343,7 @@ fn compare_writes_markdown_and_plots() {
 
 #[test]
 fn three_members_with_target_leader() {
-    let bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_owned());
-    let c = start_cluster(Path::new(&bin), 3, None)
+    let c = start_cluster(Path::new(&etcd_bin()), 3, None)
         .unwrap_or_else(|e| panic!("cannot start a 3-member etcd: {e}"));
     let v = bench_json(&[
         &ep(&c),
@@ -282,4 +356,35 @@ fn three_members_with_target_leader() {
     ]);
     check_load_report(&v[0], "put", 150);
     assert_eq!(keys_and_revision(&c).1, 151);
+}
+
+#[test]
+fn compare_etcd_with_ringkv_tiny_run() {
+    let out = tempfile::tempdir().unwrap();
+    let v = bench_json(&[
+        "compare",
+        &format!("--etcd-bin={}", etcd_bin()),
+        &format!("--ringkv-bin={}", ringkv_bin().display()),
+        "--workloads=put-1",
+        "--repeat=1",
+        "--run-seconds=0.5",
+        &format!("--out={}", out.path().display()),
+    ]);
+    // One JSON line per run: 1 workload × 1 repetition × 2 systems.
+    assert_eq!(v.len(), 2, "{v:?}");
+    let mut systems: Vec<&str> = v.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    systems.sort_unstable();
+    assert_eq!(systems, ["etcd", "ringkv"]);
+    for r in &v {
+        assert_eq!(u(r, "errors"), 0, "{r}");
+        assert!(u(r, "total") > 0, "{r}");
+        assert!(f(r, "server_cpu_us_per_op") > 0.0, "{r}");
+    }
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("Errors (all runs): etcd: 0, ringkv: 0."),
+        "{md}"
+    );
+    let plot = std::fs::read_to_string(out.path().join("cdf-put-1.svg")).unwrap();
+    assert!(plot.contains("ringkv"), "no ringkv legend in the CDF plot");
 }
