@@ -73,6 +73,14 @@ pub fn run() -> Result<(), String> {
             config.flags.cpu_layout
         ));
     }
+    if config.initial_members.len() > 1 {
+        // One raft voter only (raft_backed): members started from a shared --initial-cluster
+        // would each bootstrap a separate one-member cluster and accept writes independently.
+        return Err(format!(
+            "--initial-cluster names {} members; ringkv runs single-member clusters only yet",
+            config.initial_members.len()
+        ));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.flags.log_level));
     let _ = tracing_subscriber::fmt()

@@ -1,7 +1,7 @@
 //! Network subcommands against a real etcd and a real ringkv node: one test body per
 //! subcommand, run once for each system (modules `etcd` and `ringkv` below).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,29 +26,42 @@ fn etcd_bin() -> String {
 
 /// A fresh single-member cluster of `sys`; fails loudly when the binary is missing.
 fn start(sys: System) -> Cluster {
-    let (bin, cluster) = start_with_bin(sys);
-    // The member really runs the binary meant (the launcher takes any path).
-    let exe = std::fs::read_link(format!("/proc/{}/exe", cluster.members[0].pid()))
-        .expect("read /proc/<pid>/exe of the member");
+    start_members(sys, 1)
+}
+
+/// A fresh cluster of `members` members of `sys`.
+fn start_members(sys: System, members: u32) -> Cluster {
+    let (bin, cluster) = start_with_bin(sys, members);
+    // Every member really runs the binary meant (the launcher takes any path).
     let meant = std::fs::canonicalize(&bin).expect("canonical path of the binary");
-    assert_eq!(exe, meant, "{sys:?} member runs {}", exe.display());
+    for m in &cluster.members {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", m.pid()))
+            .expect("read /proc/<pid>/exe of the member");
+        assert_eq!(
+            exe,
+            meant,
+            "{sys:?} member {} runs {}",
+            m.name,
+            exe.display()
+        );
+    }
     cluster
 }
 
-fn start_with_bin(sys: System) -> (PathBuf, Cluster) {
+fn start_with_bin(sys: System, members: u32) -> (PathBuf, Cluster) {
     let bin = match sys {
         System::Etcd => which(&etcd_bin()),
         System::Ringkv => ringkv_bin(),
     };
     let cluster = match sys {
         System::Etcd => {
-            start_cluster(&bin, 1, None).unwrap_or_else(|e| panic!("cannot start etcd: {e}"))
+            start_cluster(&bin, members, None).unwrap_or_else(|e| panic!("cannot start etcd: {e}"))
         }
         // 10 ms heartbeats and a 100 ms election timeout: the member leads within a fraction
         // of a second instead of after the default 1 s timeout.
         System::Ringkv => start_cluster_with_args(
             &bin,
-            1,
+            members,
             None,
             &["--heartbeat-interval=10", "--election-timeout=100"],
         )
@@ -343,8 +356,7 @@ fn compare_writes_markdown_and_plots() {
 
 #[test]
 fn three_members_with_target_leader() {
-    let c = start_cluster(Path::new(&etcd_bin()), 3, None)
-        .unwrap_or_else(|e| panic!("cannot start a 3-member etcd: {e}"));
+    let c = start_members(System::Etcd, 3);
     let v = bench_json(&[
         &ep(&c),
         "--target-leader",
@@ -356,6 +368,17 @@ fn three_members_with_target_leader() {
     ]);
     check_load_report(&v[0], "put", 150);
     assert_eq!(keys_and_revision(&c).1, 151);
+}
+
+/// ringkv has one raft voter: three members from one --initial-cluster would be three separate
+/// clusters, so it refuses them at startup, and the launcher reports that.
+#[test]
+fn ringkv_refuses_three_members_clearly() {
+    let e = start_cluster_with_args(&ringkv_bin(), 3, None, &[]).unwrap_err();
+    assert!(
+        e.contains("--initial-cluster names 3 members; ringkv runs single-member clusters only"),
+        "{e}"
+    );
 }
 
 #[test]
