@@ -24,6 +24,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build the ringkv binary the system tests start"
+# The test harnesses (tests/src/ringkv.rs, bench/tests/integration/ringkv_bin.rs) run exactly this
+# command; building it here, outside any test's clock, makes theirs a no-op. It is not the same
+# artifact as the workspace build: with one package selected, cargo unifies features differently.
+cargo build --locked -p ringkv-net --bin ringkv
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
