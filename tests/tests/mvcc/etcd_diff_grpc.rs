@@ -59,31 +59,25 @@ impl Side {
             }
         }
         match op {
-            Op::Range(r) => j(
-                "etcdserverpb.RangeResponse",
-                self.kv.range(r.clone()).await,
-            ),
+            Op::Range(r) => j("etcdserverpb.RangeResponse", self.kv.range(r.clone()).await),
             Op::Put(r) => j("etcdserverpb.PutResponse", self.kv.put(r.clone()).await),
             Op::Delete(r) => j(
                 "etcdserverpb.DeleteRangeResponse",
                 self.kv.delete_range(r.clone()).await,
             ),
             Op::Txn(r) => j("etcdserverpb.TxnResponse", self.kv.txn(r.clone()).await),
-            Op::Compact(r) => j(
-                "etcdserverpb.CompactionResponse",
-                self.kv.compact(r.clone()).await,
-            ),
+            Op::Compact(r) => j("etcdserverpb.CompactionResponse", self.kv.compact(*r).await),
             Op::LeaseGrant(r) => j(
                 "etcdserverpb.LeaseGrantResponse",
-                self.lease.lease_grant(r.clone()).await,
+                self.lease.lease_grant(*r).await,
             ),
             Op::LeaseRevoke(r) => j(
                 "etcdserverpb.LeaseRevokeResponse",
-                self.lease.lease_revoke(r.clone()).await,
+                self.lease.lease_revoke(*r).await,
             ),
             Op::LeaseTimeToLive(r) => j(
                 "etcdserverpb.LeaseTimeToLiveResponse",
-                self.lease.lease_time_to_live(r.clone()).await,
+                self.lease.lease_time_to_live(*r).await,
             ),
             Op::LeaseLeases(r) => j(
                 "etcdserverpb.LeaseLeasesResponse",
@@ -283,9 +277,7 @@ async fn random_ops_match_etcd_over_grpc() {
 
     // The live stream: every revision's events in one response, in the same order.
     let final_rev = generator.rev;
-    let want = etcd_live
-        .read(|v| last_event_rev(v) >= final_rev)
-        .await;
+    let want = etcd_live.read(|v| last_event_rev(v) >= final_rev).await;
     let got = our_live.read(|v| last_event_rev(v) >= final_rev).await;
     assert_eq!(
         last_event_rev(&want),
@@ -387,11 +379,19 @@ async fn random_ops_match_etcd_over_grpc() {
         let req = pb::HashKvRequest { revision: rev };
         let mut want = message_json(
             "etcdserverpb.HashKVResponse",
-            etcd.maint.hash_kv(req).await.expect("etcd hashkv").get_ref(),
+            etcd.maint
+                .hash_kv(req)
+                .await
+                .expect("etcd hashkv")
+                .get_ref(),
         );
         let mut got = message_json(
             "etcdserverpb.HashKVResponse",
-            ours.maint.hash_kv(req).await.expect("ringkv hashkv").get_ref(),
+            ours.maint
+                .hash_kv(req)
+                .await
+                .expect("ringkv hashkv")
+                .get_ref(),
         );
         normalise(&mut want, None);
         normalise(&mut got, None);
