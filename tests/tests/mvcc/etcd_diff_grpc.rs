@@ -23,7 +23,7 @@ use ringkv_net::pb::etcdserverpb::{
 };
 use ringkv_tests::{EtcdProcess, Op, OpGen, RingkvProcess, message_json};
 
-const OPS: usize = 1000;
+const OPS: usize = 2000;
 /// How long a watch stream may take to deliver what the other side already delivered.
 const WATCH_WAIT: Duration = Duration::from_secs(10);
 
