@@ -24,7 +24,7 @@ use ringkv_net::pb::etcdserverpb::{
 use ringkv_tests::{EtcdProcess, Op, OpGen, RingkvProcess, message_json};
 
 const OPS: usize = 2000;
-/// How long a watch stream may take to deliver what the other side already delivered.
+/// Longest wait for a stream (watch, keep-alive) to deliver what the test expects from it.
 const WATCH_WAIT: Duration = Duration::from_secs(10);
 
 /// One server's clients (the same code drives etcd and ringkv).
