@@ -119,6 +119,8 @@ impl OpGen {
         }
         r.keys_only = self.rng.random_bool(0.15);
         r.count_only = self.rng.random_bool(0.1);
+        // Served locally without a ReadIndex round; on one member it reads the same data.
+        r.serializable = self.rng.random_bool(0.1);
         if self.rng.random_bool(0.15) {
             r.min_mod_revision = self.small_rev();
             r.max_mod_revision = self.small_rev();

@@ -277,6 +277,13 @@ impl<L: LogSink> Core<L> {
                 w.set_hardstate(hs);
             } else {
                 w.set_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
+                // A new member starts as a follower in term 1, as etcd's does (etcd bootstraps
+                // its membership as term-1 entries), so a fresh cluster's first leader holds
+                // term 2 and response headers carry etcd's raft_term.
+                w.set_hardstate(HardState {
+                    term: 1,
+                    ..Default::default()
+                });
             }
         }
         let raft_cfg = raft::Config {

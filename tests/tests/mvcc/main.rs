@@ -2,6 +2,7 @@
 //! concurrent writes.
 
 mod etcd_diff;
+mod etcd_diff_grpc;
 mod model;
 mod real_backend;
 mod watch_concurrent;
