@@ -6,5 +6,4 @@
 
 mod disk;
 mod network;
-mod ringkv_bin;
 mod util;

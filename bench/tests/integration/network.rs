@@ -8,8 +8,8 @@ use bytes::Bytes;
 use ringkv_bench::{Cluster, EtcdClient, start_cluster, start_cluster_with_args};
 use ringkv_engine::pb::etcdserverpb::RangeRequest;
 
-use crate::ringkv_bin::ringkv_bin;
 use crate::util::{bench_fails, bench_json, check_load_report, f, u};
+use ringkv_tests::ringkv_binary as ringkv_bin;
 
 /// The server a shared test body runs against.
 #[derive(Debug, Clone, Copy)]
