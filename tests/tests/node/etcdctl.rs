@@ -419,23 +419,31 @@ fn lock_and_elect_work_through_etcdctl() {
         .stderr(Stdio::null())
         .spawn()
         .expect("etcdctl elect");
-    let mut leader = String::new();
-    for _ in 0..100 {
-        leader = node.ctl(&["get", "myelection", "--prefix", "--print-value-only"]);
-        if !leader.is_empty() {
-            break;
+    // etcdctl prints the leader key and value once its campaign has won; read its own output
+    // (the key showing up in the store is earlier than that), bounded by a timeout.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        std::thread::sleep(Duration::from_millis(50));
+    });
+    let mut out = String::new();
+    while !out.contains("candidate1") {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(e) => panic!("etcdctl elect printed {out:?}, then: {e}"),
+        }
     }
+    let leader = node.ctl(&["get", "myelection", "--prefix", "--print-value-only"]);
     assert_eq!(leader, "candidate1\n");
     let _ = child.kill();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut out)
-        .expect("read");
     let _ = child.wait();
     assert!(out.starts_with("myelection/"), "{out}");
     assert!(out.contains("candidate1"), "{out}");
