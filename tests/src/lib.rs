@@ -15,5 +15,5 @@ mod ringkv;
 
 pub use etcd::{EtcdProcess, HttpResponse, WatchStreamReader, free_port, http_post};
 pub use json::{error_json, message_json, normalise_headers};
-pub use mvcc_gen::{Op, OpGen, apply_to_store, op_request_json, txn_is_valid};
+pub use mvcc_gen::{Op, OpGen, apply_to_store, catch_up_watches, op_request_json, txn_is_valid};
 pub use ringkv::{RingkvProcess, etcdctl_at, http_get, ringkv_binary};

@@ -378,3 +378,45 @@ pub fn apply_to_store<B: BatchWrite>(s: &mut MvccStore<B>, op: &Op, now: Instant
     };
     res.unwrap_or_else(|e| err_json(&e))
 }
+
+/// The catch-up watches both differential tests open after the random sequence (spec §4.8):
+/// from the compaction revision (history), with NODELETE and NOPUT filters, and — when there is
+/// history below it — from below the compaction revision (canceled with `compact_revision`).
+pub fn catch_up_watches(compact: i64) -> Vec<pb::WatchCreateRequest> {
+    let mut reqs = vec![
+        pb::WatchCreateRequest {
+            key: "a".into(),
+            range_end: "\0".into(),
+            start_revision: compact.max(1),
+            watch_id: 1,
+            ..Default::default()
+        },
+        pb::WatchCreateRequest {
+            key: "b".into(),
+            range_end: "f".into(),
+            start_revision: compact + 1,
+            watch_id: 3,
+            prev_kv: true,
+            filters: vec![pb::watch_create_request::FilterType::Nodelete as i32],
+            ..Default::default()
+        },
+        pb::WatchCreateRequest {
+            key: "c".into(),
+            start_revision: compact + 2,
+            watch_id: 4,
+            prev_kv: true,
+            filters: vec![pb::watch_create_request::FilterType::Noput as i32],
+            ..Default::default()
+        },
+    ];
+    if compact > 2 {
+        reqs.push(pb::WatchCreateRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            start_revision: compact - 1,
+            watch_id: 2,
+            ..Default::default()
+        });
+    }
+    reqs
+}

@@ -154,39 +154,7 @@ fn random_ops_match_etcd() {
 
     // Catch-up streams: from the compaction revision (history), and from below it (canceled).
     let compact = store.compact_revision();
-    let mut reqs = vec![pb::WatchCreateRequest {
-        key: "a".into(),
-        range_end: "\0".into(),
-        start_revision: compact.max(1),
-        watch_id: 1,
-        ..Default::default()
-    }];
-    reqs.push(pb::WatchCreateRequest {
-        key: "b".into(),
-        range_end: "f".into(),
-        start_revision: compact + 1,
-        watch_id: 3,
-        prev_kv: true,
-        filters: vec![pb::watch_create_request::FilterType::Nodelete as i32],
-        ..Default::default()
-    });
-    reqs.push(pb::WatchCreateRequest {
-        key: "c".into(),
-        start_revision: compact + 2,
-        watch_id: 4,
-        prev_kv: true,
-        filters: vec![pb::watch_create_request::FilterType::Noput as i32],
-        ..Default::default()
-    });
-    if compact > 2 {
-        reqs.push(pb::WatchCreateRequest {
-            key: "\0".into(),
-            range_end: "\0".into(),
-            start_revision: compact - 1,
-            watch_id: 2,
-            ..Default::default()
-        });
-    }
+    let reqs = ringkv_tests::catch_up_watches(compact);
     let body: Vec<String> = reqs
         .iter()
         .map(|r| {

@@ -292,41 +292,7 @@ async fn random_ops_match_etcd_over_grpc() {
     // Catch-up streams: from the compaction revision (history), with filters, and from below
     // it (canceled with compact_revision).
     let compact = generator.compact;
-    let mut reqs = vec![
-        pb::WatchCreateRequest {
-            key: "a".into(),
-            range_end: "\0".into(),
-            start_revision: compact.max(1),
-            watch_id: 1,
-            ..Default::default()
-        },
-        pb::WatchCreateRequest {
-            key: "b".into(),
-            range_end: "f".into(),
-            start_revision: compact + 1,
-            watch_id: 3,
-            prev_kv: true,
-            filters: vec![pb::watch_create_request::FilterType::Nodelete as i32],
-            ..Default::default()
-        },
-        pb::WatchCreateRequest {
-            key: "c".into(),
-            start_revision: compact + 2,
-            watch_id: 4,
-            prev_kv: true,
-            filters: vec![pb::watch_create_request::FilterType::Noput as i32],
-            ..Default::default()
-        },
-    ];
-    if compact > 2 {
-        reqs.push(pb::WatchCreateRequest {
-            key: "\0".into(),
-            range_end: "\0".into(),
-            start_revision: compact - 1,
-            watch_id: 2,
-            ..Default::default()
-        });
-    }
+    let reqs = ringkv_tests::catch_up_watches(compact);
     let mut want_stream = etcd.watch(&reqs).await;
     let mut got_stream = ours.watch(&reqs).await;
     // Markers after the history: put `c` (seen by watches 1 and 3), then delete it (1 and 4).
