@@ -51,21 +51,43 @@ pub fn ringkv_binary() -> PathBuf {
         assert!(status.success(), "cargo build of the ringkv binary failed");
         let bin = profile_dir.join("ringkv");
         assert!(bin.exists(), "{} missing after build", bin.display());
-        // A private copy: another build into the same target directory (a shared
-        // CARGO_TARGET_DIR) must not swap the binary under a running test.
-        // Named by size and mtime, so test processes share one copy per build.
+        // A private hard link: another build into the same target directory (a shared
+        // CARGO_TARGET_DIR) replaces `ringkv` with a new file and must not swap the binary under
+        // a running test; the link keeps the old inode. Named by size and mtime, so test
+        // processes share one link per build; links of older builds are removed.
         let meta = std::fs::metadata(&bin).expect("stat ringkv");
         let mtime = meta
             .modified()
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_nanos());
-        let private =
-            std::env::temp_dir().join(format!("ringkv-under-test-{}-{mtime}", meta.len()));
+        let dir = profile_dir.join("ringkv-under-test");
+        std::fs::create_dir_all(&dir).expect("create the under-test dir");
+        let name = format!("ringkv-{}-{mtime}", meta.len());
+        let private = dir.join(&name);
         if !private.exists() {
-            let tmp = private.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::copy(&bin, &tmp).expect("copy the ringkv binary");
-            std::fs::rename(&tmp, &private).expect("rename the ringkv copy");
+            let tmp = dir.join(format!("{name}.tmp{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            if std::fs::hard_link(&bin, &tmp).is_err() {
+                std::fs::copy(&bin, &tmp).expect("copy the ringkv binary");
+            }
+            std::fs::rename(&tmp, &private).expect("rename the ringkv link");
+        }
+        // Links to builds more than an hour older than this one are stale: remove them (a test
+        // still running one keeps its inode; tmp files belong to concurrent writers).
+        let stale = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.checked_sub(Duration::from_secs(3600)));
+        if let (Some(stale), Ok(entries)) = (stale, std::fs::read_dir(&dir)) {
+            for e in entries.flatten() {
+                let old = e.file_name();
+                let is_tmp = old.to_string_lossy().contains(".tmp");
+                let built = e.metadata().and_then(|m| m.modified());
+                if !is_tmp && built.is_ok_and(|t| t < stale) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
         private
     })
