@@ -55,13 +55,14 @@ pub struct Global {
     /// Timeout for establishing a connection.
     #[arg(long, global = true, value_parser = parse_duration, default_value = "2s")]
     pub dial_timeout: Duration,
-    /// Server CA certificate (TLS is not supported yet: giving a TLS flag is an error).
+    /// Trusted CA bundle (PEM) for TLS; any TLS flag turns TLS on for endpoints without a
+    /// scheme. Without it, https:// endpoints are checked against the system bundle.
     #[arg(long, global = true)]
     pub cacert: Option<PathBuf>,
-    /// Client certificate (TLS; not supported yet).
+    /// Client certificate (PEM), for servers that require client certificates.
     #[arg(long, global = true)]
     pub cert: Option<PathBuf>,
-    /// Client key (TLS; not supported yet).
+    /// Client key (PEM) of --cert.
     #[arg(long = "key", global = true)]
     pub key_file: Option<PathBuf>,
 }

@@ -221,7 +221,7 @@ fn wait_ready(cluster: &mut Cluster) -> Result<(), String> {
             }
             let addr = cluster.members[i].client_addr.clone();
             let ready = rt.block_on(async {
-                let mut c = EtcdClient::connect(&addr, Duration::from_secs(1))
+                let mut c = EtcdClient::connect(&addr, Duration::from_secs(1), None)
                     .await
                     .ok()?;
                 let s = c.status().await.ok()?;

@@ -26,6 +26,8 @@ use ringkv_engine::pb::etcdserverpb::{
 };
 use tonic::{Code, Status};
 
+use super::tls::Tls;
+
 /// Bytes of the gRPC message prefix: compressed flag (1) + length (4).
 const PREFIX_LEN: usize = 5;
 /// Flow-control windows: large enough that a burst of watch events never waits for a
@@ -55,10 +57,13 @@ impl std::fmt::Debug for EtcdClient {
     }
 }
 
-/// `host:port` → `http://host:port`; an explicit scheme is kept.
-pub fn endpoint_uri(ep: &str) -> String {
+/// `host:port` → `http://host:port` (`https://` when TLS is configured); an explicit scheme is
+/// kept.
+pub fn endpoint_uri(ep: &str, tls: bool) -> String {
     if ep.contains("://") {
         ep.trim_end_matches('/').to_owned()
+    } else if tls {
+        format!("https://{ep}")
     } else {
         format!("http://{ep}")
     }
@@ -200,29 +205,58 @@ impl<M: prost::Message> GrpcSender<M> {
 }
 
 impl EtcdClient {
-    /// Opens one connection to `endpoint`.
-    pub async fn connect(endpoint: &str, dial_timeout: Duration) -> Result<Self, String> {
-        let base = endpoint_uri(endpoint);
-        let authority = base
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("endpoint {endpoint:?}: only http:// is supported (no TLS)"))?
-            .to_owned();
+    /// Opens one connection to `endpoint`, over TLS when its scheme is `https://` (or it has
+    /// none and `tls` is given).
+    pub async fn connect(
+        endpoint: &str,
+        dial_timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Self, String> {
+        let base = endpoint_uri(endpoint, tls.is_some());
+        let (authority, tls) = if let Some(a) = base.strip_prefix("http://") {
+            (a.to_owned(), None)
+        } else if let Some(a) = base.strip_prefix("https://") {
+            let tls = tls.ok_or_else(|| {
+                format!("endpoint {endpoint:?} is https:// but no TLS configuration was built")
+            })?;
+            (a.to_owned(), Some(tls))
+        } else {
+            return Err(format!(
+                "endpoint {endpoint:?}: unknown scheme (use http:// or https://)"
+            ));
+        };
         let tcp = tokio::time::timeout(dial_timeout, tokio::net::TcpStream::connect(&authority))
             .await
             .map_err(|_| format!("cannot connect to {base}: timed out after {dial_timeout:?}"))?
             .map_err(|e| format!("cannot connect to {base}: {e}"))?;
         tcp.set_nodelay(true)
             .map_err(|e| format!("cannot set TCP_NODELAY on {base}: {e}"))?;
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("cannot connect to {base}: HTTP/2 handshake: {e}"))?;
-        // The connection task does the socket I/O of every stream of this connection.
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut h2 = h2::client::Builder::new();
+        h2.initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let handshake_err =
+            |e: h2::Error| format!("cannot connect to {base}: HTTP/2 handshake: {e}");
+        let send = match tls {
+            None => {
+                let (send, conn) = h2.handshake::<_, Bytes>(tcp).await.map_err(handshake_err)?;
+                // The connection task does the socket I/O of every stream of this connection.
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                send
+            }
+            Some(tls) => {
+                let stream = tls.handshake(tcp, &authority).await?;
+                let (send, conn) = h2
+                    .handshake::<_, Bytes>(stream)
+                    .await
+                    .map_err(handshake_err)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                send
+            }
+        };
         Ok(EtcdClient {
             send,
             base,
@@ -404,8 +438,15 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(endpoint_uri("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(endpoint_uri("http://h:1/"), "http://h:1");
+        assert_eq!(
+            endpoint_uri("127.0.0.1:2379", false),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            endpoint_uri("127.0.0.1:2379", true),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(endpoint_uri("http://h:1/", true), "http://h:1");
     }
 
     #[test]

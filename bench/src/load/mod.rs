@@ -19,6 +19,7 @@
 //! that is the honest answer; add `--clients`.
 
 mod client;
+mod tls;
 mod watch;
 mod workloads;
 
@@ -38,6 +39,7 @@ use crate::hist::Recorder;
 use crate::report::LoadReport;
 
 pub use client::{EtcdClient, status_kind};
+pub use tls::{Tls, TlsFlags};
 pub use watch::{WatchPlan, run_watch};
 pub use workloads::{
     KeyGen, LeaseKeepalive, Mixed, Put, RangeLoad, TxnPut, make_key, run_compactor, value,
@@ -106,28 +108,47 @@ pub trait Workload {
 /// Opens `--conns` connections (round-robin over the endpoints, or only to the leader with
 /// `--target-leader`).
 pub async fn connect(g: &Global) -> Result<Vec<EtcdClient>, String> {
-    if g.cacert.is_some() || g.cert.is_some() || g.key_file.is_some() {
-        return Err("TLS (--cacert/--cert/--key) is not supported by this build yet".to_owned());
-    }
     if g.endpoints.is_empty() {
         return Err("--endpoints is empty".to_owned());
     }
+    let tls = tls_of(g)?;
+    let tls = tls.as_ref();
     let mut endpoints = g.endpoints.clone();
     if g.target_leader {
-        endpoints = leader_endpoints(&endpoints, g.dial_timeout).await?;
+        endpoints = leader_endpoints(&endpoints, g.dial_timeout, tls).await?;
     }
     let mut conns = Vec::new();
     for i in 0..g.conns.max(1) as usize {
-        conns.push(EtcdClient::connect(&endpoints[i % endpoints.len()], g.dial_timeout).await?);
+        let ep = &endpoints[i % endpoints.len()];
+        conns.push(EtcdClient::connect(ep, g.dial_timeout, tls).await?);
     }
     Ok(conns)
 }
 
+/// The TLS configuration the flags and endpoints ask for, if any.
+pub fn tls_of(g: &Global) -> Result<Option<Tls>, String> {
+    let flags = TlsFlags {
+        cacert: g.cacert.clone(),
+        cert: g.cert.clone(),
+        key: g.key_file.clone(),
+    };
+    let https = g.endpoints.iter().any(|e| e.starts_with("https://"));
+    if flags.any() || https {
+        Tls::new(&flags).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// The endpoints whose member is the current leader (Maintenance.Status of each).
-async fn leader_endpoints(endpoints: &[String], dial: Duration) -> Result<Vec<String>, String> {
+async fn leader_endpoints(
+    endpoints: &[String],
+    dial: Duration,
+    tls: Option<&Tls>,
+) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for ep in endpoints {
-        let mut c = EtcdClient::connect(ep, dial).await?;
+        let mut c = EtcdClient::connect(ep, dial, tls).await?;
         let s = c
             .status()
             .await

@@ -6,4 +6,5 @@
 
 mod disk;
 mod network;
+mod tls;
 mod util;

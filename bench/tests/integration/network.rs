@@ -123,9 +123,10 @@ fn keys_and_revision(c: &Cluster) -> (i64, i64) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut client = EtcdClient::connect(&c.members[0].client_addr, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let mut client =
+            EtcdClient::connect(&c.members[0].client_addr, Duration::from_secs(2), None)
+                .await
+                .unwrap();
         // [\0, \0) is every key.
         let r = client
             .range(&RangeRequest {
@@ -202,7 +203,7 @@ fn put_with_compaction_and_server_cpu(sys: System) {
         .build()
         .unwrap();
     let err = rt.block_on(async {
-        let mut client = EtcdClient::connect(&c.endpoints(), Duration::from_secs(2))
+        let mut client = EtcdClient::connect(&c.endpoints(), Duration::from_secs(2), None)
             .await
             .unwrap();
         client
