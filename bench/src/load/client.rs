@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
@@ -24,6 +26,7 @@ use ringkv_engine::pb::etcdserverpb::{
     RangeResponse, StatusRequest, StatusResponse, TxnRequest, TxnResponse, WatchRequest,
     WatchResponse,
 };
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::{Code, Status};
 
 use super::tls::Tls;
@@ -71,6 +74,48 @@ pub fn endpoint_uri(ep: &str, tls: bool) -> String {
 
 fn h2_status(e: h2::Error) -> Status {
     Status::unavailable(format!("HTTP/2: {e}"))
+}
+
+/// A socket that tells h2 it has no vectored writes.
+///
+/// h2 does not copy a DATA payload of at least 256 bytes into its write buffer when the socket
+/// has vectored writes: it writes it from the caller's buffer, and cannot queue another frame
+/// until that write is done. So every put with a 256 B value cost one `writev` of its own
+/// (measured: 10,176 writev calls for 10,000 puts from 100 clients on one connection, against
+/// 292 for as many ranges). Without vectored writes h2 copies payloads under 1 KiB, and all the
+/// requests queued in one scheduler pass leave in one write.
+struct Unvectored<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Unvectored<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Unvectored<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }
 
 /// Frames one message: prefix + protobuf.
@@ -238,7 +283,10 @@ impl EtcdClient {
             |e: h2::Error| format!("cannot connect to {base}: HTTP/2 handshake: {e}");
         let send = match tls {
             None => {
-                let (send, conn) = h2.handshake::<_, Bytes>(tcp).await.map_err(handshake_err)?;
+                let (send, conn) = h2
+                    .handshake::<_, Bytes>(Unvectored(tcp))
+                    .await
+                    .map_err(handshake_err)?;
                 // The connection task does the socket I/O of every stream of this connection.
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -248,7 +296,7 @@ impl EtcdClient {
             Some(tls) => {
                 let stream = tls.handshake(tcp, &authority).await?;
                 let (send, conn) = h2
-                    .handshake::<_, Bytes>(stream)
+                    .handshake::<_, Bytes>(Unvectored(stream))
                     .await
                     .map_err(handshake_err)?;
                 tokio::spawn(async move {
