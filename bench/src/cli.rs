@@ -331,8 +331,9 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// ringkv WAL option `idle_spin` in µs: after a flush its thread polls for new appends this
-    /// long before sleeping (trades CPU for wake-up latency at low load).
+    /// ringkv WAL option `idle_spin` in µs: a waiting appender polls for its outcome this long
+    /// before it sleeps (trades CPU for the wake-up latency of appenders that wait behind a
+    /// flush).
     #[arg(long, default_value_t = 0)]
     pub wal_idle_spin_us: u64,
     /// With several engines: split --seconds into this many slices per engine, run in turn

@@ -22,6 +22,7 @@ pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, a
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use io::{UringVfs, pin_current_thread};
+pub use io::FileLock;
 pub use lease::{
     DEFAULT_CHECKPOINT_INTERVAL, EXPIRED_RETRY_INTERVAL, Lease, LeaseIdGen, LeaseRecord, Lessor,
     MAX_LEASE_TTL, MIN_LEASE_TTL, TimeToLive,
@@ -48,3 +49,4 @@ pub use wal::{
     AppendInfo, FlushStats, HardState, LogEntry, Record, Replay, SnapshotMark, Wal, WalError,
     WalMetrics, WalOptions,
 };
+pub use wal::{AppendTicket, LOCK_FILE as WAL_LOCK_FILE};

@@ -371,6 +371,10 @@ impl Vfs for UringVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         dirs::sync_dir(path)
     }
+
+    fn lock_file(&self, path: &Path) -> io::Result<super::FileLock> {
+        dirs::lock_file(path)
+    }
 }
 
 #[cfg(test)]

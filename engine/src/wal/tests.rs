@@ -197,10 +197,12 @@ fn appends_continue_after_reopen_across_many_segments() {
             }
         }
         wal.close().unwrap();
-        // No leftover allocator files after close.
+        // No leftover allocator files after close (the lock file stays, unlocked).
         let names: Vec<OsString> = vfs.list_dir(dir).unwrap();
         assert!(
-            names.iter().all(|n| n.to_str().unwrap().ends_with(".wal")),
+            names
+                .iter()
+                .all(|n| n.to_str().unwrap().ends_with(".wal") || n == LOCK_FILE),
             "{names:?}"
         );
     }
@@ -473,6 +475,8 @@ struct Ctl {
     waiting: AtomicUsize,
     calls: AtomicUsize,
     fail_from: AtomicUsize,
+    /// Name of the thread of each `write_at_and_sync` (unnamed: its id).
+    flushers: Mutex<Vec<String>>,
 }
 
 impl Ctl {
@@ -520,6 +524,9 @@ impl File for TestFile {
             }
             self.ctl.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+        let me = std::thread::current();
+        let name = me.name().map_or_else(|| format!("{:?}", me.id()), str::to_owned);
+        self.ctl.flushers.lock().unwrap().push(name);
         let call = self.ctl.calls.fetch_add(1, Ordering::SeqCst);
         if call >= self.ctl.fail_from.load(Ordering::SeqCst) {
             self.inner.write_at(buf, offset)?;
@@ -571,6 +578,9 @@ impl Vfs for TestVfs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_dir(path)
+    }
+    fn lock_file(&self, path: &Path) -> io::Result<crate::io::FileLock> {
+        self.inner.lock_file(path)
     }
 }
 
@@ -918,4 +928,386 @@ fn after_an_fdatasync_eio_a_power_cut_keeps_exactly_the_acknowledged_appends() {
     let (wal, replay) = Wal::open(image, dir, opts()).unwrap();
     assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
     wal.close().unwrap();
+}
+
+// ---- Group commit with a rotating leader (commit.rs) ----
+
+fn gated(inner: Arc<dyn Vfs>) -> (Arc<dyn Vfs>, Arc<Ctl>) {
+    let ctl = Ctl::new();
+    let vfs: Arc<dyn Vfs> = Arc::new(TestVfs {
+        inner,
+        ctl: ctl.clone(),
+    });
+    (vfs, ctl)
+}
+
+fn last_flusher(ctl: &Ctl) -> String {
+    ctl.flushers.lock().unwrap().last().cloned().unwrap()
+}
+
+fn this_thread() -> String {
+    let me = std::thread::current();
+    me.name().map_or_else(|| format!("{:?}", me.id()), str::to_owned)
+}
+
+#[test]
+fn an_idle_wal_is_flushed_by_the_appending_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    // append_wait: the caller writes and fdatasyncs (no hand-off).
+    wal.append_wait(vec![entry(1, 1)]).unwrap();
+    assert_eq!(last_flusher(&ctl), this_thread());
+    // append_inline: the caller flushes and runs the callback before returning.
+    let (tx, rx) = unbounded();
+    append_inline(&wal, 2, vec![entry(2, 1)], &tx);
+    let (id, r) = rx.try_recv().expect("callback ran before append_inline returned");
+    assert_eq!(id, 2);
+    r.unwrap();
+    assert_eq!(last_flusher(&ctl), this_thread());
+    // append: never does I/O on the caller; the flush thread does it.
+    append_async(&wal, 3, vec![entry(3, 1)], &tx);
+    rx.recv().unwrap().1.unwrap();
+    assert_eq!(last_flusher(&ctl), "ringkv-wal");
+    assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 3);
+    wal.close().unwrap();
+}
+
+fn append_inline(wal: &Wal, id: u64, recs: Vec<Record>, tx: &crossbeam_channel::Sender<Outcome>) {
+    let tx = tx.clone();
+    wal.append_inline(recs, move |r| {
+        let _ = tx.send((id, r));
+    });
+}
+
+/// A leader's flush is held at the gate; appends queued meanwhile (waiting tickets on their own
+/// threads, a callback append, an inline append) form the next batch, which one of the waiting
+/// threads performs.
+#[test]
+fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let metrics = Arc::new(RecordingMetrics::default());
+    let o = WalOptions {
+        metrics: Some(metrics.clone()),
+        ..opts()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
+    let wal = Arc::new(wal);
+    metrics.0.lock().unwrap().clear();
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::Builder::new()
+            .name("leader".into())
+            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
+            .unwrap()
+    };
+    ctl.wait_for_blocked_flush();
+    let (tx, rx) = unbounded();
+    let mut followers = Vec::new();
+    for i in 2..=7u64 {
+        let ticket = wal.enqueue(vec![entry(i, 1)]);
+        followers.push(
+            std::thread::Builder::new()
+                .name(format!("follower-{i}"))
+                .spawn(move || ticket.wait())
+                .unwrap(),
+        );
+    }
+    append_async(&wal, 8, vec![entry(8, 1)], &tx);
+    // A flush is in flight: the inline append queues and returns without its callback.
+    append_inline(&wal, 9, vec![entry(9, 1)], &tx);
+    assert!(rx.try_recv().is_err(), "nothing acknowledged before its fdatasync");
+    ctl.open_gate();
+    let first = leader.join().unwrap().unwrap();
+    assert_eq!((first.flush_appends, first.flush_records), (1, 1));
+    for f in followers {
+        let info = f.join().unwrap().unwrap();
+        assert_eq!((info.flush_appends, info.flush_records), (8, 8));
+    }
+    let mut got: Vec<Outcome> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    got.sort_by_key(|(id, _)| *id);
+    for (_, r) in got {
+        assert_eq!(r.unwrap().flush_appends, 8);
+    }
+    let flushers = ctl.flushers.lock().unwrap().clone();
+    assert_eq!(flushers[flushers.len() - 2], "leader");
+    let second = &flushers[flushers.len() - 1];
+    assert!(
+        second.starts_with("follower-"),
+        "the second batch is flushed by a waiting appender, not {second}"
+    );
+    let per_flush: Vec<(usize, usize)> = metrics
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| (f.appends, f.records))
+        .collect();
+    assert_eq!(per_flush, vec![(1, 1), (8, 8)]);
+    wal.close().unwrap();
+    let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    assert_eq!(indexes(&replay), (1..=9).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
+
+/// Three outcomes of a failed fdatasync under a rotating leader: the failing flush's appends get
+/// the I/O error wherever they wait, appends queued behind it get `Failed` without any I/O,
+/// and nothing is retried.
+fn fail_under_leader(fail_leaders_flush: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    wal.append_wait(vec![entry(1, 1)]).unwrap();
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append_wait(vec![entry(2, 1)]))
+    };
+    ctl.wait_for_blocked_flush();
+    let (tx, rx) = unbounded();
+    let mut followers = Vec::new();
+    for i in 3..=6u64 {
+        let ticket = wal.enqueue(vec![entry(i, 1)]);
+        followers.push(std::thread::spawn(move || ticket.wait()));
+    }
+    append_async(&wal, 7, vec![entry(7, 1)], &tx);
+    // The held flush is counted once it passes the gate: it is call number `calls`.
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    let fail_from = if fail_leaders_flush { calls } else { calls + 1 };
+    ctl.fail_from.store(fail_from, Ordering::SeqCst);
+    ctl.open_gate();
+    let lead = leader.join().unwrap();
+    let mut rest: Vec<Result<AppendInfo, WalError>> =
+        followers.into_iter().map(|f| f.join().unwrap()).collect();
+    rest.push(rx.recv().unwrap().1);
+    if fail_leaders_flush {
+        let err = lead.unwrap_err();
+        assert!(err.to_string().contains("os error 5"), "{err}");
+        for r in &rest {
+            let err = r.as_ref().unwrap_err();
+            assert!(matches!(err, WalError::Failed(_)), "{err}");
+        }
+        // The queued appends were refused without I/O.
+        assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 1);
+    } else {
+        lead.unwrap();
+        for r in &rest {
+            let err = r.as_ref().unwrap_err();
+            assert!(matches!(err, WalError::Io { .. }), "{err}");
+            assert!(err.to_string().contains("os error 5"), "{err}");
+        }
+        assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 2);
+    }
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    let err = wal.append_wait(vec![entry(8, 1)]).unwrap_err();
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    append_inline(&wal, 9, vec![entry(9, 1)], &tx);
+    let err = rx.try_recv().unwrap().1.unwrap_err();
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    assert_eq!(
+        ctl.calls.load(Ordering::SeqCst),
+        calls,
+        "the fdatasync is never retried"
+    );
+    assert!(matches!(wal.close(), Err(WalError::Failed(_))));
+    drop(wal);
+    let (wal, replay) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), opts()).unwrap();
+    let want: &[u64] = if fail_leaders_flush { &[1] } else { &[1, 2] };
+    assert!(indexes(&replay).starts_with(want), "{:?}", indexes(&replay));
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_failed_fdatasync_of_a_follower_led_flush_fails_its_appends_and_refuses_later_ones() {
+    fail_under_leader(false);
+}
+
+#[test]
+fn a_failed_fdatasync_of_the_leader_fails_everything_queued_behind_it_without_io() {
+    fail_under_leader(true);
+}
+
+/// How a thread of the concurrency tests appends.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Wait,
+    Callback,
+    Inline,
+}
+
+/// Runs `threads` appenders, each `per_thread` appends of 1–3 entries in a mode chosen per
+/// append; indexes are assigned and queued under one lock. Returns the acknowledged last
+/// indexes and the order in which callbacks ran. An append that fails stops its thread.
+fn concurrent_appends(
+    wal: &Arc<Wal>,
+    threads: u64,
+    per_thread: usize,
+    seed: u64,
+) -> (Vec<u64>, Vec<u64>) {
+    let next = Arc::new(Mutex::new(1u64));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let callback_order = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (wal, next, acked, order) = (
+                wal.clone(),
+                next.clone(),
+                acked.clone(),
+                callback_order.clone(),
+            );
+            let mut rng = StdRng::seed_from_u64(seed * 64 + t);
+            std::thread::spawn(move || {
+                for _ in 0..per_thread {
+                    let n = rng.random_range(1..=3u64);
+                    let mode = [Mode::Wait, Mode::Callback, Mode::Inline][rng.random_range(0..3)];
+                    let mut next = next.lock().unwrap();
+                    let first = *next;
+                    *next += n;
+                    let last = first + n - 1;
+                    let recs = (first..=last).map(|i| entry(i, 1)).collect();
+                    let result = match mode {
+                        Mode::Wait => {
+                            let ticket = wal.enqueue(recs);
+                            drop(next);
+                            ticket.wait()
+                        }
+                        Mode::Callback | Mode::Inline => {
+                            let (tx, rx) = crossbeam_channel::bounded(1);
+                            let order = order.clone();
+                            let done = move |r: Result<AppendInfo, WalError>| {
+                                if r.is_ok() {
+                                    order.lock().unwrap().push(last);
+                                }
+                                let _ = tx.send(r);
+                            };
+                            if matches!(mode, Mode::Callback) {
+                                wal.append(recs, done);
+                                drop(next);
+                            } else {
+                                // Inline may flush here: the index lock must not be held, so
+                                // take it back only for queue order (appended under it).
+                                wal.append_inline(recs, done);
+                                drop(next);
+                            }
+                            rx.recv().unwrap()
+                        }
+                    };
+                    match result {
+                        Ok(_) => acked.lock().unwrap().push(last),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let order = callback_order.lock().unwrap().clone();
+    (acked, order)
+}
+
+#[test]
+fn many_threads_in_every_mode_all_replayed_and_callbacks_in_order() {
+    for vfs in real_vfses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _) = open(&vfs, tmp.path());
+        let wal = Arc::new(wal);
+        let (acked, order) = concurrent_appends(&wal, 8, 40, 7);
+        assert_eq!(acked.len(), 8 * 40);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "callbacks run in append order");
+        let max = acked.iter().copied().max().unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, tmp.path());
+        assert_eq!(indexes(&replay), (1..=max).collect::<Vec<_>>());
+        for e in &replay.entries {
+            assert_eq!(e, &log_entry(e.index, 1));
+        }
+        wal.close().unwrap();
+    }
+}
+
+/// Power-cut property test for the rotating leader: appenders in all three modes, a power cut
+/// at a random operation, reopen from a crash image: every acknowledged entry is there,
+/// contiguous from 1.
+#[test]
+fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
+    for case in 0..60u64 {
+        let seed = 0x1ead_0000 + case;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let fault = FaultVfs::new();
+        let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
+        let dir = Path::new("/data/member/wal");
+        let (wal, _) = open(&vfs, dir);
+        let cut_after = rng.random_range(0..300);
+        fault.fail_at(fault.ops() + cut_after, Fault::PowerCut);
+        let wal = Arc::new(wal);
+        let (acked, _) = concurrent_appends(&wal, 6, 30, seed);
+        let _ = wal.close();
+        let mode = match rng.random_range(0..3) {
+            0 => CrashMode::LoseUnsynced,
+            1 => CrashMode::TornLastWrite {
+                keep: rng.random_range(0..8192),
+            },
+            _ => CrashMode::RandomSectors { seed },
+        };
+        let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(mode));
+        let (wal2, replay) = Wal::open(image, dir, opts())
+            .unwrap_or_else(|e| panic!("case {case} ({mode:?}, cut after {cut_after}): {e}"));
+        let max_acked = acked.iter().copied().max().unwrap_or(0);
+        let got = indexes(&replay);
+        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "case {case}");
+        assert!(
+            got.len() as u64 >= max_acked,
+            "case {case} ({mode:?}): acknowledged up to {max_acked}, replayed {}",
+            got.len()
+        );
+        for e in &replay.entries {
+            assert_eq!(e, &log_entry(e.index, 1), "case {case}");
+        }
+        wal2.close().unwrap();
+    }
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_fails_naming_the_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fault: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
+    let cases: Vec<(Arc<dyn Vfs>, PathBuf)> = vec![
+        (Arc::new(StdVfs::new()), tmp.path().join("wal")),
+        (
+            Arc::new(UringVfs::new().unwrap()),
+            tmp.path().join("wal-uring"),
+        ),
+        (fault, PathBuf::from("/data/wal")),
+    ];
+    for (vfs, dir) in cases {
+        let (wal, _) = open(&vfs, &dir);
+        wal.append_wait(vec![entry(1, 1)]).unwrap();
+        let err = Wal::open(vfs.clone(), &dir, opts()).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err}");
+        assert!(err.is_caller_mistake());
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.join(LOCK_FILE).display().to_string())
+                && msg.contains("file already locked"),
+            "{msg}"
+        );
+        // The refused open changed nothing: the first WAL keeps working.
+        wal.append_wait(vec![entry(2, 1)]).unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, &dir);
+        assert_eq!(indexes(&replay), vec![1, 2]);
+        drop(wal);
+        // Dropping without close releases the lock too.
+        let (wal, _) = open(&vfs, &dir);
+        wal.close().unwrap();
+    }
 }
