@@ -420,6 +420,66 @@ mod tests {
         }
     }
 
+    /// Env var that makes the test below run its body (in a child process).
+    const SHORT_WRITE_CHILD: &str = "RINGKV_URING_SHORT_WRITE_DIR";
+    const SHORT_WRITE_TEST: &str =
+        "io::uring::tests::a_real_short_write_breaks_the_link_and_is_never_reported_durable";
+
+    /// A real short write from the kernel: with `RLIMIT_FSIZE` at 4 KiB, an 8 KiB write at
+    /// offset 0 writes 4 KiB and reports it, which cancels the linked fdatasync (-ECANCELED);
+    /// the code must then write the rest itself, which fails with EFBIG, and report that error,
+    /// never success or the cancellation. The rlimit is per process, so the body runs in a
+    /// child process (this test binary, filtered to this test) and the parent checks it ran.
+    #[test]
+    fn a_real_short_write_breaks_the_link_and_is_never_reported_durable() {
+        let Some(dir) = std::env::var_os(SHORT_WRITE_CHILD) else {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([SHORT_WRITE_TEST, "--exact", "--nocapture", "--test-threads=1"])
+                .env(SHORT_WRITE_CHILD, dir.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("short write checked"),
+                "child failed: {}\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        };
+        let path = Path::new(&dir).join("f");
+        let vfs = UringVfs::new().unwrap();
+        let f = vfs
+            .open(&path, OpenOptions::read_write().create(true))
+            .unwrap();
+        // SAFETY: SIG_IGN for SIGXFSZ (sent on a write past the limit) installs no handler code.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
+        let saved = lim;
+        lim.rlim_cur = 4096;
+        // SAFETY: `lim` is a valid rlimit; lowering the soft limit needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+        let buf = vec![7u8; 8192];
+        let err = f.write_at_and_sync(&buf, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+        // The short part landed; nothing beyond the limit.
+        assert_eq!(f.size().unwrap(), 4096);
+        let mut back = vec![0u8; 4096];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 7));
+        // SAFETY: restores the limits read above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &saved) }, 0);
+        f.write_at_and_sync(&buf, 0).unwrap();
+        assert_eq!(f.size().unwrap(), 8192);
+        println!("short write checked");
+    }
+
     #[test]
     fn pinning_to_an_existing_cpu_works_and_to_a_huge_one_fails() {
         std::thread::spawn(|| {

@@ -477,6 +477,8 @@ struct Ctl {
     fail_from: AtomicUsize,
     /// Name of the thread of each `write_at_and_sync` (unnamed: its id).
     flushers: Mutex<Vec<String>>,
+    /// Largest single `read_at`.
+    max_read: AtomicUsize,
 }
 
 impl Ctl {
@@ -510,6 +512,7 @@ struct TestFile {
 
 impl File for TestFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.ctl.max_read.fetch_max(buf.len(), Ordering::SeqCst);
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -1310,4 +1313,65 @@ fn a_second_open_of_the_same_directory_fails_naming_the_lock() {
         let (wal, _) = open(&vfs, &dir);
         wal.close().unwrap();
     }
+}
+
+/// Replay streams a segment through a window (1 MiB, or one frame if larger) instead of
+/// reading it whole: 4 MiB segments with records straddling many window refills, one record
+/// larger than the window, and a torn tail far into the segment, all replay exactly.
+#[test]
+fn replay_streams_large_segments_in_bounded_reads() {
+    const BIG_SEG: u64 = 4 << 20;
+    let fault = FaultVfs::new();
+    let (vfs, ctl) = gated(Arc::new(fault.clone()));
+    let dir = Path::new("/data/wal");
+    let o = || WalOptions {
+        segment_size: BIG_SEG,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), dir, o()).unwrap();
+    let big = |i: u64| Bytes::from(vec![(i % 251) as u8; 1_500_000]);
+    let mut want = Vec::new();
+    let mut i = 1u64;
+    // Records of 1–5 KiB and one of 1.5 MB (entry 1000), until the newest of at least two
+    // segments holds more than 1.3 MB.
+    let mut done = false;
+    while !done {
+        let data = if i == 1000 {
+            big(i)
+        } else {
+            Bytes::from(vec![(i % 251) as u8; 1000 + (i as usize * 97) % 4000])
+        };
+        let e = LogEntry {
+            index: i,
+            term: 1,
+            entry_type: 0,
+            data,
+        };
+        want.push(e.clone());
+        let info = wal.append_wait(vec![Record::Entry(e)]).unwrap();
+        done = info.segment_seq >= 1 && info.end_offset > 1_300_000;
+        i += 1;
+    }
+    let paths = wal.segment_paths();
+    assert!(paths.len() >= 2, "{paths:?}");
+    wal.close().unwrap();
+    ctl.max_read.store(0, Ordering::SeqCst);
+    let (wal, replay) = Wal::open(vfs.clone(), dir, o()).unwrap();
+    assert_eq!(replay.entries, want);
+    let max_read = ctl.max_read.load(Ordering::SeqCst);
+    assert!(
+        max_read <= 1_600_000,
+        "replay read {max_read} bytes at once; segments are {BIG_SEG}"
+    );
+    wal.close().unwrap();
+    // Tear the newest segment's last record: replay cuts it and keeps the rest.
+    let last = paths.last().unwrap();
+    let written = fault.written_contents(last).unwrap();
+    let end = written.iter().rposition(|&b| b != 0).unwrap() as u64;
+    assert!(end > 1 << 20, "the tear is past the first window: {end} in {paths:?}");
+    fault.corrupt(last, end - 10, &[0xff; 4]);
+    let (wal, replay) = Wal::open(vfs, dir, o()).unwrap();
+    assert_eq!(replay.entries[..], want[..want.len() - 1]);
+    assert!(replay.truncated_tail.is_some());
+    wal.close().unwrap();
 }
