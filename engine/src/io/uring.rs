@@ -435,7 +435,12 @@ mod tests {
         let Some(dir) = std::env::var_os(SHORT_WRITE_CHILD) else {
             let dir = tempfile::tempdir().unwrap();
             let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([SHORT_WRITE_TEST, "--exact", "--nocapture", "--test-threads=1"])
+                .args([
+                    SHORT_WRITE_TEST,
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(SHORT_WRITE_CHILD, dir.path())
                 .output()
                 .unwrap();

@@ -332,7 +332,10 @@ impl Core {
             w.give(|s| s.lead = true);
             return;
         }
-        if q.items.iter().any(|p| matches!(p.reply, Reply::Callback(_))) {
+        if q.items
+            .iter()
+            .any(|p| matches!(p.reply, Reply::Callback(_)))
+        {
             q.thread_lead = true;
         } else {
             q.flushing = false;

@@ -528,7 +528,9 @@ impl File for TestFile {
             self.ctl.waiting.fetch_sub(1, Ordering::SeqCst);
         }
         let me = std::thread::current();
-        let name = me.name().map_or_else(|| format!("{:?}", me.id()), str::to_owned);
+        let name = me
+            .name()
+            .map_or_else(|| format!("{:?}", me.id()), str::to_owned);
         self.ctl.flushers.lock().unwrap().push(name);
         let call = self.ctl.calls.fetch_add(1, Ordering::SeqCst);
         if call >= self.ctl.fail_from.load(Ordering::SeqCst) {
@@ -950,7 +952,8 @@ fn last_flusher(ctl: &Ctl) -> String {
 
 fn this_thread() -> String {
     let me = std::thread::current();
-    me.name().map_or_else(|| format!("{:?}", me.id()), str::to_owned)
+    me.name()
+        .map_or_else(|| format!("{:?}", me.id()), str::to_owned)
 }
 
 #[test]
@@ -965,7 +968,9 @@ fn an_idle_wal_is_flushed_by_the_appending_thread() {
     // append_inline: the caller flushes and runs the callback before returning.
     let (tx, rx) = unbounded();
     append_inline(&wal, 2, vec![entry(2, 1)], &tx);
-    let (id, r) = rx.try_recv().expect("callback ran before append_inline returned");
+    let (id, r) = rx
+        .try_recv()
+        .expect("callback ran before append_inline returned");
     assert_eq!(id, 2);
     r.unwrap();
     assert_eq!(last_flusher(&ctl), this_thread());
@@ -1022,7 +1027,10 @@ fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
     append_async(&wal, 8, vec![entry(8, 1)], &tx);
     // A flush is in flight: the inline append queues and returns without its callback.
     append_inline(&wal, 9, vec![entry(9, 1)], &tx);
-    assert!(rx.try_recv().is_err(), "nothing acknowledged before its fdatasync");
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing acknowledged before its fdatasync"
+    );
     ctl.open_gate();
     let first = leader.join().unwrap().unwrap();
     assert_eq!((first.flush_appends, first.flush_records), (1, 1));
@@ -1266,7 +1274,11 @@ fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
             .unwrap_or_else(|e| panic!("case {case} ({mode:?}, cut after {cut_after}): {e}"));
         let max_acked = acked.iter().copied().max().unwrap_or(0);
         let got = indexes(&replay);
-        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "case {case}");
+        assert_eq!(
+            got,
+            (1..=got.len() as u64).collect::<Vec<_>>(),
+            "case {case}"
+        );
         assert!(
             got.len() as u64 >= max_acked,
             "case {case} ({mode:?}): acknowledged up to {max_acked}, replayed {}",
@@ -1368,7 +1380,10 @@ fn replay_streams_large_segments_in_bounded_reads() {
     let last = paths.last().unwrap();
     let written = fault.written_contents(last).unwrap();
     let end = written.iter().rposition(|&b| b != 0).unwrap() as u64;
-    assert!(end > 1 << 20, "the tear is past the first window: {end} in {paths:?}");
+    assert!(
+        end > 1 << 20,
+        "the tear is past the first window: {end} in {paths:?}"
+    );
     fault.corrupt(last, end - 10, &[0xff; 4]);
     let (wal, replay) = Wal::open(vfs, dir, o()).unwrap();
     assert_eq!(replay.entries[..], want[..want.len() - 1]);

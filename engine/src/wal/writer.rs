@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::alloc::Allocator;
+use super::commit::{Outcome, Pending};
 use super::format::{
     SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
     segment_name,
 };
 use super::replay::Tail;
-use super::commit::{Outcome, Pending};
 use super::{
     AppendInfo, FlushStats, HardState, Record, SegmentInfo, Shared, WalError, WalMetrics,
     WalOptions,
