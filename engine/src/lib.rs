@@ -49,4 +49,4 @@ pub use wal::{
     AppendInfo, FlushStats, HardState, LogEntry, Record, Replay, SnapshotMark, Wal, WalError,
     WalMetrics, WalOptions,
 };
-pub use wal::{AppendTicket, LOCK_FILE as WAL_LOCK_FILE};
+pub use wal::{AppendTicket, LOCK_FILE as WAL_LOCK_FILE, WalDirLock};

@@ -1,9 +1,9 @@
 //! The io_uring implementation of the I/O seam.
 //!
 //! Every thread that does I/O owns one ring, created lazily on its first operation and closed
-//! when the thread exits (a `thread_local!`). The dedicated WAL thread therefore submits its own
-//! write→fdatasync chains with no channel hop and no lock; other threads (the segment allocator,
-//! the backend) get rings of their own. Each operation pushes its SQEs, submits them in one
+//! when the thread exits (a `thread_local!`). Whichever thread leads a WAL flush therefore
+//! submits its own write→fdatasync chain with no channel hop and no lock; other threads (the
+//! segment allocator, the backend) get rings of their own. Each operation pushes its SQEs, submits them in one
 //! `io_uring_enter`, and reaps all of their completions before returning, so a ring is empty
 //! between operations and operations are synchronous for their caller.
 //!
@@ -150,7 +150,7 @@ pub fn probe() -> io::Result<()> {
     })
 }
 
-/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`). Used for the WAL thread.
+/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`). Used for the WAL flush thread.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is a plain bit array for which all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

@@ -1,15 +1,15 @@
 //! The segment allocator: a background thread that keeps one zero-filled, synced segment file
-//! ready, so a segment switch on the WAL thread never waits for allocation or zeroing.
+//! ready, so a segment switch (by whichever thread leads the flush) never waits for allocation or zeroing.
 //!
 //! Steps for each file (crash cases in format.md, "Segment preparation"):
 //! 1. create `{k:016x}.wal.alloc`, `fallocate` the full segment size;
 //! 2. write zeros over all of it (so later writes land in already-written extents and their
 //!    fdatasync carries no extent-conversion metadata) and fdatasync;
-//! 3. rename it to `{k:016x}.wal.ready` and hand it over; wait until the WAL thread takes it,
+//! 3. rename it to `{k:016x}.wal.ready` and hand it over; wait until the writer takes it,
 //!    then start the next one.
 //!
 //! Both suffixes are deleted at open, so no step needs a directory sync: the directory entry
-//! that matters is the final segment name, which the WAL thread syncs at installation.
+//! that matters is the final segment name, which the writer syncs at installation.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ impl Allocator {
         segment_size: u64,
         direct: bool,
     ) -> io::Result<Allocator> {
-        // Rendezvous channel: one file is handed over only when the WAL thread asks, and the
+        // Rendezvous channel: one file is handed over only when the writer asks, and the
         // next is prepared right after, so exactly one spare exists ahead of need.
         let (tx, rx) = bounded(0);
         let stop = Arc::new(AtomicBool::new(false));

@@ -300,8 +300,22 @@ pub struct Wal {
     core: Arc<commit::Core>,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
-    /// The directory lock, released by `close`.
-    lock: Mutex<Option<FileLock>>,
+    /// The directory lock when `open` took it; released by `close`.
+    lock: Mutex<Option<WalDirLock>>,
+}
+
+/// The exclusive lock of a WAL directory ([`Wal::lock_dir`]); released when dropped.
+pub struct WalDirLock {
+    dir: PathBuf,
+    _lock: FileLock,
+}
+
+impl fmt::Debug for WalDirLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalDirLock")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Wal {
@@ -321,6 +335,43 @@ impl Wal {
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(Wal, Replay), WalError> {
+        Self::check_options(&opts)?;
+        let lock = Self::lock_dir(&vfs, dir)?;
+        Self::open_inner(vfs, dir, opts, Some(lock))
+    }
+
+    /// Takes the exclusive lock of WAL directory `dir` (creating it if missing), for a caller
+    /// that must exclude other processes before it touches anything else of its data
+    /// directory; then [`Wal::open_locked`]. Fails with [`WalError::Locked`] if it is held.
+    pub fn lock_dir(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<WalDirLock, WalError> {
+        vfs.create_dir_all(dir)
+            .map_err(|e| WalError::io("create directory", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        match vfs.lock_file(&lock_path) {
+            Ok(lock) => Ok(WalDirLock {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(WalError::Locked {
+                dir: dir.to_path_buf(),
+                lock: lock_path,
+            }),
+            Err(e) => Err(WalError::io("lock", &lock_path, e)),
+        }
+    }
+
+    /// [`Wal::open`] in a directory the caller locked with [`Wal::lock_dir`]. The caller keeps
+    /// the lock for as long as the `Wal` is open (it may open it again after a failed open).
+    pub fn open_locked(
+        vfs: Arc<dyn Vfs>,
+        lock: &WalDirLock,
+        opts: WalOptions,
+    ) -> Result<(Wal, Replay), WalError> {
+        Self::check_options(&opts)?;
+        Self::open_inner(vfs, &lock.dir, opts, None)
+    }
+
+    fn check_options(opts: &WalOptions) -> Result<(), WalError> {
         if !opts
             .segment_size
             .is_multiple_of(crate::io::DIRECT_ALIGN as u64)
@@ -336,19 +387,15 @@ impl Wal {
                 "queue_capacity must be > 0".into(),
             ));
         }
-        vfs.create_dir_all(dir)
-            .map_err(|e| WalError::io("create directory", dir, e))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = match vfs.lock_file(&lock_path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(WalError::Locked {
-                    dir: dir.to_path_buf(),
-                    lock: lock_path,
-                });
-            }
-            Err(e) => return Err(WalError::io("lock", &lock_path, e)),
-        };
+        Ok(())
+    }
+
+    fn open_inner(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: WalOptions,
+        lock: Option<WalDirLock>,
+    ) -> Result<(Wal, Replay), WalError> {
         let opened = replay::open(&vfs, dir, &opts)?;
         let shared = Arc::new(Shared {
             vfs: vfs.clone(),
@@ -382,7 +429,7 @@ impl Wal {
                 core,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
-                lock: Mutex::new(Some(lock)),
+                lock: Mutex::new(lock),
             },
             opened.replay,
         ))
@@ -473,9 +520,9 @@ impl Wal {
             self.lock.lock().expect("lock file handle lock").take();
             if joined.is_err() {
                 return Err(WalError::io(
-                    "join WAL thread",
+                    "join WAL flush thread",
                     &self.shared.dir,
-                    io::Error::other("the WAL thread panicked"),
+                    io::Error::other("the WAL flush thread panicked"),
                 ));
             }
         }

@@ -710,7 +710,7 @@ fn fdatasync_eio_fails_every_waiter_and_refuses_later_appends() {
 }
 
 /// Power-cut property test: concurrent appenders, a power cut at a random operation (of the
-/// WAL thread or the allocator), a crash image of one of three kinds, reopen. Every
+/// flushing thread or the allocator), a crash image of one of three kinds, reopen. Every
 /// acknowledged entry must be there; entries are contiguous from 1 (nothing after a hole) and
 /// carry the data written for their index.
 #[test]
@@ -1292,7 +1292,7 @@ fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
 }
 
 #[test]
-fn a_second_open_of_the_same_directory_fails_naming_the_lock() {
+fn a_second_open_of_the_same_directory_fails_naming_the_lock_even_under_lock_dir() {
     let tmp = tempfile::tempdir().unwrap();
     let fault: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
     let cases: Vec<(Arc<dyn Vfs>, PathBuf)> = vec![
@@ -1322,6 +1322,23 @@ fn a_second_open_of_the_same_directory_fails_naming_the_lock() {
         assert_eq!(indexes(&replay), vec![1, 2]);
         drop(wal);
         // Dropping without close releases the lock too.
+        let (wal, _) = open(&vfs, &dir);
+        wal.close().unwrap();
+        // A caller may take the lock first (before touching the rest of its data directory):
+        // it then excludes every other opener, and opens the WAL under it, even twice.
+        let lock = Wal::lock_dir(&vfs, &dir).unwrap();
+        let err = Wal::open(vfs.clone(), &dir, opts()).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err}");
+        assert!(matches!(
+            Wal::lock_dir(&vfs, &dir),
+            Err(WalError::Locked { .. })
+        ));
+        let (wal, replay) = Wal::open_locked(vfs.clone(), &lock, opts()).unwrap();
+        assert_eq!(indexes(&replay), vec![1, 2]);
+        wal.close().unwrap();
+        let (wal, _) = Wal::open_locked(vfs.clone(), &lock, opts()).unwrap();
+        wal.close().unwrap();
+        drop(lock);
         let (wal, _) = open(&vfs, &dir);
         wal.close().unwrap();
     }
