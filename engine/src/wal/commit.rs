@@ -52,6 +52,7 @@
 //!    callback, wakes C; returns
 //! ```
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
@@ -59,6 +60,13 @@ use std::time::{Duration, Instant};
 
 use super::writer::Writer;
 use super::{AppendInfo, Done, Record, Shared, WalError};
+
+thread_local! {
+    /// True while this thread runs outcome callbacks. A callback that appended inline or waited
+    /// would wait for the delivery gate it is itself holding: inline appends from a callback go
+    /// to the flush thread instead, and waiting from one panics with a clear message.
+    static DELIVERING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// How an append learns its outcome.
 pub(crate) enum Reply {
@@ -216,7 +224,7 @@ impl Core {
                     return;
                 }
                 q.flushing = true;
-                if inline {
+                if inline && !DELIVERING.with(Cell::get) {
                     drop(q);
                     self.lead();
                 } else {
@@ -248,6 +256,10 @@ impl Core {
 
     /// Waits for `waiter`'s outcome, leading whenever it is this thread's turn.
     fn wait(&self, waiter: &Waiter) -> Result<AppendInfo, WalError> {
+        assert!(
+            !DELIVERING.with(Cell::get),
+            "a WAL append callback must not wait for another append (it would deadlock)"
+        );
         let mut spin_from = Some(Instant::now());
         loop {
             {
@@ -351,9 +363,11 @@ impl Core {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
         }
         drop(d);
+        DELIVERING.with(|f| f.set(true));
         for (reply, result) in outcomes {
             deliver_one(reply, result);
         }
+        DELIVERING.with(|f| f.set(false));
         *self.delivered.lock().expect("WAL delivery lock") = number + 1;
         self.delivered_cv.notify_all();
     }

@@ -1407,3 +1407,35 @@ fn replay_streams_large_segments_in_bounded_reads() {
     assert!(replay.truncated_tail.is_some());
     wal.close().unwrap();
 }
+
+/// A callback that appends again with `append_inline` (as a raft core's persist callback could)
+/// does not deadlock on the delivery it runs in: its append goes to the flush thread.
+#[test]
+fn an_inline_append_from_a_callback_is_handed_to_the_flush_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let (tx, rx) = unbounded();
+    let (wal2, tx2) = (wal.clone(), tx.clone());
+    wal.append_inline(vec![entry(1, 1)], move |r| {
+        r.unwrap();
+        append_inline(&wal2, 2, vec![entry(2, 1)], &tx2);
+        let _ = tx2.send((
+            1,
+            Ok(AppendInfo {
+                flush_records: 0,
+                flush_appends: 0,
+                flush_bytes: 0,
+                segment_seq: 0,
+                end_offset: 0,
+            }),
+        ));
+    });
+    let mut got: Vec<Outcome> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got[1].0, 2);
+    assert_eq!(got[1].1.as_ref().unwrap().flush_appends, 1);
+    assert_eq!(last_flusher(&ctl), "ringkv-wal");
+    wal.close().unwrap();
+}
