@@ -336,6 +336,11 @@ pub struct WalArgs {
     /// flush).
     #[arg(long, default_value_t = 0)]
     pub wal_idle_spin_us: u64,
+    /// ringkv WAL option `zero_fill_below` in KiB: new segments are zero-filled only while the
+    /// average flush is below this size (default: the WAL's default, 256 KiB; `max` = always
+    /// zero-fill, 0 = never).
+    #[arg(long)]
+    pub wal_zero_fill_below_kib: Option<String>,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,

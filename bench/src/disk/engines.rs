@@ -170,6 +170,9 @@ impl RingkvTarget {
         let wal_opts = WalOptions {
             metrics: Some(flushes.clone()),
             idle_spin: opts.wal_idle_spin,
+            zero_fill_below: opts
+                .wal_zero_fill_below
+                .unwrap_or(WalOptions::default().zero_fill_below),
             ..WalOptions::default()
         };
         let wal_dir = dir.join("wal");
@@ -308,6 +311,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             duration: Duration::from_millis(200),
             wal_idle_spin: Duration::ZERO,
+            wal_zero_fill_below: None,
         }
     }
 

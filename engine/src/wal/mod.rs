@@ -143,6 +143,12 @@ pub struct WalOptions {
     /// parks. Non-zero trades CPU for the wake-up latency of a follower; it never delays a
     /// flush. Default 0 (on 2 vCPUs the spinning thread competes with the flushing one).
     pub idle_spin: Duration,
+    /// New segments are zero-filled ahead of need while the WAL's recent flushes average below
+    /// this many bytes; above it they are only preallocated. Zero-filled files make small
+    /// flushes ~2× faster (no extent conversion at fdatasync) but cost a second write of every
+    /// byte, which large flushes feel more than the conversion. `u64::MAX`: always zero-fill;
+    /// 0: never. Default 256 KiB.
+    pub zero_fill_below: u64,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -155,6 +161,7 @@ impl Default for WalOptions {
             wal_cpu: None,
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
+            zero_fill_below: 256 << 10,
             metrics: None,
         }
     }
@@ -169,6 +176,7 @@ impl fmt::Debug for WalOptions {
             .field("wal_cpu", &self.wal_cpu)
             .field("queue_capacity", &self.queue_capacity)
             .field("idle_spin", &self.idle_spin)
+            .field("zero_fill_below", &self.zero_fill_below)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }

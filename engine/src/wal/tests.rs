@@ -479,6 +479,9 @@ struct Ctl {
     flushers: Mutex<Vec<String>>,
     /// Largest single `read_at`.
     max_read: AtomicUsize,
+    /// Bytes written by plain `write_at` (the allocator's zero-fill; flushes use
+    /// `write_at_and_sync`).
+    plain_written: AtomicUsize,
 }
 
 impl Ctl {
@@ -516,6 +519,9 @@ impl File for TestFile {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.ctl
+            .plain_written
+            .fetch_add(buf.len(), Ordering::SeqCst);
         self.inner.write_at(buf, offset)
     }
     fn write_at_and_sync(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -1438,4 +1444,64 @@ fn an_inline_append_from_a_callback_is_handed_to_the_flush_thread() {
     assert_eq!(got[1].1.as_ref().unwrap().flush_appends, 1);
     assert_eq!(last_flusher(&ctl), "ringkv-wal");
     wal.close().unwrap();
+}
+
+/// New segments are zero-filled while flushes are small and only preallocated once they are
+/// large (`zero_fill_below`); either way they replay exactly, on real file systems too
+/// (unwritten extents read as zeros).
+#[test]
+fn zero_fill_of_new_segments_follows_the_flush_size() {
+    // (zero_fill_below, entries per append, payload bytes per entry, whether every segment
+    // is zero-filled)
+    let cases = [
+        (u64::MAX, 1, 1000, true),
+        (0, 1, 1000, false),
+        (12 << 10, 1, 1000, true),
+        (12 << 10, 2, 7000, false),
+    ];
+    for inner in real_vfses() {
+        for (below, per_append, size, filled) in cases {
+            // The average flush size needs several flushes to pass the threshold; with 16 KiB
+            // segments that is several segments.
+            let segments: usize = if filled || below == 0 { 12 } else { 24 };
+            let tmp = tempfile::tempdir().unwrap();
+            let (vfs, ctl) = gated(inner.clone());
+            let o = || WalOptions {
+                zero_fill_below: below,
+                ..opts()
+            };
+            let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o()).unwrap();
+            let mut want = Vec::new();
+            let mut i = 1;
+            while wal.segment_paths().len() < segments {
+                let mut recs = Vec::new();
+                for _ in 0..per_append {
+                    let e = LogEntry {
+                        index: i,
+                        term: 1,
+                        entry_type: 0,
+                        data: Bytes::from(vec![i as u8; size]),
+                    };
+                    want.push(e.clone());
+                    recs.push(Record::Entry(e));
+                    i += 1;
+                }
+                wal.append_wait(recs).unwrap();
+            }
+            wal.close().unwrap();
+            let zeroed = ctl.plain_written.load(Ordering::SeqCst) as u64;
+            let case = format!("below {below}, {per_append} × {size} B: {zeroed} B zero-filled");
+            assert_eq!(zeroed % SEG, 0, "{case}");
+            if filled {
+                assert!(zeroed >= segments as u64 * SEG, "{case}");
+            } else if below == 0 {
+                assert_eq!(zeroed, 0, "{case}");
+            } else {
+                assert!(zeroed <= segments as u64 / 2 * SEG, "{case}");
+            }
+            let (wal, replay) = Wal::open(vfs, tmp.path(), o()).unwrap();
+            assert_eq!(replay.entries, want, "{case}");
+            wal.close().unwrap();
+        }
+    }
 }

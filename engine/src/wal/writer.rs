@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::alloc::Allocator;
+use super::alloc::{Allocator, ZeroFill};
 use super::commit::{Outcome, Pending};
 use super::format::{
     SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
@@ -35,6 +35,7 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     metrics: Option<Arc<dyn WalMetrics>>,
     allocator: Allocator,
+    zero_fill: Arc<ZeroFill>,
     segment_size: u64,
     /// Largest encoded record accepted: header + carried records + it must fit a segment.
     max_record: usize,
@@ -60,11 +61,13 @@ impl Writer {
         opts: &WalOptions,
         tail: Option<Tail>,
     ) -> Result<Writer, WalError> {
+        let zero_fill = Arc::new(ZeroFill::new(opts.zero_fill_below));
         let allocator = Allocator::start(
             shared.vfs.clone(),
             shared.dir.clone(),
             opts.segment_size,
             opts.direct,
+            zero_fill.clone(),
         )
         .map_err(|e| WalError::io("start segment allocator", &shared.dir, e))?;
         // Header, a HardState and a metadata record of at most `max_record` must fit.
@@ -77,6 +80,7 @@ impl Writer {
                 Writer {
                     metrics: opts.metrics.clone(),
                     allocator,
+                    zero_fill: zero_fill.clone(),
                     segment_size: opts.segment_size,
                     max_record,
                     seed: crc_seed(t.seg.seq),
@@ -103,6 +107,7 @@ impl Writer {
                 let mut w = Writer {
                     metrics: opts.metrics.clone(),
                     allocator,
+                    zero_fill: zero_fill.clone(),
                     segment_size: opts.segment_size,
                     max_record,
                     seed: 0,
@@ -326,6 +331,7 @@ impl Writer {
         }
         let sync_duration = self.sync_time;
         let appends = acks.len();
+        self.zero_fill.on_flush(bytes);
         if let Some(m) = &self.metrics {
             m.on_flush(&FlushStats {
                 records,
