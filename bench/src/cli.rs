@@ -337,7 +337,7 @@ pub struct WalArgs {
     #[arg(long, default_value_t = 0)]
     pub wal_idle_spin_us: u64,
     /// ringkv WAL option `zero_fill_below` in KiB: new segments are zero-filled only while the
-    /// average flush is below this size (default: the WAL's default, 256 KiB; `max` = always
+    /// average flush is below this size (default: the WAL's default, always; `max` = always
     /// zero-fill, 0 = never).
     #[arg(long)]
     pub wal_zero_fill_below_kib: Option<String>,

@@ -4,10 +4,9 @@
 //! Steps for each file (crash cases in format.md, "Segment preparation"):
 //! 1. create `{k:016x}.wal.alloc`, `fallocate` the full segment size;
 //! 2. write zeros over all of it (so later writes land in already-written extents and their
-//!    fdatasync carries no extent-conversion metadata) and fdatasync — unless the WAL's recent
-//!    flushes are large (see [`ZeroFill`]): then the zeros would double the bytes written while
-//!    the conversion cost is amortised over a large write, so the file is only fallocated
-//!    (unwritten extents read as zeros, which is all replay needs);
+//!    fdatasync carries no extent-conversion metadata) and fdatasync — unless configured to
+//!    skip it once the WAL's recent flushes are large (see [`ZeroFill`]): the file is then only
+//!    fallocated (unwritten extents read as zeros, which is all replay needs);
 //! 3. rename it to `{k:016x}.wal.ready` and hand it over; wait until the writer takes it,
 //!    then start the next one.
 //!

@@ -146,8 +146,9 @@ pub struct WalOptions {
     /// New segments are zero-filled ahead of need while the WAL's recent flushes average below
     /// this many bytes; above it they are only preallocated. Zero-filled files make small
     /// flushes ~2× faster (no extent conversion at fdatasync) but cost a second write of every
-    /// byte, which large flushes feel more than the conversion. `u64::MAX`: always zero-fill;
-    /// 0: never. Default 256 KiB.
+    /// byte. `u64::MAX`: always zero-fill; 0: never. Default `u64::MAX`: skipping the zeros
+    /// at 64 writers × 64 KiB did not raise throughput (BENCHMARKS.md, "zero-fill"), whose
+    /// limit is one 2 MiB write+fdatasync at a time.
     pub zero_fill_below: u64,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
@@ -161,7 +162,7 @@ impl Default for WalOptions {
             wal_cpu: None,
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
-            zero_fill_below: 256 << 10,
+            zero_fill_below: u64::MAX,
             metrics: None,
         }
     }
