@@ -363,13 +363,25 @@ impl Core {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
         }
         drop(d);
+        // Opens the gate for the next batch even if a callback panics, so later batches and
+        // `close` do not wait forever behind it.
+        let gate = GateGuard { core: self, number };
         DELIVERING.with(|f| f.set(true));
+        // A panicking callback (a caller bug) must not cost the other appends of the batch
+        // their outcome: deliver them all, then let the first panic continue on this thread.
+        let mut panic = None;
         for (reply, result) in outcomes {
-            deliver_one(reply, result);
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deliver_one(reply, result)
+            }));
+            if let Err(payload) = delivered {
+                panic.get_or_insert(payload);
+            }
         }
-        DELIVERING.with(|f| f.set(false));
-        *self.delivered.lock().expect("WAL delivery lock") = number + 1;
-        self.delivered_cv.notify_all();
+        drop(gate);
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
     }
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
@@ -419,6 +431,25 @@ impl Core {
         }
         drop(d);
         self.writer.lock().expect("WAL writer lock").take();
+    }
+}
+
+/// Marks batch `number` delivered when dropped (invariant 2).
+struct GateGuard<'a> {
+    core: &'a Core,
+    number: u64,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        DELIVERING.with(|f| f.set(false));
+        let mut d = match self.core.delivered.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *d = self.number + 1;
+        drop(d);
+        self.core.delivered_cv.notify_all();
     }
 }
 

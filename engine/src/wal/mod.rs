@@ -14,7 +14,9 @@
 //!   performs it, and runs the callbacks of that flush (its own included) before returning.
 //!   [`Wal::enqueue`] / [`AppendTicket::wait`] (and [`Wal::append_wait`]) block the caller,
 //!   which may perform the flush itself. Callbacks must not wait for another append (that
-//!   panics); an `append_inline` from a callback is queued like an `append`.
+//!   panics); an `append_inline` from a callback is queued like an `append`. A callback that
+//!   panics does so on the delivering thread, after the other outcomes of its flush were
+//!   delivered; the WAL keeps working.
 //! - Appends are written in the order they were queued (per thread; across threads in the
 //!   order they reached the queue), each append's records contiguously; callbacks run and
 //!   tickets complete in that order.

@@ -1505,3 +1505,29 @@ fn zero_fill_of_new_segments_follows_the_flush_size() {
         }
     }
 }
+
+/// A panicking callback (a caller bug) costs its own thread, not the WAL: later appends are
+/// still delivered in order and `close` returns.
+#[test]
+fn a_panicking_callback_does_not_stall_later_appends_or_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let w = wal.clone();
+    let panicked = std::thread::spawn(move || {
+        w.append_inline(vec![entry(1, 1)], |r| {
+            r.unwrap();
+            panic!("callback bug");
+        });
+    })
+    .join();
+    assert!(
+        panicked.is_err(),
+        "the callback ran, and panicked, on the appending thread"
+    );
+    wal.append_wait(vec![entry(2, 1)]).unwrap();
+    wal.close().unwrap();
+    let (wal, replay) = open(&(Arc::new(StdVfs::new()) as Arc<dyn Vfs>), tmp.path());
+    assert_eq!(indexes(&replay), vec![1, 2]);
+    wal.close().unwrap();
+}
