@@ -200,6 +200,13 @@ impl Core {
             if q.items.len() < self.capacity {
                 break;
             }
+            if !q.flushing {
+                // The queue may hold only tickets whose owners have not started waiting (one
+                // of them may be this thread): let the flush thread drain it (invariant 5).
+                q.flushing = true;
+                q.thread_lead = true;
+                self.queue_cv.notify_all();
+            }
             q.blocked += 1;
             q = self.queue_cv.wait(q).expect("WAL queue lock");
             q.blocked -= 1;

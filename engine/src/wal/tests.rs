@@ -1531,3 +1531,23 @@ fn a_panicking_callback_does_not_stall_later_appends_or_close() {
     assert_eq!(indexes(&replay), vec![1, 2]);
     wal.close().unwrap();
 }
+
+/// A full queue of tickets nobody waits on yet (their owner is the blocked appender itself) is
+/// drained by the flush thread instead of deadlocking.
+#[test]
+fn a_full_queue_of_unwaited_tickets_is_drained_by_the_flush_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        queue_capacity: 4,
+        ..opts()
+    };
+    let (wal, _) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), o).unwrap();
+    let tickets: Vec<AppendTicket> = (1..=12).map(|i| wal.enqueue(vec![entry(i, 1)])).collect();
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    wal.close().unwrap();
+    let (wal, replay) = open(&(Arc::new(StdVfs::new()) as Arc<dyn Vfs>), tmp.path());
+    assert_eq!(indexes(&replay), (1..=12).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
