@@ -332,10 +332,16 @@ pub struct WalArgs {
     /// Seconds per engine (per cell with --sweep).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// ringkv WAL option `idle_spin` in µs: after a flush its thread polls for new appends this
-    /// long before sleeping (trades CPU for wake-up latency at low load).
+    /// ringkv WAL option `idle_spin` in µs: a waiting appender polls for its outcome this long
+    /// before it sleeps (trades CPU for the wake-up latency of appenders that wait behind a
+    /// flush).
     #[arg(long, default_value_t = 0)]
     pub wal_idle_spin_us: u64,
+    /// ringkv WAL option `zero_fill_below` in KiB: new segments are zero-filled only while the
+    /// average flush is below this size (default: the WAL's default, always; `max` = always
+    /// zero-fill, 0 = never).
+    #[arg(long)]
+    pub wal_zero_fill_below_kib: Option<String>,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,

@@ -328,6 +328,15 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
             warmup,
             duration,
             wal_idle_spin: Duration::from_micros(a.wal_idle_spin_us),
+            wal_zero_fill_below: match a.wal_zero_fill_below_kib.as_deref() {
+                None => None,
+                Some("max") => Some(u64::MAX),
+                Some(k) => Some(
+                    k.parse::<u64>()
+                        .map_err(|e| format!("--wal-zero-fill-below-kib {k:?}: {e}"))?
+                        .saturating_mul(1024),
+                ),
+            },
         };
         for r in disk::run_wal_interleaved(&engines, &opts, a.rounds)? {
             if g.json {

@@ -1,8 +1,8 @@
 //! One writer's durable-append latency, the WAL against the device floor, in the same run:
 //! - `raw`: one 4 KiB O_DIRECT write + fdatasync (`write_at_and_sync`) into a pre-zeroed file,
 //!   on the calling thread;
-//! - `wal`: `Wal::append_wait` of one 256-byte entry (queue → WAL thread → the same kind of
-//!   write + fdatasync → callback → wake-up).
+//! - `wal`: `Wal::append_wait` of one 256-byte entry (with one writer the WAL is idle, so the
+//!   calling thread encodes it and issues the same kind of write + fdatasync itself).
 //!
 //! Rounds alternate raw and WAL for each I/O implementation; each round prints p50/p99 (µs) and
 //! the WAL/raw ratio of p50s; the last line gives the median ratio over rounds.

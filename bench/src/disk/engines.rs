@@ -170,6 +170,9 @@ impl RingkvTarget {
         let wal_opts = WalOptions {
             metrics: Some(flushes.clone()),
             idle_spin: opts.wal_idle_spin,
+            zero_fill_below: opts
+                .wal_zero_fill_below
+                .unwrap_or(WalOptions::default().zero_fill_below),
             ..WalOptions::default()
         };
         let wal_dir = dir.join("wal");
@@ -188,10 +191,9 @@ impl RingkvTarget {
 
 impl Target for RingkvTarget {
     fn writer(&self, w: usize) -> Result<AppendFn<'_>, String> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
         Ok(Box::new(move |seq| {
             let data = Bytes::from(payload(w, seq, self.record_size));
-            {
+            let ticket = {
                 let mut last = self.last_index.lock().expect("index lock");
                 *last += 1;
                 let entry = LogEntry {
@@ -200,15 +202,12 @@ impl Target for RingkvTarget {
                     entry_type: 0,
                     data,
                 };
-                let tx = tx.clone();
-                self.wal.append(vec![Record::Entry(entry)], move |r| {
-                    let _ = tx.send(r);
-                });
-            }
-            match rx.recv() {
-                Ok(Ok(_info)) => Ok(()),
-                Ok(Err(e)) => Err(format!("WAL: {e}")),
-                Err(_) => Err("WAL: acknowledgement lost".to_owned()),
+                self.wal.enqueue(vec![Record::Entry(entry)])
+            };
+            // Outside the index lock: this thread may now perform the flush itself.
+            match ticket.wait() {
+                Ok(_info) => Ok(()),
+                Err(e) => Err(format!("WAL: {e}")),
             }
         }))
     }
@@ -312,6 +311,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             duration: Duration::from_millis(200),
             wal_idle_spin: Duration::ZERO,
+            wal_zero_fill_below: None,
         }
     }
 

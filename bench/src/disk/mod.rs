@@ -189,6 +189,8 @@ pub struct WalOpts {
     pub duration: Duration,
     /// `WalOptions::idle_spin` of the ringkv engine.
     pub wal_idle_spin: Duration,
+    /// `WalOptions::zero_fill_below` of the ringkv engine (`None`: the WAL's default).
+    pub wal_zero_fill_below: Option<u64>,
 }
 
 /// One writer's append function: appends record number `seq` of this writer and returns once

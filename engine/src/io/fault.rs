@@ -95,6 +95,21 @@ struct State {
     next_seq: u64,
     plan: Option<(u64, Fault)>,
     powered_off: bool,
+    /// Paths locked with `lock_file` (not files: a lock is process state, not disk state, so
+    /// it counts as no operation and no crash image has it).
+    locks: std::collections::BTreeSet<PathBuf>,
+}
+
+/// A held [`Vfs::lock_file`] of a [`FaultVfs`].
+struct FaultLock {
+    state: Arc<Mutex<State>>,
+    path: PathBuf,
+}
+
+impl Drop for FaultLock {
+    fn drop(&mut self) {
+        self.state.lock().locks.remove(&self.path);
+    }
 }
 
 enum Gate {
@@ -564,6 +579,23 @@ impl Vfs for FaultVfs {
             .collect();
         s.durable.extend(live);
         Ok(())
+    }
+
+    fn lock_file(&self, path: &Path) -> io::Result<super::FileLock> {
+        let mut s = self.state.lock();
+        if s.powered_off {
+            return Err(eio());
+        }
+        if !s.locks.insert(path.to_path_buf()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked", path.display()),
+            ));
+        }
+        Ok(super::FileLock::new(FaultLock {
+            state: self.state.clone(),
+            path: path.to_path_buf(),
+        }))
     }
 }
 

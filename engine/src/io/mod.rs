@@ -2,7 +2,7 @@
 //!
 //! Three implementations share the contract below:
 //! - `UringVfs`: io_uring (the `io-uring` crate). Each thread that does I/O owns its ring, so the
-//!   dedicated, pinned WAL thread submits its own write→fdatasync chains without a channel hop.
+//!   thread that leads a WAL flush submits its own write→fdatasync chain without a channel hop.
 //! - [`StdVfs`]: `pread`/`pwrite`/`fdatasync` through std, for machines without io_uring.
 //! - `FaultVfs`: in memory, for tests. It keeps a "written" and a "durable" image of every file,
 //!   can fail the Nth operation, and can produce the image a power cut would leave.
@@ -166,6 +166,31 @@ pub trait Vfs: Send + Sync + 'static {
 
     /// Makes the entries of directory `path` durable (fsync on the directory).
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Takes an exclusive lock on `path` (created if missing) without waiting, held until the
+    /// returned value is dropped or the process exits. Fails with `ErrorKind::WouldBlock` if
+    /// another holder has it: another process, or another `lock_file` of this one (real files
+    /// use `flock`, which is per open file description).
+    fn lock_file(&self, path: &Path) -> io::Result<FileLock>;
+}
+
+/// An exclusive lock taken with [`Vfs::lock_file`]; released when dropped.
+pub struct FileLock {
+    _held: Box<dyn Send + Sync>,
+}
+
+impl FileLock {
+    pub(crate) fn new(held: impl Send + Sync + 'static) -> FileLock {
+        FileLock {
+            _held: Box::new(held),
+        }
+    }
+}
+
+impl std::fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLock").finish_non_exhaustive()
+    }
 }
 
 /// Picks the implementation named by `kind` (`Fault` is built by tests directly).

@@ -118,6 +118,28 @@ pub(crate) fn fallocate(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
 /// synchronous in both.
 pub(crate) mod dirs {
     use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// `flock(LOCK_EX | LOCK_NB)` on `path`, created if missing; the open file holds the lock.
+    pub(crate) fn lock_file(path: &Path) -> io::Result<crate::io::FileLock> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        loop {
+            // SAFETY: flock takes a descriptor we own (alive for the call) and plain flags.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                return Ok(crate::io::FileLock::new(file));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
 
     pub(crate) fn create_dir_all(path: &Path) -> io::Result<()> {
         fs::create_dir_all(path)
@@ -165,6 +187,10 @@ impl Vfs for StdVfs {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         dirs::sync_dir(path)
+    }
+
+    fn lock_file(&self, path: &Path) -> io::Result<super::FileLock> {
+        dirs::lock_file(path)
     }
 }
 

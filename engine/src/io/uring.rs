@@ -1,9 +1,9 @@
 //! The io_uring implementation of the I/O seam.
 //!
 //! Every thread that does I/O owns one ring, created lazily on its first operation and closed
-//! when the thread exits (a `thread_local!`). The dedicated WAL thread therefore submits its own
-//! write→fdatasync chains with no channel hop and no lock; other threads (the segment allocator,
-//! the backend) get rings of their own. Each operation pushes its SQEs, submits them in one
+//! when the thread exits (a `thread_local!`). Whichever thread leads a WAL flush therefore
+//! submits its own write→fdatasync chain with no channel hop and no lock; other threads (the
+//! segment allocator, the backend) get rings of their own. Each operation pushes its SQEs, submits them in one
 //! `io_uring_enter`, and reaps all of their completions before returning, so a ring is empty
 //! between operations and operations are synchronous for their caller.
 //!
@@ -150,7 +150,7 @@ pub fn probe() -> io::Result<()> {
     })
 }
 
-/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`). Used for the WAL thread.
+/// Pins the calling thread to CPU `cpu` (`sched_setaffinity`). Used for the WAL flush thread.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is a plain bit array for which all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -371,6 +371,10 @@ impl Vfs for UringVfs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         dirs::sync_dir(path)
     }
+
+    fn lock_file(&self, path: &Path) -> io::Result<super::FileLock> {
+        dirs::lock_file(path)
+    }
 }
 
 #[cfg(test)]
@@ -414,6 +418,71 @@ mod tests {
             f.read_exact_at(&mut back, u64::from(i) * 4096).unwrap();
             assert!(back.iter().all(|&b| b == i + 1));
         }
+    }
+
+    /// Env var that makes the test below run its body (in a child process).
+    const SHORT_WRITE_CHILD: &str = "RINGKV_URING_SHORT_WRITE_DIR";
+    const SHORT_WRITE_TEST: &str =
+        "io::uring::tests::a_real_short_write_breaks_the_link_and_is_never_reported_durable";
+
+    /// A real short write from the kernel: with `RLIMIT_FSIZE` at 4 KiB, an 8 KiB write at
+    /// offset 0 writes 4 KiB and reports it, which cancels the linked fdatasync (-ECANCELED);
+    /// the code must then write the rest itself, which fails with EFBIG, and report that error,
+    /// never success or the cancellation. The rlimit is per process, so the body runs in a
+    /// child process (this test binary, filtered to this test) and the parent checks it ran.
+    #[test]
+    fn a_real_short_write_breaks_the_link_and_is_never_reported_durable() {
+        let Some(dir) = std::env::var_os(SHORT_WRITE_CHILD) else {
+            let dir = tempfile::tempdir().unwrap();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    SHORT_WRITE_TEST,
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(SHORT_WRITE_CHILD, dir.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("short write checked"),
+                "child failed: {}\n{stdout}\n{stderr}",
+                out.status
+            );
+            return;
+        };
+        let path = Path::new(&dir).join("f");
+        let vfs = UringVfs::new().unwrap();
+        let f = vfs
+            .open(&path, OpenOptions::read_write().create(true))
+            .unwrap();
+        // SAFETY: SIG_IGN for SIGXFSZ (sent on a write past the limit) installs no handler code.
+        unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) }, 0);
+        let saved = lim;
+        lim.rlim_cur = 4096;
+        // SAFETY: `lim` is a valid rlimit; lowering the soft limit needs no privilege.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
+        let buf = vec![7u8; 8192];
+        let err = f.write_at_and_sync(&buf, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFBIG), "{err}");
+        // The short part landed; nothing beyond the limit.
+        assert_eq!(f.size().unwrap(), 4096);
+        let mut back = vec![0u8; 4096];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back.iter().all(|&b| b == 7));
+        // SAFETY: restores the limits read above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &saved) }, 0);
+        f.write_at_and_sync(&buf, 0).unwrap();
+        assert_eq!(f.size().unwrap(), 8192);
+        println!("short write checked");
     }
 
     #[test]

@@ -51,7 +51,11 @@ impl LogSink for Arc<Wal> {
                 commit: hs.commit,
             }));
         }
-        self.append(records, move |r| {
+        // When the WAL is idle the raft core thread writes and fdatasyncs this batch itself and
+        // `done` runs before `append_inline` returns (no thread hand-off); when a flush is in
+        // flight it queues and returns. `done` only sends to the core's unbounded channel, so
+        // running it on the core thread cannot deadlock.
+        self.append_inline(records, move |r| {
             done(r.map(|_| ()).map_err(io::Error::other))
         });
     }

@@ -1,20 +1,22 @@
 //! The segment allocator: a background thread that keeps one zero-filled, synced segment file
-//! ready, so a segment switch on the WAL thread never waits for allocation or zeroing.
+//! ready, so a segment switch (by whichever thread leads the flush) never waits for allocation or zeroing.
 //!
 //! Steps for each file (crash cases in format.md, "Segment preparation"):
 //! 1. create `{k:016x}.wal.alloc`, `fallocate` the full segment size;
 //! 2. write zeros over all of it (so later writes land in already-written extents and their
-//!    fdatasync carries no extent-conversion metadata) and fdatasync;
-//! 3. rename it to `{k:016x}.wal.ready` and hand it over; wait until the WAL thread takes it,
+//!    fdatasync carries no extent-conversion metadata) and fdatasync — unless configured to
+//!    skip it once the WAL's recent flushes are large (see [`ZeroFill`]): the file is then only
+//!    fallocated (unwritten extents read as zeros, which is all replay needs);
+//! 3. rename it to `{k:016x}.wal.ready` and hand it over; wait until the writer takes it,
 //!    then start the next one.
 //!
 //! Both suffixes are deleted at open, so no step needs a directory sync: the directory entry
-//! that matters is the final segment name, which the WAL thread syncs at installation.
+//! that matters is the final segment name, which the writer syncs at installation.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, bounded};
@@ -38,14 +40,44 @@ pub(crate) struct Allocator {
 /// Bytes of zeros written per call while filling a segment.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// When to write zeros over a new segment: the writer feeds it the size of each flush, the
+/// allocator asks it before preparing each file.
+pub(crate) struct ZeroFill {
+    /// Zero-fill while the average flush is below this many bytes (`u64::MAX`: always).
+    below: u64,
+    /// Exponentially weighted average of flush sizes in bytes (weight 1/8 per flush).
+    avg: AtomicU64,
+}
+
+impl ZeroFill {
+    pub(crate) fn new(below: u64) -> ZeroFill {
+        ZeroFill {
+            below,
+            avg: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one flush of `bytes` (called by the flushing thread only).
+    pub(crate) fn on_flush(&self, bytes: u64) {
+        let avg = self.avg.load(Ordering::Relaxed);
+        let next = avg - avg / 8 + bytes / 8;
+        self.avg.store(next, Ordering::Relaxed);
+    }
+
+    fn wanted(&self) -> bool {
+        self.avg.load(Ordering::Relaxed) < self.below
+    }
+}
+
 impl Allocator {
     pub(crate) fn start(
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
         segment_size: u64,
         direct: bool,
+        zero_fill: Arc<ZeroFill>,
     ) -> io::Result<Allocator> {
-        // Rendezvous channel: one file is handed over only when the WAL thread asks, and the
+        // Rendezvous channel: one file is handed over only when the writer asks, and the
         // next is prepared right after, so exactly one spare exists ahead of need.
         let (tx, rx) = bounded(0);
         let stop = Arc::new(AtomicBool::new(false));
@@ -54,7 +86,8 @@ impl Allocator {
             .name("ringkv-wal-alloc".into())
             .spawn(move || {
                 for k in 0u64.. {
-                    let ready = prepare(&*vfs, &dir, k, segment_size, direct, &stop2);
+                    let zeros = zero_fill.wanted();
+                    let ready = prepare(&*vfs, &dir, k, segment_size, direct, zeros, &stop2);
                     let failed = ready.is_err();
                     if let Err(e) = &ready
                         && !stop2.load(Ordering::Acquire)
@@ -108,6 +141,7 @@ fn prepare(
     k: u64,
     size: u64,
     direct: bool,
+    zeros: bool,
     stop: &AtomicBool,
 ) -> io::Result<ReadySegment> {
     let alloc = dir.join(format!("{k:016x}{ALLOC_SUFFIX}"));
@@ -118,8 +152,8 @@ fn prepare(
     )?;
     file.set_len(0)?;
     file.allocate(0, size)?;
-    let zeros = AlignedBuf::zeroed(ZERO_CHUNK);
-    let mut off = 0;
+    let chunk = AlignedBuf::zeroed(if zeros { ZERO_CHUNK } else { 0 });
+    let mut off = if zeros { 0 } else { size };
     while off < size {
         if stop.load(Ordering::Acquire) {
             drop(file);
@@ -127,7 +161,7 @@ fn prepare(
             return Err(io::Error::other("WAL closing"));
         }
         let n = (size - off).min(ZERO_CHUNK as u64) as usize;
-        file.write_at(&zeros[..n], off)?;
+        file.write_at(&chunk[..n], off)?;
         off += n as u64;
     }
     file.sync_data()?;

@@ -1,5 +1,5 @@
 //! The write-ahead log: raft entries, hard states, snapshot markers and metadata, made durable
-//! by group commit on a dedicated thread.
+//! by group commit with a rotating leader (the appender that finds the WAL idle flushes).
 //!
 //! Layout on disk: segments `{seq:016x}-{index:016x}.wal` in one directory, each
 //! [`WalOptions::segment_size`] bytes, preallocated and zero-filled ahead of need by a
@@ -7,10 +7,22 @@
 //! threads and group commit: the WAL section of `engine/docs/design.md`.
 //!
 //! # Contract
-//! - [`Wal::append`] returns at once; its callback runs on the WAL thread after the fdatasync
-//!   that covers every record of the append returned (`Ok`), or with the error that prevented
-//!   it. Appends are written in the order they were called (per thread; across threads in the
-//!   order they reached the queue), each append's records contiguously.
+//! - [`Wal::append`] returns without doing I/O; its callback runs after the fdatasync that
+//!   covers every record of the append returned (`Ok`), or with the error that prevented it,
+//!   on the thread that performed that flush (the flush thread or a waiting appender).
+//!   [`Wal::append_inline`] is the same, except that when no flush is in flight the caller
+//!   performs it, and runs the callbacks of that flush (its own included) before returning.
+//!   [`Wal::enqueue`] / [`AppendTicket::wait`] (and [`Wal::append_wait`]) block the caller,
+//!   which may perform the flush itself. Callbacks must not wait for another append (that
+//!   panics); an `append_inline` from a callback is queued like an `append`. A callback that
+//!   panics does so on the delivering thread, after the other outcomes of its flush were
+//!   delivered; the WAL keeps working.
+//! - Appends are written in the order they were queued (per thread; across threads in the
+//!   order they reached the queue), each append's records contiguously; callbacks run and
+//!   tickets complete in that order.
+//! - A directory is used by one `Wal` at a time: `open` takes an exclusive `flock` on the
+//!   `LOCK` file in it and fails with [`WalError::Locked`] when another holder (another
+//!   process, or another `Wal` of this one) has it; `close` releases it.
 //! - A failed write or fdatasync is fatal: every append of that flush gets the error, every
 //!   later append gets [`WalError::Failed`]. Records of a failed flush may or may not be on disk
 //!   after a restart; records acknowledged `Ok` are.
@@ -22,6 +34,7 @@
 //!   a snapshot marker moves the next index to after the snapshot.
 
 mod alloc;
+mod commit;
 mod format;
 mod replay;
 mod writer;
@@ -35,12 +48,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Sender, bounded};
 
-use crate::io::Vfs;
+use crate::io::{FileLock, Vfs};
+
+pub use commit::AppendTicket;
 
 /// One raft log entry as the WAL stores it (the raft glue converts raft-rs's `Entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,7 +121,8 @@ pub struct FlushStats {
     pub ok: bool,
 }
 
-/// Metrics hook. Called on the WAL thread, so it must be quick (update counters/histograms).
+/// Metrics hook. Called by the thread that performed the flush (the flush thread or an appender
+/// leading it), before the flush's appends learn their outcome: it must be quick.
 pub trait WalMetrics: Send + Sync {
     fn on_flush(&self, stats: &FlushStats);
 }
@@ -122,14 +137,21 @@ pub struct WalOptions {
     /// Replay starts after this snapshot marker; (0, 0) replays everything. When the index is
     /// not 0 the WAL must hold a marker with this index and term.
     pub replay_from: SnapshotMark,
-    /// Pin the WAL thread to this CPU.
+    /// Pin the flush thread to this CPU.
     pub wal_cpu: Option<usize>,
-    /// Appends that may wait for the WAL thread before `append` blocks. Default 65536.
+    /// Queued appends (not yet taken by a flush) before appending blocks. Default 65536.
     pub queue_capacity: usize,
-    /// After a flush, the WAL thread polls the queue this long before it sleeps. Non-zero
-    /// trades CPU for latency: a closed-loop appender's next append is then picked up without
-    /// waking the thread. It never delays a flush. Default 0.
+    /// A waiting appender ([`AppendTicket::wait`]) polls for its outcome this long before it
+    /// parks. Non-zero trades CPU for the wake-up latency of a follower; it never delays a
+    /// flush. Default 0 (on 2 vCPUs the spinning thread competes with the flushing one).
     pub idle_spin: Duration,
+    /// New segments are zero-filled ahead of need while the WAL's recent flushes average below
+    /// this many bytes; above it they are only preallocated. Zero-filled files make small
+    /// flushes ~2× faster (no extent conversion at fdatasync) but cost a second write of every
+    /// byte. `u64::MAX`: always zero-fill; 0: never. Default `u64::MAX`: skipping the zeros
+    /// at 64 writers × 64 KiB did not raise throughput (BENCHMARKS.md, "zero-fill"), whose
+    /// limit is one 2 MiB write+fdatasync at a time.
+    pub zero_fill_below: u64,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -142,6 +164,7 @@ impl Default for WalOptions {
             wal_cpu: None,
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
+            zero_fill_below: u64::MAX,
             metrics: None,
         }
     }
@@ -156,6 +179,7 @@ impl fmt::Debug for WalOptions {
             .field("wal_cpu", &self.wal_cpu)
             .field("queue_capacity", &self.queue_capacity)
             .field("idle_spin", &self.idle_spin)
+            .field("zero_fill_below", &self.zero_fill_below)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -207,6 +231,13 @@ pub enum WalError {
         expected: u64,
         found: u64,
     },
+    /// Another `Wal` (in this or another process) has the directory open.
+    #[error(
+        "WAL directory {} is in use: {} is locked by another process (or another open WAL); fileutil: file already locked",
+        dir.display(),
+        lock.display()
+    )]
+    Locked { dir: PathBuf, lock: PathBuf },
     /// The caller asked for something the WAL must refuse; nothing was written.
     #[error("invalid WAL append: {0}")]
     InvalidAppend(String),
@@ -243,23 +274,18 @@ impl WalError {
     pub fn is_caller_mistake(&self) -> bool {
         matches!(
             self,
-            WalError::InvalidAppend(_) | WalError::InvalidOptions(_) | WalError::Closed
+            WalError::InvalidAppend(_)
+                | WalError::InvalidOptions(_)
+                | WalError::Closed
+                | WalError::Locked { .. }
         )
     }
 }
 
 type Done = Box<dyn FnOnce(Result<AppendInfo, WalError>) + Send>;
 
-struct AppendRequest {
-    records: Vec<Record>,
-    done: Done,
-    enqueued: Instant,
-}
-
-enum Msg {
-    Append(AppendRequest),
-    Close,
-}
+/// Name of the lock file in the WAL directory.
+pub const LOCK_FILE: &str = "LOCK";
 
 /// A segment on disk, as listed in [`Shared::segments`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,11 +295,11 @@ pub(crate) struct SegmentInfo {
     pub path: PathBuf,
 }
 
-/// State shared by the handle and the WAL thread.
+/// State shared by the handle, the group-commit core and the writer.
 pub(crate) struct Shared {
     pub vfs: Arc<dyn Vfs>,
     pub dir: PathBuf,
-    /// Segments on disk, oldest first. The WAL thread pushes at a segment switch;
+    /// Segments on disk, oldest first. The writer pushes at a segment switch;
     /// `purge_below` removes from the front. Never empty.
     pub segments: Mutex<Vec<SegmentInfo>>,
     /// Set once, by the first failed write or fdatasync.
@@ -283,9 +309,25 @@ pub(crate) struct Shared {
 /// The write-ahead log. `Send + Sync`: share it (e.g. in an `Arc`) between appenders.
 pub struct Wal {
     shared: Arc<Shared>,
-    tx: Sender<Msg>,
+    core: Arc<commit::Core>,
     closed: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The directory lock when `open` took it; released by `close`.
+    lock: Mutex<Option<WalDirLock>>,
+}
+
+/// The exclusive lock of a WAL directory ([`Wal::lock_dir`]); released when dropped.
+pub struct WalDirLock {
+    dir: PathBuf,
+    _lock: FileLock,
+}
+
+impl fmt::Debug for WalDirLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalDirLock")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for Wal {
@@ -298,12 +340,50 @@ impl fmt::Debug for Wal {
 
 impl Wal {
     /// Opens (or creates) the WAL in `dir`, replays it from `opts.replay_from`, cuts a torn
-    /// tail of the last segment, and starts the WAL and allocator threads.
+    /// tail of the last segment, and starts the flush and allocator threads. Fails with
+    /// [`WalError::Locked`] if another `Wal` has `dir` open.
     pub fn open(
         vfs: Arc<dyn Vfs>,
         dir: &Path,
         opts: WalOptions,
     ) -> Result<(Wal, Replay), WalError> {
+        Self::check_options(&opts)?;
+        let lock = Self::lock_dir(&vfs, dir)?;
+        Self::open_inner(vfs, dir, opts, Some(lock))
+    }
+
+    /// Takes the exclusive lock of WAL directory `dir` (creating it if missing), for a caller
+    /// that must exclude other processes before it touches anything else of its data
+    /// directory; then [`Wal::open_locked`]. Fails with [`WalError::Locked`] if it is held.
+    pub fn lock_dir(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<WalDirLock, WalError> {
+        vfs.create_dir_all(dir)
+            .map_err(|e| WalError::io("create directory", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        match vfs.lock_file(&lock_path) {
+            Ok(lock) => Ok(WalDirLock {
+                dir: dir.to_path_buf(),
+                _lock: lock,
+            }),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(WalError::Locked {
+                dir: dir.to_path_buf(),
+                lock: lock_path,
+            }),
+            Err(e) => Err(WalError::io("lock", &lock_path, e)),
+        }
+    }
+
+    /// [`Wal::open`] in a directory the caller locked with [`Wal::lock_dir`]. The caller keeps
+    /// the lock for as long as the `Wal` is open (it may open it again after a failed open).
+    pub fn open_locked(
+        vfs: Arc<dyn Vfs>,
+        lock: &WalDirLock,
+        opts: WalOptions,
+    ) -> Result<(Wal, Replay), WalError> {
+        Self::check_options(&opts)?;
+        Self::open_inner(vfs, &lock.dir, opts, None)
+    }
+
+    fn check_options(opts: &WalOptions) -> Result<(), WalError> {
         if !opts
             .segment_size
             .is_multiple_of(crate::io::DIRECT_ALIGN as u64)
@@ -319,6 +399,15 @@ impl Wal {
                 "queue_capacity must be > 0".into(),
             ));
         }
+        Ok(())
+    }
+
+    fn open_inner(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        opts: WalOptions,
+        lock: Option<WalDirLock>,
+    ) -> Result<(Wal, Replay), WalError> {
         let opened = replay::open(&vfs, dir, &opts)?;
         let shared = Arc::new(Shared {
             vfs: vfs.clone(),
@@ -326,33 +415,40 @@ impl Wal {
             segments: Mutex::new(opened.segments.clone()),
             failure: OnceLock::new(),
         });
-        let (tx, rx) = bounded(opts.queue_capacity);
         let writer = writer::Writer::new(shared.clone(), &opts, opened.tail)?;
+        let core = Arc::new(commit::Core::new(
+            shared.clone(),
+            writer,
+            opts.queue_capacity,
+            opts.idle_spin,
+        ));
         let cpu = opts.wal_cpu;
+        let core2 = core.clone();
         let thread = std::thread::Builder::new()
             .name("ringkv-wal".into())
             .spawn(move || {
                 if let Some(cpu) = cpu
                     && let Err(e) = crate::io::pin_current_thread(cpu)
                 {
-                    tracing::warn!("could not pin the WAL thread to CPU {cpu}: {e}");
+                    tracing::warn!("could not pin the WAL flush thread to CPU {cpu}: {e}");
                 }
-                writer.run(rx)
+                core2.run_flush_thread()
             })
             .map_err(|e| WalError::io("spawn WAL thread", dir, e))?;
         Ok((
             Wal {
                 shared,
-                tx,
+                core,
                 closed: AtomicBool::new(false),
                 thread: Mutex::new(Some(thread)),
+                lock: Mutex::new(lock),
             },
             opened.replay,
         ))
     }
 
-    /// Queues `records` and returns; `done` runs on the WAL thread once they are durable (or
-    /// failed). Blocks only while the queue is full.
+    /// Queues `records` and returns without doing I/O; `done` runs once they are durable (or
+    /// failed), on the thread that flushed them. Blocks only while the queue is full.
     pub fn append(
         &self,
         records: Vec<Record>,
@@ -361,29 +457,35 @@ impl Wal {
         if self.closed.load(Ordering::Acquire) {
             return done(Err(WalError::Closed));
         }
-        if let Some(cause) = self.shared.failure.get() {
-            return done(Err(WalError::Failed(cause.clone())));
-        }
-        let req = AppendRequest {
-            records,
-            done: Box::new(done),
-            enqueued: Instant::now(),
-        };
-        if let Err(e) = self.tx.send(Msg::Append(req)) {
-            // The WAL thread is gone (closed concurrently).
-            if let Msg::Append(req) = e.into_inner() {
-                (req.done)(Err(WalError::Closed));
-            }
-        }
+        self.core.append_callback(records, Box::new(done), false);
     }
 
-    /// [`Wal::append`] and wait for the outcome.
+    /// Like [`Wal::append`], but when no flush is in flight the calling thread performs it
+    /// (write + fdatasync) and runs that flush's callbacks, `done` included, before returning;
+    /// otherwise it queues and returns at once. For a single appender that must not block on
+    /// others' flushes but wants no thread hand-off when the WAL is idle (the raft core). The
+    /// caller must hold no lock that a callback of another append could need.
+    pub fn append_inline(
+        &self,
+        records: Vec<Record>,
+        done: impl FnOnce(Result<AppendInfo, WalError>) + Send + 'static,
+    ) {
+        if self.closed.load(Ordering::Acquire) {
+            return done(Err(WalError::Closed));
+        }
+        self.core.append_callback(records, Box::new(done), true);
+    }
+
+    /// Queues `records` and returns a ticket to wait for their durability with. Queue order is
+    /// write order: enqueue under a lock to order appends across threads, wait outside it.
+    pub fn enqueue(&self, records: Vec<Record>) -> AppendTicket {
+        self.core.enqueue(records)
+    }
+
+    /// Appends and waits for the outcome. If no flush is in flight, the calling thread
+    /// performs it (no thread hand-off); otherwise it waits and may lead the next one.
     pub fn append_wait(&self, records: Vec<Record>) -> Result<AppendInfo, WalError> {
-        let (tx, rx) = bounded(1);
-        self.append(records, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.recv().unwrap_or(Err(WalError::Closed))
+        self.enqueue(records).wait()
     }
 
     /// Removes segments whose every entry is below `index` (never the newest segment), oldest
@@ -425,12 +527,14 @@ impl Wal {
         self.closed.store(true, Ordering::Release);
         let handle = self.thread.lock().expect("thread handle lock").take();
         if let Some(handle) = handle {
-            let _ = self.tx.send(Msg::Close);
-            if handle.join().is_err() {
+            self.core.close();
+            let joined = handle.join();
+            self.lock.lock().expect("lock file handle lock").take();
+            if joined.is_err() {
                 return Err(WalError::io(
-                    "join WAL thread",
+                    "join WAL flush thread",
                     &self.shared.dir,
-                    io::Error::other("the WAL thread panicked"),
+                    io::Error::other("the WAL flush thread panicked"),
                 ));
             }
         }

@@ -23,8 +23,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::format::{
-    ALLOC_SUFFIX, Decoded, READY_SUFFIX, RECORD_ALIGN, SEGMENT_HEADER_LEN, crc_seed, decode_header,
-    decode_record, parse_segment_name,
+    ALLOC_SUFFIX, Decoded, LEN_OFFSET, READY_SUFFIX, RECORD_ALIGN, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN, crc_seed, decode_header, decode_record, get_u32, parse_segment_name,
 };
 use super::{HardState, Record, Replay, SegmentInfo, SnapshotMark, WalError, WalOptions};
 use crate::io::{AlignedBuf, DIRECT_ALIGN, File, OpenOptions, Vfs, align_up};
@@ -178,17 +178,90 @@ pub(crate) fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<SegmentInfo
     Ok(segs)
 }
 
-fn read_whole(vfs: &dyn Vfs, path: &Path) -> Result<Vec<u8>, WalError> {
-    let file = vfs
-        .open(path, OpenOptions::read_only())
-        .map_err(|e| WalError::io("open segment", path, e))?;
-    let size = file
-        .size()
-        .map_err(|e| WalError::io("stat segment", path, e))?;
-    let mut data = vec![0u8; size as usize];
-    file.read_exact_at(&mut data, 0)
-        .map_err(|e| WalError::io("read segment", path, e))?;
-    Ok(data)
+/// Bytes read per refill of a [`Window`] (more when one frame is larger).
+const WINDOW_CHUNK: usize = 1 << 20;
+
+/// A segment read through a window that only moves forward: replay holds one chunk (or one
+/// frame, if larger) of a segment in memory, never the whole segment.
+///
+/// Invariant relied on by [`Window::frame`]: the slice handed to `decode_record` either holds
+/// the whole frame at `pos` or ends exactly at the end of the file, so `decode_record` sees
+/// "end of data" only where the file really ends.
+struct Window {
+    file: Arc<dyn File>,
+    path: std::path::PathBuf,
+    size: u64,
+    /// File offset of `buf[0]`.
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    fn open(vfs: &dyn Vfs, path: &Path) -> Result<Window, WalError> {
+        let file = vfs
+            .open(path, OpenOptions::read_only())
+            .map_err(|e| WalError::io("open segment", path, e))?;
+        let size = file
+            .size()
+            .map_err(|e| WalError::io("stat segment", path, e))?;
+        Ok(Window {
+            file,
+            path: path.to_path_buf(),
+            size,
+            base: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Makes `[pos, pos + len)`, cut at the end of the file, readable; returns the buffer and
+    /// the index of `pos` in it. Refills read forward from `pos`.
+    fn view(&mut self, pos: u64, len: usize) -> Result<(&[u8], usize), WalError> {
+        let pos = pos.min(self.size);
+        let end = pos.saturating_add(len as u64).min(self.size);
+        let have = self.base + self.buf.len() as u64;
+        if pos < self.base || end > have {
+            let avail = (self.size - pos) as usize;
+            let want = ((end - pos) as usize).max(WINDOW_CHUNK).min(avail);
+            self.buf.clear();
+            self.buf.resize(want, 0);
+            self.file
+                .read_exact_at(&mut self.buf, pos)
+                .map_err(|e| WalError::io("read segment", &self.path, e))?;
+            self.base = pos;
+        }
+        Ok((&self.buf, (pos - self.base) as usize))
+    }
+
+    /// Decodes the frame at `pos` (see the invariant above).
+    fn frame(&mut self, pos: u64, seed: u32) -> Result<Decoded, WalError> {
+        let (buf, i) = self.view(pos, RECORD_HEADER_LEN)?;
+        let len = match buf.get(i..i + RECORD_HEADER_LEN) {
+            Some(head) => get_u32(head, LEN_OFFSET) as usize,
+            None => 0,
+        };
+        let framed = (RECORD_HEADER_LEN + len).next_multiple_of(RECORD_ALIGN);
+        let (buf, i) = self.view(pos, framed)?;
+        Ok(decode_record(buf, i, seed))
+    }
+
+    /// Offset just after the last non-zero byte of the file (0 if it is all zeros), read
+    /// backwards in chunks.
+    fn nonzero_end(&mut self) -> Result<u64, WalError> {
+        let mut end = self.size;
+        let mut chunk = vec![0u8; WINDOW_CHUNK];
+        while end > 0 {
+            let start = end.saturating_sub(WINDOW_CHUNK as u64);
+            let part = &mut chunk[..(end - start) as usize];
+            self.file
+                .read_exact_at(part, start)
+                .map_err(|e| WalError::io("read segment", &self.path, e))?;
+            if let Some(p) = part.iter().rposition(|&b| b != 0) {
+                return Ok(start + p as u64 + 1);
+            }
+            end = start;
+        }
+        Ok(0)
+    }
 }
 
 /// Where the records of one segment ended.
@@ -197,20 +270,28 @@ struct SegmentEnd {
     end: u64,
     /// Flush id of the last valid record (or of the header if there is none).
     last_flush: u32,
+    /// The segment's size in bytes.
+    size: u64,
+    /// Newest segment only: offset just after its last non-zero byte.
+    nonzero_end: u64,
 }
 
 fn scan_segment(
-    data: &[u8],
+    vfs: &dyn Vfs,
     seg: &SegmentInfo,
     is_last: bool,
     replayer: &mut Replayer,
 ) -> Result<SegmentEnd, WalError> {
-    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+    let corrupt = |offset: u64, reason: String| WalError::Corrupt {
         path: seg.path.clone(),
-        offset: offset as u64,
+        offset,
         reason,
     };
-    let header = decode_header(data).map_err(|r| corrupt(0, r))?;
+    let mut w = Window::open(vfs, &seg.path)?;
+    let header = {
+        let (buf, _) = w.view(0, SEGMENT_HEADER_LEN)?;
+        decode_header(buf).map_err(|r| corrupt(0, r))?
+    };
     if (header.seq, header.first_index) != (seg.seq, seg.first_index) {
         return Err(corrupt(
             0,
@@ -221,14 +302,14 @@ fn scan_segment(
         ));
     }
     let seed = crc_seed(seg.seq);
-    let mut pos = SEGMENT_HEADER_LEN;
+    let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut last_flush = header.flush;
     let why = loop {
-        match decode_record(data, pos, seed) {
+        match w.frame(pos, seed)? {
             Decoded::Record { record, flush, len } => {
-                replayer.apply(record, &seg.path, pos as u64)?;
+                replayer.apply(record, &seg.path, pos)?;
                 last_flush = flush;
-                pos += len;
+                pos += len as u64;
             }
             Decoded::End => break None,
             Decoded::Invalid(reason) => break Some(reason),
@@ -239,15 +320,17 @@ fn scan_segment(
             return Err(corrupt(pos, reason));
         }
         return Ok(SegmentEnd {
-            end: pos as u64,
+            end: pos,
             last_flush,
+            size: w.size,
+            nonzero_end: 0,
         });
     }
     // The newest segment: bytes after `pos` are a torn tail unless a later flush follows.
-    let garbage_end = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-    let mut probe = pos + RECORD_ALIGN;
+    let garbage_end = w.nonzero_end()?;
+    let mut probe = pos + RECORD_ALIGN as u64;
     while probe < garbage_end {
-        if let Decoded::Record { flush, .. } = decode_record(data, probe, seed)
+        if let Decoded::Record { flush, .. } = w.frame(probe, seed)?
             && flush != last_flush
             && flush != last_flush.wrapping_add(1)
         {
@@ -259,11 +342,13 @@ fn scan_segment(
                 ),
             ));
         }
-        probe += RECORD_ALIGN;
+        probe += RECORD_ALIGN as u64;
     }
     Ok(SegmentEnd {
-        end: pos as u64,
+        end: pos,
         last_flush,
+        size: w.size,
+        nonzero_end: garbage_end,
     })
 }
 
@@ -297,15 +382,10 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
         .rposition(|s| s.first_index <= from.index)
         .unwrap_or(0);
     let mut replayer = Replayer::new(from, segments[start].first_index);
-    let mut last_data = Vec::new();
     let mut end = None;
     for seg in &segments[start..] {
         let is_last = seg.seq == last.seq;
-        let data = read_whole(&**vfs, &seg.path)?;
-        end = Some(scan_segment(&data, seg, is_last, &mut replayer)?);
-        if is_last {
-            last_data = data;
-        }
+        end = Some(scan_segment(&**vfs, seg, is_last, &mut replayer)?);
     }
     let end = end.expect("at least the newest segment was scanned");
     let next_index = replayer.next_index;
@@ -314,18 +394,23 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
     let file = vfs
         .open(&last.path, OpenOptions::read_write().direct(opts.direct))
         .map_err(|e| WalError::io("open segment", &last.path, e))?;
-    let size = last_data.len() as u64;
+    let size = end.size;
     let capacity = size.max(opts.segment_size);
     if size < capacity {
         file.allocate(0, capacity)
             .map_err(|e| WalError::io("allocate segment", &last.path, e))?;
     }
     let block_start = end.end & !(DIRECT_ALIGN as u64 - 1);
-    let tail = last_data[block_start as usize..end.end as usize].to_vec();
-    let garbage_end = last_data
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |p| p as u64 + 1);
+    let mut tail = vec![0u8; (end.end - block_start) as usize];
+    {
+        let reader = vfs
+            .open(&last.path, OpenOptions::read_only())
+            .map_err(|e| WalError::io("open segment", &last.path, e))?;
+        reader
+            .read_exact_at(&mut tail, block_start)
+            .map_err(|e| WalError::io("read segment", &last.path, e))?;
+    }
+    let garbage_end = end.nonzero_end;
     if garbage_end > end.end {
         tracing::warn!(
             "WAL: cutting a torn tail of {}: {} bytes after offset {}",

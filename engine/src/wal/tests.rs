@@ -197,10 +197,12 @@ fn appends_continue_after_reopen_across_many_segments() {
             }
         }
         wal.close().unwrap();
-        // No leftover allocator files after close.
+        // No leftover allocator files after close (the lock file stays, unlocked).
         let names: Vec<OsString> = vfs.list_dir(dir).unwrap();
         assert!(
-            names.iter().all(|n| n.to_str().unwrap().ends_with(".wal")),
+            names
+                .iter()
+                .all(|n| n.to_str().unwrap().ends_with(".wal") || n == LOCK_FILE),
             "{names:?}"
         );
     }
@@ -473,6 +475,13 @@ struct Ctl {
     waiting: AtomicUsize,
     calls: AtomicUsize,
     fail_from: AtomicUsize,
+    /// Name of the thread of each `write_at_and_sync` (unnamed: its id).
+    flushers: Mutex<Vec<String>>,
+    /// Largest single `read_at`.
+    max_read: AtomicUsize,
+    /// Bytes written by plain `write_at` (the allocator's zero-fill; flushes use
+    /// `write_at_and_sync`).
+    plain_written: AtomicUsize,
 }
 
 impl Ctl {
@@ -506,9 +515,13 @@ struct TestFile {
 
 impl File for TestFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.ctl.max_read.fetch_max(buf.len(), Ordering::SeqCst);
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.ctl
+            .plain_written
+            .fetch_add(buf.len(), Ordering::SeqCst);
         self.inner.write_at(buf, offset)
     }
     fn write_at_and_sync(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -520,6 +533,11 @@ impl File for TestFile {
             }
             self.ctl.waiting.fetch_sub(1, Ordering::SeqCst);
         }
+        let me = std::thread::current();
+        let name = me
+            .name()
+            .map_or_else(|| format!("{:?}", me.id()), str::to_owned);
+        self.ctl.flushers.lock().unwrap().push(name);
         let call = self.ctl.calls.fetch_add(1, Ordering::SeqCst);
         if call >= self.ctl.fail_from.load(Ordering::SeqCst) {
             self.inner.write_at(buf, offset)?;
@@ -571,6 +589,9 @@ impl Vfs for TestVfs {
     }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         self.inner.sync_dir(path)
+    }
+    fn lock_file(&self, path: &Path) -> io::Result<crate::io::FileLock> {
+        self.inner.lock_file(path)
     }
 }
 
@@ -695,7 +716,7 @@ fn fdatasync_eio_fails_every_waiter_and_refuses_later_appends() {
 }
 
 /// Power-cut property test: concurrent appenders, a power cut at a random operation (of the
-/// WAL thread or the allocator), a crash image of one of three kinds, reopen. Every
+/// flushing thread or the allocator), a crash image of one of three kinds, reopen. Every
 /// acknowledged entry must be there; entries are contiguous from 1 (nothing after a hole) and
 /// carry the data written for their index.
 #[test]
@@ -917,5 +938,616 @@ fn after_an_fdatasync_eio_a_power_cut_keeps_exactly_the_acknowledged_appends() {
     let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(CrashMode::LoseUnsynced));
     let (wal, replay) = Wal::open(image, dir, opts()).unwrap();
     assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
+    wal.close().unwrap();
+}
+
+// ---- Group commit with a rotating leader (commit.rs) ----
+
+fn gated(inner: Arc<dyn Vfs>) -> (Arc<dyn Vfs>, Arc<Ctl>) {
+    let ctl = Ctl::new();
+    let vfs: Arc<dyn Vfs> = Arc::new(TestVfs {
+        inner,
+        ctl: ctl.clone(),
+    });
+    (vfs, ctl)
+}
+
+fn last_flusher(ctl: &Ctl) -> String {
+    ctl.flushers.lock().unwrap().last().cloned().unwrap()
+}
+
+fn this_thread() -> String {
+    let me = std::thread::current();
+    me.name()
+        .map_or_else(|| format!("{:?}", me.id()), str::to_owned)
+}
+
+#[test]
+fn an_idle_wal_is_flushed_by_the_appending_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    // append_wait: the caller writes and fdatasyncs (no hand-off).
+    wal.append_wait(vec![entry(1, 1)]).unwrap();
+    assert_eq!(last_flusher(&ctl), this_thread());
+    // append_inline: the caller flushes and runs the callback before returning.
+    let (tx, rx) = unbounded();
+    append_inline(&wal, 2, vec![entry(2, 1)], &tx);
+    let (id, r) = rx
+        .try_recv()
+        .expect("callback ran before append_inline returned");
+    assert_eq!(id, 2);
+    r.unwrap();
+    assert_eq!(last_flusher(&ctl), this_thread());
+    // append: never does I/O on the caller; the flush thread does it.
+    append_async(&wal, 3, vec![entry(3, 1)], &tx);
+    rx.recv().unwrap().1.unwrap();
+    assert_eq!(last_flusher(&ctl), "ringkv-wal");
+    assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 3);
+    wal.close().unwrap();
+}
+
+fn append_inline(wal: &Wal, id: u64, recs: Vec<Record>, tx: &crossbeam_channel::Sender<Outcome>) {
+    let tx = tx.clone();
+    wal.append_inline(recs, move |r| {
+        let _ = tx.send((id, r));
+    });
+}
+
+/// A leader's flush is held at the gate; appends queued meanwhile (waiting tickets on their own
+/// threads, a callback append, an inline append) form the next batch, which one of the waiting
+/// threads performs.
+#[test]
+fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let metrics = Arc::new(RecordingMetrics::default());
+    let o = WalOptions {
+        metrics: Some(metrics.clone()),
+        ..opts()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
+    let wal = Arc::new(wal);
+    metrics.0.lock().unwrap().clear();
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::Builder::new()
+            .name("leader".into())
+            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
+            .unwrap()
+    };
+    ctl.wait_for_blocked_flush();
+    let (tx, rx) = unbounded();
+    let mut followers = Vec::new();
+    for i in 2..=7u64 {
+        let ticket = wal.enqueue(vec![entry(i, 1)]);
+        followers.push(
+            std::thread::Builder::new()
+                .name(format!("follower-{i}"))
+                .spawn(move || ticket.wait())
+                .unwrap(),
+        );
+    }
+    append_async(&wal, 8, vec![entry(8, 1)], &tx);
+    // A flush is in flight: the inline append queues and returns without its callback.
+    append_inline(&wal, 9, vec![entry(9, 1)], &tx);
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing acknowledged before its fdatasync"
+    );
+    ctl.open_gate();
+    let first = leader.join().unwrap().unwrap();
+    assert_eq!((first.flush_appends, first.flush_records), (1, 1));
+    for f in followers {
+        let info = f.join().unwrap().unwrap();
+        assert_eq!((info.flush_appends, info.flush_records), (8, 8));
+    }
+    let mut got: Vec<Outcome> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    got.sort_by_key(|(id, _)| *id);
+    for (_, r) in got {
+        assert_eq!(r.unwrap().flush_appends, 8);
+    }
+    let flushers = ctl.flushers.lock().unwrap().clone();
+    assert_eq!(flushers[flushers.len() - 2], "leader");
+    let second = &flushers[flushers.len() - 1];
+    assert!(
+        second.starts_with("follower-"),
+        "the second batch is flushed by a waiting appender, not {second}"
+    );
+    let per_flush: Vec<(usize, usize)> = metrics
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| (f.appends, f.records))
+        .collect();
+    assert_eq!(per_flush, vec![(1, 1), (8, 8)]);
+    wal.close().unwrap();
+    let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    assert_eq!(indexes(&replay), (1..=9).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
+
+/// Three outcomes of a failed fdatasync under a rotating leader: the failing flush's appends get
+/// the I/O error wherever they wait, appends queued behind it get `Failed` without any I/O,
+/// and nothing is retried.
+fn fail_under_leader(fail_leaders_flush: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    wal.append_wait(vec![entry(1, 1)]).unwrap();
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append_wait(vec![entry(2, 1)]))
+    };
+    ctl.wait_for_blocked_flush();
+    let (tx, rx) = unbounded();
+    let mut followers = Vec::new();
+    for i in 3..=6u64 {
+        let ticket = wal.enqueue(vec![entry(i, 1)]);
+        followers.push(std::thread::spawn(move || ticket.wait()));
+    }
+    append_async(&wal, 7, vec![entry(7, 1)], &tx);
+    // The held flush is counted once it passes the gate: it is call number `calls`.
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    let fail_from = if fail_leaders_flush { calls } else { calls + 1 };
+    ctl.fail_from.store(fail_from, Ordering::SeqCst);
+    ctl.open_gate();
+    let lead = leader.join().unwrap();
+    let mut rest: Vec<Result<AppendInfo, WalError>> =
+        followers.into_iter().map(|f| f.join().unwrap()).collect();
+    rest.push(rx.recv().unwrap().1);
+    if fail_leaders_flush {
+        let err = lead.unwrap_err();
+        assert!(err.to_string().contains("os error 5"), "{err}");
+        for r in &rest {
+            let err = r.as_ref().unwrap_err();
+            assert!(matches!(err, WalError::Failed(_)), "{err}");
+        }
+        // The queued appends were refused without I/O.
+        assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 1);
+    } else {
+        lead.unwrap();
+        for r in &rest {
+            let err = r.as_ref().unwrap_err();
+            assert!(matches!(err, WalError::Io { .. }), "{err}");
+            assert!(err.to_string().contains("os error 5"), "{err}");
+        }
+        assert_eq!(ctl.calls.load(Ordering::SeqCst), calls + 2);
+    }
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    let err = wal.append_wait(vec![entry(8, 1)]).unwrap_err();
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    append_inline(&wal, 9, vec![entry(9, 1)], &tx);
+    let err = rx.try_recv().unwrap().1.unwrap_err();
+    assert!(matches!(err, WalError::Failed(_)), "{err}");
+    assert_eq!(
+        ctl.calls.load(Ordering::SeqCst),
+        calls,
+        "the fdatasync is never retried"
+    );
+    assert!(matches!(wal.close(), Err(WalError::Failed(_))));
+    drop(wal);
+    let (wal, replay) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), opts()).unwrap();
+    let want: &[u64] = if fail_leaders_flush { &[1] } else { &[1, 2] };
+    assert!(indexes(&replay).starts_with(want), "{:?}", indexes(&replay));
+    wal.close().unwrap();
+}
+
+#[test]
+fn a_failed_fdatasync_of_a_follower_led_flush_fails_its_appends_and_refuses_later_ones() {
+    fail_under_leader(false);
+}
+
+#[test]
+fn a_failed_fdatasync_of_the_leader_fails_everything_queued_behind_it_without_io() {
+    fail_under_leader(true);
+}
+
+/// How a thread of the concurrency tests appends.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    Wait,
+    Callback,
+    Inline,
+}
+
+/// Runs `threads` appenders, each `per_thread` appends of 1–3 entries in a mode chosen per
+/// append; indexes are assigned and queued under one lock. Returns the acknowledged last
+/// indexes and the order in which callbacks ran. An append that fails stops its thread.
+fn concurrent_appends(
+    wal: &Arc<Wal>,
+    threads: u64,
+    per_thread: usize,
+    seed: u64,
+) -> (Vec<u64>, Vec<u64>) {
+    let next = Arc::new(Mutex::new(1u64));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let callback_order = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (wal, next, acked, order) = (
+                wal.clone(),
+                next.clone(),
+                acked.clone(),
+                callback_order.clone(),
+            );
+            let mut rng = StdRng::seed_from_u64(seed * 64 + t);
+            std::thread::spawn(move || {
+                for _ in 0..per_thread {
+                    let n = rng.random_range(1..=3u64);
+                    let mode = [Mode::Wait, Mode::Callback, Mode::Inline][rng.random_range(0..3)];
+                    let mut next = next.lock().unwrap();
+                    let first = *next;
+                    *next += n;
+                    let last = first + n - 1;
+                    let recs = (first..=last).map(|i| entry(i, 1)).collect();
+                    let result = match mode {
+                        Mode::Wait => {
+                            let ticket = wal.enqueue(recs);
+                            drop(next);
+                            ticket.wait()
+                        }
+                        Mode::Callback | Mode::Inline => {
+                            let (tx, rx) = crossbeam_channel::bounded(1);
+                            let order = order.clone();
+                            let done = move |r: Result<AppendInfo, WalError>| {
+                                if r.is_ok() {
+                                    order.lock().unwrap().push(last);
+                                }
+                                let _ = tx.send(r);
+                            };
+                            if matches!(mode, Mode::Callback) {
+                                wal.append(recs, done);
+                                drop(next);
+                            } else {
+                                // Inline may flush here: the index lock must not be held, so
+                                // take it back only for queue order (appended under it).
+                                wal.append_inline(recs, done);
+                                drop(next);
+                            }
+                            rx.recv().unwrap()
+                        }
+                    };
+                    match result {
+                        Ok(_) => acked.lock().unwrap().push(last),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let order = callback_order.lock().unwrap().clone();
+    (acked, order)
+}
+
+#[test]
+fn many_threads_in_every_mode_all_replayed_and_callbacks_in_order() {
+    for vfs in real_vfses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _) = open(&vfs, tmp.path());
+        let wal = Arc::new(wal);
+        let (acked, order) = concurrent_appends(&wal, 8, 40, 7);
+        assert_eq!(acked.len(), 8 * 40);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, sorted, "callbacks run in append order");
+        let max = acked.iter().copied().max().unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, tmp.path());
+        assert_eq!(indexes(&replay), (1..=max).collect::<Vec<_>>());
+        for e in &replay.entries {
+            assert_eq!(e, &log_entry(e.index, 1));
+        }
+        wal.close().unwrap();
+    }
+}
+
+/// Power-cut property test for the rotating leader: appenders in all three modes, a power cut
+/// at a random operation, reopen from a crash image: every acknowledged entry is there,
+/// contiguous from 1.
+#[test]
+fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
+    for case in 0..60u64 {
+        let seed = 0x1ead_0000 + case;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let fault = FaultVfs::new();
+        let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
+        let dir = Path::new("/data/member/wal");
+        let (wal, _) = open(&vfs, dir);
+        let cut_after = rng.random_range(0..300);
+        fault.fail_at(fault.ops() + cut_after, Fault::PowerCut);
+        let wal = Arc::new(wal);
+        let (acked, _) = concurrent_appends(&wal, 6, 30, seed);
+        let _ = wal.close();
+        let mode = match rng.random_range(0..3) {
+            0 => CrashMode::LoseUnsynced,
+            1 => CrashMode::TornLastWrite {
+                keep: rng.random_range(0..8192),
+            },
+            _ => CrashMode::RandomSectors { seed },
+        };
+        let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(mode));
+        let (wal2, replay) = Wal::open(image, dir, opts())
+            .unwrap_or_else(|e| panic!("case {case} ({mode:?}, cut after {cut_after}): {e}"));
+        let max_acked = acked.iter().copied().max().unwrap_or(0);
+        let got = indexes(&replay);
+        assert_eq!(
+            got,
+            (1..=got.len() as u64).collect::<Vec<_>>(),
+            "case {case}"
+        );
+        assert!(
+            got.len() as u64 >= max_acked,
+            "case {case} ({mode:?}): acknowledged up to {max_acked}, replayed {}",
+            got.len()
+        );
+        for e in &replay.entries {
+            assert_eq!(e, &log_entry(e.index, 1), "case {case}");
+        }
+        wal2.close().unwrap();
+    }
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_fails_naming_the_lock_even_under_lock_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fault: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
+    let cases: Vec<(Arc<dyn Vfs>, PathBuf)> = vec![
+        (Arc::new(StdVfs::new()), tmp.path().join("wal")),
+        (
+            Arc::new(UringVfs::new().unwrap()),
+            tmp.path().join("wal-uring"),
+        ),
+        (fault, PathBuf::from("/data/wal")),
+    ];
+    for (vfs, dir) in cases {
+        let (wal, _) = open(&vfs, &dir);
+        wal.append_wait(vec![entry(1, 1)]).unwrap();
+        let err = Wal::open(vfs.clone(), &dir, opts()).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err}");
+        assert!(err.is_caller_mistake());
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&dir.join(LOCK_FILE).display().to_string())
+                && msg.contains("file already locked"),
+            "{msg}"
+        );
+        // The refused open changed nothing: the first WAL keeps working.
+        wal.append_wait(vec![entry(2, 1)]).unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, &dir);
+        assert_eq!(indexes(&replay), vec![1, 2]);
+        drop(wal);
+        // Dropping without close releases the lock too.
+        let (wal, _) = open(&vfs, &dir);
+        wal.close().unwrap();
+        // A caller may take the lock first (before touching the rest of its data directory):
+        // it then excludes every other opener, and opens the WAL under it, even twice.
+        let lock = Wal::lock_dir(&vfs, &dir).unwrap();
+        let err = Wal::open(vfs.clone(), &dir, opts()).unwrap_err();
+        assert!(matches!(err, WalError::Locked { .. }), "{err}");
+        assert!(matches!(
+            Wal::lock_dir(&vfs, &dir),
+            Err(WalError::Locked { .. })
+        ));
+        let (wal, replay) = Wal::open_locked(vfs.clone(), &lock, opts()).unwrap();
+        assert_eq!(indexes(&replay), vec![1, 2]);
+        wal.close().unwrap();
+        let (wal, _) = Wal::open_locked(vfs.clone(), &lock, opts()).unwrap();
+        wal.close().unwrap();
+        drop(lock);
+        let (wal, _) = open(&vfs, &dir);
+        wal.close().unwrap();
+    }
+}
+
+/// Replay streams a segment through a window (1 MiB, or one frame if larger) instead of
+/// reading it whole: 4 MiB segments with records straddling many window refills, one record
+/// larger than the window, and a torn tail far into the segment, all replay exactly.
+#[test]
+fn replay_streams_large_segments_in_bounded_reads() {
+    const BIG_SEG: u64 = 4 << 20;
+    let fault = FaultVfs::new();
+    let (vfs, ctl) = gated(Arc::new(fault.clone()));
+    let dir = Path::new("/data/wal");
+    let o = || WalOptions {
+        segment_size: BIG_SEG,
+        ..WalOptions::default()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), dir, o()).unwrap();
+    let big = |i: u64| Bytes::from(vec![(i % 251) as u8; 1_500_000]);
+    let mut want = Vec::new();
+    let mut i = 1u64;
+    // Records of 1–5 KiB and one of 1.5 MB (entry 1000), until the newest of at least two
+    // segments holds more than 1.3 MB.
+    let mut done = false;
+    while !done {
+        let data = if i == 1000 {
+            big(i)
+        } else {
+            Bytes::from(vec![(i % 251) as u8; 1000 + (i as usize * 97) % 4000])
+        };
+        let e = LogEntry {
+            index: i,
+            term: 1,
+            entry_type: 0,
+            data,
+        };
+        want.push(e.clone());
+        let info = wal.append_wait(vec![Record::Entry(e)]).unwrap();
+        done = info.segment_seq >= 1 && info.end_offset > 1_300_000;
+        i += 1;
+    }
+    let paths = wal.segment_paths();
+    assert!(paths.len() >= 2, "{paths:?}");
+    wal.close().unwrap();
+    ctl.max_read.store(0, Ordering::SeqCst);
+    let (wal, replay) = Wal::open(vfs.clone(), dir, o()).unwrap();
+    assert_eq!(replay.entries, want);
+    let max_read = ctl.max_read.load(Ordering::SeqCst);
+    assert!(
+        max_read <= 1_600_000,
+        "replay read {max_read} bytes at once; segments are {BIG_SEG}"
+    );
+    wal.close().unwrap();
+    // Tear the newest segment's last record: replay cuts it and keeps the rest.
+    let last = paths.last().unwrap();
+    let written = fault.written_contents(last).unwrap();
+    let end = written.iter().rposition(|&b| b != 0).unwrap() as u64;
+    assert!(
+        end > 1 << 20,
+        "the tear is past the first window: {end} in {paths:?}"
+    );
+    fault.corrupt(last, end - 10, &[0xff; 4]);
+    let (wal, replay) = Wal::open(vfs, dir, o()).unwrap();
+    assert_eq!(replay.entries[..], want[..want.len() - 1]);
+    assert!(replay.truncated_tail.is_some());
+    wal.close().unwrap();
+}
+
+/// A callback that appends again with `append_inline` (as a raft core's persist callback could)
+/// does not deadlock on the delivery it runs in: its append goes to the flush thread.
+#[test]
+fn an_inline_append_from_a_callback_is_handed_to_the_flush_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let (tx, rx) = unbounded();
+    let (wal2, tx2) = (wal.clone(), tx.clone());
+    wal.append_inline(vec![entry(1, 1)], move |r| {
+        r.unwrap();
+        append_inline(&wal2, 2, vec![entry(2, 1)], &tx2);
+        let _ = tx2.send((
+            1,
+            Ok(AppendInfo {
+                flush_records: 0,
+                flush_appends: 0,
+                flush_bytes: 0,
+                segment_seq: 0,
+                end_offset: 0,
+            }),
+        ));
+    });
+    let mut got: Vec<Outcome> = (0..2).map(|_| rx.recv().unwrap()).collect();
+    got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got[1].0, 2);
+    assert_eq!(got[1].1.as_ref().unwrap().flush_appends, 1);
+    assert_eq!(last_flusher(&ctl), "ringkv-wal");
+    wal.close().unwrap();
+}
+
+/// New segments are zero-filled while flushes are small and only preallocated once they are
+/// large (`zero_fill_below`); either way they replay exactly, on real file systems too
+/// (unwritten extents read as zeros).
+#[test]
+fn zero_fill_of_new_segments_follows_the_flush_size() {
+    // (zero_fill_below, entries per append, payload bytes per entry, whether every segment
+    // is zero-filled)
+    let cases = [
+        (u64::MAX, 1, 1000, true),
+        (0, 1, 1000, false),
+        (12 << 10, 1, 1000, true),
+        (12 << 10, 2, 7000, false),
+    ];
+    for inner in real_vfses() {
+        for (below, per_append, size, filled) in cases {
+            // The average flush size needs several flushes to pass the threshold; with 16 KiB
+            // segments that is several segments.
+            let segments: usize = if filled || below == 0 { 12 } else { 24 };
+            let tmp = tempfile::tempdir().unwrap();
+            let (vfs, ctl) = gated(inner.clone());
+            let o = || WalOptions {
+                zero_fill_below: below,
+                ..opts()
+            };
+            let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o()).unwrap();
+            let mut want = Vec::new();
+            let mut i = 1;
+            while wal.segment_paths().len() < segments {
+                let mut recs = Vec::new();
+                for _ in 0..per_append {
+                    let e = LogEntry {
+                        index: i,
+                        term: 1,
+                        entry_type: 0,
+                        data: Bytes::from(vec![i as u8; size]),
+                    };
+                    want.push(e.clone());
+                    recs.push(Record::Entry(e));
+                    i += 1;
+                }
+                wal.append_wait(recs).unwrap();
+            }
+            wal.close().unwrap();
+            let zeroed = ctl.plain_written.load(Ordering::SeqCst) as u64;
+            let case = format!("below {below}, {per_append} × {size} B: {zeroed} B zero-filled");
+            assert_eq!(zeroed % SEG, 0, "{case}");
+            if filled {
+                assert!(zeroed >= segments as u64 * SEG, "{case}");
+            } else if below == 0 {
+                assert_eq!(zeroed, 0, "{case}");
+            } else {
+                assert!(zeroed <= segments as u64 / 2 * SEG, "{case}");
+            }
+            let (wal, replay) = Wal::open(vfs, tmp.path(), o()).unwrap();
+            assert_eq!(replay.entries, want, "{case}");
+            wal.close().unwrap();
+        }
+    }
+}
+
+/// A panicking callback (a caller bug) costs its own thread, not the WAL: later appends are
+/// still delivered in order and `close` returns.
+#[test]
+fn a_panicking_callback_does_not_stall_later_appends_or_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let w = wal.clone();
+    let panicked = std::thread::spawn(move || {
+        w.append_inline(vec![entry(1, 1)], |r| {
+            r.unwrap();
+            panic!("callback bug");
+        });
+    })
+    .join();
+    assert!(
+        panicked.is_err(),
+        "the callback ran, and panicked, on the appending thread"
+    );
+    wal.append_wait(vec![entry(2, 1)]).unwrap();
+    wal.close().unwrap();
+    let (wal, replay) = open(&(Arc::new(StdVfs::new()) as Arc<dyn Vfs>), tmp.path());
+    assert_eq!(indexes(&replay), vec![1, 2]);
+    wal.close().unwrap();
+}
+
+/// A full queue of tickets nobody waits on yet (their owner is the blocked appender itself) is
+/// drained by the flush thread instead of deadlocking.
+#[test]
+fn a_full_queue_of_unwaited_tickets_is_drained_by_the_flush_thread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        queue_capacity: 4,
+        ..opts()
+    };
+    let (wal, _) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), o).unwrap();
+    let tickets: Vec<AppendTicket> = (1..=12).map(|i| wal.enqueue(vec![entry(i, 1)])).collect();
+    for t in tickets {
+        t.wait().unwrap();
+    }
+    wal.close().unwrap();
+    let (wal, replay) = open(&(Arc::new(StdVfs::new()) as Arc<dyn Vfs>), tmp.path());
+    assert_eq!(indexes(&replay), (1..=12).collect::<Vec<_>>());
     wal.close().unwrap();
 }

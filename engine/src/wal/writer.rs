@@ -1,11 +1,8 @@
-//! The WAL thread: group commit.
+//! The segment writer: what one flush does. Who flushes, and when, is `commit.rs`.
 //!
-//! The thread blocks on the queue for one append, then takes every append already queued; that
-//! batch is one flush. It encodes the batch after the bytes of the current tail block, writes
-//! from the tail block's start to the next 4 KiB boundary and fdatasyncs (one linked io_uring
-//! chain with `UringVfs`), then runs each append's callback. Appends that arrive while a flush
-//! is in flight wait in the queue and form the next batch, so the batch size follows the load
-//! with no timer: at low load every append is flushed alone, at once.
+//! A flush encodes its batch after the bytes of the current tail block, writes from the tail
+//! block's start to the next 4 KiB boundary and fdatasyncs (one linked io_uring chain with
+//! `UringVfs`), then returns each append's outcome for the leader to deliver.
 //!
 //! Invariants relied on:
 //! - `buf[..fill]` holds the segment's bytes from `block_start` to the end of the records;
@@ -20,17 +17,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::Receiver;
 
-use super::alloc::Allocator;
+use super::alloc::{Allocator, ZeroFill};
+use super::commit::{Outcome, Pending};
 use super::format::{
     SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
     segment_name,
 };
 use super::replay::Tail;
 use super::{
-    AppendInfo, AppendRequest, Done, FlushStats, HardState, Msg, Record, SegmentInfo, Shared,
-    WalError, WalMetrics, WalOptions,
+    AppendInfo, FlushStats, HardState, Record, SegmentInfo, Shared, WalError, WalMetrics,
+    WalOptions,
 };
 use crate::io::{AlignedBuf, DIRECT_ALIGN, File, align_up};
 
@@ -38,6 +35,7 @@ pub(crate) struct Writer {
     shared: Arc<Shared>,
     metrics: Option<Arc<dyn WalMetrics>>,
     allocator: Allocator,
+    zero_fill: Arc<ZeroFill>,
     segment_size: u64,
     /// Largest encoded record accepted: header + carried records + it must fit a segment.
     max_record: usize,
@@ -55,7 +53,6 @@ pub(crate) struct Writer {
     metadata: Option<Bytes>,
     /// Time spent in write + fdatasync since the current flush started.
     sync_time: Duration,
-    idle_spin: Duration,
 }
 
 impl Writer {
@@ -64,11 +61,13 @@ impl Writer {
         opts: &WalOptions,
         tail: Option<Tail>,
     ) -> Result<Writer, WalError> {
+        let zero_fill = Arc::new(ZeroFill::new(opts.zero_fill_below));
         let allocator = Allocator::start(
             shared.vfs.clone(),
             shared.dir.clone(),
             opts.segment_size,
             opts.direct,
+            zero_fill.clone(),
         )
         .map_err(|e| WalError::io("start segment allocator", &shared.dir, e))?;
         // Header, a HardState and a metadata record of at most `max_record` must fit.
@@ -81,6 +80,7 @@ impl Writer {
                 Writer {
                     metrics: opts.metrics.clone(),
                     allocator,
+                    zero_fill: zero_fill.clone(),
                     segment_size: opts.segment_size,
                     max_record,
                     seed: crc_seed(t.seg.seq),
@@ -96,7 +96,6 @@ impl Writer {
                     hard_state: t.hard_state,
                     metadata: t.metadata,
                     sync_time: Duration::ZERO,
-                    idle_spin: opts.idle_spin,
                     shared,
                 }
             }
@@ -108,6 +107,7 @@ impl Writer {
                 let mut w = Writer {
                     metrics: opts.metrics.clone(),
                     allocator,
+                    zero_fill: zero_fill.clone(),
                     segment_size: opts.segment_size,
                     max_record,
                     seed: 0,
@@ -127,7 +127,6 @@ impl Writer {
                     hard_state: None,
                     metadata: None,
                     sync_time: Duration::ZERO,
-                    idle_spin: opts.idle_spin,
                     shared,
                 };
                 w.install(ready, 0, 0)?;
@@ -136,56 +135,6 @@ impl Writer {
         };
         w.durable = w.fill;
         Ok(w)
-    }
-
-    pub(crate) fn run(mut self, rx: Receiver<Msg>) {
-        let mut closing = false;
-        while !closing {
-            let first = match self.next_msg(&rx) {
-                Ok(Msg::Append(req)) => req,
-                Ok(Msg::Close) | Err(_) => break,
-            };
-            let mut batch = vec![first];
-            loop {
-                match rx.try_recv() {
-                    Ok(Msg::Append(req)) => batch.push(req),
-                    Ok(Msg::Close) => {
-                        closing = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.flush(batch);
-        }
-        // Appends that raced with close.
-        while let Ok(msg) = rx.try_recv() {
-            if let Msg::Append(req) = msg {
-                (req.done)(Err(WalError::Closed));
-            }
-        }
-    }
-
-    /// The next message: polled for up to `idle_spin` (saving the sleep/wake-up of this thread
-    /// when appends follow each other closely), then waited for.
-    fn next_msg(&self, rx: &Receiver<Msg>) -> Result<Msg, crossbeam_channel::RecvError> {
-        if !self.idle_spin.is_zero() {
-            let start = Instant::now();
-            loop {
-                match rx.try_recv() {
-                    Ok(msg) => return Ok(msg),
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                        return Err(crossbeam_channel::RecvError);
-                    }
-                    Err(crossbeam_channel::TryRecvError::Empty) => {}
-                }
-                if start.elapsed() >= self.idle_spin {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        rx.recv()
     }
 
     fn pos(&self) -> u64 {
@@ -324,33 +273,37 @@ impl Writer {
         Ok(written)
     }
 
-    fn flush(&mut self, batch: Vec<AppendRequest>) {
+    /// Writes one batch with one write+fdatasync (more if it crosses a segment) and returns each
+    /// append's outcome, in batch order; the caller delivers them.
+    pub(crate) fn flush(&mut self, batch: Vec<Pending>) -> Vec<Outcome> {
         let started = Instant::now();
         self.sync_time = Duration::ZERO;
         let mut max_wait = Duration::ZERO;
         let mut total_wait = Duration::ZERO;
-        for req in &batch {
-            let wait = started.saturating_duration_since(req.enqueued);
+        for p in &batch {
+            let wait = started.saturating_duration_since(p.enqueued);
             max_wait = max_wait.max(wait);
             total_wait += wait;
         }
+        let mut out: Vec<Outcome> = Vec::with_capacity(batch.len());
         if let Some(cause) = self.shared.failure.get() {
-            for req in batch {
-                (req.done)(Err(WalError::Failed(cause.clone())));
+            for p in batch {
+                out.push((p.reply, Err(WalError::Failed(cause.clone()))));
             }
-            return;
+            return out;
         }
-        let mut acks: Vec<(Done, u64, u64)> = Vec::with_capacity(batch.len());
+        // Accepted appends: position in `out`, segment and end offset of their last record.
+        let mut acks: Vec<(usize, u64, u64)> = Vec::with_capacity(batch.len());
         let mut records = 0;
         let mut bytes = 0;
         let mut result = Ok(());
-        let mut reqs = batch.into_iter();
-        for req in reqs.by_ref() {
-            if let Err(reason) = self.validate(&req.records) {
-                (req.done)(Err(WalError::InvalidAppend(reason)));
+        let mut rest = batch.into_iter();
+        for p in rest.by_ref() {
+            if let Err(reason) = self.validate(&p.records) {
+                out.push((p.reply, Err(WalError::InvalidAppend(reason))));
                 continue;
             }
-            for rec in &req.records {
+            for rec in &p.records {
                 if self.pos() + encoded_len(rec) as u64 > self.capacity {
                     match self.switch_segment() {
                         Ok(n) => bytes += n,
@@ -362,8 +315,10 @@ impl Writer {
                 }
                 self.push_record(rec);
             }
-            records += req.records.len();
-            acks.push((req.done, self.seg.seq, self.pos()));
+            records += p.records.len();
+            acks.push((out.len(), self.seg.seq, self.pos()));
+            // Placeholder, replaced below once the flush's result is known.
+            out.push((p.reply, Err(WalError::Closed)));
             if result.is_err() {
                 break;
             }
@@ -376,6 +331,7 @@ impl Writer {
         }
         let sync_duration = self.sync_time;
         let appends = acks.len();
+        self.zero_fill.on_flush(bytes);
         if let Some(m) = &self.metrics {
             m.on_flush(&FlushStats {
                 records,
@@ -389,14 +345,14 @@ impl Writer {
         }
         match result {
             Ok(()) => {
-                for (done, segment_seq, end_offset) in acks {
-                    done(Ok(AppendInfo {
+                for (i, segment_seq, end_offset) in acks {
+                    out[i].1 = Ok(AppendInfo {
                         flush_records: records,
                         flush_appends: appends,
                         flush_bytes: bytes,
                         segment_seq,
                         end_offset,
-                    }));
+                    });
                 }
             }
             Err(e) => {
@@ -404,13 +360,14 @@ impl Writer {
                 tracing::error!("WAL failed, refusing further appends: {e}");
                 let cause = Arc::new(e.clone());
                 let _ = self.shared.failure.set(cause.clone());
-                for (done, _, _) in acks {
-                    done(Err(e.clone()));
+                for (i, _, _) in acks {
+                    out[i].1 = Err(e.clone());
                 }
-                for req in reqs {
-                    (req.done)(Err(WalError::Failed(cause.clone())));
+                for p in rest {
+                    out.push((p.reply, Err(WalError::Failed(cause.clone()))));
                 }
             }
         }
+        out
     }
 }

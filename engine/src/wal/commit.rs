@@ -1,0 +1,504 @@
+//! Group commit with a rotating leader: the appender that finds no flush in flight performs the
+//! flush itself, on its own thread and io_uring; appends that arrive meanwhile queue up, and
+//! when the flush is done leadership passes to one of the appenders waiting in the queue (or,
+//! if only callback appends wait, to the flush thread), which takes the whole queue as the next
+//! batch.
+//!
+//! Why: with a dedicated WAL thread every append of an idle WAL paid two thread hand-offs
+//! (appender → WAL thread → appender), each the wake-up of a sleeping thread, measured at ~60 µs
+//! on a ~130 µs write+fdatasync (BENCHMARKS.md). Here an uncontended `append_wait` runs
+//! write+fdatasync on the calling thread and returns: no hand-off at all.
+//!
+//! # Roles
+//! - **Leader**: the one thread that holds the writer. It takes the whole queue (one batch),
+//!   encodes and writes it with one write+fdatasync, passes leadership on ([`Core::hand_off`]),
+//!   then delivers the outcomes of its batch (callbacks, waking waiters). Passing on before
+//!   delivering lets the next fdatasync start while this leader wakes up to a few dozen
+//!   waiters.
+//! - **Follower**: a waiting appender ([`AppendTicket::wait`]) that found a flush in flight.
+//!   It parks until its outcome is delivered or it is made leader.
+//! - **Flush thread** (`ringkv-wal`): leads only when handed leadership and no parked waiter is
+//!   queued, i.e. for callback appends ([`Wal::append`]) that arrived during a flush. It keeps
+//!   callback appenders (the raft core) from ever waiting for a flush of others.
+//!
+//! # Invariants relied on
+//! 1. `Queue::flushing` is true from the moment a thread becomes leader until its successor is
+//!    chosen or it sets it false in `hand_off`; so at most one thread runs `Writer::flush` at a
+//!    time (the writer mutex is then never contended; it exists to give the leader `&mut`).
+//! 2. Batches are numbered when taken from the queue (`next_batch`), in queue order; the
+//!    outcomes of batch `b` are delivered only after those of every batch before it
+//!    (`delivered` gate). Hence callbacks run in append order, as the `Wal::append` contract
+//!    says, even though two leaders may deliver at the same time.
+//! 3. Batch `b + 1` is written only after batch `b`'s fdatasync returned (leadership passes
+//!    after the flush), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable.
+//! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
+//!    leadership was given to it; both are given under the same lock, and the giver unparks the
+//!    thread recorded there. Lock order: queue, then a waiter's slot.
+//! 5. Every queued append is eventually flushed: a leader that finds the queue non-empty after
+//!    its flush hands leadership to a parked waiter or to the flush thread, or — if the queue
+//!    holds only tickets whose owners have not started waiting — clears `flushing`, and each
+//!    such owner leads when it waits (a dropped ticket waits in `Drop`).
+//!
+//! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
+//! `append_inline`)
+//! ```text
+//! A: queue [a], flushing=false → A leads: batch 0 = [a], write+fdatasync
+//! B: queue [b], flushing=true  → B parks
+//! R: queue [b r], flushing=true → returns (its callback will run later)
+//! C: queue [b r c]             → C parks
+//! A: fdatasync returns; hand_off: first parked waiter in the queue is B → B leads
+//! B: batch 1 = [b r c], write+fdatasync          A: delivers batch 0 (a's outcome), returns
+//! B: hand_off: queue empty → flushing=false; waits for batch 0 delivered; delivers b, runs r's
+//!    callback, wakes C; returns
+//! ```
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::writer::Writer;
+use super::{AppendInfo, Done, Record, Shared, WalError};
+
+thread_local! {
+    /// True while this thread runs outcome callbacks. A callback that appended inline or waited
+    /// would wait for the delivery gate it is itself holding: inline appends from a callback go
+    /// to the flush thread instead, and waiting from one panics with a clear message.
+    static DELIVERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How an append learns its outcome.
+pub(crate) enum Reply {
+    /// Run on the delivering leader's thread.
+    Callback(Done),
+    /// Stored in the waiter's slot; its thread is woken.
+    Waiter(Arc<Waiter>),
+}
+
+/// One queued append.
+pub(crate) struct Pending {
+    pub records: Vec<Record>,
+    pub reply: Reply,
+    pub enqueued: Instant,
+}
+
+/// An append's outcome, paired with how to deliver it.
+pub(crate) type Outcome = (Reply, Result<AppendInfo, WalError>);
+
+/// The rendezvous of one waiting appender with the leaders.
+pub(crate) struct Waiter {
+    /// True while the owner is parked waiting and its append is still queued; written under the
+    /// queue lock (invariant 4). Leaders pick the next leader among parked waiters.
+    parked: AtomicBool,
+    /// Set with the slot's outcome or leadership; lets a spinning owner poll without the lock.
+    ready: AtomicBool,
+    slot: Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    outcome: Option<Result<AppendInfo, WalError>>,
+    /// This waiter was made leader and must lead once.
+    lead: bool,
+    /// The parked owner, to unpark.
+    thread: Option<Thread>,
+}
+
+impl Waiter {
+    fn new() -> Arc<Waiter> {
+        Arc::new(Waiter {
+            parked: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            slot: Mutex::new(Slot::default()),
+        })
+    }
+
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().expect("waiter slot lock")
+    }
+
+    fn give(&self, f: impl FnOnce(&mut Slot)) {
+        let mut slot = self.slot();
+        f(&mut slot);
+        self.ready.store(true, Ordering::Release);
+        let thread = slot.thread.take();
+        drop(slot);
+        if let Some(t) = thread {
+            t.unpark();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Pending>,
+    /// A leader exists (invariant 1).
+    flushing: bool,
+    /// Leadership was handed to the flush thread.
+    thread_lead: bool,
+    /// `close` started: no new appends.
+    closed: bool,
+    /// The flush thread must exit (set by `close` once the queue drained).
+    stop_thread: bool,
+    /// Number of the next batch taken (invariant 2).
+    next_batch: u64,
+    /// Appenders blocked because `items` reached the capacity.
+    blocked: usize,
+}
+
+/// The group-commit state shared by the `Wal` handle, appenders and the flush thread.
+pub(crate) struct Core {
+    pub shared: Arc<Shared>,
+    queue: Mutex<Queue>,
+    /// Signals the flush thread (leadership, stop), `close` (leader gone) and blocked
+    /// appenders (space in the queue).
+    queue_cv: Condvar,
+    /// The segment writer; `None` after close. Locked only by the leader (invariant 1).
+    writer: Mutex<Option<Writer>>,
+    /// Batches whose outcomes are delivered (invariant 2).
+    delivered: Mutex<u64>,
+    delivered_cv: Condvar,
+    capacity: usize,
+    idle_spin: Duration,
+}
+
+impl Core {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        writer: Writer,
+        capacity: usize,
+        idle_spin: Duration,
+    ) -> Core {
+        Core {
+            shared,
+            queue: Mutex::new(Queue::default()),
+            queue_cv: Condvar::new(),
+            writer: Mutex::new(Some(writer)),
+            delivered: Mutex::new(0),
+            delivered_cv: Condvar::new(),
+            capacity,
+            idle_spin,
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().expect("WAL queue lock")
+    }
+
+    /// Queues an append, or returns it with the reason it is refused. Blocks while the queue is
+    /// full. Returns the queue guard so the caller can decide about leadership atomically.
+    fn push(&self, p: Pending) -> Result<MutexGuard<'_, Queue>, (Pending, WalError)> {
+        let mut q = self.queue();
+        loop {
+            if q.closed {
+                return Err((p, WalError::Closed));
+            }
+            if let Some(cause) = self.shared.failure.get() {
+                return Err((p, WalError::Failed(cause.clone())));
+            }
+            if q.items.len() < self.capacity {
+                break;
+            }
+            if !q.flushing {
+                // The queue may hold only tickets whose owners have not started waiting (one
+                // of them may be this thread): let the flush thread drain it (invariant 5).
+                q.flushing = true;
+                q.thread_lead = true;
+                self.queue_cv.notify_all();
+            }
+            q.blocked += 1;
+            q = self.queue_cv.wait(q).expect("WAL queue lock");
+            q.blocked -= 1;
+        }
+        q.items.push(p);
+        Ok(q)
+    }
+
+    /// Queues a callback append. With `inline`, a caller that finds no flush in flight leads
+    /// (flushes on this thread, runs the callbacks of that flush) before returning; otherwise
+    /// an idle WAL hands the flush to the flush thread.
+    pub(crate) fn append_callback(&self, records: Vec<Record>, done: Done, inline: bool) {
+        let p = Pending {
+            records,
+            reply: Reply::Callback(done),
+            enqueued: Instant::now(),
+        };
+        match self.push(p) {
+            Err((p, e)) => deliver_one(p.reply, Err(e)),
+            Ok(mut q) => {
+                if q.flushing {
+                    return;
+                }
+                q.flushing = true;
+                if inline && !DELIVERING.with(Cell::get) {
+                    drop(q);
+                    self.lead();
+                } else {
+                    q.thread_lead = true;
+                    drop(q);
+                    self.queue_cv.notify_all();
+                }
+            }
+        }
+    }
+
+    /// Queues a waiting append; the ticket's `wait` returns its outcome.
+    pub(crate) fn enqueue(self: &Arc<Self>, records: Vec<Record>) -> AppendTicket {
+        let waiter = Waiter::new();
+        let p = Pending {
+            records,
+            reply: Reply::Waiter(waiter.clone()),
+            enqueued: Instant::now(),
+        };
+        if let Err((_, e)) = self.push(p) {
+            waiter.give(|s| s.outcome = Some(Err(e)));
+        }
+        AppendTicket {
+            core: self.clone(),
+            waiter,
+            waited: false,
+        }
+    }
+
+    /// Waits for `waiter`'s outcome, leading whenever it is this thread's turn.
+    fn wait(&self, waiter: &Waiter) -> Result<AppendInfo, WalError> {
+        assert!(
+            !DELIVERING.with(Cell::get),
+            "a WAL append callback must not wait for another append (it would deadlock)"
+        );
+        let mut spin_from = Some(Instant::now());
+        loop {
+            {
+                let mut slot = waiter.slot();
+                if let Some(r) = slot.outcome.take() {
+                    return r;
+                }
+                if slot.lead {
+                    slot.lead = false;
+                    waiter.ready.store(false, Ordering::Relaxed);
+                    drop(slot);
+                    self.lead();
+                    continue;
+                }
+            }
+            if let Some(start) = spin_from.take()
+                && !self.idle_spin.is_zero()
+            {
+                while !waiter.ready.load(Ordering::Acquire) && start.elapsed() < self.idle_spin {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            {
+                let mut q = self.queue();
+                if !q.flushing {
+                    q.flushing = true;
+                    drop(q);
+                    self.lead();
+                    continue;
+                }
+                let mut slot = waiter.slot();
+                if slot.outcome.is_some() || slot.lead {
+                    continue;
+                }
+                slot.thread = Some(std::thread::current());
+                waiter.parked.store(true, Ordering::Relaxed);
+            }
+            // Unpark may come before park; std's park token makes that return at once.
+            std::thread::park();
+        }
+    }
+
+    /// Runs one batch as the leader (invariant 1: the caller made itself or was made leader).
+    pub(crate) fn lead(&self) {
+        let (batch, number) = {
+            let mut q = self.queue();
+            let batch = std::mem::take(&mut q.items);
+            let number = q.next_batch;
+            q.next_batch += 1;
+            if q.blocked > 0 {
+                self.queue_cv.notify_all();
+            }
+            (batch, number)
+        };
+        let outcomes = if batch.is_empty() {
+            Vec::new()
+        } else {
+            let mut writer = self.writer.lock().expect("WAL writer lock");
+            match writer.as_mut() {
+                Some(w) => w.flush(batch),
+                None => batch
+                    .into_iter()
+                    .map(|p| (p.reply, Err(WalError::Closed)))
+                    .collect(),
+            }
+        };
+        self.hand_off();
+        self.deliver(number, outcomes);
+    }
+
+    /// Chooses the next leader, or clears `flushing` (invariant 5).
+    fn hand_off(&self) {
+        let mut q = self.queue();
+        let parked = q.items.iter().find_map(|p| match &p.reply {
+            Reply::Waiter(w) if w.parked.load(Ordering::Relaxed) => Some(w.clone()),
+            _ => None,
+        });
+        if let Some(w) = parked {
+            w.parked.store(false, Ordering::Relaxed);
+            drop(q);
+            w.give(|s| s.lead = true);
+            return;
+        }
+        if q.items
+            .iter()
+            .any(|p| matches!(p.reply, Reply::Callback(_)))
+        {
+            q.thread_lead = true;
+        } else {
+            q.flushing = false;
+        }
+        drop(q);
+        self.queue_cv.notify_all();
+    }
+
+    /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) {
+        let mut d = self.delivered.lock().expect("WAL delivery lock");
+        while *d != number {
+            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
+        }
+        drop(d);
+        // Opens the gate for the next batch even if a callback panics, so later batches and
+        // `close` do not wait forever behind it.
+        let gate = GateGuard { core: self, number };
+        DELIVERING.with(|f| f.set(true));
+        // A panicking callback (a caller bug) must not cost the other appends of the batch
+        // their outcome: deliver them all, then let the first panic continue on this thread.
+        let mut panic = None;
+        for (reply, result) in outcomes {
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                deliver_one(reply, result)
+            }));
+            if let Err(payload) = delivered {
+                panic.get_or_insert(payload);
+            }
+        }
+        drop(gate);
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
+    }
+
+    /// The flush thread: leads whenever handed leadership, until `close` stops it.
+    pub(crate) fn run_flush_thread(&self) {
+        loop {
+            let mut q = self.queue();
+            while !q.thread_lead && !q.stop_thread {
+                q = self.queue_cv.wait(q).expect("WAL queue lock");
+            }
+            if !q.thread_lead {
+                return;
+            }
+            q.thread_lead = false;
+            drop(q);
+            self.lead();
+        }
+    }
+
+    /// Refuses new appends, flushes every queued one, stops the flush thread (the caller joins
+    /// it) and drops the writer (stopping the segment allocator).
+    pub(crate) fn close(&self) {
+        let mut q = self.queue();
+        q.closed = true;
+        self.queue_cv.notify_all();
+        loop {
+            if !q.flushing {
+                if q.items.is_empty() {
+                    break;
+                }
+                q.flushing = true;
+                drop(q);
+                self.lead();
+                q = self.queue();
+                continue;
+            }
+            q = self.queue_cv.wait(q).expect("WAL queue lock");
+        }
+        q.stop_thread = true;
+        drop(q);
+        self.queue_cv.notify_all();
+        // Every batch was delivered by its leader before it returned or handed off... except
+        // possibly the last leader's delivery, which is still running: wait for it.
+        let last = self.queue().next_batch;
+        let mut d = self.delivered.lock().expect("WAL delivery lock");
+        while *d != last {
+            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
+        }
+        drop(d);
+        self.writer.lock().expect("WAL writer lock").take();
+    }
+}
+
+/// Marks batch `number` delivered when dropped (invariant 2).
+struct GateGuard<'a> {
+    core: &'a Core,
+    number: u64,
+}
+
+impl Drop for GateGuard<'_> {
+    fn drop(&mut self) {
+        DELIVERING.with(|f| f.set(false));
+        let mut d = match self.core.delivered.lock() {
+            Ok(d) => d,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *d = self.number + 1;
+        drop(d);
+        self.core.delivered_cv.notify_all();
+    }
+}
+
+fn deliver_one(reply: Reply, result: Result<AppendInfo, WalError>) {
+    match reply {
+        Reply::Callback(done) => done(result),
+        Reply::Waiter(w) => w.give(|s| s.outcome = Some(result)),
+    }
+}
+
+/// A queued append whose outcome [`AppendTicket::wait`] returns; made by `Wal::enqueue`.
+///
+/// Appends are written in the order they were queued, so a caller that needs an order across
+/// threads (raft entry indexes) enqueues under its own lock and waits outside it. Dropping a
+/// ticket without waiting waits (the append may have to be flushed by its own thread).
+pub struct AppendTicket {
+    core: Arc<Core>,
+    waiter: Arc<Waiter>,
+    waited: bool,
+}
+
+impl AppendTicket {
+    /// Blocks until the append is durable (`Ok`) or failed. The calling thread may perform the
+    /// flush of this and other queued appends itself.
+    pub fn wait(mut self) -> Result<AppendInfo, WalError> {
+        self.waited = true;
+        self.core.wait(&self.waiter)
+    }
+}
+
+impl Drop for AppendTicket {
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.core.wait(&self.waiter);
+        }
+    }
+}
+
+impl std::fmt::Debug for AppendTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendTicket")
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
