@@ -41,6 +41,10 @@ pub use raft_node::{
     HardState as RaftHardState, LogSink, NodeConfig, NodeProgress, RaftNode, RaftNodeError,
     ReadIndexDone, SharedProgress, StateMachine, apply_replay,
 };
+pub use raft_node::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMessage,
+    MessageType as RaftMessageType, NoPeers, PeerProgress, Transport,
+};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 #[cfg(feature = "internals")]
 pub use wal::internals as wal_internals;

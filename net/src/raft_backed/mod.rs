@@ -482,7 +482,7 @@ impl RaftBackedNode {
             inner: inner.clone(),
             term: 0,
         };
-        let raft = RaftNode::start(cfg, inner.wal.clone(), applier)
+        let raft = RaftNode::start(cfg, inner.wal.clone(), ringkv_engine::NoPeers, applier)
             .map_err(|e| OpenError(format!("cannot start raft: {e}")))?;
         let _ = inner.raft.set(raft);
         let hk = {
