@@ -34,6 +34,7 @@ mod maintenance;
 mod metrics;
 mod node;
 pub mod pb;
+mod peer;
 mod raft_backed;
 mod recipe;
 mod server;
@@ -56,6 +57,7 @@ pub use node::{
     BoxStream, Caller, EtcdNode, HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeResult, NodeState,
     WatchSpec, WatchUpdate, Watcher,
 };
+pub use peer::{PeerConfig, PeerTransport};
 pub use raft_backed::{NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
