@@ -1,5 +1,5 @@
-//! ringkv's network layer: the etcd v3 gRPC services, the HTTP/JSON gateway and (later) the
-//! peer transport. The `ringkv` binary (src/main.rs) calls [`run`].
+//! ringkv's network layer: the etcd v3 gRPC services, the HTTP/JSON gateway and the peer
+//! transport (`peer/`). The `ringkv` binary (src/main.rs) calls [`run`].
 //!
 //! # Reading the source
 //!
@@ -58,7 +58,7 @@ pub use node::{
     WatchSpec, WatchUpdate, Watcher,
 };
 pub use peer::{PeerConfig, PeerTransport};
-pub use raft_backed::{NodeOptions, OpenError, RaftBackedNode};
+pub use raft_backed::{ClusterOptions, NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
 pub use validate::Limits;
@@ -73,14 +73,6 @@ pub fn run() -> Result<(), String> {
         return Err(format!(
             "--cpu-layout {:?}: only `auto` (no pinning; the OS schedules the roles) is supported yet",
             config.flags.cpu_layout
-        ));
-    }
-    if config.initial_members.len() > 1 {
-        // One raft voter only (raft_backed): members started from a shared --initial-cluster
-        // would each bootstrap a separate one-member cluster and accept writes independently.
-        return Err(format!(
-            "--initial-cluster names {} members; ringkv runs single-member clusters only yet",
-            config.initial_members.len()
         ));
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
@@ -107,7 +99,27 @@ pub fn run() -> Result<(), String> {
         if !node.wait_leader(Duration::from_secs(60)).await {
             tracing::warn!("no leader after 60 s; serving anyway");
         }
-        serve_clients(&config, Arc::new(node.clone())).await
+        let removed = {
+            let node = node.clone();
+            async move {
+                while !node.removed() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tracing::warn!("the member has been permanently removed from the cluster; exiting");
+            }
+        };
+        let stop = async move {
+            tokio::select! {
+                r = signal() => {
+                    if let Err(e) = r {
+                        tracing::error!("cannot install SIGTERM/SIGINT handlers: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = removed => {}
+            }
+        };
+        serve_clients_until(&config, Arc::new(node.clone()), stop).await
     });
     // Watch pumps and snapshot streams run on the blocking pool; they end once their
     // receivers are gone, which dropping the tasks guarantees. Bounded all the same.

@@ -151,6 +151,8 @@ pub struct PeerProgress {
     /// Highest log index known to be replicated on the member.
     pub matched: u64,
     pub is_learner: bool,
+    /// The leader heard from the member within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
@@ -543,6 +545,7 @@ impl<L: LogSink> Core<L> {
                             id: *id,
                             matched: pr.matched,
                             is_learner: learners.contains(id),
+                            recent_active: pr.recent_active,
                         });
                     }
                     out.sort_by_key(|p| p.id);
