@@ -96,7 +96,7 @@ impl RingkvCluster {
         Some((
             s["header"]["member_id"].as_u64()?,
             s["leader"].as_u64()?,
-            s["raft_term"].as_u64()?,
+            s["raftTerm"].as_u64()?,
         ))
     }
 
