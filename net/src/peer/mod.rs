@@ -74,7 +74,12 @@ struct Shared {
     stopping: AtomicBool,
     /// Accepted connections, shut down on stop so their reader threads end.
     accepted: Mutex<Vec<TcpStream>>,
+    /// Answers a cluster query: the member list as JSON (membership.rs records).
+    member_list: RwLock<Option<MemberListFn>>,
 }
+
+/// Produces the member list a cluster query is answered with.
+pub type MemberListFn = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 /// The peer transport. Cheap to clone.
 #[derive(Clone)]
@@ -93,6 +98,7 @@ impl PeerTransport {
                 self_removed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
                 accepted: Mutex::new(Vec::new()),
+                member_list: RwLock::new(None),
             }),
         }
     }
@@ -138,6 +144,12 @@ impl PeerTransport {
         if let Some(p) = self.shared.peers.lock().remove(&id) {
             p.stop.store(true, Ordering::Release);
         }
+    }
+
+    /// Sets what a cluster query (a member joining with `--initial-cluster-state existing`)
+    /// is answered with.
+    pub fn set_member_list(&self, f: MemberListFn) {
+        *self.shared.member_list.write() = Some(f);
     }
 
     /// Whether a peer refused us because this member was removed from the cluster.
@@ -415,6 +427,9 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     s.read_exact(&mut hello)?;
     let h = frame::decode_hello(&hello)?;
     let cfg = &shared.cfg;
+    if h.from == 0 && h.to == 0 {
+        return answer_cluster_query(shared, s);
+    }
     let status = if h.cluster_id != cfg.cluster_id {
         tracing::error!(
             "refused a peer connection from member {:x}: it belongs to cluster {:x}, this \
@@ -492,6 +507,55 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     }
 }
 
+/// A cluster query (hello with sender and target 0): the reply carries the cluster ID, then
+/// one frame holds the member list.
+fn answer_cluster_query(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
+    let list = match &*shared.member_list.read() {
+        Some(f) => f(),
+        None => return Ok(()),
+    };
+    s.write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))?;
+    let mut buf = Vec::new();
+    frame::encode_frame(&[list], &mut buf);
+    s.write_all(&buf)
+}
+
+/// Asks the member at one of `urls` for its cluster ID and member list (JSON), as a member
+/// joining an existing cluster does before it starts.
+pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
+    for url in urls {
+        let Some(addr) = peer_addr(url) else {
+            continue;
+        };
+        let attempt = (|| -> io::Result<(u64, Vec<u8>)> {
+            let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            s.write_all(&frame::encode_hello(&Hello {
+                cluster_id: 0,
+                from: 0,
+                to: 0,
+            }))?;
+            let mut reply = [0u8; frame::REPLY_LEN];
+            s.read_exact(&mut reply)?;
+            let (_, cluster_id) = frame::decode_reply(&reply)?;
+            let mut offset = frame::REPLY_LEN as u64;
+            let mut msgs = frame::read_frame(&mut s, &mut offset)?.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, "no member list")
+            })?;
+            let list = msgs.pop().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "empty member list frame")
+            })?;
+            Ok((cluster_id, list))
+        })();
+        match attempt {
+            Ok(r) => return Ok(r),
+            Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
+        }
+    }
+    Err(last)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -541,6 +605,12 @@ mod tests {
         .unwrap();
         s.read_exact(&mut reply).unwrap();
         assert_eq!(frame::decode_reply(&reply).unwrap().0, Status::Removed);
+
+        ours.set_member_list(Box::new(|| b"[{\"id\":10}]".to_vec()));
+        let url = format!("http://{addr}");
+        let (cluster, list) = query_cluster(&["http://127.0.0.1:1".into(), url]).unwrap();
+        assert_eq!(cluster, 1);
+        assert_eq!(list, b"[{\"id\":10}]");
         ours.stop();
     }
 }

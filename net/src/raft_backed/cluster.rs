@@ -29,6 +29,41 @@ use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
 
+/// Key in the `cluster` bucket of this member's IDs (format.md, "Membership buckets").
+pub(super) const IDS_KEY: &[u8] = b"ringkv_ids";
+pub(super) const IDS_MEMBER_OFFSET: usize = 0;
+pub(super) const IDS_CLUSTER_OFFSET: usize = IDS_MEMBER_OFFSET + size_of::<u64>();
+pub(super) const IDS_LEN: usize = IDS_CLUSTER_OFFSET + size_of::<u64>();
+
+// Format: { member_id u64 | cluster_id u64 }
+pub(super) fn encode_ids(member_id: u64, cluster_id: u64) -> [u8; IDS_LEN] {
+    let mut b = [0u8; IDS_LEN];
+    b[IDS_MEMBER_OFFSET..IDS_CLUSTER_OFFSET].copy_from_slice(&member_id.to_le_bytes());
+    b[IDS_CLUSTER_OFFSET..].copy_from_slice(&cluster_id.to_le_bytes());
+    b
+}
+
+/// The IDs this data directory was created with, if recorded. Wrong length is corruption.
+pub(super) fn stored_ids(store: &MvccStore<NodeBackend>) -> Result<Option<(u64, u64)>, OpenError> {
+    use ringkv_engine::KvRead;
+    let v = store
+        .backend()
+        .get(ringkv_engine::Bucket::Cluster, IDS_KEY)
+        .map_err(|e| OpenError(format!("cannot read the member IDs: {e}")))?;
+    match v {
+        None => Ok(None),
+        Some(b) if b.len() == IDS_LEN => Ok(Some((
+            u64::from_le_bytes(b[IDS_MEMBER_OFFSET..IDS_CLUSTER_OFFSET].try_into().expect("8")),
+            u64::from_le_bytes(b[IDS_CLUSTER_OFFSET..].try_into().expect("8")),
+        ))),
+        Some(b) => Err(OpenError(format!(
+            "backend: cluster bucket key {:?} holds {} bytes, not {IDS_LEN} (corrupt backend)",
+            String::from_utf8_lossy(IDS_KEY),
+            b.len()
+        ))),
+    }
+}
+
 /// etcd's `readyPercent`: a learner may be promoted once its log matches 90% of the leader's.
 const LEARNER_READY_PERCENT: f64 = 0.9;
 /// etcd's `maxLearners`.
@@ -43,10 +78,22 @@ pub(super) fn seed_members(
     store: &mut MvccStore<NodeBackend>,
 ) -> Result<(), OpenError> {
     let mut records = Vec::new();
-    if opts.cluster.initial_members.is_empty() {
+    if let Some(json) = &opts.cluster.existing_members {
+        let list: Vec<serde_json::Value> = serde_json::from_slice(json)
+            .map_err(|e| OpenError(format!("the cluster's member list is not JSON: {e}")))?;
+        records.extend(
+            list.iter()
+                .filter_map(MemberInfo::from_json)
+                .filter(|m| m.id != opts.member_id),
+        );
+    } else if opts.cluster.initial_members.is_empty() {
         records.push(own_record(opts));
     }
-    for m in &opts.cluster.initial_members {
+    let initial = match opts.cluster.existing_members {
+        Some(_) => &[][..],
+        None => &opts.cluster.initial_members[..],
+    };
+    for m in initial {
         if m.id == opts.member_id {
             if !opts.cluster.join_existing {
                 records.push(own_record(opts));
@@ -67,6 +114,13 @@ pub(super) fn seed_members(
     for r in records {
         membership.put(store.backend_mut(), r).map_err(err)?;
     }
+    ringkv_engine::BatchWrite::put(
+        store.backend_mut(),
+        ringkv_engine::Bucket::Cluster,
+        IDS_KEY,
+        &encode_ids(opts.member_id, opts.cluster_id),
+    )
+    .map_err(err)?;
     store
         .backend()
         .commit_shared(store.consistent_index())
@@ -87,6 +141,14 @@ fn own_record(opts: &NodeOptions) -> MemberInfo {
 /// whose peer port is taken goes on without it (it has nobody to hear from yet).
 pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), OpenError> {
     inner.peers.set_raft(raft);
+    let weak = Arc::downgrade(inner);
+    inner.peers.set_member_list(Box::new(move || {
+        let list: Vec<serde_json::Value> = weak
+            .upgrade()
+            .map(|i| i.members.read().members.values().map(MemberInfo::to_json).collect())
+            .unwrap_or_default();
+        serde_json::Value::Array(list).to_string().into_bytes()
+    }));
     let members = inner.members.read().clone();
     for id in &members.removed {
         inner.peers.remove_peer(*id);

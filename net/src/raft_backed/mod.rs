@@ -129,6 +129,9 @@ pub struct ClusterOptions {
     pub join_existing: bool,
     /// `--listen-peer-urls` addresses.
     pub peer_listen: Vec<std::net::SocketAddr>,
+    /// A joining member: the member list (JSON) the cluster answered its query with; seeds
+    /// the list instead of `initial_members`.
+    pub existing_members: Option<Vec<u8>>,
     /// `--initial-cluster-token` (MemberAdd derives new IDs from the URLs and the time only,
     /// as etcd does; kept for the log line).
     pub token: String,
@@ -161,6 +164,7 @@ impl NodeOptions {
                 join_existing: c.flags.initial_cluster_state == crate::config::ClusterState::Existing,
                 peer_listen: c.peer_addrs.clone(),
                 token: c.flags.initial_cluster_token.clone(),
+                existing_members: None,
             },
         }
     }
@@ -402,7 +406,7 @@ impl RaftBackedNode {
     /// backend, replays the WAL above the backend's consistent index and starts raft, the
     /// apply thread and housekeeping. Returns once the threads run (not once a leader exists:
     /// see [`RaftBackedNode::wait_leader`]).
-    pub fn open(opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
+    pub fn open(mut opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
         let vfs = opts.vfs.clone().unwrap_or_else(|| open_vfs(opts.io));
         let member = opts.data_dir.join("member");
         let snap_dir = member.join("snap");
@@ -442,6 +446,12 @@ impl RaftBackedNode {
         );
         let mut store = MvccStore::open(NodeBackend::new(backend.clone(), writer), lessor)
             .map_err(|e| OpenError(format!("cannot open the MVCC store: {e}")))?;
+        // A data directory keeps the IDs it was created with (a joined member's come from
+        // the cluster, not from the flags).
+        if let Some((member_id, cluster_id)) = cluster::stored_ids(&store)? {
+            opts.member_id = member_id;
+            opts.cluster_id = cluster_id;
+        }
         let ids = HeaderIds {
             cluster_id: opts.cluster_id,
             member_id: opts.member_id,
@@ -565,14 +575,27 @@ impl RaftBackedNode {
                     || self.inner.lease_primary.load(Ordering::Acquire))
             {
                 let left = limit.saturating_sub(start.elapsed());
-                return matches!(
+                let caught_up = matches!(
                     tokio::time::timeout(left, self.linearize()).await,
                     Ok(Ok(()))
                 );
+                // Like etcd, serve clients once this member's name and client URLs are
+                // published (other members' lists show it "started" from then on).
+                while caught_up && start.elapsed() < limit && !self.published() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return caught_up;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Whether this member's attributes are applied (or it is not in the list yet).
+    fn published(&self) -> bool {
+        let me = self.inner.ids.member_id;
+        self.inner.attrs_published.load(Ordering::Acquire)
+            || !self.inner.members.read().members.contains_key(&me)
     }
 
     /// Stops raft, commits the backend and closes the WAL. Requests after this fail with
