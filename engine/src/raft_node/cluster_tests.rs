@@ -211,7 +211,13 @@ fn three_members_elect_one_leader_and_apply_the_same_log() {
     assert_eq!(data, want);
     // A fresh cluster's first leader holds term 2 (members start in term 1, like etcd's).
     for id in [1, 2, 3] {
-        assert!(c.node(id).progress().term.load(std::sync::atomic::Ordering::Acquire) >= 2);
+        assert!(
+            c.node(id)
+                .progress()
+                .term
+                .load(std::sync::atomic::Ordering::Acquire)
+                >= 2
+        );
     }
     c.shutdown();
 }
@@ -229,7 +235,10 @@ fn a_follower_forwards_proposals_and_serves_read_index() {
         index = i;
     }
     let ri = read_index(&c.node(follower)).unwrap();
-    assert!(ri >= index, "read index {ri} below the applied write {index}");
+    assert!(
+        ri >= index,
+        "read index {ri} below the applied write {index}"
+    );
     assert!(c.node(follower).progress().applied() >= ri);
     c.shutdown();
 }
@@ -245,7 +254,10 @@ fn losing_the_leader_elects_another_and_the_old_one_catches_up() {
     c.router.isolated.lock().insert(old);
     let new = c.leader();
     assert_ne!(new, old);
-    let stale = [1, 2, 3].into_iter().find(|&i| i != old && i != new).unwrap();
+    let stale = [1, 2, 3]
+        .into_iter()
+        .find(|&i| i != old && i != new)
+        .unwrap();
     c.node(new).propose(b"after".to_vec(), None);
     for id in [new, stale] {
         assert_eq!(c.next_entry(id).1, b"after");
@@ -305,7 +317,10 @@ fn a_learner_joins_catches_up_is_promoted_and_a_member_is_removed() {
     c.start(config(4, &[1, 2, 3]));
     let learner_log: Vec<(u64, Vec<u8>)> = (0..10).map(|_| c.next_entry(4)).collect();
     assert_eq!(
-        learner_log.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+        learner_log
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect::<Vec<_>>(),
         (0..10u8).map(|i| vec![i]).collect::<Vec<_>>()
     );
     let (learner_idx, _) = c.next_conf(4);

@@ -102,7 +102,9 @@ pub(crate) fn decode_hello(b: &[u8; HELLO_LEN]) -> io::Result<Hello> {
     }
     let version = u16::from_le_bytes([b[HELLO_VERSION_OFFSET], b[HELLO_VERSION_OFFSET + 1]]);
     if version != VERSION_1 {
-        return Err(bad(format!("peer protocol version {version} is not supported (1 is)")));
+        return Err(bad(format!(
+            "peer protocol version {version} is not supported (1 is)"
+        )));
     }
     Ok(Hello {
         cluster_id: le_u64(b, HELLO_CLUSTER_OFFSET),
@@ -229,7 +231,12 @@ mod tests {
         assert!(e.contains("checksum mismatch at offset 30"), "{e}");
         let mut other = encode_hello(&h);
         other[0] = b'X';
-        assert!(decode_hello(&other).unwrap_err().to_string().contains("not a ringkv peer"));
+        assert!(
+            decode_hello(&other)
+                .unwrap_err()
+                .to_string()
+                .contains("not a ringkv peer")
+        );
 
         let r = encode_reply(Status::Removed, 42);
         assert_eq!(decode_reply(&r).unwrap(), (Status::Removed, 42));
@@ -261,7 +268,9 @@ mod tests {
         read_frame(&mut r, &mut off).unwrap();
         let e = read_frame(&mut r, &mut off).unwrap_err().to_string();
         assert!(
-            e.contains(&format!("frame at stream offset {second_at}: checksum mismatch")),
+            e.contains(&format!(
+                "frame at stream offset {second_at}: checksum mismatch"
+            )),
             "{e}"
         );
         // A truncated frame is an error, not a clean end.
@@ -273,7 +282,7 @@ mod tests {
 
     #[test]
     fn an_oversized_length_is_refused_before_allocating() {
-        let mut b = vec![0u8; FRAME_HEADER_LEN];
+        let mut b = [0u8; FRAME_HEADER_LEN];
         b[..4].copy_from_slice(&(MAX_FRAME as u32 + 1).to_le_bytes());
         let mut off = 0;
         let e = read_frame(&mut &b[..], &mut off).unwrap_err().to_string();

@@ -278,10 +278,7 @@ impl SenderWorker {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
         for url in &urls {
             let Some(addr) = peer_addr(url) else {
-                last = io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("bad peer URL {url:?}"),
-                );
+                last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
                 continue;
             };
             match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
@@ -540,9 +537,8 @@ pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
             s.read_exact(&mut reply)?;
             let (_, cluster_id) = frame::decode_reply(&reply)?;
             let mut offset = frame::REPLY_LEN as u64;
-            let mut msgs = frame::read_frame(&mut s, &mut offset)?.ok_or_else(|| {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "no member list")
-            })?;
+            let mut msgs = frame::read_frame(&mut s, &mut offset)?
+                .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no member list"))?;
             let list = msgs.pop().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidData, "empty member list frame")
             })?;
@@ -566,7 +562,10 @@ mod tests {
             peer_addr("http://127.0.0.1:2380"),
             Some("127.0.0.1:2380".parse().unwrap())
         );
-        assert_eq!(peer_addr("http://127.0.0.1:2380/"), peer_addr("127.0.0.1:2380"));
+        assert_eq!(
+            peer_addr("http://127.0.0.1:2380/"),
+            peer_addr("127.0.0.1:2380")
+        );
         assert_eq!(peer_addr("http://"), None);
     }
 

@@ -53,7 +53,11 @@ pub(super) fn stored_ids(store: &MvccStore<NodeBackend>) -> Result<Option<(u64, 
     match v {
         None => Ok(None),
         Some(b) if b.len() == IDS_LEN => Ok(Some((
-            u64::from_le_bytes(b[IDS_MEMBER_OFFSET..IDS_CLUSTER_OFFSET].try_into().expect("8")),
+            u64::from_le_bytes(
+                b[IDS_MEMBER_OFFSET..IDS_CLUSTER_OFFSET]
+                    .try_into()
+                    .expect("8"),
+            ),
             u64::from_le_bytes(b[IDS_CLUSTER_OFFSET..].try_into().expect("8")),
         ))),
         Some(b) => Err(OpenError(format!(
@@ -145,7 +149,14 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
     inner.peers.set_member_list(Box::new(move || {
         let list: Vec<serde_json::Value> = weak
             .upgrade()
-            .map(|i| i.members.read().members.values().map(MemberInfo::to_json).collect())
+            .map(|i| {
+                i.members
+                    .read()
+                    .members
+                    .values()
+                    .map(MemberInfo::to_json)
+                    .collect()
+            })
             .unwrap_or_default();
         serde_json::Value::Array(list).to_string().into_bytes()
     }));
@@ -164,9 +175,7 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 tracing::warn!("cannot listen for peers on {addr}: {e}; a single member goes on")
             }
             Err(e) => {
-                return Err(OpenError(format!(
-                    "cannot listen for peers on {addr}: {e}"
-                )));
+                return Err(OpenError(format!("cannot listen for peers on {addr}: {e}")));
             }
         }
     }
@@ -381,7 +390,10 @@ impl RaftBackedNode {
             .iter()
             .find(|p| p.id == self.inner.ids.member_id)
             .map_or(0, |p| p.matched);
-        let learner_match = progress.iter().find(|p| p.id == id).map_or(0, |p| p.matched);
+        let learner_match = progress
+            .iter()
+            .find(|p| p.id == id)
+            .map_or(0, |p| p.matched);
         if (learner_match as f64) < leader_match as f64 * LEARNER_READY_PERCENT {
             return Err(EtcdError::LearnerNotReady);
         }

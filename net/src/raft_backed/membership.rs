@@ -114,8 +114,11 @@ impl Membership {
     pub(crate) fn load(r: &impl KvRead) -> Result<Membership, String> {
         let mut m = Membership::default();
         let mut bad = None;
-        r.scan(Bucket::Members, b"", b"", &mut |k, v| {
-            match serde_json::from_slice::<Value>(v)
+        r.scan(
+            Bucket::Members,
+            b"",
+            b"",
+            &mut |k, v| match serde_json::from_slice::<Value>(v)
                 .ok()
                 .and_then(|v| MemberInfo::from_json(&v))
             {
@@ -127,8 +130,8 @@ impl Membership {
                     bad = Some(String::from_utf8_lossy(k).into_owned());
                     false
                 }
-            }
-        })
+            },
+        )
         .map_err(|e| format!("cannot read the members bucket: {e}"))?;
         if let Some(k) = bad {
             return Err(format!(
@@ -149,8 +152,16 @@ impl Membership {
     }
 
     /// Writes `m`'s record (insert or replace).
-    pub(crate) fn put(&mut self, w: &mut impl BatchWrite, m: MemberInfo) -> Result<(), StorageError> {
-        w.put(Bucket::Members, &key(m.id), m.to_json().to_string().as_bytes())?;
+    pub(crate) fn put(
+        &mut self,
+        w: &mut impl BatchWrite,
+        m: MemberInfo,
+    ) -> Result<(), StorageError> {
+        w.put(
+            Bucket::Members,
+            &key(m.id),
+            m.to_json().to_string().as_bytes(),
+        )?;
         self.members.insert(m.id, m);
         Ok(())
     }

@@ -60,15 +60,15 @@ use ringkv_engine::{
 use tokio::sync::{mpsc, oneshot};
 
 use self::apply::{Applied, Applier, mvcc_err};
-use self::shared_writer::NodeBackend;
 use self::membership::Membership;
+use self::shared_writer::NodeBackend;
 use crate::config::{AutoCompaction, Config, InitialMember};
-use crate::peer::{PeerConfig, PeerTransport};
 use crate::errors::EtcdError;
 use crate::node::{
     BoxStream, Caller, EtcdNode, Histogram, NodeMetrics, NodeResult, NodeState, WatchSpec,
     WatchUpdate, Watcher,
 };
+use crate::peer::{PeerConfig, PeerTransport};
 
 /// Commit the backend after this many applied entries (etcd's batch limit) ...
 const COMMIT_OPS: u64 = 10_000;
@@ -161,7 +161,8 @@ impl NodeOptions {
             vfs: None,
             cluster: ClusterOptions {
                 initial_members: c.initial_members.clone(),
-                join_existing: c.flags.initial_cluster_state == crate::config::ClusterState::Existing,
+                join_existing: c.flags.initial_cluster_state
+                    == crate::config::ClusterState::Existing,
                 peer_listen: c.peer_addrs.clone(),
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,

@@ -49,7 +49,10 @@ fn writes_on_any_member_are_read_linearizably_on_every_member() {
     }
     for m in &c.members {
         for i in 0..3 {
-            let got = ctl(&m.endpoint(), &["get", &format!("k{i}"), "--print-value-only"]);
+            let got = ctl(
+                &m.endpoint(),
+                &["get", &format!("k{i}"), "--print-value-only"],
+            );
             assert_eq!(got.trim(), format!("v{i}"), "member {}", m.endpoint());
         }
     }
@@ -119,7 +122,16 @@ fn member_list_and_endpoint_status_show_the_real_cluster() {
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
     assert_eq!(
         rows[0].split('|').map(str::trim).collect::<Vec<_>>(),
-        ["", "ID", "STATUS", "NAME", "PEER ADDRS", "CLIENT ADDRS", "IS LEARNER", ""]
+        [
+            "",
+            "ID",
+            "STATUS",
+            "NAME",
+            "PEER ADDRS",
+            "CLIENT ADDRS",
+            "IS LEARNER",
+            ""
+        ]
     );
     assert_eq!(rows.len(), 4, "{table}");
     for r in &rows[1..] {
@@ -177,7 +189,10 @@ fn restarting_the_whole_cluster_keeps_data_revisions_and_member_ids() {
             &["put", &format!("key{i:02}"), &format!("value{i}")],
         );
     }
-    let before = json(&c.members[0].endpoint(), &["get", "key", "--prefix", "-w", "json"]);
+    let before = json(
+        &c.members[0].endpoint(),
+        &["get", "key", "--prefix", "-w", "json"],
+    );
     let ids_before: Vec<u64> = members(&c.members[0].endpoint())
         .iter()
         .map(|m| m.0)

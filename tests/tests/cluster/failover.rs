@@ -7,13 +7,9 @@ use ringkv_tests::{RingkvCluster, etcdctl_at};
 
 /// Puts `key` through all endpoints (etcdctl fails over); true when acknowledged.
 fn put(endpoints: &str, key: &str) -> bool {
-    etcdctl_at(
-        endpoints,
-        &["--command-timeout=3s", "put", key, "v"],
-        None,
-    )
-    .status
-    .success()
+    etcdctl_at(endpoints, &["--command-timeout=3s", "put", key, "v"], None)
+        .status
+        .success()
 }
 
 fn keys_on(endpoint: &str) -> BTreeSet<String> {
@@ -55,7 +51,11 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     std::thread::sleep(std::time::Duration::from_millis(400));
     c.members[old].kill9();
     acked.extend(writer.join().unwrap());
-    assert!(acked.len() >= 30, "too few writes acknowledged: {}", acked.len());
+    assert!(
+        acked.len() >= 30,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
 
     let new = c.leader();
     assert_ne!(new, old);
@@ -72,7 +72,10 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
         }
         let have = keys_on(&m.endpoint());
         let missing: Vec<&String> = acked.difference(&have).collect();
-        assert!(missing.is_empty(), "member {i} lost acknowledged writes {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "member {i} lost acknowledged writes {missing:?}"
+        );
     }
     c.members[old].relaunch();
     c.members[old].wait_ready();

@@ -50,7 +50,13 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
     let peer_url = format!("http://127.0.0.1:{peer}");
     let added = ctl(
         &ep,
-        &["member", "add", "m3", "--learner", &format!("--peer-urls={peer_url}")],
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer_url}"),
+        ],
     );
     let id = added
         .split_whitespace()
@@ -59,8 +65,11 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         .to_string();
     // etcd's errors: the same peer URL again; promoting a voter; a second learner.
     assert!(
-        ctl_err(&ep, &["member", "add", "x", &format!("--peer-urls={peer_url}")])
-            .contains("Peer URLs already exists")
+        ctl_err(
+            &ep,
+            &["member", "add", "x", &format!("--peer-urls={peer_url}")]
+        )
+        .contains("Peer URLs already exists")
     );
     let voter = member_lines(&ep)
         .into_iter()
@@ -68,18 +77,26 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         .unwrap()
         .0;
     assert!(
-        ctl_err(&ep, &["member", "promote", &voter])
-            .contains("can only promote a learner member")
+        ctl_err(&ep, &["member", "promote", &voter]).contains("can only promote a learner member")
     );
     assert!(
         ctl_err(
             &ep,
-            &["member", "add", "y", "--learner", "--peer-urls=http://127.0.0.1:1"]
+            &[
+                "member",
+                "add",
+                "y",
+                "--learner",
+                "--peer-urls=http://127.0.0.1:1"
+            ]
         )
         .contains("too many learner members in cluster")
     );
     let unstarted = member_lines(&ep).into_iter().find(|m| m.0 == id).unwrap();
-    assert_eq!((unstarted.1.as_str(), unstarted.3.as_str()), ("unstarted", "true"));
+    assert_eq!(
+        (unstarted.1.as_str(), unstarted.3.as_str()),
+        ("unstarted", "true")
+    );
 
     let initial = c
         .members
@@ -115,12 +132,13 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         if out.lines().filter(|l| !l.is_empty()).count() == 10 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "learner has {out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "learner has {out}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(
-        ctl_err(&learner.endpoint(), &["put", "k", "v"]).contains("not supported for learner")
-    );
+    assert!(ctl_err(&learner.endpoint(), &["put", "k", "v"]).contains("not supported for learner"));
     let st = ctl(&learner.endpoint(), &["endpoint", "status", "-w", "table"]);
     let row: Vec<&str> = st
         .lines()
@@ -132,7 +150,11 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
     ctl(&ep, &["member", "promote", &id]);
     let promoted = member_lines(&ep).into_iter().find(|m| m.0 == id).unwrap();
     assert_eq!(
-        (promoted.1.as_str(), promoted.2.as_str(), promoted.3.as_str()),
+        (
+            promoted.1.as_str(),
+            promoted.2.as_str(),
+            promoted.3.as_str()
+        ),
         ("started", "m3", "false")
     );
     // The promoted member takes writes.
@@ -152,12 +174,15 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        ctl_err(&ep, &["member", "remove", &format!("{victim_id:x}")])
-            .contains("member not found")
+        ctl_err(&ep, &["member", "remove", &format!("{victim_id:x}")]).contains("member not found")
     );
     ctl(&ep, &["put", "after/removal", "x"]);
     assert_eq!(
-        ctl(&learner.endpoint(), &["get", "after/removal", "--print-value-only"]).trim(),
+        ctl(
+            &learner.endpoint(),
+            &["get", "after/removal", "--print-value-only"]
+        )
+        .trim(),
         "x"
     );
     assert_eq!(member_lines(&learner.endpoint()).len(), 3);
