@@ -95,7 +95,8 @@ impl RingkvCluster {
         let s = &v[0]["Status"];
         Some((
             s["header"]["member_id"].as_u64()?,
-            s["leader"].as_u64()?,
+            // etcdctl leaves out a zero leader (no leader right now).
+            s["leader"].as_u64().unwrap_or(0),
             s["raftTerm"].as_u64()?,
         ))
     }
