@@ -38,6 +38,10 @@ pub use mvcc::{
 #[cfg(any(test, feature = "internals"))]
 pub use mvcc::{MemSnapshot, MemStorage};
 pub use raft_node::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Message as RaftMessage,
+    MessageType as RaftMessageType, NoPeers, PeerProgress, Transport,
+};
+pub use raft_node::{
     ConfState as RaftConfState, Entry as RaftEntry, EntryType as RaftEntryType,
     HardState as RaftHardState, LogSink, NodeConfig, NodeProgress, RaftNode, RaftNodeError,
     ReadIndexDone, SharedProgress, StateMachine, apply_replay,

@@ -1,5 +1,5 @@
-//! ringkv's network layer: the etcd v3 gRPC services, the HTTP/JSON gateway and (later) the
-//! peer transport. The `ringkv` binary (src/main.rs) calls [`run`].
+//! ringkv's network layer: the etcd v3 gRPC services, the HTTP/JSON gateway and the peer
+//! transport (`peer/`). The `ringkv` binary (src/main.rs) calls [`run`].
 //!
 //! # Reading the source
 //!
@@ -34,6 +34,7 @@ mod maintenance;
 mod metrics;
 mod node;
 pub mod pb;
+mod peer;
 mod raft_backed;
 mod recipe;
 mod server;
@@ -56,7 +57,8 @@ pub use node::{
     BoxStream, Caller, EtcdNode, HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeResult, NodeState,
     WatchSpec, WatchUpdate, Watcher,
 };
-pub use raft_backed::{NodeOptions, OpenError, RaftBackedNode};
+pub use peer::{MemberListFn, PeerConfig, PeerTransport, query_cluster};
+pub use raft_backed::{ClusterOptions, NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
 pub use validate::Limits;
@@ -65,20 +67,12 @@ pub use validate::Limits;
 /// raft-backed node in the data directory, serves clients until SIGTERM/SIGINT, drains, then
 /// stops raft and closes the backend and WAL.
 pub fn run() -> Result<(), String> {
-    let config = Flags::parse().resolve().map_err(|e| e.to_string())?;
+    let mut config = Flags::parse().resolve().map_err(|e| e.to_string())?;
     if config.flags.cpu_layout != "auto" {
         // Pinning is not built yet: refuse rather than silently ignore the layout.
         return Err(format!(
             "--cpu-layout {:?}: only `auto` (no pinning; the OS schedules the roles) is supported yet",
             config.flags.cpu_layout
-        ));
-    }
-    if config.initial_members.len() > 1 {
-        // One raft voter only (raft_backed): members started from a shared --initial-cluster
-        // would each bootstrap a separate one-member cluster and accept writes independently.
-        return Err(format!(
-            "--initial-cluster names {} members; ringkv runs single-member clusters only yet",
-            config.initial_members.len()
         ));
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
@@ -93,8 +87,15 @@ pub fn run() -> Result<(), String> {
         .thread_name("ringkv-front")
         .build()
         .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
-    let node =
-        RaftBackedNode::open(NodeOptions::from_config(&config)).map_err(|e| e.to_string())?;
+    let mut existing_members = None;
+    if config.flags.initial_cluster_state == ClusterState::Existing
+        && !config.data_dir.join("member").join("wal").exists()
+    {
+        existing_members = Some(join_existing(&mut config)?);
+    }
+    let mut opts = NodeOptions::from_config(&config);
+    opts.cluster.existing_members = existing_members;
+    let node = RaftBackedNode::open(opts).map_err(|e| e.to_string())?;
     tracing::info!(
         member = format!("{:x}", config.member_id),
         cluster = format!("{:x}", config.cluster_id),
@@ -105,7 +106,27 @@ pub fn run() -> Result<(), String> {
         if !node.wait_leader(Duration::from_secs(60)).await {
             tracing::warn!("no leader after 60 s; serving anyway");
         }
-        serve_clients(&config, Arc::new(node.clone())).await
+        let removed = {
+            let node = node.clone();
+            async move {
+                while !node.removed() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tracing::warn!("the member has been permanently removed from the cluster; exiting");
+            }
+        };
+        let stop = async move {
+            tokio::select! {
+                r = signal() => {
+                    if let Err(e) = r {
+                        tracing::error!("cannot install SIGTERM/SIGINT handlers: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                _ = removed => {}
+            }
+        };
+        serve_clients_until(&config, Arc::new(node.clone()), stop).await
     });
     // Watch pumps and snapshot streams run on the blocking pool; they end once their
     // receivers are gone, which dropping the tasks guarantees. Bounded all the same.
@@ -115,6 +136,55 @@ pub fn run() -> Result<(), String> {
     closed.map_err(|e| format!("ringkv: stopped after a failure: {e}"))?;
     tracing::info!("ringkv stopped cleanly");
     Ok(())
+}
+
+/// A fresh member joining a running cluster (`--initial-cluster-state existing`) takes its
+/// member ID (given by MemberAdd) and the cluster ID from the other members, found by its
+/// peer URLs in their member list, as etcd does. Returns that member list (JSON).
+fn join_existing(config: &mut Config) -> Result<Vec<u8>, String> {
+    let mut last = String::from("no other member in --initial-cluster");
+    for m in &config.initial_members {
+        if m.peer_urls == config.peer_urls {
+            continue;
+        }
+        let (cluster_id, list) = match query_cluster(&m.peer_urls) {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("member {:?}: {e}", m.name);
+                continue;
+            }
+        };
+        let members: serde_json::Value = serde_json::from_slice(&list)
+            .map_err(|e| format!("member {:?} sent a bad member list: {e}", m.name))?;
+        let me = members.as_array().into_iter().flatten().find(|v| {
+            let mut urls: Vec<String> = v["peerURLs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect();
+            urls.sort();
+            urls == config.peer_urls
+        });
+        let Some(id) = me.and_then(|v| v["id"].as_u64()) else {
+            return Err(format!(
+                "ringkv: cluster {cluster_id:x} has no member with peer URLs {:?}; add this \
+                 member first (etcdctl member add)",
+                config.peer_urls
+            ));
+        };
+        tracing::info!(
+            member = format!("{id:x}"),
+            cluster = format!("{cluster_id:x}"),
+            "joining an existing cluster"
+        );
+        config.member_id = id;
+        config.cluster_id = cluster_id;
+        return Ok(list);
+    }
+    Err(format!(
+        "ringkv: cannot reach any member of the existing cluster ({last})"
+    ))
 }
 
 /// Listener options derived from the configuration.

@@ -136,7 +136,47 @@ impl RingkvProcess {
         p
     }
 
+    /// Starts a member on `data_dir` with the given ports without waiting for it to be
+    /// healthy (a cluster member is healthy only once a quorum runs); see
+    /// [`RingkvProcess::wait_ready`].
+    pub fn launch(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra: &[String],
+    ) -> RingkvProcess {
+        let mut p = RingkvProcess {
+            child: None,
+            client_port,
+            peer_port,
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.to_vec(),
+            _tmp: None,
+        };
+        p.spawn_process();
+        p
+    }
+
+    /// Starts the node again on the same data dir and ports, without waiting for health.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn_process();
+    }
+
+    /// Whether the process is running (not killed, not exited).
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
     fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    fn spawn_process(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = self.data_dir.with_extension("log");
@@ -161,10 +201,10 @@ impl RingkvProcess {
             .spawn()
             .expect("spawn ringkv");
         self.child = Some(child);
-        self.wait_ready();
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until `/health` says true (a leader is known and the node serves).
+    pub fn wait_ready(&mut self) {
         let start = Instant::now();
         loop {
             if let Some(c) = self.child.as_mut()

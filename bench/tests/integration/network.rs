@@ -371,15 +371,22 @@ fn three_members_with_target_leader() {
     assert_eq!(keys_and_revision(&c).1, 151);
 }
 
-/// ringkv has one raft voter: three members from one --initial-cluster would be three separate
-/// clusters, so it refuses them at startup, and the launcher reports that.
+/// A 3-member ringkv cluster from the launcher's `--initial-cluster` takes a load aimed at its
+/// leader, and every member applies it.
 #[test]
-fn ringkv_refuses_three_members_clearly() {
-    let e = start_cluster_with_args(&ringkv_bin(), 3, None, &[]).unwrap_err();
-    assert!(
-        e.contains("--initial-cluster names 3 members; ringkv runs single-member clusters only"),
-        "{e}"
-    );
+fn ringkv_three_members_with_target_leader() {
+    let c = start_members(System::Ringkv, 3);
+    let v = bench_json(&[
+        &ep(&c),
+        "--target-leader",
+        "--conns=3",
+        "--clients=6",
+        "put",
+        "--total=150",
+        "--key-space-size=10",
+    ]);
+    check_load_report(&v[0], "put", 150);
+    assert_eq!(keys_and_revision(&c).1, 151);
 }
 
 #[test]

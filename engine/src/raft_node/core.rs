@@ -12,8 +12,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{RawNode, SnapshotStatus, StateRole};
 
+use super::transport::Transport;
 use super::{NodeProgress, SharedProgress};
 
 /// Durable storage of the raft log: the WAL, seen from raft.
@@ -40,6 +41,13 @@ pub trait StateMachine: Send + 'static {
     /// Called after a batch of entries was applied; `last_index` is the last one in the batch.
     fn applied_batch(&mut self, last_index: u64) {
         let _ = last_index;
+    }
+
+    /// Applies one committed membership change (raft-rs already applied it to its own
+    /// configuration). `cc.context` is what the proposer gave [`RaftNode::propose_conf_change`]
+    /// (etcd: the member's attributes). Same index rules as [`StateMachine::apply`].
+    fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ConfChangeV2) {
+        let _ = (index, term, cc);
     }
 }
 
@@ -120,7 +128,31 @@ enum CoreMsg {
         result: io::Result<()>,
     },
     Applied(u64),
+    /// A message from a peer.
+    Step(Message),
+    Unreachable(u64),
+    SnapshotStatus {
+        to: u64,
+        failed: bool,
+    },
+    ProposeConfChange {
+        cc: ConfChangeV2,
+        rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
+    },
+    TransferLeader(u64),
+    PeerProgress(Box<dyn FnOnce(Vec<PeerProgress>) + Send>),
     Shutdown,
+}
+
+/// The leader's view of one member's replication, for MemberPromote and status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    /// Highest log index known to be replicated on the member.
+    pub matched: u64,
+    pub is_learner: bool,
+    /// The leader heard from the member within the last election timeout.
+    pub recent_active: bool,
 }
 
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
@@ -140,17 +172,25 @@ impl std::fmt::Debug for RaftNode {
 }
 
 impl RaftNode {
-    /// Starts the raft core and apply threads.
-    pub fn start<L: LogSink, S: StateMachine>(
+    /// Starts the raft core and apply threads. Messages to peers leave through `transport`.
+    pub fn start<L: LogSink, T: Transport, S: StateMachine>(
         cfg: NodeConfig,
         sink: L,
+        transport: T,
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
         let (tx, rx) = unbounded();
         let (apply_tx, apply_rx) = unbounded::<Vec<Entry>>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
-        let core = Core::new(&cfg, sink, tx.clone(), apply_tx, progress.clone())?;
+        let core = Core::new(
+            &cfg,
+            sink,
+            Box::new(transport),
+            tx.clone(),
+            apply_tx,
+            progress.clone(),
+        )?;
         let core_thread = std::thread::Builder::new()
             .name("ringkv-raft".into())
             .spawn(move || core.run(rx))
@@ -195,6 +235,54 @@ impl RaftNode {
         &self.progress
     }
 
+    /// Hands a message received from a peer to raft. Messages from unknown members and stale
+    /// ones are dropped (raft retries what matters).
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(CoreMsg::Step(msg));
+    }
+
+    /// Tells raft that the last message to `id` could not be delivered (it then probes instead
+    /// of streaming appends to that member).
+    pub fn report_unreachable(&self, id: u64) {
+        let _ = self.tx.send(CoreMsg::Unreachable(id));
+    }
+
+    /// Tells raft how sending a snapshot to `to` ended (`failed`: raft sends it again later).
+    pub fn report_snapshot(&self, to: u64, failed: bool) {
+        let _ = self.tx.send(CoreMsg::SnapshotStatus { to, failed });
+    }
+
+    /// Proposes a membership change. Success is seen when the state machine's
+    /// [`StateMachine::apply_conf_change`] runs with it; `rejected` as for [`RaftNode::propose`].
+    pub fn propose_conf_change(
+        &self,
+        cc: ConfChangeV2,
+        rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
+    ) {
+        if let Err(crossbeam_channel::SendError(CoreMsg::ProposeConfChange {
+            rejected: Some(r),
+            ..
+        })) = self.tx.send(CoreMsg::ProposeConfChange { cc, rejected })
+        {
+            r(RaftNodeError::Stopped);
+        }
+    }
+
+    /// Asks the leader to hand leadership to `to` (etcd's MoveLeader); watch
+    /// [`NodeProgress::leader`] for the outcome.
+    pub fn transfer_leader(&self, to: u64) {
+        let _ = self.tx.send(CoreMsg::TransferLeader(to));
+    }
+
+    /// The leader's replication progress of every member; an empty list on a follower.
+    pub fn peer_progress(&self, done: Box<dyn FnOnce(Vec<PeerProgress>) + Send>) {
+        if let Err(crossbeam_channel::SendError(CoreMsg::PeerProgress(done))) =
+            self.tx.send(CoreMsg::PeerProgress(done))
+        {
+            done(Vec::new());
+        }
+    }
+
     /// Stops both threads after the core finishes its current iteration. In-flight proposals may
     /// or may not be applied; what was persisted is replayed on restart.
     pub fn shutdown(&self) {
@@ -219,6 +307,12 @@ struct InFlight {
 struct Core<L: LogSink> {
     raw: RawNode<MemStorage>,
     sink: L,
+    transport: Box<dyn Transport>,
+    /// Ticks since start; read rounds remember when they were sent.
+    ticks: u64,
+    /// A read round unanswered for this many ticks is sent again (the leader it went to may
+    /// have lost leadership and dropped it).
+    read_retry_ticks: u64,
     tx: Sender<CoreMsg>,
     apply_tx: Sender<Vec<Entry>>,
     progress: SharedProgress,
@@ -228,8 +322,8 @@ struct Core<L: LogSink> {
     pending_hs: Option<HardState>,
     /// Read requests gathered during the current loop iteration.
     read_batch: Vec<ReadIndexDone>,
-    /// ReadIndex rounds sent to raft-rs, keyed by the context id.
-    read_rounds: HashMap<u64, Vec<ReadIndexDone>>,
+    /// ReadIndex rounds sent to raft-rs, keyed by the context id: (tick sent, waiters).
+    read_rounds: HashMap<u64, (u64, Vec<ReadIndexDone>)>,
     next_read_ctx: u64,
     /// Reads whose index is known, waiting for apply to reach it.
     read_waiting: BTreeMap<u64, Vec<ReadIndexDone>>,
@@ -247,6 +341,7 @@ impl<L: LogSink> Core<L> {
     fn new(
         cfg: &NodeConfig,
         sink: L,
+        transport: Box<dyn Transport>,
         tx: Sender<CoreMsg>,
         apply_tx: Sender<Vec<Entry>>,
         progress: SharedProgress,
@@ -276,7 +371,11 @@ impl<L: LogSink> Core<L> {
                 hs.commit = hs.commit.max(cfg.applied).min(last);
                 w.set_hardstate(hs);
             } else {
-                w.set_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
+                w.set_conf_state(
+                    cfg.conf_state
+                        .clone()
+                        .unwrap_or_else(|| ConfState::from((cfg.voters.clone(), vec![]))),
+                );
                 // A new member starts as a follower in term 1, as etcd's does (etcd bootstraps
                 // its membership as term-1 entries), so a fresh cluster's first leader holds
                 // term 2 and response headers carry etcd's raft_term.
@@ -300,6 +399,12 @@ impl<L: LogSink> Core<L> {
         raft_cfg.validate().map_err(to_raft_err)?;
         let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => cfg.id));
         let mut raw = RawNode::new(&raft_cfg, storage, &logger).map_err(to_raft_err)?;
+        {
+            let conf = raw.raft.prs().conf();
+            progress
+                .is_learner
+                .store(conf.learners().contains(&cfg.id), Ordering::Release);
+        }
         // A single voter needs nobody's vote: skip the election timeout (etcd does the same).
         if raw.raft.prs().conf().voters().ids().iter().eq([cfg.id]) {
             raw.campaign().map_err(to_raft_err)?;
@@ -307,6 +412,9 @@ impl<L: LogSink> Core<L> {
         Ok(Core {
             raw,
             sink,
+            transport,
+            ticks: 0,
+            read_retry_ticks: cfg.election_ticks as u64,
             tx,
             apply_tx,
             progress,
@@ -341,6 +449,8 @@ impl<L: LogSink> Core<L> {
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.ticks += 1;
+                self.retry_stale_read_rounds();
                 next_tick += self.tick;
             }
             self.start_read_round();
@@ -383,8 +493,89 @@ impl<L: LogSink> Core<L> {
                 self.release_reads();
             }
             CoreMsg::Shutdown => return false,
+            other => self.handle_peer_msg(other),
         }
         true
+    }
+
+    /// Messages of the cluster: peer traffic, membership, leadership transfer.
+    fn handle_peer_msg(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Step(m) => {
+                if self.failed.is_some() {
+                    return;
+                }
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "raft message dropped");
+                }
+            }
+            CoreMsg::Unreachable(id) => self.raw.report_unreachable(id),
+            CoreMsg::SnapshotStatus { to, failed } => {
+                let status = if failed {
+                    SnapshotStatus::Failure
+                } else {
+                    SnapshotStatus::Finish
+                };
+                self.raw.report_snapshot(to, status);
+            }
+            CoreMsg::ProposeConfChange { cc, rejected } => {
+                let refused = match &self.failed {
+                    Some(why) => Some(RaftNodeError::PersistFailed(why.clone())),
+                    None => match self.raw.propose_conf_change(vec![], cc) {
+                        Ok(()) => None,
+                        Err(raft::Error::ProposalDropped) if self.raw.raft.leader_id == 0 => {
+                            Some(RaftNodeError::NoLeader)
+                        }
+                        Err(raft::Error::ProposalDropped) => Some(RaftNodeError::ProposalDropped),
+                        Err(e) => Some(to_raft_err(e)),
+                    },
+                };
+                if let (Some(e), Some(r)) = (refused, rejected) {
+                    r(e);
+                }
+            }
+            CoreMsg::TransferLeader(to) => self.raw.transfer_leader(to),
+            CoreMsg::PeerProgress(done) => {
+                let mut out = Vec::new();
+                if self.raw.raft.state == StateRole::Leader {
+                    let conf = self.raw.raft.prs().conf();
+                    let learners = conf.learners().clone();
+                    for (id, pr) in self.raw.raft.prs().iter() {
+                        out.push(PeerProgress {
+                            id: *id,
+                            matched: pr.matched,
+                            is_learner: learners.contains(id),
+                            recent_active: pr.recent_active,
+                        });
+                    }
+                    out.sort_by_key(|p| p.id);
+                }
+                done(out);
+            }
+            CoreMsg::Propose { .. }
+            | CoreMsg::ReadIndex(_)
+            | CoreMsg::Persisted { .. }
+            | CoreMsg::Applied(_)
+            | CoreMsg::Shutdown => unreachable!("handled by handle()"),
+        }
+    }
+
+    /// Sends again the read rounds that waited longer than an election timeout (a forwarded
+    /// MsgReadIndex is lost when the leader changes or drops it).
+    fn retry_stale_read_rounds(&mut self) {
+        let now = self.ticks;
+        let limit = self.read_retry_ticks;
+        let stale: Vec<u64> = self
+            .read_rounds
+            .iter()
+            .filter(|(_, (sent, _))| now.saturating_sub(*sent) > limit)
+            .map(|(ctx, _)| *ctx)
+            .collect();
+        for ctx in stale {
+            if let Some((_, waiters)) = self.read_rounds.remove(&ctx) {
+                self.read_deferred.extend(waiters);
+            }
+        }
     }
 
     fn start_read_round(&mut self) {
@@ -411,7 +602,7 @@ impl<L: LogSink> Core<L> {
         batch.append(&mut self.read_batch);
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
-        self.read_rounds.insert(ctx, batch);
+        self.read_rounds.insert(ctx, (self.ticks, batch));
         self.raw.read_index(ctx.to_le_bytes().to_vec());
     }
 
@@ -426,7 +617,7 @@ impl<L: LogSink> Core<L> {
     }
 
     fn fail_all_reads(&mut self, err: RaftNodeError) {
-        let rounds = self.read_rounds.drain().flat_map(|(_, v)| v);
+        let rounds = self.read_rounds.drain().flat_map(|(_, (_, v))| v);
         let waiting = std::mem::take(&mut self.read_waiting)
             .into_values()
             .flatten();
@@ -444,16 +635,18 @@ impl<L: LogSink> Core<L> {
             return;
         }
         let mut rd = self.raw.ready();
-        // Invariant 4: the leader's messages leave now. (No transport yet: a single member has
-        // no peers, so raft-rs produces none.)
-        let _leader_msgs = rd.take_messages();
+        // Invariant 4: the leader's messages leave now.
+        let msgs = rd.take_messages();
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         for rs in rd.take_read_states() {
             let ctx = rs
                 .request_ctx
                 .get(..8)
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_le_bytes);
-            if let Some(waiters) = ctx.and_then(|c| self.read_rounds.remove(&c)) {
+            if let Some((_, waiters)) = ctx.and_then(|c| self.read_rounds.remove(&c)) {
                 self.read_waiting
                     .entry(rs.index)
                     .or_default()
@@ -533,8 +726,10 @@ impl<L: LogSink> Core<L> {
                 break;
             }
             let f = self.in_flight.pop_front().expect("front exists");
-            // Follower messages (votes, append acks) may leave only now; no transport yet.
-            drop(f.persisted_msgs);
+            // Invariant 4: follower messages (votes, append acks) leave only now.
+            if !f.persisted_msgs.is_empty() {
+                self.transport.send(f.persisted_msgs);
+            }
             last = Some(f.number);
         }
         if let Some(number) = last {
@@ -552,16 +747,13 @@ impl<L: LogSink> Core<L> {
         }
         for e in &entries {
             match e.get_entry_type() {
-                EntryType::EntryConfChange => {
-                    let mut cc = ConfChange::default();
-                    if protobuf::Message::merge_from_bytes(&mut cc, &e.data).is_ok() {
-                        let result = self.raw.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    // Entries at or below the applied index were applied before a restart; the
+                    // configuration raft-rs started from already holds them.
+                    if e.index <= self.applied {
+                        continue;
                     }
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let mut cc = ConfChangeV2::default();
-                    if protobuf::Message::merge_from_bytes(&mut cc, &e.data).is_ok() {
+                    if let Some(cc) = decode_conf_change(e) {
                         let result = self.raw.apply_conf_change(&cc);
                         self.conf_changed(result);
                     }
@@ -580,7 +772,17 @@ impl<L: LogSink> Core<L> {
 
     fn conf_changed(&mut self, result: raft::Result<ConfState>) {
         match result {
-            Ok(cs) => self.raw.mut_store().wl().set_conf_state(cs),
+            Ok(cs) => {
+                let id = self.raw.raft.id;
+                self.progress
+                    .is_learner
+                    .store(cs.learners.contains(&id), Ordering::Release);
+                self.progress.removed.store(
+                    !cs.learners.contains(&id) && !cs.voters.contains(&id),
+                    Ordering::Release,
+                );
+                self.raw.mut_store().wl().set_conf_state(cs)
+            }
             Err(e) => tracing::warn!(error = %e, "conf change refused"),
         }
     }
@@ -616,8 +818,14 @@ fn apply_loop<S: StateMachine>(
             if e.index <= applied {
                 continue;
             }
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                sm.apply(e.index, e.term, &e.data);
+            match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => sm.apply(e.index, e.term, &e.data),
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if let Some(cc) = decode_conf_change(e) {
+                        sm.apply_conf_change(e.index, e.term, &cc);
+                    }
+                }
             }
             last = e.index;
         }
@@ -629,6 +837,29 @@ fn apply_loop<S: StateMachine>(
                 return;
             }
         }
+    }
+}
+
+/// The membership change an entry carries, as a V2 change (v1 entries converted).
+fn decode_conf_change(e: &Entry) -> Option<ConfChangeV2> {
+    match e.get_entry_type() {
+        EntryType::EntryConfChange => {
+            let mut cc = ConfChange::default();
+            protobuf::Message::merge_from_bytes(&mut cc, &e.data).ok()?;
+            let mut single = raft::eraftpb::ConfChangeSingle::default();
+            single.set_change_type(cc.get_change_type());
+            single.node_id = cc.node_id;
+            let mut v2 = ConfChangeV2::default();
+            v2.mut_changes().push(single);
+            v2.context = cc.context;
+            Some(v2)
+        }
+        EntryType::EntryConfChangeV2 => {
+            let mut cc = ConfChangeV2::default();
+            protobuf::Message::merge_from_bytes(&mut cc, &e.data).ok()?;
+            Some(cc)
+        }
+        EntryType::EntryNormal => None,
     }
 }
 
@@ -656,6 +887,7 @@ impl slog::Drain for TracingDrain {
 
 #[cfg(test)]
 mod tests {
+    use super::super::transport::NoPeers;
     use super::*;
     use parking_lot::Mutex;
     use std::sync::mpsc;
@@ -718,7 +950,7 @@ mod tests {
     fn single_member_applies_proposals_in_order_and_serves_read_index() {
         let sink = MemSink::default();
         let (tx, rx) = mpsc::channel();
-        let node = RaftNode::start(fast(1), sink.clone(), Recorder(tx)).unwrap();
+        let node = RaftNode::start(fast(1), sink.clone(), NoPeers, Recorder(tx)).unwrap();
         for i in 0..100u32 {
             node.propose(i.to_le_bytes().to_vec(), None);
         }
@@ -756,7 +988,7 @@ mod tests {
     fn restart_replays_the_persisted_log_above_the_applied_index() {
         let sink = MemSink::default();
         let (tx, rx) = mpsc::channel();
-        let node = RaftNode::start(fast(1), sink.clone(), Recorder(tx)).unwrap();
+        let node = RaftNode::start(fast(1), sink.clone(), NoPeers, Recorder(tx)).unwrap();
         for i in 0..10u8 {
             node.propose(vec![i], None);
         }
@@ -772,7 +1004,7 @@ mod tests {
             ..fast(1)
         };
         let (tx, rx) = mpsc::channel();
-        let node = RaftNode::start(cfg, sink.clone(), Recorder(tx)).unwrap();
+        let node = RaftNode::start(cfg, sink.clone(), NoPeers, Recorder(tx)).unwrap();
         for want in &applied[4..] {
             assert_eq!(&recv(&rx), want);
         }
@@ -787,7 +1019,7 @@ mod tests {
     fn persist_failure_stops_the_node() {
         let sink = MemSink::default();
         let (tx, rx) = mpsc::channel();
-        let node = RaftNode::start(fast(1), sink.clone(), Recorder(tx)).unwrap();
+        let node = RaftNode::start(fast(1), sink.clone(), NoPeers, Recorder(tx)).unwrap();
         node.propose(b"ok".to_vec(), None);
         assert_eq!(recv(&rx).1, b"ok");
         sink.fail.store(true, Ordering::Relaxed);

@@ -22,14 +22,23 @@
 //! 4. The leader's messages go out before its own entries are durable (Raft thesis §10.2.1);
 //!    a follower's messages wait for persistence (`persisted_messages`).
 
+#[cfg(test)]
+mod cluster_tests;
 mod core;
+mod transport;
 mod wal_sink;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-pub use self::core::{LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, StateMachine};
-pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+pub use self::core::{
+    LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, StateMachine,
+};
+pub use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, Message, MessageType,
+};
+pub use transport::{NoPeers, Transport};
 pub use wal_sink::apply_replay;
 
 /// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.
@@ -42,6 +51,11 @@ pub struct NodeProgress {
     pub leader_changes: AtomicU64,
     pub proposals_committed: AtomicU64,
     pub proposals_failed: AtomicU64,
+    /// This member is a learner in the applied configuration.
+    pub is_learner: AtomicBool,
+    /// This member is in neither voters nor learners of the applied configuration: it was
+    /// removed and should stop.
+    pub removed: AtomicBool,
 }
 
 impl NodeProgress {

@@ -137,7 +137,7 @@ mod tests {
         apply_replay(&mut cfg, &replay).unwrap();
         let (tx, rx) = mpsc::channel();
         (
-            RaftNode::start(cfg, Arc::new(wal), Recorder(tx)).unwrap(),
+            RaftNode::start(cfg, Arc::new(wal), crate::raft_node::NoPeers, Recorder(tx)).unwrap(),
             rx,
         )
     }

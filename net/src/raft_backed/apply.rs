@@ -39,6 +39,8 @@ pub(crate) enum Applied {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     Alarm(AlarmResponse),
+    /// A membership change: the member list after it.
+    Members(Vec<ringkv_engine::pb::etcdserverpb::Member>),
     /// Requests without a response body (lease checkpoints, unknown requests).
     Nothing,
 }
@@ -127,6 +129,9 @@ impl Applier {
         }
         if let Some(a) = &req.alarm {
             return self.apply_alarm(store, a);
+        }
+        if let Some(m) = &req.cluster_member_attr_set {
+            return self.apply_member_attributes(store, m);
         }
         Ok(Applied::Nothing)
     }
@@ -249,5 +254,9 @@ impl StateMachine for Applier {
 
     fn applied_batch(&mut self, _last_index: u64) {
         self.inner.commit_if_due(false);
+    }
+
+    fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ringkv_engine::ConfChangeV2) {
+        self.apply_member_change(index, term, cc);
     }
 }

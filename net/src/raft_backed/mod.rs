@@ -24,6 +24,8 @@
 //! no lock is held across an `.await`.
 
 mod apply;
+mod cluster;
+mod membership;
 mod shared_writer;
 #[cfg(test)]
 mod tests;
@@ -43,7 +45,7 @@ use ringkv_engine::pb::etcdserverpb::{
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
     InternalRaftRequest, LeaseCheckpoint, LeaseCheckpointRequest, LeaseGrantRequest,
     LeaseGrantResponse, LeaseKeepAliveResponse, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, Member, MemberAddRequest,
+    LeaseRevokeResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberAddRequest,
     MemberAddResponse, MemberListResponse, MemberPromoteResponse, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse, MoveLeaderResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse, TxnRequest,
@@ -58,13 +60,15 @@ use ringkv_engine::{
 use tokio::sync::{mpsc, oneshot};
 
 use self::apply::{Applied, Applier, mvcc_err};
+use self::membership::Membership;
 use self::shared_writer::NodeBackend;
-use crate::config::{AutoCompaction, Config};
+use crate::config::{AutoCompaction, Config, InitialMember};
 use crate::errors::EtcdError;
 use crate::node::{
     BoxStream, Caller, EtcdNode, Histogram, NodeMetrics, NodeResult, NodeState, WatchSpec,
     WatchUpdate, Watcher,
 };
+use crate::peer::{PeerConfig, PeerTransport};
 
 /// Commit the backend after this many applied entries (etcd's batch limit) ...
 const COMMIT_OPS: u64 = 10_000;
@@ -111,6 +115,26 @@ pub struct NodeOptions {
     pub io: IoKind,
     /// A file system to use instead of the one `io` names (tests: the fault-injecting VFS).
     pub vfs: Option<Arc<dyn Vfs>>,
+    /// Bootstrap and peers; the default is a member alone, without a peer listener.
+    pub cluster: ClusterOptions,
+}
+
+/// How this member finds and forms its cluster (etcd's `--initial-cluster*` flags).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    /// The `--initial-cluster` members (empty: this member alone).
+    pub initial_members: Vec<InitialMember>,
+    /// `--initial-cluster-state existing`: join a running cluster that already added this
+    /// member (MemberAdd); its log brings the configuration.
+    pub join_existing: bool,
+    /// `--listen-peer-urls` addresses.
+    pub peer_listen: Vec<std::net::SocketAddr>,
+    /// A joining member: the member list (JSON) the cluster answered its query with; seeds
+    /// the list instead of `initial_members`.
+    pub existing_members: Option<Vec<u8>>,
+    /// `--initial-cluster-token` (MemberAdd derives new IDs from the URLs and the time only,
+    /// as etcd does; kept for the log line).
+    pub token: String,
 }
 
 impl NodeOptions {
@@ -135,6 +159,14 @@ impl NodeOptions {
             lease_checkpoint: c.flags.experimental_enable_lease_checkpoint,
             io,
             vfs: None,
+            cluster: ClusterOptions {
+                initial_members: c.initial_members.clone(),
+                join_existing: c.flags.initial_cluster_state
+                    == crate::config::ClusterState::Existing,
+                peer_listen: c.peer_addrs.clone(),
+                token: c.flags.initial_cluster_token.clone(),
+                existing_members: None,
+            },
         }
     }
 
@@ -194,6 +226,15 @@ pub(crate) struct Inner {
     backend_commit: Mutex<Histogram>,
     /// Whether this member's lessor is primary (it is the leader).
     lease_primary: AtomicBool,
+    /// The member list (membership.rs); lock order: after `store`, before `waiters`.
+    members: RwLock<Membership>,
+    /// Raft messages to and from the other members.
+    peers: PeerTransport,
+    /// This member's removal was applied: it stops itself.
+    self_removed: AtomicBool,
+    /// This member's name and client URLs were applied from its own publish request.
+    attrs_published: AtomicBool,
+    last_publish: Mutex<Instant>,
 }
 
 impl Inner {
@@ -366,7 +407,7 @@ impl RaftBackedNode {
     /// backend, replays the WAL above the backend's consistent index and starts raft, the
     /// apply thread and housekeeping. Returns once the threads run (not once a leader exists:
     /// see [`RaftBackedNode::wait_leader`]).
-    pub fn open(opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
+    pub fn open(mut opts: NodeOptions) -> Result<RaftBackedNode, OpenError> {
         let vfs = opts.vfs.clone().unwrap_or_else(|| open_vfs(opts.io));
         let member = opts.data_dir.join("member");
         let snap_dir = member.join("snap");
@@ -406,6 +447,12 @@ impl RaftBackedNode {
         );
         let mut store = MvccStore::open(NodeBackend::new(backend.clone(), writer), lessor)
             .map_err(|e| OpenError(format!("cannot open the MVCC store: {e}")))?;
+        // A data directory keeps the IDs it was created with (a joined member's come from
+        // the cluster, not from the flags).
+        if let Some((member_id, cluster_id)) = cluster::stored_ids(&store)? {
+            opts.member_id = member_id;
+            opts.cluster_id = cluster_id;
+        }
         let ids = HeaderIds {
             cluster_id: opts.cluster_id,
             member_id: opts.member_id,
@@ -427,6 +474,11 @@ impl RaftBackedNode {
             })
             .map_err(|e| OpenError(format!("cannot read alarms: {e}")))?;
 
+        let mut membership = Membership::load(store.backend()).map_err(OpenError)?;
+        let fresh = membership.members.is_empty();
+        if fresh {
+            cluster::seed_members(&opts, &mut membership, &mut store)?;
+        }
         let wal_fsync = Arc::new(FsyncHistogram::default());
         let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone())?;
         if let Some((file, offset)) = &replay.truncated_tail {
@@ -444,6 +496,10 @@ impl RaftBackedNode {
             ..NodeConfig::single(opts.member_id)
         };
         apply_replay(&mut cfg, &replay).map_err(OpenError)?;
+        let joining = opts.cluster.join_existing && applied == 0 && cfg.entries.is_empty();
+        let (voters, learners) = membership.conf(joining.then_some(opts.member_id));
+        cfg.voters = voters.clone();
+        cfg.conf_state = Some(ringkv_engine::RaftConfState::from((voters, learners)));
         if let Some(last) = cfg.entries.last()
             && last.index < applied
         {
@@ -455,6 +511,10 @@ impl RaftBackedNode {
             )));
         }
         let revision = store.current_revision();
+        let peers = PeerTransport::new(PeerConfig {
+            cluster_id: opts.cluster_id,
+            member_id: opts.member_id,
+        });
         let inner = Arc::new(Inner {
             store: RwLock::new(store),
             backend,
@@ -477,14 +537,20 @@ impl RaftBackedNode {
             wal_fsync,
             backend_commit: Mutex::new(Histogram::default()),
             lease_primary: AtomicBool::new(false),
+            members: RwLock::new(membership),
+            peers,
+            self_removed: AtomicBool::new(false),
+            attrs_published: AtomicBool::new(false),
+            last_publish: Mutex::new(Instant::now() - Duration::from_secs(10)),
         });
         let applier = Applier {
             inner: inner.clone(),
             term: 0,
         };
-        let raft = RaftNode::start(cfg, inner.wal.clone(), applier)
+        let raft = RaftNode::start(cfg, inner.wal.clone(), inner.peers.clone(), applier)
             .map_err(|e| OpenError(format!("cannot start raft: {e}")))?;
-        let _ = inner.raft.set(raft);
+        let _ = inner.raft.set(raft.clone());
+        cluster::start_peers(&inner, raft)?;
         let hk = {
             let inner = inner.clone();
             std::thread::Builder::new()
@@ -510,14 +576,27 @@ impl RaftBackedNode {
                     || self.inner.lease_primary.load(Ordering::Acquire))
             {
                 let left = limit.saturating_sub(start.elapsed());
-                return matches!(
+                let caught_up = matches!(
                     tokio::time::timeout(left, self.linearize()).await,
                     Ok(Ok(()))
                 );
+                // Like etcd, serve clients once this member's name and client URLs are
+                // published (other members' lists show it "started" from then on).
+                while caught_up && start.elapsed() < limit && !self.published() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return caught_up;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Whether this member's attributes are applied (or it is not in the list yet).
+    fn published(&self) -> bool {
+        let me = self.inner.ids.member_id;
+        self.inner.attrs_published.load(Ordering::Acquire)
+            || !self.inner.members.read().members.contains_key(&me)
     }
 
     /// Stops raft, commits the backend and closes the WAL. Requests after this fail with
@@ -527,6 +606,7 @@ impl RaftBackedNode {
         for t in std::mem::take(&mut *self.threads.lock()) {
             let _ = t.join();
         }
+        self.inner.peers.stop();
         self.inner.raft().shutdown();
         {
             let store = self.inner.store.write();
@@ -666,6 +746,7 @@ fn housekeeping(inner: Arc<Inner>) {
         }
         // Under the read lock (shared_writer.rs): reads go on during the fdatasyncs.
         inner.commit_if_due(false);
+        inner.publish_attributes_if_needed();
         if !is_leader {
             continue;
         }
@@ -808,7 +889,7 @@ impl EtcdNode for RaftBackedNode {
             raft_term: p.term.load(Ordering::Acquire),
             revision: self.inner.revision.load(Ordering::Acquire),
             alarms: self.inner.alarms.read().clone(),
-            is_learner: false,
+            is_learner: p.is_learner.load(Ordering::Acquire),
         }
     }
 
@@ -1015,19 +1096,12 @@ impl EtcdNode for RaftBackedNode {
         Ok(self.inner.store.read().lease_leases())
     }
 
-    async fn member_add(&self, _: &Caller, _: MemberAddRequest) -> NodeResult<MemberAddResponse> {
-        Err(EtcdError::Unimplemented(
-            "MemberAdd: ringkv runs single-member clusters until the multi-member issue",
-        ))
+    async fn member_add(&self, _: &Caller, req: MemberAddRequest) -> NodeResult<MemberAddResponse> {
+        self.add_member(req).await
     }
 
     async fn member_remove(&self, _: &Caller, id: u64) -> NodeResult<MemberRemoveResponse> {
-        if id == self.inner.ids.member_id {
-            return Err(EtcdError::Unimplemented(
-                "MemberRemove: cannot remove the only member",
-            ));
-        }
-        Err(EtcdError::MemberNotFound)
+        self.remove_member(id).await
     }
 
     async fn member_update(
@@ -1035,33 +1109,18 @@ impl EtcdNode for RaftBackedNode {
         _: &Caller,
         req: MemberUpdateRequest,
     ) -> NodeResult<MemberUpdateResponse> {
-        if req.id != self.inner.ids.member_id {
-            return Err(EtcdError::MemberNotFound);
-        }
-        Err(EtcdError::Unimplemented(
-            "MemberUpdate: peer URLs are fixed until the multi-member issue",
-        ))
+        self.update_member(req).await
     }
 
     async fn member_list(&self, _: &Caller) -> NodeResult<MemberListResponse> {
-        let o = &self.inner.opts;
         Ok(MemberListResponse {
             header: self.inner.header(),
-            members: vec![Member {
-                id: o.member_id,
-                name: o.name.clone(),
-                peer_ur_ls: o.peer_urls.clone(),
-                client_ur_ls: o.client_urls.clone(),
-                is_learner: false,
-            }],
+            members: self.inner.members.read().to_pb(),
         })
     }
 
     async fn member_promote(&self, _: &Caller, id: u64) -> NodeResult<MemberPromoteResponse> {
-        if id == self.inner.ids.member_id {
-            return Err(EtcdError::MemberNotLearner);
-        }
-        Err(EtcdError::MemberNotFound)
+        self.promote_member(id).await
     }
 
     async fn alarm(&self, _: &Caller, req: AlarmRequest) -> NodeResult<AlarmResponse> {
@@ -1102,7 +1161,7 @@ impl EtcdNode for RaftBackedNode {
             raft_index: p.commit.load(Ordering::Acquire),
             raft_term: p.term.load(Ordering::Acquire),
             raft_applied_index: p.applied(),
-            is_learner: false,
+            is_learner: p.is_learner.load(Ordering::Acquire),
             ..Default::default()
         })
     }
@@ -1215,12 +1274,7 @@ impl EtcdNode for RaftBackedNode {
     }
 
     async fn move_leader(&self, _: &Caller, target: u64) -> NodeResult<MoveLeaderResponse> {
-        if target != self.inner.ids.member_id {
-            return Err(EtcdError::BadLeaderTransferee);
-        }
-        Ok(MoveLeaderResponse {
-            header: self.inner.header(),
-        })
+        self.transfer_leadership(target).await
     }
 
     async fn auth_status(&self, _: &Caller) -> NodeResult<AuthStatusResponse> {

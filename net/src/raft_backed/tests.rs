@@ -31,6 +31,7 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         lease_checkpoint: false,
         io: IoKind::Std,
         vfs: Some(vfs),
+        cluster: Default::default(),
     }
 }
 

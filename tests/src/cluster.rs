@@ -1,0 +1,137 @@
+//! A cluster of real `ringkv` processes on loopback ports, bootstrapped like an etcd cluster
+//! (`--initial-cluster`, state `new`, a token), with fast raft timing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::etcd::free_port;
+use crate::ringkv::{RingkvProcess, etcdctl_at};
+
+/// `--initial-cluster-token` of test clusters.
+pub const TEST_CLUSTER_TOKEN: &str = "ringkv-test-cluster";
+
+/// A running cluster; members are killed on drop, the data dirs removed.
+pub struct RingkvCluster {
+    pub members: Vec<RingkvProcess>,
+    pub names: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl RingkvCluster {
+    /// Starts `n` members and waits until every one is healthy.
+    pub fn start(n: usize) -> RingkvCluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("ringkv-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let initial = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let members: Vec<RingkvProcess> = names
+            .iter()
+            .zip(&ports)
+            .map(|(name, (client, peer))| {
+                let extra: Vec<String> = [
+                    "--name",
+                    name,
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    TEST_CLUSTER_TOKEN,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                RingkvProcess::launch(&data_dir(&tmp, name), *client, *peer, &extra)
+            })
+            .collect();
+        let mut c = RingkvCluster {
+            members,
+            names,
+            _tmp: tmp,
+        };
+        c.wait_ready();
+        c
+    }
+
+    /// Waits until every running member is healthy.
+    pub fn wait_ready(&mut self) {
+        for m in &mut self.members {
+            if m.running() {
+                m.wait_ready();
+            }
+        }
+    }
+
+    /// Client endpoints of all members, comma-separated (etcdctl `--endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(RingkvProcess::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `etcdctl endpoint status -w json` of member `i`: (member ID, leader ID, raft term).
+    pub fn status(&self, i: usize) -> Option<(u64, u64, u64)> {
+        let out = etcdctl_at(
+            &self.members[i].endpoint(),
+            &["endpoint", "status", "-w", "json"],
+            None,
+        );
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let s = &v[0]["Status"];
+        Some((
+            s["header"]["member_id"].as_u64()?,
+            // etcdctl leaves out a zero leader (no leader right now).
+            s["leader"].as_u64().unwrap_or(0),
+            s["raftTerm"].as_u64()?,
+        ))
+    }
+
+    /// Index of the member every running member names as leader; waits up to 20 s.
+    pub fn leader(&mut self) -> usize {
+        let start = Instant::now();
+        loop {
+            let mut ids = Vec::new();
+            let mut leaders = Vec::new();
+            for i in 0..self.members.len() {
+                if !self.members[i].running() {
+                    ids.push(None);
+                    continue;
+                }
+                let s = self.status(i);
+                ids.push(s.map(|s| s.0));
+                leaders.push(s.map(|s| s.1));
+            }
+            if let Some(Some(l)) = leaders.first()
+                && *l != 0
+                && leaders.iter().all(|x| *x == Some(*l))
+                && let Some(i) = ids.iter().position(|id| *id == Some(*l))
+            {
+                return i;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no agreed leader within 20 s: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn data_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
+    tmp.path().join(name).join("data")
+}

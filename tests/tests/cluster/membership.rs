@@ -1,0 +1,189 @@
+//! Membership through etcdctl (spec §4.10): add a learner, start it with
+//! `--initial-cluster-state existing`, let it catch up, promote it, remove a member (which
+//! stops itself), and etcd's errors on the way.
+
+use std::time::{Duration, Instant};
+
+use ringkv_tests::{RingkvCluster, RingkvProcess, TEST_CLUSTER_TOKEN, etcdctl_at, free_port};
+
+fn ctl(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl_at(endpoint, args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} at {endpoint} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn ctl_err(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl_at(endpoint, args, None);
+    assert!(!out.status.success(), "etcdctl {args:?} should fail");
+    String::from_utf8(out.stderr).expect("utf-8")
+}
+
+/// `member list` lines: (hex ID, status, name, is learner).
+fn member_lines(endpoint: &str) -> Vec<(String, String, String, String)> {
+    ctl(endpoint, &["member", "list"])
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split(", ").collect();
+            (
+                c[0].to_string(),
+                c[1].to_string(),
+                c[2].to_string(),
+                c[5].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
+    let mut c = RingkvCluster::start(3);
+    let leader = c.leader();
+    let ep = c.members[leader].endpoint();
+    for i in 0..10 {
+        ctl(&ep, &["put", &format!("pre/{i:02}"), "x"]);
+    }
+    let (client, peer) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let added = ctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer_url}"),
+        ],
+    );
+    let id = added
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string();
+    // etcd's errors: the same peer URL again; promoting a voter; a second learner.
+    assert!(
+        ctl_err(
+            &ep,
+            &["member", "add", "x", &format!("--peer-urls={peer_url}")]
+        )
+        .contains("Peer URLs already exists")
+    );
+    let voter = member_lines(&ep)
+        .into_iter()
+        .find(|m| m.3 == "false")
+        .unwrap()
+        .0;
+    assert!(
+        ctl_err(&ep, &["member", "promote", &voter]).contains("can only promote a learner member")
+    );
+    assert!(
+        ctl_err(
+            &ep,
+            &[
+                "member",
+                "add",
+                "y",
+                "--learner",
+                "--peer-urls=http://127.0.0.1:1"
+            ]
+        )
+        .contains("too many learner members in cluster")
+    );
+    let unstarted = member_lines(&ep).into_iter().find(|m| m.0 == id).unwrap();
+    assert_eq!(
+        (unstarted.1.as_str(), unstarted.3.as_str()),
+        ("unstarted", "true")
+    );
+
+    let initial = c
+        .members
+        .iter()
+        .zip(&c.names)
+        .map(|(m, n)| format!("{n}=http://127.0.0.1:{}", m.peer_port))
+        .chain([format!("m3={peer_url}")])
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let extra: Vec<String> = [
+        "--name",
+        "m3",
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-state",
+        "existing",
+        "--initial-cluster-token",
+        TEST_CLUSTER_TOKEN,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut learner = RingkvProcess::launch(&dir.path().join("data"), client, peer, &extra);
+    learner.wait_ready();
+    // A learner serves serializable reads of everything replicated, and refuses the rest.
+    let start = Instant::now();
+    loop {
+        let out = ctl(
+            &learner.endpoint(),
+            &["get", "pre/", "--prefix", "--keys-only", "--consistency=s"],
+        );
+        if out.lines().filter(|l| !l.is_empty()).count() == 10 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "learner has {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ctl_err(&learner.endpoint(), &["put", "k", "v"]).contains("not supported for learner"));
+    let st = ctl(&learner.endpoint(), &["endpoint", "status", "-w", "table"]);
+    let row: Vec<&str> = st
+        .lines()
+        .filter(|l| l.starts_with("| 127."))
+        .flat_map(|l| l.split('|').map(str::trim))
+        .collect();
+    assert_eq!((row[5], row[6]), ("false", "true"), "learner flag: {st}");
+
+    ctl(&ep, &["member", "promote", &id]);
+    let promoted = member_lines(&ep).into_iter().find(|m| m.0 == id).unwrap();
+    assert_eq!(
+        (
+            promoted.1.as_str(),
+            promoted.2.as_str(),
+            promoted.3.as_str()
+        ),
+        ("started", "m3", "false")
+    );
+    // The promoted member takes writes.
+    ctl(&learner.endpoint(), &["put", "from/m3", "x"]);
+
+    // Remove a follower: it stops itself; the other three go on.
+    let victim = (0..3).find(|&i| i != leader).unwrap();
+    let (victim_id, ..) = c.status(victim).unwrap();
+    ctl(&ep, &["member", "remove", &format!("{victim_id:x}")]);
+    let start = Instant::now();
+    while c.members[victim].running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "removed member still running; log: {}",
+            c.members[victim].log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        ctl_err(&ep, &["member", "remove", &format!("{victim_id:x}")]).contains("member not found")
+    );
+    ctl(&ep, &["put", "after/removal", "x"]);
+    assert_eq!(
+        ctl(
+            &learner.endpoint(),
+            &["get", "after/removal", "--print-value-only"]
+        )
+        .trim(),
+        "x"
+    );
+    assert_eq!(member_lines(&learner.endpoint()).len(), 3);
+}
