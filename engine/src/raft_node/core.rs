@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
-use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 
+use super::log_store::LogStore;
+use super::snap::{SnapDir, SnapshotMeta};
 use super::{NodeProgress, SharedProgress};
 
 /// Durable storage of the raft log: the WAL, seen from raft.
 ///
 /// Failure leaves the log in an unknown state: the node stops and never retries (an fdatasync
 /// error means the kernel may have dropped the data).
-pub trait LogSink: Send + 'static {
+pub trait LogSink: Clone + Send + 'static {
     /// Appends `entries` and, when given, `hard_state`. `done` runs once the fdatasync that covers
     /// them returned, with its result. Calls complete in the order they were made.
     fn persist(
@@ -29,6 +30,26 @@ pub trait LogSink: Send + 'static {
         hard_state: Option<HardState>,
         done: Box<dyn FnOnce(io::Result<()>) + Send>,
     );
+
+    /// Records that a snapshot at (`index`, `term`) exists, in order with `persist` calls made
+    /// before and after (the WAL's snapshot marker: entries after it may start at
+    /// `index + 1`). `done` runs once it is durable.
+    fn persist_snapshot_mark(
+        &self,
+        index: u64,
+        term: u64,
+        done: Box<dyn FnOnce(io::Result<()>) + Send>,
+    ) {
+        let _ = (index, term);
+        done(Ok(()))
+    }
+
+    /// Drops durable log entries below `index` where that frees space (whole WAL segments).
+    /// Called only once a snapshot at or above `index` is durable.
+    fn purge_below(&self, index: u64) -> io::Result<()> {
+        let _ = index;
+        Ok(())
+    }
 }
 
 /// What committed entries are applied to (MVCC, leases, membership, …). Runs on the apply thread.
@@ -40,6 +61,47 @@ pub trait StateMachine: Send + 'static {
     /// Called after a batch of entries was applied; `last_index` is the last one in the batch.
     fn applied_batch(&mut self, last_index: u64) {
         let _ = last_index;
+    }
+
+    /// The highest applied index whose effects are durable (the backend's committed
+    /// consistent index). Snapshots are taken at this index; 0 means never.
+    fn durable_index(&self) -> u64 {
+        0
+    }
+
+    /// Replaces the state with the snapshot at `meta.index` received from the leader (the
+    /// backend file the peer transport left in place). Returns the new applied index (at least
+    /// `meta.index`; entries at or below it are not passed again). An error stops the node.
+    fn restore(&mut self, meta: &SnapshotMeta) -> Result<u64, String> {
+        Err(format!(
+            "this state machine cannot install the snapshot at index {}",
+            meta.index
+        ))
+    }
+}
+
+/// When and where raft snapshots are taken (etcd's `--snapshot-count`, `--max-snapshots`).
+#[derive(Clone, Debug)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot once the durable applied index is this far past the last one. 0: never.
+    pub count: u64,
+    /// Entries kept in the in-memory log below a snapshot, so a slightly lagging follower
+    /// catches up from the log instead of a snapshot (etcd's `SnapshotCatchUpEntries`).
+    pub catch_up: u64,
+    /// `.snap` files kept (0: all).
+    pub max_snapshots: usize,
+    /// The snapshot directory; `None` disables snapshots.
+    pub dir: Option<SnapDir>,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            count: 100_000,
+            catch_up: 5_000,
+            max_snapshots: 5,
+            dir: None,
+        }
     }
 }
 
@@ -88,6 +150,8 @@ pub struct NodeConfig {
     pub snapshot_term: u64,
     pub conf_state: Option<ConfState>,
     pub entries: Vec<Entry>,
+    /// Snapshots and log compaction.
+    pub snapshots: SnapshotPolicy,
 }
 
 impl NodeConfig {
@@ -105,6 +169,7 @@ impl NodeConfig {
             snapshot_term: 0,
             conf_state: None,
             entries: Vec::new(),
+            snapshots: SnapshotPolicy::default(),
         }
     }
 }
@@ -120,7 +185,30 @@ enum CoreMsg {
         result: io::Result<()>,
     },
     Applied(u64),
+    /// The state machine's durable applied index moved (from the apply thread).
+    Durable(u64),
+    /// The snapshot thread made a snapshot durable (metadata file and WAL marker).
+    SnapshotSaved(SnapshotMeta),
+    /// A failure outside the core (snapshot thread, state machine restore): stop.
+    Fatal(String),
+    /// Tests: a raft message from a (pretend) peer.
+    #[cfg(test)]
+    TestStep(Message),
     Shutdown,
+}
+
+/// What the apply thread receives, in apply order.
+enum ApplyMsg {
+    Entries(Vec<Entry>),
+    /// Install a received snapshot before the entries after it.
+    Restore(SnapshotMeta),
+}
+
+/// Work for the snapshot thread.
+struct SnapJob {
+    meta: SnapshotMeta,
+    /// WAL entries below this may be purged once the snapshot is durable.
+    purge_below: u64,
 }
 
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
@@ -147,10 +235,33 @@ impl RaftNode {
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
         let (tx, rx) = unbounded();
-        let (apply_tx, apply_rx) = unbounded::<Vec<Entry>>();
+        let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
-        let core = Core::new(&cfg, sink, tx.clone(), apply_tx, progress.clone())?;
+        progress
+            .snapshot_index
+            .store(cfg.snapshot_index, Ordering::Release);
+        let mut threads = Vec::new();
+        let snap_tx = match &cfg.snapshots.dir {
+            Some(dir) if cfg.snapshots.count > 0 => {
+                let (snap_tx, snap_rx) = unbounded::<SnapJob>();
+                let (dir, sink, tx) = (dir.clone(), sink.clone(), tx.clone());
+                let keep = cfg.snapshots.max_snapshots;
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("ringkv-snap".into())
+                        .spawn(move || snapshot_loop(dir, keep, sink, snap_rx, tx))
+                        .map_err(|e| RaftNodeError::Raft(format!("spawn snapshot thread: {e}")))?,
+                );
+                Some(snap_tx)
+            }
+            _ => None,
+        };
+        progress
+            .log_first_index
+            .store(cfg.snapshot_index + 1, Ordering::Release);
+        let mut core = Core::new(&cfg, sink, tx.clone(), apply_tx, progress.clone())?;
+        core.snap_tx = snap_tx;
         let core_thread = std::thread::Builder::new()
             .name("ringkv-raft".into())
             .spawn(move || core.run(rx))
@@ -164,10 +275,12 @@ impl RaftNode {
                 .spawn(move || apply_loop(sm, apply_rx, tx, progress, applied))
                 .map_err(|e| RaftNodeError::Raft(format!("spawn apply thread: {e}")))?
         };
+        threads.push(core_thread);
+        threads.push(apply_thread);
         Ok(RaftNode {
             tx,
             progress,
-            threads: Arc::new(parking_lot::Mutex::new(vec![core_thread, apply_thread])),
+            threads: Arc::new(parking_lot::Mutex::new(threads)),
         })
     }
 
@@ -217,10 +330,10 @@ struct InFlight {
 }
 
 struct Core<L: LogSink> {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     sink: L,
     tx: Sender<CoreMsg>,
-    apply_tx: Sender<Vec<Entry>>,
+    apply_tx: Sender<ApplyMsg>,
     progress: SharedProgress,
     tick: Duration,
     in_flight: VecDeque<InFlight>,
@@ -237,6 +350,18 @@ struct Core<L: LogSink> {
     read_deferred: Vec<ReadIndexDone>,
     applied: u64,
     failed: Option<String>,
+    /// Snapshot policy, and the snapshot thread's queue (`None`: snapshots off).
+    snapshots: SnapshotPolicy,
+    snap_tx: Option<Sender<SnapJob>>,
+    /// A snapshot job is with the snapshot thread.
+    snap_in_progress: bool,
+    /// Index of the newest snapshot. A new snapshot purges the WAL below this one (the one
+    /// before it), so a corrupt newest `.snap` still has an older one to fall back to.
+    last_snapshot: u64,
+    /// Membership after each applied conf change, (entry index, ConfState), oldest first; the
+    /// first element is the membership at the log's start. A snapshot at index I records the
+    /// last one at or below I.
+    conf_history: Vec<(u64, ConfState)>,
 }
 
 fn to_raft_err(e: raft::Error) -> RaftNodeError {
@@ -248,11 +373,12 @@ impl<L: LogSink> Core<L> {
         cfg: &NodeConfig,
         sink: L,
         tx: Sender<CoreMsg>,
-        apply_tx: Sender<Vec<Entry>>,
+        apply_tx: Sender<ApplyMsg>,
         progress: SharedProgress,
     ) -> Result<Self, RaftNodeError> {
-        let storage = MemStorage::new();
+        let storage = LogStore::new();
         let existing = cfg.hard_state.term > 0 || !cfg.entries.is_empty() || cfg.snapshot_index > 0;
+        let mut raft_applied = cfg.applied;
         {
             let mut w = storage.wl();
             if existing {
@@ -261,19 +387,31 @@ impl<L: LogSink> Core<L> {
                     .clone()
                     .unwrap_or_else(|| ConfState::from((cfg.voters.clone(), vec![])));
                 if cfg.snapshot_index > 0 {
+                    drop(w);
                     let mut snap = Snapshot::default();
                     snap.mut_metadata().index = cfg.snapshot_index;
                     snap.mut_metadata().term = cfg.snapshot_term;
                     *snap.mut_metadata().mut_conf_state() = conf;
-                    w.apply_snapshot(snap).map_err(to_raft_err)?;
+                    storage.apply_snapshot(snap).map_err(to_raft_err)?;
+                    w = storage.wl();
                 } else {
                     w.set_conf_state(conf);
                 }
-                w.append(&cfg.entries).map_err(to_raft_err)?;
+                // Entries the snapshot covers are not part of the log any more.
+                let entries: Vec<Entry> = cfg
+                    .entries
+                    .iter()
+                    .filter(|e| e.index > cfg.snapshot_index)
+                    .cloned()
+                    .collect();
+                w.append(&entries).map_err(to_raft_err)?;
                 let mut hs = cfg.hard_state.clone();
                 // Invariant 3: anything applied was committed.
-                let last = cfg.entries.last().map_or(cfg.snapshot_index, |e| e.index);
-                hs.commit = hs.commit.max(cfg.applied).min(last);
+                let last = entries.last().map_or(cfg.snapshot_index, |e| e.index);
+                hs.commit = hs.commit.max(cfg.applied).min(last).max(cfg.snapshot_index);
+                // An installed backend may be ahead of the log (the leader's file was newer
+                // than the snapshot's index): raft-rs learns about it as entries arrive.
+                raft_applied = raft_applied.min(hs.commit);
                 w.set_hardstate(hs);
             } else {
                 w.set_conf_state(ConfState::from((cfg.voters.clone(), vec![])));
@@ -286,11 +424,14 @@ impl<L: LogSink> Core<L> {
                 });
             }
         }
+        let initial_conf = raft::Storage::initial_state(&storage)
+            .map_err(to_raft_err)?
+            .conf_state;
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
-            applied: cfg.applied,
+            applied: raft_applied,
             pre_vote: true,
             check_quorum: true,
             max_size_per_msg: 1 << 20,
@@ -320,6 +461,11 @@ impl<L: LogSink> Core<L> {
             read_deferred: Vec::new(),
             applied: cfg.applied,
             failed: None,
+            snapshots: cfg.snapshots.clone(),
+            snap_tx: None,
+            snap_in_progress: false,
+            last_snapshot: cfg.snapshot_index,
+            conf_history: vec![(cfg.snapshot_index, initial_conf)],
         })
     }
 
@@ -378,9 +524,25 @@ impl<L: LogSink> Core<L> {
             },
             CoreMsg::Persisted { number, result } => self.on_persisted(number, result),
             CoreMsg::Applied(index) => {
-                self.applied = index;
-                self.raw.advance_apply_to(index);
+                self.applied = self.applied.max(index);
+                // After a snapshot install the state machine may be ahead of the log raft-rs
+                // has (the leader's backend was newer than the snapshot's index): raft-rs only
+                // hears about indexes it has committed and persisted.
+                let log = &self.raw.raft.raft_log;
+                let to = index.min(log.committed).min(log.persisted);
+                if to > log.applied {
+                    self.raw.advance_apply_to(to);
+                }
                 self.release_reads();
+            }
+            CoreMsg::Durable(index) => self.maybe_snapshot(index),
+            CoreMsg::SnapshotSaved(meta) => self.snapshot_saved(meta),
+            CoreMsg::Fatal(why) => self.fail(why),
+            #[cfg(test)]
+            CoreMsg::TestStep(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::warn!(error = %e, "test step refused");
+                }
             }
             CoreMsg::Shutdown => return false,
         }
@@ -461,14 +623,15 @@ impl<L: LogSink> Core<L> {
             }
         }
         self.release_reads();
+        let mut snapshot_mark = None;
         if !rd.snapshot().is_empty() {
-            // Snapshot installation arrives with peers (the cluster issue); a single member never
-            // receives one.
-            self.fail(format!(
-                "snapshot install at index {} is not supported yet",
-                rd.snapshot().get_metadata().index
-            ));
-            return;
+            match self.install_snapshot(rd.snapshot().clone()) {
+                Ok(mark) => snapshot_mark = Some(mark),
+                Err(why) => {
+                    self.fail(why);
+                    return;
+                }
+            }
         }
         self.send_committed(rd.take_committed_entries());
         let entries = rd.take_entries();
@@ -476,7 +639,7 @@ impl<L: LogSink> Core<L> {
             self.pending_hs = Some(hs.clone());
         }
         let number = rd.number();
-        let must_persist = !entries.is_empty() || rd.must_sync();
+        let must_persist = !entries.is_empty() || rd.must_sync() || snapshot_mark.is_some();
         let persisted_msgs = rd.take_persisted_messages();
         if !entries.is_empty() {
             // Invariant 2: readable by raft-rs before advance.
@@ -499,13 +662,30 @@ impl<L: LogSink> Core<L> {
         if must_persist {
             let tx = self.tx.clone();
             let hs = self.pending_hs.take();
-            self.sink.persist(
-                entries,
-                hs,
-                Box::new(move |result| {
-                    let _ = tx.send(CoreMsg::Persisted { number, result });
-                }),
-            );
+            let more = !entries.is_empty() || hs.is_some();
+            if let Some((index, term)) = snapshot_mark {
+                // The marker goes before the entries after the snapshot; the persist call
+                // after it completes later (invariant 1), so it alone reports success.
+                let tx = tx.clone();
+                self.sink.persist_snapshot_mark(
+                    index,
+                    term,
+                    Box::new(move |result| {
+                        if result.is_err() || !more {
+                            let _ = tx.send(CoreMsg::Persisted { number, result });
+                        }
+                    }),
+                );
+            }
+            if more || snapshot_mark.is_none() {
+                self.sink.persist(
+                    entries,
+                    hs,
+                    Box::new(move |result| {
+                        let _ = tx.send(CoreMsg::Persisted { number, result });
+                    }),
+                );
+            }
         } else {
             self.complete_persisted_prefix();
         }
@@ -556,14 +736,14 @@ impl<L: LogSink> Core<L> {
                     let mut cc = ConfChange::default();
                     if protobuf::Message::merge_from_bytes(&mut cc, &e.data).is_ok() {
                         let result = self.raw.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                        self.conf_changed(e.index, result);
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
                     let mut cc = ConfChangeV2::default();
                     if protobuf::Message::merge_from_bytes(&mut cc, &e.data).is_ok() {
                         let result = self.raw.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                        self.conf_changed(e.index, result);
                     }
                 }
                 EntryType::EntryNormal => {}
@@ -573,16 +753,128 @@ impl<L: LogSink> Core<L> {
         self.progress
             .proposals_committed
             .fetch_add(n, Ordering::Relaxed);
-        if self.apply_tx.send(entries).is_err() {
+        if self.apply_tx.send(ApplyMsg::Entries(entries)).is_err() {
             self.fail("apply thread exited".to_string());
         }
     }
 
-    fn conf_changed(&mut self, result: raft::Result<ConfState>) {
+    fn conf_changed(&mut self, index: u64, result: raft::Result<ConfState>) {
         match result {
-            Ok(cs) => self.raw.mut_store().wl().set_conf_state(cs),
+            Ok(cs) => {
+                self.conf_history.push((index, cs.clone()));
+                self.raw.mut_store().wl().set_conf_state(cs)
+            }
             Err(e) => tracing::warn!(error = %e, "conf change refused"),
         }
+    }
+
+    /// Starts a snapshot at the durable applied index `durable` when `--snapshot-count`
+    /// entries were applied since the last one (etcd: `appliedi - snapi > SnapshotCount`).
+    fn maybe_snapshot(&mut self, durable: u64) {
+        let Some(snap_tx) = &self.snap_tx else { return };
+        if self.failed.is_some()
+            || self.snap_in_progress
+            || durable < self.last_snapshot + self.snapshots.count
+        {
+            return;
+        }
+        // The entry at `durable` is in the log: nothing above the last snapshot is compacted.
+        let term = match raft::Storage::term(self.raw.store(), durable) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(index = durable, error = %e, "no term for a snapshot; skipped");
+                return;
+            }
+        };
+        let conf_state = self
+            .conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= durable)
+            .map(|(_, cs)| cs.clone())
+            .unwrap_or_default();
+        let job = SnapJob {
+            meta: SnapshotMeta {
+                index: durable,
+                term,
+                conf_state,
+            },
+            purge_below: self.last_snapshot,
+        };
+        if snap_tx.send(job).is_ok() {
+            self.snap_in_progress = true;
+        }
+    }
+
+    /// The snapshot thread made `meta` durable: raft-rs may now hand it out, and the in-memory
+    /// log keeps only the catch-up entries below it.
+    fn snapshot_saved(&mut self, meta: SnapshotMeta) {
+        self.snap_in_progress = false;
+        if meta.index <= self.last_snapshot {
+            // An installed snapshot overtook this one.
+            return;
+        }
+        self.last_snapshot = meta.index;
+        let keep_from = self.conf_history.iter().rposition(|(i, _)| *i <= meta.index);
+        if let Some(k) = keep_from {
+            self.conf_history.drain(..k);
+        }
+        self.progress
+            .snapshot_index
+            .store(meta.index, Ordering::Release);
+        let index = meta.index;
+        self.raw.store().set_snapshot(meta);
+        // Never past what was applied: raft-rs may still need unapplied entries.
+        let first_kept = index
+            .saturating_sub(self.snapshots.catch_up)
+            .min(self.raw.raft.raft_log.applied)
+            .max(1);
+        let first = self.raw.store().compact(first_kept);
+        self.progress
+            .log_first_index
+            .store(first, Ordering::Release);
+        tracing::info!(
+            snapshot_index = index,
+            first_log_index = first,
+            "raft snapshot saved, in-memory log compacted"
+        );
+    }
+
+    /// A received snapshot (the follower was too far behind the leader's log): its metadata
+    /// file first, then the in-memory log, then the state machine in apply order. Returns the
+    /// WAL marker to persist with this ready.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(u64, u64), String> {
+        let md = snap.get_metadata();
+        let meta = SnapshotMeta {
+            index: md.index,
+            term: md.term,
+            conf_state: md.get_conf_state().clone(),
+        };
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot received from the leader"
+        );
+        if let Some(dir) = &self.snapshots.dir {
+            // Durable before the backend is swapped: a restart that finds this file and an
+            // older backend installs `{index}.snap.db` itself.
+            dir.save(&meta)
+                .map_err(|e| format!("snapshot install at {}: {e}", meta.index))?;
+        }
+        self.raw
+            .store()
+            .apply_snapshot(snap)
+            .map_err(|e| format!("snapshot install at {}: {e}", meta.index))?;
+        self.conf_history = vec![(meta.index, meta.conf_state.clone())];
+        self.last_snapshot = meta.index;
+        self.progress
+            .snapshot_index
+            .store(meta.index, Ordering::Release);
+        let mark = (meta.index, meta.term);
+        if self.apply_tx.send(ApplyMsg::Restore(meta)).is_err() {
+            return Err("apply thread exited".to_string());
+        }
+        Ok(mark)
     }
 
     fn fail(&mut self, why: String) {
@@ -605,29 +897,110 @@ impl<L: LogSink> Core<L> {
 
 fn apply_loop<S: StateMachine>(
     mut sm: S,
-    rx: Receiver<Vec<Entry>>,
+    rx: Receiver<ApplyMsg>,
     core: Sender<CoreMsg>,
     progress: SharedProgress,
     mut applied: u64,
 ) {
-    for batch in rx {
-        let mut last = applied;
-        for e in &batch {
-            if e.index <= applied {
-                continue;
+    let mut reported = applied;
+    let mut durable_sent = sm.durable_index();
+    for msg in rx {
+        match msg {
+            ApplyMsg::Restore(meta) => match sm.restore(&meta) {
+                Ok(new_applied) => {
+                    applied = new_applied.max(meta.index);
+                    progress.applied.store(applied, Ordering::Release);
+                    reported = applied;
+                    if core.send(CoreMsg::Applied(applied)).is_err() {
+                        return;
+                    }
+                }
+                Err(why) => {
+                    let _ = core.send(CoreMsg::Fatal(format!(
+                        "installing the snapshot at index {}: {why}",
+                        meta.index
+                    )));
+                    return;
+                }
+            },
+            ApplyMsg::Entries(batch) => {
+                let before = applied;
+                for e in &batch {
+                    if e.index <= applied {
+                        continue;
+                    }
+                    if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                        sm.apply(e.index, e.term, &e.data);
+                    }
+                    applied = e.index;
+                }
+                if applied > before {
+                    sm.applied_batch(applied);
+                    progress.applied.store(applied, Ordering::Release);
+                }
+                // Entries skipped because an installed backend already holds them still move
+                // raft-rs's applied index (the core caps it at what raft-rs committed).
+                let seen = batch.last().map_or(0, |e| e.index);
+                if applied > before || seen > reported {
+                    reported = reported.max(seen);
+                    if core.send(CoreMsg::Applied(applied)).is_err() {
+                        return;
+                    }
+                }
             }
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
-                sm.apply(e.index, e.term, &e.data);
-            }
-            last = e.index;
         }
-        if last > applied {
-            applied = last;
-            sm.applied_batch(applied);
-            progress.applied.store(applied, Ordering::Release);
-            if core.send(CoreMsg::Applied(applied)).is_err() {
+        let durable = sm.durable_index();
+        if durable > durable_sent {
+            durable_sent = durable;
+            if core.send(CoreMsg::Durable(durable)).is_err() {
                 return;
             }
+        }
+    }
+}
+
+/// The snapshot thread: makes each snapshot durable (metadata file, then the WAL marker), tells
+/// the core, then purges the WAL and old metadata files. Any failure stops the node (an
+/// fdatasync error is never retried).
+fn snapshot_loop<L: LogSink>(
+    dir: SnapDir,
+    keep: usize,
+    sink: L,
+    rx: Receiver<SnapJob>,
+    core: Sender<CoreMsg>,
+) {
+    for job in rx {
+        let index = job.meta.index;
+        let saved = (|| -> Result<(), String> {
+            dir.save(&job.meta).map_err(|e| e.to_string())?;
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            sink.persist_snapshot_mark(
+                index,
+                job.meta.term,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv()
+                .map_err(|_| "the WAL dropped the snapshot marker".to_string())?
+                .map_err(|e| format!("WAL snapshot marker: {e}"))
+        })();
+        if let Err(why) = saved {
+            let _ = core.send(CoreMsg::Fatal(format!("snapshot at index {index}: {why}")));
+            return;
+        }
+        let _ = core.send(CoreMsg::SnapshotSaved(job.meta));
+        let cleaned = (|| -> Result<(), String> {
+            if job.purge_below > 0 {
+                sink.purge_below(job.purge_below)
+                    .map_err(|e| format!("WAL purge below {}: {e}", job.purge_below))?;
+            }
+            dir.prune(keep).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(why) = cleaned {
+            let _ = core.send(CoreMsg::Fatal(format!("after snapshot at index {index}: {why}")));
+            return;
         }
     }
 }

@@ -23,14 +23,19 @@
 //!    a follower's messages wait for persistence (`persisted_messages`).
 
 mod core;
+mod log_store;
+mod snap;
 mod wal_sink;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use self::core::{LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, StateMachine};
+pub use self::core::{
+    LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy, StateMachine,
+};
+pub use snap::{SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, decode_snap, encode_snap};
 pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
-pub use wal_sink::apply_replay;
+pub use wal_sink::{apply_replay, restore_from_snapshot};
 
 /// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.
 #[derive(Debug, Default)]
@@ -42,6 +47,10 @@ pub struct NodeProgress {
     pub leader_changes: AtomicU64,
     pub proposals_committed: AtomicU64,
     pub proposals_failed: AtomicU64,
+    /// Index of the newest raft snapshot (taken or installed).
+    pub snapshot_index: AtomicU64,
+    /// First index of the in-memory raft log (moves up when the log is compacted).
+    pub log_first_index: AtomicU64,
 }
 
 impl NodeProgress {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Entry, EntryType, HardState};
 
+use super::snap::SnapshotMeta;
 use super::{LogSink, NodeConfig};
-use crate::wal::{self, LogEntry, Record, Replay, Wal};
+use crate::wal::{self, LogEntry, Record, Replay, SnapshotMark, Wal};
 
 /// raft-rs entry type ↔ the WAL's number for it (format.md: 0 normal, 1 conf change, 2 v2).
 fn entry_type_code(t: EntryType) -> u8 {
@@ -55,6 +56,61 @@ impl LogSink for Arc<Wal> {
             done(r.map(|_| ()).map_err(io::Error::other))
         });
     }
+
+    fn persist_snapshot_mark(
+        &self,
+        index: u64,
+        term: u64,
+        done: Box<dyn FnOnce(io::Result<()>) + Send>,
+    ) {
+        self.append(
+            vec![Record::Snapshot(SnapshotMark { index, term })],
+            move |r| done(r.map(|_| ()).map_err(io::Error::other)),
+        );
+    }
+
+    fn purge_below(&self, index: u64) -> io::Result<()> {
+        let n = Wal::purge_below(self, index).map_err(io::Error::other)?;
+        if n > 0 {
+            tracing::info!(removed = n, below = index, "WAL segments purged");
+        }
+        Ok(())
+    }
+}
+
+/// Starts the restored log after `snap`, the newest valid snapshot metadata file (`None`: no
+/// snapshot, the log must start at index 1). Entries at or below the snapshot are dropped; the
+/// rest must follow it without a gap, or the error names the missing range.
+pub fn restore_from_snapshot(
+    cfg: &mut NodeConfig,
+    snap: Option<&SnapshotMeta>,
+) -> Result<(), String> {
+    match snap {
+        Some(m) => {
+            cfg.snapshot_index = m.index;
+            cfg.snapshot_term = m.term;
+            cfg.conf_state = Some(m.conf_state.clone());
+        }
+        None => {
+            cfg.snapshot_index = 0;
+            cfg.snapshot_term = 0;
+        }
+    }
+    let at = cfg.snapshot_index;
+    cfg.entries.retain(|e| e.index > at);
+    if let Some(first) = cfg.entries.first()
+        && first.index != at + 1
+    {
+        return Err(format!(
+            "the WAL's entries start at index {} but the newest usable snapshot is at index {at}: \
+             entries {}..={} are missing (purged below a snapshot whose metadata file is gone \
+             or corrupt?)",
+            first.index,
+            at + 1,
+            first.index - 1
+        ));
+    }
+    Ok(())
 }
 
 /// Fills `cfg`'s restored state from a WAL replay. Fails on an entry type this build does not
