@@ -358,6 +358,8 @@ struct Core<L: LogSink> {
     /// Index of the newest snapshot. A new snapshot purges the WAL below this one (the one
     /// before it), so a corrupt newest `.snap` still has an older one to fall back to.
     last_snapshot: u64,
+    /// The state machine's durable applied index, as last reported.
+    durable: u64,
     /// Membership after each applied conf change, (entry index, ConfState), oldest first; the
     /// first element is the membership at the log's start. A snapshot at index I records the
     /// last one at or below I.
@@ -465,6 +467,7 @@ impl<L: LogSink> Core<L> {
             snap_tx: None,
             snap_in_progress: false,
             last_snapshot: cfg.snapshot_index,
+            durable: cfg.applied,
             conf_history: vec![(cfg.snapshot_index, initial_conf)],
         })
     }
@@ -771,6 +774,8 @@ impl<L: LogSink> Core<L> {
     /// Starts a snapshot at the durable applied index `durable` when `--snapshot-count`
     /// entries were applied since the last one (etcd: `appliedi - snapi > SnapshotCount`).
     fn maybe_snapshot(&mut self, durable: u64) {
+        self.durable = self.durable.max(durable);
+        let durable = self.durable;
         let Some(snap_tx) = &self.snap_tx else { return };
         if self.failed.is_some()
             || self.snap_in_progress
@@ -782,7 +787,8 @@ impl<L: LogSink> Core<L> {
         let term = match raft::Storage::term(self.raw.store(), durable) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(index = durable, error = %e, "no term for a snapshot; skipped");
+                // After an install the backend may be ahead of the log; try again later.
+                tracing::debug!(index = durable, error = %e, "no term for a snapshot yet");
                 return;
             }
         };
@@ -838,6 +844,8 @@ impl<L: LogSink> Core<L> {
             first_log_index = first,
             "raft snapshot saved, in-memory log compacted"
         );
+        // Applies that went on meanwhile may already call for the next one.
+        self.maybe_snapshot(self.durable);
     }
 
     /// A received snapshot (the follower was too far behind the leader's log): its metadata
@@ -1041,6 +1049,8 @@ mod tests {
         hs: Arc<Mutex<HardState>>,
         fail: Arc<std::sync::atomic::AtomicBool>,
         calls: Arc<std::sync::atomic::AtomicU64>,
+        marks: Arc<Mutex<Vec<(u64, u64)>>>,
+        purged: Arc<Mutex<Vec<u64>>>,
     }
 
     impl LogSink for MemSink {
@@ -1064,6 +1074,78 @@ mod tests {
                 *self.hs.lock() = hs;
             }
             done(Ok(()));
+        }
+
+        fn persist_snapshot_mark(
+            &self,
+            index: u64,
+            term: u64,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            self.marks.lock().push((index, term));
+            done(Ok(()))
+        }
+
+        fn purge_below(&self, index: u64) -> io::Result<()> {
+            self.purged.lock().push(index);
+            self.log.lock().retain(|e| e.index >= index);
+            Ok(())
+        }
+    }
+
+    /// Applies into a channel; everything applied counts as durable at once. `restore` records
+    /// the snapshot and answers `restore_to` (a backend newer than the snapshot).
+    struct DurableSm {
+        tx: mpsc::Sender<(u64, Vec<u8>)>,
+        applied: u64,
+        restore_to: u64,
+        restored: Arc<Mutex<Vec<SnapshotMeta>>>,
+    }
+
+    impl StateMachine for DurableSm {
+        fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+            self.applied = index;
+            let _ = self.tx.send((index, data.to_vec()));
+        }
+
+        fn durable_index(&self) -> u64 {
+            self.applied
+        }
+
+        fn restore(&mut self, meta: &SnapshotMeta) -> Result<u64, String> {
+            self.restored.lock().push(meta.clone());
+            self.applied = self.restore_to.max(meta.index);
+            Ok(self.applied)
+        }
+    }
+
+    fn durable_sm(tx: mpsc::Sender<(u64, Vec<u8>)>) -> DurableSm {
+        DurableSm {
+            tx,
+            applied: 0,
+            restore_to: 0,
+            restored: Arc::default(),
+        }
+    }
+
+    fn with_snapshots(cfg: NodeConfig, dir: &std::path::Path, count: u64) -> NodeConfig {
+        NodeConfig {
+            snapshots: SnapshotPolicy {
+                count,
+                catch_up: 5,
+                max_snapshots: 3,
+                dir: Some(SnapDir::new(Arc::new(crate::StdVfs::new()), dir)),
+            },
+            ..cfg
+        }
+    }
+
+    /// Waits (bounded) for `cond`; panics with `what` if it never holds.
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -1177,5 +1259,164 @@ mod tests {
         let err = erx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(err, RaftNodeError::PersistFailed(_)), "{err:?}");
         node.shutdown();
+    }
+
+    #[test]
+    fn snapshots_every_count_compact_the_log_purge_and_keep_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let cfg = with_snapshots(fast(1), dir.path(), 10);
+        let node = RaftNode::start(cfg, sink.clone(), durable_sm(tx)).unwrap();
+        for i in 0..100u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            // One at a time, so every applied batch is a chance to snapshot.
+            recv(&rx);
+        }
+        let applied = node.progress().applied();
+        wait_for("a snapshot within 10 of the applied index", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) + 10 > applied
+        });
+        let snap_index = node.progress().snapshot_index.load(Ordering::Acquire);
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        wait_for("old .snap files pruned", || sd.list().unwrap().len() == 3);
+        let files = sd.list().unwrap();
+        for w in files.windows(2) {
+            assert!(w[1].index >= w[0].index + 10, "{files:?}");
+        }
+        assert_eq!(files.last().unwrap().index, snap_index);
+        let newest = sd.load(files.last().unwrap()).unwrap();
+        assert_eq!(newest.conf_state.voters, vec![1]);
+        // The WAL got a marker for every snapshot, and was purged below the one before.
+        let marks = sink.marks.lock().clone();
+        // At least `count` apart (more while the snapshot thread was busy with the last one).
+        assert!(marks.len() >= 3, "{marks:?}");
+        for w in marks.windows(2) {
+            assert!(w[1].0 >= w[0].0 + 10, "{marks:?}");
+        }
+        assert_eq!(marks.last().unwrap().0, snap_index);
+        wait_for("WAL purged below the previous snapshot", || {
+            sink.purged.lock().last() == Some(&marks[marks.len() - 2].0)
+        });
+        // The in-memory log kept only the catch-up entries below the snapshot.
+        let first = node.progress().log_first_index.load(Ordering::Acquire);
+        assert_eq!(first, snap_index - 5);
+        node.shutdown();
+    }
+
+    #[test]
+    fn restart_from_snapshot_replays_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(
+            with_snapshots(fast(1), dir.path(), 10),
+            sink.clone(),
+            durable_sm(tx),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        for i in 0..45u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            all.push(recv(&rx));
+        }
+        wait_for("a snapshot", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) >= 30
+        });
+        // A tail of fewer than `count` entries after the newest snapshot.
+        for i in 0..5u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            all.push(recv(&rx));
+        }
+        node.shutdown();
+        drop(node);
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        let (snap, skipped) = sd.load_newest().unwrap();
+        assert!(skipped.is_empty());
+        let snap = snap.unwrap();
+        let mut cfg = NodeConfig {
+            hard_state: sink.hs.lock().clone(),
+            entries: sink.log.lock().clone(),
+            applied: snap.index,
+            ..with_snapshots(fast(1), dir.path(), 10)
+        };
+        crate::raft_node::restore_from_snapshot(&mut cfg, Some(&snap)).unwrap();
+        assert_eq!(cfg.entries.first().unwrap().index, snap.index + 1);
+        let (tx, rx) = mpsc::channel();
+        let mut sm = durable_sm(tx);
+        sm.applied = snap.index;
+        let node = RaftNode::start(cfg, sink.clone(), sm).unwrap();
+        for want in all.iter().filter(|(i, _)| *i > snap.index) {
+            assert_eq!(&recv(&rx), want);
+        }
+        node.propose(b"after".to_vec(), None);
+        let (index, data) = recv(&rx);
+        assert_eq!(data, b"after");
+        assert!(index > all.last().unwrap().0);
+        node.shutdown();
+    }
+
+    #[test]
+    fn a_received_snapshot_is_installed_in_apply_order() {
+        use raft::eraftpb::MessageType;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let mut sm = durable_sm(tx);
+        // The leader's backend file was at index 60 when it was copied.
+        sm.restore_to = 60;
+        let restored = sm.restored.clone();
+        let cfg = NodeConfig {
+            voters: vec![1, 2],
+            election_ticks: 1000,
+            ..with_snapshots(fast(2), dir.path(), 1000)
+        };
+        let node = RaftNode::start(cfg, sink.clone(), sm).unwrap();
+        let mut snap_msg = Message::default();
+        snap_msg.set_msg_type(MessageType::MsgSnapshot);
+        snap_msg.from = 1;
+        snap_msg.to = 2;
+        snap_msg.term = 5;
+        let md = snap_msg.mut_snapshot().mut_metadata();
+        md.index = 50;
+        md.term = 5;
+        md.set_conf_state(ConfState::from((vec![1, 2], vec![])));
+        node.tx.send(CoreMsg::TestStep(snap_msg)).unwrap();
+        // Entries 51..=70 from the leader, all committed.
+        let mut app = Message::default();
+        app.set_msg_type(MessageType::MsgAppend);
+        app.from = 1;
+        app.to = 2;
+        app.term = 5;
+        app.index = 50;
+        app.log_term = 5;
+        app.commit = 70;
+        app.entries = (51..=70u64)
+            .map(|i| Entry {
+                index: i,
+                term: 5,
+                data: i.to_le_bytes().to_vec().into(),
+                ..Default::default()
+            })
+            .collect();
+        node.tx.send(CoreMsg::TestStep(app)).unwrap();
+        // Entries the installed backend holds (<= 60) are not applied again.
+        for want in 61..=70u64 {
+            let (index, data) = recv(&rx);
+            assert_eq!(index, want);
+            assert_eq!(data, want.to_le_bytes());
+        }
+        assert_eq!(restored.lock().len(), 1);
+        assert_eq!(restored.lock()[0].index, 50);
+        assert_eq!(node.progress().snapshot_index.load(Ordering::Acquire), 50);
+        node.shutdown();
+        // Durable: the metadata file, and the WAL marker before entry 51.
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        let snap = sd.load_newest().unwrap().0.unwrap();
+        assert_eq!((snap.index, snap.term), (50, 5));
+        assert_eq!(snap.conf_state.voters, vec![1, 2]);
+        assert_eq!(sink.marks.lock().as_slice(), &[(50, 5)]);
+        let logged: Vec<u64> = sink.log.lock().iter().map(|e| e.index).collect();
+        assert_eq!(logged, (51..=70).collect::<Vec<_>>());
     }
 }

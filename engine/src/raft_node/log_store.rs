@@ -60,11 +60,6 @@ impl LogStore {
         self.extra.write().snapshot = meta;
     }
 
-    #[cfg(test)]
-    pub(crate) fn snapshot_meta(&self) -> SnapshotMeta {
-        self.extra.read().snapshot.clone()
-    }
-
     /// Drops entries below `first_kept`, remembering the term of the one before it. Never
     /// drops the last entry. Returns the new first index. Only the raft core thread calls
     /// this (it is the only writer of the log), so nothing changes between the reads and the
