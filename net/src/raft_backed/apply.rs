@@ -250,4 +250,18 @@ impl StateMachine for Applier {
     fn applied_batch(&mut self, _last_index: u64) {
         self.inner.commit_if_due(false);
     }
+
+    fn durable_index(&self) -> u64 {
+        self.inner.durable_index.load(Ordering::Acquire)
+    }
+
+    fn restore(&mut self, meta: &ringkv_engine::SnapshotMeta) -> Result<u64, String> {
+        let r = self.inner.restore_snapshot(meta);
+        match &r {
+            // The next entry writes its term into the new store's header ids.
+            Ok(_) => self.term = 0,
+            Err(why) => self.inner.fail(format!("snapshot install: {why}")),
+        }
+        r
+    }
 }

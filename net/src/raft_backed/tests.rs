@@ -31,6 +31,9 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         lease_checkpoint: false,
         io: IoKind::Std,
         vfs: Some(vfs),
+        snapshot_count: 100_000,
+        max_snapshots: 5,
+        wal_segment_size: None,
     }
 }
 
