@@ -56,10 +56,22 @@ async fn snapshot_count_100_purges_the_wal_and_restarts_from_the_snapshot() {
     );
     let mut c = connect(&node).await;
     let pad = "p".repeat(100);
-    for i in 0..2000 {
-        c.put(format!("k{:03}", i % 300), format!("v{i}{pad}"), None)
-            .await
-            .expect("put");
+    // 20 writers of 100 puts each: group commit keeps this quick on a loaded machine.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..20 {
+        let mut c = c.clone();
+        let pad = pad.clone();
+        writers.spawn(async move {
+            for j in 0..100 {
+                let i = w * 100 + j;
+                c.put(format!("k{:03}", i % 300), format!("v{i}{pad}"), None)
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
     }
     let before = dump(&mut c).await;
     assert_eq!(before.0, 2001);
