@@ -821,7 +821,10 @@ impl<L: LogSink> Core<L> {
             return;
         }
         self.last_snapshot = meta.index;
-        let keep_from = self.conf_history.iter().rposition(|(i, _)| *i <= meta.index);
+        let keep_from = self
+            .conf_history
+            .iter()
+            .rposition(|(i, _)| *i <= meta.index);
         if let Some(k) = keep_from {
             self.conf_history.drain(..k);
         }
@@ -1007,7 +1010,9 @@ fn snapshot_loop<L: LogSink>(
             Ok(())
         })();
         if let Err(why) = cleaned {
-            let _ = core.send(CoreMsg::Fatal(format!("after snapshot at index {index}: {why}")));
+            let _ = core.send(CoreMsg::Fatal(format!(
+                "after snapshot at index {index}: {why}"
+            )));
             return;
         }
     }
@@ -1144,7 +1149,10 @@ mod tests {
     fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !cond() {
-            assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

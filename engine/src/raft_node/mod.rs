@@ -33,8 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use self::core::{
     LogSink, NodeConfig, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy, StateMachine,
 };
-pub use snap::{SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, decode_snap, encode_snap};
 pub use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
+pub use snap::{
+    SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, decode_snap, encode_snap,
+};
 pub use wal_sink::{apply_replay, restore_from_snapshot};
 
 /// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.

@@ -109,7 +109,11 @@ pub fn decode_snap(b: &[u8]) -> Result<SnapshotMeta, (u64, String)> {
     if b.len() < BODY_AT + CRC_LEN {
         return Err((
             b.len() as u64,
-            format!("file is {} bytes, shorter than the {} byte minimum", b.len(), BODY_AT + CRC_LEN),
+            format!(
+                "file is {} bytes, shorter than the {} byte minimum",
+                b.len(),
+                BODY_AT + CRC_LEN
+            ),
         ));
     }
     if b[MAGIC_AT..VERSION_AT] != MAGIC {
@@ -123,7 +127,10 @@ pub fn decode_snap(b: &[u8]) -> Result<SnapshotMeta, (u64, String)> {
     if body_len > MAX_BODY || BODY_AT + body_len + CRC_LEN != b.len() {
         return Err((
             BODY_LEN_AT as u64,
-            format!("body length {body_len} does not match the file size {}", b.len()),
+            format!(
+                "body length {body_len} does not match the file size {}",
+                b.len()
+            ),
         ));
     }
     let crc_at = BODY_AT + body_len;
@@ -202,16 +209,14 @@ impl SnapDir {
     /// Writes the metadata file durably (tmp, fdatasync, rename, directory sync).
     pub fn save(&self, meta: &SnapshotMeta) -> Result<PathBuf, SnapError> {
         let path = self.path_of(meta.term, meta.index);
-        let tmp = self
-            .dir
-            .join(format!("{:016x}-{:016x}{TMP_SUFFIX}", meta.term, meta.index));
+        let tmp = self.dir.join(format!(
+            "{:016x}-{:016x}{TMP_SUFFIX}",
+            meta.term, meta.index
+        ));
         let bytes = encode_snap(meta);
         let file = self
             .vfs
-            .open(
-                &tmp,
-                OpenOptions::read_write().create(true),
-            )
+            .open(&tmp, OpenOptions::read_write().create(true))
             .map_err(|e| SnapError::io("create", &tmp, e))?;
         file.set_len(0)
             .map_err(|e| SnapError::io("truncate", &tmp, e))?;
@@ -260,9 +265,7 @@ impl SnapDir {
             .vfs
             .open(&f.path, OpenOptions::read_only())
             .map_err(|e| SnapError::io("open", &f.path, e))?;
-        let size = file
-            .size()
-            .map_err(|e| SnapError::io("stat", &f.path, e))?;
+        let size = file.size().map_err(|e| SnapError::io("stat", &f.path, e))?;
         if size as usize > BODY_AT + MAX_BODY + CRC_LEN {
             return Err(SnapError::Corrupt {
                 path: f.path.clone(),
@@ -365,7 +368,10 @@ mod tests {
 
     #[test]
     fn layout_offsets_match_the_format_doc() {
-        assert_eq!((VERSION_AT, BODY_LEN_AT, INDEX_AT, TERM_AT, BODY_AT), (8, 12, 16, 24, 32));
+        assert_eq!(
+            (VERSION_AT, BODY_LEN_AT, INDEX_AT, TERM_AT, BODY_AT),
+            (8, 12, 16, 24, 32)
+        );
         let m = meta(0x0102, 7);
         let b = encode_snap(&m);
         assert_eq!(&b[..8], b"ringkvSP");
@@ -395,15 +401,30 @@ mod tests {
         for i in 1..=4u64 {
             sd.save(&meta(i * 100, i)).unwrap();
         }
-        std::fs::write(dir.path().join("0000000000000001-0000000000000500.snap.tmp"), b"x").unwrap();
+        std::fs::write(
+            dir.path()
+                .join("0000000000000001-0000000000000500.snap.tmp"),
+            b"x",
+        )
+        .unwrap();
         std::fs::write(sd.db_path(100), b"old db").unwrap();
         let files = sd.list().unwrap();
-        assert_eq!(files.iter().map(|f| f.index).collect::<Vec<_>>(), [100, 200, 300, 400]);
-        assert!(!dir.path().join("0000000000000001-0000000000000500.snap.tmp").exists());
+        assert_eq!(
+            files.iter().map(|f| f.index).collect::<Vec<_>>(),
+            [100, 200, 300, 400]
+        );
+        assert!(
+            !dir.path()
+                .join("0000000000000001-0000000000000500.snap.tmp")
+                .exists()
+        );
         assert_eq!(sd.load_newest().unwrap().0, Some(meta(400, 4)));
         assert_eq!(sd.prune(2).unwrap(), 3);
         let files = sd.list().unwrap();
-        assert_eq!(files.iter().map(|f| f.index).collect::<Vec<_>>(), [300, 400]);
+        assert_eq!(
+            files.iter().map(|f| f.index).collect::<Vec<_>>(),
+            [300, 400]
+        );
         assert!(!sd.db_path(100).exists());
     }
 

@@ -52,9 +52,9 @@ use ringkv_engine::pb::etcdserverpb::{
     watch_create_request::FilterType,
 };
 use ringkv_engine::{
-    FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode,
-    RaftNodeError, Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalMetrics,
-    WalOptions, apply_replay, new_vfs, restore_from_snapshot,
+    FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode, RaftNodeError,
+    Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
+    new_vfs, restore_from_snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -415,7 +415,8 @@ impl RaftBackedNode {
         let (snap, _skipped) = snaps
             .load_newest()
             .map_err(|e| OpenError(format!("cannot read the snapshots: {e}")))?;
-        let (mut backend, mut writer) = snapshot::open_backend(&vfs, &db_path).map_err(OpenError)?;
+        let (mut backend, mut writer) =
+            snapshot::open_backend(&vfs, &db_path).map_err(OpenError)?;
         if let Some(m) = &snap {
             let ci = snapshot::consistent_index(&backend).map_err(OpenError)?;
             if ci < m.index {
@@ -476,7 +477,10 @@ impl RaftBackedNode {
         };
         apply_replay(&mut cfg, &replay).map_err(OpenError)?;
         restore_from_snapshot(&mut cfg, snap.as_ref()).map_err(|e| {
-            OpenError(format!("cannot restore the raft log in {}: {e}", wal_dir.display()))
+            OpenError(format!(
+                "cannot restore the raft log in {}: {e}",
+                wal_dir.display()
+            ))
         })?;
         if let Some(m) = &snap
             && replay.snapshot.is_none_or(|s| s.index < m.index)
@@ -1225,9 +1229,10 @@ impl EtcdNode for RaftBackedNode {
             if inner.failed.get().is_some() {
                 return Err(EtcdError::Internal(inner.failure_text()));
             }
-            let src = store.backend().path().ok_or_else(|| {
-                EtcdError::Internal("snapshot: the backend is closed".into())
-            })?;
+            let src = store
+                .backend()
+                .path()
+                .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
             let dst = src.with_file_name(format!(
                 "{SNAPSHOT_COPY_PREFIX}{}",
                 inner.next_request_id.fetch_add(1, Ordering::Relaxed)

@@ -58,9 +58,7 @@ impl NodeBackend {
     }
 
     pub(crate) fn path(&self) -> Option<std::path::PathBuf> {
-        self.parts
-            .as_ref()
-            .map(|p| p.backend.path().to_path_buf())
+        self.parts.as_ref().map(|p| p.backend.path().to_path_buf())
     }
 
     /// Writes the consistent index and commits, with the store only read-locked (invariant 2).
@@ -88,20 +86,38 @@ impl KvRead for NodeBackend {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StorageResult<()> {
-        self.parts()?.backend.snapshot().scan(bucket, start, end, visit)
+        self.parts()?
+            .backend
+            .snapshot()
+            .scan(bucket, start, end, visit)
     }
 }
 
 impl BatchWrite for NodeBackend {
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> StorageResult<()> {
-        self.parts.as_mut().ok_or_else(closed)?.writer.get_mut().put(bucket, key, value)
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .put(bucket, key, value)
     }
 
     fn delete(&mut self, bucket: Bucket, key: &[u8]) -> StorageResult<()> {
-        self.parts.as_mut().ok_or_else(closed)?.writer.get_mut().delete(bucket, key)
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .delete(bucket, key)
     }
 
     fn commit(&mut self) -> StorageResult<()> {
-        self.parts.as_mut().ok_or_else(closed)?.writer.get_mut().commit()
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .commit()
     }
 }

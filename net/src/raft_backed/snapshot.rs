@@ -20,8 +20,8 @@ use std::time::Duration;
 use prost::Message;
 use ringkv_engine::pb::etcdserverpb::AlarmMember;
 use ringkv_engine::{
-    Backend, BackendOptions, BatchWriter, Bucket, KvRead, Lessor, META_CONSISTENT_INDEX,
-    MvccStore, SnapshotMeta, Vfs,
+    Backend, BackendOptions, BatchWriter, Bucket, KvRead, Lessor, META_CONSISTENT_INDEX, MvccStore,
+    SnapshotMeta, Vfs,
 };
 
 use super::shared_writer::NodeBackend;
@@ -65,7 +65,12 @@ pub(crate) fn consistent_index(backend: &Backend) -> Result<u64, String> {
     let v = backend
         .snapshot()
         .get(Bucket::Meta, META_CONSISTENT_INDEX)
-        .map_err(|e| format!("reading the consistent index of {}: {e}", backend.path().display()))?;
+        .map_err(|e| {
+            format!(
+                "reading the consistent index of {}: {e}",
+                backend.path().display()
+            )
+        })?;
     match v {
         None => Ok(0),
         Some(b) => {
@@ -116,9 +121,8 @@ pub(crate) fn check_received(
 
 /// Renames `src` over `dst` and syncs the directory: the swap is atomic and durable.
 pub(crate) fn swap_in(vfs: &Arc<dyn Vfs>, src: &Path, dst: &Path) -> Result<(), String> {
-    vfs.rename(src, dst).map_err(|e| {
-        format!("renaming {} over {}: {e}", src.display(), dst.display())
-    })?;
+    vfs.rename(src, dst)
+        .map_err(|e| format!("renaming {} over {}: {e}", src.display(), dst.display()))?;
     let dir = dst.parent().unwrap_or(Path::new("."));
     vfs.sync_dir(dir)
         .map_err(|e| format!("syncing directory {}: {e}", dir.display()))

@@ -236,7 +236,12 @@ async fn crash_after_the_snapshot_file_before_its_wal_marker() {
         let node = RaftBackedNode::open(snap_opts(Arc::new(vfs.clone()), "/data/m")).unwrap();
         assert!(node.wait_leader(Duration::from_secs(20)).await);
         put(&node, "last".into(), "v".into()).await;
-        let term = node.inner.raft().progress().term.load(std::sync::atomic::Ordering::Acquire);
+        let term = node
+            .inner
+            .raft()
+            .progress()
+            .term
+            .load(std::sync::atomic::Ordering::Acquire);
         node.close().unwrap();
         let b = ringkv_engine::Backend::open(
             Arc::new(vfs.clone()),
@@ -255,13 +260,16 @@ async fn crash_after_the_snapshot_file_before_its_wal_marker() {
     };
     // What the snapshot thread leaves when a crash follows the metadata file: no WAL marker,
     // no purge.
-    ringkv_engine::SnapDir::new(Arc::new(vfs.clone()), std::path::Path::new("/data/m/member/snap"))
-        .save(&ringkv_engine::SnapshotMeta {
-            index,
-            term,
-            conf_state: ringkv_engine::RaftConfState::from((vec![0x2e1259d415f2a040], vec![])),
-        })
-        .unwrap();
+    ringkv_engine::SnapDir::new(
+        Arc::new(vfs.clone()),
+        std::path::Path::new("/data/m/member/snap"),
+    )
+    .save(&ringkv_engine::SnapshotMeta {
+        index,
+        term,
+        conf_state: ringkv_engine::RaftConfState::from((vec![0x2e1259d415f2a040], vec![])),
+    })
+    .unwrap();
     vfs.power_cut();
     let image = vfs.crash_image(CrashMode::LoseUnsynced);
     for _ in 0..2 {
@@ -290,8 +298,9 @@ async fn a_received_backend_file_is_checked_and_installed() {
     leader.close().unwrap();
     let a_db = std::path::Path::new("/data/a/member/snap/db");
     let index = {
-        let b = ringkv_engine::Backend::open(dyn_vfs.clone(), a_db, super::snapshot::backend_options())
-            .unwrap();
+        let b =
+            ringkv_engine::Backend::open(dyn_vfs.clone(), a_db, super::snapshot::backend_options())
+                .unwrap();
         super::snapshot::consistent_index(&b).unwrap()
     };
     let meta = ringkv_engine::SnapshotMeta {
@@ -331,7 +340,10 @@ async fn a_received_backend_file_is_checked_and_installed() {
     copy_file(&vfs, a_db, &received);
     assert_eq!(follower.inner.restore_snapshot(&meta).unwrap(), index);
     assert_eq!(dump(&follower).await, want);
-    assert!(!vfs.exists(&received), "the received file was renamed into place");
+    assert!(
+        !vfs.exists(&received),
+        "the received file was renamed into place"
+    );
     follower.close().unwrap();
 
     // A restart that finds the metadata file and a backend behind it installs the received
