@@ -383,6 +383,23 @@ mod tests {
     }
 
     #[test]
+    fn worked_example_of_the_format_doc() {
+        let m = SnapshotMeta {
+            index: 100,
+            term: 2,
+            conf_state: ConfState::from((vec![1], vec![])),
+        };
+        let b = encode_snap(&m);
+        let mut want = b"ringkvSP".to_vec();
+        want.extend_from_slice(&[1, 0, 0, 0, 2, 0, 0, 0]);
+        want.extend_from_slice(&100u64.to_le_bytes());
+        want.extend_from_slice(&2u64.to_le_bytes());
+        want.extend_from_slice(&[0x08, 0x01]);
+        assert_eq!(&b[..b.len() - 4], want.as_slice());
+        assert_eq!(b[b.len() - 4..], crc32c::crc32c(&want).to_le_bytes());
+    }
+
+    #[test]
     fn every_flipped_byte_is_detected_with_its_offset() {
         let b = encode_snap(&meta(99, 3));
         for i in 0..b.len() {
