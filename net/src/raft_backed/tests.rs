@@ -364,3 +364,88 @@ async fn a_received_backend_file_is_checked_and_installed() {
     assert_eq!(dump(&node).await.0, want.0 + 1);
     node.close().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_in_the_middle_of_snapshots_and_purges_keeps_acknowledged_writes() {
+    let vfs = FaultVfs::new();
+    let node = RaftBackedNode::open(snap_opts(Arc::new(vfs.clone()), "/data/p")).unwrap();
+    assert!(node.wait_leader(Duration::from_secs(20)).await);
+    let pad = "z".repeat(150);
+    // 4 writers; the power goes while they (and the snapshot thread) are busy.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let node = node.clone();
+        let pad = pad.clone();
+        writers.spawn(async move {
+            let mut acked = Vec::new();
+            // Until the power goes (bounded).
+            for j in 0..5000 {
+                let key = format!("w{w}-{j:04}");
+                let r = node
+                    .put(
+                        &Caller::default(),
+                        PutRequest {
+                            key: Bytes::from(key.clone()),
+                            value: Bytes::from(format!("{j}{pad}")),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                match r {
+                    Ok(r) => acked.push((key, r.header.expect("header").revision)),
+                    Err(_) => break,
+                }
+            }
+            acked
+        });
+    }
+    // Cut once a few snapshots have been taken and the WAL was purged.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while (node
+        .inner
+        .raft()
+        .progress()
+        .snapshot_index
+        .load(std::sync::atomic::Ordering::Acquire)
+        < 300
+        || names(&vfs, "/data/p/member/wal")[0].starts_with("0000000000000000-"))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        !names(&vfs, "/data/p/member/wal")[0].starts_with("0000000000000000-"),
+        "no purge before the cut"
+    );
+    vfs.power_cut();
+    let mut acked = Vec::new();
+    while let Some(r) = writers.join_next().await {
+        acked.extend(r.expect("writer"));
+    }
+    let _ = node.close();
+    assert!(
+        acked.len() > 300,
+        "only {} writes before the cut",
+        acked.len()
+    );
+    for mode in [
+        CrashMode::LoseUnsynced,
+        CrashMode::RandomSectors { seed: 11 },
+    ] {
+        let image = vfs.crash_image(mode);
+        let node = RaftBackedNode::open(snap_opts(Arc::new(image), "/data/p"))
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        assert!(node.wait_leader(Duration::from_secs(20)).await);
+        let (_, kvs) = dump(&node).await;
+        let have: std::collections::HashMap<Bytes, i64> =
+            kvs.into_iter().map(|kv| (kv.0, kv.3)).collect();
+        for (key, rev) in &acked {
+            assert_eq!(
+                have.get(key.as_bytes()),
+                Some(rev),
+                "{mode:?}: acknowledged {key} at revision {rev}"
+            );
+        }
+        node.close().expect("clean close");
+    }
+}
