@@ -158,8 +158,10 @@ impl Inner {
         let (backend, writer) = open_backend(&self.vfs, &db_path)?;
         let mut fresh = MvccStore::open(NodeBackend::new(backend, writer), new_lessor(&self.opts))
             .map_err(|e| format!("cannot open the MVCC store of the installed snapshot: {e}"))?;
-        // Watchers stay registered; they continue from the new store's revisions.
+        // Watchers stay registered and catch up from the new store (housekeeping's next
+        // `watch_sync`), from the revision each expects next.
         std::mem::swap(fresh.hub_mut(), store.hub_mut());
+        fresh.hub_mut().resync_all();
         fresh.set_header_ids(self.ids);
         let alarms = load_alarms(&fresh)?;
         *store = fresh;

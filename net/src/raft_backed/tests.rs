@@ -336,10 +336,42 @@ async fn a_received_backend_file_is_checked_and_installed() {
     assert!(err.contains(&received.display().to_string()), "{err}");
     assert!(err.contains("offset") || err.contains("corrupt"), "{err}");
     assert_eq!(dump(&follower).await, own);
+    // A watcher open across the install sees the leader's events after the revision it had
+    // reached (etcd: synced watchers catch up from the restored store).
+    let mut watcher = follower
+        .watch(
+            &Caller::default(),
+            crate::node::WatchSpec {
+                key: Bytes::from_static(b"k"),
+                range_end: Bytes::from_static(b"l"),
+                start_revision: 0,
+                prev_kv: false,
+                no_put: false,
+                no_delete: false,
+                progress_notify: false,
+            },
+        )
+        .await
+        .expect("watch");
     // The intact file is installed: the leader's keys and revisions, nothing of the follower's.
     copy_file(&vfs, a_db, &received);
     assert_eq!(follower.inner.restore_snapshot(&meta).unwrap(), index);
     assert_eq!(dump(&follower).await, want);
+    {
+        use tokio_stream::StreamExt;
+        let mut seen = Vec::new();
+        while seen.len() < (want.0 - own.0) as usize {
+            let u = tokio::time::timeout(Duration::from_secs(10), watcher.updates.next())
+                .await
+                .expect("watch events within 10 s")
+                .expect("watch open");
+            if let crate::node::WatchUpdate::Events { events, .. } = u {
+                seen.extend(events.into_iter().map(|e| e.kv.expect("kv").mod_revision));
+            }
+        }
+        let want_revs: Vec<i64> = (own.0 + 1..=want.0).collect();
+        assert_eq!(seen, want_revs);
+    }
     assert!(
         !vfs.exists(&received),
         "the received file was renamed into place"
