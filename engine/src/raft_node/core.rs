@@ -44,10 +44,11 @@ pub trait LogSink: Clone + Send + 'static {
         done(Ok(()))
     }
 
-    /// Drops durable log entries below `index` where that frees space (whole WAL segments).
-    /// Called only once a snapshot at or above `index` is durable.
-    fn purge_below(&self, index: u64) -> io::Result<()> {
-        let _ = index;
+    /// Drops durable log entries below `index` where that frees space (whole WAL segments),
+    /// keeping at least `keep` segments in all (etcd's `--max-wals`; 0: drop nothing). Called
+    /// only once a snapshot at or above `index` is durable.
+    fn purge_below(&self, index: u64, keep: usize) -> io::Result<()> {
+        let _ = (index, keep);
         Ok(())
     }
 }
@@ -90,6 +91,8 @@ pub struct SnapshotPolicy {
     pub catch_up: u64,
     /// `.snap` files kept (0: all).
     pub max_snapshots: usize,
+    /// WAL segments kept even when a snapshot covers them (etcd's `--max-wals`; 0: all).
+    pub max_wals: usize,
     /// The snapshot directory; `None` disables snapshots.
     pub dir: Option<SnapDir>,
 }
@@ -100,6 +103,7 @@ impl Default for SnapshotPolicy {
             count: 100_000,
             catch_up: 5_000,
             max_snapshots: 5,
+            max_wals: 5,
             dir: None,
         }
     }
@@ -246,7 +250,7 @@ impl RaftNode {
             Some(dir) if cfg.snapshots.count > 0 => {
                 let (snap_tx, snap_rx) = unbounded::<SnapJob>();
                 let (dir, sink, tx) = (dir.clone(), sink.clone(), tx.clone());
-                let keep = cfg.snapshots.max_snapshots;
+                let keep = (cfg.snapshots.max_snapshots, cfg.snapshots.max_wals);
                 threads.push(
                     std::thread::Builder::new()
                         .name("ringkv-snap".into())
@@ -975,7 +979,7 @@ fn apply_loop<S: StateMachine>(
 /// fdatasync error is never retried).
 fn snapshot_loop<L: LogSink>(
     dir: SnapDir,
-    keep: usize,
+    (keep_snaps, keep_wals): (usize, usize),
     sink: L,
     rx: Receiver<SnapJob>,
     core: Sender<CoreMsg>,
@@ -1003,10 +1007,10 @@ fn snapshot_loop<L: LogSink>(
         let _ = core.send(CoreMsg::SnapshotSaved(job.meta));
         let cleaned = (|| -> Result<(), String> {
             if job.purge_below > 0 {
-                sink.purge_below(job.purge_below)
+                sink.purge_below(job.purge_below, keep_wals)
                     .map_err(|e| format!("WAL purge below {}: {e}", job.purge_below))?;
             }
-            dir.prune(keep).map_err(|e| e.to_string())?;
+            dir.prune(keep_snaps).map_err(|e| e.to_string())?;
             Ok(())
         })();
         if let Err(why) = cleaned {
@@ -1091,7 +1095,7 @@ mod tests {
             done(Ok(()))
         }
 
-        fn purge_below(&self, index: u64) -> io::Result<()> {
+        fn purge_below(&self, index: u64, _keep: usize) -> io::Result<()> {
             self.purged.lock().push(index);
             self.log.lock().retain(|e| e.index >= index);
             Ok(())
@@ -1139,6 +1143,7 @@ mod tests {
                 count,
                 catch_up: 5,
                 max_snapshots: 3,
+                max_wals: 1,
                 dir: Some(SnapDir::new(Arc::new(crate::StdVfs::new()), dir)),
             },
             ..cfg

@@ -69,8 +69,30 @@ impl LogSink for Arc<Wal> {
         );
     }
 
-    fn purge_below(&self, index: u64) -> io::Result<()> {
-        let n = Wal::purge_below(self, index).map_err(io::Error::other)?;
+    fn purge_below(&self, index: u64, keep: usize) -> io::Result<()> {
+        if keep == 0 {
+            return Ok(());
+        }
+        // First indexes of the segments, oldest first (names: `{seq:016x}-{index:016x}.wal`).
+        let firsts: Vec<u64> = self
+            .segment_paths()
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let idx = name.strip_suffix(".wal")?.split_once('-')?.1;
+                u64::from_str_radix(idx, 16).ok()
+            })
+            .collect();
+        // Segment i holds only entries below firsts[i + 1]: those below `index` may go, but
+        // no more than leaves `keep` segments.
+        let covered = (0..firsts.len().saturating_sub(1))
+            .take_while(|&i| firsts[i + 1] <= index)
+            .count();
+        let remove = covered.min(firsts.len().saturating_sub(keep));
+        if remove == 0 {
+            return Ok(());
+        }
+        let n = Wal::purge_below(self, firsts[remove]).map_err(io::Error::other)?;
         if n > 0 {
             tracing::info!(removed = n, below = index, "WAL segments purged");
         }
@@ -238,5 +260,48 @@ mod tests {
         let replayed: Vec<_> = (0..30).map(|_| recv(&rx)).collect();
         assert_eq!(applied, replayed);
         node.shutdown();
+    }
+
+    #[test]
+    fn purge_keeps_max_wals_segments_and_never_above_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            segment_size: 16 * 1024,
+            direct: false,
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(Arc::new(StdVfs::new()), dir.path(), opts).unwrap();
+        let wal = Arc::new(wal);
+        for i in 1..=80u64 {
+            wal.append_wait(vec![Record::Entry(LogEntry {
+                index: i,
+                term: 1,
+                entry_type: 0,
+                data: vec![7u8; 1000].into(),
+            })])
+            .unwrap();
+        }
+        let count = || wal.segment_paths().len();
+        let total = count();
+        assert!(total >= 5, "{total} segments");
+        // --max-wals 0: keep everything.
+        LogSink::purge_below(&wal, 80, 0).unwrap();
+        assert_eq!(count(), total);
+        // Only segments wholly below index 20 may go (about one of them).
+        LogSink::purge_below(&wal, 20, 1).unwrap();
+        let after_20 = count();
+        assert!(
+            after_20 < total && after_20 >= total - 2,
+            "{total} -> {after_20}"
+        );
+        // Everything is covered, but 3 segments are kept.
+        LogSink::purge_below(&wal, 80, 3).unwrap();
+        assert_eq!(count(), 3);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
     }
 }

@@ -116,6 +116,8 @@ pub struct NodeOptions {
     pub snapshot_count: u64,
     /// `--max-snapshots`: snapshot metadata files kept (0: all).
     pub max_snapshots: usize,
+    /// `--max-wals`: WAL segments kept even when a snapshot covers them (0: all).
+    pub max_wals: usize,
     /// WAL segment size (`RINGKV_WAL_SEGMENT_SIZE`, bytes; tests use small segments to see
     /// purging); `None`: the WAL's default (64 MiB, etcd's).
     pub wal_segment_size: Option<u64>,
@@ -145,6 +147,7 @@ impl NodeOptions {
             vfs: None,
             snapshot_count: c.flags.snapshot_count,
             max_snapshots: c.flags.max_snapshots as usize,
+            max_wals: c.flags.max_wals as usize,
             wal_segment_size: std::env::var("RINGKV_WAL_SEGMENT_SIZE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -497,6 +500,7 @@ impl RaftBackedNode {
             count: opts.snapshot_count,
             catch_up: snapshot::SNAPSHOT_CATCH_UP_ENTRIES,
             max_snapshots: opts.max_snapshots,
+            max_wals: opts.max_wals,
             dir: Some(snaps.clone()),
         };
         // With a snapshot, an installed backend may legitimately be ahead of the log.

@@ -33,6 +33,7 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         vfs: Some(vfs),
         snapshot_count: 100_000,
         max_snapshots: 5,
+        max_wals: 5,
         wal_segment_size: None,
     }
 }
@@ -127,6 +128,7 @@ fn snap_opts(vfs: Arc<dyn Vfs>, dir: &str) -> NodeOptions {
         data_dir: PathBuf::from(dir),
         snapshot_count: 20,
         max_snapshots: 3,
+        max_wals: 2,
         wal_segment_size: Some(16 * 1024),
         ..opts(vfs)
     }

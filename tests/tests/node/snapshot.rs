@@ -51,7 +51,7 @@ async fn snapshot_count_100_purges_the_wal_and_restarts_from_the_snapshot() {
     // 64 KiB segments (etcd's 64 MiB would hold the whole test): ~350 puts per segment.
     let mut node = RingkvProcess::start_in_env(
         &data,
-        &["--snapshot-count", "100"],
+        &["--snapshot-count", "100", "--max-wals", "2"],
         &[("RINGKV_WAL_SEGMENT_SIZE", "65536")],
     );
     let mut c = connect(&node).await;
