@@ -46,6 +46,10 @@ pub use raft_node::{
     HardState as RaftHardState, LogSink, NodeConfig, NodeProgress, RaftNode, RaftNodeError,
     ReadIndexDone, SharedProgress, StateMachine, apply_replay,
 };
+pub use raft_node::{
+    SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, SnapshotPolicy, decode_snap,
+    encode_snap, restore_from_snapshot,
+};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 #[cfg(feature = "internals")]
 pub use wal::internals as wal_internals;

@@ -101,6 +101,8 @@ pub struct RingkvProcess {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     extra: Vec<String>,
+    /// Extra environment variables for the process.
+    env: Vec<(String, String)>,
     /// Keeps a temp data dir alive (None when the caller owns the directory).
     _tmp: Option<tempfile::TempDir>,
 }
@@ -124,12 +126,21 @@ impl RingkvProcess {
 
     /// Starts a member on `data_dir` (kept after drop).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> RingkvProcess {
+        RingkvProcess::start_in_env(data_dir, extra, &[])
+    }
+
+    /// [`RingkvProcess::start_in`] with extra environment variables (kept across restarts).
+    pub fn start_in_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> RingkvProcess {
         let mut p = RingkvProcess {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: None,
         };
         p.spawn();
@@ -151,6 +162,7 @@ impl RingkvProcess {
             peer_port,
             data_dir: data_dir.to_path_buf(),
             extra: extra.to_vec(),
+            env: Vec::new(),
             _tmp: None,
         };
         p.spawn_process();
@@ -196,6 +208,7 @@ impl RingkvProcess {
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(&self.extra)
             .env("RINGKV_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
             .spawn()

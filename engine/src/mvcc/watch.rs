@@ -297,6 +297,23 @@ impl WatchHub {
         }
     }
 
+    /// After the store's contents were replaced under the hub (a raft snapshot install): every
+    /// synced watcher catches up from the new store, from the revision it expects next (etcd's
+    /// `watchableStore.Restore` does the same). The next `sync` delivers the events.
+    pub fn resync_all(&mut self) {
+        let synced: Vec<WatcherKey> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.group == Group::Synced)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in synced {
+            self.remove_synced(k);
+            self.watchers.get_mut(&k).expect("watcher").group = Group::Unsynced;
+            self.unsynced.insert(k);
+        }
+    }
+
     fn add_synced(&mut self, key: WatcherKey) {
         let w = &self.watchers[&key];
         match &w.end {

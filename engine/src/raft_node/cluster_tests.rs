@@ -15,6 +15,7 @@ use super::core::{LogSink, NodeConfig, RaftNode, StateMachine};
 use super::transport::Transport;
 
 /// Completes every persist at once (in call order, on the caller's thread).
+#[derive(Clone)]
 struct InstantSink;
 
 impl LogSink for InstantSink {

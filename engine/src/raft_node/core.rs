@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
-use raft::storage::MemStorage;
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+use super::log_store::LogStore;
+use super::snap::{SnapDir, SnapshotMeta};
 use super::transport::Transport;
 use super::{NodeProgress, SharedProgress};
 
@@ -21,7 +22,7 @@ use super::{NodeProgress, SharedProgress};
 ///
 /// Failure leaves the log in an unknown state: the node stops and never retries (an fdatasync
 /// error means the kernel may have dropped the data).
-pub trait LogSink: Send + 'static {
+pub trait LogSink: Clone + Send + 'static {
     /// Appends `entries` and, when given, `hard_state`. `done` runs once the fdatasync that covers
     /// them returned, with its result. Calls complete in the order they were made.
     fn persist(
@@ -30,6 +31,27 @@ pub trait LogSink: Send + 'static {
         hard_state: Option<HardState>,
         done: Box<dyn FnOnce(io::Result<()>) + Send>,
     );
+
+    /// Records that a snapshot at (`index`, `term`) exists, in order with `persist` calls made
+    /// before and after (the WAL's snapshot marker: entries after it may start at
+    /// `index + 1`). `done` runs once it is durable.
+    fn persist_snapshot_mark(
+        &self,
+        index: u64,
+        term: u64,
+        done: Box<dyn FnOnce(io::Result<()>) + Send>,
+    ) {
+        let _ = (index, term);
+        done(Ok(()))
+    }
+
+    /// Drops durable log entries below `index` where that frees space (whole WAL segments),
+    /// keeping at least `keep` segments in all (etcd's `--max-wals`; 0: drop nothing). Called
+    /// only once a snapshot at or above `index` is durable.
+    fn purge_below(&self, index: u64, keep: usize) -> io::Result<()> {
+        let _ = (index, keep);
+        Ok(())
+    }
 }
 
 /// What committed entries are applied to (MVCC, leases, membership, …). Runs on the apply thread.
@@ -48,6 +70,50 @@ pub trait StateMachine: Send + 'static {
     /// (etcd: the member's attributes). Same index rules as [`StateMachine::apply`].
     fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ConfChangeV2) {
         let _ = (index, term, cc);
+    }
+
+    /// The highest applied index whose effects are durable (the backend's committed
+    /// consistent index). Snapshots are taken at this index; 0 means never.
+    fn durable_index(&self) -> u64 {
+        0
+    }
+
+    /// Replaces the state with the snapshot at `meta.index` received from the leader (the
+    /// backend file the peer transport left in place). Returns the new applied index (at least
+    /// `meta.index`; entries at or below it are not passed again). An error stops the node.
+    fn restore(&mut self, meta: &SnapshotMeta) -> Result<u64, String> {
+        Err(format!(
+            "this state machine cannot install the snapshot at index {}",
+            meta.index
+        ))
+    }
+}
+
+/// When and where raft snapshots are taken (etcd's `--snapshot-count`, `--max-snapshots`).
+#[derive(Clone, Debug)]
+pub struct SnapshotPolicy {
+    /// Take a snapshot once the durable applied index is this far past the last one. 0: never.
+    pub count: u64,
+    /// Entries kept in the in-memory log below a snapshot, so a slightly lagging follower
+    /// catches up from the log instead of a snapshot (etcd's `SnapshotCatchUpEntries`).
+    pub catch_up: u64,
+    /// `.snap` files kept (0: all).
+    pub max_snapshots: usize,
+    /// WAL segments kept even when a snapshot covers them (etcd's `--max-wals`; 0: all).
+    pub max_wals: usize,
+    /// The snapshot directory; `None` disables snapshots.
+    pub dir: Option<SnapDir>,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            count: 100_000,
+            catch_up: 5_000,
+            max_snapshots: 5,
+            max_wals: 5,
+            dir: None,
+        }
     }
 }
 
@@ -96,6 +162,8 @@ pub struct NodeConfig {
     pub snapshot_term: u64,
     pub conf_state: Option<ConfState>,
     pub entries: Vec<Entry>,
+    /// Snapshots and log compaction.
+    pub snapshots: SnapshotPolicy,
 }
 
 impl NodeConfig {
@@ -113,6 +181,7 @@ impl NodeConfig {
             snapshot_term: 0,
             conf_state: None,
             entries: Vec::new(),
+            snapshots: SnapshotPolicy::default(),
         }
     }
 }
@@ -141,6 +210,15 @@ enum CoreMsg {
     },
     TransferLeader(u64),
     PeerProgress(Box<dyn FnOnce(Vec<PeerProgress>) + Send>),
+    /// The state machine's durable applied index moved (from the apply thread).
+    Durable(u64),
+    /// The snapshot thread made a snapshot durable (metadata file and WAL marker).
+    SnapshotSaved(SnapshotMeta),
+    /// A failure outside the core (snapshot thread, state machine restore): stop.
+    Fatal(String),
+    /// Tests: a raft message from a (pretend) peer.
+    #[cfg(test)]
+    TestStep(Message),
     Shutdown,
 }
 
@@ -153,6 +231,20 @@ pub struct PeerProgress {
     pub is_learner: bool,
     /// The leader heard from the member within the last election timeout.
     pub recent_active: bool,
+}
+
+/// What the apply thread receives, in apply order.
+enum ApplyMsg {
+    Entries(Vec<Entry>),
+    /// Install a received snapshot before the entries after it.
+    Restore(SnapshotMeta),
+}
+
+/// Work for the snapshot thread.
+struct SnapJob {
+    meta: SnapshotMeta,
+    /// WAL entries below this may be purged once the snapshot is durable.
+    purge_below: u64,
 }
 
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
@@ -180,10 +272,32 @@ impl RaftNode {
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
         let (tx, rx) = unbounded();
-        let (apply_tx, apply_rx) = unbounded::<Vec<Entry>>();
+        let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
-        let core = Core::new(
+        progress
+            .snapshot_index
+            .store(cfg.snapshot_index, Ordering::Release);
+        let mut threads = Vec::new();
+        let snap_tx = match &cfg.snapshots.dir {
+            Some(dir) if cfg.snapshots.count > 0 => {
+                let (snap_tx, snap_rx) = unbounded::<SnapJob>();
+                let (dir, sink, tx) = (dir.clone(), sink.clone(), tx.clone());
+                let keep = (cfg.snapshots.max_snapshots, cfg.snapshots.max_wals);
+                threads.push(
+                    std::thread::Builder::new()
+                        .name("ringkv-snap".into())
+                        .spawn(move || snapshot_loop(dir, keep, sink, snap_rx, tx))
+                        .map_err(|e| RaftNodeError::Raft(format!("spawn snapshot thread: {e}")))?,
+                );
+                Some(snap_tx)
+            }
+            _ => None,
+        };
+        progress
+            .log_first_index
+            .store(cfg.snapshot_index + 1, Ordering::Release);
+        let mut core = Core::new(
             &cfg,
             sink,
             Box::new(transport),
@@ -191,6 +305,7 @@ impl RaftNode {
             apply_tx,
             progress.clone(),
         )?;
+        core.snap_tx = snap_tx;
         let core_thread = std::thread::Builder::new()
             .name("ringkv-raft".into())
             .spawn(move || core.run(rx))
@@ -204,10 +319,12 @@ impl RaftNode {
                 .spawn(move || apply_loop(sm, apply_rx, tx, progress, applied))
                 .map_err(|e| RaftNodeError::Raft(format!("spawn apply thread: {e}")))?
         };
+        threads.push(core_thread);
+        threads.push(apply_thread);
         Ok(RaftNode {
             tx,
             progress,
-            threads: Arc::new(parking_lot::Mutex::new(vec![core_thread, apply_thread])),
+            threads: Arc::new(parking_lot::Mutex::new(threads)),
         })
     }
 
@@ -305,7 +422,7 @@ struct InFlight {
 }
 
 struct Core<L: LogSink> {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     sink: L,
     transport: Box<dyn Transport>,
     /// Ticks since start; read rounds remember when they were sent.
@@ -314,7 +431,7 @@ struct Core<L: LogSink> {
     /// have lost leadership and dropped it).
     read_retry_ticks: u64,
     tx: Sender<CoreMsg>,
-    apply_tx: Sender<Vec<Entry>>,
+    apply_tx: Sender<ApplyMsg>,
     progress: SharedProgress,
     tick: Duration,
     in_flight: VecDeque<InFlight>,
@@ -331,6 +448,20 @@ struct Core<L: LogSink> {
     read_deferred: Vec<ReadIndexDone>,
     applied: u64,
     failed: Option<String>,
+    /// Snapshot policy, and the snapshot thread's queue (`None`: snapshots off).
+    snapshots: SnapshotPolicy,
+    snap_tx: Option<Sender<SnapJob>>,
+    /// A snapshot job is with the snapshot thread.
+    snap_in_progress: bool,
+    /// Index of the newest snapshot. A new snapshot purges the WAL below this one (the one
+    /// before it), so a corrupt newest `.snap` still has an older one to fall back to.
+    last_snapshot: u64,
+    /// The state machine's durable applied index, as last reported.
+    durable: u64,
+    /// Membership after each applied conf change, (entry index, ConfState), oldest first; the
+    /// first element is the membership at the log's start. A snapshot at index I records the
+    /// last one at or below I.
+    conf_history: Vec<(u64, ConfState)>,
 }
 
 fn to_raft_err(e: raft::Error) -> RaftNodeError {
@@ -343,11 +474,12 @@ impl<L: LogSink> Core<L> {
         sink: L,
         transport: Box<dyn Transport>,
         tx: Sender<CoreMsg>,
-        apply_tx: Sender<Vec<Entry>>,
+        apply_tx: Sender<ApplyMsg>,
         progress: SharedProgress,
     ) -> Result<Self, RaftNodeError> {
-        let storage = MemStorage::new();
+        let storage = LogStore::new();
         let existing = cfg.hard_state.term > 0 || !cfg.entries.is_empty() || cfg.snapshot_index > 0;
+        let mut raft_applied = cfg.applied;
         {
             let mut w = storage.wl();
             if existing {
@@ -356,19 +488,31 @@ impl<L: LogSink> Core<L> {
                     .clone()
                     .unwrap_or_else(|| ConfState::from((cfg.voters.clone(), vec![])));
                 if cfg.snapshot_index > 0 {
+                    drop(w);
                     let mut snap = Snapshot::default();
                     snap.mut_metadata().index = cfg.snapshot_index;
                     snap.mut_metadata().term = cfg.snapshot_term;
                     *snap.mut_metadata().mut_conf_state() = conf;
-                    w.apply_snapshot(snap).map_err(to_raft_err)?;
+                    storage.apply_snapshot(snap).map_err(to_raft_err)?;
+                    w = storage.wl();
                 } else {
                     w.set_conf_state(conf);
                 }
-                w.append(&cfg.entries).map_err(to_raft_err)?;
+                // Entries the snapshot covers are not part of the log any more.
+                let entries: Vec<Entry> = cfg
+                    .entries
+                    .iter()
+                    .filter(|e| e.index > cfg.snapshot_index)
+                    .cloned()
+                    .collect();
+                w.append(&entries).map_err(to_raft_err)?;
                 let mut hs = cfg.hard_state.clone();
                 // Invariant 3: anything applied was committed.
-                let last = cfg.entries.last().map_or(cfg.snapshot_index, |e| e.index);
-                hs.commit = hs.commit.max(cfg.applied).min(last);
+                let last = entries.last().map_or(cfg.snapshot_index, |e| e.index);
+                hs.commit = hs.commit.max(cfg.applied).min(last).max(cfg.snapshot_index);
+                // An installed backend may be ahead of the log (the leader's file was newer
+                // than the snapshot's index): raft-rs learns about it as entries arrive.
+                raft_applied = raft_applied.min(hs.commit);
                 w.set_hardstate(hs);
             } else {
                 w.set_conf_state(
@@ -385,11 +529,14 @@ impl<L: LogSink> Core<L> {
                 });
             }
         }
+        let initial_conf = raft::Storage::initial_state(&storage)
+            .map_err(to_raft_err)?
+            .conf_state;
         let raft_cfg = raft::Config {
             id: cfg.id,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
-            applied: cfg.applied,
+            applied: raft_applied,
             pre_vote: true,
             check_quorum: true,
             max_size_per_msg: 1 << 20,
@@ -428,6 +575,12 @@ impl<L: LogSink> Core<L> {
             read_deferred: Vec::new(),
             applied: cfg.applied,
             failed: None,
+            snapshots: cfg.snapshots.clone(),
+            snap_tx: None,
+            snap_in_progress: false,
+            last_snapshot: cfg.snapshot_index,
+            durable: cfg.applied,
+            conf_history: vec![(cfg.snapshot_index, initial_conf)],
         })
     }
 
@@ -488,9 +641,25 @@ impl<L: LogSink> Core<L> {
             },
             CoreMsg::Persisted { number, result } => self.on_persisted(number, result),
             CoreMsg::Applied(index) => {
-                self.applied = index;
-                self.raw.advance_apply_to(index);
+                self.applied = self.applied.max(index);
+                // After a snapshot install the state machine may be ahead of the log raft-rs
+                // has (the leader's backend was newer than the snapshot's index): raft-rs only
+                // hears about indexes it has committed and persisted.
+                let log = &self.raw.raft.raft_log;
+                let to = index.min(log.committed).min(log.persisted);
+                if to > log.applied {
+                    self.raw.advance_apply_to(to);
+                }
                 self.release_reads();
+            }
+            CoreMsg::Durable(index) => self.maybe_snapshot(index),
+            CoreMsg::SnapshotSaved(meta) => self.snapshot_saved(meta),
+            CoreMsg::Fatal(why) => self.fail(why),
+            #[cfg(test)]
+            CoreMsg::TestStep(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::warn!(error = %e, "test step refused");
+                }
             }
             CoreMsg::Shutdown => return false,
             other => self.handle_peer_msg(other),
@@ -556,7 +725,12 @@ impl<L: LogSink> Core<L> {
             | CoreMsg::ReadIndex(_)
             | CoreMsg::Persisted { .. }
             | CoreMsg::Applied(_)
+            | CoreMsg::Durable(_)
+            | CoreMsg::SnapshotSaved(_)
+            | CoreMsg::Fatal(_)
             | CoreMsg::Shutdown => unreachable!("handled by handle()"),
+            #[cfg(test)]
+            CoreMsg::TestStep(_) => unreachable!("handled by handle()"),
         }
     }
 
@@ -654,14 +828,15 @@ impl<L: LogSink> Core<L> {
             }
         }
         self.release_reads();
+        let mut snapshot_mark = None;
         if !rd.snapshot().is_empty() {
-            // Snapshot installation arrives with peers (the cluster issue); a single member never
-            // receives one.
-            self.fail(format!(
-                "snapshot install at index {} is not supported yet",
-                rd.snapshot().get_metadata().index
-            ));
-            return;
+            match self.install_snapshot(rd.snapshot().clone()) {
+                Ok(mark) => snapshot_mark = Some(mark),
+                Err(why) => {
+                    self.fail(why);
+                    return;
+                }
+            }
         }
         self.send_committed(rd.take_committed_entries());
         let entries = rd.take_entries();
@@ -669,7 +844,7 @@ impl<L: LogSink> Core<L> {
             self.pending_hs = Some(hs.clone());
         }
         let number = rd.number();
-        let must_persist = !entries.is_empty() || rd.must_sync();
+        let must_persist = !entries.is_empty() || rd.must_sync() || snapshot_mark.is_some();
         let persisted_msgs = rd.take_persisted_messages();
         if !entries.is_empty() {
             // Invariant 2: readable by raft-rs before advance.
@@ -692,13 +867,30 @@ impl<L: LogSink> Core<L> {
         if must_persist {
             let tx = self.tx.clone();
             let hs = self.pending_hs.take();
-            self.sink.persist(
-                entries,
-                hs,
-                Box::new(move |result| {
-                    let _ = tx.send(CoreMsg::Persisted { number, result });
-                }),
-            );
+            let more = !entries.is_empty() || hs.is_some();
+            if let Some((index, term)) = snapshot_mark {
+                // The marker goes before the entries after the snapshot; the persist call
+                // after it completes later (invariant 1), so it alone reports success.
+                let tx = tx.clone();
+                self.sink.persist_snapshot_mark(
+                    index,
+                    term,
+                    Box::new(move |result| {
+                        if result.is_err() || !more {
+                            let _ = tx.send(CoreMsg::Persisted { number, result });
+                        }
+                    }),
+                );
+            }
+            if more || snapshot_mark.is_none() {
+                self.sink.persist(
+                    entries,
+                    hs,
+                    Box::new(move |result| {
+                        let _ = tx.send(CoreMsg::Persisted { number, result });
+                    }),
+                );
+            }
         } else {
             self.complete_persisted_prefix();
         }
@@ -755,7 +947,7 @@ impl<L: LogSink> Core<L> {
                     }
                     if let Some(cc) = decode_conf_change(e) {
                         let result = self.raw.apply_conf_change(&cc);
-                        self.conf_changed(result);
+                        self.conf_changed(e.index, result);
                     }
                 }
                 EntryType::EntryNormal => {}
@@ -765,12 +957,12 @@ impl<L: LogSink> Core<L> {
         self.progress
             .proposals_committed
             .fetch_add(n, Ordering::Relaxed);
-        if self.apply_tx.send(entries).is_err() {
+        if self.apply_tx.send(ApplyMsg::Entries(entries)).is_err() {
             self.fail("apply thread exited".to_string());
         }
     }
 
-    fn conf_changed(&mut self, result: raft::Result<ConfState>) {
+    fn conf_changed(&mut self, index: u64, result: raft::Result<ConfState>) {
         match result {
             Ok(cs) => {
                 let id = self.raw.raft.id;
@@ -781,10 +973,128 @@ impl<L: LogSink> Core<L> {
                     !cs.learners.contains(&id) && !cs.voters.contains(&id),
                     Ordering::Release,
                 );
+                self.conf_history.push((index, cs.clone()));
                 self.raw.mut_store().wl().set_conf_state(cs)
             }
             Err(e) => tracing::warn!(error = %e, "conf change refused"),
         }
+    }
+
+    /// Starts a snapshot at the durable applied index `durable` when `--snapshot-count`
+    /// entries were applied since the last one (etcd: `appliedi - snapi > SnapshotCount`).
+    fn maybe_snapshot(&mut self, durable: u64) {
+        self.durable = self.durable.max(durable);
+        let durable = self.durable;
+        let Some(snap_tx) = &self.snap_tx else { return };
+        if self.failed.is_some()
+            || self.snap_in_progress
+            || durable < self.last_snapshot + self.snapshots.count
+        {
+            return;
+        }
+        // The entry at `durable` is in the log: nothing above the last snapshot is compacted.
+        let term = match raft::Storage::term(self.raw.store(), durable) {
+            Ok(t) => t,
+            Err(e) => {
+                // After an install the backend may be ahead of the log; try again later.
+                tracing::debug!(index = durable, error = %e, "no term for a snapshot yet");
+                return;
+            }
+        };
+        let conf_state = self
+            .conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= durable)
+            .map(|(_, cs)| cs.clone())
+            .unwrap_or_default();
+        let job = SnapJob {
+            meta: SnapshotMeta {
+                index: durable,
+                term,
+                conf_state,
+            },
+            purge_below: self.last_snapshot,
+        };
+        if snap_tx.send(job).is_ok() {
+            self.snap_in_progress = true;
+        }
+    }
+
+    /// The snapshot thread made `meta` durable: raft-rs may now hand it out, and the in-memory
+    /// log keeps only the catch-up entries below it.
+    fn snapshot_saved(&mut self, meta: SnapshotMeta) {
+        self.snap_in_progress = false;
+        if meta.index <= self.last_snapshot {
+            // An installed snapshot overtook this one.
+            return;
+        }
+        self.last_snapshot = meta.index;
+        let keep_from = self
+            .conf_history
+            .iter()
+            .rposition(|(i, _)| *i <= meta.index);
+        if let Some(k) = keep_from {
+            self.conf_history.drain(..k);
+        }
+        self.progress
+            .snapshot_index
+            .store(meta.index, Ordering::Release);
+        let index = meta.index;
+        self.raw.store().set_snapshot(meta);
+        // Never past what was applied: raft-rs may still need unapplied entries.
+        let first_kept = index
+            .saturating_sub(self.snapshots.catch_up)
+            .min(self.raw.raft.raft_log.applied)
+            .max(1);
+        let first = self.raw.store().compact(first_kept);
+        self.progress
+            .log_first_index
+            .store(first, Ordering::Release);
+        tracing::info!(
+            snapshot_index = index,
+            first_log_index = first,
+            "raft snapshot saved, in-memory log compacted"
+        );
+        // Applies that went on meanwhile may already call for the next one.
+        self.maybe_snapshot(self.durable);
+    }
+
+    /// A received snapshot (the follower was too far behind the leader's log): its metadata
+    /// file first, then the in-memory log, then the state machine in apply order. Returns the
+    /// WAL marker to persist with this ready.
+    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(u64, u64), String> {
+        let md = snap.get_metadata();
+        let meta = SnapshotMeta {
+            index: md.index,
+            term: md.term,
+            conf_state: md.get_conf_state().clone(),
+        };
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installing a snapshot received from the leader"
+        );
+        if let Some(dir) = &self.snapshots.dir {
+            // Durable before the backend is swapped: a restart that finds this file and an
+            // older backend installs `{index}.snap.db` itself.
+            dir.save(&meta)
+                .map_err(|e| format!("snapshot install at {}: {e}", meta.index))?;
+        }
+        self.raw
+            .store()
+            .apply_snapshot(snap)
+            .map_err(|e| format!("snapshot install at {}: {e}", meta.index))?;
+        self.conf_history = vec![(meta.index, meta.conf_state.clone())];
+        self.last_snapshot = meta.index;
+        self.progress
+            .snapshot_index
+            .store(meta.index, Ordering::Release);
+        let mark = (meta.index, meta.term);
+        if self.apply_tx.send(ApplyMsg::Restore(meta)).is_err() {
+            return Err("apply thread exited".to_string());
+        }
+        Ok(mark)
     }
 
     fn fail(&mut self, why: String) {
@@ -807,33 +1117,70 @@ impl<L: LogSink> Core<L> {
 
 fn apply_loop<S: StateMachine>(
     mut sm: S,
-    rx: Receiver<Vec<Entry>>,
+    rx: Receiver<ApplyMsg>,
     core: Sender<CoreMsg>,
     progress: SharedProgress,
     mut applied: u64,
 ) {
-    for batch in rx {
-        let mut last = applied;
-        for e in &batch {
-            if e.index <= applied {
-                continue;
-            }
-            match e.get_entry_type() {
-                EntryType::EntryNormal if !e.data.is_empty() => sm.apply(e.index, e.term, &e.data),
-                EntryType::EntryNormal => {}
-                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    if let Some(cc) = decode_conf_change(e) {
-                        sm.apply_conf_change(e.index, e.term, &cc);
+    let mut reported = applied;
+    let mut durable_sent = sm.durable_index();
+    for msg in rx {
+        match msg {
+            ApplyMsg::Restore(meta) => match sm.restore(&meta) {
+                Ok(new_applied) => {
+                    applied = new_applied.max(meta.index);
+                    progress.applied.store(applied, Ordering::Release);
+                    reported = applied;
+                    if core.send(CoreMsg::Applied(applied)).is_err() {
+                        return;
+                    }
+                }
+                Err(why) => {
+                    let _ = core.send(CoreMsg::Fatal(format!(
+                        "installing the snapshot at index {}: {why}",
+                        meta.index
+                    )));
+                    return;
+                }
+            },
+            ApplyMsg::Entries(batch) => {
+                let before = applied;
+                for e in &batch {
+                    if e.index <= applied {
+                        continue;
+                    }
+                    match e.get_entry_type() {
+                        EntryType::EntryNormal if !e.data.is_empty() => {
+                            sm.apply(e.index, e.term, &e.data)
+                        }
+                        EntryType::EntryNormal => {}
+                        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                            if let Some(cc) = decode_conf_change(e) {
+                                sm.apply_conf_change(e.index, e.term, &cc);
+                            }
+                        }
+                    }
+                    applied = e.index;
+                }
+                if applied > before {
+                    sm.applied_batch(applied);
+                    progress.applied.store(applied, Ordering::Release);
+                }
+                // Entries skipped because an installed backend already holds them still move
+                // raft-rs's applied index (the core caps it at what raft-rs committed).
+                let seen = batch.last().map_or(0, |e| e.index);
+                if applied > before || seen > reported {
+                    reported = reported.max(seen);
+                    if core.send(CoreMsg::Applied(applied)).is_err() {
+                        return;
                     }
                 }
             }
-            last = e.index;
         }
-        if last > applied {
-            applied = last;
-            sm.applied_batch(applied);
-            progress.applied.store(applied, Ordering::Release);
-            if core.send(CoreMsg::Applied(applied)).is_err() {
+        let durable = sm.durable_index();
+        if durable > durable_sent {
+            durable_sent = durable;
+            if core.send(CoreMsg::Durable(durable)).is_err() {
                 return;
             }
         }
@@ -860,6 +1207,54 @@ fn decode_conf_change(e: &Entry) -> Option<ConfChangeV2> {
             Some(cc)
         }
         EntryType::EntryNormal => None,
+    }
+}
+
+/// The snapshot thread: makes each snapshot durable (metadata file, then the WAL marker), tells
+/// the core, then purges the WAL and old metadata files. Any failure stops the node (an
+/// fdatasync error is never retried).
+fn snapshot_loop<L: LogSink>(
+    dir: SnapDir,
+    (keep_snaps, keep_wals): (usize, usize),
+    sink: L,
+    rx: Receiver<SnapJob>,
+    core: Sender<CoreMsg>,
+) {
+    for job in rx {
+        let index = job.meta.index;
+        let saved = (|| -> Result<(), String> {
+            dir.save(&job.meta).map_err(|e| e.to_string())?;
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            sink.persist_snapshot_mark(
+                index,
+                job.meta.term,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            rx.recv()
+                .map_err(|_| "the WAL dropped the snapshot marker".to_string())?
+                .map_err(|e| format!("WAL snapshot marker: {e}"))
+        })();
+        if let Err(why) = saved {
+            let _ = core.send(CoreMsg::Fatal(format!("snapshot at index {index}: {why}")));
+            return;
+        }
+        let _ = core.send(CoreMsg::SnapshotSaved(job.meta));
+        let cleaned = (|| -> Result<(), String> {
+            if job.purge_below > 0 {
+                sink.purge_below(job.purge_below, keep_wals)
+                    .map_err(|e| format!("WAL purge below {}: {e}", job.purge_below))?;
+            }
+            dir.prune(keep_snaps).map_err(|e| e.to_string())?;
+            Ok(())
+        })();
+        if let Err(why) = cleaned {
+            let _ = core.send(CoreMsg::Fatal(format!(
+                "after snapshot at index {index}: {why}"
+            )));
+            return;
+        }
     }
 }
 
@@ -900,6 +1295,8 @@ mod tests {
         hs: Arc<Mutex<HardState>>,
         fail: Arc<std::sync::atomic::AtomicBool>,
         calls: Arc<std::sync::atomic::AtomicU64>,
+        marks: Arc<Mutex<Vec<(u64, u64)>>>,
+        purged: Arc<Mutex<Vec<u64>>>,
     }
 
     impl LogSink for MemSink {
@@ -923,6 +1320,82 @@ mod tests {
                 *self.hs.lock() = hs;
             }
             done(Ok(()));
+        }
+
+        fn persist_snapshot_mark(
+            &self,
+            index: u64,
+            term: u64,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            self.marks.lock().push((index, term));
+            done(Ok(()))
+        }
+
+        fn purge_below(&self, index: u64, _keep: usize) -> io::Result<()> {
+            self.purged.lock().push(index);
+            self.log.lock().retain(|e| e.index >= index);
+            Ok(())
+        }
+    }
+
+    /// Applies into a channel; everything applied counts as durable at once. `restore` records
+    /// the snapshot and answers `restore_to` (a backend newer than the snapshot).
+    struct DurableSm {
+        tx: mpsc::Sender<(u64, Vec<u8>)>,
+        applied: u64,
+        restore_to: u64,
+        restored: Arc<Mutex<Vec<SnapshotMeta>>>,
+    }
+
+    impl StateMachine for DurableSm {
+        fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+            self.applied = index;
+            let _ = self.tx.send((index, data.to_vec()));
+        }
+
+        fn durable_index(&self) -> u64 {
+            self.applied
+        }
+
+        fn restore(&mut self, meta: &SnapshotMeta) -> Result<u64, String> {
+            self.restored.lock().push(meta.clone());
+            self.applied = self.restore_to.max(meta.index);
+            Ok(self.applied)
+        }
+    }
+
+    fn durable_sm(tx: mpsc::Sender<(u64, Vec<u8>)>) -> DurableSm {
+        DurableSm {
+            tx,
+            applied: 0,
+            restore_to: 0,
+            restored: Arc::default(),
+        }
+    }
+
+    fn with_snapshots(cfg: NodeConfig, dir: &std::path::Path, count: u64) -> NodeConfig {
+        NodeConfig {
+            snapshots: SnapshotPolicy {
+                count,
+                catch_up: 5,
+                max_snapshots: 3,
+                max_wals: 1,
+                dir: Some(SnapDir::new(Arc::new(crate::StdVfs::new()), dir)),
+            },
+            ..cfg
+        }
+    }
+
+    /// Waits (bounded) for `cond`; panics with `what` if it never holds.
+    fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -1036,5 +1509,171 @@ mod tests {
         let err = erx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert!(matches!(err, RaftNodeError::PersistFailed(_)), "{err:?}");
         node.shutdown();
+    }
+
+    #[test]
+    fn snapshots_every_count_compact_the_log_purge_and_keep_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let cfg = with_snapshots(fast(1), dir.path(), 10);
+        let node = RaftNode::start(cfg, sink.clone(), NoPeers, durable_sm(tx)).unwrap();
+        for i in 0..100u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            // One at a time, so every applied batch is a chance to snapshot.
+            recv(&rx);
+        }
+        let applied = node.progress().applied();
+        wait_for("a snapshot within 10 of the applied index", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) + 10 > applied
+        });
+        // Shutdown lets the snapshot thread finish its job (file, marker, purge, prune).
+        node.shutdown();
+        let marks = sink.marks.lock().clone();
+        // At least `count` apart (more while the snapshot thread was busy with the last one).
+        assert!(marks.len() >= 2, "{marks:?}");
+        for w in marks.windows(2) {
+            assert!(w[1].0 >= w[0].0 + 10, "{marks:?}");
+        }
+        assert!(marks.last().unwrap().0 + 10 > applied, "{marks:?}");
+        // The newest `max_snapshots` files are kept, the WAL had a marker for each.
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        let files: Vec<(u64, u64)> = sd
+            .list()
+            .unwrap()
+            .iter()
+            .map(|f| (f.index, f.term))
+            .collect();
+        assert_eq!(files, marks[marks.len().saturating_sub(3)..], "{marks:?}");
+        let newest = sd.load(sd.list().unwrap().last().unwrap()).unwrap();
+        assert_eq!(newest.conf_state.voters, vec![1]);
+        // Each snapshot purged the WAL below the one before it.
+        let purged = sink.purged.lock().clone();
+        let want: Vec<u64> = marks[..marks.len() - 1].iter().map(|m| m.0).collect();
+        assert_eq!(purged, want);
+        assert!(sink.log.lock().first().unwrap().index >= want[want.len() - 1]);
+        // The in-memory log kept only the catch-up entries below a snapshot.
+        let first = node.progress().log_first_index.load(Ordering::Acquire);
+        assert!(
+            marks.iter().any(|m| m.0 - 5 == first),
+            "first {first}, {marks:?}"
+        );
+    }
+
+    #[test]
+    fn restart_from_snapshot_replays_only_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(
+            with_snapshots(fast(1), dir.path(), 10),
+            sink.clone(),
+            NoPeers,
+            durable_sm(tx),
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        for i in 0..45u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            all.push(recv(&rx));
+        }
+        wait_for("a snapshot", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) >= 30
+        });
+        // A tail of fewer than `count` entries after the newest snapshot.
+        for i in 0..5u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            all.push(recv(&rx));
+        }
+        node.shutdown();
+        drop(node);
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        let (snap, skipped) = sd.load_newest().unwrap();
+        assert!(skipped.is_empty());
+        let snap = snap.unwrap();
+        let mut cfg = NodeConfig {
+            hard_state: sink.hs.lock().clone(),
+            entries: sink.log.lock().clone(),
+            applied: snap.index,
+            ..with_snapshots(fast(1), dir.path(), 10)
+        };
+        crate::raft_node::restore_from_snapshot(&mut cfg, Some(&snap)).unwrap();
+        assert_eq!(cfg.entries.first().unwrap().index, snap.index + 1);
+        let (tx, rx) = mpsc::channel();
+        let mut sm = durable_sm(tx);
+        sm.applied = snap.index;
+        let node = RaftNode::start(cfg, sink.clone(), NoPeers, sm).unwrap();
+        for want in all.iter().filter(|(i, _)| *i > snap.index) {
+            assert_eq!(&recv(&rx), want);
+        }
+        node.propose(b"after".to_vec(), None);
+        let (index, data) = recv(&rx);
+        assert_eq!(data, b"after");
+        assert!(index > all.last().unwrap().0);
+        node.shutdown();
+    }
+
+    #[test]
+    fn a_received_snapshot_is_installed_in_apply_order() {
+        use raft::eraftpb::MessageType;
+        let dir = tempfile::tempdir().unwrap();
+        let sink = MemSink::default();
+        let (tx, rx) = mpsc::channel();
+        let mut sm = durable_sm(tx);
+        // The leader's backend file was at index 60 when it was copied.
+        sm.restore_to = 60;
+        let restored = sm.restored.clone();
+        let cfg = NodeConfig {
+            voters: vec![1, 2],
+            election_ticks: 1000,
+            ..with_snapshots(fast(2), dir.path(), 1000)
+        };
+        let node = RaftNode::start(cfg, sink.clone(), NoPeers, sm).unwrap();
+        let mut snap_msg = Message::default();
+        snap_msg.set_msg_type(MessageType::MsgSnapshot);
+        snap_msg.from = 1;
+        snap_msg.to = 2;
+        snap_msg.term = 5;
+        let md = snap_msg.mut_snapshot().mut_metadata();
+        md.index = 50;
+        md.term = 5;
+        md.set_conf_state(ConfState::from((vec![1, 2], vec![])));
+        node.tx.send(CoreMsg::TestStep(snap_msg)).unwrap();
+        // Entries 51..=70 from the leader, all committed.
+        let mut app = Message::default();
+        app.set_msg_type(MessageType::MsgAppend);
+        app.from = 1;
+        app.to = 2;
+        app.term = 5;
+        app.index = 50;
+        app.log_term = 5;
+        app.commit = 70;
+        app.entries = (51..=70u64)
+            .map(|i| Entry {
+                index: i,
+                term: 5,
+                data: i.to_le_bytes().to_vec().into(),
+                ..Default::default()
+            })
+            .collect();
+        node.tx.send(CoreMsg::TestStep(app)).unwrap();
+        // Entries the installed backend holds (<= 60) are not applied again.
+        for want in 61..=70u64 {
+            let (index, data) = recv(&rx);
+            assert_eq!(index, want);
+            assert_eq!(data, want.to_le_bytes());
+        }
+        assert_eq!(restored.lock().len(), 1);
+        assert_eq!(restored.lock()[0].index, 50);
+        assert_eq!(node.progress().snapshot_index.load(Ordering::Acquire), 50);
+        node.shutdown();
+        // Durable: the metadata file, and the WAL marker before entry 51.
+        let sd = SnapDir::new(Arc::new(crate::StdVfs::new()), dir.path());
+        let snap = sd.load_newest().unwrap().0.unwrap();
+        assert_eq!((snap.index, snap.term), (50, 5));
+        assert_eq!(snap.conf_state.voters, vec![1, 2]);
+        assert_eq!(sink.marks.lock().as_slice(), &[(50, 5)]);
+        let logged: Vec<u64> = sink.log.lock().iter().map(|e| e.index).collect();
+        assert_eq!(logged, (51..=70).collect::<Vec<_>>());
     }
 }

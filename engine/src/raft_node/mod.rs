@@ -25,6 +25,8 @@
 #[cfg(test)]
 mod cluster_tests;
 mod core;
+mod log_store;
+mod snap;
 mod transport;
 mod wal_sink;
 
@@ -32,14 +34,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use self::core::{
-    LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, StateMachine,
+    LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy,
+    StateMachine,
 };
 pub use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, Message, MessageType,
 };
+pub use snap::{
+    SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, decode_snap, encode_snap,
+};
 pub use transport::{NoPeers, Transport};
-pub use wal_sink::apply_replay;
+pub use wal_sink::{apply_replay, restore_from_snapshot};
 
 /// Progress counters shared with readers (Maintenance Status, metrics) without a channel hop.
 #[derive(Debug, Default)]
@@ -56,6 +62,10 @@ pub struct NodeProgress {
     /// This member is in neither voters nor learners of the applied configuration: it was
     /// removed and should stop.
     pub removed: AtomicBool,
+    /// Index of the newest raft snapshot (taken or installed).
+    pub snapshot_index: AtomicU64,
+    /// First index of the in-memory raft log (moves up when the log is compacted).
+    pub log_first_index: AtomicU64,
 }
 
 impl NodeProgress {

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use raft::eraftpb::{Entry, EntryType, HardState};
 
+use super::snap::SnapshotMeta;
 use super::{LogSink, NodeConfig};
-use crate::wal::{self, LogEntry, Record, Replay, Wal};
+use crate::wal::{self, LogEntry, Record, Replay, SnapshotMark, Wal};
 
 /// raft-rs entry type ↔ the WAL's number for it (format.md: 0 normal, 1 conf change, 2 v2).
 fn entry_type_code(t: EntryType) -> u8 {
@@ -59,6 +60,83 @@ impl LogSink for Arc<Wal> {
             done(r.map(|_| ()).map_err(io::Error::other))
         });
     }
+
+    fn persist_snapshot_mark(
+        &self,
+        index: u64,
+        term: u64,
+        done: Box<dyn FnOnce(io::Result<()>) + Send>,
+    ) {
+        self.append(
+            vec![Record::Snapshot(SnapshotMark { index, term })],
+            move |r| done(r.map(|_| ()).map_err(io::Error::other)),
+        );
+    }
+
+    fn purge_below(&self, index: u64, keep: usize) -> io::Result<()> {
+        if keep == 0 {
+            return Ok(());
+        }
+        // First indexes of the segments, oldest first (names: `{seq:016x}-{index:016x}.wal`).
+        let firsts: Vec<u64> = self
+            .segment_paths()
+            .iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let idx = name.strip_suffix(".wal")?.split_once('-')?.1;
+                u64::from_str_radix(idx, 16).ok()
+            })
+            .collect();
+        // Segment i holds only entries below firsts[i + 1]: those below `index` may go, but
+        // no more than leaves `keep` segments.
+        let covered = (0..firsts.len().saturating_sub(1))
+            .take_while(|&i| firsts[i + 1] <= index)
+            .count();
+        let remove = covered.min(firsts.len().saturating_sub(keep));
+        if remove == 0 {
+            return Ok(());
+        }
+        let n = Wal::purge_below(self, firsts[remove]).map_err(io::Error::other)?;
+        if n > 0 {
+            tracing::info!(removed = n, below = index, "WAL segments purged");
+        }
+        Ok(())
+    }
+}
+
+/// Starts the restored log after `snap`, the newest valid snapshot metadata file (`None`: no
+/// snapshot, the log must start at index 1). Entries at or below the snapshot are dropped; the
+/// rest must follow it without a gap, or the error names the missing range.
+pub fn restore_from_snapshot(
+    cfg: &mut NodeConfig,
+    snap: Option<&SnapshotMeta>,
+) -> Result<(), String> {
+    match snap {
+        Some(m) => {
+            cfg.snapshot_index = m.index;
+            cfg.snapshot_term = m.term;
+            cfg.conf_state = Some(m.conf_state.clone());
+        }
+        None => {
+            cfg.snapshot_index = 0;
+            cfg.snapshot_term = 0;
+        }
+    }
+    let at = cfg.snapshot_index;
+    cfg.entries.retain(|e| e.index > at);
+    if let Some(first) = cfg.entries.first()
+        && first.index != at + 1
+    {
+        return Err(format!(
+            "the WAL's entries start at index {} but the newest usable snapshot is at index {at}: \
+             entries {}..={} are missing (purged below a snapshot whose metadata file is gone \
+             or corrupt?)",
+            first.index,
+            at + 1,
+            first.index - 1
+        ));
+    }
+    Ok(())
 }
 
 /// Fills `cfg`'s restored state from a WAL replay. Fails on an entry type this build does not
@@ -186,5 +264,48 @@ mod tests {
         let replayed: Vec<_> = (0..30).map(|_| recv(&rx)).collect();
         assert_eq!(applied, replayed);
         node.shutdown();
+    }
+
+    #[test]
+    fn purge_keeps_max_wals_segments_and_never_above_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = WalOptions {
+            segment_size: 16 * 1024,
+            direct: false,
+            ..WalOptions::default()
+        };
+        let (wal, _) = Wal::open(Arc::new(StdVfs::new()), dir.path(), opts).unwrap();
+        let wal = Arc::new(wal);
+        for i in 1..=80u64 {
+            wal.append_wait(vec![Record::Entry(LogEntry {
+                index: i,
+                term: 1,
+                entry_type: 0,
+                data: vec![7u8; 1000].into(),
+            })])
+            .unwrap();
+        }
+        let count = || wal.segment_paths().len();
+        let total = count();
+        assert!(total >= 5, "{total} segments");
+        // --max-wals 0: keep everything.
+        LogSink::purge_below(&wal, 80, 0).unwrap();
+        assert_eq!(count(), total);
+        // Only segments wholly below index 20 may go (about one of them).
+        LogSink::purge_below(&wal, 20, 1).unwrap();
+        let after_20 = count();
+        assert!(
+            after_20 < total && after_20 >= total - 2,
+            "{total} -> {after_20}"
+        );
+        // Everything is covered, but 3 segments are kept.
+        LogSink::purge_below(&wal, 80, 3).unwrap();
+        assert_eq!(count(), 3);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".wal"))
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
     }
 }

@@ -259,4 +259,18 @@ impl StateMachine for Applier {
     fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ringkv_engine::ConfChangeV2) {
         self.apply_member_change(index, term, cc);
     }
+
+    fn durable_index(&self) -> u64 {
+        self.inner.durable_index.load(Ordering::Acquire)
+    }
+
+    fn restore(&mut self, meta: &ringkv_engine::SnapshotMeta) -> Result<u64, String> {
+        let r = self.inner.restore_snapshot(meta);
+        match &r {
+            // The next entry writes its term into the new store's header ids.
+            Ok(_) => self.term = 0,
+            Err(why) => self.inner.fail(format!("snapshot install: {why}")),
+        }
+        r
+    }
 }

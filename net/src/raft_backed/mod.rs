@@ -27,6 +27,7 @@ mod apply;
 mod cluster;
 mod membership;
 mod shared_writer;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -53,9 +54,9 @@ use ringkv_engine::pb::etcdserverpb::{
     watch_create_request::FilterType,
 };
 use ringkv_engine::{
-    Backend, BackendOptions, Bucket, FlushStats, HeaderIds, IoKind, KvRead, LeaseIdGen, Lessor,
-    MvccStore, NodeConfig, RaftNode, RaftNodeError, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
-    new_vfs,
+    FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode, RaftNodeError,
+    Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
+    new_vfs, restore_from_snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -117,6 +118,15 @@ pub struct NodeOptions {
     pub vfs: Option<Arc<dyn Vfs>>,
     /// Bootstrap and peers; the default is a member alone, without a peer listener.
     pub cluster: ClusterOptions,
+    /// `--snapshot-count`: applied entries between raft snapshots (0: none).
+    pub snapshot_count: u64,
+    /// `--max-snapshots`: snapshot metadata files kept (0: all).
+    pub max_snapshots: usize,
+    /// `--max-wals`: WAL segments kept even when a snapshot covers them (0: all).
+    pub max_wals: usize,
+    /// WAL segment size (`RINGKV_WAL_SEGMENT_SIZE`, bytes; tests use small segments to see
+    /// purging); `None`: the WAL's default (64 MiB, etcd's).
+    pub wal_segment_size: Option<u64>,
 }
 
 /// How this member finds and forms its cluster (etcd's `--initial-cluster*` flags).
@@ -167,6 +177,12 @@ impl NodeOptions {
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,
             },
+            snapshot_count: c.flags.snapshot_count,
+            max_snapshots: c.flags.max_snapshots as usize,
+            max_wals: c.flags.max_wals as usize,
+            wal_segment_size: std::env::var("RINGKV_WAL_SEGMENT_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 
@@ -200,7 +216,11 @@ pub(crate) struct Inner {
     /// The MVCC store (with lessor and watch hub). Written by the apply thread and
     /// housekeeping; read by the front end.
     store: RwLock<MvccStore<NodeBackend>>,
-    backend: Backend,
+    vfs: Arc<dyn Vfs>,
+    /// `member/snap`: raft snapshot metadata, the backend file, received backend files.
+    snap_dir: SnapDir,
+    /// The backend's committed consistent index (what a snapshot may cover).
+    durable_index: AtomicU64,
     wal: Arc<Wal>,
     /// Set once right after raft started.
     raft: OnceLock<RaftNode>,
@@ -238,6 +258,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    fn backend_stats(&self) -> Option<ringkv_engine::BackendStats> {
+        self.store.read().backend().stats()
+    }
+
     fn nospace(&self) -> bool {
         self.alarms
             .read()
@@ -291,8 +315,10 @@ impl Inner {
             return;
         }
         let t = Instant::now();
-        match store.backend().commit_shared(store.consistent_index()) {
+        let index = store.consistent_index();
+        match store.backend().commit_shared(index) {
             Ok(()) => {
+                self.durable_index.store(index, Ordering::Release);
                 self.backend_commit
                     .lock()
                     .observe(t.elapsed().as_secs_f64());
@@ -368,10 +394,13 @@ fn open_wal(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
     metrics: Arc<FsyncHistogram>,
+    segment_size: Option<u64>,
 ) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
+    let defaults = WalOptions::default();
     let opts = WalOptions {
         metrics: Some(metrics),
-        ..WalOptions::default()
+        segment_size: segment_size.unwrap_or(defaults.segment_size),
+        ..defaults
     };
     match Wal::open(vfs.clone(), dir, opts.clone()) {
         Ok(r) => Ok(r),
@@ -425,27 +454,42 @@ impl RaftBackedNode {
                 }
             }
         }
-        let backend = Backend::open(
-            vfs.clone(),
-            &db_path,
-            BackendOptions {
-                // Invariant 1 of apply.rs: only the node commits (data + consistent index).
-                batch_ops: usize::MAX,
-                batch_interval: Duration::MAX,
-                ..BackendOptions::default()
-            },
-        )
-        .map_err(|e| OpenError(format!("cannot open the backend: {e}")))?;
-        let writer = backend
-            .batch()
-            .map_err(|e| OpenError(format!("cannot open the backend: {e}")))?;
-        // etcd's minimum lease TTL: 1.5 election timeouts, rounded up to seconds.
-        let min_ttl = ((opts.election_timeout.as_millis() as u64 * 3 / 2).div_ceil(1000)) as i64;
-        let lessor = Lessor::new(
-            min_ttl.max(ringkv_engine::MIN_LEASE_TTL),
-            ringkv_engine::DEFAULT_CHECKPOINT_INTERVAL,
-        );
-        let mut store = MvccStore::open(NodeBackend::new(backend.clone(), writer), lessor)
+        // The newest valid snapshot metadata; corrupt newer ones are logged (file, offset).
+        let snaps = SnapDir::new(vfs.clone(), &snap_dir);
+        let (snap, _skipped) = snaps
+            .load_newest()
+            .map_err(|e| OpenError(format!("cannot read the snapshots: {e}")))?;
+        let (mut backend, mut writer) =
+            snapshot::open_backend(&vfs, &db_path).map_err(OpenError)?;
+        if let Some(m) = &snap {
+            let ci = snapshot::consistent_index(&backend).map_err(OpenError)?;
+            if ci < m.index {
+                // Invariant 1 of snapshot.rs: an install was cut short; finish it.
+                let received = snaps.db_path(m.index);
+                if !vfs.exists(&received) {
+                    return Err(OpenError(format!(
+                        "the backend {} is at index {ci}, behind the snapshot at index {} \
+                         (term {}), and the received backend file {} is missing",
+                        db_path.display(),
+                        m.index,
+                        m.term,
+                        received.display()
+                    )));
+                }
+                tracing::warn!(
+                    "installing {}, received before a crash cut its install short",
+                    received.display()
+                );
+                drop(writer);
+                drop(backend);
+                snapshot::check_received(&vfs, &received, m.index).map_err(OpenError)?;
+                snapshot::swap_in(&vfs, &received, &db_path).map_err(OpenError)?;
+                (backend, writer) = snapshot::open_backend(&vfs, &db_path).map_err(OpenError)?;
+            }
+        }
+        let durable_index = snapshot::consistent_index(&backend).map_err(OpenError)?;
+        let lessor = snapshot::new_lessor(&opts);
+        let mut store = MvccStore::open(NodeBackend::new(backend, writer), lessor)
             .map_err(|e| OpenError(format!("cannot open the MVCC store: {e}")))?;
         // A data directory keeps the IDs it was created with (a joined member's come from
         // the cluster, not from the flags).
@@ -463,16 +507,7 @@ impl RaftBackedNode {
             .hub_mut()
             .set_max_request_bytes(opts.max_request_bytes);
         let applied = store.consistent_index();
-        let mut alarms = Vec::new();
-        store
-            .backend()
-            .scan(Bucket::Alarm, b"", b"", &mut |k, _| {
-                if let Ok(a) = AlarmMember::decode(k) {
-                    alarms.push(a);
-                }
-                true
-            })
-            .map_err(|e| OpenError(format!("cannot read alarms: {e}")))?;
+        let alarms = snapshot::load_alarms(&store).map_err(OpenError)?;
 
         let mut membership = Membership::load(store.backend()).map_err(OpenError)?;
         let fresh = membership.members.is_empty();
@@ -480,7 +515,7 @@ impl RaftBackedNode {
             cluster::seed_members(&opts, &mut membership, &mut store)?;
         }
         let wal_fsync = Arc::new(FsyncHistogram::default());
-        let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone())?;
+        let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone(), opts.wal_segment_size)?;
         if let Some((file, offset)) = &replay.truncated_tail {
             tracing::warn!(
                 "WAL: cut a torn tail in {} at offset {offset}",
@@ -496,12 +531,40 @@ impl RaftBackedNode {
             ..NodeConfig::single(opts.member_id)
         };
         apply_replay(&mut cfg, &replay).map_err(OpenError)?;
+        restore_from_snapshot(&mut cfg, snap.as_ref()).map_err(|e| {
+            OpenError(format!(
+                "cannot restore the raft log in {}: {e}",
+                wal_dir.display()
+            ))
+        })?;
+        if let Some(m) = &snap
+            && replay.snapshot.is_none_or(|s| s.index < m.index)
+        {
+            // The WAL must know the log restarts after the snapshot (a crash came between the
+            // metadata file and the WAL's marker).
+            wal.append_wait(vec![Record::Snapshot(SnapshotMark {
+                index: m.index,
+                term: m.term,
+            })])
+            .map_err(|e| OpenError(format!("cannot write the WAL snapshot marker: {e}")))?;
+        }
+        cfg.snapshots = SnapshotPolicy {
+            count: opts.snapshot_count,
+            catch_up: snapshot::SNAPSHOT_CATCH_UP_ENTRIES,
+            max_snapshots: opts.max_snapshots,
+            max_wals: opts.max_wals,
+            dir: Some(snaps.clone()),
+        };
+        // The configuration raft starts from is the applied one (the members bucket); it
+        // supersedes the snapshot's, which may be older.
         let joining = opts.cluster.join_existing && applied == 0 && cfg.entries.is_empty();
         let (voters, learners) = membership.conf(joining.then_some(opts.member_id));
         cfg.voters = voters.clone();
         cfg.conf_state = Some(ringkv_engine::RaftConfState::from((voters, learners)));
+        // With a snapshot, an installed backend may legitimately be ahead of the log.
         if let Some(last) = cfg.entries.last()
             && last.index < applied
+            && cfg.snapshot_index == 0
         {
             return Err(OpenError(format!(
                 "the backend's consistent index {applied} is past the WAL's last entry {} \
@@ -517,7 +580,9 @@ impl RaftBackedNode {
         });
         let inner = Arc::new(Inner {
             store: RwLock::new(store),
-            backend,
+            vfs: vfs.clone(),
+            snap_dir: snaps,
+            durable_index: AtomicU64::new(durable_index),
             wal: Arc::new(wal),
             raft: OnceLock::new(),
             waiters: Mutex::new(HashMap::new()),
@@ -673,7 +738,13 @@ impl RaftBackedNode {
             return Err(EtcdError::NoSpace);
         }
         if let Some(quota) = self.inner.opts.quota_backend_bytes {
-            let size = self.inner.backend.stats().file_bytes;
+            let size = self
+                .inner
+                .store
+                .read()
+                .backend()
+                .stats()
+                .map_or(0, |s| s.file_bytes);
             if size + cost as u64 > quota {
                 tracing::warn!(size, quota, "backend quota exceeded: raising NOSPACE");
                 self.propose(InternalRaftRequest {
@@ -895,7 +966,7 @@ impl EtcdNode for RaftBackedNode {
 
     fn metrics(&self) -> NodeMetrics {
         let p = self.inner.raft().progress();
-        let stats = self.inner.backend.stats();
+        let stats = self.inner.backend_stats();
         let committed = p.commit.load(Ordering::Acquire);
         let applied = p.applied();
         NodeMetrics {
@@ -906,8 +977,8 @@ impl EtcdNode for RaftBackedNode {
             proposals_failed: p.proposals_failed.load(Ordering::Acquire),
             wal_fsync: self.inner.wal_fsync.0.lock().clone(),
             backend_commit: self.inner.backend_commit.lock().clone(),
-            db_total_size: stats.file_bytes as i64,
-            db_total_size_in_use: stats.live_bytes as i64,
+            db_total_size: stats.map_or(0, |s| s.file_bytes as i64),
+            db_total_size_in_use: stats.map_or(0, |s| s.live_bytes as i64),
             quota_backend_bytes: self.inner.opts.quota_backend_bytes.unwrap_or(0) as i64,
         }
     }
@@ -1152,11 +1223,11 @@ impl EtcdNode for RaftBackedNode {
     async fn status(&self, _: &Caller) -> NodeResult<StatusResponse> {
         self.inner.check_failed()?;
         let p = self.inner.raft().progress();
-        let stats = self.inner.backend.stats();
+        let stats = self.inner.backend_stats();
         Ok(StatusResponse {
             header: self.inner.header(),
-            db_size: stats.file_bytes as i64,
-            db_size_in_use: stats.live_bytes as i64,
+            db_size: stats.map_or(0, |s| s.file_bytes as i64),
+            db_size_in_use: stats.map_or(0, |s| s.live_bytes as i64),
             leader: p.leader(),
             raft_index: p.commit.load(Ordering::Acquire),
             raft_term: p.term.load(Ordering::Acquire),
@@ -1175,17 +1246,17 @@ impl EtcdNode for RaftBackedNode {
             let store = inner.store.write();
             let mut unchanged = 0;
             for _ in 0..512 {
-                let before = inner.backend.stats();
+                let before = store.backend().stats();
                 inner.dirty.store(true, Ordering::Release);
                 inner.commit_locked(&store);
                 if inner.failed.get().is_some() {
                     return Err(EtcdError::Internal(inner.failure_text()));
                 }
-                let after = inner.backend.stats();
+                let after = store.backend().stats();
                 // Freed pages go pending, then free, then the tail is trimmed: stop only
                 // when none of these moved for a few commits.
-                let shape = |s: &ringkv_engine::BackendStats| {
-                    (s.page_count, s.file_bytes, s.free_pages, s.pending_pages)
+                let shape = |s: &Option<ringkv_engine::BackendStats>| {
+                    s.map(|s| (s.page_count, s.file_bytes, s.free_pages, s.pending_pages))
                 };
                 if shape(&after) == shape(&before) {
                     unchanged += 1;
@@ -1223,7 +1294,10 @@ impl EtcdNode for RaftBackedNode {
             if inner.failed.get().is_some() {
                 return Err(EtcdError::Internal(inner.failure_text()));
             }
-            let src = inner.backend.path().to_path_buf();
+            let src = store
+                .backend()
+                .path()
+                .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
             let dst = src.with_file_name(format!(
                 "{SNAPSHOT_COPY_PREFIX}{}",
                 inner.next_request_id.fetch_add(1, Ordering::Relaxed)

@@ -13,27 +13,58 @@
 
 use parking_lot::Mutex;
 use ringkv_engine::{
-    Backend, BatchWrite, BatchWriter, Bucket, KvRead, META_CONSISTENT_INDEX, StorageResult,
+    Backend, BackendStats, BatchWrite, BatchWriter, Bucket, KvRead, META_CONSISTENT_INDEX,
+    StorageError, StorageResult,
 };
 
 /// See the module doc.
 pub(crate) struct NodeBackend {
+    /// `None` only while a received snapshot is being installed (the old file is closed, the
+    /// new one not yet open); the store is write-locked for that whole time.
+    parts: Option<Parts>,
+}
+
+struct Parts {
     backend: Backend,
     writer: Mutex<BatchWriter>,
+}
+
+fn closed() -> StorageError {
+    StorageError::Failed("the backend is closed for a snapshot install".into())
 }
 
 impl NodeBackend {
     pub(crate) fn new(backend: Backend, writer: BatchWriter) -> Self {
         NodeBackend {
-            backend,
-            writer: Mutex::new(writer),
+            parts: Some(Parts {
+                backend,
+                writer: Mutex::new(writer),
+            }),
         }
+    }
+
+    fn parts(&self) -> StorageResult<&Parts> {
+        self.parts.as_ref().ok_or_else(closed)
+    }
+
+    /// Drops the file handle and the writer (so the file can be replaced and reopened).
+    pub(crate) fn close(&mut self) {
+        self.parts = None;
+    }
+
+    /// `None` only after a failed snapshot install (the node has failed then).
+    pub(crate) fn stats(&self) -> Option<BackendStats> {
+        self.parts.as_ref().map(|p| p.backend.stats())
+    }
+
+    pub(crate) fn path(&self) -> Option<std::path::PathBuf> {
+        self.parts.as_ref().map(|p| p.backend.path().to_path_buf())
     }
 
     /// Writes the consistent index and commits, with the store only read-locked (invariant 2).
     /// Same bytes as `MvccStore::commit`: the index as 8 big-endian bytes (etcd's encoding).
     pub(crate) fn commit_shared(&self, consistent_index: u64) -> StorageResult<()> {
-        let mut w = self.writer.lock();
+        let mut w = self.parts()?.writer.lock();
         w.put(
             Bucket::Meta,
             META_CONSISTENT_INDEX,
@@ -45,7 +76,7 @@ impl NodeBackend {
 
 impl KvRead for NodeBackend {
     fn get(&self, bucket: Bucket, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-        self.backend.snapshot().get(bucket, key)
+        self.parts()?.backend.snapshot().get(bucket, key)
     }
 
     fn scan(
@@ -55,20 +86,38 @@ impl KvRead for NodeBackend {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> StorageResult<()> {
-        self.backend.snapshot().scan(bucket, start, end, visit)
+        self.parts()?
+            .backend
+            .snapshot()
+            .scan(bucket, start, end, visit)
     }
 }
 
 impl BatchWrite for NodeBackend {
     fn put(&mut self, bucket: Bucket, key: &[u8], value: &[u8]) -> StorageResult<()> {
-        self.writer.get_mut().put(bucket, key, value)
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .put(bucket, key, value)
     }
 
     fn delete(&mut self, bucket: Bucket, key: &[u8]) -> StorageResult<()> {
-        self.writer.get_mut().delete(bucket, key)
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .delete(bucket, key)
     }
 
     fn commit(&mut self) -> StorageResult<()> {
-        self.writer.get_mut().commit()
+        self.parts
+            .as_mut()
+            .ok_or_else(closed)?
+            .writer
+            .get_mut()
+            .commit()
     }
 }

@@ -7,4 +7,5 @@ mod etcdctl;
 mod gateway;
 mod restart;
 mod rust_client;
+mod snapshot;
 mod wal_lock;
