@@ -67,6 +67,23 @@ pub(crate) const PENDING_COUNT_OFFSET: usize = FREE_COUNT_OFFSET + size_of::<u64
 pub(crate) const FREE_IDS_OFFSET: usize = PENDING_COUNT_OFFSET + size_of::<u64>();
 /// A pending freelist entry: `{ page id u64, freed by txid u64 }`.
 pub(crate) const PENDING_ENTRY_LEN: usize = 2 * size_of::<u64>();
+/// Freelist run flag (format v2): a written list follows the pending entries:
+/// `written_count u64`, then `written_count` entries `{ page id u64, checksum u32, pages u32 }`.
+pub(crate) const FREELIST_FLAG_WRITTEN: u8 = 1;
+pub(crate) const WRITTEN_COUNT_LEN: usize = size_of::<u64>();
+pub(crate) const WRITTEN_ID_OFFSET: usize = 0;
+pub(crate) const WRITTEN_CHECKSUM_OFFSET: usize = WRITTEN_ID_OFFSET + size_of::<u64>();
+pub(crate) const WRITTEN_PAGES_OFFSET: usize = WRITTEN_CHECKSUM_OFFSET + size_of::<u32>();
+pub(crate) const WRITTEN_ENTRY_LEN: usize = WRITTEN_PAGES_OFFSET + size_of::<u32>();
+
+/// One run written by a commit, as listed in its freelist run (format v2): where, how long, and
+/// the checksum its header must hold when the commit is complete on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub id: u64,
+    pub checksum: u32,
+    pub pages: u32,
+}
 
 /// Smallest and largest supported page sizes (powers of two). Offsets inside a page are u32 and
 /// element counts u16; 64 KiB pages hold at most ~5,000 leaf elements, well under u16::MAX.
@@ -282,6 +299,25 @@ pub fn validate_run(
                     ),
                 ));
             }
+            match run[FLAGS_OFFSET] {
+                0 => {}
+                FREELIST_FLAG_WRITTEN => {
+                    let at = need.expect("checked above");
+                    let fits = at
+                        .checked_add(WRITTEN_COUNT_LEN as u64)
+                        .filter(|&e| e <= run.len() as u64)
+                        .and_then(|e| {
+                            get_u64(run, at as usize)
+                                .checked_mul(WRITTEN_ENTRY_LEN as u64)
+                                .and_then(|n| n.checked_add(e))
+                        })
+                        .is_some_and(|end| end <= run.len() as u64);
+                    if !fits {
+                        return Err(err(id, "freelist's written list does not fit its run"));
+                    }
+                }
+                f => return Err(err(id, format!("freelist run with unknown flags {f:#x}"))),
+            }
         }
     }
     Ok(())
@@ -455,11 +491,23 @@ pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
         .collect()
 }
 
+/// Fills the header of `run` (flags 0) and its checksum (last, over everything else).
+pub(crate) fn seal_run(run: &mut [u8], id: u64, ty: PageType, count: u16, page_size: usize) {
+    seal_run_flags(run, id, ty, 0, count, page_size)
+}
+
 /// Fills the header of `run` and its checksum (last, over everything else).
 // Format: { checksum u32 | type u8 | flags u8 | count u16 | id u64 | overflow u32 | reserved u32 }
-pub(crate) fn seal_run(run: &mut [u8], id: u64, ty: PageType, count: u16, page_size: usize) {
+pub(crate) fn seal_run_flags(
+    run: &mut [u8],
+    id: u64,
+    ty: PageType,
+    flags: u8,
+    count: u16,
+    page_size: usize,
+) {
     run[TYPE_OFFSET] = ty as u8;
-    run[FLAGS_OFFSET] = 0;
+    run[FLAGS_OFFSET] = flags;
     put_u16(run, COUNT_OFFSET, count);
     put_u64(run, ID_OFFSET, id);
     put_u32(run, OVERFLOW_OFFSET, (run.len() / page_size - 1) as u32);
@@ -529,17 +577,24 @@ pub(crate) fn encode_overflow(value: &[u8], id: u64, page_size: usize) -> Vec<u8
     run
 }
 
-/// Body bytes of a freelist run with `free` ids and `pending` entries.
-pub(crate) fn freelist_body(free: usize, pending: usize) -> usize {
-    FREE_IDS_OFFSET - HEADER_LEN + free * size_of::<u64>() + pending * PENDING_ENTRY_LEN
+/// Body bytes of a freelist run with `free` ids, `pending` entries and `written` entries.
+pub(crate) fn freelist_body(free: usize, pending: usize, written: usize) -> usize {
+    FREE_IDS_OFFSET - HEADER_LEN
+        + free * size_of::<u64>()
+        + pending * PENDING_ENTRY_LEN
+        + WRITTEN_COUNT_LEN
+        + written * WRITTEN_ENTRY_LEN
 }
 
-/// Encodes the freelist into a run of exactly `pages` pages (which must be enough).
-// Format: { header | free_count u64 | pending_count u64 | free ids u64[free_count] |
-//   pending { id u64, freed_by_txid u64 }[pending_count] }
+/// Encodes the freelist and the commit's written list into a run of exactly `pages` pages
+/// (which must be enough), flagged `FREELIST_FLAG_WRITTEN`.
+// Format: { header (flags 1) | free_count u64 | pending_count u64 | free ids u64[free_count] |
+//   pending { id u64, freed_by_txid u64 }[pending_count] | written_count u64 |
+//   written { id u64, checksum u32, pages u32 }[written_count] }
 pub(crate) fn encode_freelist(
     free: &[u64],
     pending: &[(u64, u64)],
+    written: &[Written],
     id: u64,
     pages: u64,
     page_size: usize,
@@ -557,8 +612,45 @@ pub(crate) fn encode_freelist(
         put_u64(&mut run, off + 8, t);
         off += PENDING_ENTRY_LEN;
     }
-    seal_run(&mut run, id, PageType::Freelist, 0, page_size);
+    put_u64(&mut run, off, written.len() as u64);
+    off += WRITTEN_COUNT_LEN;
+    for w in written {
+        put_u64(&mut run, off + WRITTEN_ID_OFFSET, w.id);
+        put_u32(&mut run, off + WRITTEN_CHECKSUM_OFFSET, w.checksum);
+        put_u32(&mut run, off + WRITTEN_PAGES_OFFSET, w.pages);
+        off += WRITTEN_ENTRY_LEN;
+    }
+    seal_run_flags(
+        &mut run,
+        id,
+        PageType::Freelist,
+        FREELIST_FLAG_WRITTEN,
+        0,
+        page_size,
+    );
     run
+}
+
+/// The written list of a validated freelist run (empty for a v1 run, which has none).
+pub(crate) fn decode_written(run: &[u8]) -> Vec<Written> {
+    if run[FLAGS_OFFSET] != FREELIST_FLAG_WRITTEN {
+        return Vec::new();
+    }
+    let free = get_u64(run, FREE_COUNT_OFFSET) as usize;
+    let pending = get_u64(run, PENDING_COUNT_OFFSET) as usize;
+    let mut off = FREE_IDS_OFFSET + free * size_of::<u64>() + pending * PENDING_ENTRY_LEN;
+    let n = get_u64(run, off) as usize;
+    off += WRITTEN_COUNT_LEN;
+    (0..n)
+        .map(|i| {
+            let e = off + i * WRITTEN_ENTRY_LEN;
+            Written {
+                id: get_u64(run, e + WRITTEN_ID_OFFSET),
+                checksum: get_u32(run, e + WRITTEN_CHECKSUM_OFFSET),
+                pages: get_u32(run, e + WRITTEN_PAGES_OFFSET),
+            }
+        })
+        .collect()
 }
 
 /// Free ids and pending `(id, freed_by)` entries of a validated freelist run.
@@ -592,7 +684,7 @@ pub fn decode_any(bytes: &[u8], id: u64, page_size: usize) -> Result<usize, Page
         }
         PageType::Freelist => {
             let (f, p) = decode_freelist(bytes);
-            f.len() + p.len()
+            f.len() + p.len() + decode_written(bytes).len()
         }
         PageType::Overflow => bytes.len(),
     })
@@ -675,10 +767,23 @@ mod tests {
         validate_run(&run, 10, PS, Some(PageType::Overflow)).unwrap();
         let free = [4u64, 5, 9];
         let pending = [(12u64, 3u64)];
-        let pages = run_pages(PS, freelist_body(3, 1));
-        let run = encode_freelist(&free, &pending, 20, pages, PS);
+        let written = [Written {
+            id: 30,
+            checksum: 0x1234_5678,
+            pages: 2,
+        }];
+        let pages = run_pages(PS, freelist_body(3, 1, 1));
+        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
         validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
         assert_eq!(decode_freelist(&run), (free.to_vec(), pending.to_vec()));
+        assert_eq!(decode_written(&run), written.to_vec());
+        assert_eq!(WRITTEN_ENTRY_LEN, 16);
+        // A written count that runs past the run is refused, not read.
+        let mut bad = run.clone();
+        put_u64(&mut bad, FREE_IDS_OFFSET + 3 * 8 + PENDING_ENTRY_LEN, 1 << 40);
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("written list"), "{e}");
     }
 
     fn reseal(bytes: &mut [u8]) {
