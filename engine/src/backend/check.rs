@@ -311,7 +311,10 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
     }
     // The commit's written list (format v2): every listed run present with its listed checksum.
     if let Err(e) = verify_commit(&map, &meta) {
-        w.problem(e.page, format!("commit txid {} incomplete: {}", meta.txid, e.reason));
+        w.problem(
+            e.page,
+            format!("commit txid {} incomplete: {}", meta.txid, e.reason),
+        );
     }
     let mut reachable = 0;
     for p in 2..meta.page_count {

@@ -221,12 +221,13 @@ impl Backend {
             .map_err(io("open"))?;
         let file_len = file.size().map_err(io("stat"))?;
         let shared_path = path.to_path_buf();
-        let (newest, older, _) = read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
-            file: shared_path.clone(),
-            page: e.page,
-            offset: 0,
-            reason: e.reason,
-        })?;
+        let (newest, older, _) =
+            read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
+                file: shared_path.clone(),
+                page: e.page,
+                offset: 0,
+                reason: e.reason,
+            })?;
         let ps = newest.page_size as u64;
         let meta_err = |e: PageError| BackendError::Corrupt {
             file: shared_path.clone(),
@@ -459,7 +460,10 @@ pub(crate) fn verify_commit(map: &Mapping, meta: &Meta) -> Result<(), PageError>
         if w.id < 2 || w.id >= meta.page_count {
             return Err(PageError {
                 page: meta.freelist,
-                reason: format!("written list names page {} outside [2, {})", w.id, meta.page_count),
+                reason: format!(
+                    "written list names page {} outside [2, {})",
+                    w.id, meta.page_count
+                ),
             });
         }
         let run = map.page(w.id, None)?;

@@ -780,7 +780,11 @@ mod tests {
         assert_eq!(WRITTEN_ENTRY_LEN, 16);
         // A written count that runs past the run is refused, not read.
         let mut bad = run.clone();
-        put_u64(&mut bad, FREE_IDS_OFFSET + 3 * 8 + PENDING_ENTRY_LEN, 1 << 40);
+        put_u64(
+            &mut bad,
+            FREE_IDS_OFFSET + 3 * 8 + PENDING_ENTRY_LEN,
+            1 << 40,
+        );
         reseal(&mut bad);
         let e = validate_run(&bad, 20, PS, None).unwrap_err();
         assert!(e.reason.contains("written list"), "{e}");

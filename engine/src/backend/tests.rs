@@ -998,7 +998,11 @@ mod one_fsync_tests {
         let (last_txid, _) = open_image(vfs.crash_image(CrashMode::LoseUnsynced), &path, "base");
         let slot = ((last_txid + 1) % 2) as usize * PS;
         let meta = &written[slot..slot + PS];
-        assert_ne!(meta, &durable[slot..slot + PS], "the in-flight meta was written");
+        assert_ne!(
+            meta,
+            &durable[slot..slot + PS],
+            "the in-flight meta was written"
+        );
         let changed = changed_sectors(&durable, &written);
         assert!(changed.len() > 8, "the commit wrote pages ({changed:?})");
         // A page that still holds a valid run from an earlier commit (same id, good checksum):
@@ -1014,7 +1018,10 @@ mod one_fsync_tests {
             .expect("the commit overwrote a page that held a valid run");
         let cases: [(&str, Box<dyn Fn(usize) -> bool>); 3] = [
             ("meta only", Box::new(|_| false)),
-            ("meta and all pages but a stale one", Box::new(|s| s * 512 / PS != stale)),
+            (
+                "meta and all pages but a stale one",
+                Box::new(|s| s * 512 / PS != stale),
+            ),
             ("meta and every page", Box::new(|_| true)),
         ];
         for (what, keep) in cases {
@@ -1024,7 +1031,11 @@ mod one_fsync_tests {
             }
             for &s in &changed {
                 let r = s * 512..((s + 1) * 512).min(written.len());
-                let bytes = if keep(s) { &written[r.clone()] } else { &durable[r.clone()] };
+                let bytes = if keep(s) {
+                    &written[r.clone()]
+                } else {
+                    &durable[r.clone()]
+                };
                 assert!(image.corrupt(&path, r.start as u64, bytes));
             }
             assert!(image.corrupt(&path, slot as u64, meta));
@@ -1112,7 +1123,10 @@ mod one_fsync_tests {
                     saw[0] += 1;
                 }
             }
-            assert!(saw[0] > 0 && saw[1] > 0, "seed {seed}: both outcomes occur ({saw:?})");
+            assert!(
+                saw[0] > 0 && saw[1] > 0,
+                "seed {seed}: both outcomes occur ({saw:?})"
+            );
         }
     }
 }
@@ -1141,9 +1155,33 @@ fn fixture_v1(w: &mut BatchWriter) {
 /// changes, keep this file and add one for the new version.
 #[test]
 fn opens_a_file_written_by_format_v1() {
+    opens_fixture(
+        include_bytes!("../../testdata/backend-v1.db"),
+        meta::FORMAT_V1,
+    );
+}
+
+/// The same contents written by format version 2 (`engine/testdata/backend-v2.db`).
+#[test]
+fn opens_a_file_written_by_format_v2() {
+    opens_fixture(
+        include_bytes!("../../testdata/backend-v2.db"),
+        meta::FORMAT_V2,
+    );
+}
+
+fn opens_fixture(bytes: &[u8], version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    std::fs::write(&path, include_bytes!("../../testdata/backend-v1.db")).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    let (newest, _, _) = db::read_metas(
+        &*StdVfs::new()
+            .open(&path, OpenOptions::read_write())
+            .unwrap(),
+        bytes.len() as u64,
+    )
+    .unwrap();
+    assert_eq!(newest.version, version, "fixture's newest meta version");
     let backend = Backend::open(std_vfs(), &path, BackendOptions::default()).unwrap();
     assert!(backend.check().is_ok(), "{:?}", backend.check().problems);
     let expected = {
