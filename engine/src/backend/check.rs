@@ -182,7 +182,7 @@ impl Walker<'_> {
                         leaf_val,
                         false,
                     );
-                    if child_first.as_deref().is_some_and(|c| c != key.as_slice()) {
+                    if child_first.as_deref().is_some_and(|c| c != &key[..]) {
                         self.problem(
                             id,
                             format!("{what}: separator of child {child} is not its smallest key"),

@@ -819,7 +819,7 @@ fn commit(
             .iter()
             .map(|(k, v)| Op {
                 key: k,
-                val: v.as_deref(),
+                val: v.as_ref(),
             })
             .collect();
         let name = bucket.name();
@@ -870,6 +870,10 @@ fn commit(
         }
     }
     catalog_ops.sort();
+    let catalog_ops: Vec<(Bytes, Bytes)> = catalog_ops
+        .into_iter()
+        .map(|(k, v)| (Bytes::from(k), Bytes::from(&v[..])))
+        .collect();
     let ops: Vec<Op<'_>> = catalog_ops
         .iter()
         .map(|(k, v)| Op {

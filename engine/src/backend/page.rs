@@ -435,18 +435,22 @@ impl<'a> NodeView<'a> {
     }
 }
 
+/// Shared bytes of the write path: keys and values move from the read buffer into new pages
+/// without being copied (the buffer holds them as `Arc<[u8]>` too).
+pub(crate) type Shared = std::sync::Arc<[u8]>;
+
 /// An owned leaf value, for the write path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Val {
-    Inline(Vec<u8>),
+    Inline(Shared),
     Overflow { page: u64, len: u32 },
 }
 
 /// An owned node element: a leaf entry or a branch pointer `key -> child`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Elem {
-    Leaf { key: Vec<u8>, val: Val },
-    Branch { key: Vec<u8>, child: u64 },
+    Leaf { key: Shared, val: Val },
+    Branch { key: Shared, child: u64 },
 }
 
 impl Elem {
@@ -474,10 +478,10 @@ pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
     let v = NodeView::new(page);
     (0..v.len())
         .map(|i| {
-            let key = v.key(i).to_vec();
+            let key = Shared::from(v.key(i));
             if v.is_leaf() {
                 let val = match v.value(i) {
-                    StoredVal::Inline(b) => Val::Inline(b.to_vec()),
+                    StoredVal::Inline(b) => Val::Inline(Shared::from(b)),
                     StoredVal::Overflow { page, len } => Val::Overflow { page, len },
                 };
                 Elem::Leaf { key, val }
@@ -521,30 +525,29 @@ pub(crate) fn seal_run_flags(
 // Format: { header | elements[count] (leaf: flags u8, reserved u8, key_len u16, val_len u32,
 //   data_off u32; branch: key_len u16, reserved u16, data_off u32, child u64) | data... }
 pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> {
-    let mut page = vec![0u8; page_size];
     let leaf = matches!(elems[0], Elem::Leaf { .. });
     let elem_len = if leaf { LEAF_ELEM_LEN } else { BRANCH_ELEM_LEN };
-    let mut data = HEADER_LEN + elems.len() * elem_len;
+    // Header and element table zeroed, data appended after it, then the free tail zeroed: each
+    // byte is written once (no zeroing of the whole page first).
+    let mut page = Vec::with_capacity(page_size);
+    page.resize(HEADER_LEN + elems.len() * elem_len, 0);
     for (i, el) in elems.iter().enumerate() {
         let e = HEADER_LEN + i * elem_len;
+        let data = page.len();
         match el {
             Elem::Leaf { key, val } => {
-                page[e + LEAF_FLAGS_OFFSET] = 0;
                 put_u16(&mut page, e + LEAF_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + LEAF_DATA_OFFSET, data as u32);
-                page[data..data + key.len()].copy_from_slice(key);
-                data += key.len();
+                page.extend_from_slice(key);
                 match val {
                     Val::Inline(v) => {
                         put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, v.len() as u32);
-                        page[data..data + v.len()].copy_from_slice(v);
-                        data += v.len();
+                        page.extend_from_slice(v);
                     }
                     Val::Overflow { page: p, len } => {
                         page[e + LEAF_FLAGS_OFFSET] = LEAF_FLAG_OVERFLOW;
                         put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, *len);
-                        put_u64(&mut page, data, *p);
-                        data += size_of::<u64>();
+                        page.extend_from_slice(&p.to_le_bytes());
                     }
                 }
             }
@@ -553,11 +556,12 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                 put_u16(&mut page, e + BRANCH_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + BRANCH_DATA_OFFSET, data as u32);
                 put_u64(&mut page, e + BRANCH_CHILD_OFFSET, *child);
-                page[data..data + key.len()].copy_from_slice(key);
-                data += key.len();
+                page.extend_from_slice(key);
             }
         }
     }
+    assert!(page.len() <= page_size, "node elements overflow the page");
+    page.resize(page_size, 0);
     let ty = if leaf {
         PageType::Leaf
     } else {
@@ -700,8 +704,8 @@ mod tests {
     fn leaf(keys: &[&[u8]]) -> Vec<Elem> {
         keys.iter()
             .map(|k| Elem::Leaf {
-                key: k.to_vec(),
-                val: Val::Inline(k.repeat(2)),
+                key: Shared::from(*k),
+                val: Val::Inline(k.repeat(2).into()),
             })
             .collect()
     }
@@ -726,11 +730,11 @@ mod tests {
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
             Elem::Branch {
-                key: b"a".to_vec(),
+                key: Shared::from(&b"a"[..]),
                 child: 5,
             },
             Elem::Branch {
-                key: b"m".to_vec(),
+                key: Shared::from(&b"m"[..]),
                 child: 9,
             },
         ];
@@ -817,7 +821,7 @@ mod tests {
         #[test]
         fn node_mutations_never_panic(keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..20), 1..50),
                                       flips in proptest::collection::vec((0usize..PS, any::<u8>()), 1..8)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.clone(), val: Val::Inline(k.clone()) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(k.as_slice().into()) }).collect();
             let mut page = encode_node(&elems, 7, PS);
             prop_assert_eq!(decode_node(&page), elems);
             for (at, x) in flips {
