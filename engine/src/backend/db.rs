@@ -1011,22 +1011,26 @@ fn commit(
         buf: buf.clone(),
     });
 
-    // Online shrink: give back a free tail of at least half the file. Pages past `need` are
+    // Online shrink: give back a free tail of at least half the file, keeping an eighth of
+    // `need` as slack so the next commits (compaction's among them, whose freelist run lists
+    // every page they moved) do not grow the file straight back. Pages past `need` are
     // reachable from no live version (they are free and released), so no slice points there;
-    // the new version gets a mapping of the new length.
+    // the new version gets a mapping of the new length. No oscillation: a file of `need` N is
+    // cut only when it is >= 2N, to 1.125N, and grows only past that, by a quarter.
     if st.file_len - need >= (st.file_len / 2).max(16 * ps) {
+        let keep = (need + need / 8).div_ceil(ps) * ps;
         shared
             .file
-            .set_len(need)
+            .set_len(keep)
             .map_err(|e| shared.io("shrink", e))?;
-        st.file_len = need;
-        let m = Mapping::new(&shared.file, need, ps as usize, shared.opts.mmap)
+        st.file_len = keep;
+        let m = Mapping::new(&shared.file, keep, ps as usize, shared.opts.mmap)
             .map_err(|e| shared.io("mmap", e))?;
         m.inherit_verified(&version.map);
         version = Arc::new(Version {
             map: Arc::new(m),
             roots: version.roots.clone(),
-            file_len: need,
+            file_len: keep,
             ..*version
         });
         st.live.push((txid, Arc::downgrade(&version)));

@@ -11,6 +11,7 @@
 //! accessors of [`NodeView`] index without further checks, because validation established
 //! every bound they rely on.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 /// Integers in pages are little-endian fixed width (STYLE.md item 3); no sort order is needed on
@@ -411,26 +412,41 @@ impl<'a> NodeView<'a> {
 
     /// Index of the first key `>= key` (binary search).
     pub(crate) fn lower_bound(&self, key: &[u8]) -> usize {
+        self.search(key).0
+    }
+
+    /// Index of the first key `>= key`, and whether that key equals `key`. The search key's
+    /// first 8 bytes are loaded once; most probes are decided by one integer compare of them
+    /// (see `prefix`), the rest by the full byte comparison.
+    pub(crate) fn search(&self, key: &[u8]) -> (usize, bool) {
+        let want = prefix(key);
         let (mut lo, mut hi) = (0, self.count);
+        let mut found = false;
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.key(mid) < key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            let k = self.key(mid);
+            let ord = match prefix(k).cmp(&want) {
+                Ordering::Equal => k.cmp(key),
+                o => o,
+            };
+            match ord {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Equal => {
+                    found = true;
+                    hi = mid;
+                }
+                Ordering::Greater => hi = mid,
             }
         }
-        lo
+        (lo, found)
     }
 
     /// For a branch: the child whose subtree may hold `key` (the last element with key <= `key`,
     /// or the first element when `key` sorts before every element).
     pub(crate) fn child_index(&self, key: &[u8]) -> usize {
-        let i = self.lower_bound(key);
-        if i < self.count && self.key(i) == key {
-            i
-        } else {
-            i.saturating_sub(1)
+        match self.search(key) {
+            (i, true) => i,
+            (i, false) => i.saturating_sub(1),
         }
     }
 }
@@ -438,6 +454,21 @@ impl<'a> NodeView<'a> {
 /// Shared bytes of the write path: keys and values move from the read buffer into new pages
 /// without being copied (the buffer holds them as `Arc<[u8]>` too).
 pub(crate) type Shared = std::sync::Arc<[u8]>;
+
+/// The first 8 bytes of `k` (zero-padded) as a big-endian integer: big-endian so that comparing
+/// the integers orders like comparing the bytes. Equal prefixes decide nothing (a short key and
+/// its zero-padded extension share one); unequal ones decide the byte order of the keys.
+#[inline]
+fn prefix(k: &[u8]) -> u64 {
+    match k.first_chunk::<8>() {
+        Some(b) => u64::from_be_bytes(*b),
+        None => {
+            let mut b = [0u8; 8];
+            b[..k.len()].copy_from_slice(k);
+            u64::from_be_bytes(b)
+        }
+    }
+}
 
 /// An owned leaf value, for the write path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -727,6 +758,9 @@ mod tests {
         let v = NodeView::new(&page);
         assert_eq!(v.lower_bound(b"b"), 1);
         assert_eq!(v.lower_bound(b"f"), 3);
+        assert_eq!(v.search(b"c"), (1, true));
+        assert_eq!(v.search(b"c\0"), (2, false));
+        assert_eq!(v.search(b""), (0, false));
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
             Elem::Branch {
@@ -802,6 +836,19 @@ mod tests {
     }
 
     proptest! {
+        // The prefix-first binary search agrees with a linear scan in byte order, including
+        // short keys, keys that are prefixes of others and keys with zero bytes.
+        #[test]
+        fn search_matches_byte_order(keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 1..12), 1..60),
+                                     probe in proptest::collection::vec(0u8..3, 0..12)) {
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(Shared::from(&b""[..])) }).collect();
+            let page = encode_node(&elems, 7, PS);
+            let v = NodeView::new(&page);
+            let want = keys.iter().position(|k| k.as_slice() >= probe.as_slice()).unwrap_or(keys.len());
+            let exact = keys.contains(&probe);
+            prop_assert_eq!(v.search(&probe), (want, exact));
+        }
+
         // The decoder never panics on arbitrary bytes, including bytes with a valid checksum,
         // id and run length (so the structural checks, not the checksum, are what is tested).
         #[test]

@@ -90,11 +90,9 @@ enum Step<'p> {
 
 fn step<'p>(v: NodeView<'p>, key: &[u8]) -> Step<'p> {
     if v.is_leaf() {
-        let i = v.lower_bound(key);
-        if i < v.len() && v.key(i) == key {
-            Step::Found(v.value(i))
-        } else {
-            Step::Missing
+        match v.search(key) {
+            (i, true) => Step::Found(v.value(i)),
+            _ => Step::Missing,
         }
     } else {
         Step::Child(v.child(v.child_index(key)))
