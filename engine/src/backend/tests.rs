@@ -681,8 +681,12 @@ fn online_compaction_shrinks_the_file_while_readers_run() {
     stop.store(true, Ordering::Relaxed);
     assert!(reader.join().unwrap() > 0);
     let end = backend.stats();
+    // The file shrinks below half while the reader runs. It may grow back by a quarter later:
+    // the reader's snapshots keep freed pages pending, so a commit can need pages past the
+    // trimmed end (growth and shrink thresholds keep that from oscillating).
+    let smallest = *sizes.iter().min().unwrap();
     assert!(
-        end.file_bytes * 2 < full.file_bytes,
+        smallest * 2 < full.file_bytes && end.file_bytes * 4 < full.file_bytes * 3,
         "file did not shrink enough: {full:?} -> {end:?} (sizes {sizes:?})"
     );
     assert!(end.live_bytes * 2 > end.file_bytes / 2, "{end:?}");
@@ -851,7 +855,8 @@ mod crash_tests {
         let clean_dyn: Arc<dyn Vfs> = Arc::new(clean.clone());
         let out = run(&clean_dyn, &path, &work);
         assert!(out.in_flight.is_none());
-        let peak = 600 * 200;
+        // The values alone took 120,000 bytes; a shrunk file keeps an eighth of slack.
+        let peak = 600 * 200 * 9 / 8;
         let end = clean.written_contents(&path).unwrap().len();
         assert!(
             end < peak,
@@ -1016,11 +1021,13 @@ mod one_fsync_tests {
                         .is_ok()
             })
             .expect("the commit overwrote a page that held a valid run");
-        let cases: [(&str, Box<dyn Fn(usize) -> bool>); 3] = [
+        /// Which of the commit's sectors (by sector number) reach the disk.
+        type Keep = Box<dyn Fn(usize) -> bool>;
+        let cases: [(&str, Keep); 3] = [
             ("meta only", Box::new(|_| false)),
             (
                 "meta and all pages but a stale one",
-                Box::new(|s| s * 512 / PS != stale),
+                Box::new(move |s| s * 512 / PS != stale),
             ),
             ("meta and every page", Box::new(|_| true)),
         ];
