@@ -55,8 +55,8 @@ use ringkv_engine::pb::etcdserverpb::{
 };
 use ringkv_engine::{
     FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode, RaftNodeError,
-    Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
-    new_vfs, restore_from_snapshot,
+    Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalDirLock, WalMetrics, WalOptions,
+    apply_replay, new_vfs, restore_from_snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -213,6 +213,8 @@ type Waiter = oneshot::Sender<Result<Applied, EtcdError>>;
 
 /// State shared by the front-end tasks, the apply thread and housekeeping.
 pub(crate) struct Inner {
+    /// The `LOCK` file of the WAL directory, held for the node's lifetime.
+    _wal_lock: WalDirLock,
     /// The MVCC store (with lessor and watch hub). Written by the apply thread and
     /// housekeeping; read by the front end.
     store: RwLock<MvccStore<NodeBackend>>,
@@ -392,7 +394,7 @@ fn open_vfs(kind: IoKind) -> Arc<dyn Vfs> {
 
 fn open_wal(
     vfs: &Arc<dyn Vfs>,
-    dir: &Path,
+    lock: &WalDirLock,
     metrics: Arc<FsyncHistogram>,
     segment_size: Option<u64>,
 ) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
@@ -402,15 +404,16 @@ fn open_wal(
         segment_size: segment_size.unwrap_or(defaults.segment_size),
         ..defaults
     };
-    match Wal::open(vfs.clone(), dir, opts.clone()) {
+    let dir = lock.dir();
+    match Wal::open_locked(vfs.clone(), lock, opts.clone()) {
         Ok(r) => Ok(r),
         // O_DIRECT is refused by some file systems (tmpfs): fall back to buffered segments,
         // which are still made durable by fdatasync.
         Err(e) if !e.is_corruption() && !e.is_caller_mistake() => {
             tracing::warn!("WAL with O_DIRECT failed ({e}); retrying without O_DIRECT");
-            Wal::open(
+            Wal::open_locked(
                 vfs.clone(),
-                dir,
+                lock,
                 WalOptions {
                     direct: false,
                     ..opts
@@ -445,6 +448,10 @@ impl RaftBackedNode {
             vfs.create_dir_all(d)
                 .map_err(|e| OpenError(format!("cannot create {}: {e}", d.display())))?;
         }
+        // Taken before anything in the data directory is opened, so a second process on the
+        // same directory fails without touching the backend.
+        let wal_lock = Wal::lock_dir(&vfs, &wal_dir)
+            .map_err(|e| OpenError(format!("cannot open the WAL in {}: {e}", wal_dir.display())))?;
         let db_path = snap_dir.join("db");
         // Copies left by snapshot streams that a crash interrupted.
         if let Ok(names) = vfs.list_dir(&snap_dir) {
@@ -515,7 +522,7 @@ impl RaftBackedNode {
             cluster::seed_members(&opts, &mut membership, &mut store)?;
         }
         let wal_fsync = Arc::new(FsyncHistogram::default());
-        let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone(), opts.wal_segment_size)?;
+        let (wal, replay) = open_wal(&vfs, &wal_lock, wal_fsync.clone(), opts.wal_segment_size)?;
         if let Some((file, offset)) = &replay.truncated_tail {
             tracing::warn!(
                 "WAL: cut a torn tail in {} at offset {offset}",
@@ -579,6 +586,7 @@ impl RaftBackedNode {
             member_id: opts.member_id,
         });
         let inner = Arc::new(Inner {
+            _wal_lock: wal_lock,
             store: RwLock::new(store),
             vfs: vfs.clone(),
             snap_dir: snaps,
