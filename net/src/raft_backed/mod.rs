@@ -10,10 +10,11 @@
 //!                 ▲                                      ▼
 //!                 └──── oneshot ◄── waiter ──────── ringkv-apply: Applier (apply.rs)
 //!                                                        │ store.write(): MVCC + lessor + hub
-//!  linearizable read: read_index (batched) ──► raft ─────┘ done once applied ≥ read index
+//!  linearizable read: read gate ──► read_index ──► raft ┘ done once applied ≥ read index
+//!                     (one round in flight; reads arriving meanwhile share the next)
 //!                     then store.read()
 //!  serializable read: store.read() at once
-//!  watch: hub stream (crossbeam) ──► pump thread ──► tokio mpsc ──► WatchUpdate
+//!  watch: hub stream = bounded tokio mpsc (try_send from apply/housekeeping) ──► WatchUpdate
 //!                                         ringkv-housekeeping: backend commits when due,
 //!                                         watch catch-up, physical compaction steps, lease
 //!                                         expiry (proposes LeaseRevoke), auto-compaction
@@ -24,6 +25,7 @@
 //! no lock is held across an `.await`.
 
 mod apply;
+mod read_gate;
 mod shared_writer;
 #[cfg(test)]
 mod tests;
@@ -52,12 +54,13 @@ use ringkv_engine::pb::etcdserverpb::{
 };
 use ringkv_engine::{
     Backend, BackendOptions, Bucket, FlushStats, HeaderIds, IoKind, KvRead, LeaseIdGen, Lessor,
-    MvccStore, NodeConfig, RaftNode, RaftNodeError, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
-    new_vfs,
+    MvccStore, NodeConfig, RaftNode, RaftNodeError, SinkFull, StreamId, Vfs, Wal, WalMetrics,
+    WalOptions, WatchSink, apply_replay, new_vfs,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use self::apply::{Applied, Applier, mvcc_err};
+use self::read_gate::ReadGate;
 use self::shared_writer::NodeBackend;
 use crate::config::{AutoCompaction, Config};
 use crate::errors::EtcdError;
@@ -80,8 +83,6 @@ const LEASE_REVOKE_BATCH: usize = 500;
 const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
 /// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
 const WATCH_STREAM_CAPACITY: usize = 1024;
-/// Stack of a watch pump thread (it only moves messages between two channels).
-const WATCH_PUMP_STACK: usize = 128 * 1024;
 /// Name prefix of the temporary backend copies a Snapshot RPC streams from (in `member/snap`).
 const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
 /// Snapshot chunk size read from the copied backend file.
@@ -194,6 +195,8 @@ pub(crate) struct Inner {
     backend_commit: Mutex<Histogram>,
     /// Whether this member's lessor is primary (it is the leader).
     lease_primary: AtomicBool,
+    /// Gathers concurrent linearizable reads into one ReadIndex round.
+    read_gate: Arc<ReadGate>,
 }
 
 impl Inner {
@@ -477,6 +480,7 @@ impl RaftBackedNode {
             wal_fsync,
             backend_commit: Mutex::new(Histogram::default()),
             lease_primary: AtomicBool::new(false),
+            read_gate: Arc::new(ReadGate::default()),
         });
         let applier = Applier {
             inner: inner.clone(),
@@ -569,18 +573,19 @@ impl RaftBackedNode {
         }
     }
 
-    /// Waits for a linearizable read point (a batched ReadIndex) and for apply to reach it.
+    /// Waits for a linearizable read point (a ReadIndex round gathered by the read gate) and
+    /// for apply to reach it.
     async fn linearize(&self) -> NodeResult<()> {
         self.inner.check_failed()?;
-        let (tx, rx) = oneshot::channel();
-        self.inner.raft().read_index(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
-        match tokio::time::timeout(self.inner.opts.request_timeout(), rx).await {
-            Err(_) => Err(EtcdError::Timeout),
-            Ok(Err(_)) => Err(EtcdError::Stopped),
-            Ok(Ok(Err(e))) => Err(raft_err(e)),
-            Ok(Ok(Ok(_))) => Ok(()),
+        let timeout = self.inner.opts.request_timeout();
+        match self
+            .inner
+            .read_gate
+            .wait(self.inner.raft(), timeout)
+            .await?
+        {
+            Err(e) => Err(raft_err(e)),
+            Ok(_) => Ok(()),
         }
     }
 
@@ -767,35 +772,63 @@ fn to_update(resp: WatchResponse) -> Option<WatchUpdate> {
     })
 }
 
-/// Forwards one watcher's hub stream to the front end until either side ends.
-fn pump_watch(
-    inner: Arc<Inner>,
-    stream: ringkv_engine::StreamId,
-    rx: crossbeam_channel::Receiver<WatchResponse>,
-    tx: mpsc::Sender<WatchUpdate>,
-) {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(resp) => {
-                let canceled = resp.canceled && !resp.created || resp.compact_revision != 0;
-                if let Some(u) = to_update(resp)
-                    && tx.blocking_send(u).is_err()
-                {
-                    break;
-                }
-                if canceled {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if tx.is_closed() || inner.stopping.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+/// A watcher's hub stream as the hub sees it: a bounded tokio channel that the watcher's
+/// front-end task reads. `try_send` never blocks, so the apply thread and housekeeping hand
+/// responses straight to the connection's task: no thread per watcher.
+struct TokioSink(mpsc::Sender<WatchResponse>);
+
+impl WatchSink for TokioSink {
+    fn try_send(&self, resp: WatchResponse) -> Result<(), SinkFull> {
+        match self.0.try_send(resp) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(r)) => Err(SinkFull::Full(r)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkFull::Closed),
         }
     }
-    inner.store.write().watch_close_stream(stream);
+}
+
+/// One watcher's updates: the hub stream's responses turned into [`WatchUpdate`]s. Ends after
+/// a cancel or compaction response; dropping it (the front end canceled the watcher or the
+/// connection ended) closes the hub stream, so the hub stops matching events for it.
+struct HubUpdates {
+    inner: Arc<Inner>,
+    stream: StreamId,
+    rx: mpsc::Receiver<WatchResponse>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for HubUpdates {
+    type Item = WatchUpdate;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchUpdate>> {
+        use std::task::Poll;
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(resp)) => {
+                    if resp.canceled && !resp.created || resp.compact_revision != 0 {
+                        self.ended = true;
+                    }
+                    if let Some(u) = to_update(resp) {
+                        return Poll::Ready(Some(u));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HubUpdates {
+    fn drop(&mut self) {
+        self.inner.store.write().watch_close_stream(self.stream);
+    }
 }
 
 impl EtcdNode for RaftBackedNode {
@@ -906,7 +939,7 @@ impl EtcdNode for RaftBackedNode {
 
     async fn watch(&self, _: &Caller, spec: WatchSpec) -> NodeResult<Watcher> {
         self.inner.check_failed()?;
-        let (hub_tx, hub_rx) = crossbeam_channel::bounded(WATCH_STREAM_CAPACITY);
+        let (hub_tx, hub_rx) = mpsc::channel(WATCH_STREAM_CAPACITY);
         let mut filters = Vec::new();
         if spec.no_put {
             filters.push(FilterType::Noput as i32);
@@ -926,30 +959,18 @@ impl EtcdNode for RaftBackedNode {
         };
         let (stream, revision) = {
             let mut store = self.inner.store.write();
-            let stream = store.watch_open_stream(hub_tx);
+            let stream = store.watch_open_stream(TokioSink(hub_tx));
             store.watch_create(stream, &create);
             (stream, store.current_revision())
         };
-        let (tx, rx) = mpsc::channel(64);
-        let inner = self.inner.clone();
-        // A small dedicated thread, not the blocking pool: the pool's thread cap would make
-        // watcher N+1 (and snapshots, defragment) wait behind N open watchers.
-        let spawned = std::thread::Builder::new()
-            .name("ringkv-watch".into())
-            .stack_size(WATCH_PUMP_STACK)
-            .spawn({
-                let inner = self.inner.clone();
-                move || pump_watch(inner, stream, hub_rx, tx)
-            });
-        if let Err(e) = spawned {
-            inner.store.write().watch_close_stream(stream);
-            return Err(EtcdError::Internal(format!(
-                "ringkv: cannot start a watcher: {e}"
-            )));
-        }
         Ok(Watcher {
             revision,
-            updates: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            updates: Box::pin(HubUpdates {
+                inner: self.inner.clone(),
+                stream,
+                rx: hub_rx,
+                ended: false,
+            }),
         })
     }
 

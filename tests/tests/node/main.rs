@@ -7,3 +7,4 @@ mod etcdctl;
 mod gateway;
 mod restart;
 mod rust_client;
+mod watch_scale;
