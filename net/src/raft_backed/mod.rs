@@ -27,6 +27,7 @@
 mod apply;
 mod read_gate;
 mod shared_writer;
+mod stages;
 #[cfg(test)]
 mod tests;
 
@@ -62,6 +63,7 @@ use tokio::sync::{mpsc, oneshot};
 use self::apply::{Applied, Applier, mvcc_err};
 use self::read_gate::ReadGate;
 use self::shared_writer::NodeBackend;
+use self::stages::ProposalStages;
 use crate::config::{AutoCompaction, Config};
 use crate::errors::EtcdError;
 use crate::node::{
@@ -162,7 +164,12 @@ impl WalMetrics for FsyncHistogram {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Applied, EtcdError>>;
+/// A proposing task waiting for its entry to apply: where to send the outcome (with the time
+/// it was sent, for the reply stage) and when it proposed (for the commit stage; stages.rs).
+pub(crate) struct Waiter {
+    pub(crate) tx: oneshot::Sender<(Result<Applied, EtcdError>, Instant)>,
+    pub(crate) proposed: Instant,
+}
 
 /// State shared by the front-end tasks, the apply thread and housekeeping.
 pub(crate) struct Inner {
@@ -197,6 +204,8 @@ pub(crate) struct Inner {
     lease_primary: AtomicBool,
     /// Gathers concurrent linearizable reads into one ReadIndex round.
     read_gate: Arc<ReadGate>,
+    /// Time per proposal stage (commit, apply, reply), for `/metrics`.
+    stages: ProposalStages,
 }
 
 impl Inner {
@@ -481,6 +490,7 @@ impl RaftBackedNode {
             backend_commit: Mutex::new(Histogram::default()),
             lease_primary: AtomicBool::new(false),
             read_gate: Arc::new(ReadGate::default()),
+            stages: ProposalStages::default(),
         });
         let applier = Applier {
             inner: inner.clone(),
@@ -556,7 +566,8 @@ impl RaftBackedNode {
         });
         let data = req.encode_to_vec();
         let (tx, rx) = oneshot::channel();
-        inner.waiters.lock().insert(id, tx);
+        let proposed = Instant::now();
+        inner.waiters.lock().insert(id, Waiter { tx, proposed });
         let _guard = WaiterGuard { inner, id };
         let (rej_tx, rej_rx) = oneshot::channel();
         inner.raft().propose(
@@ -567,7 +578,11 @@ impl RaftBackedNode {
         );
         let timeout = tokio::time::sleep(inner.opts.request_timeout());
         tokio::select! {
-            r = rx => r.map_err(|_| EtcdError::Stopped)?,
+            r = rx => {
+                let (result, sent) = r.map_err(|_| EtcdError::Stopped)?;
+                inner.stages.reply.observe(sent.elapsed());
+                result
+            }
             Ok(e) = rej_rx => Err(raft_err(e)),
             _ = timeout => Err(EtcdError::Timeout),
         }
@@ -858,6 +873,9 @@ impl EtcdNode for RaftBackedNode {
             proposals_failed: p.proposals_failed.load(Ordering::Acquire),
             wal_fsync: self.inner.wal_fsync.0.lock().clone(),
             backend_commit: self.inner.backend_commit.lock().clone(),
+            proposal_commit: self.inner.stages.commit.snapshot(),
+            proposal_apply: self.inner.stages.apply.snapshot(),
+            proposal_reply: self.inner.stages.reply.snapshot(),
             db_total_size: stats.file_bytes as i64,
             db_total_size_in_use: stats.live_bytes as i64,
             quota_backend_bytes: self.inner.opts.quota_backend_bytes.unwrap_or(0) as i64,

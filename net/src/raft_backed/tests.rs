@@ -183,6 +183,16 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
     }
     let final_rev = dump(&node).await.0;
     assert_eq!(final_rev, 1 + 3 * 40);
+    // Every acknowledged put went through the three timed stages once (stages.rs).
+    let m = node.metrics();
+    for (stage, h) in [
+        ("commit", &m.proposal_commit),
+        ("apply", &m.proposal_apply),
+        ("reply", &m.proposal_reply),
+    ] {
+        assert_eq!(h.count, 3 * 40, "{stage} observations");
+    }
+    assert!(m.proposal_commit.sum_seconds > 0.0);
 
     // 200 reads polled together: the first starts a round, the others join the next ones.
     let before = node.inner.read_gate.rounds();
