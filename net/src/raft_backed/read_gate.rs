@@ -13,10 +13,15 @@
 //! 2, which waits. C arrives and joins the open round 2. Round 1 completes: A is released, and
 //! the completing callback starts round 2 (B and C). Round 2 completes: B and C are released;
 //! no round is open, so the gate goes idle and the next read starts a round at once.
+//!
+//! A round raft never answers (a leader that lost its quorum drops pending ReadIndex
+//! requests) must not stall the gate: a read that times out abandons an in-flight round older
+//! than the timeout and starts the open one; the abandoned round's late callback, if any, then
+//! changes nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ringkv_engine::{RaftNode, RaftNodeError};
@@ -32,11 +37,20 @@ struct Round {
     done: Notify,
 }
 
+impl Round {
+    fn new() -> Arc<Round> {
+        Arc::new(Round {
+            result: OnceLock::new(),
+            done: Notify::new(),
+        })
+    }
+}
+
 #[derive(Default)]
 struct GateState {
-    /// A round is in flight at raft.
-    running: bool,
-    /// The round that new reads join; started when the running one completes.
+    /// The round in flight at raft, and when it was sent.
+    in_flight: Option<(Arc<Round>, Instant)>,
+    /// The round that new reads join; started when the one in flight completes.
     open: Option<Arc<Round>>,
 }
 
@@ -59,19 +73,11 @@ impl ReadGate {
     ) -> NodeResult<Result<u64, RaftNodeError>> {
         let (round, start) = {
             let mut g = self.state.lock();
-            let round = g
-                .open
-                .get_or_insert_with(|| {
-                    Arc::new(Round {
-                        result: OnceLock::new(),
-                        done: Notify::new(),
-                    })
-                })
-                .clone();
-            let start = !g.running;
+            let round = g.open.get_or_insert_with(Round::new).clone();
+            let start = g.in_flight.is_none();
             if start {
-                g.running = true;
                 g.open = None;
+                g.in_flight = Some((round.clone(), Instant::now()));
             }
             (round, start)
         };
@@ -80,13 +86,16 @@ impl ReadGate {
         tokio::pin!(notified);
         notified.as_mut().enable();
         if start {
-            self.start(raft.clone(), round.clone());
+            self.send(raft, round.clone());
         }
         if let Some(r) = round.result.get() {
             return Ok(r.clone());
         }
         match tokio::time::timeout(timeout, notified).await {
-            Err(_) => Err(EtcdError::Timeout),
+            Err(_) => {
+                self.unstick(raft, timeout);
+                Err(EtcdError::Timeout)
+            }
             Ok(()) => Ok(round
                 .result
                 .get()
@@ -101,8 +110,9 @@ impl ReadGate {
         self.rounds.load(Ordering::Relaxed)
     }
 
-    /// Sends `round` to raft; its completion releases its reads and starts the open round.
-    fn start(self: &Arc<Self>, raft: RaftNode, round: Arc<Round>) {
+    /// Sends `round` (already recorded as in flight) to raft; its completion releases its
+    /// reads and sends the open round.
+    fn send(self: &Arc<Self>, raft: &RaftNode, round: Arc<Round>) {
         self.rounds.fetch_add(1, Ordering::Relaxed);
         let gate = self.clone();
         let raft2 = raft.clone();
@@ -111,13 +121,38 @@ impl ReadGate {
             round.done.notify_waiters();
             let next = {
                 let mut g = gate.state.lock();
-                let next = g.open.take();
-                g.running = next.is_some();
-                next
+                match &g.in_flight {
+                    // Abandoned by `unstick`: whatever is in flight now is not ours to follow.
+                    Some((f, _)) if !Arc::ptr_eq(f, &round) => None,
+                    _ => {
+                        let next = g.open.take();
+                        g.in_flight = next.clone().map(|n| (n, Instant::now()));
+                        next
+                    }
+                }
             };
             if let Some(next) = next {
-                gate.start(raft2, next);
+                gate.send(&raft2, next);
             }
         }));
+    }
+
+    /// After a read timed out: abandons the in-flight round if raft has not answered it
+    /// within `timeout`, and sends the open round instead.
+    fn unstick(self: &Arc<Self>, raft: &RaftNode, timeout: Duration) {
+        let next = {
+            let mut g = self.state.lock();
+            match &g.in_flight {
+                Some((_, sent)) if sent.elapsed() >= timeout => {
+                    let next = g.open.take();
+                    g.in_flight = next.clone().map(|n| (n, Instant::now()));
+                    next
+                }
+                _ => None,
+            }
+        };
+        if let Some(next) = next {
+            self.send(raft, next);
+        }
     }
 }
