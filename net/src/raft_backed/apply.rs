@@ -256,8 +256,4 @@ impl StateMachine for Applier {
             let _ = w.tx.send((result, sent));
         }
     }
-
-    fn applied_batch(&mut self, _last_index: u64) {
-        self.inner.commit_if_due(false);
-    }
 }

@@ -240,7 +240,9 @@ impl Inner {
     }
 
     /// Commits the backend (data + consistent index) when `force`, or when writes are pending
-    /// and the batch limit or interval was reached.
+    /// and the batch limit or interval was reached. The fdatasyncs run with no store lock held:
+    /// apply and reads go on (the background commit of shared_writer.rs). Housekeeping only:
+    /// background commits must not overlap, and the apply thread must not wait for one.
     fn commit_if_due(&self, force: bool) {
         let ops = self.ops_since_commit.load(Ordering::Acquire);
         if !self.dirty.load(Ordering::Acquire) {
@@ -251,24 +253,46 @@ impl Inner {
         if !due || self.failed.get().is_some() {
             return;
         }
-        // Read lock only: front-end reads continue during the commit (shared_writer.rs).
-        let store = self.store.read();
-        self.commit_locked(&store);
+        let t = Instant::now();
+        let pending = {
+            // Read lock: apply is excluded while the consistent index is taken (step 1).
+            let store = self.store.read();
+            match store.backend().begin_commit(store.consistent_index()) {
+                Ok(Some(p)) => {
+                    self.dirty.store(false, Ordering::Release);
+                    self.ops_since_commit.store(0, Ordering::Release);
+                    p
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail(format!("backend commit: {e}")),
+            }
+        };
+        let committed = pending.run();
+        let finished = self.store.write().backend_mut().finish_commit();
+        self.commit_done(t, committed.and(finished));
     }
 
-    /// Commits data and consistent index; the caller holds the store lock (read or write).
-    fn commit_locked(&self, store: &MvccStore<NodeBackend>) {
+    /// Commits data and consistent index at once; the caller holds the store's write lock.
+    fn commit_locked(&self, store: &mut MvccStore<NodeBackend>) {
         if self.failed.get().is_some() {
             return;
         }
         let t = Instant::now();
-        match store.backend().commit_shared(store.consistent_index()) {
+        let ci = store.consistent_index();
+        let r = store.backend_mut().commit_all(ci);
+        if r.is_ok() {
+            self.dirty.store(false, Ordering::Release);
+            self.ops_since_commit.store(0, Ordering::Release);
+        }
+        self.commit_done(t, r);
+    }
+
+    fn commit_done(&self, started: Instant, r: ringkv_engine::StorageResult<()>) {
+        match r {
             Ok(()) => {
                 self.backend_commit
                     .lock()
-                    .observe(t.elapsed().as_secs_f64());
-                self.dirty.store(false, Ordering::Release);
-                self.ops_since_commit.store(0, Ordering::Release);
+                    .observe(started.elapsed().as_secs_f64());
                 *self.last_commit.lock() = Instant::now();
             }
             // Fatal: the backend refuses writes after a failed commit; never retried.
@@ -543,9 +567,9 @@ impl RaftBackedNode {
         }
         self.inner.raft().shutdown();
         {
-            let store = self.inner.store.write();
+            let mut store = self.inner.store.write();
             self.inner.dirty.store(true, Ordering::Release);
-            self.inner.commit_locked(&store);
+            self.inner.commit_locked(&mut store);
         }
         // Waiters of proposals that will never apply now.
         self.inner.waiters.lock().clear();
@@ -684,7 +708,7 @@ fn housekeeping(inner: Arc<Inner>) {
                 store.watch_progress_tick();
             }
         }
-        // Under the read lock (shared_writer.rs): reads go on during the fdatasyncs.
+        // The fdatasyncs run without the store lock (shared_writer.rs).
         inner.commit_if_due(false);
         if !is_leader {
             continue;
@@ -1152,12 +1176,12 @@ impl EtcdNode for RaftBackedNode {
         tokio::task::spawn_blocking(move || {
             // Each commit moves a bounded number of pages down and a later one trims the
             // freed tail: commit until the file stops shrinking.
-            let store = inner.store.write();
+            let mut store = inner.store.write();
             let mut unchanged = 0;
             for _ in 0..512 {
                 let before = inner.backend.stats();
                 inner.dirty.store(true, Ordering::Release);
-                inner.commit_locked(&store);
+                inner.commit_locked(&mut store);
                 if inner.failed.get().is_some() {
                     return Err(EtcdError::Internal(inner.failure_text()));
                 }
@@ -1197,9 +1221,9 @@ impl EtcdNode for RaftBackedNode {
         let inner = self.inner.clone();
         // A consistent copy: commit, then copy the file while no commit can run.
         let copy = tokio::task::spawn_blocking(move || -> NodeResult<(PathBuf, u64)> {
-            let store = inner.store.write();
+            let mut store = inner.store.write();
             inner.dirty.store(true, Ordering::Release);
-            inner.commit_locked(&store);
+            inner.commit_locked(&mut store);
             if inner.failed.get().is_some() {
                 return Err(EtcdError::Internal(inner.failure_text()));
             }

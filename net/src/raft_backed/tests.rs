@@ -216,3 +216,118 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
     );
     node.close().expect("clean close");
 }
+
+/// The background commit of shared_writer.rs: writes made while it runs are visible through
+/// the overlay (get and every shape of scan), are not part of that commit, and land in the
+/// writer afterwards; a synchronous commit overtaking it makes its step 2 a no-op.
+#[test]
+fn background_commit_keeps_later_writes_visible_and_out_of_the_commit() {
+    use ringkv_engine::{
+        Backend, BackendOptions, BatchWrite, Bucket, KvRead, META_CONSISTENT_INDEX,
+    };
+
+    use super::shared_writer::NodeBackend;
+
+    let vfs: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
+    vfs.create_dir_all(std::path::Path::new("/d")).expect("dir");
+    let backend = Backend::open(
+        vfs,
+        std::path::Path::new("/d/db"),
+        BackendOptions {
+            batch_ops: usize::MAX,
+            batch_interval: Duration::MAX,
+            ..BackendOptions::default()
+        },
+    )
+    .expect("open backend");
+    let mut nb = NodeBackend::new(backend.clone(), backend.batch().expect("writer"));
+    let k = Bucket::Key;
+    let all = |nb: &NodeBackend, start: &[u8], end: &[u8], limit: usize| {
+        let mut out = Vec::new();
+        nb.scan(k, start, end, &mut |key, v| {
+            out.push((key.to_vec(), v.to_vec()));
+            out.len() < limit
+        })
+        .expect("scan");
+        out
+    };
+    let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    for (key, v) in [("a", "1"), ("b", "2"), ("d", "4")] {
+        nb.put(k, key.as_bytes(), v.as_bytes()).expect("put");
+    }
+    nb.put(Bucket::Meta, b"other", b"m").expect("put meta");
+
+    let pending = nb
+        .begin_commit(5)
+        .expect("begin")
+        .expect("no commit running");
+    assert!(
+        nb.begin_commit(6).expect("begin").is_none(),
+        "one at a time"
+    );
+    nb.put(k, b"c", b"3").expect("put");
+    nb.delete(k, b"b").expect("delete");
+    nb.put(k, b"a", b"10").expect("put");
+    nb.put(k, b"e", b"5").expect("put");
+    assert_eq!(nb.side_len(), 4);
+    assert_eq!(nb.get(k, b"a").expect("get"), Some(b"10".to_vec()));
+    assert_eq!(nb.get(k, b"b").expect("get"), None);
+    assert_eq!(nb.get(k, b"d").expect("get"), Some(b"4".to_vec()));
+    let merged = vec![kv("a", "10"), kv("c", "3"), kv("d", "4"), kv("e", "5")];
+    assert_eq!(all(&nb, b"", b"", usize::MAX), merged);
+    assert_eq!(all(&nb, b"", b"", 2), merged[..2].to_vec(), "early stop");
+    assert_eq!(all(&nb, b"b", b"d", usize::MAX), vec![kv("c", "3")]);
+    assert_eq!(all(&nb, b"d", b"", usize::MAX), merged[2..].to_vec());
+    assert_eq!(
+        nb.get(Bucket::Meta, b"other").expect("get"),
+        Some(b"m".to_vec())
+    );
+
+    let txid = backend.stats().txid;
+    pending.run().expect("commit");
+    assert_eq!(backend.stats().txid, txid + 1);
+    // The commit holds exactly the writes before step 1, with consistent index 5.
+    let snap = backend.snapshot();
+    assert_eq!(snap.get(k, b"a").expect("get"), Some(b"1".to_vec()));
+    assert_eq!(snap.get(k, b"b").expect("get"), Some(b"2".to_vec()));
+    assert_eq!(snap.get(k, b"c").expect("get"), None);
+    assert_eq!(
+        snap.get(Bucket::Meta, META_CONSISTENT_INDEX).expect("get"),
+        Some(5u64.to_be_bytes().to_vec())
+    );
+    drop(snap);
+    nb.finish_commit().expect("finish");
+    assert_eq!(nb.side_len(), 0);
+    assert_eq!(all(&nb, b"", b"", usize::MAX), merged);
+    assert_eq!(
+        backend.snapshot().get(k, b"a").expect("get"),
+        Some(b"10".to_vec())
+    );
+
+    // A synchronous commit overtakes a background one: it commits everything (overlay
+    // included) and the background step 2 then commits nothing.
+    let pending = nb
+        .begin_commit(7)
+        .expect("begin")
+        .expect("no commit running");
+    nb.put(k, b"f", b"6").expect("put");
+    nb.commit_all(8).expect("sync commit");
+    assert_eq!(nb.side_len(), 0);
+    nb.put(k, b"g", b"7")
+        .expect("put after the sync commit goes to the writer");
+    assert_eq!(nb.side_len(), 0);
+    let txid = backend.stats().txid;
+    pending.run().expect("overtaken commit");
+    assert_eq!(
+        backend.stats().txid,
+        txid,
+        "the overtaken commit must not commit"
+    );
+    nb.finish_commit().expect("finish");
+    let snap = backend.snapshot();
+    assert_eq!(snap.get(k, b"f").expect("get"), Some(b"6".to_vec()));
+    assert_eq!(
+        snap.get(Bucket::Meta, META_CONSISTENT_INDEX).expect("get"),
+        Some(8u64.to_be_bytes().to_vec())
+    );
+}
