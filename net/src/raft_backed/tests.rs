@@ -127,8 +127,13 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     let node = open(Arc::new(FaultVfs::new())).await;
+    // The newest revision acknowledged, and per writer the newest value acknowledged.
     let acked = Arc::new(AtomicI64::new(1));
-    let put = |node: RaftBackedNode, acked: Arc<AtomicI64>, w: usize| async move {
+    let values: Arc<[AtomicI64; 3]> = Arc::new(std::array::from_fn(|_| AtomicI64::new(-1)));
+    let put = |node: RaftBackedNode,
+               acked: Arc<AtomicI64>,
+               values: Arc<[AtomicI64; 3]>,
+               w: usize| async move {
         for i in 0..40 {
             let r = node
                 .put(
@@ -142,12 +147,14 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
                 .await
                 .expect("put");
             acked.fetch_max(r.header.expect("header").revision, Ordering::AcqRel);
+            values[w].store(i, Ordering::Release);
         }
     };
-    let read = |node: RaftBackedNode, acked: Arc<AtomicI64>| async move {
+    let read = |node: RaftBackedNode, acked: Arc<AtomicI64>, values: Arc<[AtomicI64; 3]>| async move {
         let mut last = 0;
         for _ in 0..60 {
             let floor = acked.load(Ordering::Acquire);
+            let value_floor: Vec<i64> = values.iter().map(|v| v.load(Ordering::Acquire)).collect();
             let r = node
                 .range(
                     &Caller::default(),
@@ -168,15 +175,43 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
             for kv in &r.kvs {
                 assert!(kv.mod_revision <= rev);
             }
+            // The values themselves (read from the backend, through the overlay while a
+            // background commit runs) are at least the acknowledged ones.
+            for (w, min) in value_floor.iter().enumerate() {
+                let key = format!("k{w}");
+                let got = r
+                    .kvs
+                    .iter()
+                    .find(|kv| kv.key.as_ref() == key.as_bytes())
+                    .map(|kv| {
+                        std::str::from_utf8(&kv.value)
+                            .expect("utf8")
+                            .parse::<i64>()
+                            .expect("number")
+                    });
+                assert!(
+                    got.unwrap_or(-1) >= *min,
+                    "read at {rev} saw {key} = {got:?}, acknowledged {min}"
+                );
+            }
             last = rev;
         }
     };
     let mut tasks = Vec::new();
     for w in 0..3 {
-        tasks.push(tokio::spawn(put(node.clone(), acked.clone(), w)));
+        tasks.push(tokio::spawn(put(
+            node.clone(),
+            acked.clone(),
+            values.clone(),
+            w,
+        )));
     }
     for _ in 0..4 {
-        tasks.push(tokio::spawn(read(node.clone(), acked.clone())));
+        tasks.push(tokio::spawn(read(
+            node.clone(),
+            acked.clone(),
+            values.clone(),
+        )));
     }
     for t in tasks {
         t.await.expect("task");
