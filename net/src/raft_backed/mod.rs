@@ -221,8 +221,8 @@ pub(crate) struct Waiter {
 
 /// State shared by the front-end tasks, the apply thread and housekeeping.
 pub(crate) struct Inner {
-    /// The `LOCK` file of the WAL directory, held for the node's lifetime.
-    _wal_lock: WalDirLock,
+    /// The `LOCK` file of the WAL directory, held until [`RaftBackedNode::close`].
+    wal_lock: Mutex<Option<WalDirLock>>,
     /// The MVCC store (with lessor and watch hub). Written by the apply thread and
     /// housekeeping; read by the front end.
     store: RwLock<MvccStore<NodeBackend>>,
@@ -624,7 +624,7 @@ impl RaftBackedNode {
             member_id: opts.member_id,
         });
         let inner = Arc::new(Inner {
-            _wal_lock: wal_lock,
+            wal_lock: Mutex::new(Some(wal_lock)),
             store: RwLock::new(store),
             vfs: vfs.clone(),
             snap_dir: snaps,
@@ -729,6 +729,8 @@ impl RaftBackedNode {
         // Waiters of proposals that will never apply now.
         self.inner.waiters.lock().clear();
         let wal = self.inner.wal.close().map_err(|e| e.to_string());
+        // The data directory may be opened again (by this process too) from here on.
+        drop(self.inner.wal_lock.lock().take());
         match self.inner.failed.get() {
             Some(why) => Err(why.clone()),
             None => wal,
