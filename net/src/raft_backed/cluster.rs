@@ -28,6 +28,7 @@ use super::{Inner, NodeOptions, OpenError, RaftBackedNode, WaiterGuard, raft_err
 use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
+use crate::peer::SnapshotFiles;
 
 /// Key in the `cluster` bucket of this member's IDs (format.md, "Membership buckets").
 pub(super) const IDS_KEY: &[u8] = b"ringkv_ids";
@@ -160,6 +161,25 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
             .unwrap_or_default();
         serde_json::Value::Array(list).to_string().into_bytes()
     }));
+    let source = Arc::downgrade(inner);
+    let target = Arc::downgrade(inner);
+    inner.peers.set_snapshot_files(SnapshotFiles {
+        copy_backend: Box::new(move || {
+            let inner = source
+                .upgrade()
+                .ok_or_else(|| std::io::Error::other("the node is closed"))?;
+            inner
+                .copy_backend()
+                .map(|(path, _)| path)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }),
+        received_path: Box::new(move |index| {
+            target
+                .upgrade()
+                .map(|inner| inner.snap_dir.db_path(index))
+                .ok_or_else(|| std::io::Error::other("the node is closed"))
+        }),
+    });
     let members = inner.members.read().clone();
     for id in &members.removed {
         inner.peers.remove_peer(*id);

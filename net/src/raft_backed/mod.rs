@@ -197,6 +197,37 @@ impl NodeOptions {
 #[error("ringkv: {0}")]
 pub struct OpenError(String);
 
+impl Inner {
+    /// A consistent copy of the backend file beside it (`member/snap/db.snapshot.N`) and its
+    /// length: commits (so the copy's consistent index is the applied index), then copies the
+    /// file while the store's write lock keeps any commit out. The caller removes the copy.
+    /// Serves the Maintenance.Snapshot RPC and snapshot transfers to peers.
+    fn copy_backend(&self) -> NodeResult<(PathBuf, u64)> {
+        let store = self.store.write();
+        self.dirty.store(true, Ordering::Release);
+        self.commit_locked(&store);
+        if self.failed.get().is_some() {
+            return Err(EtcdError::Internal(self.failure_text()));
+        }
+        let src = store
+            .backend()
+            .path()
+            .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
+        let dst = src.with_file_name(format!(
+            "{SNAPSHOT_COPY_PREFIX}{}",
+            self.next_request_id.fetch_add(1, Ordering::Relaxed)
+        ));
+        let n = std::fs::copy(&src, &dst).map_err(|e| {
+            EtcdError::Internal(format!(
+                "snapshot: copy {} to {}: {e}",
+                src.display(),
+                dst.display()
+            ))
+        })?;
+        Ok((dst, n))
+    }
+}
+
 /// WAL flush latencies for `/metrics`.
 #[derive(Default)]
 struct FsyncHistogram(Mutex<Histogram>);
@@ -550,7 +581,7 @@ impl RaftBackedNode {
         }
         cfg.snapshots = SnapshotPolicy {
             count: opts.snapshot_count,
-            catch_up: snapshot::SNAPSHOT_CATCH_UP_ENTRIES,
+            catch_up: snapshot::catch_up_entries(),
             max_snapshots: opts.max_snapshots,
             max_wals: opts.max_wals,
             dir: Some(snaps.clone()),
@@ -1287,32 +1318,9 @@ impl EtcdNode for RaftBackedNode {
         self.inner.check_failed()?;
         let inner = self.inner.clone();
         // A consistent copy: commit, then copy the file while no commit can run.
-        let copy = tokio::task::spawn_blocking(move || -> NodeResult<(PathBuf, u64)> {
-            let store = inner.store.write();
-            inner.dirty.store(true, Ordering::Release);
-            inner.commit_locked(&store);
-            if inner.failed.get().is_some() {
-                return Err(EtcdError::Internal(inner.failure_text()));
-            }
-            let src = store
-                .backend()
-                .path()
-                .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
-            let dst = src.with_file_name(format!(
-                "{SNAPSHOT_COPY_PREFIX}{}",
-                inner.next_request_id.fetch_add(1, Ordering::Relaxed)
-            ));
-            let n = std::fs::copy(&src, &dst).map_err(|e| {
-                EtcdError::Internal(format!(
-                    "snapshot: copy {} to {}: {e}",
-                    src.display(),
-                    dst.display()
-                ))
-            })?;
-            Ok((dst, n))
-        })
-        .await
-        .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
+        let copy = tokio::task::spawn_blocking(move || inner.copy_backend())
+            .await
+            .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
         let (path, size) = copy;
         let (tx, rx) = mpsc::channel::<NodeResult<Bytes>>(4);
         tokio::task::spawn_blocking(move || {
