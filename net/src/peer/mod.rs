@@ -21,6 +21,12 @@
 //!    with a log line naming both IDs, before reading any raft message.
 //! 3. A frame whose checksum fails closes the connection (and names the stream offset); the
 //!    sender reconnects and raft resends.
+//! 4. A MsgSnapshot never waits in a peer's message connection: it goes to that peer's
+//!    snapshot thread, which streams a backend copy on a connection of its own and reports
+//!    `report_snapshot` exactly once per message it took (Finish only after the receiver
+//!    acknowledged; the receiver acknowledges only after the file is durable under
+//!    `{index:016x}.snap.db` and the message stepped). A duplicate arriving while one runs is
+//!    dropped without a report: the running one reports.
 
 mod frame;
 
@@ -458,21 +464,19 @@ fn dial(
     urls: &RwLock<Vec<String>>,
     kind: StreamKind,
 ) -> io::Result<TcpStream> {
-    {
-        let urls = urls.read().clone();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
-        for url in &urls {
-            let Some(addr) = peer_addr(url) else {
-                last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
-                continue;
-            };
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(s) => return handshake(shared, to, kind, s, url),
-                Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
-            }
+    let urls = urls.read().clone();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
+    for url in &urls {
+        let Some(addr) = peer_addr(url) else {
+            last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
+            continue;
+        };
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => return handshake(shared, to, kind, s, url),
+            Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
         }
-        Err(last)
     }
+    Err(last)
 }
 
 fn handshake(
@@ -482,51 +486,47 @@ fn handshake(
     mut s: TcpStream,
     url: &str,
 ) -> io::Result<TcpStream> {
-    {
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let cfg = &shared.cfg;
-        frame::write_all(
-            &mut s,
-            &frame::encode_hello(&Hello {
-                kind,
-                cluster_id: cfg.cluster_id,
-                from: cfg.member_id,
-                to: to,
-            }),
-        )?;
-        let mut reply = [0u8; frame::REPLY_LEN];
-        s.read_exact(&mut reply)?;
-        let (status, their_cluster) = frame::decode_reply(&reply)?;
-        let refused = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-        match status {
-            Status::Ok => {
-                s.set_read_timeout(None)?;
-                s.set_write_timeout(None)?;
-                Ok(s)
-            }
-            Status::ClusterMismatch => {
-                tracing::error!(
-                    "peer {:x} at {url} refused us: it belongs to cluster {their_cluster:x}, \
-                     we to cluster {:x}",
-                    to,
-                    cfg.cluster_id
-                );
-                refused("cluster ID mismatch".into())
-            }
-            Status::WrongMember => {
-                refused(format!("{url} is not member {:x} (stale peer URL?)", to))
-            }
-            Status::Removed => {
-                tracing::error!(
-                    "peer {:x} refused us: member {:x} was removed from the cluster",
-                    to,
-                    cfg.member_id
-                );
-                shared.self_removed.store(true, Ordering::Release);
-                refused("this member was removed from the cluster".into())
-            }
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let cfg = &shared.cfg;
+    frame::write_all(
+        &mut s,
+        &frame::encode_hello(&Hello {
+            kind,
+            cluster_id: cfg.cluster_id,
+            from: cfg.member_id,
+            to,
+        }),
+    )?;
+    let mut reply = [0u8; frame::REPLY_LEN];
+    s.read_exact(&mut reply)?;
+    let (status, their_cluster) = frame::decode_reply(&reply)?;
+    let refused = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    match status {
+        Status::Ok => {
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            Ok(s)
+        }
+        Status::ClusterMismatch => {
+            tracing::error!(
+                "peer {:x} at {url} refused us: it belongs to cluster {their_cluster:x}, \
+                 we to cluster {:x}",
+                to,
+                cfg.cluster_id
+            );
+            refused("cluster ID mismatch".into())
+        }
+        Status::WrongMember => refused(format!("{url} is not member {:x} (stale peer URL?)", to)),
+        Status::Removed => {
+            tracing::error!(
+                "peer {:x} refused us: member {:x} was removed from the cluster",
+                to,
+                cfg.member_id
+            );
+            shared.self_removed.store(true, Ordering::Release);
+            refused("this member was removed from the cluster".into())
         }
     }
 }
