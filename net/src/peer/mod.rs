@@ -26,7 +26,9 @@
 //!    `report_snapshot` exactly once per message it took (Finish only after the receiver
 //!    acknowledged; the receiver acknowledges only after the file is durable under
 //!    `{index:016x}.snap.db` and the message stepped). A duplicate arriving while one runs is
-//!    dropped without a report: the running one reports.
+//!    dropped without a report: the running one reports. The message's metadata is replaced
+//!    by the copy's index, that entry's term and the configuration applied up to it (when the
+//!    node knows the term), as etcd does: the file is newer than the raft snapshot.
 
 mod frame;
 
@@ -40,7 +42,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Mutex, RwLock};
-use ringkv_engine::{RaftMessage, RaftMessageType, RaftNode, Transport};
+use ringkv_engine::{RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport};
 
 use self::frame::{Hello, Status, StreamKind};
 
@@ -66,12 +68,25 @@ pub struct PeerConfig {
     pub member_id: u64,
 }
 
+/// A consistent copy of a member's backend file and the raft state it holds.
+pub struct BackendCopy {
+    /// The copy (removed by the transport when the transfer ends).
+    pub path: PathBuf,
+    /// Its consistent index: the last entry applied into it.
+    pub index: u64,
+    /// The term of that entry; 0 when not known (the MsgSnapshot's metadata is then sent
+    /// unchanged).
+    pub term: u64,
+    /// The configuration applied up to `index`.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
 /// The files a snapshot transfer reads and writes, supplied by the node.
 pub struct SnapshotFiles {
     /// Makes a consistent copy of this member's backend file (committed up to the applied
-    /// index, so its consistent index is at least any snapshot's) and returns its path; the
-    /// transport removes the copy when the transfer ends.
-    pub copy_backend: Box<dyn Fn() -> io::Result<PathBuf> + Send + Sync>,
+    /// index, so its consistent index is at least any snapshot's).
+    pub copy_backend: Box<dyn Fn() -> io::Result<BackendCopy> + Send + Sync>,
     /// Where the backend file received for a snapshot at `index` goes
     /// (`member/snap/{index:016x}.snap.db`, where the node's restore looks for it).
     pub received_path: Box<dyn Fn(u64) -> io::Result<PathBuf> + Send + Sync>,
@@ -426,7 +441,18 @@ fn send_snapshot(
         .read()
         .clone()
         .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
-    let copy = RemoveOnDrop((files.copy_backend)()?);
+    let at = (files.copy_backend)()?;
+    let copy = RemoveOnDrop(at.path.clone());
+    let mut msg = msg;
+    let meta = msg.mut_snapshot().mut_metadata();
+    if at.term != 0 && at.index >= meta.index {
+        // Invariant 4 of this module: the metadata says what the file holds (newer than the
+        // raft snapshot, and with the current configuration: a member added since the raft
+        // snapshot was taken refuses a snapshot whose configuration lacks it).
+        meta.index = at.index;
+        meta.term = at.term;
+        meta.set_conf_state(RaftConfState::from((at.voters, at.learners)));
+    }
     let mut file = std::fs::File::open(&copy.0)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", copy.0.display())))?;
     let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;

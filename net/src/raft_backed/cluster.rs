@@ -169,8 +169,8 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 .upgrade()
                 .ok_or_else(|| std::io::Error::other("the node is closed"))?;
             inner
-                .copy_backend()
-                .map(|(path, _)| path)
+                .copy_backend_at()
+                .map(|(_, _, at)| at)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         }),
         received_path: Box::new(move |index| {
@@ -518,6 +518,7 @@ impl Applier {
         let context = decode_context(&cc.context);
         let mut store = inner.store.write();
         store.set_consistent_index(index);
+        inner.applied_term.store(term, Ordering::Release);
         if term != self.term {
             self.term = term;
             store.set_header_ids(HeaderIds {

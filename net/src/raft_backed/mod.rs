@@ -203,7 +203,27 @@ impl Inner {
     /// file while the store's write lock keeps any commit out. The caller removes the copy.
     /// Serves the Maintenance.Snapshot RPC and snapshot transfers to peers.
     fn copy_backend(&self) -> NodeResult<(PathBuf, u64)> {
+        self.copy_backend_at().map(|(path, len, _)| (path, len))
+    }
+
+    /// [`Inner::copy_backend`], and what raft must be told the copy holds: its index (the
+    /// consistent index), that entry's term, and the configuration applied up to it. A peer
+    /// receiving the copy gets these as its snapshot's metadata (like etcd's merged snapshot),
+    /// so that a member added after the newest raft snapshot finds itself in the configuration.
+    fn copy_backend_at(&self) -> NodeResult<(PathBuf, u64, crate::peer::BackendCopy)> {
         let store = self.store.write();
+        let at = {
+            // Lock order: `store` before `members`. Both are only changed by the apply thread
+            // with the store's write lock held, so they describe the same index.
+            let (voters, learners) = self.members.read().conf(None);
+            crate::peer::BackendCopy {
+                path: PathBuf::new(),
+                index: store.consistent_index(),
+                term: self.applied_term.load(Ordering::Acquire),
+                voters,
+                learners,
+            }
+        };
         self.dirty.store(true, Ordering::Release);
         self.commit_locked(&store);
         if self.failed.get().is_some() {
@@ -224,7 +244,11 @@ impl Inner {
                 dst.display()
             ))
         })?;
-        Ok((dst, n))
+        let at = crate::peer::BackendCopy {
+            path: dst.clone(),
+            ..at
+        };
+        Ok((dst, n, at))
     }
 }
 
@@ -270,6 +294,9 @@ pub(crate) struct Inner {
     last_commit: Mutex<Instant>,
     /// Entries applied since the last backend commit.
     ops_since_commit: AtomicU64,
+    /// Raft term of the entry at the store's consistent index (0: not known, e.g. right after
+    /// a restart). Set with the consistent index, under the store's write lock.
+    applied_term: AtomicU64,
     /// The first fatal failure (storage, WAL, corrupt entry); every request fails after it.
     failed: OnceLock<String>,
     stopping: AtomicBool,
@@ -628,6 +655,7 @@ impl RaftBackedNode {
             dirty: AtomicBool::new(false),
             last_commit: Mutex::new(Instant::now()),
             ops_since_commit: AtomicU64::new(0),
+            applied_term: AtomicU64::new(0),
             failed: OnceLock::new(),
             stopping: AtomicBool::new(false),
             wal_fsync,

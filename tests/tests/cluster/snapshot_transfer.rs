@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
-use ringkv_tests::RingkvCluster;
+use ringkv_tests::{RingkvCluster, RingkvProcess, TEST_CLUSTER_TOKEN, etcdctl_at, free_port};
 
 /// Keys written while the follower is down.
 const KEYS: usize = 3000;
@@ -112,4 +112,105 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_learner_starts_from_a_snapshot_transfer() {
+    let env = [("RINGKV_SNAPSHOT_CATCH_UP", "50"), ("RINGKV_LOG", "info")];
+    let mut c = RingkvCluster::start_with(3, &["--snapshot-count", "100"], &env);
+    let leader = c.leader();
+    let ep = c.members[leader].endpoint();
+    let client = Client::connect([format!("http://{ep}")], None)
+        .await
+        .expect("connect");
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let mut c = client.clone();
+        writers.spawn(async move {
+            for i in (w..500).step_by(WRITERS) {
+                c.put(format!("k/{i:05}"), format!("v{i}"), None)
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let mut lc = client.clone();
+    let want = dump(&mut lc, false).await.expect("leader dump");
+    assert_eq!(want.len(), 500);
+
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let out = etcdctl_at(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer_url}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "member add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let initial = c
+        .members
+        .iter()
+        .zip(&c.names)
+        .map(|(m, n)| format!("{n}=http://127.0.0.1:{}", m.peer_port))
+        .chain([format!("m3={peer_url}")])
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra: Vec<String> = [
+        "--name",
+        "m3",
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-state",
+        "existing",
+        "--initial-cluster-token",
+        TEST_CLUSTER_TOKEN,
+        "--snapshot-count",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut learner = RingkvProcess::launch_env(
+        &dir.path().join("data"),
+        client_port,
+        peer_port,
+        &extra,
+        &env,
+    );
+    learner.wait_ready();
+    let mut nc = Client::connect([format!("http://{}", learner.endpoint())], None)
+        .await
+        .expect("connect learner");
+    let start = Instant::now();
+    loop {
+        let have = dump(&mut nc, true).await;
+        if have.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the new learner has {} of 500 keys (or different revisions) after 15 s; log:\n{}",
+            have.map_or(0, |h| h.len()),
+            learner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = learner.log();
+    assert!(
+        log.contains("installed the snapshot received from the leader"),
+        "{log}"
+    );
 }
