@@ -626,12 +626,17 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     if status != Status::Ok {
         return Ok(());
     }
-    shared.accepted.lock().push(s.try_clone()?);
     if h.kind == StreamKind::Snapshot {
-        return receive_snapshot(shared, s, h.from).inspect_err(|e| {
+        // Not kept in `accepted` (whose clones would hold the socket open): a transfer ends
+        // by itself, at the latest when a read stalls for SNAPSHOT_IO_TIMEOUT.
+        let closer = s.try_clone()?;
+        let r = receive_snapshot(shared, s, h.from).inspect_err(|e| {
             tracing::error!("receiving a snapshot from member {:x}: {e}", h.from);
         });
+        let _ = closer.shutdown(Shutdown::Both);
+        return r;
     }
+    shared.accepted.lock().push(s.try_clone()?);
     s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
@@ -706,8 +711,7 @@ fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<
             m.from
         )));
     }
-    let (Some(raft), Some(files)) = (shared.raft.get(), shared.snapshot_files.read().clone())
-    else {
+    let Some(files) = shared.snapshot_files.read().clone() else {
         return Err(io::Error::other("this member cannot receive snapshots yet"));
     };
     let index = m.get_snapshot().get_metadata().index;
@@ -740,6 +744,12 @@ fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<
                 format!("snapshot at index {index}: {e}"),
             ));
         }
+    };
+    let Some(raft) = shared.raft.get() else {
+        let _ = std::fs::remove_file(&dst);
+        return Err(io::Error::other(
+            "this member's raft node is not running yet; snapshot dropped",
+        ));
     };
     tracing::info!(
         "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
@@ -801,6 +811,62 @@ pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot connection whose file arrives damaged: nothing is acknowledged, nothing is
+    /// left under the received name, the temporary file is removed.
+    #[test]
+    fn a_damaged_snapshot_stream_leaves_no_file_and_no_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 10,
+        });
+        let received = dir.path().to_path_buf();
+        ours.set_snapshot_files(SnapshotFiles {
+            copy_backend: Box::new(|| Err(io::Error::other("not in this test"))),
+            received_path: Box::new(
+                move |index| Ok(received.join(format!("{index:016x}.snap.db"))),
+            ),
+        });
+        let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Snapshot,
+            cluster_id: 1,
+            from: 11,
+            to: 10,
+        }))
+        .unwrap();
+        let mut reply = [0u8; frame::REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(frame::decode_reply(&reply).unwrap(), (Status::Ok, 1));
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgSnapshot);
+        msg.from = 11;
+        msg.to = 10;
+        msg.mut_snapshot().mut_metadata().index = 0x42;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        let file: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let at = out.len();
+        frame::write_snapshot_file(&mut &file[..], &mut out).unwrap();
+        // One bit of the second chunk's data.
+        out[at + 2 * frame::SNAP_RECORD_LEN + frame::SNAP_CHUNK + 3] ^= 0x20;
+        s.write_all(&out).unwrap();
+        // The receiver closes the connection without a reply.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "acknowledged a damaged snapshot");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        ours.stop();
+    }
 
     #[test]
     fn peer_urls_resolve() {
