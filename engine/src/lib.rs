@@ -32,8 +32,8 @@ pub use mvcc::{
     Found, Generation, HeaderIds, IntervalEnd, IntervalIndex, KeyIndex, MARKED_REV_BYTES_LEN,
     MAX_REVS_PER_SYNC_RESPONSE, MAX_REVS_PER_SYNC_SCAN, MAX_WATCHERS_PER_SYNC,
     META_CONSISTENT_INDEX, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT, MvccError, MvccResult,
-    MvccStore, REV_BYTES_LEN, RevKey, Revision, StreamId, TreeIndex, WatchHub, WatchHubStats,
-    is_txn_read_only, range_end,
+    MvccStore, REV_BYTES_LEN, RevKey, Revision, SinkFull, StreamId, TreeIndex, WatchHub,
+    WatchHubStats, WatchSink, is_txn_read_only, range_end,
 };
 #[cfg(any(test, feature = "internals"))]
 pub use mvcc::{MemSnapshot, MemStorage};

@@ -130,8 +130,8 @@ pub fn run() -> Result<(), String> {
         };
         serve_clients_until(&config, Arc::new(node.clone()), stop).await
     });
-    // Watch pumps and snapshot streams run on the blocking pool; they end once their
-    // receivers are gone, which dropping the tasks guarantees. Bounded all the same.
+    // Snapshot streams run on the blocking pool; they end once their receivers are gone,
+    // which dropping the tasks guarantees. Bounded all the same.
     runtime.shutdown_timeout(Duration::from_secs(5));
     let closed = node.close();
     served.map_err(|e| e.to_string())?;

@@ -249,6 +249,24 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
         "The latency distributions of commit called by backend.",
         &node.backend_commit,
     );
+    histogram(
+        &mut out,
+        "ringkv_proposal_commit_duration_seconds",
+        "Time from proposing a request to the start of its apply (raft, WAL group commit, thread hand-offs).",
+        &node.proposal_commit,
+    );
+    histogram(
+        &mut out,
+        "ringkv_proposal_apply_duration_seconds",
+        "Time applying a proposed request until its outcome is sent to the proposer.",
+        &node.proposal_apply,
+    );
+    histogram(
+        &mut out,
+        "ringkv_proposal_reply_duration_seconds",
+        "Time from sending an applied request's outcome until the proposing task runs again.",
+        &node.proposal_reply,
+    );
     gauge(
         &mut out,
         "etcd_mvcc_db_total_size_in_bytes",
@@ -355,6 +373,9 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"+Inf\"} 2\n",
             "etcd_disk_wal_fsync_duration_seconds_count 2\n",
             "etcd_disk_backend_commit_duration_seconds_count 0\n",
+            "ringkv_proposal_commit_duration_seconds_count 0\n",
+            "ringkv_proposal_apply_duration_seconds_count 0\n",
+            "ringkv_proposal_reply_duration_seconds_count 0\n",
             "etcd_mvcc_db_total_size_in_bytes 20480\n",
             "etcd_mvcc_db_total_size_in_use_in_bytes 0\n",
             "etcd_server_id{server_id=\"2e1259d415f2a040\"} 1\n",

@@ -137,6 +137,13 @@ pub struct NodeMetrics {
     pub wal_fsync: Histogram,
     /// Backend commit latency histogram.
     pub backend_commit: Histogram,
+    /// Proposal stages (raft_backed/stages.rs): propose → apply start (raft, WAL, hand-offs),
+    /// ...
+    pub proposal_commit: Histogram,
+    /// ... apply start → outcome sent to the waiter, ...
+    pub proposal_apply: Histogram,
+    /// ... outcome sent → the proposing task runs again.
+    pub proposal_reply: Histogram,
     /// Backend file size in bytes.
     pub db_total_size: i64,
     /// Bytes of the backend file in use.

@@ -5,12 +5,13 @@
 //! trees, overflow runs, freelist run) or listed exactly once as free or pending; every run's
 //! checksum, id and type; keys strictly ascending within and across nodes; each branch key equal
 //! to the smallest key of its child; all leaves of a tree at one depth; no root branch with a
-//! single child. Pages are read through `read_at`, never the memory map, so every checksum is
+//! single child; for a format-v2 commit, every run its freelist run lists is on disk with the
+//! listed checksum. Pages are read through `read_at`, never the memory map, so every checksum is
 //! computed afresh.
 
 use std::borrow::Cow;
 
-use super::db::{Shared, Version, read_metas};
+use super::db::{Shared, Version, read_metas, verify_commit};
 use super::meta::Meta;
 use super::mmap::Mapping;
 use super::page::{
@@ -181,7 +182,7 @@ impl Walker<'_> {
                         leaf_val,
                         false,
                     );
-                    if child_first.as_deref().is_some_and(|c| c != key.as_slice()) {
+                    if child_first.as_deref().is_some_and(|c| c != &key[..]) {
                         self.problem(
                             id,
                             format!("{what}: separator of child {child} is not its smallest key"),
@@ -241,7 +242,7 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
                 reason: format!("read failed: {e}"),
             }),
         }
-        if let Ok((_, Some(bad))) = read_metas(&*shared.file, file_len) {
+        if let Ok((_, _, Some(bad))) = read_metas(&*shared.file, file_len) {
             report.problems.push(bad);
         }
     }
@@ -307,6 +308,13 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
                 w.mark(p, 1, "pending page");
             }
         }
+    }
+    // The commit's written list (format v2): every listed run present with its listed checksum.
+    if let Err(e) = verify_commit(&map, &meta) {
+        w.problem(
+            e.page,
+            format!("commit txid {} incomplete: {}", meta.txid, e.reason),
+        );
     }
     let mut reachable = 0;
     for p in 2..meta.page_count {

@@ -6,13 +6,18 @@
 //! before `current` before a buffer's lock; no lock is held across I/O except `writer` (by
 //! whoever holds the write role).
 //!
-//! Commit protocol (numbered crash cases in format.md, "Backend file / Commit protocol"):
-//! 1. write every new page (all at ids free in both on-disk metas and in every live snapshot);
-//! 2. `fdatasync` (also makes a grown file length durable);
-//! 3. write the meta page of slot `txid % 2`;
+//! Commit protocol, one fdatasync (numbered crash cases in format.md, "Backend file / Commit
+//! protocol"):
+//! 1. if the file must grow: extend it and `fdatasync` (the new length is durable before any
+//!    meta can point past the old end; growth is by a quarter, so this is rare);
+//! 2. write every new run (all at ids free in both on-disk metas and in every live snapshot),
+//!    the freelist run last, which lists every other run with its checksum;
+//! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
-//! Then publish the new version to new snapshots.
+//! Then publish the new version to new snapshots. Open verifies the newest meta's commit (every
+//! listed run present with its listed checksum, `verify_commit`) and falls back to the other
+//! meta when it is incomplete: steps 2 and 3 may reach the disk in any order and partly.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -24,11 +29,12 @@ use parking_lot::Mutex;
 use super::buffer::{Buffer, Bytes, Slot, bucket_index};
 use super::check::{self, CheckReport};
 use super::freelist::Freelist;
-use super::meta::Meta;
+use super::meta::{FORMAT_V1, FORMAT_VERSION, Meta};
 use super::mmap::Mapping;
 use super::page::{
-    MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, decode_freelist, encode_freelist,
-    freelist_body, header_overflow, max_key_len, run_pages,
+    CHECKSUM_OFFSET, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, Written, decode_freelist,
+    decode_written, encode_freelist, freelist_body, get_u32, header_overflow, max_key_len,
+    run_pages,
 };
 use super::tree::{self, Op, TreeWriter, Walk};
 use super::{BackendError, BackendOptions};
@@ -215,16 +221,67 @@ impl Backend {
             .map_err(io("open"))?;
         let file_len = file.size().map_err(io("stat"))?;
         let shared_path = path.to_path_buf();
-        let (meta, _) = read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
+        let (newest, older, _) =
+            read_metas(&*file, file_len).map_err(|e| BackendError::Corrupt {
+                file: shared_path.clone(),
+                page: e.page,
+                offset: 0,
+                reason: e.reason,
+            })?;
+        let ps = newest.page_size as u64;
+        let meta_err = |e: PageError| BackendError::Corrupt {
             file: shared_path.clone(),
             page: e.page,
-            offset: 0,
+            offset: e.page.saturating_mul(ps),
             reason: e.reason,
-        })?;
-        let ps = meta.page_size as u64;
+        };
         let map_len = file_len / ps * ps;
-        let map =
-            Arc::new(Mapping::new(&file, map_len, ps as usize, opts.mmap).map_err(io("mmap"))?);
+        let new_map = || Mapping::new(&file, map_len, ps as usize, opts.mmap).map_err(io("mmap"));
+        // The newest meta counts only if its whole commit reached the disk (one-fsync commit,
+        // format.md crash case 2); else the older meta, whose commit completed before the newest
+        // one started writing, is the state to open.
+        let mut map = Arc::new(new_map()?);
+        let mut meta = newest;
+        if let Err(torn) = verify_commit(&map, &newest) {
+            let Some(older) = older else {
+                return Err(meta_err(PageError {
+                    page: torn.page,
+                    reason: format!(
+                        "newest commit (txid {}) is incomplete and the other meta is invalid: {}",
+                        newest.txid, torn.reason
+                    ),
+                }));
+            };
+            map = Arc::new(new_map()?);
+            verify_commit(&map, &older).map_err(|e| {
+                meta_err(PageError {
+                    page: e.page,
+                    reason: format!(
+                        "both commits are incomplete: txid {}: {}; txid {}: {}",
+                        newest.txid, torn.reason, older.txid, e.reason
+                    ),
+                })
+            })?;
+            tracing::warn!(
+                file = %path.display(),
+                "backend: newest commit (txid {}) did not fully reach the disk ({}); opening txid {} and replacing the incomplete meta",
+                newest.txid,
+                torn,
+                older.txid
+            );
+            // The incomplete meta is replaced, so that later writes can never complete the
+            // abandoned commit, by a copy of the older meta under the txid before it: the same
+            // state, so falling back to it (if the older meta is ever damaged) is safe, and its
+            // txid keeps the slot's parity (format.md, crash case 2).
+            let copy = Meta {
+                txid: older.txid.saturating_sub(1),
+                ..older
+            };
+            file.write_at(&copy.encode(), (newest.txid % 2) * ps)
+                .map_err(io("replace incomplete meta"))?;
+            file.sync_data().map_err(io("fdatasync replaced meta"))?;
+            meta = older;
+        }
         let corrupt = |e: PageError| BackendError::Corrupt {
             file: shared_path.clone(),
             offset: e.page.saturating_mul(ps),
@@ -366,6 +423,8 @@ fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
                 catalog: 0,
                 freelist: 0,
                 page_count: 2,
+                version: FORMAT_VERSION,
+                freelist_checksum: 0,
             }
             .encode(),
         );
@@ -377,13 +436,61 @@ fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
     vfs.sync_dir(dir)
 }
 
-/// Reads both metas; returns the valid one with the highest txid and the other's problem, if
-/// any. Page 1 is found from page 0's page size, or by trying every supported size when page 0
-/// is damaged.
+/// Checks that the commit that wrote `meta` is complete on disk: its freelist run carries the
+/// checksum the meta names, and every run the freelist run lists is there with the checksum it
+/// lists (and passes the page checks). v1 metas (two-fsync commits) and the empty file's metas
+/// have nothing to verify. Any failure means the commit is incomplete.
+pub(crate) fn verify_commit(map: &Mapping, meta: &Meta) -> Result<(), PageError> {
+    if meta.version == FORMAT_V1 || meta.freelist == 0 {
+        return Ok(());
+    }
+    let ps = meta.page_size as usize;
+    let fl = map.page(meta.freelist, Some(PageType::Freelist))?;
+    let stored = get_u32(&fl, CHECKSUM_OFFSET);
+    if stored != meta.freelist_checksum {
+        return Err(PageError {
+            page: meta.freelist,
+            reason: format!(
+                "freelist run has checksum {stored:#010x}, meta txid {} wrote {:#010x}",
+                meta.txid, meta.freelist_checksum
+            ),
+        });
+    }
+    for w in decode_written(&fl) {
+        if w.id < 2 || w.id >= meta.page_count {
+            return Err(PageError {
+                page: meta.freelist,
+                reason: format!(
+                    "written list names page {} outside [2, {})",
+                    w.id, meta.page_count
+                ),
+            });
+        }
+        let run = map.page(w.id, None)?;
+        let sum = get_u32(&run, CHECKSUM_OFFSET);
+        if sum != w.checksum || run.len() != w.pages as usize * ps {
+            return Err(PageError {
+                page: w.id,
+                reason: format!(
+                    "run of {} pages with checksum {sum:#010x}, commit txid {} wrote {} pages with {:#010x}",
+                    run.len() / ps,
+                    meta.txid,
+                    w.pages,
+                    w.checksum
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads both metas; returns the valid one with the highest txid, the other one if it is valid
+/// too, and the other's problem if not. Page 1 is found from page 0's page size, or by trying
+/// every supported size when page 0 is damaged.
 pub(crate) fn read_metas(
     file: &dyn File,
     file_len: u64,
-) -> Result<(Meta, Option<PageError>), PageError> {
+) -> Result<(Meta, Option<Meta>, Option<PageError>), PageError> {
     let read = |at: u64| -> Vec<u8> {
         let mut b = vec![0u8; MIN_PAGE_SIZE];
         let n = file.read_at(&mut b, at).unwrap_or(0);
@@ -417,9 +524,10 @@ pub(crate) fn read_metas(
                 a.page_size, b.page_size
             ),
         )),
-        (Ok(a), Ok(b)) => Ok((if a.txid >= b.txid { a } else { b }, None)),
-        (Ok(a), Err(e)) => Ok((a, Some(err(1, e)))),
-        (Err(e), Ok(b)) => Ok((b, Some(err(0, e)))),
+        (Ok(a), Ok(b)) if a.txid >= b.txid => Ok((a, Some(b), None)),
+        (Ok(a), Ok(b)) => Ok((b, Some(a), None)),
+        (Ok(a), Err(e)) => Ok((a, None, Some(err(1, e)))),
+        (Err(e), Ok(b)) => Ok((b, None, Some(err(0, e)))),
         (Err(a), Err(b)) => Err(err(
             0,
             format!("both meta pages are invalid: page 0: {a}; page 1: {b}"),
@@ -711,7 +819,7 @@ fn commit(
             .iter()
             .map(|(k, v)| Op {
                 key: k,
-                val: v.as_deref(),
+                val: v.as_ref(),
             })
             .collect();
         let name = bucket.name();
@@ -762,6 +870,10 @@ fn commit(
         }
     }
     catalog_ops.sort();
+    let catalog_ops: Vec<(Bytes, Bytes)> = catalog_ops
+        .into_iter()
+        .map(|(k, v)| (Bytes::from(k), Bytes::from(&v[..])))
+        .collect();
     let ops: Vec<Op<'_>> = catalog_ops
         .iter()
         .map(|(k, v)| Op {
@@ -787,26 +899,42 @@ fn commit(
     }
 
     w.page_count = w.freelist.trim_tail(w.page_count);
-    let body = freelist_body(w.freelist.free_len(), w.freelist.pending_len());
+    // The written list: every run of this commit but the freelist run itself, with the checksum
+    // its header holds. Allocating the freelist run only shrinks the free set, so `body` is an
+    // upper bound.
+    let written: Vec<Written> = w
+        .dirty
+        .iter()
+        .map(|(&id, run)| Written {
+            id,
+            checksum: get_u32(run, CHECKSUM_OFFSET),
+            pages: (run.len() as u64 / ps) as u32,
+        })
+        .collect();
+    let body = freelist_body(
+        w.freelist.free_len(),
+        w.freelist.pending_len(),
+        written.len(),
+    );
     let fl_pages = run_pages(ps as usize, body);
     let fl_id = w.alloc(fl_pages);
     let (free, pending) = w.freelist.to_parts();
-    w.dirty.insert(
-        fl_id,
-        encode_freelist(&free, &pending, fl_id, fl_pages, ps as usize),
-    );
+    let fl_run = encode_freelist(&free, &pending, &written, fl_id, fl_pages, ps as usize);
     let new_meta = Meta {
         page_size: meta.page_size,
         txid,
         catalog,
         freelist: fl_id,
         page_count: w.page_count,
+        version: FORMAT_VERSION,
+        freelist_checksum: get_u32(&fl_run, CHECKSUM_OFFSET),
     };
+    w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
     drop(w);
 
-    // Grow the file (made durable by step 2's fdatasync, before any meta can point past the old
-    // end) and map the new length for the new version; old versions keep the old mapping.
+    // Step 1: grow the file, durably, before any meta can point past the old end; map the new
+    // length for the new version; old versions keep the old mapping.
     let need = new_meta.page_count * ps;
     let mut map = base.map.clone();
     if need > st.file_len {
@@ -818,6 +946,10 @@ fn commit(
             .file
             .allocate(st.file_len, new_len - st.file_len)
             .map_err(|e| shared.io("grow", e))?;
+        shared
+            .file
+            .sync_data()
+            .map_err(|e| shared.io("fdatasync grown file", e))?;
         st.file_len = new_len;
     }
     if need > map.len() {
@@ -830,7 +962,7 @@ fn commit(
         map.forget_verified(id);
     }
 
-    // Step 1: pages, coalesced into runs of adjacent ids.
+    // Step 2: runs, coalesced into writes of adjacent ids.
     let mut batch: Vec<u8> = Vec::new();
     let mut batch_at = 0;
     for (id, run) in &dirty {
@@ -853,12 +985,7 @@ fn commit(
             .write_at(&batch, batch_at)
             .map_err(|e| shared.io("write pages", e))?;
     }
-    // Step 2.
-    shared
-        .file
-        .sync_data()
-        .map_err(|e| shared.io("fdatasync pages", e))?;
-    // Steps 3 and 4.
+    // Steps 3 and 4: the meta, then the one fdatasync that makes the whole commit durable.
     shared
         .file
         .write_at(&new_meta.encode(), (txid % 2) * ps)
@@ -866,7 +993,7 @@ fn commit(
     shared
         .file
         .sync_data()
-        .map_err(|e| shared.io("fdatasync meta", e))?;
+        .map_err(|e| shared.io("fdatasync commit", e))?;
 
     let mut version = Arc::new(Version {
         meta: new_meta,
@@ -884,22 +1011,26 @@ fn commit(
         buf: buf.clone(),
     });
 
-    // Online shrink: give back a free tail of at least half the file. Pages past `need` are
+    // Online shrink: give back a free tail of at least half the file, keeping an eighth of
+    // `need` as slack so the next commits (compaction's among them, whose freelist run lists
+    // every page they moved) do not grow the file straight back. Pages past `need` are
     // reachable from no live version (they are free and released), so no slice points there;
-    // the new version gets a mapping of the new length.
+    // the new version gets a mapping of the new length. No oscillation: a file of `need` N is
+    // cut only when it is >= 2N, to 1.125N, and grows only past that, by a quarter.
     if st.file_len - need >= (st.file_len / 2).max(16 * ps) {
+        let keep = (need + need / 8).div_ceil(ps) * ps;
         shared
             .file
-            .set_len(need)
+            .set_len(keep)
             .map_err(|e| shared.io("shrink", e))?;
-        st.file_len = need;
-        let m = Mapping::new(&shared.file, need, ps as usize, shared.opts.mmap)
+        st.file_len = keep;
+        let m = Mapping::new(&shared.file, keep, ps as usize, shared.opts.mmap)
             .map_err(|e| shared.io("mmap", e))?;
         m.inherit_verified(&version.map);
         version = Arc::new(Version {
             map: Arc::new(m),
             roots: version.roots.clone(),
-            file_len: need,
+            file_len: keep,
             ..*version
         });
         st.live.push((txid, Arc::downgrade(&version)));

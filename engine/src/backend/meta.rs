@@ -1,5 +1,6 @@
 //! The two meta pages (pages 0 and 1). Commit `txid` writes its meta to page `txid % 2`; open
-//! uses the valid meta with the highest txid. Layout in `engine/docs/format.md`, "Backend file".
+//! uses the valid meta with the highest txid whose commit verifies (db.rs, `verify_commit`).
+//! Layout in `engine/docs/format.md`, "Backend file".
 
 use super::page::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, get_u32, get_u64, put_u32, put_u64};
 
@@ -9,8 +10,13 @@ pub(crate) const MAGIC: [u8; 8] = *b"RINGKVDB";
 /// Format version 1: the first version (page header with per-run CRC32C, overflow runs, freelist
 /// with pending entries tagged by the txid that freed them).
 pub const FORMAT_V1: u32 = 1;
-/// The version this build writes; it reads exactly this one.
-pub const FORMAT_VERSION: u32 = FORMAT_V1;
+/// Format version 2: the one-fsync commit. The meta gains `freelist_checksum` (the CRC32C the
+/// freelist run must carry) and the freelist run lists every run the commit wrote with its
+/// checksum, so open can tell a complete commit from a torn one. Pages are unchanged.
+pub(crate) const FORMAT_V2: u32 = 2;
+/// The version this build writes. It reads v1 and v2 metas (a v1 file gains v2 metas as it is
+/// written; both slots may differ in version).
+pub const FORMAT_VERSION: u32 = FORMAT_V2;
 
 pub(crate) const MAGIC_OFFSET: usize = 0;
 pub(crate) const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
@@ -19,7 +25,11 @@ pub(crate) const TXID_OFFSET: usize = PAGE_SIZE_OFFSET + size_of::<u32>();
 pub(crate) const CATALOG_OFFSET: usize = TXID_OFFSET + size_of::<u64>();
 pub(crate) const FREELIST_OFFSET: usize = CATALOG_OFFSET + size_of::<u64>();
 pub(crate) const PAGE_COUNT_OFFSET: usize = FREELIST_OFFSET + size_of::<u64>();
-pub(crate) const META_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<u64>();
+/// v1 only: the checksum follows `page_count`.
+pub(crate) const V1_META_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<u64>();
+/// v2: the freelist run's expected checksum follows `page_count`, then the meta checksum.
+pub(crate) const FREELIST_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<u64>();
+pub(crate) const META_CHECKSUM_OFFSET: usize = FREELIST_CHECKSUM_OFFSET + size_of::<u32>();
 pub(crate) const META_LEN: usize = META_CHECKSUM_OFFSET + size_of::<u32>();
 
 /// One committed state: everything a reader needs to find the data of transaction `txid`.
@@ -33,23 +43,36 @@ pub(crate) struct Meta {
     pub freelist: u64,
     /// Pages in use or free: ids `[0, page_count)`. The file is at least this long.
     pub page_count: u64,
+    /// The version this meta was written with (`FORMAT_V1` or `FORMAT_V2`).
+    pub version: u32,
+    /// v2: the CRC32C stored in the header of the freelist run at `freelist` (0 for v1 metas).
+    /// The run lists every run this commit wrote with its checksum (format.md, "Commit").
+    pub freelist_checksum: u32,
 }
 
 impl Meta {
-    /// Encodes into a full page.
+    /// Encodes into a full page in the layout of `self.version` (commits write v2; a v1 meta is
+    /// written only as the copy of one, see db.rs `Backend::open`).
     // Format: { magic [8] | version u32 | page_size u32 | txid u64 | catalog u64 | freelist u64 |
-    //   page_count u64 | checksum u32 (CRC32C of the preceding bytes) | zero padding }
+    //   page_count u64 | freelist_checksum u32 (v2 only) | checksum u32 (CRC32C of the
+    //   preceding bytes) | zero padding }
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut page = vec![0u8; self.page_size as usize];
         page[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
-        put_u32(&mut page, VERSION_OFFSET, FORMAT_VERSION);
+        put_u32(&mut page, VERSION_OFFSET, self.version);
         put_u32(&mut page, PAGE_SIZE_OFFSET, self.page_size);
         put_u64(&mut page, TXID_OFFSET, self.txid);
         put_u64(&mut page, CATALOG_OFFSET, self.catalog);
         put_u64(&mut page, FREELIST_OFFSET, self.freelist);
         put_u64(&mut page, PAGE_COUNT_OFFSET, self.page_count);
-        let sum = crc32c::crc32c(&page[..META_CHECKSUM_OFFSET]);
-        put_u32(&mut page, META_CHECKSUM_OFFSET, sum);
+        let sum_at = if self.version == FORMAT_V1 {
+            V1_META_CHECKSUM_OFFSET
+        } else {
+            put_u32(&mut page, FREELIST_CHECKSUM_OFFSET, self.freelist_checksum);
+            META_CHECKSUM_OFFSET
+        };
+        let sum = crc32c::crc32c(&page[..sum_at]);
+        put_u32(&mut page, sum_at, sum);
         page
     }
 
@@ -61,17 +84,23 @@ impl Meta {
         if b[MAGIC_OFFSET..VERSION_OFFSET] != MAGIC {
             return Err("bad magic (not a ringkv backend file)".into());
         }
-        let stored = get_u32(b, META_CHECKSUM_OFFSET);
-        let actual = crc32c::crc32c(&b[..META_CHECKSUM_OFFSET]);
+        // The version is read before the checksum is verified (its position decides where the
+        // checksum is); a damaged version byte fails the checksum at either position.
+        let version = get_u32(b, VERSION_OFFSET);
+        let sum_at = match version {
+            FORMAT_V1 => V1_META_CHECKSUM_OFFSET,
+            _ => META_CHECKSUM_OFFSET,
+        };
+        let stored = get_u32(b, sum_at);
+        let actual = crc32c::crc32c(&b[..sum_at]);
         if stored != actual {
             return Err(format!(
                 "meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
             ));
         }
-        let version = get_u32(b, VERSION_OFFSET);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_V1 && version != FORMAT_V2 {
             return Err(format!(
-                "unsupported format version {version} (this build reads {FORMAT_VERSION})"
+                "unsupported format version {version} (this build reads {FORMAT_V1} and {FORMAT_V2})"
             ));
         }
         let page_size = get_u32(b, PAGE_SIZE_OFFSET);
@@ -86,12 +115,23 @@ impl Meta {
             catalog: get_u64(b, CATALOG_OFFSET),
             freelist: get_u64(b, FREELIST_OFFSET),
             page_count: get_u64(b, PAGE_COUNT_OFFSET),
+            version,
+            freelist_checksum: if version == FORMAT_V1 {
+                0
+            } else {
+                get_u32(b, FREELIST_CHECKSUM_OFFSET)
+            },
         };
         if m.page_count < 2 {
             return Err(format!(
                 "page count {} leaves no room for the meta pages",
                 m.page_count
             ));
+        }
+        // Every v2 commit writes a freelist run (it lists the commit's pages); only the metas of
+        // a new, empty file have none.
+        if version == FORMAT_V2 && m.freelist == 0 && (m.catalog != 0 || m.page_count != 2) {
+            return Err("v2 meta of a non-empty file without a freelist run".into());
         }
         for (what, id) in [("catalog", m.catalog), ("freelist", m.freelist)] {
             if id == 1 || (id != 0 && id >= m.page_count) {
@@ -114,15 +154,41 @@ mod tests {
             catalog: 7,
             freelist: 9,
             page_count: 12,
+            version: FORMAT_V2,
+            freelist_checksum: 0xdead_beef,
         };
         let page = m.encode();
-        assert_eq!(META_LEN, 52);
+        assert_eq!(META_LEN, 56);
         assert_eq!(Meta::decode(&page).unwrap(), m);
         let mut bad = page.clone();
         bad[TXID_OFFSET] ^= 4;
         assert!(Meta::decode(&bad).unwrap_err().contains("checksum"));
-        let mut bad = page;
+        let mut bad = page.clone();
         bad[0] = b'X';
         assert!(Meta::decode(&bad).unwrap_err().contains("magic"));
+        let mut bad = page;
+        bad[FREELIST_CHECKSUM_OFFSET] ^= 1;
+        assert!(Meta::decode(&bad).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn v1_meta_still_decodes() {
+        // A v1 meta: the checksum directly after page_count.
+        let mut page = vec![0u8; 4096];
+        page[..8].copy_from_slice(&MAGIC);
+        put_u32(&mut page, VERSION_OFFSET, FORMAT_V1);
+        put_u32(&mut page, PAGE_SIZE_OFFSET, 4096);
+        put_u64(&mut page, TXID_OFFSET, 5);
+        put_u64(&mut page, CATALOG_OFFSET, 3);
+        put_u64(&mut page, FREELIST_OFFSET, 0);
+        put_u64(&mut page, PAGE_COUNT_OFFSET, 4);
+        let sum = crc32c::crc32c(&page[..V1_META_CHECKSUM_OFFSET]);
+        put_u32(&mut page, V1_META_CHECKSUM_OFFSET, sum);
+        let m = Meta::decode(&page).unwrap();
+        assert_eq!(
+            (m.version, m.txid, m.catalog, m.freelist_checksum),
+            (FORMAT_V1, 5, 3, 0)
+        );
+        assert_eq!(m.encode(), page, "a v1 meta re-encodes byte for byte");
     }
 }

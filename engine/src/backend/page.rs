@@ -11,6 +11,7 @@
 //! accessors of [`NodeView`] index without further checks, because validation established
 //! every bound they rely on.
 
+use std::cmp::Ordering;
 use std::fmt;
 
 /// Integers in pages are little-endian fixed width (STYLE.md item 3); no sort order is needed on
@@ -67,6 +68,23 @@ pub(crate) const PENDING_COUNT_OFFSET: usize = FREE_COUNT_OFFSET + size_of::<u64
 pub(crate) const FREE_IDS_OFFSET: usize = PENDING_COUNT_OFFSET + size_of::<u64>();
 /// A pending freelist entry: `{ page id u64, freed by txid u64 }`.
 pub(crate) const PENDING_ENTRY_LEN: usize = 2 * size_of::<u64>();
+/// Freelist run flag (format v2): a written list follows the pending entries:
+/// `written_count u64`, then `written_count` entries `{ page id u64, checksum u32, pages u32 }`.
+pub(crate) const FREELIST_FLAG_WRITTEN: u8 = 1;
+pub(crate) const WRITTEN_COUNT_LEN: usize = size_of::<u64>();
+pub(crate) const WRITTEN_ID_OFFSET: usize = 0;
+pub(crate) const WRITTEN_CHECKSUM_OFFSET: usize = WRITTEN_ID_OFFSET + size_of::<u64>();
+pub(crate) const WRITTEN_PAGES_OFFSET: usize = WRITTEN_CHECKSUM_OFFSET + size_of::<u32>();
+pub(crate) const WRITTEN_ENTRY_LEN: usize = WRITTEN_PAGES_OFFSET + size_of::<u32>();
+
+/// One run written by a commit, as listed in its freelist run (format v2): where, how long, and
+/// the checksum its header must hold when the commit is complete on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub id: u64,
+    pub checksum: u32,
+    pub pages: u32,
+}
 
 /// Smallest and largest supported page sizes (powers of two). Offsets inside a page are u32 and
 /// element counts u16; 64 KiB pages hold at most ~5,000 leaf elements, well under u16::MAX.
@@ -282,6 +300,25 @@ pub fn validate_run(
                     ),
                 ));
             }
+            match run[FLAGS_OFFSET] {
+                0 => {}
+                FREELIST_FLAG_WRITTEN => {
+                    let at = need.expect("checked above");
+                    let fits = at
+                        .checked_add(WRITTEN_COUNT_LEN as u64)
+                        .filter(|&e| e <= run.len() as u64)
+                        .and_then(|e| {
+                            get_u64(run, at as usize)
+                                .checked_mul(WRITTEN_ENTRY_LEN as u64)
+                                .and_then(|n| n.checked_add(e))
+                        })
+                        .is_some_and(|end| end <= run.len() as u64);
+                    if !fits {
+                        return Err(err(id, "freelist's written list does not fit its run"));
+                    }
+                }
+                f => return Err(err(id, format!("freelist run with unknown flags {f:#x}"))),
+            }
         }
     }
     Ok(())
@@ -375,26 +412,60 @@ impl<'a> NodeView<'a> {
 
     /// Index of the first key `>= key` (binary search).
     pub(crate) fn lower_bound(&self, key: &[u8]) -> usize {
+        self.search(key).0
+    }
+
+    /// Index of the first key `>= key`, and whether that key equals `key`. The search key's
+    /// first 8 bytes are loaded once; most probes are decided by one integer compare of them
+    /// (see `prefix`), the rest by the full byte comparison.
+    pub(crate) fn search(&self, key: &[u8]) -> (usize, bool) {
+        let want = prefix(key);
         let (mut lo, mut hi) = (0, self.count);
+        let mut found = false;
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.key(mid) < key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+            let k = self.key(mid);
+            let ord = match prefix(k).cmp(&want) {
+                Ordering::Equal => k.cmp(key),
+                o => o,
+            };
+            match ord {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Equal => {
+                    found = true;
+                    hi = mid;
+                }
+                Ordering::Greater => hi = mid,
             }
         }
-        lo
+        (lo, found)
     }
 
     /// For a branch: the child whose subtree may hold `key` (the last element with key <= `key`,
     /// or the first element when `key` sorts before every element).
     pub(crate) fn child_index(&self, key: &[u8]) -> usize {
-        let i = self.lower_bound(key);
-        if i < self.count && self.key(i) == key {
-            i
-        } else {
-            i.saturating_sub(1)
+        match self.search(key) {
+            (i, true) => i,
+            (i, false) => i.saturating_sub(1),
+        }
+    }
+}
+
+/// Shared bytes of the write path: keys and values move from the read buffer into new pages
+/// without being copied (the buffer holds them as `Arc<[u8]>` too).
+pub(crate) type Shared = std::sync::Arc<[u8]>;
+
+/// The first 8 bytes of `k` (zero-padded) as a big-endian integer: big-endian so that comparing
+/// the integers orders like comparing the bytes. Equal prefixes decide nothing (a short key and
+/// its zero-padded extension share one); unequal ones decide the byte order of the keys.
+#[inline]
+fn prefix(k: &[u8]) -> u64 {
+    match k.first_chunk::<8>() {
+        Some(b) => u64::from_be_bytes(*b),
+        None => {
+            let mut b = [0u8; 8];
+            b[..k.len()].copy_from_slice(k);
+            u64::from_be_bytes(b)
         }
     }
 }
@@ -402,15 +473,15 @@ impl<'a> NodeView<'a> {
 /// An owned leaf value, for the write path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Val {
-    Inline(Vec<u8>),
+    Inline(Shared),
     Overflow { page: u64, len: u32 },
 }
 
 /// An owned node element: a leaf entry or a branch pointer `key -> child`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Elem {
-    Leaf { key: Vec<u8>, val: Val },
-    Branch { key: Vec<u8>, child: u64 },
+    Leaf { key: Shared, val: Val },
+    Branch { key: Shared, child: u64 },
 }
 
 impl Elem {
@@ -438,10 +509,10 @@ pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
     let v = NodeView::new(page);
     (0..v.len())
         .map(|i| {
-            let key = v.key(i).to_vec();
+            let key = Shared::from(v.key(i));
             if v.is_leaf() {
                 let val = match v.value(i) {
-                    StoredVal::Inline(b) => Val::Inline(b.to_vec()),
+                    StoredVal::Inline(b) => Val::Inline(Shared::from(b)),
                     StoredVal::Overflow { page, len } => Val::Overflow { page, len },
                 };
                 Elem::Leaf { key, val }
@@ -455,11 +526,23 @@ pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
         .collect()
 }
 
+/// Fills the header of `run` (flags 0) and its checksum (last, over everything else).
+pub(crate) fn seal_run(run: &mut [u8], id: u64, ty: PageType, count: u16, page_size: usize) {
+    seal_run_flags(run, id, ty, 0, count, page_size)
+}
+
 /// Fills the header of `run` and its checksum (last, over everything else).
 // Format: { checksum u32 | type u8 | flags u8 | count u16 | id u64 | overflow u32 | reserved u32 }
-pub(crate) fn seal_run(run: &mut [u8], id: u64, ty: PageType, count: u16, page_size: usize) {
+pub(crate) fn seal_run_flags(
+    run: &mut [u8],
+    id: u64,
+    ty: PageType,
+    flags: u8,
+    count: u16,
+    page_size: usize,
+) {
     run[TYPE_OFFSET] = ty as u8;
-    run[FLAGS_OFFSET] = 0;
+    run[FLAGS_OFFSET] = flags;
     put_u16(run, COUNT_OFFSET, count);
     put_u64(run, ID_OFFSET, id);
     put_u32(run, OVERFLOW_OFFSET, (run.len() / page_size - 1) as u32);
@@ -473,30 +556,29 @@ pub(crate) fn seal_run(run: &mut [u8], id: u64, ty: PageType, count: u16, page_s
 // Format: { header | elements[count] (leaf: flags u8, reserved u8, key_len u16, val_len u32,
 //   data_off u32; branch: key_len u16, reserved u16, data_off u32, child u64) | data... }
 pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> {
-    let mut page = vec![0u8; page_size];
     let leaf = matches!(elems[0], Elem::Leaf { .. });
     let elem_len = if leaf { LEAF_ELEM_LEN } else { BRANCH_ELEM_LEN };
-    let mut data = HEADER_LEN + elems.len() * elem_len;
+    // Header and element table zeroed, data appended after it, then the free tail zeroed: each
+    // byte is written once (no zeroing of the whole page first).
+    let mut page = Vec::with_capacity(page_size);
+    page.resize(HEADER_LEN + elems.len() * elem_len, 0);
     for (i, el) in elems.iter().enumerate() {
         let e = HEADER_LEN + i * elem_len;
+        let data = page.len();
         match el {
             Elem::Leaf { key, val } => {
-                page[e + LEAF_FLAGS_OFFSET] = 0;
                 put_u16(&mut page, e + LEAF_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + LEAF_DATA_OFFSET, data as u32);
-                page[data..data + key.len()].copy_from_slice(key);
-                data += key.len();
+                page.extend_from_slice(key);
                 match val {
                     Val::Inline(v) => {
                         put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, v.len() as u32);
-                        page[data..data + v.len()].copy_from_slice(v);
-                        data += v.len();
+                        page.extend_from_slice(v);
                     }
                     Val::Overflow { page: p, len } => {
                         page[e + LEAF_FLAGS_OFFSET] = LEAF_FLAG_OVERFLOW;
                         put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, *len);
-                        put_u64(&mut page, data, *p);
-                        data += size_of::<u64>();
+                        page.extend_from_slice(&p.to_le_bytes());
                     }
                 }
             }
@@ -505,11 +587,12 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                 put_u16(&mut page, e + BRANCH_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + BRANCH_DATA_OFFSET, data as u32);
                 put_u64(&mut page, e + BRANCH_CHILD_OFFSET, *child);
-                page[data..data + key.len()].copy_from_slice(key);
-                data += key.len();
+                page.extend_from_slice(key);
             }
         }
     }
+    assert!(page.len() <= page_size, "node elements overflow the page");
+    page.resize(page_size, 0);
     let ty = if leaf {
         PageType::Leaf
     } else {
@@ -529,17 +612,24 @@ pub(crate) fn encode_overflow(value: &[u8], id: u64, page_size: usize) -> Vec<u8
     run
 }
 
-/// Body bytes of a freelist run with `free` ids and `pending` entries.
-pub(crate) fn freelist_body(free: usize, pending: usize) -> usize {
-    FREE_IDS_OFFSET - HEADER_LEN + free * size_of::<u64>() + pending * PENDING_ENTRY_LEN
+/// Body bytes of a freelist run with `free` ids, `pending` entries and `written` entries.
+pub(crate) fn freelist_body(free: usize, pending: usize, written: usize) -> usize {
+    FREE_IDS_OFFSET - HEADER_LEN
+        + free * size_of::<u64>()
+        + pending * PENDING_ENTRY_LEN
+        + WRITTEN_COUNT_LEN
+        + written * WRITTEN_ENTRY_LEN
 }
 
-/// Encodes the freelist into a run of exactly `pages` pages (which must be enough).
-// Format: { header | free_count u64 | pending_count u64 | free ids u64[free_count] |
-//   pending { id u64, freed_by_txid u64 }[pending_count] }
+/// Encodes the freelist and the commit's written list into a run of exactly `pages` pages
+/// (which must be enough), flagged `FREELIST_FLAG_WRITTEN`.
+// Format: { header (flags 1) | free_count u64 | pending_count u64 | free ids u64[free_count] |
+//   pending { id u64, freed_by_txid u64 }[pending_count] | written_count u64 |
+//   written { id u64, checksum u32, pages u32 }[written_count] }
 pub(crate) fn encode_freelist(
     free: &[u64],
     pending: &[(u64, u64)],
+    written: &[Written],
     id: u64,
     pages: u64,
     page_size: usize,
@@ -557,8 +647,45 @@ pub(crate) fn encode_freelist(
         put_u64(&mut run, off + 8, t);
         off += PENDING_ENTRY_LEN;
     }
-    seal_run(&mut run, id, PageType::Freelist, 0, page_size);
+    put_u64(&mut run, off, written.len() as u64);
+    off += WRITTEN_COUNT_LEN;
+    for w in written {
+        put_u64(&mut run, off + WRITTEN_ID_OFFSET, w.id);
+        put_u32(&mut run, off + WRITTEN_CHECKSUM_OFFSET, w.checksum);
+        put_u32(&mut run, off + WRITTEN_PAGES_OFFSET, w.pages);
+        off += WRITTEN_ENTRY_LEN;
+    }
+    seal_run_flags(
+        &mut run,
+        id,
+        PageType::Freelist,
+        FREELIST_FLAG_WRITTEN,
+        0,
+        page_size,
+    );
     run
+}
+
+/// The written list of a validated freelist run (empty for a v1 run, which has none).
+pub(crate) fn decode_written(run: &[u8]) -> Vec<Written> {
+    if run[FLAGS_OFFSET] != FREELIST_FLAG_WRITTEN {
+        return Vec::new();
+    }
+    let free = get_u64(run, FREE_COUNT_OFFSET) as usize;
+    let pending = get_u64(run, PENDING_COUNT_OFFSET) as usize;
+    let mut off = FREE_IDS_OFFSET + free * size_of::<u64>() + pending * PENDING_ENTRY_LEN;
+    let n = get_u64(run, off) as usize;
+    off += WRITTEN_COUNT_LEN;
+    (0..n)
+        .map(|i| {
+            let e = off + i * WRITTEN_ENTRY_LEN;
+            Written {
+                id: get_u64(run, e + WRITTEN_ID_OFFSET),
+                checksum: get_u32(run, e + WRITTEN_CHECKSUM_OFFSET),
+                pages: get_u32(run, e + WRITTEN_PAGES_OFFSET),
+            }
+        })
+        .collect()
 }
 
 /// Free ids and pending `(id, freed_by)` entries of a validated freelist run.
@@ -592,7 +719,7 @@ pub fn decode_any(bytes: &[u8], id: u64, page_size: usize) -> Result<usize, Page
         }
         PageType::Freelist => {
             let (f, p) = decode_freelist(bytes);
-            f.len() + p.len()
+            f.len() + p.len() + decode_written(bytes).len()
         }
         PageType::Overflow => bytes.len(),
     })
@@ -608,8 +735,8 @@ mod tests {
     fn leaf(keys: &[&[u8]]) -> Vec<Elem> {
         keys.iter()
             .map(|k| Elem::Leaf {
-                key: k.to_vec(),
-                val: Val::Inline(k.repeat(2)),
+                key: Shared::from(*k),
+                val: Val::Inline(k.repeat(2).into()),
             })
             .collect()
     }
@@ -631,14 +758,17 @@ mod tests {
         let v = NodeView::new(&page);
         assert_eq!(v.lower_bound(b"b"), 1);
         assert_eq!(v.lower_bound(b"f"), 3);
+        assert_eq!(v.search(b"c"), (1, true));
+        assert_eq!(v.search(b"c\0"), (2, false));
+        assert_eq!(v.search(b""), (0, false));
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
             Elem::Branch {
-                key: b"a".to_vec(),
+                key: Shared::from(&b"a"[..]),
                 child: 5,
             },
             Elem::Branch {
-                key: b"m".to_vec(),
+                key: Shared::from(&b"m"[..]),
                 child: 9,
             },
         ];
@@ -675,10 +805,27 @@ mod tests {
         validate_run(&run, 10, PS, Some(PageType::Overflow)).unwrap();
         let free = [4u64, 5, 9];
         let pending = [(12u64, 3u64)];
-        let pages = run_pages(PS, freelist_body(3, 1));
-        let run = encode_freelist(&free, &pending, 20, pages, PS);
+        let written = [Written {
+            id: 30,
+            checksum: 0x1234_5678,
+            pages: 2,
+        }];
+        let pages = run_pages(PS, freelist_body(3, 1, 1));
+        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
         validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
         assert_eq!(decode_freelist(&run), (free.to_vec(), pending.to_vec()));
+        assert_eq!(decode_written(&run), written.to_vec());
+        assert_eq!(WRITTEN_ENTRY_LEN, 16);
+        // A written count that runs past the run is refused, not read.
+        let mut bad = run.clone();
+        put_u64(
+            &mut bad,
+            FREE_IDS_OFFSET + 3 * 8 + PENDING_ENTRY_LEN,
+            1 << 40,
+        );
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("written list"), "{e}");
     }
 
     fn reseal(bytes: &mut [u8]) {
@@ -689,6 +836,19 @@ mod tests {
     }
 
     proptest! {
+        // The prefix-first binary search agrees with a linear scan in byte order, including
+        // short keys, keys that are prefixes of others and keys with zero bytes.
+        #[test]
+        fn search_matches_byte_order(keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 1..12), 1..60),
+                                     probe in proptest::collection::vec(0u8..3, 0..12)) {
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(Shared::from(&b""[..])) }).collect();
+            let page = encode_node(&elems, 7, PS);
+            let v = NodeView::new(&page);
+            let want = keys.iter().position(|k| k.as_slice() >= probe.as_slice()).unwrap_or(keys.len());
+            let exact = keys.contains(&probe);
+            prop_assert_eq!(v.search(&probe), (want, exact));
+        }
+
         // The decoder never panics on arbitrary bytes, including bytes with a valid checksum,
         // id and run length (so the structural checks, not the checksum, are what is tested).
         #[test]
@@ -708,7 +868,7 @@ mod tests {
         #[test]
         fn node_mutations_never_panic(keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..20), 1..50),
                                       flips in proptest::collection::vec((0usize..PS, any::<u8>()), 1..8)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.clone(), val: Val::Inline(k.clone()) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(k.as_slice().into()) }).collect();
             let mut page = encode_node(&elems, 7, PS);
             prop_assert_eq!(decode_node(&page), elems);
             for (at, x) in flips {

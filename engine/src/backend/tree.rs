@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, HashSet};
 use super::freelist::Freelist;
 use super::mmap::Mapping;
 use super::page::{
-    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node,
-    encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
+    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, Shared, StoredVal, Val,
+    decode_node, encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
 };
 
 /// Deeper than any real tree (a 4 KiB-page tree of depth 16 holds far more than 2^64 keys);
@@ -90,11 +90,9 @@ enum Step<'p> {
 
 fn step<'p>(v: NodeView<'p>, key: &[u8]) -> Step<'p> {
     if v.is_leaf() {
-        let i = v.lower_bound(key);
-        if i < v.len() && v.key(i) == key {
-            Step::Found(v.value(i))
-        } else {
-            Step::Missing
+        match v.search(key) {
+            (i, true) => Step::Found(v.value(i)),
+            _ => Step::Missing,
         }
     } else {
         Step::Child(v.child(v.child_index(key)))
@@ -204,10 +202,11 @@ pub(crate) struct Walk {
     pub stopped_at: Option<Vec<u8>>,
 }
 
-/// One put (`Some`) or delete (`None`), as handed to [`TreeWriter::apply`] in key order.
+/// One put (`Some`) or delete (`None`), as handed to [`TreeWriter::apply`] in key order. The
+/// bytes are shared with the read buffer; a new element takes a reference, not a copy.
 pub(crate) struct Op<'a> {
-    pub key: &'a [u8],
-    pub val: Option<&'a [u8]>,
+    pub key: &'a Shared,
+    pub val: Option<&'a Shared>,
 }
 
 /// The state of one write transaction: pages written so far (not yet on disk) and the page
@@ -292,7 +291,7 @@ impl<'m> TreeWriter<'m> {
         }
     }
 
-    fn new_leaf_elem(&mut self, key: &[u8], val: &[u8]) -> Elem {
+    fn new_leaf_elem(&mut self, key: &Shared, val: &Shared) -> Elem {
         let val = if LEAF_ELEM_LEN + key.len() + val.len() > max_inline_elem(self.page_size) {
             let n = run_pages(self.page_size, val.len());
             let id = self.alloc(n);
@@ -303,10 +302,10 @@ impl<'m> TreeWriter<'m> {
                 len: val.len() as u32,
             }
         } else {
-            Val::Inline(val.to_vec())
+            Val::Inline(val.clone())
         };
         Elem::Leaf {
-            key: key.to_vec(),
+            key: key.clone(),
             val,
         }
     }
@@ -349,8 +348,10 @@ impl<'m> TreeWriter<'m> {
         let mut ops = ops.iter().peekable();
         loop {
             match (old.peek(), ops.peek()) {
-                (Some(e), Some(op)) if e.key() < op.key => out.push(old.next().expect("peeked")),
-                (Some(e), Some(op)) if e.key() == op.key => {
+                (Some(e), Some(op)) if e.key() < &op.key[..] => {
+                    out.push(old.next().expect("peeked"))
+                }
+                (Some(e), Some(op)) if e.key() == &op.key[..] => {
                     if let Some(Elem::Leaf { val, .. }) = old.next() {
                         self.free_val(&val);
                     }
@@ -393,7 +394,7 @@ impl<'m> TreeWriter<'m> {
         let mut rest = ops;
         for (i, e) in elems.iter().enumerate() {
             let n = match elems.get(i + 1) {
-                Some(next) => rest.partition_point(|op| op.key < next.key()),
+                Some(next) => rest.partition_point(|op| &op.key[..] < next.key()),
                 None => rest.len(),
             };
             let (mine, after) = rest.split_at(n);
@@ -467,7 +468,9 @@ impl<'m> TreeWriter<'m> {
             };
             if cut {
                 let id = self.alloc(1);
-                let key = group[0].key().to_vec();
+                let key = match &group[0] {
+                    Elem::Leaf { key, .. } | Elem::Branch { key, .. } => key.clone(),
+                };
                 let page = encode_node(&group, id, self.page_size);
                 self.dirty.insert(id, page);
                 if HEADER_LEN + size < self.page_size / 4 {
@@ -556,7 +559,7 @@ impl<'m> TreeWriter<'m> {
                 } if *page >= limit && self.can_move(limit, *budget) => {
                     let n = run_pages(self.page_size, *len as usize);
                     let run = self.read(*page, Some(PageType::Overflow))?;
-                    let value = run[HEADER_LEN..HEADER_LEN + *len as usize].to_vec();
+                    let value: Shared = run[HEADER_LEN..HEADER_LEN + *len as usize].into();
                     drop(run);
                     self.free(*page, n);
                     let new = self.alloc(n);

@@ -29,6 +29,7 @@ pub use store::{
 };
 pub use watch::{
     CANCEL_REASON_DUPLICATE_ID, CANCEL_REASON_EMPTY_RANGE, MAX_REVS_PER_SYNC_RESPONSE,
-    MAX_REVS_PER_SYNC_SCAN, MAX_WATCHERS_PER_SYNC, StreamId, WatchHub, WatchHubStats,
+    MAX_REVS_PER_SYNC_SCAN, MAX_WATCHERS_PER_SYNC, SinkFull, StreamId, WatchHub, WatchHubStats,
+    WatchSink,
 };
 pub use watch_index::{End as IntervalEnd, IntervalIndex};

@@ -30,7 +30,7 @@ use prost::Message;
 use super::error::{MvccError, MvccResult};
 use super::key_index::TreeIndex;
 use super::revision::{RevKey, Revision};
-use super::watch::{ReadCtx, StreamId, WatchHub};
+use super::watch::{ReadCtx, StreamId, WatchHub, WatchSink};
 use crate::lease::{LeaseRecord, Lessor};
 use crate::pb::etcdserverpb::{
     self as pb, compare::CompareResult, compare::CompareTarget, compare::TargetUnion,
@@ -1091,10 +1091,7 @@ impl<B: BatchWrite> MvccStore<B> {
     }
 
     /// Opens a watch stream whose responses go to `sink` (see `WatchHub`).
-    pub fn watch_open_stream(
-        &mut self,
-        sink: crossbeam_channel::Sender<pb::WatchResponse>,
-    ) -> StreamId {
+    pub fn watch_open_stream(&mut self, sink: impl WatchSink) -> StreamId {
         self.hub.open_stream(sink)
     }
 

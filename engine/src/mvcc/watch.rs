@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::TrySendError;
 use prost::Message;
 
 use super::key_index::TreeIndex;
@@ -48,6 +48,35 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 /// Identifies a watch stream in the hub.
 pub type StreamId = u64;
+
+/// Why a [`WatchSink`] did not take a response.
+#[derive(Debug)]
+pub enum SinkFull {
+    /// The sink is at capacity: the response comes back and is retried later.
+    Full(pb::WatchResponse),
+    /// The receiving side is gone: the response is dropped (the stream's owner closes it).
+    Closed,
+}
+
+/// Where a stream's responses go: a bounded, non-blocking queue. The hub calls `try_send`
+/// with the store locked, so it must never block or call back into the store. Its capacity
+/// is the slack a slow client gets before its watchers become victims.
+///
+/// Implemented for `crossbeam_channel::Sender` (threads) and by the node for its async
+/// front end (a tokio channel read by the connection's task: no thread per watcher).
+pub trait WatchSink: Send + Sync + 'static {
+    fn try_send(&self, resp: pb::WatchResponse) -> Result<(), SinkFull>;
+}
+
+impl WatchSink for crossbeam_channel::Sender<pb::WatchResponse> {
+    fn try_send(&self, resp: pb::WatchResponse) -> Result<(), SinkFull> {
+        match crossbeam_channel::Sender::try_send(self, resp) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(r)) => Err(SinkFull::Full(r)),
+            Err(TrySendError::Disconnected(_)) => Err(SinkFull::Closed),
+        }
+    }
+}
 type WatcherKey = u64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,9 +119,8 @@ impl Watcher {
     }
 }
 
-#[derive(Debug)]
 struct Stream {
-    sink: Sender<pb::WatchResponse>,
+    sink: Box<dyn WatchSink>,
     backlog: VecDeque<pb::WatchResponse>,
     next_watch_id: i64,
     watchers: HashMap<i64, WatcherKey>,
@@ -100,13 +128,23 @@ struct Stream {
     progress: HashMap<i64, bool>,
 }
 
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("backlog", &self.backlog.len())
+            .field("next_watch_id", &self.next_watch_id)
+            .field("watchers", &self.watchers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Stream {
     /// Queues a control response (never dropped; see the module doc).
     fn send_control(&mut self, resp: pb::WatchResponse) {
         if self.backlog.is_empty() {
             match self.sink.try_send(resp) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(r)) => self.backlog.push_back(r),
+                Ok(()) | Err(SinkFull::Closed) => {}
+                Err(SinkFull::Full(r)) => self.backlog.push_back(r),
             }
         } else {
             self.backlog.push_back(resp);
@@ -117,8 +155,8 @@ impl Stream {
     fn flush(&mut self) -> bool {
         while let Some(r) = self.backlog.pop_front() {
             match self.sink.try_send(r) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(r)) => {
+                Ok(()) | Err(SinkFull::Closed) => {}
+                Err(SinkFull::Full(r)) => {
                     self.backlog.push_front(r);
                     return false;
                 }
@@ -139,8 +177,8 @@ impl Stream {
         let mut it = resps.into_iter();
         while let Some(r) = it.next() {
             match self.sink.try_send(r) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-                Err(TrySendError::Full(r)) => {
+                Ok(()) | Err(SinkFull::Closed) => {}
+                Err(SinkFull::Full(r)) => {
                     let mut rest = vec![r];
                     rest.extend(it);
                     return Err(rest);
@@ -272,13 +310,13 @@ impl WatchHub {
 
     /// Opens a stream whose responses go to `sink` (bounded; the capacity is the slack a slow
     /// client gets before its watchers become victims).
-    pub fn open_stream(&mut self, sink: Sender<pb::WatchResponse>) -> StreamId {
+    pub fn open_stream(&mut self, sink: impl WatchSink) -> StreamId {
         let id = self.next_stream;
         self.next_stream += 1;
         self.streams.insert(
             id,
             Stream {
-                sink,
+                sink: Box::new(sink),
                 backlog: VecDeque::new(),
                 next_watch_id: 0,
                 watchers: HashMap::new(),

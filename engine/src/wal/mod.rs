@@ -322,6 +322,13 @@ pub struct WalDirLock {
     _lock: FileLock,
 }
 
+impl WalDirLock {
+    /// The locked WAL directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 impl fmt::Debug for WalDirLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WalDirLock")

@@ -200,6 +200,7 @@ impl From<MvccError> for MvccErrorOr {
 
 impl StateMachine for Applier {
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) {
+        let started = Instant::now();
         let inner = self.inner.clone();
         let decoded = InternalRaftRequest::decode(data);
         let mut store = inner.store.write();
@@ -248,13 +249,18 @@ impl StateMachine for Applier {
         inner.ops_since_commit.fetch_add(1, Ordering::AcqRel);
         drop(store);
         let id = req.header.as_ref().map_or(req.id, |h| h.id);
-        if let Some(tx) = inner.waiters.lock().remove(&id) {
-            let _ = tx.send(result);
+        if let Some(w) = inner.waiters.lock().remove(&id) {
+            let sent = Instant::now();
+            inner
+                .stages
+                .commit
+                .observe(started.saturating_duration_since(w.proposed));
+            inner
+                .stages
+                .apply
+                .observe(sent.saturating_duration_since(started));
+            let _ = w.tx.send((result, sent));
         }
-    }
-
-    fn applied_batch(&mut self, _last_index: u64) {
-        self.inner.commit_if_due(false);
     }
 
     fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ringkv_engine::ConfChangeV2) {

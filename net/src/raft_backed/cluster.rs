@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ringkv_engine::pb::etcdserverpb::{
     ClusterMemberAttrSetRequest, InternalRaftRequest, Member, MemberAddRequest, MemberAddResponse,
@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use super::apply::{Applied, Applier, MvccErrorOr};
 use super::membership::{MemberInfo, Membership, decode_context, encode_context};
 use super::shared_writer::NodeBackend;
-use super::{Inner, NodeOptions, OpenError, RaftBackedNode, WaiterGuard, raft_err};
+use super::{Inner, NodeOptions, OpenError, RaftBackedNode, Waiter, WaiterGuard, raft_err};
 use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
@@ -126,10 +126,8 @@ pub(super) fn seed_members(
         &encode_ids(opts.member_id, opts.cluster_id),
     )
     .map_err(err)?;
-    store
-        .backend()
-        .commit_shared(store.consistent_index())
-        .map_err(err)
+    let ci = store.consistent_index();
+    store.backend_mut().commit_all(ci).map_err(err)
 }
 
 fn own_record(opts: &NodeOptions) -> MemberInfo {
@@ -232,7 +230,8 @@ impl RaftBackedNode {
         inner.check_failed()?;
         let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        inner.waiters.lock().insert(id, tx);
+        let proposed = Instant::now();
+        inner.waiters.lock().insert(id, Waiter { tx, proposed });
         let _guard = WaiterGuard { inner, id };
         let (rej_tx, rej_rx) = oneshot::channel();
         inner.raft().propose_conf_change(
@@ -243,7 +242,7 @@ impl RaftBackedNode {
         );
         let timeout = tokio::time::sleep(inner.opts.request_timeout());
         let applied = tokio::select! {
-            r = rx => r.map_err(|_| EtcdError::Stopped)?,
+            r = rx => r.map_err(|_| EtcdError::Stopped)?.0,
             Ok(e) = rej_rx => Err(raft_err(e)),
             _ = timeout => Err(EtcdError::Timeout),
         }?;
@@ -577,9 +576,9 @@ impl Applier {
             }
         };
         if let Some((_, request_id)) = context
-            && let Some(tx) = inner.waiters.lock().remove(&request_id)
+            && let Some(w) = inner.waiters.lock().remove(&request_id)
         {
-            let _ = tx.send(outcome);
+            let _ = w.tx.send((outcome, Instant::now()));
         }
     }
 

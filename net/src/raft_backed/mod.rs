@@ -10,10 +10,11 @@
 //!                 ▲                                      ▼
 //!                 └──── oneshot ◄── waiter ──────── ringkv-apply: Applier (apply.rs)
 //!                                                        │ store.write(): MVCC + lessor + hub
-//!  linearizable read: read_index (batched) ──► raft ─────┘ done once applied ≥ read index
+//!  linearizable read: read gate ──► read_index ──► raft ┘ done once applied ≥ read index
+//!                     (one round in flight; reads arriving meanwhile share the next)
 //!                     then store.read()
 //!  serializable read: store.read() at once
-//!  watch: hub stream (crossbeam) ──► pump thread ──► tokio mpsc ──► WatchUpdate
+//!  watch: hub stream = bounded tokio mpsc (try_send from apply/housekeeping) ──► WatchUpdate
 //!                                         ringkv-housekeeping: backend commits when due,
 //!                                         watch catch-up, physical compaction steps, lease
 //!                                         expiry (proposes LeaseRevoke), auto-compaction
@@ -26,8 +27,10 @@
 mod apply;
 mod cluster;
 mod membership;
+mod read_gate;
 mod shared_writer;
 mod snapshot;
+mod stages;
 #[cfg(test)]
 mod tests;
 
@@ -55,14 +58,16 @@ use ringkv_engine::pb::etcdserverpb::{
 };
 use ringkv_engine::{
     FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode, RaftNodeError,
-    Record, SnapDir, SnapshotMark, SnapshotPolicy, Vfs, Wal, WalMetrics, WalOptions, apply_replay,
-    new_vfs, restore_from_snapshot,
+    Record, SinkFull, SnapDir, SnapshotMark, SnapshotPolicy, StreamId, Vfs, Wal, WalDirLock,
+    WalMetrics, WalOptions, WatchSink, apply_replay, new_vfs, restore_from_snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use self::apply::{Applied, Applier, mvcc_err};
 use self::membership::Membership;
+use self::read_gate::ReadGate;
 use self::shared_writer::NodeBackend;
+use self::stages::ProposalStages;
 use crate::config::{AutoCompaction, Config, InitialMember};
 use crate::errors::EtcdError;
 use crate::node::{
@@ -85,8 +90,6 @@ const LEASE_REVOKE_BATCH: usize = 500;
 const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
 /// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
 const WATCH_STREAM_CAPACITY: usize = 1024;
-/// Stack of a watch pump thread (it only moves messages between two channels).
-const WATCH_PUMP_STACK: usize = 128 * 1024;
 /// Name prefix of the temporary backend copies a Snapshot RPC streams from (in `member/snap`).
 const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
 /// Snapshot chunk size read from the copied backend file.
@@ -211,7 +214,7 @@ impl Inner {
     /// receiving the copy gets these as its snapshot's metadata (like etcd's merged snapshot),
     /// so that a member added after the newest raft snapshot finds itself in the configuration.
     fn copy_backend_at(&self) -> NodeResult<(PathBuf, u64, crate::peer::BackendCopy)> {
-        let store = self.store.write();
+        let mut store = self.store.write();
         let at = {
             // Lock order: `store` before `members`. Both are only changed by the apply thread
             // with the store's write lock held, so they describe the same index.
@@ -225,7 +228,7 @@ impl Inner {
             }
         };
         self.dirty.store(true, Ordering::Release);
-        self.commit_locked(&store);
+        self.commit_locked(&mut store);
         if self.failed.get().is_some() {
             return Err(EtcdError::Internal(self.failure_text()));
         }
@@ -264,10 +267,17 @@ impl WalMetrics for FsyncHistogram {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Applied, EtcdError>>;
+/// A proposing task waiting for its entry to apply: where to send the outcome (with the time
+/// it was sent, for the reply stage) and when it proposed (for the commit stage; stages.rs).
+pub(crate) struct Waiter {
+    pub(crate) tx: oneshot::Sender<(Result<Applied, EtcdError>, Instant)>,
+    pub(crate) proposed: Instant,
+}
 
 /// State shared by the front-end tasks, the apply thread and housekeeping.
 pub(crate) struct Inner {
+    /// The `LOCK` file of the WAL directory, held until [`RaftBackedNode::close`].
+    wal_lock: Mutex<Option<WalDirLock>>,
     /// The MVCC store (with lessor and watch hub). Written by the apply thread and
     /// housekeeping; read by the front end.
     store: RwLock<MvccStore<NodeBackend>>,
@@ -313,6 +323,10 @@ pub(crate) struct Inner {
     /// This member's name and client URLs were applied from its own publish request.
     attrs_published: AtomicBool,
     last_publish: Mutex<Instant>,
+    /// Gathers concurrent linearizable reads into one ReadIndex round.
+    read_gate: Arc<ReadGate>,
+    /// Time per proposal stage (commit, apply, reply), for `/metrics`.
+    stages: ProposalStages,
 }
 
 impl Inner {
@@ -351,7 +365,9 @@ impl Inner {
     }
 
     /// Commits the backend (data + consistent index) when `force`, or when writes are pending
-    /// and the batch limit or interval was reached.
+    /// and the batch limit or interval was reached. The fdatasyncs run with no store lock held:
+    /// apply and reads go on (the background commit of shared_writer.rs). Housekeeping only:
+    /// background commits must not overlap, and the apply thread must not wait for one.
     fn commit_if_due(&self, force: bool) {
         let ops = self.ops_since_commit.load(Ordering::Acquire);
         if !self.dirty.load(Ordering::Acquire) {
@@ -362,26 +378,50 @@ impl Inner {
         if !due || self.failed.get().is_some() {
             return;
         }
-        // Read lock only: front-end reads continue during the commit (shared_writer.rs).
-        let store = self.store.read();
-        self.commit_locked(&store);
+        let t = Instant::now();
+        let (pending, ci) = {
+            // Read lock: apply is excluded while the consistent index is taken (step 1).
+            let store = self.store.read();
+            let ci = store.consistent_index();
+            match store.backend().begin_commit(ci) {
+                Ok(Some(p)) => {
+                    self.dirty.store(false, Ordering::Release);
+                    self.ops_since_commit.store(0, Ordering::Release);
+                    (p, ci)
+                }
+                Ok(None) => return,
+                Err(e) => return self.fail(format!("backend commit: {e}")),
+            }
+        };
+        let committed = pending.run();
+        let finished = self.store.write().backend_mut().finish_commit();
+        self.commit_done(t, ci, committed.and(finished));
     }
 
-    /// Commits data and consistent index; the caller holds the store lock (read or write).
-    fn commit_locked(&self, store: &MvccStore<NodeBackend>) {
+    /// Commits data and consistent index at once; the caller holds the store's write lock.
+    fn commit_locked(&self, store: &mut MvccStore<NodeBackend>) {
         if self.failed.get().is_some() {
             return;
         }
         let t = Instant::now();
-        let index = store.consistent_index();
-        match store.backend().commit_shared(index) {
+        let ci = store.consistent_index();
+        let r = store.backend_mut().commit_all(ci);
+        if r.is_ok() {
+            self.dirty.store(false, Ordering::Release);
+            self.ops_since_commit.store(0, Ordering::Release);
+        }
+        self.commit_done(t, ci, r);
+    }
+
+    /// Records a finished commit of the entries up to `index`.
+    fn commit_done(&self, started: Instant, index: u64, r: ringkv_engine::StorageResult<()>) {
+        match r {
             Ok(()) => {
-                self.durable_index.store(index, Ordering::Release);
+                // A commit that a snapshot install overtook must not move the index back.
+                self.durable_index.fetch_max(index, Ordering::AcqRel);
                 self.backend_commit
                     .lock()
-                    .observe(t.elapsed().as_secs_f64());
-                self.dirty.store(false, Ordering::Release);
-                self.ops_since_commit.store(0, Ordering::Release);
+                    .observe(started.elapsed().as_secs_f64());
                 *self.last_commit.lock() = Instant::now();
             }
             // Fatal: the backend refuses writes after a failed commit; never retried.
@@ -450,7 +490,7 @@ fn open_vfs(kind: IoKind) -> Arc<dyn Vfs> {
 
 fn open_wal(
     vfs: &Arc<dyn Vfs>,
-    dir: &Path,
+    lock: &WalDirLock,
     metrics: Arc<FsyncHistogram>,
     segment_size: Option<u64>,
 ) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
@@ -460,15 +500,16 @@ fn open_wal(
         segment_size: segment_size.unwrap_or(defaults.segment_size),
         ..defaults
     };
-    match Wal::open(vfs.clone(), dir, opts.clone()) {
+    let dir = lock.dir();
+    match Wal::open_locked(vfs.clone(), lock, opts.clone()) {
         Ok(r) => Ok(r),
         // O_DIRECT is refused by some file systems (tmpfs): fall back to buffered segments,
         // which are still made durable by fdatasync.
         Err(e) if !e.is_corruption() && !e.is_caller_mistake() => {
             tracing::warn!("WAL with O_DIRECT failed ({e}); retrying without O_DIRECT");
-            Wal::open(
+            Wal::open_locked(
                 vfs.clone(),
-                dir,
+                lock,
                 WalOptions {
                     direct: false,
                     ..opts
@@ -503,6 +544,10 @@ impl RaftBackedNode {
             vfs.create_dir_all(d)
                 .map_err(|e| OpenError(format!("cannot create {}: {e}", d.display())))?;
         }
+        // Taken before anything in the data directory is opened, so a second process on the
+        // same directory fails without touching the backend.
+        let wal_lock = Wal::lock_dir(&vfs, &wal_dir)
+            .map_err(|e| OpenError(format!("cannot open the WAL in {}: {e}", wal_dir.display())))?;
         let db_path = snap_dir.join("db");
         // Copies left by snapshot streams that a crash interrupted.
         if let Ok(names) = vfs.list_dir(&snap_dir) {
@@ -573,7 +618,7 @@ impl RaftBackedNode {
             cluster::seed_members(&opts, &mut membership, &mut store)?;
         }
         let wal_fsync = Arc::new(FsyncHistogram::default());
-        let (wal, replay) = open_wal(&vfs, &wal_dir, wal_fsync.clone(), opts.wal_segment_size)?;
+        let (wal, replay) = open_wal(&vfs, &wal_lock, wal_fsync.clone(), opts.wal_segment_size)?;
         if let Some((file, offset)) = &replay.truncated_tail {
             tracing::warn!(
                 "WAL: cut a torn tail in {} at offset {offset}",
@@ -637,6 +682,7 @@ impl RaftBackedNode {
             member_id: opts.member_id,
         });
         let inner = Arc::new(Inner {
+            wal_lock: Mutex::new(Some(wal_lock)),
             store: RwLock::new(store),
             vfs: vfs.clone(),
             snap_dir: snaps,
@@ -666,6 +712,8 @@ impl RaftBackedNode {
             self_removed: AtomicBool::new(false),
             attrs_published: AtomicBool::new(false),
             last_publish: Mutex::new(Instant::now() - Duration::from_secs(10)),
+            read_gate: Arc::new(ReadGate::default()),
+            stages: ProposalStages::default(),
         });
         let applier = Applier {
             inner: inner.clone(),
@@ -733,13 +781,15 @@ impl RaftBackedNode {
         self.inner.peers.stop();
         self.inner.raft().shutdown();
         {
-            let store = self.inner.store.write();
+            let mut store = self.inner.store.write();
             self.inner.dirty.store(true, Ordering::Release);
-            self.inner.commit_locked(&store);
+            self.inner.commit_locked(&mut store);
         }
         // Waiters of proposals that will never apply now.
         self.inner.waiters.lock().clear();
         let wal = self.inner.wal.close().map_err(|e| e.to_string());
+        // The data directory may be opened again (by this process too) from here on.
+        drop(self.inner.wal_lock.lock().take());
         match self.inner.failed.get() {
             Some(why) => Err(why.clone()),
             None => wal,
@@ -756,7 +806,8 @@ impl RaftBackedNode {
         });
         let data = req.encode_to_vec();
         let (tx, rx) = oneshot::channel();
-        inner.waiters.lock().insert(id, tx);
+        let proposed = Instant::now();
+        inner.waiters.lock().insert(id, Waiter { tx, proposed });
         let _guard = WaiterGuard { inner, id };
         let (rej_tx, rej_rx) = oneshot::channel();
         inner.raft().propose(
@@ -767,24 +818,29 @@ impl RaftBackedNode {
         );
         let timeout = tokio::time::sleep(inner.opts.request_timeout());
         tokio::select! {
-            r = rx => r.map_err(|_| EtcdError::Stopped)?,
+            r = rx => {
+                let (result, sent) = r.map_err(|_| EtcdError::Stopped)?;
+                inner.stages.reply.observe(sent.elapsed());
+                result
+            }
             Ok(e) = rej_rx => Err(raft_err(e)),
             _ = timeout => Err(EtcdError::Timeout),
         }
     }
 
-    /// Waits for a linearizable read point (a batched ReadIndex) and for apply to reach it.
+    /// Waits for a linearizable read point (a ReadIndex round gathered by the read gate) and
+    /// for apply to reach it.
     async fn linearize(&self) -> NodeResult<()> {
         self.inner.check_failed()?;
-        let (tx, rx) = oneshot::channel();
-        self.inner.raft().read_index(Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
-        match tokio::time::timeout(self.inner.opts.request_timeout(), rx).await {
-            Err(_) => Err(EtcdError::Timeout),
-            Ok(Err(_)) => Err(EtcdError::Stopped),
-            Ok(Ok(Err(e))) => Err(raft_err(e)),
-            Ok(Ok(Ok(_))) => Ok(()),
+        let timeout = self.inner.opts.request_timeout();
+        match self
+            .inner
+            .read_gate
+            .wait(self.inner.raft(), timeout)
+            .await?
+        {
+            Err(e) => Err(raft_err(e)),
+            Ok(_) => Ok(()),
         }
     }
 
@@ -874,7 +930,7 @@ fn housekeeping(inner: Arc<Inner>) {
                 store.watch_progress_tick();
             }
         }
-        // Under the read lock (shared_writer.rs): reads go on during the fdatasyncs.
+        // The fdatasyncs run without the store lock (shared_writer.rs).
         inner.commit_if_due(false);
         inner.publish_attributes_if_needed();
         if !is_leader {
@@ -978,35 +1034,65 @@ fn to_update(resp: WatchResponse) -> Option<WatchUpdate> {
     })
 }
 
-/// Forwards one watcher's hub stream to the front end until either side ends.
-fn pump_watch(
-    inner: Arc<Inner>,
-    stream: ringkv_engine::StreamId,
-    rx: crossbeam_channel::Receiver<WatchResponse>,
-    tx: mpsc::Sender<WatchUpdate>,
-) {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(resp) => {
-                let canceled = resp.canceled && !resp.created || resp.compact_revision != 0;
-                if let Some(u) = to_update(resp)
-                    && tx.blocking_send(u).is_err()
-                {
-                    break;
-                }
-                if canceled {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if tx.is_closed() || inner.stopping.load(Ordering::Acquire) {
-                    break;
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+/// A watcher's hub stream as the hub sees it: a bounded tokio channel that the watcher's
+/// front-end task reads. `try_send` never blocks, so the apply thread and housekeeping hand
+/// responses straight to the connection's task: no thread per watcher. Responses travel boxed:
+/// the channel allocates its slots in blocks of 32 as soon as it exists, and 32 pointers
+/// instead of 32 responses keep an idle watcher at a few hundred bytes.
+struct TokioSink(mpsc::Sender<Box<WatchResponse>>);
+
+impl WatchSink for TokioSink {
+    fn try_send(&self, resp: WatchResponse) -> Result<(), SinkFull> {
+        match self.0.try_send(Box::new(resp)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(r)) => Err(SinkFull::Full(*r)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SinkFull::Closed),
         }
     }
-    inner.store.write().watch_close_stream(stream);
+}
+
+/// One watcher's updates: the hub stream's responses turned into [`WatchUpdate`]s. Ends after
+/// a cancel or compaction response; dropping it (the front end canceled the watcher or the
+/// connection ended) closes the hub stream, so the hub stops matching events for it.
+struct HubUpdates {
+    inner: Arc<Inner>,
+    stream: StreamId,
+    rx: mpsc::Receiver<Box<WatchResponse>>,
+    ended: bool,
+}
+
+impl tokio_stream::Stream for HubUpdates {
+    type Item = WatchUpdate;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<WatchUpdate>> {
+        use std::task::Poll;
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(resp)) => {
+                    if resp.canceled && !resp.created || resp.compact_revision != 0 {
+                        self.ended = true;
+                    }
+                    if let Some(u) = to_update(*resp) {
+                        return Poll::Ready(Some(u));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for HubUpdates {
+    fn drop(&mut self) {
+        self.inner.store.write().watch_close_stream(self.stream);
+    }
 }
 
 impl EtcdNode for RaftBackedNode {
@@ -1036,6 +1122,9 @@ impl EtcdNode for RaftBackedNode {
             proposals_failed: p.proposals_failed.load(Ordering::Acquire),
             wal_fsync: self.inner.wal_fsync.0.lock().clone(),
             backend_commit: self.inner.backend_commit.lock().clone(),
+            proposal_commit: self.inner.stages.commit.snapshot(),
+            proposal_apply: self.inner.stages.apply.snapshot(),
+            proposal_reply: self.inner.stages.reply.snapshot(),
             db_total_size: stats.map_or(0, |s| s.file_bytes as i64),
             db_total_size_in_use: stats.map_or(0, |s| s.live_bytes as i64),
             quota_backend_bytes: self.inner.opts.quota_backend_bytes.unwrap_or(0) as i64,
@@ -1117,7 +1206,7 @@ impl EtcdNode for RaftBackedNode {
 
     async fn watch(&self, _: &Caller, spec: WatchSpec) -> NodeResult<Watcher> {
         self.inner.check_failed()?;
-        let (hub_tx, hub_rx) = crossbeam_channel::bounded(WATCH_STREAM_CAPACITY);
+        let (hub_tx, hub_rx) = mpsc::channel(WATCH_STREAM_CAPACITY);
         let mut filters = Vec::new();
         if spec.no_put {
             filters.push(FilterType::Noput as i32);
@@ -1137,30 +1226,18 @@ impl EtcdNode for RaftBackedNode {
         };
         let (stream, revision) = {
             let mut store = self.inner.store.write();
-            let stream = store.watch_open_stream(hub_tx);
+            let stream = store.watch_open_stream(TokioSink(hub_tx));
             store.watch_create(stream, &create);
             (stream, store.current_revision())
         };
-        let (tx, rx) = mpsc::channel(64);
-        let inner = self.inner.clone();
-        // A small dedicated thread, not the blocking pool: the pool's thread cap would make
-        // watcher N+1 (and snapshots, defragment) wait behind N open watchers.
-        let spawned = std::thread::Builder::new()
-            .name("ringkv-watch".into())
-            .stack_size(WATCH_PUMP_STACK)
-            .spawn({
-                let inner = self.inner.clone();
-                move || pump_watch(inner, stream, hub_rx, tx)
-            });
-        if let Err(e) = spawned {
-            inner.store.write().watch_close_stream(stream);
-            return Err(EtcdError::Internal(format!(
-                "ringkv: cannot start a watcher: {e}"
-            )));
-        }
         Ok(Watcher {
             revision,
-            updates: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            updates: Box::pin(HubUpdates {
+                inner: self.inner.clone(),
+                stream,
+                rx: hub_rx,
+                ended: false,
+            }),
         })
     }
 
@@ -1302,12 +1379,12 @@ impl EtcdNode for RaftBackedNode {
         tokio::task::spawn_blocking(move || {
             // Each commit moves a bounded number of pages down and a later one trims the
             // freed tail: commit until the file stops shrinking.
-            let store = inner.store.write();
+            let mut store = inner.store.write();
             let mut unchanged = 0;
             for _ in 0..512 {
                 let before = store.backend().stats();
                 inner.dirty.store(true, Ordering::Release);
-                inner.commit_locked(&store);
+                inner.commit_locked(&mut store);
                 if inner.failed.get().is_some() {
                     return Err(EtcdError::Internal(inner.failure_text()));
                 }

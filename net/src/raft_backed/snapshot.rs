@@ -182,7 +182,10 @@ impl Inner {
             super::cluster::IDS_KEY,
             &super::cluster::encode_ids(self.ids.member_id, self.ids.cluster_id),
         )
-        .and_then(|()| fresh.backend().commit_shared(fresh.consistent_index()))
+        .and_then(|()| {
+            let ci = fresh.consistent_index();
+            fresh.backend_mut().commit_all(ci)
+        })
         .map_err(|e| format!("cannot record this member's IDs in the installed backend: {e}"))?;
         let members = super::membership::Membership::load(fresh.backend())
             .map_err(|e| format!("installed snapshot: {e}"))?;

@@ -9,3 +9,4 @@ mod restart;
 mod rust_client;
 mod snapshot;
 mod wal_lock;
+mod watch_scale;
