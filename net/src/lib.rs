@@ -57,7 +57,9 @@ pub use node::{
     BoxStream, Caller, EtcdNode, HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeResult, NodeState,
     WatchSpec, WatchUpdate, Watcher,
 };
-pub use peer::{MemberListFn, PeerConfig, PeerTransport, query_cluster};
+pub use peer::{
+    BackendCopy, MemberListFn, PeerConfig, PeerTransport, SnapshotFiles, query_cluster,
+};
 pub use raft_backed::{ClusterOptions, NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};

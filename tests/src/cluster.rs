@@ -22,6 +22,11 @@ pub struct RingkvCluster {
 impl RingkvCluster {
     /// Starts `n` members and waits until every one is healthy.
     pub fn start(n: usize) -> RingkvCluster {
+        RingkvCluster::start_with(n, &[], &[])
+    }
+
+    /// [`RingkvCluster::start`] with extra flags and environment variables for every member.
+    pub fn start_with(n: usize, flags: &[&str], env: &[(&str, &str)]) -> RingkvCluster {
         let tmp = tempfile::Builder::new()
             .prefix("ringkv-cluster-")
             .tempdir()
@@ -49,9 +54,10 @@ impl RingkvCluster {
                     TEST_CLUSTER_TOKEN,
                 ]
                 .iter()
+                .chain(flags)
                 .map(|s| s.to_string())
                 .collect();
-                RingkvProcess::launch(&data_dir(&tmp, name), *client, *peer, &extra)
+                RingkvProcess::launch_env(&data_dir(&tmp, name), *client, *peer, &extra, env)
             })
             .collect();
         let mut c = RingkvCluster {

@@ -169,6 +169,30 @@ impl RingkvProcess {
         p
     }
 
+    /// [`RingkvProcess::launch`] with extra environment variables (kept across relaunches).
+    pub fn launch_env(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> RingkvProcess {
+        let mut p = RingkvProcess {
+            child: None,
+            client_port,
+            peer_port,
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _tmp: None,
+        };
+        p.spawn_process();
+        p
+    }
+
     /// Starts the node again on the same data dir and ports, without waiting for health.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");

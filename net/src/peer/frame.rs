@@ -3,9 +3,11 @@
 
 use std::io::{self, Read, Write};
 
-/// First bytes of a connection: "RKVP" and the protocol version.
+/// First bytes of a message connection: "RKVP" and the protocol version.
 pub(crate) const MAGIC: [u8; 4] = *b"RKVP";
-/// Version 1: hello, reply, batch frames as below.
+/// First bytes of a snapshot connection (one MsgSnapshot and the backend file it carries).
+pub(crate) const MAGIC_SNAPSHOT: [u8; 4] = *b"RKVS";
+/// Version 1: hello, reply, batch frames, snapshot chunk and end records as below.
 pub(crate) const VERSION_1: u16 = 1;
 
 // Hello, sent by the connecting member.
@@ -30,6 +32,38 @@ pub(crate) const FRAME_HEADER_LEN: usize = FRAME_CRC_OFFSET + size_of::<u32>();
 
 /// Largest frame payload accepted; a larger length is corruption (or not our protocol).
 pub(crate) const MAX_FRAME: usize = 64 << 20;
+
+// Snapshot records (after the MsgSnapshot frame of a snapshot connection). A chunk and the end
+// record have headers of the same length; the kind byte tells them apart.
+pub(crate) const SNAP_KIND_OFFSET: usize = 0;
+// Chunk: `len` bytes of the file at `file_offset` follow the header.
+pub(crate) const CHUNK_LEN_OFFSET: usize = SNAP_KIND_OFFSET + size_of::<u8>();
+pub(crate) const CHUNK_FILE_OFFSET_OFFSET: usize = CHUNK_LEN_OFFSET + size_of::<u32>();
+pub(crate) const CHUNK_CRC_OFFSET: usize = CHUNK_FILE_OFFSET_OFFSET + size_of::<u64>();
+pub(crate) const SNAP_RECORD_LEN: usize = CHUNK_CRC_OFFSET + size_of::<u32>();
+// End: the whole file's length and checksum.
+pub(crate) const END_FILE_LEN_OFFSET: usize = SNAP_KIND_OFFSET + size_of::<u8>();
+pub(crate) const END_FILE_CRC_OFFSET: usize = END_FILE_LEN_OFFSET + size_of::<u64>();
+pub(crate) const END_CRC_OFFSET: usize = END_FILE_CRC_OFFSET + size_of::<u32>();
+const _: () = assert!(END_CRC_OFFSET + size_of::<u32>() == SNAP_RECORD_LEN);
+/// Kind byte of a chunk record.
+pub(crate) const SNAP_KIND_CHUNK: u8 = 1;
+/// Kind byte of the end record.
+pub(crate) const SNAP_KIND_END: u8 = 2;
+/// File bytes per chunk the sender writes.
+pub(crate) const SNAP_CHUNK: usize = 64 * 1024;
+/// Largest chunk accepted; a larger length is corruption.
+pub(crate) const MAX_SNAP_CHUNK: usize = 4 << 20;
+
+/// What a connection carries, told by the hello's magic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    /// Batches of raft messages, for as long as the connection lives.
+    Messages,
+    /// One MsgSnapshot, then the backend file in chunks; the receiver acknowledges with a
+    /// reply once the file is durable and the message stepped.
+    Snapshot,
+}
 
 /// Why an accepting member refused a connection (the reply's status byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +91,7 @@ impl Status {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hello {
+    pub kind: StreamKind,
     pub cluster_id: u64,
     pub from: u64,
     pub to: u64,
@@ -74,10 +109,14 @@ fn le_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-// Format: { magic "RKVP" | version u16 | cluster_id u64 | from u64 | to u64 | crc32c u32 }
+// Format: { magic "RKVP"|"RKVS" | version u16 | cluster_id u64 | from u64 | to u64 | crc32c u32 }
 pub(crate) fn encode_hello(h: &Hello) -> [u8; HELLO_LEN] {
     let mut b = [0u8; HELLO_LEN];
-    b[HELLO_MAGIC_OFFSET..HELLO_VERSION_OFFSET].copy_from_slice(&MAGIC);
+    let magic = match h.kind {
+        StreamKind::Messages => MAGIC,
+        StreamKind::Snapshot => MAGIC_SNAPSHOT,
+    };
+    b[HELLO_MAGIC_OFFSET..HELLO_VERSION_OFFSET].copy_from_slice(&magic);
     b[HELLO_VERSION_OFFSET..HELLO_CLUSTER_OFFSET].copy_from_slice(&VERSION_1.to_le_bytes());
     b[HELLO_CLUSTER_OFFSET..HELLO_FROM_OFFSET].copy_from_slice(&h.cluster_id.to_le_bytes());
     b[HELLO_FROM_OFFSET..HELLO_TO_OFFSET].copy_from_slice(&h.from.to_le_bytes());
@@ -88,12 +127,16 @@ pub(crate) fn encode_hello(h: &Hello) -> [u8; HELLO_LEN] {
 }
 
 pub(crate) fn decode_hello(b: &[u8; HELLO_LEN]) -> io::Result<Hello> {
-    if b[HELLO_MAGIC_OFFSET..HELLO_VERSION_OFFSET] != MAGIC {
-        return Err(bad(format!(
-            "not a ringkv peer connection (first bytes {:02x?})",
-            &b[..HELLO_VERSION_OFFSET]
-        )));
-    }
+    let kind = match &b[HELLO_MAGIC_OFFSET..HELLO_VERSION_OFFSET] {
+        m if m == MAGIC => StreamKind::Messages,
+        m if m == MAGIC_SNAPSHOT => StreamKind::Snapshot,
+        _ => {
+            return Err(bad(format!(
+                "not a ringkv peer connection (first bytes {:02x?})",
+                &b[..HELLO_VERSION_OFFSET]
+            )));
+        }
+    };
     let crc = crc32c::crc32c(&b[..HELLO_CRC_OFFSET]);
     if crc != le_u32(b, HELLO_CRC_OFFSET) {
         return Err(bad(format!(
@@ -107,6 +150,7 @@ pub(crate) fn decode_hello(b: &[u8; HELLO_LEN]) -> io::Result<Hello> {
         )));
     }
     Ok(Hello {
+        kind,
         cluster_id: le_u64(b, HELLO_CLUSTER_OFFSET),
         from: le_u64(b, HELLO_FROM_OFFSET),
         to: le_u64(b, HELLO_TO_OFFSET),
@@ -208,6 +252,131 @@ fn split_payload(p: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
     Ok(out)
 }
 
+// Format: { kind 1 u8 | len u32 | file_offset u64 | crc32c(header[..13] ++ data) u32 } data
+fn encode_chunk_header(file_offset: u64, data: &[u8]) -> [u8; SNAP_RECORD_LEN] {
+    let mut b = [0u8; SNAP_RECORD_LEN];
+    b[SNAP_KIND_OFFSET] = SNAP_KIND_CHUNK;
+    b[CHUNK_LEN_OFFSET..CHUNK_FILE_OFFSET_OFFSET]
+        .copy_from_slice(&(data.len() as u32).to_le_bytes());
+    b[CHUNK_FILE_OFFSET_OFFSET..CHUNK_CRC_OFFSET].copy_from_slice(&file_offset.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&b[..CHUNK_CRC_OFFSET]), data);
+    b[CHUNK_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+// Format: { kind 2 u8 | file_len u64 | file_crc32c u32 | crc32c(record[..13]) u32 }
+fn encode_end(file_len: u64, file_crc: u32) -> [u8; SNAP_RECORD_LEN] {
+    let mut b = [0u8; SNAP_RECORD_LEN];
+    b[SNAP_KIND_OFFSET] = SNAP_KIND_END;
+    b[END_FILE_LEN_OFFSET..END_FILE_CRC_OFFSET].copy_from_slice(&file_len.to_le_bytes());
+    b[END_FILE_CRC_OFFSET..END_CRC_OFFSET].copy_from_slice(&file_crc.to_le_bytes());
+    let crc = crc32c::crc32c(&b[..END_CRC_OFFSET]);
+    b[END_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// Streams all of `file` to `w` as chunk records and the end record. Holds one chunk in
+/// memory. Returns the file's length.
+pub(crate) fn write_snapshot_file(file: &mut impl Read, w: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; SNAP_CHUNK];
+    let mut at = 0u64;
+    let mut file_crc = 0u32;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let data = &buf[..n];
+        w.write_all(&encode_chunk_header(at, data))?;
+        w.write_all(data)?;
+        file_crc = crc32c::crc32c_append(file_crc, data);
+        at += n as u64;
+    }
+    w.write_all(&encode_end(at, file_crc))?;
+    Ok(at)
+}
+
+/// Reads the chunk records and the end record of a snapshot connection from `r` and writes
+/// the file's bytes to `out` in order. `offset` is the stream offset of the first record (for
+/// the error text) and is advanced. Returns the file's length once the end record's length and
+/// whole-file checksum match what arrived. Any mismatch (a record's checksum, a chunk out of
+/// place, the file's checksum, an unknown kind) is an `InvalidData` error naming the stream
+/// offset of the record; what was written to `out` must then be thrown away.
+pub(crate) fn read_snapshot_file(
+    r: &mut impl Read,
+    offset: &mut u64,
+    out: &mut impl Write,
+) -> io::Result<u64> {
+    let mut header = [0u8; SNAP_RECORD_LEN];
+    let mut buf = Vec::new();
+    let mut file_len = 0u64;
+    let mut file_crc = 0u32;
+    loop {
+        let at = *offset;
+        r.read_exact(&mut header)?;
+        match header[SNAP_KIND_OFFSET] {
+            SNAP_KIND_CHUNK => {
+                let len = le_u32(&header, CHUNK_LEN_OFFSET) as usize;
+                if len > MAX_SNAP_CHUNK {
+                    return Err(bad(format!(
+                        "snapshot chunk at stream offset {at} claims {len} bytes (limit \
+                         {MAX_SNAP_CHUNK})"
+                    )));
+                }
+                buf.resize(len, 0);
+                r.read_exact(&mut buf)?;
+                let crc = crc32c::crc32c_append(crc32c::crc32c(&header[..CHUNK_CRC_OFFSET]), &buf);
+                if crc != le_u32(&header, CHUNK_CRC_OFFSET) {
+                    return Err(bad(format!(
+                        "snapshot chunk at stream offset {at}: checksum mismatch over {len} bytes"
+                    )));
+                }
+                let chunk_at = le_u64(&header, CHUNK_FILE_OFFSET_OFFSET);
+                if chunk_at != file_len {
+                    return Err(bad(format!(
+                        "snapshot chunk at stream offset {at} is for file offset {chunk_at}, \
+                         expected {file_len}"
+                    )));
+                }
+                out.write_all(&buf)?;
+                file_crc = crc32c::crc32c_append(file_crc, &buf);
+                file_len += len as u64;
+                *offset += (SNAP_RECORD_LEN + len) as u64;
+            }
+            SNAP_KIND_END => {
+                if crc32c::crc32c(&header[..END_CRC_OFFSET]) != le_u32(&header, END_CRC_OFFSET) {
+                    return Err(bad(format!(
+                        "snapshot end record at stream offset {at}: checksum mismatch"
+                    )));
+                }
+                let want_len = le_u64(&header, END_FILE_LEN_OFFSET);
+                let want_crc = le_u32(&header, END_FILE_CRC_OFFSET);
+                if want_len != file_len {
+                    return Err(bad(format!(
+                        "snapshot end record at stream offset {at}: file length {want_len}, \
+                         {file_len} bytes arrived"
+                    )));
+                }
+                if want_crc != file_crc {
+                    return Err(bad(format!(
+                        "snapshot end record at stream offset {at}: file checksum {want_crc:08x}, \
+                         the {file_len} bytes that arrived have {file_crc:08x}"
+                    )));
+                }
+                *offset += SNAP_RECORD_LEN as u64;
+                return Ok(file_len);
+            }
+            k => {
+                return Err(bad(format!(
+                    "snapshot record at stream offset {at} has unknown kind {k}"
+                )));
+            }
+        }
+    }
+}
+
 /// Writes all of `buf` (a helper so callers read as protocol steps).
 pub(crate) fn write_all(w: &mut impl Write, buf: &[u8]) -> io::Result<()> {
     w.write_all(buf)
@@ -220,6 +389,7 @@ mod tests {
     #[test]
     fn hello_and_reply_round_trip_and_corruption_is_named() {
         let h = Hello {
+            kind: StreamKind::Messages,
             cluster_id: 0xdead_beef,
             from: 7,
             to: 9,
@@ -278,6 +448,123 @@ mod tests {
         let mut off = 0;
         read_frame(&mut r, &mut off).unwrap();
         assert!(read_frame(&mut r, &mut off).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_hello_is_told_apart_by_its_magic() {
+        let h = Hello {
+            kind: StreamKind::Snapshot,
+            cluster_id: 1,
+            from: 2,
+            to: 3,
+        };
+        let b = encode_hello(&h);
+        assert_eq!(&b[..4], b"RKVS");
+        assert_eq!(decode_hello(&b).unwrap(), h);
+    }
+
+    /// A file of `len` bytes that is not all one value (so a moved byte changes checksums).
+    fn file_bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    fn stream_of(file: &[u8]) -> Vec<u8> {
+        let mut stream = Vec::new();
+        let n = write_snapshot_file(&mut &file[..], &mut stream).unwrap();
+        assert_eq!(n, file.len() as u64);
+        stream
+    }
+
+    fn receive(stream: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut off = 100;
+        let n = read_snapshot_file(&mut &stream[..], &mut off, &mut out)?;
+        assert_eq!(n, out.len() as u64);
+        assert_eq!(off, 100 + stream.len() as u64);
+        Ok(out)
+    }
+
+    #[test]
+    fn snapshot_files_round_trip_in_chunks() {
+        for len in [0, 1, SNAP_CHUNK - 1, SNAP_CHUNK, 3 * SNAP_CHUNK + 17] {
+            let file = file_bytes(len);
+            let stream = stream_of(&file);
+            let chunks = len.div_ceil(SNAP_CHUNK);
+            assert_eq!(
+                stream.len(),
+                len + (chunks + 1) * SNAP_RECORD_LEN,
+                "{len}-byte file"
+            );
+            assert_eq!(receive(&stream).unwrap(), file);
+        }
+    }
+
+    #[test]
+    fn snapshot_corruption_is_detected_and_names_the_record() {
+        let file = file_bytes(2 * SNAP_CHUNK + 5);
+        let stream = stream_of(&file);
+        let second = SNAP_RECORD_LEN + SNAP_CHUNK;
+        let end = 2 * (SNAP_RECORD_LEN + SNAP_CHUNK) + SNAP_RECORD_LEN + 5;
+        // Stream offsets in messages count from 100 (the caller's offset of the first record).
+        let err = |s: &[u8]| receive(s).unwrap_err().to_string();
+
+        let mut s = stream.clone();
+        s[second + SNAP_RECORD_LEN + 10] ^= 0x04;
+        let e = err(&s);
+        assert!(
+            e.contains(&format!(
+                "snapshot chunk at stream offset {}: checksum mismatch",
+                100 + second
+            )),
+            "{e}"
+        );
+
+        let mut s = stream.clone();
+        s[second + CHUNK_FILE_OFFSET_OFFSET] ^= 0x01;
+        assert!(err(&s).contains("checksum mismatch"), "{}", err(&s));
+
+        let mut s = stream.clone();
+        s[end + END_FILE_LEN_OFFSET] ^= 0x01;
+        let e = err(&s);
+        assert!(
+            e.contains(&format!("end record at stream offset {}", 100 + end)),
+            "{e}"
+        );
+
+        let mut s = stream.clone();
+        s[second] = 9;
+        let e = err(&s);
+        assert!(e.contains("unknown kind 9"), "{e}");
+
+        // A chunk dropped on the way: the next one is out of place.
+        let mut s = stream[..SNAP_RECORD_LEN + SNAP_CHUNK].to_vec();
+        s.extend_from_slice(&stream[..SNAP_RECORD_LEN + SNAP_CHUNK]);
+        s.extend_from_slice(&stream[second..]);
+        let e = err(&s);
+        assert!(e.contains("is for file offset 0, expected 65536"), "{e}");
+
+        // Consistent records whose bytes are not the file the end record describes.
+        let mut s = stream.clone();
+        let other = stream_of(&file_bytes(5));
+        s.truncate(end);
+        let mut forged = encode_end(2 * SNAP_CHUNK as u64 + 5, 0xabcd);
+        s.append(&mut forged.to_vec());
+        let e = err(&s);
+        assert!(e.contains("file checksum 0000abcd"), "{e}");
+        forged = encode_end(7, 0);
+        let mut s = other[..other.len() - SNAP_RECORD_LEN].to_vec();
+        s.extend_from_slice(&forged);
+        assert!(err(&s).contains("file length 7, 5 bytes arrived"));
+
+        // Cut short: an I/O error, not a clean end.
+        let e = receive(&stream[..stream.len() - 3]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        // An oversized chunk length is refused before allocating.
+        let mut s = stream.clone();
+        s[CHUNK_LEN_OFFSET..CHUNK_FILE_OFFSET_OFFSET]
+            .copy_from_slice(&(MAX_SNAP_CHUNK as u32 + 1).to_le_bytes());
+        assert!(err(&s).contains("limit"));
     }
 
     #[test]

@@ -21,21 +21,30 @@
 //!    with a log line naming both IDs, before reading any raft message.
 //! 3. A frame whose checksum fails closes the connection (and names the stream offset); the
 //!    sender reconnects and raft resends.
+//! 4. A MsgSnapshot never waits in a peer's message connection: it goes to that peer's
+//!    snapshot thread, which streams a backend copy on a connection of its own and reports
+//!    `report_snapshot` exactly once per message it took (Finish only after the receiver
+//!    acknowledged; the receiver acknowledges only after the file is durable under
+//!    `{index:016x}.snap.db` and the message stepped). A duplicate arriving while one runs is
+//!    dropped without a report: the running one reports. The message's metadata is replaced
+//!    by the copy's index, that entry's term and the configuration applied up to it (when the
+//!    node knows the term), as etcd does: the file is newer than the raft snapshot.
 
 mod frame;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Mutex, RwLock};
-use ringkv_engine::{RaftMessage, RaftMessageType, RaftNode, Transport};
+use ringkv_engine::{RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport};
 
-use self::frame::{Hello, Status};
+use self::frame::{Hello, Status, StreamKind};
 
 /// Messages queued per peer before `send` starts dropping (raft-rs keeps at most 256
 /// appends in flight per follower, plus heartbeats and votes).
@@ -48,12 +57,39 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a hello or its reply may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one read or write of a snapshot connection may stall (the receiver's
+/// acknowledgement waits for an fsync and a rename).
+const SNAPSHOT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the transport needs to know about this member.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
     pub cluster_id: u64,
     pub member_id: u64,
+}
+
+/// A consistent copy of a member's backend file and the raft state it holds.
+pub struct BackendCopy {
+    /// The copy (removed by the transport when the transfer ends).
+    pub path: PathBuf,
+    /// Its consistent index: the last entry applied into it.
+    pub index: u64,
+    /// The term of that entry; 0 when not known (the MsgSnapshot's metadata is then sent
+    /// unchanged).
+    pub term: u64,
+    /// The configuration applied up to `index`.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+/// The files a snapshot transfer reads and writes, supplied by the node.
+pub struct SnapshotFiles {
+    /// Makes a consistent copy of this member's backend file (committed up to the applied
+    /// index, so its consistent index is at least any snapshot's).
+    pub copy_backend: Box<dyn Fn() -> io::Result<BackendCopy> + Send + Sync>,
+    /// Where the backend file received for a snapshot at `index` goes
+    /// (`member/snap/{index:016x}.snap.db`, where the node's restore looks for it).
+    pub received_path: Box<dyn Fn(u64) -> io::Result<PathBuf> + Send + Sync>,
 }
 
 struct PeerSender {
@@ -76,6 +112,8 @@ struct Shared {
     accepted: Mutex<Vec<TcpStream>>,
     /// Answers a cluster query: the member list as JSON (membership.rs records).
     member_list: RwLock<Option<MemberListFn>>,
+    /// Source and destination of snapshot transfers (none: snapshots are reported failed).
+    snapshot_files: RwLock<Option<Arc<SnapshotFiles>>>,
 }
 
 /// Produces the member list a cluster query is answered with.
@@ -99,6 +137,7 @@ impl PeerTransport {
                 stopping: AtomicBool::new(false),
                 accepted: Mutex::new(Vec::new()),
                 member_list: RwLock::new(None),
+                snapshot_files: RwLock::new(None),
             }),
         }
     }
@@ -127,6 +166,7 @@ impl PeerTransport {
             urls: urls.clone(),
             stop: stop.clone(),
             rx,
+            snapshot_busy: Arc::new(AtomicBool::new(false)),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("ringkv-peer-{id:x}"))
@@ -150,6 +190,11 @@ impl PeerTransport {
     /// is answered with.
     pub fn set_member_list(&self, f: MemberListFn) {
         *self.shared.member_list.write() = Some(f);
+    }
+
+    /// Sets where snapshot transfers read this member's backend and write received ones.
+    pub fn set_snapshot_files(&self, files: SnapshotFiles) {
+        *self.shared.snapshot_files.write() = Some(Arc::new(files));
     }
 
     /// Whether a peer refused us because this member was removed from the cluster.
@@ -227,6 +272,9 @@ struct SenderWorker {
     urls: Arc<RwLock<Vec<String>>>,
     stop: Arc<AtomicBool>,
     rx: Receiver<RaftMessage>,
+    /// A snapshot transfer to this peer is under way (raft-rs sends one at a time; a
+    /// duplicate meanwhile is dropped, the running one reports).
+    snapshot_busy: Arc<AtomicBool>,
 }
 
 impl SenderWorker {
@@ -274,67 +322,7 @@ impl SenderWorker {
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
-        let urls = self.urls.read().clone();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
-        for url in &urls {
-            let Some(addr) = peer_addr(url) else {
-                last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
-                continue;
-            };
-            match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-                Ok(s) => return self.handshake(s, url),
-                Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
-            }
-        }
-        Err(last)
-    }
-
-    fn handshake(&self, mut s: TcpStream, url: &str) -> io::Result<TcpStream> {
-        s.set_nodelay(true)?;
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-        let cfg = &self.shared.cfg;
-        frame::write_all(
-            &mut s,
-            &frame::encode_hello(&Hello {
-                cluster_id: cfg.cluster_id,
-                from: cfg.member_id,
-                to: self.to,
-            }),
-        )?;
-        let mut reply = [0u8; frame::REPLY_LEN];
-        s.read_exact(&mut reply)?;
-        let (status, their_cluster) = frame::decode_reply(&reply)?;
-        let refused = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-        match status {
-            Status::Ok => {
-                s.set_read_timeout(None)?;
-                s.set_write_timeout(None)?;
-                Ok(s)
-            }
-            Status::ClusterMismatch => {
-                tracing::error!(
-                    "peer {:x} at {url} refused us: it belongs to cluster {their_cluster:x}, \
-                     we to cluster {:x}",
-                    self.to,
-                    cfg.cluster_id
-                );
-                refused("cluster ID mismatch".into())
-            }
-            Status::WrongMember => refused(format!(
-                "{url} is not member {:x} (stale peer URL?)",
-                self.to
-            )),
-            Status::Removed => {
-                tracing::error!(
-                    "peer {:x} refused us: member {:x} was removed from the cluster",
-                    self.to,
-                    cfg.member_id
-                );
-                self.shared.self_removed.store(true, Ordering::Release);
-                refused("this member was removed from the cluster".into())
-            }
-        }
+        dial(&self.shared, self.to, &self.urls, StreamKind::Messages)
     }
 
     /// Sends batches until the connection fails or the worker stops.
@@ -369,14 +357,9 @@ impl SenderWorker {
                 }
             }
             for snap in snapshots {
-                // Snapshot transfer (the backend file streamed beside the message) is not
-                // built yet: raft is told it failed and retries later.
-                tracing::warn!(
-                    "snapshot for member {:x} at index {}: transfer not supported; reported failed",
-                    self.to,
-                    snap.get_snapshot().get_metadata().index
-                );
-                self.shared.report_unreachable(self.to, true);
+                // The backend file travels on a connection of its own: this one keeps
+                // carrying heartbeats and appends meanwhile.
+                self.start_snapshot(snap);
             }
             if batch.is_empty() {
                 continue;
@@ -385,6 +368,191 @@ impl SenderWorker {
             frame::encode_frame(&batch, &mut buf);
             w.write_all(&buf)?;
             w.flush()?;
+        }
+    }
+
+    /// Sends `msg` (a MsgSnapshot) with a copy of the backend on a connection of its own, on a
+    /// thread of its own, and reports the outcome to raft.
+    fn start_snapshot(&self, msg: RaftMessage) {
+        let index = msg.get_snapshot().get_metadata().index;
+        if self.snapshot_busy.swap(true, Ordering::AcqRel) {
+            tracing::debug!(
+                "snapshot at index {index} for member {:x}: one is already being sent",
+                self.to
+            );
+            return;
+        }
+        let shared = self.shared.clone();
+        let urls = self.urls.clone();
+        let busy = self.snapshot_busy.clone();
+        let to = self.to;
+        let spawned = std::thread::Builder::new()
+            .name(format!("ringkv-snap-{to:x}"))
+            .spawn(move || {
+                let result = send_snapshot(&shared, to, &urls, msg);
+                busy.store(false, Ordering::Release);
+                match result {
+                    Ok(len) => {
+                        tracing::info!(
+                            "sent the snapshot at index {index} ({len} bytes) to member {to:x}"
+                        );
+                        if let Some(raft) = shared.raft.get() {
+                            raft.report_snapshot(to, false);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            "sending the snapshot at index {index} to member {to:x} failed: {e}"
+                        );
+                        shared.report_unreachable(to, true);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.snapshot_busy.store(false, Ordering::Release);
+            tracing::warn!(
+                "cannot start a snapshot sender for member {:x}: {e}",
+                self.to
+            );
+            self.shared.report_unreachable(self.to, true);
+        }
+    }
+}
+
+/// Removes a file when dropped (the backend copy a transfer streams from).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One snapshot transfer: copy the backend, connect, send the MsgSnapshot frame and the file's
+/// chunks, wait for the receiver's acknowledgement. Returns the file's length.
+fn send_snapshot(
+    shared: &Shared,
+    to: u64,
+    urls: &RwLock<Vec<String>>,
+    msg: RaftMessage,
+) -> io::Result<u64> {
+    let files = shared
+        .snapshot_files
+        .read()
+        .clone()
+        .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
+    let at = (files.copy_backend)()?;
+    let copy = RemoveOnDrop(at.path.clone());
+    let mut msg = msg;
+    let meta = msg.mut_snapshot().mut_metadata();
+    if at.term != 0 && at.index >= meta.index {
+        // Invariant 4 of this module: the metadata says what the file holds (newer than the
+        // raft snapshot, and with the current configuration: a member added since the raft
+        // snapshot was taken refuses a snapshot whose configuration lacks it).
+        meta.index = at.index;
+        meta.term = at.term;
+        meta.set_conf_state(RaftConfState::from((at.voters, at.learners)));
+    }
+    let mut file = std::fs::File::open(&copy.0)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", copy.0.display())))?;
+    let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
+    s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    let mut w =
+        BufWriter::with_capacity(frame::SNAP_CHUNK + frame::SNAP_RECORD_LEN, s.try_clone()?);
+    let encoded = protobuf::Message::write_to_bytes(&msg)
+        .map_err(|e| io::Error::other(format!("encode raft message: {e}")))?;
+    let mut buf = Vec::new();
+    frame::encode_frame(&[encoded], &mut buf);
+    w.write_all(&buf)?;
+    let len = frame::write_snapshot_file(&mut file, &mut w)
+        .map_err(|e| io::Error::new(e.kind(), format!("streaming {}: {e}", copy.0.display())))?;
+    w.flush()?;
+    let mut reply = [0u8; frame::REPLY_LEN];
+    s.read_exact(&mut reply).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("no acknowledgement from the receiver: {e}"),
+        )
+    })?;
+    match frame::decode_reply(&reply)? {
+        (Status::Ok, _) => Ok(len),
+        (status, _) => Err(io::Error::other(format!(
+            "the receiver refused it ({status:?})"
+        ))),
+    }
+}
+
+/// Connects to one of `urls` of member `to` and says hello for a `kind` connection.
+fn dial(
+    shared: &Shared,
+    to: u64,
+    urls: &RwLock<Vec<String>>,
+    kind: StreamKind,
+) -> io::Result<TcpStream> {
+    let urls = urls.read().clone();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
+    for url in &urls {
+        let Some(addr) = peer_addr(url) else {
+            last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
+            continue;
+        };
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => return handshake(shared, to, kind, s, url),
+            Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+fn handshake(
+    shared: &Shared,
+    to: u64,
+    kind: StreamKind,
+    mut s: TcpStream,
+    url: &str,
+) -> io::Result<TcpStream> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let cfg = &shared.cfg;
+    frame::write_all(
+        &mut s,
+        &frame::encode_hello(&Hello {
+            kind,
+            cluster_id: cfg.cluster_id,
+            from: cfg.member_id,
+            to,
+        }),
+    )?;
+    let mut reply = [0u8; frame::REPLY_LEN];
+    s.read_exact(&mut reply)?;
+    let (status, their_cluster) = frame::decode_reply(&reply)?;
+    let refused = |why: String| Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    match status {
+        Status::Ok => {
+            s.set_read_timeout(None)?;
+            s.set_write_timeout(None)?;
+            Ok(s)
+        }
+        Status::ClusterMismatch => {
+            tracing::error!(
+                "peer {:x} at {url} refused us: it belongs to cluster {their_cluster:x}, \
+                 we to cluster {:x}",
+                to,
+                cfg.cluster_id
+            );
+            refused("cluster ID mismatch".into())
+        }
+        Status::WrongMember => refused(format!("{url} is not member {:x} (stale peer URL?)", to)),
+        Status::Removed => {
+            tracing::error!(
+                "peer {:x} refused us: member {:x} was removed from the cluster",
+                to,
+                cfg.member_id
+            );
+            shared.self_removed.store(true, Ordering::Release);
+            refused("this member was removed from the cluster".into())
         }
     }
 }
@@ -458,8 +626,18 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     if status != Status::Ok {
         return Ok(());
     }
-    s.set_read_timeout(None)?;
+    if h.kind == StreamKind::Snapshot {
+        // Not kept in `accepted` (whose clones would hold the socket open): a transfer ends
+        // by itself, at the latest when a read stalls for SNAPSHOT_IO_TIMEOUT.
+        let closer = s.try_clone()?;
+        let r = receive_snapshot(shared, s, h.from).inspect_err(|e| {
+            tracing::error!("receiving a snapshot from member {:x}: {e}", h.from);
+        });
+        let _ = closer.shutdown(Shutdown::Both);
+        return r;
+    }
     shared.accepted.lock().push(s.try_clone()?);
+    s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
     loop {
@@ -504,6 +682,83 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     }
 }
 
+/// Receives one snapshot on an accepted snapshot connection: the MsgSnapshot frame, then the
+/// backend file, written to `{index}.snap.db.tmp`, fsynced, renamed to `{index}.snap.db` and
+/// the directory fsynced; only then is the message stepped into raft (whose restore installs
+/// that file) and the sender acknowledged. On any failure the temporary file is removed and the
+/// connection closed without acknowledgement (the sender reports the snapshot failed).
+fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<()> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+    s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    let mut r =
+        BufReader::with_capacity(frame::SNAP_CHUNK + frame::SNAP_RECORD_LEN, s.try_clone()?);
+    let mut offset = frame::HELLO_LEN as u64;
+    let mut batch = frame::read_frame(&mut r, &mut offset)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no snapshot message"))?;
+    if batch.len() != 1 {
+        return Err(invalid(format!(
+            "the first frame of a snapshot connection holds {} messages, not 1",
+            batch.len()
+        )));
+    }
+    let m: RaftMessage = protobuf::Message::parse_from_bytes(&batch.remove(0))
+        .map_err(|e| invalid(format!("undecodable snapshot message: {e}")))?;
+    if m.get_msg_type() != RaftMessageType::MsgSnapshot || m.from != from {
+        return Err(invalid(format!(
+            "a snapshot connection carried {:?} from {:x}",
+            m.get_msg_type(),
+            m.from
+        )));
+    }
+    let Some(files) = shared.snapshot_files.read().clone() else {
+        return Err(io::Error::other("this member cannot receive snapshots yet"));
+    };
+    let index = m.get_snapshot().get_metadata().index;
+    let dst = (files.received_path)(index)?;
+    let mut tmp = dst.clone().into_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let named =
+        |e: io::Error, path: &Path| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let written = (|| -> io::Result<u64> {
+        let file = std::fs::File::create(&tmp).map_err(|e| named(e, &tmp))?;
+        let mut w = BufWriter::with_capacity(frame::SNAP_CHUNK, file);
+        let len = frame::read_snapshot_file(&mut r, &mut offset, &mut w)?;
+        let file = w.into_inner().map_err(|e| named(e.into_error(), &tmp))?;
+        // A failed fsync leaves the file's contents unknown: it is thrown away, never used.
+        file.sync_all().map_err(|e| named(e, &tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(|e| named(e, &dst))?;
+        let dir = dst.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| named(e, dir))?;
+        Ok(len)
+    })();
+    let len = match written {
+        Ok(len) => len,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io::Error::new(
+                e.kind(),
+                format!("snapshot at index {index}: {e}"),
+            ));
+        }
+    };
+    let Some(raft) = shared.raft.get() else {
+        let _ = std::fs::remove_file(&dst);
+        return Err(io::Error::other(
+            "this member's raft node is not running yet; snapshot dropped",
+        ));
+    };
+    tracing::info!(
+        "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
+        dst.display()
+    );
+    raft.step(m);
+    s.write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))
+}
+
 /// A cluster query (hello with sender and target 0): the reply carries the cluster ID, then
 /// one frame holds the member list.
 fn answer_cluster_query(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
@@ -529,6 +784,7 @@ pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
             let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
             s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
             s.write_all(&frame::encode_hello(&Hello {
+                kind: StreamKind::Messages,
                 cluster_id: 0,
                 from: 0,
                 to: 0,
@@ -556,6 +812,62 @@ pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
 mod tests {
     use super::*;
 
+    /// A snapshot connection whose file arrives damaged: nothing is acknowledged, nothing is
+    /// left under the received name, the temporary file is removed.
+    #[test]
+    fn a_damaged_snapshot_stream_leaves_no_file_and_no_acknowledgement() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 10,
+        });
+        let received = dir.path().to_path_buf();
+        ours.set_snapshot_files(SnapshotFiles {
+            copy_backend: Box::new(|| Err(io::Error::other("not in this test"))),
+            received_path: Box::new(
+                move |index| Ok(received.join(format!("{index:016x}.snap.db"))),
+            ),
+        });
+        let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Snapshot,
+            cluster_id: 1,
+            from: 11,
+            to: 10,
+        }))
+        .unwrap();
+        let mut reply = [0u8; frame::REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(frame::decode_reply(&reply).unwrap(), (Status::Ok, 1));
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgSnapshot);
+        msg.from = 11;
+        msg.to = 10;
+        msg.mut_snapshot().mut_metadata().index = 0x42;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        let file: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let at = out.len();
+        frame::write_snapshot_file(&mut &file[..], &mut out).unwrap();
+        // One bit of the second chunk's data.
+        out[at + 2 * frame::SNAP_RECORD_LEN + frame::SNAP_CHUNK + 3] ^= 0x20;
+        s.write_all(&out).unwrap();
+        // The receiver closes the connection without a reply.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "acknowledged a damaged snapshot");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        ours.stop();
+    }
+
     #[test]
     fn peer_urls_resolve() {
         assert_eq!(
@@ -578,6 +890,7 @@ mod tests {
         let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Messages,
             cluster_id: 2,
             from: 11,
             to: 10,
@@ -597,6 +910,7 @@ mod tests {
         ours.remove_peer(12);
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Messages,
             cluster_id: 1,
             from: 12,
             to: 10,

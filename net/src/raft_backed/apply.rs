@@ -206,6 +206,7 @@ impl StateMachine for Applier {
         let mut store = inner.store.write();
         // Invariant 1: the index goes with the writes of this entry.
         store.set_consistent_index(index);
+        inner.applied_term.store(term, Ordering::Release);
         if term != self.term {
             self.term = term;
             store.set_header_ids(HeaderIds {
@@ -274,7 +275,12 @@ impl StateMachine for Applier {
         let r = self.inner.restore_snapshot(meta);
         match &r {
             // The next entry writes its term into the new store's header ids.
-            Ok(_) => self.term = 0,
+            Ok(ci) => {
+                self.term = 0;
+                // The term of the file's index is known only when it is the snapshot's.
+                let term = if *ci == meta.index { meta.term } else { 0 };
+                self.inner.applied_term.store(term, Ordering::Release);
+            }
             Err(why) => self.inner.fail(format!("snapshot install: {why}")),
         }
         r

@@ -28,6 +28,7 @@ use super::{Inner, NodeOptions, OpenError, RaftBackedNode, Waiter, WaiterGuard, 
 use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
+use crate::peer::SnapshotFiles;
 
 /// Key in the `cluster` bucket of this member's IDs (format.md, "Membership buckets").
 pub(super) const IDS_KEY: &[u8] = b"ringkv_ids";
@@ -158,6 +159,25 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
             .unwrap_or_default();
         serde_json::Value::Array(list).to_string().into_bytes()
     }));
+    let source = Arc::downgrade(inner);
+    let target = Arc::downgrade(inner);
+    inner.peers.set_snapshot_files(SnapshotFiles {
+        copy_backend: Box::new(move || {
+            let inner = source
+                .upgrade()
+                .ok_or_else(|| std::io::Error::other("the node is closed"))?;
+            inner
+                .copy_backend_at()
+                .map(|(_, _, at)| at)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        }),
+        received_path: Box::new(move |index| {
+            target
+                .upgrade()
+                .map(|inner| inner.snap_dir.db_path(index))
+                .ok_or_else(|| std::io::Error::other("the node is closed"))
+        }),
+    });
     let members = inner.members.read().clone();
     for id in &members.removed {
         inner.peers.remove_peer(*id);
@@ -497,6 +517,7 @@ impl Applier {
         let context = decode_context(&cc.context);
         let mut store = inner.store.write();
         store.set_consistent_index(index);
+        inner.applied_term.store(term, Ordering::Release);
         if term != self.term {
             self.term = term;
             store.set_header_ids(HeaderIds {

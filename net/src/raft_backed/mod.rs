@@ -200,6 +200,61 @@ impl NodeOptions {
 #[error("ringkv: {0}")]
 pub struct OpenError(String);
 
+impl Inner {
+    /// A consistent copy of the backend file beside it (`member/snap/db.snapshot.N`) and its
+    /// length: commits (so the copy's consistent index is the applied index), then copies the
+    /// file while the store's write lock keeps any commit out. The caller removes the copy.
+    /// Serves the Maintenance.Snapshot RPC and snapshot transfers to peers.
+    fn copy_backend(&self) -> NodeResult<(PathBuf, u64)> {
+        self.copy_backend_at().map(|(path, len, _)| (path, len))
+    }
+
+    /// [`Inner::copy_backend`], and what raft must be told the copy holds: its index (the
+    /// consistent index), that entry's term, and the configuration applied up to it. A peer
+    /// receiving the copy gets these as its snapshot's metadata (like etcd's merged snapshot),
+    /// so that a member added after the newest raft snapshot finds itself in the configuration.
+    fn copy_backend_at(&self) -> NodeResult<(PathBuf, u64, crate::peer::BackendCopy)> {
+        let mut store = self.store.write();
+        let at = {
+            // Lock order: `store` before `members`. Both are only changed by the apply thread
+            // with the store's write lock held, so they describe the same index.
+            let (voters, learners) = self.members.read().conf(None);
+            crate::peer::BackendCopy {
+                path: PathBuf::new(),
+                index: store.consistent_index(),
+                term: self.applied_term.load(Ordering::Acquire),
+                voters,
+                learners,
+            }
+        };
+        self.dirty.store(true, Ordering::Release);
+        self.commit_locked(&mut store);
+        if self.failed.get().is_some() {
+            return Err(EtcdError::Internal(self.failure_text()));
+        }
+        let src = store
+            .backend()
+            .path()
+            .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
+        let dst = src.with_file_name(format!(
+            "{SNAPSHOT_COPY_PREFIX}{}",
+            self.next_request_id.fetch_add(1, Ordering::Relaxed)
+        ));
+        let n = std::fs::copy(&src, &dst).map_err(|e| {
+            EtcdError::Internal(format!(
+                "snapshot: copy {} to {}: {e}",
+                src.display(),
+                dst.display()
+            ))
+        })?;
+        let at = crate::peer::BackendCopy {
+            path: dst.clone(),
+            ..at
+        };
+        Ok((dst, n, at))
+    }
+}
+
 /// WAL flush latencies for `/metrics`.
 #[derive(Default)]
 struct FsyncHistogram(Mutex<Histogram>);
@@ -249,6 +304,9 @@ pub(crate) struct Inner {
     last_commit: Mutex<Instant>,
     /// Entries applied since the last backend commit.
     ops_since_commit: AtomicU64,
+    /// Raft term of the entry at the store's consistent index (0: not known, e.g. right after
+    /// a restart). Set with the consistent index, under the store's write lock.
+    applied_term: AtomicU64,
     /// The first fatal failure (storage, WAL, corrupt entry); every request fails after it.
     failed: OnceLock<String>,
     stopping: AtomicBool,
@@ -595,7 +653,7 @@ impl RaftBackedNode {
         }
         cfg.snapshots = SnapshotPolicy {
             count: opts.snapshot_count,
-            catch_up: snapshot::SNAPSHOT_CATCH_UP_ENTRIES,
+            catch_up: snapshot::catch_up_entries(),
             max_snapshots: opts.max_snapshots,
             max_wals: opts.max_wals,
             dir: Some(snaps.clone()),
@@ -643,6 +701,7 @@ impl RaftBackedNode {
             dirty: AtomicBool::new(false),
             last_commit: Mutex::new(Instant::now()),
             ops_since_commit: AtomicU64::new(0),
+            applied_term: AtomicU64::new(0),
             failed: OnceLock::new(),
             stopping: AtomicBool::new(false),
             wal_fsync,
@@ -1364,32 +1423,9 @@ impl EtcdNode for RaftBackedNode {
         self.inner.check_failed()?;
         let inner = self.inner.clone();
         // A consistent copy: commit, then copy the file while no commit can run.
-        let copy = tokio::task::spawn_blocking(move || -> NodeResult<(PathBuf, u64)> {
-            let mut store = inner.store.write();
-            inner.dirty.store(true, Ordering::Release);
-            inner.commit_locked(&mut store);
-            if inner.failed.get().is_some() {
-                return Err(EtcdError::Internal(inner.failure_text()));
-            }
-            let src = store
-                .backend()
-                .path()
-                .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
-            let dst = src.with_file_name(format!(
-                "{SNAPSHOT_COPY_PREFIX}{}",
-                inner.next_request_id.fetch_add(1, Ordering::Relaxed)
-            ));
-            let n = std::fs::copy(&src, &dst).map_err(|e| {
-                EtcdError::Internal(format!(
-                    "snapshot: copy {} to {}: {e}",
-                    src.display(),
-                    dst.display()
-                ))
-            })?;
-            Ok((dst, n))
-        })
-        .await
-        .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
+        let copy = tokio::task::spawn_blocking(move || inner.copy_backend())
+            .await
+            .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
         let (path, size) = copy;
         let (tx, rx) = mpsc::channel::<NodeResult<Bytes>>(4);
         tokio::task::spawn_blocking(move || {

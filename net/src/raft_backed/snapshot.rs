@@ -29,6 +29,18 @@ use super::{Inner, NodeOptions};
 
 /// Entries kept in the in-memory raft log below a snapshot (etcd's `SnapshotCatchUpEntries`).
 pub(crate) const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
+/// Environment variable overriding [`SNAPSHOT_CATCH_UP_ENTRIES`], for tests only: a small
+/// value makes a briefly stopped follower need a snapshot transfer to catch up.
+pub(crate) const SNAPSHOT_CATCH_UP_ENV: &str = "RINGKV_SNAPSHOT_CATCH_UP";
+
+/// The catch-up entries this node keeps: [`SNAPSHOT_CATCH_UP_ENV`] if set to a number, else
+/// [`SNAPSHOT_CATCH_UP_ENTRIES`].
+pub(crate) fn catch_up_entries() -> u64 {
+    std::env::var(SNAPSHOT_CATCH_UP_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SNAPSHOT_CATCH_UP_ENTRIES)
+}
 
 pub(crate) fn backend_options() -> BackendOptions {
     BackendOptions {

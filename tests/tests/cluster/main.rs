@@ -4,3 +4,4 @@
 mod basics;
 mod failover;
 mod membership;
+mod snapshot_transfer;

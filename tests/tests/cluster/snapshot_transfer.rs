@@ -1,0 +1,216 @@
+//! Snapshot transfer (issue 6, "Snapshots"; spec §10): a follower stopped while the others
+//! write far past the compacted raft log catches up by receiving the leader's backend file,
+//! and then serves every key with the revisions the leader has.
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use ringkv_tests::{RingkvCluster, RingkvProcess, TEST_CLUSTER_TOKEN, etcdctl_at, free_port};
+
+/// Keys written while the follower is down.
+const KEYS: usize = 3000;
+/// Concurrent writers (group commit keeps the run short).
+const WRITERS: usize = 20;
+
+/// (key, value, create, mod, version) of every key under `k/`.
+type Dump = Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>;
+
+async fn dump(c: &mut Client, serializable: bool) -> Option<Dump> {
+    let mut opts = GetOptions::new().with_prefix();
+    if serializable {
+        opts = opts.with_serializable();
+    }
+    let r = c.get("k/", Some(opts)).await.ok()?;
+    Some(
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key().to_vec(),
+                    kv.value().to_vec(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_transfer() {
+    // Snapshots every 100 entries keeping 50 below them: a follower that misses 3000 entries
+    // is behind the leader's first log index and needs the backend file.
+    let mut c = RingkvCluster::start_with(
+        3,
+        &["--snapshot-count", "100"],
+        &[("RINGKV_SNAPSHOT_CATCH_UP", "50"), ("RINGKV_LOG", "info")],
+    );
+    let leader = c.leader();
+    let down = (leader + 1) % 3;
+    c.members[down].stop();
+    let up: Vec<String> = (0..3)
+        .filter(|i| *i != down)
+        .map(|i| format!("http://{}", c.members[i].endpoint()))
+        .collect();
+    let client = Client::connect(up, None).await.expect("connect");
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let mut c = client.clone();
+        writers.spawn(async move {
+            for i in (w..KEYS).step_by(WRITERS) {
+                c.put(format!("k/{i:05}"), format!("v{i}"), None)
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let mut lc = Client::connect([format!("http://{}", c.members[leader].endpoint())], None)
+        .await
+        .expect("connect leader");
+    let want = dump(&mut lc, false).await.expect("leader dump");
+    assert_eq!(want.len(), KEYS);
+
+    c.members[down].relaunch();
+    c.members[down].wait_ready();
+    let mut fc = Client::connect([format!("http://{}", c.members[down].endpoint())], None)
+        .await
+        .expect("connect follower");
+    // Serializable reads: what the restarted member itself has applied.
+    let start = Instant::now();
+    loop {
+        let have = dump(&mut fc, true).await;
+        if have.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the restarted member has {} of {KEYS} keys (or different revisions) after 15 s; log:\n{}",
+            have.map_or(0, |h| h.len()),
+            c.members[down].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // It got there by a snapshot: received, made durable, installed; the leader sent it.
+    let log = c.members[down].log();
+    assert!(log.contains("received the snapshot at index"), "{log}");
+    assert!(
+        log.contains("installed the snapshot received from the leader"),
+        "{log}"
+    );
+    let sent = c.members[leader].log();
+    assert!(sent.contains("sent the snapshot at index"), "{sent}");
+    // The received file was renamed over the backend: no temporary file is left.
+    let snap_dir = c.members[down].data_dir.join("member/snap");
+    let leftovers: Vec<String> = std::fs::read_dir(&snap_dir)
+        .expect("snap dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_learner_starts_from_a_snapshot_transfer() {
+    let env = [("RINGKV_SNAPSHOT_CATCH_UP", "50"), ("RINGKV_LOG", "info")];
+    let mut c = RingkvCluster::start_with(3, &["--snapshot-count", "100"], &env);
+    let leader = c.leader();
+    let ep = c.members[leader].endpoint();
+    let client = Client::connect([format!("http://{ep}")], None)
+        .await
+        .expect("connect");
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let mut c = client.clone();
+        writers.spawn(async move {
+            for i in (w..500).step_by(WRITERS) {
+                c.put(format!("k/{i:05}"), format!("v{i}"), None)
+                    .await
+                    .expect("put");
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.expect("writer");
+    }
+    let mut lc = client.clone();
+    let want = dump(&mut lc, false).await.expect("leader dump");
+    assert_eq!(want.len(), 500);
+
+    let (client_port, peer_port) = (free_port(), free_port());
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let out = etcdctl_at(
+        &ep,
+        &[
+            "member",
+            "add",
+            "m3",
+            "--learner",
+            &format!("--peer-urls={peer_url}"),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "member add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let initial = c
+        .members
+        .iter()
+        .zip(&c.names)
+        .map(|(m, n)| format!("{n}=http://127.0.0.1:{}", m.peer_port))
+        .chain([format!("m3={peer_url}")])
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra: Vec<String> = [
+        "--name",
+        "m3",
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-state",
+        "existing",
+        "--initial-cluster-token",
+        TEST_CLUSTER_TOKEN,
+        "--snapshot-count",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut learner = RingkvProcess::launch_env(
+        &dir.path().join("data"),
+        client_port,
+        peer_port,
+        &extra,
+        &env,
+    );
+    learner.wait_ready();
+    let mut nc = Client::connect([format!("http://{}", learner.endpoint())], None)
+        .await
+        .expect("connect learner");
+    let start = Instant::now();
+    loop {
+        let have = dump(&mut nc, true).await;
+        if have.as_ref() == Some(&want) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the new learner has {} of 500 keys (or different revisions) after 15 s; log:\n{}",
+            have.map_or(0, |h| h.len()),
+            learner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = learner.log();
+    assert!(
+        log.contains("installed the snapshot received from the leader"),
+        "{log}"
+    );
+}
