@@ -198,23 +198,36 @@ impl From<MvccError> for MvccErrorOr {
     }
 }
 
+impl Applier {
+    /// Marks `store` as holding the entry at `index` of `term`: invariant 1 (the index goes with
+    /// the writes of this entry), the term a snapshot transfer reports, and the raft term of
+    /// response headers.
+    pub(super) fn enter_entry(
+        &mut self,
+        store: &mut MvccStore<NodeBackend>,
+        index: u64,
+        term: u64,
+    ) {
+        store.set_consistent_index(index);
+        self.inner.applied_term.store(term, Ordering::Release);
+        if term != self.term {
+            self.term = term;
+            store.set_header_ids(HeaderIds {
+                cluster_id: self.inner.ids.cluster_id,
+                member_id: self.inner.ids.member_id,
+                raft_term: term,
+            });
+        }
+    }
+}
+
 impl StateMachine for Applier {
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) {
         let started = Instant::now();
         let inner = self.inner.clone();
         let decoded = InternalRaftRequest::decode(data);
         let mut store = inner.store.write();
-        // Invariant 1: the index goes with the writes of this entry.
-        store.set_consistent_index(index);
-        inner.applied_term.store(term, Ordering::Release);
-        if term != self.term {
-            self.term = term;
-            store.set_header_ids(HeaderIds {
-                cluster_id: inner.ids.cluster_id,
-                member_id: inner.ids.member_id,
-                raft_term: term,
-            });
-        }
+        self.enter_entry(&mut store, index, term);
         if data.is_empty() {
             // The empty entry a new leader appends: nothing to apply.
             return;

@@ -16,8 +16,7 @@ use ringkv_engine::pb::etcdserverpb::{
     MemberUpdateResponse, MoveLeaderResponse,
 };
 use ringkv_engine::{
-    ConfChangeSingle, ConfChangeType, ConfChangeV2, HeaderIds, MvccError, MvccStore, PeerProgress,
-    RaftNode,
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, MvccError, MvccStore, PeerProgress, RaftNode,
 };
 use tokio::sync::oneshot;
 
@@ -516,16 +515,7 @@ impl Applier {
         let inner = self.inner.clone();
         let context = decode_context(&cc.context);
         let mut store = inner.store.write();
-        store.set_consistent_index(index);
-        inner.applied_term.store(term, Ordering::Release);
-        if term != self.term {
-            self.term = term;
-            store.set_header_ids(HeaderIds {
-                cluster_id: inner.ids.cluster_id,
-                member_id: inner.ids.member_id,
-                raft_term: term,
-            });
-        }
+        self.enter_entry(&mut store, index, term);
         let mut members = inner.members.write();
         let mut result = Ok(());
         for change in &cc.changes {
