@@ -1064,3 +1064,326 @@ impl Conn {
         .await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+    use ringkv_engine::pb::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
+
+    use super::super::hpack::{encode_int, huffman_encode};
+    use super::*;
+
+    const PUT: &str = "/etcdserverpb.KV/Put";
+
+    fn frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_frame_head(&mut out, payload.len(), ty, flags, stream);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn settings(entries: &[(u16, u32)]) -> Vec<u8> {
+        let mut p = Vec::new();
+        for &(id, v) in entries {
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+        frame(SETTINGS, 0, 0, &p)
+    }
+
+    /// Takes what the client wrote, as frames (the preface skipped).
+    fn written(st: &mut State) -> Vec<(FrameHead, Vec<u8>)> {
+        let mut b = st.pending_write().to_vec();
+        st.wrote(b.len());
+        if b.starts_with(PREFACE) {
+            b.drain(..PREFACE.len());
+        }
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < b.len() {
+            let h = FrameHead::parse(&b[pos..]);
+            out.push((h, b[pos + 9..pos + 9 + h.len].to_vec()));
+            pos += 9 + h.len;
+        }
+        out
+    }
+
+    /// A connection that got the server's SETTINGS (with `entries`), output drained.
+    fn settled(entries: &[(u16, u32)]) -> State {
+        let mut st = State::new("http", "127.0.0.1:2379");
+        let s = settings(entries);
+        assert_eq!(st.on_bytes(&s), s.len());
+        assert!(st.settled);
+        let out = written(&mut st);
+        assert_eq!(out[0].0.ty, SETTINGS);
+        assert_eq!(out.last().unwrap().0, FrameHead {
+            len: 0,
+            ty: SETTINGS,
+            flags: ACK,
+            stream: 0
+        });
+        st
+    }
+
+    fn put_req() -> PutRequest {
+        PutRequest {
+            key: Bytes::from_static(b"key"),
+            value: Bytes::from_static(b"value"),
+            ..Default::default()
+        }
+    }
+
+    fn put_resp(rev: i64) -> Vec<u8> {
+        let m = PutResponse {
+            header: Some(ResponseHeader {
+                revision: rev,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        };
+        let mut b = vec![0];
+        b.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+        m.encode(&mut b).unwrap();
+        b
+    }
+
+    /// A server's whole response on `stream`: head (`:status 200` indexed, content-type as a
+    /// literal with indexing), the message, trailers (`grpc-status: 0` with a literal name,
+    /// Huffman value, indexed).
+    fn response(stream: u32, msg: &[u8]) -> Vec<u8> {
+        let mut head = vec![0x88, 0x5f];
+        encode_int(&mut head, 0, 7, "application/grpc".len());
+        head.extend_from_slice(b"application/grpc");
+        let mut trailers = vec![0x40];
+        encode_int(&mut trailers, 0, 7, "grpc-status".len());
+        trailers.extend_from_slice(b"grpc-status");
+        let mut v = Vec::new();
+        huffman_encode(b"0", &mut v);
+        encode_int(&mut trailers, 0x80, 7, v.len());
+        trailers.extend_from_slice(&v);
+        [
+            frame(HEADERS, END_HEADERS, stream, &head),
+            frame(DATA, 0, stream, msg),
+            frame(HEADERS, END_HEADERS | END_STREAM, stream, &trailers),
+        ]
+        .concat()
+    }
+
+    fn outcome(st: &mut State, slot: usize) -> Option<Result<Bytes, Status>> {
+        st.poll_call(slot, Waker::noop())
+    }
+
+    #[test]
+    fn a_call_sends_headers_and_body_then_indexes() {
+        let mut st = settled(&[]);
+        let slot = st.start(PUT, &put_req());
+        let out = written(&mut st);
+        assert_eq!(out.len(), 2);
+        let (h, block) = &out[0];
+        assert_eq!((h.ty, h.flags, h.stream), (HEADERS, END_HEADERS, 1));
+        let mut d = Decoder::new(4096);
+        let mut fields = Vec::new();
+        d.decode(block, |n, v| fields.push((n.to_vec(), v.to_vec())))
+            .unwrap();
+        let want: [(&[u8], &[u8]); 6] = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", PUT.as_bytes()),
+            (b":authority", b"127.0.0.1:2379"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ];
+        assert_eq!(
+            fields,
+            want.iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect::<Vec<_>>()
+        );
+        let (h, body) = &out[1];
+        assert_eq!((h.ty, h.flags, h.stream), (DATA, END_STREAM, 1));
+        assert_eq!(body[0], 0);
+        assert_eq!(
+            PutRequest::decode(&body[5..]).unwrap(),
+            put_req(),
+            "the message follows its 5-byte prefix"
+        );
+        // The second request's block only refers to the table: one byte per field.
+        let slot2 = st.start(PUT, &put_req());
+        let out = written(&mut st);
+        assert_eq!(out[0].0.stream, 3);
+        assert_eq!(out[0].1.len(), 6);
+        fields.clear();
+        d.decode(&out[0].1, |n, v| fields.push((n.to_vec(), v.to_vec())))
+            .unwrap();
+        assert_eq!(fields[2].1, PUT.as_bytes());
+        assert!(outcome(&mut st, slot).is_none());
+        assert!(outcome(&mut st, slot2).is_none());
+    }
+
+    #[test]
+    fn a_response_split_anywhere_completes_the_call() {
+        let msg = put_resp(42);
+        // Two responses: the second one's head uses the table entries the first one added.
+        let wire = [response(1, &msg), response(3, &msg)].concat();
+        for cut in 0..=wire.len() {
+            let mut st = settled(&[]);
+            let a = st.start(PUT, &put_req());
+            let b = st.start(PUT, &put_req());
+            let mut buf = wire[..cut].to_vec();
+            let used = st.on_bytes(&buf);
+            buf.drain(..used);
+            buf.extend_from_slice(&wire[cut..]);
+            assert_eq!(st.on_bytes(&buf), buf.len(), "cut at {cut}");
+            for slot in [a, b] {
+                let got = outcome(&mut st, slot).expect("call ended").unwrap();
+                assert_eq!(PutResponse::decode(got).unwrap().header.unwrap().revision, 42);
+            }
+            assert!(st.by_stream.is_empty());
+            assert_eq!(st.open, 0);
+        }
+    }
+
+    #[test]
+    fn trailers_only_errors_keep_code_and_message() {
+        let mut st = settled(&[]);
+        let slot = st.start(PUT, &put_req());
+        let mut block = vec![0x88, 0x40];
+        encode_int(&mut block, 0, 7, 11);
+        block.extend_from_slice(b"grpc-status");
+        encode_int(&mut block, 0, 7, 1);
+        block.extend_from_slice(b"9");
+        let msg = b"etcdserver: mvcc%3A required revision has been compacted";
+        block.push(0x00);
+        encode_int(&mut block, 0, 7, 12);
+        block.extend_from_slice(b"grpc-message");
+        encode_int(&mut block, 0, 7, msg.len());
+        block.extend_from_slice(msg);
+        st.on_bytes(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+        let e = outcome(&mut st, slot).unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert_eq!(
+            e.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+    }
+
+    #[test]
+    fn rst_stream_and_goaway_fail_calls_by_kind() {
+        let mut st = settled(&[]);
+        let a = st.start(PUT, &put_req());
+        let b = st.start(PUT, &put_req());
+        let c = st.start(PUT, &put_req());
+        written(&mut st);
+        // Stream 1 refused: Unavailable; the others are untouched.
+        st.on_bytes(&frame(RST_STREAM, 0, 1, &7u32.to_be_bytes()));
+        let e = outcome(&mut st, a).unwrap().unwrap_err();
+        assert_eq!(super::super::status_kind(&e), "Unavailable");
+        assert!(outcome(&mut st, b).is_none());
+        // GOAWAY letting stream 3 finish: stream 5 and every later call fail.
+        let mut p = 3u32.to_be_bytes().to_vec();
+        p.extend_from_slice(&0u32.to_be_bytes());
+        p.extend_from_slice(b"shutting down");
+        st.on_bytes(&frame(GOAWAY, 0, 0, &p));
+        let e = outcome(&mut st, c).unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(e.message().contains("shutting down"), "{e}");
+        assert!(outcome(&mut st, b).is_none());
+        let d = st.start(PUT, &put_req());
+        assert_eq!(outcome(&mut st, d).unwrap().unwrap_err().code(), Code::Unavailable);
+        st.on_bytes(&response(3, &put_resp(7)));
+        assert!(outcome(&mut st, b).unwrap().is_ok());
+        // Other reset codes map like gRPC does.
+        assert_eq!(rst_code(0x8), Code::Cancelled);
+        assert_eq!(rst_code(0xb), Code::ResourceExhausted);
+        assert_eq!(rst_code(0x2), Code::Internal);
+    }
+
+    #[test]
+    fn stream_limit_queues_calls() {
+        let mut st = settled(&[(MAX_CONCURRENT_STREAMS, 1)]);
+        let a = st.start(PUT, &put_req());
+        let b = st.start(PUT, &put_req());
+        let out = written(&mut st);
+        assert_eq!(out.len(), 2, "only the first call went out");
+        st.on_bytes(&response(1, &put_resp(1)));
+        assert!(outcome(&mut st, a).unwrap().is_ok());
+        let out = written(&mut st);
+        assert_eq!(
+            out.iter().map(|(h, _)| (h.ty, h.stream)).collect::<Vec<_>>(),
+            [(HEADERS, 3), (DATA, 3)]
+        );
+        st.on_bytes(&response(3, &put_resp(2)));
+        assert!(outcome(&mut st, b).unwrap().is_ok());
+    }
+
+    #[test]
+    fn request_bodies_wait_for_send_window() {
+        // A stream window of 10 bytes: the 5 + 12 byte body goes out as 10 + 7.
+        let mut st = settled(&[(INITIAL_WINDOW_SIZE, 10)]);
+        let slot = st.start(PUT, &put_req());
+        let out = written(&mut st);
+        assert_eq!(
+            out.iter().map(|(h, _)| (h.ty, h.flags, h.len)).collect::<Vec<_>>(),
+            [(HEADERS, END_HEADERS, out[0].0.len), (DATA, 0, 10)]
+        );
+        st.on_bytes(&frame(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()));
+        let out = written(&mut st);
+        assert_eq!(
+            out.iter().map(|(h, _)| (h.ty, h.flags, h.len)).collect::<Vec<_>>(),
+            [(DATA, END_STREAM, 7)]
+        );
+        st.on_bytes(&response(1, &put_resp(1)));
+        assert!(outcome(&mut st, slot).unwrap().is_ok());
+    }
+
+    #[test]
+    fn pings_are_acked_and_receive_windows_refilled() {
+        let mut st = settled(&[]);
+        st.on_bytes(&frame(PING, 0, 0, b"12345678"));
+        let out = written(&mut st);
+        assert_eq!(out, [(
+            FrameHead {
+                len: 8,
+                ty: PING,
+                flags: ACK,
+                stream: 0
+            },
+            b"12345678".to_vec()
+        )]);
+        // DATA on an unknown (cancelled) stream still counts against the connection window.
+        let chunk = vec![0u8; DEFAULT_MAX_FRAME];
+        let n = (CONNECTION_WINDOW / 2) as usize / DEFAULT_MAX_FRAME;
+        for _ in 0..n {
+            st.on_bytes(&frame(DATA, 0, 99, &chunk));
+        }
+        let out = written(&mut st);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].0.ty, out[0].0.stream), (WINDOW_UPDATE, 0));
+        assert_eq!(be32(&out[0].1).unwrap(), CONNECTION_WINDOW / 2);
+    }
+
+    #[test]
+    fn protocol_errors_fail_everything() {
+        let mut st = settled(&[]);
+        let a = st.start(PUT, &put_req());
+        st.on_bytes(&frame(SETTINGS, 0, 0, &[0, 1, 2]));
+        assert_eq!(outcome(&mut st, a).unwrap().unwrap_err().code(), Code::Internal);
+        let b = st.start(PUT, &put_req());
+        assert!(outcome(&mut st, b).unwrap().is_err());
+    }
+
+    #[test]
+    fn caller_going_away_resets_the_stream() {
+        let mut st = settled(&[]);
+        let a = st.start(PUT, &put_req());
+        written(&mut st);
+        st.abandon(a);
+        let out = written(&mut st);
+        assert_eq!((out[0].0.ty, out[0].0.stream), (RST_STREAM, 1));
+        // A late response for it is ignored, and the slot is reused.
+        assert_eq!(st.on_bytes(&response(1, &put_resp(1))), response(1, &put_resp(1)).len());
+        let b = st.start(PUT, &put_req());
+        assert_eq!(a, b);
+        assert!(outcome(&mut st, b).is_none());
+    }
+}
