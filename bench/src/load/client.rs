@@ -282,18 +282,22 @@ impl EtcdClient {
         let base = endpoint_uri(endpoint, tls.is_some());
         let (authority, tls) = split_base(&base, endpoint, tls)?;
         let tcp = dial(&base, &authority, dial_timeout).await?;
-        let handshake_err = |e: String| format!("cannot connect to {base}: {e}");
-        let conn = match tls {
-            None => Conn::start(tcp, "http", &authority)
-                .await
-                .map_err(handshake_err)?,
-            Some(tls) => {
-                let stream = tls.handshake(tcp, &authority).await?;
-                Conn::start(stream, "https", &authority)
-                    .await
-                    .map_err(handshake_err)?
+        let handshake = async {
+            match tls {
+                None => Conn::start(tcp, "http", &authority).await,
+                Some(tls) => {
+                    let stream = tls.handshake(tcp, &authority).await?;
+                    Conn::start(stream, "https", &authority).await
+                }
             }
         };
+        // A server that never sends its SETTINGS (not HTTP/2) must not hang the tool.
+        let conn = tokio::time::timeout(dial_timeout, handshake)
+            .await
+            .map_err(|_| {
+                format!("cannot connect to {base}: no HTTP/2 SETTINGS within {dial_timeout:?}")
+            })?
+            .map_err(|e| format!("cannot connect to {base}: {e}"))?;
         Ok(EtcdClient {
             conn,
             streams: Arc::new(tokio::sync::OnceCell::new()),

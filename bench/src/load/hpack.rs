@@ -344,7 +344,9 @@ impl Decoder {
                 }
                 let size = decode_int(block, &mut pos, 5)?;
                 if size > self.limit {
-                    return Err(HpackError("table size update above SETTINGS_HEADER_TABLE_SIZE"));
+                    return Err(HpackError(
+                        "table size update above SETTINGS_HEADER_TABLE_SIZE",
+                    ));
                 }
                 self.table.max = size;
                 self.table.evict_to(size);
@@ -598,7 +600,10 @@ mod tests {
     #[test]
     fn requests_without_huffman_rfc_c3() {
         let mut d = Decoder::new(4096);
-        let r1 = decode_all(&mut d, &hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d"));
+        let r1 = decode_all(
+            &mut d,
+            &hex("8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d"),
+        );
         assert_eq!(
             r1,
             pairs(&[
@@ -658,7 +663,10 @@ mod tests {
             ),
         );
         assert_eq!(r3[0], (":status".into(), "200".into()));
-        assert_eq!(r3[2], ("date".into(), "Mon, 21 Oct 2013 20:13:22 GMT".into()));
+        assert_eq!(
+            r3[2],
+            ("date".into(), "Mon, 21 Oct 2013 20:13:22 GMT".into())
+        );
         assert_eq!(r3[4], ("content-encoding".into(), "gzip".into()));
         assert_eq!(
             r3[5],
@@ -736,7 +744,11 @@ mod tests {
         assert_eq!(b5[0], 0x20);
         assert_eq!(
             decode_all(&mut d, &b5),
-            pairs(&[(":method", "POST"), (":path", "/a.B/Put"), ("te", "trailers")])
+            pairs(&[
+                (":method", "POST"),
+                (":path", "/a.B/Put"),
+                ("te", "trailers")
+            ])
         );
         assert_eq!(d.table.size, 0);
     }

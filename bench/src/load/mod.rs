@@ -205,7 +205,8 @@ impl Progress {
             if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                 bar.set_style(style);
             }
-            bar
+            // The bar appears a second into the run; its clock shows the run's time.
+            bar.with_elapsed(elapsed)
         });
         bar.set_position(done);
     }

@@ -152,10 +152,10 @@ fn put_rst(out: &mut Vec<u8>, stream: u32, code: u32) {
 /// The gRPC code a stream reset maps to (gRPC's PROTOCOL-HTTP2 spec).
 fn rst_code(code: u32) -> Code {
     match code {
-        0x7 => Code::Unavailable,        // REFUSED_STREAM
-        0x8 => Code::Cancelled,          // CANCEL
-        0xb => Code::ResourceExhausted,  // ENHANCE_YOUR_CALM
-        0xc => Code::PermissionDenied,   // INADEQUATE_SECURITY
+        0x7 => Code::Unavailable,       // REFUSED_STREAM
+        0x8 => Code::Cancelled,         // CANCEL
+        0xb => Code::ResourceExhausted, // ENHANCE_YOUR_CALM
+        0xc => Code::PermissionDenied,  // INADEQUATE_SECURITY
         _ => Code::Internal,
     }
 }
@@ -732,13 +732,14 @@ impl State {
         let end = h.flags & END_STREAM != 0;
         let c = &mut self.calls[slot];
         if !c.head {
-            self.finish(slot, Err(Status::internal("DATA before the response headers")));
+            self.finish(
+                slot,
+                Err(Status::internal("DATA before the response headers")),
+            );
             return Ok(());
         }
         if c.resp.len() + data.len() > MAX_MESSAGE + PREFIX_LEN {
-            let s = Status::resource_exhausted(format!(
-                "response exceeds {MAX_MESSAGE} bytes"
-            ));
+            let s = Status::resource_exhausted(format!("response exceeds {MAX_MESSAGE} bytes"));
             let stream = c.stream;
             put_rst(&mut self.wbuf, stream, CANCEL);
             self.finish(slot, Err(s));
@@ -754,7 +755,9 @@ impl State {
         if end {
             self.finish(
                 slot,
-                Err(Status::internal("response ended without grpc-status trailers")),
+                Err(Status::internal(
+                    "response ended without grpc-status trailers",
+                )),
             );
             self.open_waiting();
         }
@@ -766,10 +769,16 @@ impl State {
         // Every block is decoded, even of a call we no longer track: it updates the table.
         self.decoder
             .decode(block, |n, v| match n {
-                b":status" => head.status = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()),
+                b":status" => {
+                    head.status = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok())
+                }
                 b"grpc-status" => {
-                    head.grpc_status =
-                        Some(std::str::from_utf8(v).ok().and_then(|s| s.parse().ok()).unwrap_or(2))
+                    head.grpc_status = Some(
+                        std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(2),
+                    )
                 }
                 b"grpc-message" => head.grpc_message = Some(percent_decode(v)),
                 _ => {}
@@ -784,13 +793,19 @@ impl State {
             match head.status {
                 Some(200) => {}
                 Some(s) if head.grpc_status.is_none() => {
-                    self.finish(slot, Err(Status::new(http_code(s), format!("HTTP status {s}"))));
+                    self.finish(
+                        slot,
+                        Err(Status::new(http_code(s), format!("HTTP status {s}"))),
+                    );
                     self.open_waiting();
                     return Ok(());
                 }
                 Some(_) => {}
                 None => {
-                    self.finish(slot, Err(Status::internal("response headers without :status")));
+                    self.finish(
+                        slot,
+                        Err(Status::internal("response headers without :status")),
+                    );
                     self.open_waiting();
                     return Ok(());
                 }
@@ -829,7 +844,7 @@ impl State {
         if h.flags & ACK != 0 {
             return Ok(());
         }
-        if h.stream != 0 || p.len() % 6 != 0 {
+        if h.stream != 0 || !p.len().is_multiple_of(6) {
             return Err(ConnError("malformed SETTINGS".into()));
         }
         for e in p.chunks_exact(6) {
@@ -914,7 +929,10 @@ fn strip_padding(h: FrameHead, p: &[u8]) -> Result<&[u8], ConnError> {
     if h.flags & PADDED == 0 {
         return Ok(p);
     }
-    let pad = usize::from(*p.first().ok_or_else(|| ConnError("empty padded frame".into()))?);
+    let pad = usize::from(
+        *p.first()
+            .ok_or_else(|| ConnError("empty padded frame".into()))?,
+    );
     if pad + 1 > p.len() {
         return Err(ConnError("padding longer than the frame".into()));
     }
@@ -1027,9 +1045,7 @@ impl Conn {
                         }
                     }
                 }
-                if !blocked_write
-                    && let Poll::Ready(Err(e)) = Pin::new(&mut io).poll_flush(cx)
-                {
+                if !blocked_write && let Poll::Ready(Err(e)) = Pin::new(&mut io).poll_flush(cx) {
                     st.fail_all(Status::unavailable(format!("flush: {e}")));
                     return Poll::Ready(());
                 }
@@ -1045,7 +1061,10 @@ impl Conn {
                         let used = st.on_bytes(&rbuf[..rlen]);
                         rbuf.copy_within(used..rlen, 0);
                         rlen -= used;
-                        if st.dead.is_some() && st.by_stream.is_empty() && st.pending_write().is_empty() {
+                        if st.dead.is_some()
+                            && st.by_stream.is_empty()
+                            && st.pending_write().is_empty()
+                        {
                             return Poll::Ready(());
                         }
                     }
@@ -1116,12 +1135,15 @@ mod tests {
         assert!(st.settled);
         let out = written(&mut st);
         assert_eq!(out[0].0.ty, SETTINGS);
-        assert_eq!(out.last().unwrap().0, FrameHead {
-            len: 0,
-            ty: SETTINGS,
-            flags: ACK,
-            stream: 0
-        });
+        assert_eq!(
+            out.last().unwrap().0,
+            FrameHead {
+                len: 0,
+                ty: SETTINGS,
+                flags: ACK,
+                stream: 0
+            }
+        );
         st
     }
 
@@ -1236,7 +1258,10 @@ mod tests {
             assert_eq!(st.on_bytes(&buf), buf.len(), "cut at {cut}");
             for slot in [a, b] {
                 let got = outcome(&mut st, slot).expect("call ended").unwrap();
-                assert_eq!(PutResponse::decode(got).unwrap().header.unwrap().revision, 42);
+                assert_eq!(
+                    PutResponse::decode(got).unwrap().header.unwrap().revision,
+                    42
+                );
             }
             assert!(st.by_stream.is_empty());
             assert_eq!(st.open, 0);
@@ -1289,7 +1314,10 @@ mod tests {
         assert!(e.message().contains("shutting down"), "{e}");
         assert!(outcome(&mut st, b).is_none());
         let d = st.start(PUT, &put_req());
-        assert_eq!(outcome(&mut st, d).unwrap().unwrap_err().code(), Code::Unavailable);
+        assert_eq!(
+            outcome(&mut st, d).unwrap().unwrap_err().code(),
+            Code::Unavailable
+        );
         st.on_bytes(&response(3, &put_resp(7)));
         assert!(outcome(&mut st, b).unwrap().is_ok());
         // Other reset codes map like gRPC does.
@@ -1309,7 +1337,9 @@ mod tests {
         assert!(outcome(&mut st, a).unwrap().is_ok());
         let out = written(&mut st);
         assert_eq!(
-            out.iter().map(|(h, _)| (h.ty, h.stream)).collect::<Vec<_>>(),
+            out.iter()
+                .map(|(h, _)| (h.ty, h.stream))
+                .collect::<Vec<_>>(),
             [(HEADERS, 3), (DATA, 3)]
         );
         st.on_bytes(&response(3, &put_resp(2)));
@@ -1323,13 +1353,17 @@ mod tests {
         let slot = st.start(PUT, &put_req());
         let out = written(&mut st);
         assert_eq!(
-            out.iter().map(|(h, _)| (h.ty, h.flags, h.len)).collect::<Vec<_>>(),
+            out.iter()
+                .map(|(h, _)| (h.ty, h.flags, h.len))
+                .collect::<Vec<_>>(),
             [(HEADERS, END_HEADERS, out[0].0.len), (DATA, 0, 10)]
         );
         st.on_bytes(&frame(WINDOW_UPDATE, 0, 1, &100u32.to_be_bytes()));
         let out = written(&mut st);
         assert_eq!(
-            out.iter().map(|(h, _)| (h.ty, h.flags, h.len)).collect::<Vec<_>>(),
+            out.iter()
+                .map(|(h, _)| (h.ty, h.flags, h.len))
+                .collect::<Vec<_>>(),
             [(DATA, END_STREAM, 7)]
         );
         st.on_bytes(&response(1, &put_resp(1)));
@@ -1341,15 +1375,18 @@ mod tests {
         let mut st = settled(&[]);
         st.on_bytes(&frame(PING, 0, 0, b"12345678"));
         let out = written(&mut st);
-        assert_eq!(out, [(
-            FrameHead {
-                len: 8,
-                ty: PING,
-                flags: ACK,
-                stream: 0
-            },
-            b"12345678".to_vec()
-        )]);
+        assert_eq!(
+            out,
+            [(
+                FrameHead {
+                    len: 8,
+                    ty: PING,
+                    flags: ACK,
+                    stream: 0
+                },
+                b"12345678".to_vec()
+            )]
+        );
         // DATA on an unknown (cancelled) stream still counts against the connection window.
         let chunk = vec![0u8; DEFAULT_MAX_FRAME];
         let n = (CONNECTION_WINDOW / 2) as usize / DEFAULT_MAX_FRAME;
@@ -1367,7 +1404,10 @@ mod tests {
         let mut st = settled(&[]);
         let a = st.start(PUT, &put_req());
         st.on_bytes(&frame(SETTINGS, 0, 0, &[0, 1, 2]));
-        assert_eq!(outcome(&mut st, a).unwrap().unwrap_err().code(), Code::Internal);
+        assert_eq!(
+            outcome(&mut st, a).unwrap().unwrap_err().code(),
+            Code::Internal
+        );
         let b = st.start(PUT, &put_req());
         assert!(outcome(&mut st, b).unwrap().is_err());
     }
@@ -1381,7 +1421,10 @@ mod tests {
         let out = written(&mut st);
         assert_eq!((out[0].0.ty, out[0].0.stream), (RST_STREAM, 1));
         // A late response for it is ignored, and the slot is reused.
-        assert_eq!(st.on_bytes(&response(1, &put_resp(1))), response(1, &put_resp(1)).len());
+        assert_eq!(
+            st.on_bytes(&response(1, &put_resp(1))),
+            response(1, &put_resp(1)).len()
+        );
         let b = st.start(PUT, &put_req());
         assert_eq!(a, b);
         assert!(outcome(&mut st, b).is_none());
