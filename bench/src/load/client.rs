@@ -1,6 +1,8 @@
-//! A thin etcd v3 gRPC client: the messages of `ringkv_engine::pb` framed as gRPC directly on
-//! an `h2` connection (no tower buffer, no hyper client, no per-call service stack), so the
-//! tool's own CPU per request stays small. It calls exactly the RPCs the workloads need.
+//! A thin etcd v3 gRPC client: the messages of `ringkv_engine::pb` framed as gRPC, calling
+//! exactly the RPCs the workloads need. Unary calls (the load paths) go through our own HTTP/2
+//! framing (`wire.rs`, HPACK in `hpack.rs`), built so the tool's own CPU per request stays a
+//! few microseconds; streaming calls (watch, lease keep-alive) use the `h2` crate directly (no
+//! tower buffer, no hyper client, no per-call service stack).
 //!
 //! gRPC over HTTP/2, as used here: a call is one stream. Request: HEADERS (`POST`, `:path` =
 //! `/<package>.<Service>/<Method>`, `content-type: application/grpc`, `te: trailers`), then each
