@@ -403,7 +403,8 @@ pub struct Encoder {
     /// Entries we added, oldest first.
     inserted: Vec<(&'static str, String)>,
     used: usize,
-    /// The peer's SETTINGS_HEADER_TABLE_SIZE, capped at the default 4096.
+    /// Our table's maximum size as the peer's decoder knows it: the default 4096 until the
+    /// peer's SETTINGS lower it.
     max: usize,
     /// A table size update to send at the start of the next block.
     size_update: Option<usize>,
@@ -432,19 +433,23 @@ impl Default for Encoder {
 }
 
 impl Encoder {
-    /// The peer changed SETTINGS_HEADER_TABLE_SIZE. If our entries no longer fit, the table is
-    /// emptied (a size update of 0 in the next block) and nothing is indexed any more.
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE is `max`. A smaller table than ours is announced
+    /// with a size update at the start of the next block (RFC 7541 §4.2), and our oldest
+    /// entries are dropped as the peer's decoder evicts them; a larger one is not used.
     pub fn set_peer_max(&mut self, max: usize) {
-        self.epoch += 1;
-        let max = max.min(4096);
-        if max < self.used {
-            self.inserted.clear();
-            self.used = 0;
-            self.size_update = Some(0);
-            self.max = 0;
-        } else {
-            self.max = max;
+        if max >= self.max {
+            return;
         }
+        self.epoch += 1;
+        self.max = max;
+        self.size_update = Some(self.size_update.map_or(max, |s| s.min(max)));
+        let mut evict = 0;
+        while self.used > max {
+            let (n, v) = &self.inserted[evict];
+            self.used -= n.len() + v.len() + ENTRY_OVERHEAD;
+            evict += 1;
+        }
+        self.inserted.drain(..evict);
     }
 
     /// A block encoded now can be sent again as long as this does not change.
@@ -737,11 +742,11 @@ mod tests {
                 pairs(&[(":method", "POST"), (":path", path), ("te", "trailers")])
             );
         }
-        // The peer shrinks its table: everything is literal from then on, after a size update.
+        // The peer shrinks its table: a size update, then everything is literal (nothing fits).
         e.set_peer_max(10);
         let mut b5 = Vec::new();
         e.encode(&fields("/a.B/Put"), &mut b5);
-        assert_eq!(b5[0], 0x20);
+        assert_eq!(b5[0], 0x20 | 10);
         assert_eq!(
             decode_all(&mut d, &b5),
             pairs(&[
@@ -751,5 +756,40 @@ mod tests {
             ])
         );
         assert_eq!(d.table.size, 0);
+        let mut b6 = Vec::new();
+        e.encode(&fields("/a.B/Put"), &mut b6);
+        assert_ne!(b6[0] & 0xe0, 0x20, "the size update is sent once");
+        assert_eq!(decode_all(&mut d, &b6).len(), 3);
+    }
+
+    #[test]
+    fn a_smaller_peer_table_evicts_our_oldest_entries() {
+        let te = Field {
+            static_name: 0,
+            name: "te",
+            value: "trailers",
+        };
+        let path = Field {
+            static_name: 4,
+            name: ":path",
+            value: "/p",
+        };
+        let mut e = Encoder::default();
+        let mut d = Decoder::new(4096);
+        let mut b = Vec::new();
+        e.encode(&[te, path], &mut b);
+        decode_all(&mut d, &b);
+        // Room for the newer entry (:path /p, 39 bytes) only.
+        e.set_peer_max(40);
+        b.clear();
+        e.encode(&[te, path], &mut b);
+        assert_eq!(b[0], 0x20 | 31);
+        assert_eq!(b[1], 40 - 31);
+        assert_eq!(b[b.len() - 1], 0xbe, ":path is still index 62");
+        assert_eq!(
+            decode_all(&mut d, &b),
+            pairs(&[("te", "trailers"), (":path", "/p")])
+        );
+        assert_eq!(d.table.entries.len(), 1);
     }
 }
