@@ -555,6 +555,17 @@ impl State {
         }
     }
 
+    /// Ends call `slot` with `status` before the server ended it (unless `ended`): the stream
+    /// is reset so the server stops sending on it.
+    fn reset(&mut self, slot: usize, ended: bool, status: Status) {
+        let stream = self.calls[slot].stream;
+        if !ended && stream != 0 {
+            put_rst(&mut self.wbuf, stream, CANCEL);
+        }
+        self.finish(slot, Err(status));
+        self.open_waiting();
+    }
+
     /// Fails every call and every later one with `status`.
     pub fn fail_all(&mut self, status: Status) {
         if self.dead.is_none() {
@@ -732,17 +743,16 @@ impl State {
         let end = h.flags & END_STREAM != 0;
         let c = &mut self.calls[slot];
         if !c.head {
-            self.finish(
+            self.reset(
                 slot,
-                Err(Status::internal("DATA before the response headers")),
+                end,
+                Status::internal("DATA before the response headers"),
             );
             return Ok(());
         }
         if c.resp.len() + data.len() > MAX_MESSAGE + PREFIX_LEN {
             let s = Status::resource_exhausted(format!("response exceeds {MAX_MESSAGE} bytes"));
-            let stream = c.stream;
-            put_rst(&mut self.wbuf, stream, CANCEL);
-            self.finish(slot, Err(s));
+            self.reset(slot, end, s);
             return Ok(());
         }
         c.resp.extend_from_slice(data);
@@ -793,20 +803,14 @@ impl State {
             match head.status {
                 Some(200) => {}
                 Some(s) if head.grpc_status.is_none() => {
-                    self.finish(
-                        slot,
-                        Err(Status::new(http_code(s), format!("HTTP status {s}"))),
-                    );
-                    self.open_waiting();
+                    let status = Status::new(http_code(s), format!("HTTP status {s}"));
+                    self.reset(slot, end_stream, status);
                     return Ok(());
                 }
                 Some(_) => {}
                 None => {
-                    self.finish(
-                        slot,
-                        Err(Status::internal("response headers without :status")),
-                    );
-                    self.open_waiting();
+                    let status = Status::internal("response headers without :status");
+                    self.reset(slot, end_stream, status);
                     return Ok(());
                 }
             }
@@ -1324,6 +1328,26 @@ mod tests {
         assert_eq!(rst_code(0x8), Code::Cancelled);
         assert_eq!(rst_code(0xb), Code::ResourceExhausted);
         assert_eq!(rst_code(0x2), Code::Internal);
+    }
+
+    #[test]
+    fn an_http_error_without_grpc_status_maps_and_resets() {
+        let mut st = settled(&[]);
+        let slot = st.start(PUT, &put_req());
+        written(&mut st);
+        // `:status 503` as a literal with the static name :status (index 8).
+        st.on_bytes(&frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &[0x08, 3, b'5', b'0', b'3'],
+        ));
+        let e = outcome(&mut st, slot).unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        let out = written(&mut st);
+        assert_eq!((out[0].0.ty, out[0].0.stream), (RST_STREAM, 1));
+        assert_eq!(http_code(404), Code::Unimplemented);
+        assert_eq!(http_code(418), Code::Unknown);
     }
 
     #[test]
