@@ -1,6 +1,8 @@
-//! A thin etcd v3 gRPC client: the messages of `ringkv_engine::pb` framed as gRPC directly on
-//! an `h2` connection (no tower buffer, no hyper client, no per-call service stack), so the
-//! tool's own CPU per request stays small. It calls exactly the RPCs the workloads need.
+//! A thin etcd v3 gRPC client: the messages of `ringkv_engine::pb` framed as gRPC, calling
+//! exactly the RPCs the workloads need. Unary calls (the load paths) go through our own HTTP/2
+//! framing (`wire.rs`, HPACK in `hpack.rs`), built so the tool's own CPU per request stays a
+//! few microseconds; streaming calls (watch, lease keep-alive) use the `h2` crate directly (no
+//! tower buffer, no hyper client, no per-call service stack).
 //!
 //! gRPC over HTTP/2, as used here: a call is one stream. Request: HEADERS (`POST`, `:path` =
 //! `/<package>.<Service>/<Method>`, `content-type: application/grpc`, `te: trailers`), then each
@@ -13,6 +15,7 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::{Code, Status};
 
 use super::tls::Tls;
+use super::wire::{Conn, percent_decode};
 
 /// Bytes of the gRPC message prefix: compressed flag (1) + length (4).
 const PREFIX_LEN: usize = 5;
@@ -41,15 +45,21 @@ const CONNECTION_WINDOW: u32 = 64 << 20;
 /// larger).
 const MAX_MESSAGE: usize = 256 << 20;
 
-/// One HTTP/2 connection. Clones share the connection (each call is its own stream).
+/// One connection to an endpoint for unary calls (our own HTTP/2 framing, `wire.rs`), plus an
+/// `h2` connection for streaming calls (watch, lease keep-alive) opened on first use. Clones
+/// share both (each call is its own stream).
 #[derive(Clone)]
 pub struct EtcdClient {
-    send: SendRequest<Bytes>,
+    conn: Conn,
+    streams: Arc<tokio::sync::OnceCell<SendRequest<Bytes>>>,
     /// `scheme://authority` of the endpoint.
     base: String,
-    /// Full URIs of the methods called so far (a `Uri` clone is cheap, parsing is not).
+    /// Full URIs of the streaming methods called so far (a `Uri` clone is cheap, parsing is
+    /// not).
     uris: HashMap<&'static str, Uri>,
     endpoint: String,
+    dial_timeout: Duration,
+    tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for EtcdClient {
@@ -156,27 +166,6 @@ fn decode_one<M: prost::Message + Default>(buf: &mut BytesMut) -> Result<Option<
         .map_err(|e| Status::internal(format!("undecodable response: {e}")))
 }
 
-/// `%XX` decoding of `grpc-message`; anything that is not a valid escape stays as it is.
-fn percent_decode(s: &str) -> String {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
-        {
-            out.push(h << 4 | l);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The call's outcome from `grpc-status` / `grpc-message`, if `headers` carry one.
 fn grpc_status(headers: &HeaderMap) -> Option<Result<(), Status>> {
     let code = headers.get("grpc-status")?;
@@ -187,7 +176,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<Result<(), Status>> {
     let msg = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .map(percent_decode)
+        .map(|m| percent_decode(m.as_bytes()))
         .unwrap_or_default();
     Some(Err(Status::new(Code::from_i32(code), msg)))
 }
@@ -249,6 +238,41 @@ impl<M: prost::Message> GrpcSender<M> {
     }
 }
 
+/// The authority of `base` and the TLS configuration it needs.
+fn split_base<'t>(
+    base: &str,
+    endpoint: &str,
+    tls: Option<&'t Tls>,
+) -> Result<(String, Option<&'t Tls>), String> {
+    if let Some(a) = base.strip_prefix("http://") {
+        Ok((a.to_owned(), None))
+    } else if let Some(a) = base.strip_prefix("https://") {
+        let tls = tls.ok_or_else(|| {
+            format!("endpoint {endpoint:?} is https:// but no TLS configuration was built")
+        })?;
+        Ok((a.to_owned(), Some(tls)))
+    } else {
+        Err(format!(
+            "endpoint {endpoint:?}: unknown scheme (use http:// or https://)"
+        ))
+    }
+}
+
+/// A TCP connection to `authority` with TCP_NODELAY.
+async fn dial(
+    base: &str,
+    authority: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, String> {
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("cannot connect to {base}: timed out after {timeout:?}"))?
+        .map_err(|e| format!("cannot connect to {base}: {e}"))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| format!("cannot set TCP_NODELAY on {base}: {e}"))?;
+    Ok(tcp)
+}
+
 impl EtcdClient {
     /// Opens one connection to `endpoint`, over TLS when its scheme is `https://` (or it has
     /// none and `tls` is given).
@@ -258,59 +282,77 @@ impl EtcdClient {
         tls: Option<&Tls>,
     ) -> Result<Self, String> {
         let base = endpoint_uri(endpoint, tls.is_some());
-        let (authority, tls) = if let Some(a) = base.strip_prefix("http://") {
-            (a.to_owned(), None)
-        } else if let Some(a) = base.strip_prefix("https://") {
-            let tls = tls.ok_or_else(|| {
-                format!("endpoint {endpoint:?} is https:// but no TLS configuration was built")
-            })?;
-            (a.to_owned(), Some(tls))
-        } else {
-            return Err(format!(
-                "endpoint {endpoint:?}: unknown scheme (use http:// or https://)"
-            ));
+        let (authority, tls) = split_base(&base, endpoint, tls)?;
+        let tcp = dial(&base, &authority, dial_timeout).await?;
+        let handshake = async {
+            match tls {
+                None => Conn::start(tcp, "http", &authority).await,
+                Some(tls) => {
+                    let stream = tls.handshake(tcp, &authority).await?;
+                    Conn::start(stream, "https", &authority).await
+                }
+            }
         };
-        let tcp = tokio::time::timeout(dial_timeout, tokio::net::TcpStream::connect(&authority))
+        // A server that never sends its SETTINGS (not HTTP/2) must not hang the tool.
+        let conn = tokio::time::timeout(dial_timeout, handshake)
             .await
-            .map_err(|_| format!("cannot connect to {base}: timed out after {dial_timeout:?}"))?
+            .map_err(|_| {
+                format!("cannot connect to {base}: no HTTP/2 SETTINGS within {dial_timeout:?}")
+            })?
             .map_err(|e| format!("cannot connect to {base}: {e}"))?;
-        tcp.set_nodelay(true)
-            .map_err(|e| format!("cannot set TCP_NODELAY on {base}: {e}"))?;
-        let mut h2 = h2::client::Builder::new();
-        h2.initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
-        let handshake_err =
-            |e: h2::Error| format!("cannot connect to {base}: HTTP/2 handshake: {e}");
-        let send = match tls {
-            None => {
-                let (send, conn) = h2
-                    .handshake::<_, Bytes>(Unvectored(tcp))
-                    .await
-                    .map_err(handshake_err)?;
-                // The connection task does the socket I/O of every stream of this connection.
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                send
-            }
-            Some(tls) => {
-                let stream = tls.handshake(tcp, &authority).await?;
-                let (send, conn) = h2
-                    .handshake::<_, Bytes>(Unvectored(stream))
-                    .await
-                    .map_err(handshake_err)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                send
-            }
-        };
         Ok(EtcdClient {
-            send,
+            conn,
+            streams: Arc::new(tokio::sync::OnceCell::new()),
             base,
             uris: HashMap::new(),
             endpoint: endpoint.to_owned(),
+            dial_timeout,
+            tls: tls.cloned(),
         })
+    }
+
+    /// The `h2` connection for streaming calls, opened on first use.
+    async fn streams(&self) -> Result<SendRequest<Bytes>, Status> {
+        let send = self
+            .streams
+            .get_or_try_init(|| async {
+                let (authority, tls) = split_base(&self.base, &self.endpoint, self.tls.as_ref())?;
+                let tcp = dial(&self.base, &authority, self.dial_timeout).await?;
+                let mut h2 = h2::client::Builder::new();
+                h2.initial_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW);
+                let base = &self.base;
+                let handshake_err =
+                    |e: h2::Error| format!("cannot connect to {base}: HTTP/2 handshake: {e}");
+                let send = match tls {
+                    None => {
+                        let (send, conn) = h2
+                            .handshake::<_, Bytes>(Unvectored(tcp))
+                            .await
+                            .map_err(handshake_err)?;
+                        // The connection task does the socket I/O of every stream.
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        send
+                    }
+                    Some(tls) => {
+                        let stream = tls.handshake(tcp, &authority).await?;
+                        let (send, conn) = h2
+                            .handshake::<_, Bytes>(Unvectored(stream))
+                            .await
+                            .map_err(handshake_err)?;
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                        send
+                    }
+                };
+                Ok::<_, String>(send)
+            })
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(send.clone())
     }
 
     pub fn endpoint(&self) -> &str {
@@ -323,7 +365,8 @@ impl EtcdClient {
         &mut self,
         path: &'static str,
     ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), Status> {
-        std::future::poll_fn(|cx| self.send.poll_ready(cx))
+        let mut send = self.streams().await?;
+        std::future::poll_fn(|cx| send.poll_ready(cx))
             .await
             .map_err(h2_status)?;
         let uri = match self.uris.get(path) {
@@ -343,7 +386,7 @@ impl EtcdClient {
             .header("te", "trailers")
             .body(())
             .map_err(|e| Status::internal(format!("request head: {e}")))?;
-        self.send.send_request(req, false).map_err(h2_status)
+        send.send_request(req, false).map_err(h2_status)
     }
 
     /// Awaits the response head; an error status there (trailers-only) fails the call.
@@ -364,25 +407,8 @@ impl EtcdClient {
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let (resp, mut body_tx) = self.start(path).await?;
-        body_tx.send_data(encode(req), true).map_err(h2_status)?;
-        let body = Self::head(resp).await?;
-        let mut stream = GrpcStream::<Resp> {
-            body,
-            buf: BytesMut::new(),
-            done: false,
-            _msg: PhantomData,
-        };
-        match stream.message().await? {
-            Some(m) => {
-                // Drain to the trailers so an error status after the message is not missed.
-                match stream.message().await? {
-                    None => Ok(m),
-                    Some(_) => Err(Status::internal("unary call returned two messages")),
-                }
-            }
-            None => Err(Status::internal("unary call returned no message")),
-        }
+        let msg = self.conn.unary(path, req).await?;
+        Resp::decode(msg).map_err(|e| Status::internal(format!("undecodable response: {e}")))
     }
 
     /// Opens a bidirectional stream whose first request is `first`.
@@ -568,7 +594,7 @@ mod tests {
             s.message(),
             "etcdserver: mvcc: required revision has been compacted"
         );
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode(b"100%"), "100%");
+        assert_eq!(percent_decode(b"a%2"), "a%2");
     }
 }

@@ -19,11 +19,13 @@
 //! that is the honest answer; add `--clients`.
 
 mod client;
+mod hpack;
 mod tls;
 mod watch;
+mod wire;
 mod workloads;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
@@ -203,7 +205,8 @@ impl Progress {
             if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
                 bar.set_style(style);
             }
-            bar
+            // The bar appears a second into the run; its clock shows the run's time.
+            bar.with_elapsed(elapsed)
         });
         bar.set_position(done);
     }
@@ -237,14 +240,16 @@ pub async fn drive<W: Workload>(
     let running = Cell::new(clients);
     let start = Instant::now();
     let std_start = std::time::Instant::now();
+    // One recorder for all clients (they share this thread): a histogram is ~300 KiB, so one
+    // per client cost more CPU to create and merge than a short run's requests.
+    let rec = RefCell::new(Recorder::new(sample.then_some(std_start)));
     let mut tasks: FuturesUnordered<_> = prepared
         .into_iter()
         .enumerate()
         .map(|(c, (mut client, mut state))| {
-            let (next, done, running) = (&next, &done, &running);
+            let (next, done, running, rec) = (&next, &done, &running, &rec);
             async move {
                 let mut rng = SmallRng::seed_from_u64(0x5EED ^ c as u64);
-                let mut rec = Recorder::new(sample.then_some(std_start));
                 loop {
                     let i = next.get();
                     let offset = plan.intended_offset(i).unwrap_or_else(|| start.elapsed());
@@ -262,13 +267,12 @@ pub async fn drive<W: Workload>(
                     let res = w.op(&mut client, &mut state, i, &mut rng).await;
                     let end = Instant::now();
                     match res {
-                        Ok(()) => rec.record(end - begin, end.into_std()),
-                        Err(s) => rec.error(&status_kind(&s)),
+                        Ok(()) => rec.borrow_mut().record(end - begin, end.into_std()),
+                        Err(s) => rec.borrow_mut().error(&status_kind(&s)),
                     }
                     done.set(done.get() + 1);
                 }
                 running.set(running.get() - 1);
-                rec
             }
         })
         .collect();
@@ -279,13 +283,12 @@ pub async fn drive<W: Workload>(
         }
     };
     let collect = async {
-        let mut all = Recorder::new(sample.then_some(std_start));
-        while let Some(rec) = tasks.next().await {
-            all.merge(&rec);
-        }
-        (all, start.elapsed())
+        while tasks.next().await.is_some() {}
+        start.elapsed()
     };
-    let ((all, elapsed), ()) = tokio::join!(collect, ticker);
+    let (elapsed, ()) = tokio::join!(collect, ticker);
+    drop(tasks);
+    let all = rec.into_inner();
     progress.finish();
     Ok((all, elapsed))
 }
