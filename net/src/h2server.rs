@@ -264,7 +264,7 @@ async fn read_unary(mut body: RecvStream, limit: usize) -> Result<Bytes, Status>
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| Status::from_error(Box::new(e)))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        if message.is_some() {
+        if message.is_some() || chunk.is_empty() {
             continue;
         }
         if single.is_none() && joined.is_empty() {
