@@ -109,8 +109,11 @@ impl HotMethod {
 }
 
 /// Serves one HTTP/2 connection until it closes (or shutdown drains it).
-pub async fn serve_connection<N, IO>(server: Arc<ClientServer<N>>, io: IO, peer: std::net::SocketAddr)
-where
+pub async fn serve_connection<N, IO>(
+    server: Arc<ClientServer<N>>,
+    io: IO,
+    peer: std::net::SocketAddr,
+) where
     N: EtcdNode,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -137,8 +140,8 @@ where
         _ = shutdown.fired() => return,
     };
     let thin = options.thin_kv;
-    let mut pings = conn.ping_pong();
-    let interval = options.keepalive_interval;
+    // A zero interval turns server pings off (as hyper's `None`).
+    let mut pings = conn.ping_pong().filter(|_| !interval.is_zero());
     let timeout = options.keepalive_timeout;
     let keepalive = tokio::time::sleep(interval);
     tokio::pin!(keepalive);
@@ -182,7 +185,7 @@ where
                 awaiting_pong = false;
                 keepalive.as_mut().reset(tokio::time::Instant::now() + interval);
             }
-            _ = keepalive.as_mut() => {
+            _ = keepalive.as_mut(), if pings.is_some() => {
                 if awaiting_pong {
                     tracing::debug!("client connection {peer}: keepalive ping not answered in {timeout:?}");
                     break;
@@ -219,9 +222,7 @@ async fn serve_hot<N: EtcdNode>(
         match method {
             HotMethod::Range => encode(&kv::range_rpc(fe, &md, decode(msg)?).await?),
             HotMethod::Put => encode(&kv::put_rpc(fe, &md, decode(msg)?).await?),
-            HotMethod::DeleteRange => {
-                encode(&kv::delete_range_rpc(fe, &md, decode(msg)?).await?)
-            }
+            HotMethod::DeleteRange => encode(&kv::delete_range_rpc(fe, &md, decode(msg)?).await?),
             HotMethod::Txn => encode(&kv::txn_rpc(fe, &md, decode(msg)?).await?),
             HotMethod::Compact => encode(&kv::compact_rpc(fe, &md, decode(msg)?).await?),
         }

@@ -259,7 +259,11 @@ impl<N: EtcdNode> ClientServer<N> {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+    async fn serve_connection(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
         let mut shutdown = self.shared.shutdown.clone();
         let sniffed = tokio::select! {
             r = crate::h2server::sniff_http2(&mut stream) => r,

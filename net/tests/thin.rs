@@ -201,7 +201,11 @@ fn script() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
     let big = "v".repeat(40_000);
     vec![
         (kv("Put"), vec![], framed(&put("a", "1"))),
-        (kv("Put"), vec![("hasleader", "true")], framed(&put("b", "2"))),
+        (
+            kv("Put"),
+            vec![("hasleader", "true")],
+            framed(&put("b", "2")),
+        ),
         (kv("Put"), vec![], framed(&put("big", &big))),
         (kv("Range"), vec![], framed(&range("a", "c"))),
         (kv("Range"), vec![], framed(&range("big", ""))),
@@ -220,12 +224,23 @@ fn script() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
                 failure: vec![],
             }),
         ),
-        (kv("DeleteRange"), vec![], framed(&DeleteRangeRequest {
-            key: Bytes::from_static(b"c"),
-            prev_kv: true,
-            ..Default::default()
-        })),
-        (kv("Compact"), vec![], framed(&CompactionRequest { revision: 2, physical: false })),
+        (
+            kv("DeleteRange"),
+            vec![],
+            framed(&DeleteRangeRequest {
+                key: Bytes::from_static(b"c"),
+                prev_kv: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            kv("Compact"),
+            vec![],
+            framed(&CompactionRequest {
+                revision: 2,
+                physical: false,
+            }),
+        ),
         // Errors: each gets the tonic path's exact status.
         (kv("Put"), vec![], framed(&put("", "x"))),
         (
@@ -236,11 +251,15 @@ fn script() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
                 ..Default::default()
             }),
         ),
-        (kv("Range"), vec![], framed(&RangeRequest {
-            key: Bytes::from_static(b"a"),
-            revision: 1000,
-            ..Default::default()
-        })),
+        (
+            kv("Range"),
+            vec![],
+            framed(&RangeRequest {
+                key: Bytes::from_static(b"a"),
+                revision: 1000,
+                ..Default::default()
+            }),
+        ),
         (kv("Put"), vec![], oversize),
         (kv("Put"), vec![], truncated),
         (kv("Put"), vec![], compressed),
@@ -249,7 +268,11 @@ fn script() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
         (kv("Put"), vec![], vec![]),
         (kv("Put"), vec![], vec![0, 0]),
         // A compressed request goes to tonic on both servers (identical by construction).
-        (kv("Put"), vec![("grpc-encoding", "gzip")], framed(&put("z", "1"))),
+        (
+            kv("Put"),
+            vec![("grpc-encoding", "gzip")],
+            framed(&put("z", "1")),
+        ),
         // The connection still serves after all of the above.
         (kv("Range"), vec![], framed(&range("a", "\0"))),
     ]
@@ -299,7 +322,9 @@ async fn thin_path_answers_exactly_like_tonic() {
     assert_eq!(statuses[13].0, "13", "compressed flag, no encoding");
     assert_eq!(statuses[14].0, "13", "bad flag");
     assert!(
-        statuses[15].1.starts_with("grpc: error unmarshalling request: "),
+        statuses[15]
+            .1
+            .starts_with("grpc: error unmarshalling request: "),
         "{:?}",
         statuses[15]
     );
@@ -433,4 +458,45 @@ async fn goaway_on_shutdown_lets_the_request_in_flight_finish() {
     assert!(PutResponse::decode(&data[5..]).unwrap().header.is_some());
     assert!(drain.await.unwrap(), "connections drained");
     h.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_keepalive_pings_close_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Arc::new(MemNode::default());
+    let (trigger, shutdown) = ShutdownTrigger::new();
+    let options = ServerOptions {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let server = ClientServer::new(node, options, shutdown);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, trigger.guard()));
+    // A client that answers pings (h2's) keeps its connection across many intervals.
+    let client = h2_client(addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = call(&client, "/etcdserverpb.KV/Put", &[], framed(&put("k", "v"))).await;
+    assert_eq!(r.grpc_status().0, "0");
+    // A raw client that never answers: the server pings, then closes.
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "connection not closed");
+    // Frames: { length: u24 BE, type: u8, flags: u8, stream: u32 BE, payload }; PING is type 6.
+    let mut pos = 0;
+    let mut pings = 0;
+    while pos + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[pos], got[pos + 1], got[pos + 2]]) as usize;
+        if got[pos + 3] == 6 {
+            pings += 1;
+        }
+        pos += 9 + len;
+    }
+    assert!(pings >= 1, "no PING before the close");
+    drop(trigger);
 }
