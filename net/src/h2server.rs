@@ -140,6 +140,7 @@ pub async fn serve_connection<N, IO>(
         _ = shutdown.fired() => return,
     };
     let thin = options.thin_kv;
+    let interval = options.keepalive_interval;
     // A zero interval turns server pings off (as hyper's `None`).
     let mut pings = conn.ping_pong().filter(|_| !interval.is_zero());
     let timeout = options.keepalive_timeout;

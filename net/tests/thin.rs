@@ -109,12 +109,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -170,7 +171,10 @@ fn put_op(k: &str) -> RequestOp {
 }
 
 /// The request sequence both servers get, on one connection: (path, extra headers, body).
-fn script() -> Vec<(&'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
+/// One scripted call: (path, extra headers, body).
+type Step = (&'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+
+fn script() -> Vec<Step> {
     let kv = |m: &str| -> &'static str {
         match m {
             "Range" => "/etcdserverpb.KV/Range",
