@@ -159,8 +159,13 @@ pub async fn serve_connection<N, IO>(
                         inflight.push(Box::pin(serve_hot(server.clone(), m, req, respond)));
                     } else {
                         let server = server.clone();
+                        let mut respond = respond;
                         tokio::spawn(async move {
-                            let resp = server.route(req.map(RecvBody::new)).await;
+                            // A stream reset by the client cancels its handler (as hyper did).
+                            let resp = tokio::select! {
+                                r = server.route(req.map(RecvBody::new)) => r,
+                                _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+                            };
                             send_streamed(respond, resp).await;
                         });
                     }
@@ -217,7 +222,7 @@ async fn serve_hot<N: EtcdNode>(
     }
     let (parts, body) = req.into_parts();
     let limit = server.options().grpc_max_recv_bytes;
-    let result = async {
+    let call = async {
         let msg = read_unary(body, limit).await?;
         let md = MetadataMap::from_headers(parts.headers);
         match method {
@@ -227,8 +232,13 @@ async fn serve_hot<N: EtcdNode>(
             HotMethod::Txn => encode(&kv::txn_rpc(fe, &md, decode(msg)?).await?),
             HotMethod::Compact => encode(&kv::compact_rpc(fe, &md, decode(msg)?).await?),
         }
-    }
-    .await;
+    };
+    // A stream reset by the client cancels the call (as hyper did); it is not counted as
+    // handled, like the tonic path's.
+    let result = tokio::select! {
+        r = call => r,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
     let code = match result {
         Ok(frame) => {
             let head = Response::builder()
