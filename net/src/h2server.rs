@@ -31,6 +31,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -117,6 +118,24 @@ pub async fn serve_connection<N, IO>(
     N: EtcdNode,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let polls = TaskPolls::default();
+    Counted {
+        polls: polls.clone(),
+        inner: Box::pin(serve_counted(server, io, peer, polls)),
+    }
+    .await
+}
+
+/// [`serve_connection`] inside a task whose polls are counted (for [`Coalesce`]).
+async fn serve_counted<N, IO>(
+    server: Arc<ClientServer<N>>,
+    io: IO,
+    peer: std::net::SocketAddr,
+    polls: TaskPolls,
+) where
+    N: EtcdNode,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let options = server.options();
     let mut builder = h2::server::Builder::new();
     builder
@@ -128,7 +147,7 @@ pub async fn serve_connection<N, IO>(
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
         .max_concurrent_streams(options.max_concurrent_streams);
     let mut shutdown = server.frontend().shutdown.clone();
-    let handshake = builder.handshake::<_, Bytes>(Coalesce::new(io));
+    let handshake = builder.handshake::<_, Bytes>(Coalesce::new(io, polls));
     let mut conn = tokio::select! {
         r = handshake => match r {
             Ok(c) => c,
@@ -456,12 +475,51 @@ impl http_body::Body for RecvBody {
     }
 }
 
+/// Counts the polls of the task that owns a connection: [`Coalesce`] writes its buffer at
+/// most once per poll of that task.
+#[derive(Clone, Default)]
+pub struct TaskPolls(Arc<AtomicU64>);
+
+impl TaskPolls {
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+
+    /// Counts one poll.
+    pub fn bump(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+}
+
+/// A future that counts its polls in a [`TaskPolls`].
+struct Counted<F> {
+    polls: TaskPolls,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.bump();
+        self.inner.as_mut().poll(cx)
+    }
+}
+
 /// Most bytes [`Coalesce`] holds before a write goes out at once.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// Write coalescing for h2 (module doc). `poll_flush` does not write: it marks the buffer due
-/// and wakes the task; the next `poll_read` (h2 reads on every poll of the connection, before
-/// it writes) or `poll_shutdown` writes it out. Writes bigger than the limit go straight on.
+/// and wakes the task; the first `poll_read` in a *later* poll of the task (h2 reads the socket
+/// on every poll of the connection, and the connection's `select!` polls it at least once per
+/// task poll) or `poll_shutdown` writes it out. So every response produced in one task poll —
+/// each `accept` of a new stream polls h2 again within the same task poll — leaves in one
+/// `write`. Writes bigger than the limit go straight on.
+///
+/// Worked example: one task poll reads 10 requests (one `read`), accepts them one by one and
+/// completes them; h2 writes each response into the buffer and "flushes" (deferred) after each.
+/// The task's self-wake polls it again; the first `poll_read` then writes the 10 responses in one
+/// `write`.
 ///
 /// Invariant: bytes accepted by `poll_write` are written before any byte of a later call, and
 /// a flush that returned `Ready` is followed by a wake-up of the task that owns the connection,
@@ -473,16 +531,21 @@ pub struct Coalesce<IO> {
     pos: usize,
     /// A flush was requested since the buffer was last written out.
     flush_due: bool,
+    /// The owning task's polls, and the poll in which the due flush was requested.
+    polls: TaskPolls,
+    flush_poll: u64,
 }
 
 impl<IO> Coalesce<IO> {
-    /// Wraps `io`.
-    pub fn new(io: IO) -> Coalesce<IO> {
+    /// Wraps `io`, owned by the task whose polls `polls` counts.
+    pub fn new(io: IO, polls: TaskPolls) -> Coalesce<IO> {
         Coalesce {
             io,
             buf: Vec::with_capacity(16 * 1024),
             pos: 0,
             flush_due: false,
+            polls,
+            flush_poll: 0,
         }
     }
 }
@@ -510,7 +573,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.flush_due {
+        if this.flush_due && this.polls.get() != this.flush_poll {
             match this.poll_drain(cx) {
                 Poll::Ready(Ok(())) => this.flush_due = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -542,8 +605,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Coalesce<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pos < this.buf.len() {
-            this.flush_due = true;
-            cx.waker().wake_by_ref();
+            if !this.flush_due {
+                this.flush_due = true;
+                this.flush_poll = this.polls.get();
+                cx.waker().wake_by_ref();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_flush(cx)
@@ -662,17 +728,20 @@ mod tests {
     #[tokio::test]
     async fn coalesce_holds_writes_until_the_next_read() {
         let (a, mut b) = tokio::io::duplex(1 << 20);
-        let mut c = Coalesce::new(a);
+        let polls = TaskPolls::default();
+        let mut c = Coalesce::new(a, polls.clone());
         c.write_all(b"one").await.unwrap();
         c.write_all(b"two").await.unwrap();
         c.flush().await.unwrap();
-        // Nothing on the wire yet: the flush was deferred.
+        // A read in the same task poll does not write the buffer out.
+        b.write_all(b"xy").await.unwrap();
+        let mut one = [0u8; 1];
+        c.read_exact(&mut one).await.unwrap();
         let mut probe = [0u8; 16];
         let r = tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe));
         assert!(r.await.is_err(), "bytes went out before the deferred flush");
-        // A read on the wrapped stream writes the buffer out first.
-        b.write_all(b"x").await.unwrap();
-        let mut one = [0u8; 1];
+        // The first read of a later poll writes it out first.
+        polls.bump();
         c.read_exact(&mut one).await.unwrap();
         let mut got = [0u8; 6];
         b.read_exact(&mut got).await.unwrap();
