@@ -19,8 +19,8 @@
 //!
 //! Writes are coalesced (`Coalesce`): h2 flushes its write buffer after every DATA frame larger
 //! than its chaining threshold, i.e. once per response; the adapter below keeps those bytes and
-//! writes them when the connection task next polls the socket, so the responses produced in one
-//! pass of the task leave in one `write`.
+//! writes them in the connection task's next poll, so the responses produced in one poll of the
+//! task leave in one `write`.
 //!
 //! Kept from the hyper path: the `:authority` fix-up (`h2fix.rs`), max concurrent streams,
 //! keepalive pings with a timeout, hyper's window/frame/header-list settings, the gRPC receive
