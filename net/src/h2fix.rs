@@ -34,7 +34,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Frame header size.
 const FRAME_HEADER: usize = 9;
 /// Largest frame payload we emit (the HTTP/2 minimum SETTINGS_MAX_FRAME_SIZE, which hyper keeps).

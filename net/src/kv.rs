@@ -1,8 +1,14 @@
 //! `etcdserverpb.KV`: Range, Put, DeleteRange, Txn, Compact (etcd-v3-spec.md §4.2–§4.7).
+//!
+//! The semantics live in the `*_rpc` functions, which both front-end paths call: the tonic
+//! [`KvService`] (via `Routes`) and the thin HTTP/2 path of `h2server.rs`. Each takes the
+//! request's headers (metadata) and decoded message and returns the message to encode or the
+//! status to send.
 
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::frontend::{LearnerPolicy, Shared, fill_header, strip_nested_headers};
+use crate::frontend::{Frontend, LearnerPolicy, Shared, fill_header, strip_nested_headers};
 use crate::node::EtcdNode;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -16,87 +22,124 @@ pub struct KvService<N> {
     pub shared: Shared<N>,
 }
 
+/// KV Range.
+pub async fn range_rpc<N: EtcdNode>(
+    fe: &Frontend<N>,
+    md: &MetadataMap,
+    r: RangeRequest,
+) -> Result<RangeResponse, Status> {
+    let learner = if r.serializable {
+        LearnerPolicy::Allowed
+    } else {
+        LearnerPolicy::Refused
+    };
+    let (caller, state) = fe.admit(md, learner)?;
+    validate::check_range(&r)?;
+    let mut resp = fe.node.range(&caller, r).await?;
+    fill_header(&mut resp.header, &state);
+    Ok(resp)
+}
+
+/// KV Put.
+pub async fn put_rpc<N: EtcdNode>(
+    fe: &Frontend<N>,
+    md: &MetadataMap,
+    r: PutRequest,
+) -> Result<PutResponse, Status> {
+    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
+    validate::check_put(&r)?;
+    check_request_size(envelope::PUT, &r, fe.limits.max_request_bytes)?;
+    let mut resp = fe.node.put(&caller, r).await?;
+    fill_header(&mut resp.header, &state);
+    Ok(resp)
+}
+
+/// KV DeleteRange.
+pub async fn delete_range_rpc<N: EtcdNode>(
+    fe: &Frontend<N>,
+    md: &MetadataMap,
+    r: DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, Status> {
+    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
+    validate::check_delete(&r)?;
+    check_request_size(envelope::DELETE_RANGE, &r, fe.limits.max_request_bytes)?;
+    let mut resp = fe.node.delete_range(&caller, r).await?;
+    fill_header(&mut resp.header, &state);
+    Ok(resp)
+}
+
+/// KV Txn.
+pub async fn txn_rpc<N: EtcdNode>(
+    fe: &Frontend<N>,
+    md: &MetadataMap,
+    r: TxnRequest,
+) -> Result<TxnResponse, Status> {
+    // A read-only txn whose ranges are all serializable is a serializable read.
+    let serializable = validate::txn_is_read_only(&r)
+        && r.success.iter().chain(&r.failure).all(|op| {
+            matches!(&op.request, Some(crate::pb::etcdserverpb::request_op::Request::RequestRange(x)) if x.serializable)
+        });
+    let learner = if serializable {
+        LearnerPolicy::Allowed
+    } else {
+        LearnerPolicy::Refused
+    };
+    let (caller, state) = fe.admit(md, learner)?;
+    validate::check_txn(&r, fe.limits.max_txn_ops)?;
+    if !validate::txn_is_read_only(&r) {
+        check_request_size(envelope::TXN, &r, fe.limits.max_request_bytes)?;
+    }
+    let mut resp = fe.node.txn(&caller, r).await?;
+    fill_header(&mut resp.header, &state);
+    strip_nested_headers(&mut resp.responses);
+    Ok(resp)
+}
+
+/// KV Compact.
+pub async fn compact_rpc<N: EtcdNode>(
+    fe: &Frontend<N>,
+    md: &MetadataMap,
+    r: CompactionRequest,
+) -> Result<CompactionResponse, Status> {
+    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
+    check_request_size(envelope::COMPACTION, &r, fe.limits.max_request_bytes)?;
+    let mut resp = fe.node.compact(&caller, r).await?;
+    fill_header(&mut resp.header, &state);
+    Ok(resp)
+}
+
 #[tonic::async_trait]
 impl<N: EtcdNode> Kv for KvService<N> {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let r = req.get_ref();
-        let learner = if r.serializable {
-            LearnerPolicy::Allowed
-        } else {
-            LearnerPolicy::Refused
-        };
-        let (caller, state) = self.shared.admit(req.metadata(), learner)?;
-        let r = req.into_inner();
-        validate::check_range(&r)?;
-        let mut resp = self.shared.node.range(&caller, r).await?;
-        fill_header(&mut resp.header, &state);
-        Ok(Response::new(resp))
+        let (md, _, r) = req.into_parts();
+        range_rpc(&self.shared, &md, r).await.map(Response::new)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let r = req.into_inner();
-        validate::check_put(&r)?;
-        check_request_size(envelope::PUT, &r, self.shared.limits.max_request_bytes)?;
-        let mut resp = self.shared.node.put(&caller, r).await?;
-        fill_header(&mut resp.header, &state);
-        Ok(Response::new(resp))
+        let (md, _, r) = req.into_parts();
+        put_rpc(&self.shared, &md, r).await.map(Response::new)
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let r = req.into_inner();
-        validate::check_delete(&r)?;
-        check_request_size(
-            envelope::DELETE_RANGE,
-            &r,
-            self.shared.limits.max_request_bytes,
-        )?;
-        let mut resp = self.shared.node.delete_range(&caller, r).await?;
-        fill_header(&mut resp.header, &state);
-        Ok(Response::new(resp))
+        let (md, _, r) = req.into_parts();
+        delete_range_rpc(&self.shared, &md, r)
+            .await
+            .map(Response::new)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let r = req.get_ref();
-        // A read-only txn whose ranges are all serializable is a serializable read.
-        let serializable = validate::txn_is_read_only(r)
-            && r.success.iter().chain(&r.failure).all(|op| {
-                matches!(&op.request, Some(crate::pb::etcdserverpb::request_op::Request::RequestRange(x)) if x.serializable)
-            });
-        let learner = if serializable {
-            LearnerPolicy::Allowed
-        } else {
-            LearnerPolicy::Refused
-        };
-        let (caller, state) = self.shared.admit(req.metadata(), learner)?;
-        let r = req.into_inner();
-        validate::check_txn(&r, self.shared.limits.max_txn_ops)?;
-        if !validate::txn_is_read_only(&r) {
-            check_request_size(envelope::TXN, &r, self.shared.limits.max_request_bytes)?;
-        }
-        let mut resp = self.shared.node.txn(&caller, r).await?;
-        fill_header(&mut resp.header, &state);
-        strip_nested_headers(&mut resp.responses);
-        Ok(Response::new(resp))
+        let (md, _, r) = req.into_parts();
+        txn_rpc(&self.shared, &md, r).await.map(Response::new)
     }
 
     async fn compact(
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let (caller, state) = self.shared.admit(req.metadata(), LearnerPolicy::Refused)?;
-        let r = req.into_inner();
-        check_request_size(
-            envelope::COMPACTION,
-            &r,
-            self.shared.limits.max_request_bytes,
-        )?;
-        let mut resp = self.shared.node.compact(&caller, r).await?;
-        fill_header(&mut resp.header, &state);
-        Ok(Response::new(resp))
+        let (md, _, r) = req.into_parts();
+        compact_rpc(&self.shared, &md, r).await.map(Response::new)
     }
 }

@@ -24,6 +24,7 @@ mod errors;
 mod frontend;
 mod gateway;
 mod h2fix;
+mod h2server;
 mod health;
 mod http;
 mod json;
@@ -201,6 +202,7 @@ pub fn server_options(config: &Config) -> ServerOptions {
         keepalive_interval: config.flags.grpc_keepalive_interval,
         keepalive_timeout: config.flags.grpc_keepalive_timeout,
         election_timeout: std::time::Duration::from_millis(config.flags.election_timeout),
+        thin_kv: true,
     }
 }
 

@@ -138,6 +138,11 @@ impl GrpcMetrics {
         self.handled[m][c].fetch_add(1, Relaxed);
     }
 
+    /// Count of started RPCs of method `m` (for tests).
+    pub fn started_count(&self, m: usize) -> u64 {
+        self.started[m].load(Relaxed)
+    }
+
     /// Count of handled RPCs of method `m` with code `code` (for tests and health).
     pub fn handled_count(&self, m: usize, code: usize) -> u64 {
         self.handled[m][code].load(Relaxed)

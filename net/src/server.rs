@@ -1,14 +1,14 @@
 //! The client listener: one TCP port serving gRPC and HTTP/1.1 (etcd-v3-spec.md §1).
 //!
-//! Connection sniffing (etcd uses cmux): hyper-util's auto connection reads the first bytes; the
-//! HTTP/2 prior-knowledge preface (`PRI * HTTP/2.0...`) selects HTTP/2, anything else HTTP/1.1.
-//! Requests are then routed: HTTP/2 with `content-type: application/grpc*` → the gRPC services;
+//! Connection sniffing (etcd uses cmux): the first bytes are read; the HTTP/2 prior-knowledge
+//! preface (`PRI * HTTP/2.0...`) selects HTTP/2, served on the `h2` crate with a thin path for
+//! the hot KV RPCs (`h2server.rs`), anything else HTTP/1.1 on hyper. Requests are then routed: HTTP/2 with `content-type: application/grpc*` → the gRPC services;
 //! everything else → the HTTP mux (gateway, /health, /version, /metrics). This is also etcd's
 //! rule on TLS listeners.
 //!
 //! Shutdown: see `shutdown.rs` (broadcast, drain, bounded). Each connection task holds a
-//! `DrainGuard`; on the broadcast it asks hyper for a graceful close (HTTP/2 GOAWAY, HTTP/1
-//! close after the in-flight response) and finishes when in-flight requests have.
+//! `DrainGuard`; on the broadcast it closes gracefully (HTTP/2 GOAWAY, HTTP/1 close after the
+//! in-flight response) and finishes when in-flight requests have.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -80,6 +80,9 @@ pub struct ServerOptions {
     pub keepalive_timeout: Duration,
     /// Election timeout (stream leader checks).
     pub election_timeout: Duration,
+    /// Serve KV Range/Put/DeleteRange/Txn/Compact on HTTP/2 connections on the thin path
+    /// (`h2server.rs`) instead of tonic's. Off only to compare the two paths in tests.
+    pub thin_kv: bool,
 }
 
 impl Default for ServerOptions {
@@ -91,6 +94,7 @@ impl Default for ServerOptions {
             keepalive_interval: Duration::from_secs(7200),
             keepalive_timeout: Duration::from_secs(20),
             election_timeout: Duration::from_secs(1),
+            thin_kv: true,
         }
     }
 }
@@ -152,6 +156,16 @@ impl<N: EtcdNode> ClientServer<N> {
             routes,
             options,
         })
+    }
+
+    /// Connection-level settings.
+    pub(crate) fn options(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// Front-end state shared by every service.
+    pub(crate) fn frontend(&self) -> &Frontend<N> {
+        &self.shared
     }
 
     /// The gRPC counters (for tests and the metrics endpoint).
@@ -245,24 +259,39 @@ impl<N: EtcdNode> ClientServer<N> {
         }
     }
 
-    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.options.max_concurrent_streams)
-            .keep_alive_interval(self.options.keepalive_interval)
-            .keep_alive_timeout(self.options.keepalive_timeout);
+    async fn serve_connection(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) {
+        let mut shutdown = self.shared.shutdown.clone();
+        let sniffed = tokio::select! {
+            r = crate::h2server::sniff_http2(&mut stream) => r,
+            _ = shutdown.fired() => return,
+        };
+        let (http2, prefix) = match sniffed {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!("client connection {peer}: {e}");
+                return;
+            }
+        };
+        let io = crate::h2server::Rewind::new(prefix, stream);
+        if http2 {
+            // See h2fix.rs: grpc-go clients may send a URL as :authority, which h2 would reject.
+            let io = crate::h2fix::AuthorityFix::new(io);
+            return crate::h2server::serve_connection(self, io, peer).await;
+        }
         let this = self.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            async move { Ok::<_, Infallible>(this.dispatch(req).await) }
+            async move { Ok::<_, Infallible>(this.route(req).await) }
         });
-        // See h2fix.rs: grpc-go clients may send a URL as :authority, which h2 would reject.
-        let io = TokioIo::new(crate::h2fix::AuthorityFix::new(stream));
-        let conn = builder.serve_connection_with_upgrades(io, service);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         tokio::pin!(conn);
-        let mut shutdown = self.shared.shutdown.clone();
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -277,8 +306,12 @@ impl<N: EtcdNode> ClientServer<N> {
         }
     }
 
-    /// Routes one request to gRPC or to the HTTP mux.
-    async fn dispatch(&self, req: Request<Incoming>) -> Response<Body> {
+    /// Routes one request to gRPC (the thin KV path if enabled, else tonic) or to the HTTP mux.
+    pub(crate) async fn route<B>(self: &Arc<Self>, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let grpc = req.version() == http::Version::HTTP_2
             && req
                 .headers()
@@ -294,7 +327,11 @@ impl<N: EtcdNode> ClientServer<N> {
 
     /// Calls the tonic routes, counting the RPC and rewriting tonic's own statuses into
     /// grpc-go's (see `errors::rewrite_tonic_status`).
-    async fn grpc(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn grpc<B>(&self, req: Request<B>) -> Response<Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let metrics = self.shared.metrics.clone();
         let path = req.uri().path().to_string();
         let method = metrics.method(&path);
