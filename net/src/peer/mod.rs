@@ -70,8 +70,10 @@ pub struct PeerConfig {
 
 /// A consistent copy of a member's backend file and the raft state it holds.
 pub struct BackendCopy {
-    /// The copy (removed by the transport when the transfer ends).
-    pub path: PathBuf,
+    /// The copy's bytes (read while the transfer streams them; dropped when it ends).
+    pub data: Box<dyn Read + Send>,
+    /// How many bytes `data` yields.
+    pub len: u64,
     /// Its consistent index: the last entry applied into it.
     pub index: u64,
     /// The term of that entry; 0 when not known (the MsgSnapshot's metadata is then sent
@@ -419,15 +421,6 @@ impl SenderWorker {
     }
 }
 
-/// Removes a file when dropped (the backend copy a transfer streams from).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// One snapshot transfer: copy the backend, connect, send the MsgSnapshot frame and the file's
 /// chunks, wait for the receiver's acknowledgement. Returns the file's length.
 fn send_snapshot(
@@ -441,8 +434,7 @@ fn send_snapshot(
         .read()
         .clone()
         .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
-    let at = (files.copy_backend)()?;
-    let copy = RemoveOnDrop(at.path.clone());
+    let mut at = (files.copy_backend)()?;
     let mut msg = msg;
     let meta = msg.mut_snapshot().mut_metadata();
     if at.term != 0 && at.index >= meta.index {
@@ -451,10 +443,11 @@ fn send_snapshot(
         // snapshot was taken refuses a snapshot whose configuration lacks it).
         meta.index = at.index;
         meta.term = at.term;
-        meta.set_conf_state(RaftConfState::from((at.voters, at.learners)));
+        meta.set_conf_state(RaftConfState::from((
+            std::mem::take(&mut at.voters),
+            std::mem::take(&mut at.learners),
+        )));
     }
-    let mut file = std::fs::File::open(&copy.0)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", copy.0.display())))?;
     let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
@@ -465,8 +458,9 @@ fn send_snapshot(
     let mut buf = Vec::new();
     frame::encode_frame(&[encoded], &mut buf);
     w.write_all(&buf)?;
-    let len = frame::write_snapshot_file(&mut file, &mut w)
-        .map_err(|e| io::Error::new(e.kind(), format!("streaming {}: {e}", copy.0.display())))?;
+    let len = frame::write_snapshot_file(&mut at.data, &mut w)
+        .map_err(|e| io::Error::new(e.kind(), format!("streaming the backend copy: {e}")))?;
+
     w.flush()?;
     let mut reply = [0u8; frame::REPLY_LEN];
     s.read_exact(&mut reply).map_err(|e| {

@@ -167,7 +167,6 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 .ok_or_else(|| std::io::Error::other("the node is closed"))?;
             inner
                 .copy_backend_at()
-                .map(|(_, _, at)| at)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         }),
         received_path: Box::new(move |index| {
