@@ -57,6 +57,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a hello or its reply may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write of a message connection may stall before the sender gives the
+/// connection up and redials (etcd's rafthttp uses 5 s too): a peer that stops reading must
+/// not wedge the sender thread, and with it every message queued for that peer.
+const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write of a snapshot connection may stall (the receiver's
 /// acknowledgement waits for an fsync and a rename).
 const SNAPSHOT_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +106,8 @@ struct PeerSender {
 
 struct Shared {
     cfg: PeerConfig,
+    /// [`PEER_WRITE_TIMEOUT`] (shorter in tests).
+    write_timeout: Duration,
     /// Set once raft started (the transport exists before the node it reports to).
     raft: OnceLock<RaftNode>,
     peers: Mutex<HashMap<u64, PeerSender>>,
@@ -110,8 +116,11 @@ struct Shared {
     /// A peer told us we were removed.
     self_removed: AtomicBool,
     stopping: AtomicBool,
-    /// Accepted connections, shut down on stop so their reader threads end.
-    accepted: Mutex<Vec<TcpStream>>,
+    /// Accepted message connections by a serial number, shut down on stop so their reader
+    /// threads end. A reader thread removes (and shuts down) its own entry when it ends for
+    /// any reason (`Accepted`), so a connection closed for a bad frame is really closed.
+    accepted: Mutex<HashMap<u64, TcpStream>>,
+    next_accepted: std::sync::atomic::AtomicU64,
     /// Answers a cluster query: the member list as JSON (membership.rs records).
     member_list: RwLock<Option<MemberListFn>>,
     /// Source and destination of snapshot transfers (none: snapshots are reported failed).
@@ -129,15 +138,21 @@ pub struct PeerTransport {
 
 impl PeerTransport {
     pub fn new(cfg: PeerConfig) -> PeerTransport {
+        PeerTransport::with_write_timeout(cfg, PEER_WRITE_TIMEOUT)
+    }
+
+    fn with_write_timeout(cfg: PeerConfig, write_timeout: Duration) -> PeerTransport {
         PeerTransport {
             shared: Arc::new(Shared {
                 cfg,
+                write_timeout,
                 raft: OnceLock::new(),
                 peers: Mutex::new(HashMap::new()),
                 removed: RwLock::new(HashSet::new()),
                 self_removed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
-                accepted: Mutex::new(Vec::new()),
+                accepted: Mutex::new(HashMap::new()),
+                next_accepted: std::sync::atomic::AtomicU64::new(0),
                 member_list: RwLock::new(None),
                 snapshot_files: RwLock::new(None),
             }),
@@ -223,7 +238,7 @@ impl PeerTransport {
         for (_, p) in self.shared.peers.lock().drain() {
             p.stop.store(true, Ordering::Release);
         }
-        for s in self.shared.accepted.lock().drain(..) {
+        for (_, s) in self.shared.accepted.lock().drain() {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -329,7 +344,17 @@ impl SenderWorker {
 
     /// Sends batches until the connection fails or the worker stops.
     fn stream(&self, s: TcpStream) -> io::Result<()> {
+        s.set_write_timeout(Some(self.shared.write_timeout))?;
         let mut w = BufWriter::with_capacity(64 * 1024, s.try_clone()?);
+        let r = self.send_batches(&s, &mut w);
+        if r.is_err() {
+            // Before `w` is dropped: its drop flushes, which must not wait on a dead peer.
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        r
+    }
+
+    fn send_batches(&self, s: &TcpStream, w: &mut BufWriter<TcpStream>) -> io::Result<()> {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut batch: Vec<Vec<u8>> = Vec::new();
         loop {
@@ -630,7 +655,12 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
         let _ = closer.shutdown(Shutdown::Both);
         return r;
     }
-    shared.accepted.lock().push(s.try_clone()?);
+    let serial = shared.next_accepted.fetch_add(1, Ordering::Relaxed);
+    shared.accepted.lock().insert(serial, s.try_clone()?);
+    let _registered = Accepted {
+        shared,
+        serial,
+    };
     s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
@@ -672,6 +702,21 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
             }
+        }
+    }
+}
+
+/// An accepted message connection's entry in `Shared::accepted`; dropping it (the reader
+/// thread ends) removes the entry and shuts the socket down, so no clone keeps it open.
+struct Accepted<'a> {
+    shared: &'a Shared,
+    serial: u64,
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.accepted.lock().remove(&self.serial) {
+            let _ = s.shutdown(Shutdown::Both);
         }
     }
 }
@@ -919,5 +964,120 @@ mod tests {
         assert_eq!(cluster, 1);
         assert_eq!(list, b"[{\"id\":10}]");
         ours.stop();
+    }
+
+    /// Says hello on a message connection from member 11 to `addr` (member 10, cluster 1).
+    fn hello_messages(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Messages,
+            cluster_id: 1,
+            from: 11,
+            to: 10,
+        }))
+        .unwrap();
+        let mut reply = [0u8; frame::REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(frame::decode_reply(&reply).unwrap(), (Status::Ok, 1));
+        s
+    }
+
+    /// Invariant 3: a frame with a bad checksum closes the message connection (no clone kept
+    /// for shutdown holds it open), and the member accepts the sender's next connection.
+    #[test]
+    fn a_corrupt_frame_closes_the_connection_and_the_member_keeps_serving() {
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 10,
+        });
+        let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = hello_messages(addr);
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgHeartbeat);
+        msg.from = 11;
+        msg.to = 10;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        let good = out.len();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        // One bit of the second frame's payload.
+        let last = out.len() - 1;
+        out[last] ^= 0x01;
+        assert!(last > good);
+        s.write_all(&out).unwrap();
+        // The receiver closes the connection: end of stream, not a read that times out.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        let end = s.read_to_end(&mut rest);
+        assert!(end.is_ok(), "the connection stayed open: {end:?}");
+        assert!(rest.is_empty());
+        assert!(ours.shared.accepted.lock().is_empty());
+        // The member keeps serving: a new connection is accepted and kept.
+        let _again = hello_messages(addr);
+        ours.stop();
+    }
+
+    /// A peer that accepts the connection and then stops reading: the sender's write times out
+    /// and it redials instead of blocking forever.
+    #[test]
+    fn a_peer_that_stops_reading_does_not_wedge_the_sender() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = PeerTransport::with_write_timeout(
+            PeerConfig {
+                cluster_id: 1,
+                member_id: 11,
+            },
+            Duration::from_millis(300),
+        );
+        ours.set_peer(10, vec![format!("http://{addr}")]);
+        let accept_one = || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nonblocking(false).unwrap();
+            let mut hello = [0u8; frame::HELLO_LEN];
+            s.read_exact(&mut hello).unwrap();
+            let h = frame::decode_hello(&hello).unwrap();
+            assert_eq!((h.from, h.to), (11, 10));
+            s.write_all(&frame::encode_reply(Status::Ok, 1)).unwrap();
+            s
+        };
+        let first = accept_one();
+        // 48 MiB of appends: far more than the socket buffers hold, and nobody reads them.
+        let msgs: Vec<RaftMessage> = (0..48)
+            .map(|i| {
+                let mut m = RaftMessage::default();
+                m.set_msg_type(RaftMessageType::MsgAppend);
+                m.from = 11;
+                m.to = 10;
+                m.index = i;
+                let mut e = ringkv_engine::RaftEntry::default();
+                e.set_data(vec![7u8; 1 << 20].into());
+                m.mut_entries().push(e);
+                m
+            })
+            .collect();
+        ours.send(msgs);
+        // The sender gives the stalled connection up and connects again.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut redialled = false;
+        while !redialled && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    drop(s);
+                    redialled = true;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        ours.stop();
+        drop(first);
+        assert!(redialled, "the sender never redialled");
     }
 }

@@ -26,6 +26,7 @@
 
 mod apply;
 mod cluster;
+mod forward;
 mod membership;
 mod read_gate;
 mod shared_writer;
@@ -317,6 +318,8 @@ pub(crate) struct Inner {
     read_gate: Arc<ReadGate>,
     /// Time per proposal stage (commit, apply, reply), for `/metrics`.
     stages: ProposalStages,
+    /// Where a follower forwards lease renewals and MemberPromote (forward.rs).
+    leader_channel: forward::LeaderChannel,
 }
 
 impl Inner {
@@ -704,6 +707,7 @@ impl RaftBackedNode {
             last_publish: Mutex::new(Instant::now() - Duration::from_secs(10)),
             read_gate: Arc::new(ReadGate::default()),
             stages: ProposalStages::default(),
+            leader_channel: Default::default(),
         });
         let applier = Applier {
             inner: inner.clone(),
@@ -1267,7 +1271,11 @@ impl EtcdNode for RaftBackedNode {
 
     async fn lease_keep_alive(&self, _: &Caller, id: i64) -> NodeResult<LeaseKeepAliveResponse> {
         self.inner.check_failed()?;
-        // Renewal happens on the leader's lessor (not through raft), like etcd.
+        // Renewal happens on the leader's lessor (not through raft), like etcd; a follower
+        // forwards it there.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_keep_alive(ch, id).await;
+        }
         self.inner
             .store
             .write()
@@ -1281,6 +1289,10 @@ impl EtcdNode for RaftBackedNode {
         req: LeaseTimeToLiveRequest,
     ) -> NodeResult<LeaseTimeToLiveResponse> {
         self.inner.check_failed()?;
+        // Only the leader's lessor knows the remaining TTL.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_time_to_live(ch, req).await;
+        }
         Ok(self
             .inner
             .store
@@ -1317,6 +1329,10 @@ impl EtcdNode for RaftBackedNode {
     }
 
     async fn member_promote(&self, _: &Caller, id: u64) -> NodeResult<MemberPromoteResponse> {
+        // Only the leader knows how far the learner got.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_promote(ch, id).await;
+        }
         self.promote_member(id).await
     }
 

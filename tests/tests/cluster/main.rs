@@ -3,5 +3,7 @@
 
 mod basics;
 mod failover;
+mod leases;
 mod membership;
+mod partition;
 mod snapshot_transfer;
