@@ -42,7 +42,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Mutex, RwLock};
-use ringkv_engine::{RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport};
+use ringkv_engine::{
+    File, OpenOptions, RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport, Vfs,
+};
 
 use self::frame::{Hello, Status, StreamKind};
 
@@ -96,6 +98,8 @@ pub struct SnapshotFiles {
     /// Where the backend file received for a snapshot at `index` goes
     /// (`member/snap/{index:016x}.snap.db`, where the node's restore looks for it).
     pub received_path: Box<dyn Fn(u64) -> io::Result<PathBuf> + Send + Sync>,
+    /// The file system received files are written through (the node's).
+    pub vfs: Arc<dyn Vfs>,
 }
 
 struct PeerSender {
@@ -721,19 +725,48 @@ impl Drop for Accepted<'_> {
     }
 }
 
-/// Receives one snapshot on an accepted snapshot connection: the MsgSnapshot frame, then the
-/// backend file, written to `{index}.snap.db.tmp`, fsynced, renamed to `{index}.snap.db` and
-/// the directory fsynced; only then is the message stepped into raft (whose restore installs
-/// that file) and the sender acknowledged. On any failure the temporary file is removed and the
-/// connection closed without acknowledgement (the sender reports the snapshot failed).
-fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<()> {
-    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+/// Receives one snapshot on an accepted snapshot connection ([`receive_snapshot_file`]); only
+/// once the file is durable is the message stepped into raft (whose restore installs that
+/// file) and the sender acknowledged. On any failure the connection is closed without
+/// acknowledgement (the sender reports the snapshot failed).
+fn receive_snapshot(shared: &Shared, s: TcpStream, from: u64) -> io::Result<()> {
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    let Some(files) = shared.snapshot_files.read().clone() else {
+        return Err(io::Error::other("this member cannot receive snapshots yet"));
+    };
     let mut r =
         BufReader::with_capacity(frame::SNAP_CHUNK + frame::SNAP_RECORD_LEN, s.try_clone()?);
+    let (m, dst, len) = receive_snapshot_file(&files, &mut r, from)?;
+    let index = m.get_snapshot().get_metadata().index;
+    let Some(raft) = shared.raft.get() else {
+        let _ = files.vfs.remove_file(&dst);
+        return Err(io::Error::other(
+            "this member's raft node is not running yet; snapshot dropped",
+        ));
+    };
+    tracing::info!(
+        "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
+        dst.display()
+    );
+    raft.step(m);
+    (&s).write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))
+}
+
+/// Reads the MsgSnapshot frame and the backend file that follows it from `r` (a snapshot
+/// connection after its hello), writes the file through the node's Vfs to
+/// `{index}.snap.db.tmp`, fsyncs it, renames it to `{index}.snap.db` and fsyncs the directory.
+/// Returns the message, the file's path and length. On any failure (a damaged record, an I/O
+/// error, a failed fsync: never retried) neither name is left behind, and the caller must not
+/// step the message.
+fn receive_snapshot_file(
+    files: &SnapshotFiles,
+    r: &mut impl Read,
+    from: u64,
+) -> io::Result<(RaftMessage, PathBuf, u64)> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut offset = frame::HELLO_LEN as u64;
-    let mut batch = frame::read_frame(&mut r, &mut offset)?
+    let mut batch = frame::read_frame(r, &mut offset)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no snapshot message"))?;
     if batch.len() != 1 {
         return Err(invalid(format!(
@@ -750,52 +783,74 @@ fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<
             m.from
         )));
     }
-    let Some(files) = shared.snapshot_files.read().clone() else {
-        return Err(io::Error::other("this member cannot receive snapshots yet"));
-    };
     let index = m.get_snapshot().get_metadata().index;
     let dst = (files.received_path)(index)?;
     let mut tmp = dst.clone().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    let vfs = &*files.vfs;
     let named =
         |e: io::Error, path: &Path| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut renamed = false;
     let written = (|| -> io::Result<u64> {
-        let file = std::fs::File::create(&tmp).map_err(|e| named(e, &tmp))?;
-        let mut w = BufWriter::with_capacity(frame::SNAP_CHUNK, file);
-        let len = frame::read_snapshot_file(&mut r, &mut offset, &mut w)?;
-        let file = w.into_inner().map_err(|e| named(e.into_error(), &tmp))?;
+        if vfs.exists(&tmp) {
+            vfs.remove_file(&tmp).map_err(|e| named(e, &tmp))?;
+        }
+        let file = vfs
+            .open(&tmp, OpenOptions::read_write().create_new(true))
+            .map_err(|e| named(e, &tmp))?;
+        let mut w = BufWriter::with_capacity(
+            frame::SNAP_CHUNK,
+            VfsWriter {
+                file: &*file,
+                at: 0,
+            },
+        );
+        let len = frame::read_snapshot_file(r, &mut offset, &mut w)?;
+        w.flush().map_err(|e| named(e, &tmp))?;
+        drop(w);
         // A failed fsync leaves the file's contents unknown: it is thrown away, never used.
-        file.sync_all().map_err(|e| named(e, &tmp))?;
-        std::fs::rename(&tmp, &dst).map_err(|e| named(e, &dst))?;
+        file.sync_data()
+            .map_err(|e| named(io::Error::new(e.kind(), format!("fdatasync: {e}")), &tmp))?;
+        drop(file);
+        vfs.rename(&tmp, &dst).map_err(|e| named(e, &dst))?;
+        renamed = true;
         let dir = dst.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| named(e, dir))?;
+        vfs.sync_dir(dir).map_err(|e| named(e, dir))?;
         Ok(len)
     })();
-    let len = match written {
-        Ok(len) => len,
+    match written {
+        Ok(len) => Ok((m, dst, len)),
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io::Error::new(
+            let _ = vfs.remove_file(&tmp);
+            if renamed {
+                // The directory entry may or may not be durable: the file is not used.
+                let _ = vfs.remove_file(&dst);
+            }
+            Err(io::Error::new(
                 e.kind(),
                 format!("snapshot at index {index}: {e}"),
-            ));
+            ))
         }
-    };
-    let Some(raft) = shared.raft.get() else {
-        let _ = std::fs::remove_file(&dst);
-        return Err(io::Error::other(
-            "this member's raft node is not running yet; snapshot dropped",
-        ));
-    };
-    tracing::info!(
-        "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
-        dst.display()
-    );
-    raft.step(m);
-    s.write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))
+    }
+}
+
+/// Sequential writes to a Vfs file (the receiver's `Write` for [`frame::read_snapshot_file`]).
+struct VfsWriter<'a> {
+    file: &'a dyn File,
+    at: u64,
+}
+
+impl Write for VfsWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A cluster query (hello with sender and target 0): the reply carries the cluster ID, then
@@ -866,6 +921,7 @@ mod tests {
             received_path: Box::new(
                 move |index| Ok(received.join(format!("{index:016x}.snap.db"))),
             ),
+            vfs: Arc::new(ringkv_engine::StdVfs::new()),
         });
         let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
@@ -1079,5 +1135,66 @@ mod tests {
         ours.stop();
         drop(first);
         assert!(redialled, "the sender never redialled");
+    }
+
+    /// A snapshot stream as the sender writes it after the hello: the MsgSnapshot frame for
+    /// `index` from member 11, then `file` in chunks and the end record.
+    fn snapshot_stream(index: u64, file: &[u8]) -> Vec<u8> {
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgSnapshot);
+        msg.from = 11;
+        msg.to = 10;
+        msg.mut_snapshot().mut_metadata().index = index;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        frame::write_snapshot_file(&mut &file[..], &mut out).unwrap();
+        out
+    }
+
+    /// The receiver writes through the node's Vfs. Every one of its file operations failing in
+    /// turn (a write, the fdatasync, the rename, the directory sync) leaves neither the
+    /// temporary nor the final name behind and returns an error, so the message is never
+    /// stepped; without a fault the file arrives durable under its final name.
+    #[test]
+    fn a_failed_write_or_fsync_while_receiving_leaves_no_snapshot_file() {
+        use ringkv_engine::{Fault, FaultVfs};
+
+        let file: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let stream = snapshot_stream(0x42, &file);
+        let files = |vfs: &FaultVfs| SnapshotFiles {
+            copy_backend: Box::new(|| Err(io::Error::other("not in this test"))),
+            received_path: Box::new(|index| {
+                Ok(PathBuf::from(format!("/snap/{index:016x}.snap.db")))
+            }),
+            vfs: Arc::new(vfs.clone()),
+        };
+        let dst = Path::new("/snap/0000000000000042.snap.db");
+        let tmp = Path::new("/snap/0000000000000042.snap.db.tmp");
+
+        let clean = FaultVfs::new();
+        clean.create_dir_all(Path::new("/snap")).unwrap();
+        let first = clean.ops();
+        let (m, path, len) =
+            receive_snapshot_file(&files(&clean), &mut &stream[..], 11).expect("receive");
+        let ops = clean.ops() - first;
+        assert_eq!((path.as_path(), len), (dst, file.len() as u64));
+        assert_eq!(m.get_snapshot().get_metadata().index, 0x42);
+        assert_eq!(clean.durable_contents(dst).as_deref(), Some(&file[..]));
+        assert!(!clean.exists(tmp));
+        assert!(ops >= 4, "open/write/fsync/rename/dir sync: {ops} operations");
+
+        for op in 0..ops {
+            let vfs = FaultVfs::new();
+            vfs.create_dir_all(Path::new("/snap")).unwrap();
+            vfs.fail_at(vfs.ops() + op, Fault::Eio);
+            let r = receive_snapshot_file(&files(&vfs), &mut &stream[..], 11);
+            let e = r.map(|(_, p, _)| p).expect_err("a failed operation must fail the receive");
+            assert!(e.to_string().contains("snapshot at index 66"), "{e}");
+            assert!(!vfs.exists(dst), "operation {op} failing left {}", dst.display());
+            assert!(!vfs.exists(tmp), "operation {op} failing left {}", tmp.display());
+        }
     }
 }

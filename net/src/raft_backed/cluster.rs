@@ -175,6 +175,7 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 .map(|inner| inner.snap_dir.db_path(index))
                 .ok_or_else(|| std::io::Error::other("the node is closed"))
         }),
+        vfs: inner.vfs.clone(),
     });
     let members = inner.members.read().clone();
     for id in &members.removed {
