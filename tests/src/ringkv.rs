@@ -226,6 +226,16 @@ impl RingkvProcess {
         p
     }
 
+    /// Adds flags for the next start (`relaunch`, `restart`).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra.extend(args.iter().map(|s| s.to_string()));
+    }
+
+    /// Drops every occurrence of flag `arg` for the next start.
+    pub fn remove_arg(&mut self, arg: &str) {
+        self.extra.retain(|a| a != arg);
+    }
+
     /// Starts the node again on the same data dir and ports, without waiting for health.
     pub fn relaunch(&mut self) {
         assert!(self.child.is_none(), "stop or kill first");

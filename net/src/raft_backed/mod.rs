@@ -150,6 +150,9 @@ pub struct ClusterOptions {
     /// `--initial-cluster-token` (MemberAdd derives new IDs from the URLs and the time only,
     /// as etcd does; kept for the log line).
     pub token: String,
+    /// `--force-new-cluster`: restart as a one-member cluster from this member's data
+    /// (`cluster::force_new_cluster`).
+    pub force_new_cluster: bool,
 }
 
 impl NodeOptions {
@@ -181,6 +184,7 @@ impl NodeOptions {
                 peer_listen: c.peer_addrs.clone(),
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,
+                force_new_cluster: c.flags.force_new_cluster,
             },
             snapshot_count: c.flags.snapshot_count,
             max_snapshots: c.flags.max_snapshots as usize,
@@ -643,6 +647,9 @@ impl RaftBackedNode {
                 term: m.term,
             })])
             .map_err(|e| OpenError(format!("cannot write the WAL snapshot marker: {e}")))?;
+        }
+        if opts.cluster.force_new_cluster && !fresh {
+            cluster::force_new_cluster(&opts, &mut membership, &mut store, &mut cfg)?;
         }
         cfg.snapshots = SnapshotPolicy {
             count: opts.snapshot_count,

@@ -3,6 +3,7 @@
 
 mod basics;
 mod failover;
+mod force_new_cluster;
 mod leases;
 mod membership;
 mod partition;
