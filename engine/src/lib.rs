@@ -14,11 +14,11 @@ mod raft_node;
 mod storage;
 mod wal;
 
+pub use backend::CommittedCopy;
 pub use backend::{
     Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1,
     FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
 };
-pub use backend::CommittedCopy;
 pub use io::FileLock;
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 #[cfg(any(test, feature = "internals"))]

@@ -43,12 +43,7 @@ impl RingkvCluster {
         RingkvCluster::start_inner(n, flags, env, true)
     }
 
-    fn start_inner(
-        n: usize,
-        flags: &[&str],
-        env: &[(&str, &str)],
-        proxied: bool,
-    ) -> RingkvCluster {
+    fn start_inner(n: usize, flags: &[&str], env: &[(&str, &str)], proxied: bool) -> RingkvCluster {
         let tmp = tempfile::Builder::new()
             .prefix("ringkv-cluster-")
             .tempdir()

@@ -138,7 +138,11 @@ mod tests {
 
     fn value(round: u32, i: u32) -> Vec<u8> {
         // Some values span overflow runs, so freed runs of several pages get reused.
-        let len = if i % 17 == 0 { 9000 } else { 100 + (i % 50) as usize };
+        let len = if i % 17 == 0 {
+            9000
+        } else {
+            100 + (i % 50) as usize
+        };
         let mut v = format!("r{round}-k{i}-").into_bytes();
         v.resize(len, b'a' + (round % 26) as u8);
         v

@@ -661,10 +661,7 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     }
     let serial = shared.next_accepted.fetch_add(1, Ordering::Relaxed);
     shared.accepted.lock().insert(serial, s.try_clone()?);
-    let _registered = Accepted {
-        shared,
-        serial,
-    };
+    let _registered = Accepted { shared, serial };
     s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
@@ -1184,17 +1181,30 @@ mod tests {
         assert_eq!(m.get_snapshot().get_metadata().index, 0x42);
         assert_eq!(clean.durable_contents(dst).as_deref(), Some(&file[..]));
         assert!(!clean.exists(tmp));
-        assert!(ops >= 4, "open/write/fsync/rename/dir sync: {ops} operations");
+        assert!(
+            ops >= 4,
+            "open/write/fsync/rename/dir sync: {ops} operations"
+        );
 
         for op in 0..ops {
             let vfs = FaultVfs::new();
             vfs.create_dir_all(Path::new("/snap")).unwrap();
             vfs.fail_at(vfs.ops() + op, Fault::Eio);
             let r = receive_snapshot_file(&files(&vfs), &mut &stream[..], 11);
-            let e = r.map(|(_, p, _)| p).expect_err("a failed operation must fail the receive");
+            let e = r
+                .map(|(_, p, _)| p)
+                .expect_err("a failed operation must fail the receive");
             assert!(e.to_string().contains("snapshot at index 66"), "{e}");
-            assert!(!vfs.exists(dst), "operation {op} failing left {}", dst.display());
-            assert!(!vfs.exists(tmp), "operation {op} failing left {}", tmp.display());
+            assert!(
+                !vfs.exists(dst),
+                "operation {op} failing left {}",
+                dst.display()
+            );
+            assert!(
+                !vfs.exists(tmp),
+                "operation {op} failing left {}",
+                tmp.display()
+            );
         }
     }
 }

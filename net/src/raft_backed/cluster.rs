@@ -174,7 +174,9 @@ pub(super) fn force_new_cluster(
             ))
         })?;
     let err = |e: ringkv_engine::StorageError| {
-        OpenError(format!("--force-new-cluster: cannot write the member list: {e}"))
+        OpenError(format!(
+            "--force-new-cluster: cannot write the member list: {e}"
+        ))
     };
     let others: Vec<u64> = membership
         .members

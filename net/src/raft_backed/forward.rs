@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use ringkv_engine::pb::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest,
-    LeaseTimeToLiveResponse, MemberPromoteRequest, MemberPromoteResponse,
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberPromoteRequest, MemberPromoteResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 

@@ -1451,9 +1451,8 @@ impl EtcdNode for RaftBackedNode {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(EtcdError::Internal(format!(
-                            "snapshot: {e}"
-                        ))));
+                        let _ =
+                            tx.blocking_send(Err(EtcdError::Internal(format!("snapshot: {e}"))));
                         return;
                     }
                 };

@@ -734,7 +734,10 @@ fn background_commit_keeps_later_writes_visible_and_out_of_the_commit() {
 }
 
 /// Every pair in `bucket` of the backend `b` reads.
-fn bucket_pairs(b: &dyn ringkv_engine::KvRead, bucket: ringkv_engine::Bucket) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn bucket_pairs(
+    b: &dyn ringkv_engine::KvRead,
+    bucket: ringkv_engine::Bucket,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
     b.scan(bucket, b"", b"", &mut |k, v| {
         out.push((k.to_vec(), v.to_vec()));
@@ -752,7 +755,9 @@ fn bucket_pairs(b: &dyn ringkv_engine::KvRead, bucket: ringkv_engine::Bucket) ->
 async fn writes_complete_while_a_backend_copy_is_read_and_the_copy_is_consistent() {
     use std::io::Read;
 
-    use ringkv_engine::{Backend, BackendOptions, Bucket, KvRead, META_CONSISTENT_INDEX, OpenOptions};
+    use ringkv_engine::{
+        Backend, BackendOptions, Bucket, KvRead, META_CONSISTENT_INDEX, OpenOptions,
+    };
 
     let vfs = FaultVfs::new();
     let node = RaftBackedNode::open(snap_opts(Arc::new(vfs.clone()), "/data/c")).unwrap();
@@ -763,7 +768,12 @@ async fn writes_complete_while_a_backend_copy_is_read_and_the_copy_is_consistent
     }
     let mut copy = node.inner.copy_backend_at().expect("copy");
     let copy_index = copy.index;
-    assert_eq!(copy.term, node.inner.applied_term.load(std::sync::atomic::Ordering::Acquire));
+    assert_eq!(
+        copy.term,
+        node.inner
+            .applied_term
+            .load(std::sync::atomic::Ordering::Acquire)
+    );
     // Nothing writes between the pin and this read: the state the copy must hold.
     let (pinned_keys, pinned_meta) = {
         let store = node.inner.store.read();
@@ -784,18 +794,28 @@ async fn writes_complete_while_a_backend_copy_is_read_and_the_copy_is_consistent
         // While the copy is being read: overwrite a batch of keys and commit the backend
         // (pages the pinned commit reads are freed by these commits).
         for i in 0..40 {
-            put(&node, format!("k{:04}", (acked + i) % 300), format!("new{acked}{pad}")).await;
+            put(
+                &node,
+                format!("k{:04}", (acked + i) % 300),
+                format!("new{acked}{pad}"),
+            )
+            .await;
         }
         acked += 40;
         let mut store = node.inner.store.write();
         node.inner.commit_locked(&mut store);
     }
-    assert!(acked >= 200, "only {acked} writes were acknowledged during the copy");
+    assert!(
+        acked >= 200,
+        "only {acked} writes were acknowledged during the copy"
+    );
     assert_eq!(bytes.len() as u64, copy.len);
     drop(copy);
 
     let path = std::path::Path::new("/data/c/copied-db");
-    let f = vfs.open(path, OpenOptions::read_write().create(true)).unwrap();
+    let f = vfs
+        .open(path, OpenOptions::read_write().create(true))
+        .unwrap();
     f.write_at_and_sync(&bytes, 0).unwrap();
     drop(f);
     let c = Backend::open(
@@ -816,7 +836,10 @@ async fn writes_complete_while_a_backend_copy_is_read_and_the_copy_is_consistent
         .expect("consistent index");
     let ci = u64::from_be_bytes(ci.as_slice().try_into().unwrap());
     assert_eq!(ci, copy_index, "raft is told the index the copy holds");
-    assert!(node.inner.store.read().consistent_index() > ci, "the node moved on");
+    assert!(
+        node.inner.store.read().consistent_index() > ci,
+        "the node moved on"
+    );
     assert_eq!(bucket_pairs(&snap, Bucket::Key), pinned_keys);
     assert_eq!(bucket_pairs(&snap, Bucket::Meta), pinned_meta);
     node.close().expect("clean close");

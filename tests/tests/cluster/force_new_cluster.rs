@@ -40,7 +40,10 @@ fn a_survivor_restarts_alone_with_its_data_and_the_others_are_removed() {
     let leader = c.leader();
     let ep0 = c.members[0].endpoint();
     for i in 0..20 {
-        ctl(&c.members[leader].endpoint(), &["put", &format!("f/{i:02}"), "v"]);
+        ctl(
+            &c.members[leader].endpoint(),
+            &["put", &format!("f/{i:02}"), "v"],
+        );
     }
     // Member 0 has applied everything (a linearizable read there), then the cluster dies.
     assert_eq!(keys(&ep0).len(), 20);
@@ -81,5 +84,9 @@ fn a_survivor_restarts_alone_with_its_data_and_the_others_are_removed() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(c.members[1].log().contains("removed"), "{}", c.members[1].log());
+    assert!(
+        c.members[1].log().contains("removed"),
+        "{}",
+        c.members[1].log()
+    );
 }

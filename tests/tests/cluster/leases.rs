@@ -70,7 +70,11 @@ fn a_lease_kept_alive_through_followers_survives_a_leader_kill_and_expires_after
 
     // Longer than the TTL with renewals only through followers: the leader's lessor got them.
     std::thread::sleep(Duration::from_secs(4));
-    assert_eq!(key_exists(&f0), Some(true), "the lease expired while renewed");
+    assert_eq!(
+        key_exists(&f0),
+        Some(true),
+        "the lease expired while renewed"
+    );
     c.members[old].kill9();
     let new = c.leader();
     assert_ne!(new, old);

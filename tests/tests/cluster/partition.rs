@@ -51,7 +51,10 @@ fn hashkv(endpoint: &str) -> Option<(i64, u64)> {
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(30), "{what}: not within 30 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: not within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -81,11 +84,17 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
     assert!(majority.iter().any(|i| ids[*i] == new_leader));
     // ... and serves writes and linearizable reads.
     for i in 0..10 {
-        let (ok, out) = ctl(&ep[majority[i % 2]], &["put", &format!("q/{i:02}"), "during"]);
+        let (ok, out) = ctl(
+            &ep[majority[i % 2]],
+            &["put", &format!("q/{i:02}"), "during"],
+        );
         assert!(ok, "write on the majority: {out}");
     }
     let (ok, out) = ctl(&ep[majority[0]], &["get", "q/", "--prefix", "--keys-only"]);
-    assert!(ok && out.lines().filter(|l| !l.is_empty()).count() == 10, "{out}");
+    assert!(
+        ok && out.lines().filter(|l| !l.is_empty()).count() == 10,
+        "{out}"
+    );
 
     // The isolated old leader can neither commit a write nor serve a linearizable read; both
     // fail with etcd's errors (in parallel: each waits for the server's request timeout).
@@ -123,5 +132,8 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
         hashes[0].is_some() && hashes.iter().all(|h| *h == hashes[0])
     });
     let (ok, out) = ctl(&ep[old], &["get", "q/", "--prefix", "--keys-only"]);
-    assert!(ok && out.lines().filter(|l| !l.is_empty()).count() == 10, "{out}");
+    assert!(
+        ok && out.lines().filter(|l| !l.is_empty()).count() == 10,
+        "{out}"
+    );
 }
