@@ -138,7 +138,7 @@ mod tests {
 
     fn value(round: u32, i: u32) -> Vec<u8> {
         // Some values span overflow runs, so freed runs of several pages get reused.
-        let len = if i % 17 == 0 {
+        let len = if i.is_multiple_of(17) {
             9000
         } else {
             100 + (i % 50) as usize

@@ -94,6 +94,8 @@ const WATCH_STREAM_CAPACITY: usize = 1024;
 /// Name prefix of temporary backend copies (in `member/snap`) that earlier builds streamed
 /// snapshots from; removed at startup. Snapshots now stream from a pinned commit, no file.
 const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
+/// How long a Snapshot RPC's stream may wait for its client to take the next chunk.
+const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Snapshot chunk size read from the backend copy.
 const SNAPSHOT_READ_CHUNK: usize = 32 * 1024;
 
@@ -1443,7 +1445,14 @@ impl EtcdNode for RaftBackedNode {
         let size = copy.len;
         let mut data = copy.data;
         let (tx, rx) = mpsc::channel::<NodeResult<Bytes>>(4);
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // The copy pins a commit (its pages are not reused meanwhile): a client that stops
+            // reading for SNAPSHOT_SEND_TIMEOUT loses the stream, and the pin goes.
+            let send = |item| {
+                rt.block_on(tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, tx.send(item)))
+                    .is_ok_and(|r| r.is_ok())
+            };
             let mut buf = vec![0u8; SNAPSHOT_READ_CHUNK];
             loop {
                 let n = match data.read(&mut buf) {
@@ -1451,15 +1460,11 @@ impl EtcdNode for RaftBackedNode {
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        let _ =
-                            tx.blocking_send(Err(EtcdError::Internal(format!("snapshot: {e}"))));
+                        send(Err(EtcdError::Internal(format!("snapshot: {e}"))));
                         return;
                     }
                 };
-                if tx
-                    .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                    .is_err()
-                {
+                if !send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
                     return;
                 }
             }
