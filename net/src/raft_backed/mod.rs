@@ -243,7 +243,7 @@ impl Inner {
         drop(store);
         Ok(crate::peer::BackendCopy {
             len: data.len(),
-            data: Box::new(data),
+            data: Box::new(self.live_copies.track(data)),
             index,
             term,
             voters,
@@ -326,6 +326,8 @@ pub(crate) struct Inner {
     stages: ProposalStages,
     /// Where a follower forwards lease renewals and MemberPromote (forward.rs).
     leader_channel: forward::LeaderChannel,
+    /// Backend copies being read; an install waits for them (snapshot.rs).
+    live_copies: Arc<snapshot::LiveCopies>,
 }
 
 impl Inner {
@@ -717,6 +719,7 @@ impl RaftBackedNode {
             read_gate: Arc::new(ReadGate::default()),
             stages: ProposalStages::default(),
             leader_channel: Default::default(),
+            live_copies: Default::default(),
         });
         let applier = Applier {
             inner: inner.clone(),
