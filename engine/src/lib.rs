@@ -14,6 +14,7 @@ mod raft_node;
 mod storage;
 mod wal;
 
+pub use backend::CommittedCopy;
 pub use backend::{
     Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1,
     FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,

@@ -106,9 +106,6 @@ pub fn run() -> Result<(), String> {
         "ringkv node opened"
     );
     let served = runtime.block_on(async {
-        if !node.wait_leader(Duration::from_secs(60)).await {
-            tracing::warn!("no leader after 60 s; serving anyway");
-        }
         let removed = {
             let node = node.clone();
             async move {
@@ -118,6 +115,17 @@ pub fn run() -> Result<(), String> {
                 tracing::warn!("the member has been permanently removed from the cluster; exiting");
             }
         };
+        // A removed member finds no leader (its peers refuse it): it learns of its removal
+        // while waiting, and stops instead of serving.
+        let mut removed = Box::pin(removed);
+        tokio::select! {
+            found = node.wait_leader(Duration::from_secs(60)) => {
+                if !found {
+                    tracing::warn!("no leader after 60 s; serving anyway");
+                }
+            }
+            _ = &mut removed => return Ok::<(), std::io::Error>(()),
+        }
         let stop = async move {
             tokio::select! {
                 r = signal() => {

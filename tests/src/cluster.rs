@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use crate::etcd::free_port;
+use crate::proxy::{Partition, PeerProxy};
 use crate::ringkv::{RingkvProcess, etcdctl_at};
 
 /// `--initial-cluster-token` of test clusters.
@@ -16,6 +19,10 @@ pub const TEST_CLUSTER_TOKEN: &str = "ringkv-test-cluster";
 pub struct RingkvCluster {
     pub members: Vec<RingkvProcess>,
     pub names: Vec<String>,
+    /// Peer proxies, one per member, when started with [`RingkvCluster::start_proxied`].
+    pub proxies: Vec<PeerProxy>,
+    /// The links the proxies cut (empty without proxies).
+    pub partition: Arc<Partition>,
     _tmp: tempfile::TempDir,
 }
 
@@ -27,22 +34,47 @@ impl RingkvCluster {
 
     /// [`RingkvCluster::start`] with extra flags and environment variables for every member.
     pub fn start_with(n: usize, flags: &[&str], env: &[(&str, &str)]) -> RingkvCluster {
+        RingkvCluster::start_inner(n, flags, env, false)
+    }
+
+    /// [`RingkvCluster::start_with`] with every member's peer traffic through a proxy
+    /// (`proxy.rs`): each member advertises its proxy's port; `partition` cuts links.
+    pub fn start_proxied(n: usize, flags: &[&str], env: &[(&str, &str)]) -> RingkvCluster {
+        RingkvCluster::start_inner(n, flags, env, true)
+    }
+
+    fn start_inner(n: usize, flags: &[&str], env: &[(&str, &str)], proxied: bool) -> RingkvCluster {
         let tmp = tempfile::Builder::new()
             .prefix("ringkv-cluster-")
             .tempdir()
             .expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let partition = Arc::new(Partition::default());
+        let proxies: Vec<PeerProxy> = if proxied {
+            ports
+                .iter()
+                .map(|(_, peer)| {
+                    PeerProxy::start(free_port(), *peer, partition.clone()).expect("peer proxy")
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // The peer port each member advertises: its proxy's, if any.
+        let advertised: Vec<u16> = (0..n)
+            .map(|i| proxies.get(i).map_or(ports[i].1, |p| p.listen_port))
+            .collect();
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
         let initial = names
             .iter()
-            .zip(&ports)
-            .map(|(name, (_, peer))| format!("{name}=http://127.0.0.1:{peer}"))
+            .zip(&advertised)
+            .map(|(name, peer)| format!("{name}=http://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let members: Vec<RingkvProcess> = names
             .iter()
-            .zip(&ports)
-            .map(|(name, (client, peer))| {
+            .zip(ports.iter().zip(&advertised))
+            .map(|(name, ((client, peer), advertised))| {
                 let extra: Vec<String> = [
                     "--name",
                     name,
@@ -57,12 +89,19 @@ impl RingkvCluster {
                 .chain(flags)
                 .map(|s| s.to_string())
                 .collect();
-                RingkvProcess::launch_env(&data_dir(&tmp, name), *client, *peer, &extra, env)
+                let dir = data_dir(&tmp, name);
+                if proxied {
+                    RingkvProcess::launch_proxied(&dir, *client, *peer, *advertised, &extra, env)
+                } else {
+                    RingkvProcess::launch_env(&dir, *client, *peer, &extra, env)
+                }
             })
             .collect();
         let mut c = RingkvCluster {
             members,
             names,
+            proxies,
+            partition,
             _tmp: tmp,
         };
         c.wait_ready();

@@ -99,6 +99,9 @@ pub struct RingkvProcess {
     child: Option<Child>,
     pub client_port: u16,
     pub peer_port: u16,
+    /// The peer port advertised to the cluster when it differs from `peer_port` (a proxy in
+    /// front of it: `proxy.rs`).
+    advertise_peer_port: Option<u16>,
     pub data_dir: PathBuf,
     extra: Vec<String>,
     /// Extra environment variables for the process.
@@ -135,6 +138,7 @@ impl RingkvProcess {
             child: None,
             client_port: free_port(),
             peer_port: free_port(),
+            advertise_peer_port: None,
             data_dir: data_dir.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -160,6 +164,7 @@ impl RingkvProcess {
             child: None,
             client_port,
             peer_port,
+            advertise_peer_port: None,
             data_dir: data_dir.to_path_buf(),
             extra: extra.to_vec(),
             env: Vec::new(),
@@ -181,6 +186,7 @@ impl RingkvProcess {
             child: None,
             client_port,
             peer_port,
+            advertise_peer_port: None,
             data_dir: data_dir.to_path_buf(),
             extra: extra.to_vec(),
             env: env
@@ -191,6 +197,43 @@ impl RingkvProcess {
         };
         p.spawn_process();
         p
+    }
+
+    /// [`RingkvProcess::launch_env`] for a member behind a peer proxy: it listens for peers on
+    /// `peer_port` and advertises `advertise_peer_port` (the proxy's).
+    pub fn launch_proxied(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        advertise_peer_port: u16,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> RingkvProcess {
+        let mut p = RingkvProcess {
+            child: None,
+            client_port,
+            peer_port,
+            advertise_peer_port: Some(advertise_peer_port),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            _tmp: None,
+        };
+        p.spawn_process();
+        p
+    }
+
+    /// Adds flags for the next start (`relaunch`, `restart`).
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra.extend(args.iter().map(|s| s.to_string()));
+    }
+
+    /// Drops every occurrence of flag `arg` for the next start.
+    pub fn remove_arg(&mut self, arg: &str) {
+        self.extra.retain(|a| a != arg);
     }
 
     /// Starts the node again on the same data dir and ports, without waiting for health.
@@ -215,6 +258,10 @@ impl RingkvProcess {
     fn spawn_process(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let advertised_peer = format!(
+            "http://127.0.0.1:{}",
+            self.advertise_peer_port.unwrap_or(self.peer_port)
+        );
         let log = self.data_dir.with_extension("log");
         std::fs::create_dir_all(self.data_dir.parent().expect("parent")).expect("mkdir");
         let log_file = std::fs::OpenOptions::new()
@@ -228,7 +275,7 @@ impl RingkvProcess {
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &advertised_peer])
             .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
             .args(&self.extra)
             .env("RINGKV_LOG", "warn")

@@ -570,7 +570,7 @@ pub struct Snapshot {
     pub(crate) version: Arc<Version>,
     buf: Arc<Buffer>,
     seq: u64,
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Snapshot {

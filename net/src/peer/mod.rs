@@ -42,7 +42,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Mutex, RwLock};
-use ringkv_engine::{RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport};
+use ringkv_engine::{
+    File, OpenOptions, RaftConfState, RaftMessage, RaftMessageType, RaftNode, Transport, Vfs,
+};
 
 use self::frame::{Hello, Status, StreamKind};
 
@@ -57,6 +59,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a hello or its reply may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write of a message connection may stall before the sender gives the
+/// connection up and redials (etcd's rafthttp uses 5 s too): a peer that stops reading must
+/// not wedge the sender thread, and with it every message queued for that peer.
+const PEER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read or write of a snapshot connection may stall (the receiver's
 /// acknowledgement waits for an fsync and a rename).
 const SNAPSHOT_IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -70,8 +76,10 @@ pub struct PeerConfig {
 
 /// A consistent copy of a member's backend file and the raft state it holds.
 pub struct BackendCopy {
-    /// The copy (removed by the transport when the transfer ends).
-    pub path: PathBuf,
+    /// The copy's bytes (read while the transfer streams them; dropped when it ends).
+    pub data: Box<dyn Read + Send>,
+    /// How many bytes `data` yields.
+    pub len: u64,
     /// Its consistent index: the last entry applied into it.
     pub index: u64,
     /// The term of that entry; 0 when not known (the MsgSnapshot's metadata is then sent
@@ -90,6 +98,8 @@ pub struct SnapshotFiles {
     /// Where the backend file received for a snapshot at `index` goes
     /// (`member/snap/{index:016x}.snap.db`, where the node's restore looks for it).
     pub received_path: Box<dyn Fn(u64) -> io::Result<PathBuf> + Send + Sync>,
+    /// The file system received files are written through (the node's).
+    pub vfs: Arc<dyn Vfs>,
 }
 
 struct PeerSender {
@@ -100,6 +110,8 @@ struct PeerSender {
 
 struct Shared {
     cfg: PeerConfig,
+    /// [`PEER_WRITE_TIMEOUT`] (shorter in tests).
+    write_timeout: Duration,
     /// Set once raft started (the transport exists before the node it reports to).
     raft: OnceLock<RaftNode>,
     peers: Mutex<HashMap<u64, PeerSender>>,
@@ -108,8 +120,11 @@ struct Shared {
     /// A peer told us we were removed.
     self_removed: AtomicBool,
     stopping: AtomicBool,
-    /// Accepted connections, shut down on stop so their reader threads end.
-    accepted: Mutex<Vec<TcpStream>>,
+    /// Accepted message connections by a serial number, shut down on stop so their reader
+    /// threads end. A reader thread removes (and shuts down) its own entry when it ends for
+    /// any reason (`Accepted`), so a connection closed for a bad frame is really closed.
+    accepted: Mutex<HashMap<u64, TcpStream>>,
+    next_accepted: std::sync::atomic::AtomicU64,
     /// Answers a cluster query: the member list as JSON (membership.rs records).
     member_list: RwLock<Option<MemberListFn>>,
     /// Source and destination of snapshot transfers (none: snapshots are reported failed).
@@ -127,15 +142,21 @@ pub struct PeerTransport {
 
 impl PeerTransport {
     pub fn new(cfg: PeerConfig) -> PeerTransport {
+        PeerTransport::with_write_timeout(cfg, PEER_WRITE_TIMEOUT)
+    }
+
+    fn with_write_timeout(cfg: PeerConfig, write_timeout: Duration) -> PeerTransport {
         PeerTransport {
             shared: Arc::new(Shared {
                 cfg,
+                write_timeout,
                 raft: OnceLock::new(),
                 peers: Mutex::new(HashMap::new()),
                 removed: RwLock::new(HashSet::new()),
                 self_removed: AtomicBool::new(false),
                 stopping: AtomicBool::new(false),
-                accepted: Mutex::new(Vec::new()),
+                accepted: Mutex::new(HashMap::new()),
+                next_accepted: std::sync::atomic::AtomicU64::new(0),
                 member_list: RwLock::new(None),
                 snapshot_files: RwLock::new(None),
             }),
@@ -221,7 +242,7 @@ impl PeerTransport {
         for (_, p) in self.shared.peers.lock().drain() {
             p.stop.store(true, Ordering::Release);
         }
-        for s in self.shared.accepted.lock().drain(..) {
+        for (_, s) in self.shared.accepted.lock().drain() {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -327,7 +348,17 @@ impl SenderWorker {
 
     /// Sends batches until the connection fails or the worker stops.
     fn stream(&self, s: TcpStream) -> io::Result<()> {
+        s.set_write_timeout(Some(self.shared.write_timeout))?;
         let mut w = BufWriter::with_capacity(64 * 1024, s.try_clone()?);
+        let r = self.send_batches(&s, &mut w);
+        if r.is_err() {
+            // Before `w` is dropped: its drop flushes, which must not wait on a dead peer.
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        r
+    }
+
+    fn send_batches(&self, s: &TcpStream, w: &mut BufWriter<TcpStream>) -> io::Result<()> {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut batch: Vec<Vec<u8>> = Vec::new();
         loop {
@@ -419,15 +450,6 @@ impl SenderWorker {
     }
 }
 
-/// Removes a file when dropped (the backend copy a transfer streams from).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// One snapshot transfer: copy the backend, connect, send the MsgSnapshot frame and the file's
 /// chunks, wait for the receiver's acknowledgement. Returns the file's length.
 fn send_snapshot(
@@ -441,8 +463,7 @@ fn send_snapshot(
         .read()
         .clone()
         .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
-    let at = (files.copy_backend)()?;
-    let copy = RemoveOnDrop(at.path.clone());
+    let mut at = (files.copy_backend)()?;
     let mut msg = msg;
     let meta = msg.mut_snapshot().mut_metadata();
     if at.term != 0 && at.index >= meta.index {
@@ -451,10 +472,11 @@ fn send_snapshot(
         // snapshot was taken refuses a snapshot whose configuration lacks it).
         meta.index = at.index;
         meta.term = at.term;
-        meta.set_conf_state(RaftConfState::from((at.voters, at.learners)));
+        meta.set_conf_state(RaftConfState::from((
+            std::mem::take(&mut at.voters),
+            std::mem::take(&mut at.learners),
+        )));
     }
-    let mut file = std::fs::File::open(&copy.0)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", copy.0.display())))?;
     let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
@@ -465,8 +487,9 @@ fn send_snapshot(
     let mut buf = Vec::new();
     frame::encode_frame(&[encoded], &mut buf);
     w.write_all(&buf)?;
-    let len = frame::write_snapshot_file(&mut file, &mut w)
-        .map_err(|e| io::Error::new(e.kind(), format!("streaming {}: {e}", copy.0.display())))?;
+    let len = frame::write_snapshot_file(&mut at.data, &mut w)
+        .map_err(|e| io::Error::new(e.kind(), format!("streaming the backend copy: {e}")))?;
+
     w.flush()?;
     let mut reply = [0u8; frame::REPLY_LEN];
     s.read_exact(&mut reply).map_err(|e| {
@@ -636,7 +659,9 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
         let _ = closer.shutdown(Shutdown::Both);
         return r;
     }
-    shared.accepted.lock().push(s.try_clone()?);
+    let serial = shared.next_accepted.fetch_add(1, Ordering::Relaxed);
+    shared.accepted.lock().insert(serial, s.try_clone()?);
+    let _registered = Accepted { shared, serial };
     s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
@@ -682,19 +707,63 @@ fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
     }
 }
 
-/// Receives one snapshot on an accepted snapshot connection: the MsgSnapshot frame, then the
-/// backend file, written to `{index}.snap.db.tmp`, fsynced, renamed to `{index}.snap.db` and
-/// the directory fsynced; only then is the message stepped into raft (whose restore installs
-/// that file) and the sender acknowledged. On any failure the temporary file is removed and the
-/// connection closed without acknowledgement (the sender reports the snapshot failed).
-fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<()> {
-    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+/// An accepted message connection's entry in `Shared::accepted`; dropping it (the reader
+/// thread ends) removes the entry and shuts the socket down, so no clone keeps it open.
+struct Accepted<'a> {
+    shared: &'a Shared,
+    serial: u64,
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.accepted.lock().remove(&self.serial) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Receives one snapshot on an accepted snapshot connection ([`receive_snapshot_file`]); only
+/// once the file is durable is the message stepped into raft (whose restore installs that
+/// file) and the sender acknowledged. On any failure the connection is closed without
+/// acknowledgement (the sender reports the snapshot failed).
+fn receive_snapshot(shared: &Shared, s: TcpStream, from: u64) -> io::Result<()> {
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
+    let Some(files) = shared.snapshot_files.read().clone() else {
+        return Err(io::Error::other("this member cannot receive snapshots yet"));
+    };
     let mut r =
         BufReader::with_capacity(frame::SNAP_CHUNK + frame::SNAP_RECORD_LEN, s.try_clone()?);
+    let (m, dst, len) = receive_snapshot_file(&files, &mut r, from)?;
+    let index = m.get_snapshot().get_metadata().index;
+    let Some(raft) = shared.raft.get() else {
+        let _ = files.vfs.remove_file(&dst);
+        return Err(io::Error::other(
+            "this member's raft node is not running yet; snapshot dropped",
+        ));
+    };
+    tracing::info!(
+        "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
+        dst.display()
+    );
+    raft.step(m);
+    (&s).write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))
+}
+
+/// Reads the MsgSnapshot frame and the backend file that follows it from `r` (a snapshot
+/// connection after its hello), writes the file through the node's Vfs to
+/// `{index}.snap.db.tmp`, fsyncs it, renames it to `{index}.snap.db` and fsyncs the directory.
+/// Returns the message, the file's path and length. On any failure (a damaged record, an I/O
+/// error, a failed fsync: never retried) neither name is left behind, and the caller must not
+/// step the message.
+fn receive_snapshot_file(
+    files: &SnapshotFiles,
+    r: &mut impl Read,
+    from: u64,
+) -> io::Result<(RaftMessage, PathBuf, u64)> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
     let mut offset = frame::HELLO_LEN as u64;
-    let mut batch = frame::read_frame(&mut r, &mut offset)?
+    let mut batch = frame::read_frame(r, &mut offset)?
         .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no snapshot message"))?;
     if batch.len() != 1 {
         return Err(invalid(format!(
@@ -711,52 +780,74 @@ fn receive_snapshot(shared: &Shared, mut s: TcpStream, from: u64) -> io::Result<
             m.from
         )));
     }
-    let Some(files) = shared.snapshot_files.read().clone() else {
-        return Err(io::Error::other("this member cannot receive snapshots yet"));
-    };
     let index = m.get_snapshot().get_metadata().index;
     let dst = (files.received_path)(index)?;
     let mut tmp = dst.clone().into_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
+    let vfs = &*files.vfs;
     let named =
         |e: io::Error, path: &Path| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut renamed = false;
     let written = (|| -> io::Result<u64> {
-        let file = std::fs::File::create(&tmp).map_err(|e| named(e, &tmp))?;
-        let mut w = BufWriter::with_capacity(frame::SNAP_CHUNK, file);
-        let len = frame::read_snapshot_file(&mut r, &mut offset, &mut w)?;
-        let file = w.into_inner().map_err(|e| named(e.into_error(), &tmp))?;
+        if vfs.exists(&tmp) {
+            vfs.remove_file(&tmp).map_err(|e| named(e, &tmp))?;
+        }
+        let file = vfs
+            .open(&tmp, OpenOptions::read_write().create_new(true))
+            .map_err(|e| named(e, &tmp))?;
+        let mut w = BufWriter::with_capacity(
+            frame::SNAP_CHUNK,
+            VfsWriter {
+                file: &*file,
+                at: 0,
+            },
+        );
+        let len = frame::read_snapshot_file(r, &mut offset, &mut w)?;
+        w.flush().map_err(|e| named(e, &tmp))?;
+        drop(w);
         // A failed fsync leaves the file's contents unknown: it is thrown away, never used.
-        file.sync_all().map_err(|e| named(e, &tmp))?;
-        std::fs::rename(&tmp, &dst).map_err(|e| named(e, &dst))?;
+        file.sync_data()
+            .map_err(|e| named(io::Error::new(e.kind(), format!("fdatasync: {e}")), &tmp))?;
+        drop(file);
+        vfs.rename(&tmp, &dst).map_err(|e| named(e, &dst))?;
+        renamed = true;
         let dir = dst.parent().unwrap_or(Path::new("."));
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| named(e, dir))?;
+        vfs.sync_dir(dir).map_err(|e| named(e, dir))?;
         Ok(len)
     })();
-    let len = match written {
-        Ok(len) => len,
+    match written {
+        Ok(len) => Ok((m, dst, len)),
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io::Error::new(
+            let _ = vfs.remove_file(&tmp);
+            if renamed {
+                // The directory entry may or may not be durable: the file is not used.
+                let _ = vfs.remove_file(&dst);
+            }
+            Err(io::Error::new(
                 e.kind(),
                 format!("snapshot at index {index}: {e}"),
-            ));
+            ))
         }
-    };
-    let Some(raft) = shared.raft.get() else {
-        let _ = std::fs::remove_file(&dst);
-        return Err(io::Error::other(
-            "this member's raft node is not running yet; snapshot dropped",
-        ));
-    };
-    tracing::info!(
-        "received the snapshot at index {index} ({len} bytes) from member {from:x} into {}",
-        dst.display()
-    );
-    raft.step(m);
-    s.write_all(&frame::encode_reply(Status::Ok, shared.cfg.cluster_id))
+    }
+}
+
+/// Sequential writes to a Vfs file (the receiver's `Write` for [`frame::read_snapshot_file`]).
+struct VfsWriter<'a> {
+    file: &'a dyn File,
+    at: u64,
+}
+
+impl Write for VfsWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write_at(buf, self.at)?;
+        self.at += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A cluster query (hello with sender and target 0): the reply carries the cluster ID, then
@@ -827,6 +918,7 @@ mod tests {
             received_path: Box::new(
                 move |index| Ok(received.join(format!("{index:016x}.snap.db"))),
             ),
+            vfs: Arc::new(ringkv_engine::StdVfs::new()),
         });
         let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let mut s = TcpStream::connect(addr).unwrap();
@@ -925,5 +1017,194 @@ mod tests {
         assert_eq!(cluster, 1);
         assert_eq!(list, b"[{\"id\":10}]");
         ours.stop();
+    }
+
+    /// Says hello on a message connection from member 11 to `addr` (member 10, cluster 1).
+    fn hello_messages(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&frame::encode_hello(&Hello {
+            kind: StreamKind::Messages,
+            cluster_id: 1,
+            from: 11,
+            to: 10,
+        }))
+        .unwrap();
+        let mut reply = [0u8; frame::REPLY_LEN];
+        s.read_exact(&mut reply).unwrap();
+        assert_eq!(frame::decode_reply(&reply).unwrap(), (Status::Ok, 1));
+        s
+    }
+
+    /// Invariant 3: a frame with a bad checksum closes the message connection (no clone kept
+    /// for shutdown holds it open), and the member accepts the sender's next connection.
+    #[test]
+    fn a_corrupt_frame_closes_the_connection_and_the_member_keeps_serving() {
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 10,
+        });
+        let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut s = hello_messages(addr);
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgHeartbeat);
+        msg.from = 11;
+        msg.to = 10;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        let good = out.len();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        // One bit of the second frame's payload.
+        let last = out.len() - 1;
+        out[last] ^= 0x01;
+        assert!(last > good);
+        s.write_all(&out).unwrap();
+        // The receiver closes the connection: end of stream, not a read that times out.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        let end = s.read_to_end(&mut rest);
+        assert!(end.is_ok(), "the connection stayed open: {end:?}");
+        assert!(rest.is_empty());
+        assert!(ours.shared.accepted.lock().is_empty());
+        // The member keeps serving: a new connection is accepted and kept.
+        let _again = hello_messages(addr);
+        ours.stop();
+    }
+
+    /// A peer that accepts the connection and then stops reading: the sender's write times out
+    /// and it redials instead of blocking forever.
+    #[test]
+    fn a_peer_that_stops_reading_does_not_wedge_the_sender() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = PeerTransport::with_write_timeout(
+            PeerConfig {
+                cluster_id: 1,
+                member_id: 11,
+            },
+            Duration::from_millis(300),
+        );
+        ours.set_peer(10, vec![format!("http://{addr}")]);
+        let accept_one = || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_nonblocking(false).unwrap();
+            let mut hello = [0u8; frame::HELLO_LEN];
+            s.read_exact(&mut hello).unwrap();
+            let h = frame::decode_hello(&hello).unwrap();
+            assert_eq!((h.from, h.to), (11, 10));
+            s.write_all(&frame::encode_reply(Status::Ok, 1)).unwrap();
+            s
+        };
+        let first = accept_one();
+        // 48 MiB of appends: far more than the socket buffers hold, and nobody reads them.
+        let msgs: Vec<RaftMessage> = (0..48)
+            .map(|i| {
+                let mut m = RaftMessage::default();
+                m.set_msg_type(RaftMessageType::MsgAppend);
+                m.from = 11;
+                m.to = 10;
+                m.index = i;
+                let mut e = ringkv_engine::RaftEntry::default();
+                e.set_data(vec![7u8; 1 << 20].into());
+                m.mut_entries().push(e);
+                m
+            })
+            .collect();
+        ours.send(msgs);
+        // The sender gives the stalled connection up and connects again.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut redialled = false;
+        while !redialled && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    drop(s);
+                    redialled = true;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        ours.stop();
+        drop(first);
+        assert!(redialled, "the sender never redialled");
+    }
+
+    /// A snapshot stream as the sender writes it after the hello: the MsgSnapshot frame for
+    /// `index` from member 11, then `file` in chunks and the end record.
+    fn snapshot_stream(index: u64, file: &[u8]) -> Vec<u8> {
+        let mut msg = RaftMessage::default();
+        msg.set_msg_type(RaftMessageType::MsgSnapshot);
+        msg.from = 11;
+        msg.to = 10;
+        msg.mut_snapshot().mut_metadata().index = index;
+        let mut out = Vec::new();
+        frame::encode_frame(
+            &[protobuf::Message::write_to_bytes(&msg).unwrap()],
+            &mut out,
+        );
+        frame::write_snapshot_file(&mut &file[..], &mut out).unwrap();
+        out
+    }
+
+    /// The receiver writes through the node's Vfs. Every one of its file operations failing in
+    /// turn (a write, the fdatasync, the rename, the directory sync) leaves neither the
+    /// temporary nor the final name behind and returns an error, so the message is never
+    /// stepped; without a fault the file arrives durable under its final name.
+    #[test]
+    fn a_failed_write_or_fsync_while_receiving_leaves_no_snapshot_file() {
+        use ringkv_engine::{Fault, FaultVfs};
+
+        let file: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let stream = snapshot_stream(0x42, &file);
+        let files = |vfs: &FaultVfs| SnapshotFiles {
+            copy_backend: Box::new(|| Err(io::Error::other("not in this test"))),
+            received_path: Box::new(|index| {
+                Ok(PathBuf::from(format!("/snap/{index:016x}.snap.db")))
+            }),
+            vfs: Arc::new(vfs.clone()),
+        };
+        let dst = Path::new("/snap/0000000000000042.snap.db");
+        let tmp = Path::new("/snap/0000000000000042.snap.db.tmp");
+
+        let clean = FaultVfs::new();
+        clean.create_dir_all(Path::new("/snap")).unwrap();
+        let first = clean.ops();
+        let (m, path, len) =
+            receive_snapshot_file(&files(&clean), &mut &stream[..], 11).expect("receive");
+        let ops = clean.ops() - first;
+        assert_eq!((path.as_path(), len), (dst, file.len() as u64));
+        assert_eq!(m.get_snapshot().get_metadata().index, 0x42);
+        assert_eq!(clean.durable_contents(dst).as_deref(), Some(&file[..]));
+        assert!(!clean.exists(tmp));
+        assert!(
+            ops >= 4,
+            "open/write/fsync/rename/dir sync: {ops} operations"
+        );
+
+        for op in 0..ops {
+            let vfs = FaultVfs::new();
+            vfs.create_dir_all(Path::new("/snap")).unwrap();
+            vfs.fail_at(vfs.ops() + op, Fault::Eio);
+            let r = receive_snapshot_file(&files(&vfs), &mut &stream[..], 11);
+            let e = r
+                .map(|(_, p, _)| p)
+                .expect_err("a failed operation must fail the receive");
+            assert!(e.to_string().contains("snapshot at index 66"), "{e}");
+            assert!(
+                !vfs.exists(dst),
+                "operation {op} failing left {}",
+                dst.display()
+            );
+            assert!(
+                !vfs.exists(tmp),
+                "operation {op} failing left {}",
+                tmp.display()
+            );
+        }
     }
 }

@@ -129,6 +129,80 @@ pub(super) fn seed_members(
     store.backend_mut().commit_all(ci).map_err(err)
 }
 
+/// `--force-new-cluster` (etcd's): this member restarts as the only voter of its cluster,
+/// keeping its data, cluster ID and member ID. Like etcd, it keeps the log up to the WAL's
+/// commit index (and what the backend applied), drops the entries after it (never known to be
+/// committed), and removes every other member for good (they are refused as removed, and stop,
+/// should they come back). The changed member list is committed to the backend before raft
+/// starts; a learner becomes a voter.
+///
+/// Refused when a committed entry not yet applied is a membership change: applying it after
+/// the new configuration would bring a removed member back. Starting the member once without
+/// the flag applies it.
+pub(super) fn force_new_cluster(
+    opts: &NodeOptions,
+    membership: &mut Membership,
+    store: &mut MvccStore<NodeBackend>,
+    cfg: &mut ringkv_engine::NodeConfig,
+) -> Result<(), OpenError> {
+    let applied = store.consistent_index();
+    let commit = cfg.hard_state.commit.max(applied);
+    let before = cfg.entries.len();
+    cfg.entries.retain(|e| e.index <= commit);
+    if let Some(e) = cfg.entries.iter().find(|e| {
+        e.index > applied
+            && matches!(
+                e.get_entry_type(),
+                ringkv_engine::RaftEntryType::EntryConfChange
+                    | ringkv_engine::RaftEntryType::EntryConfChangeV2
+            )
+    }) {
+        return Err(OpenError(format!(
+            "--force-new-cluster: the committed entry {} is a membership change not applied yet              (applied up to {applied}); start the member once without the flag, then retry",
+            e.index
+        )));
+    }
+    cfg.hard_state.commit = commit;
+    let mut own = membership
+        .members
+        .get(&opts.member_id)
+        .cloned()
+        .ok_or_else(|| {
+            OpenError(format!(
+                "--force-new-cluster: member {:x} is not in its own member list",
+                opts.member_id
+            ))
+        })?;
+    let err = |e: ringkv_engine::StorageError| {
+        OpenError(format!(
+            "--force-new-cluster: cannot write the member list: {e}"
+        ))
+    };
+    let others: Vec<u64> = membership
+        .members
+        .keys()
+        .copied()
+        .filter(|id| *id != opts.member_id)
+        .collect();
+    for id in &others {
+        membership.remove(store.backend_mut(), *id).map_err(err)?;
+    }
+    if own.is_learner {
+        own.is_learner = false;
+        membership.put(store.backend_mut(), own).map_err(err)?;
+    }
+    store.backend_mut().commit_all(applied).map_err(err)?;
+    tracing::warn!(
+        "--force-new-cluster: member {:x} now forms cluster {:x} alone; removed members {:x?}; \
+         dropped {} log entries after the commit index {commit}",
+        opts.member_id,
+        opts.cluster_id,
+        others,
+        before - cfg.entries.len()
+    );
+    Ok(())
+}
+
 fn own_record(opts: &NodeOptions) -> MemberInfo {
     MemberInfo {
         id: opts.member_id,
@@ -167,7 +241,6 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 .ok_or_else(|| std::io::Error::other("the node is closed"))?;
             inner
                 .copy_backend_at()
-                .map(|(_, _, at)| at)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         }),
         received_path: Box::new(move |index| {
@@ -176,6 +249,7 @@ pub(super) fn start_peers(inner: &Arc<Inner>, raft: RaftNode) -> Result<(), Open
                 .map(|inner| inner.snap_dir.db_path(index))
                 .ok_or_else(|| std::io::Error::other("the node is closed"))
         }),
+        vfs: inner.vfs.clone(),
     });
     let members = inner.members.read().clone();
     for id in &members.removed {

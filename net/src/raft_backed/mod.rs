@@ -26,6 +26,7 @@
 
 mod apply;
 mod cluster;
+mod forward;
 mod membership;
 mod read_gate;
 mod shared_writer;
@@ -90,9 +91,12 @@ const LEASE_REVOKE_BATCH: usize = 500;
 const REVISION_COMPACT_CHECK: Duration = Duration::from_secs(300);
 /// Capacity of a watcher's hub stream (slack before the watcher becomes a victim).
 const WATCH_STREAM_CAPACITY: usize = 1024;
-/// Name prefix of the temporary backend copies a Snapshot RPC streams from (in `member/snap`).
+/// Name prefix of temporary backend copies (in `member/snap`) that earlier builds streamed
+/// snapshots from; removed at startup. Snapshots now stream from a pinned commit, no file.
 const SNAPSHOT_COPY_PREFIX: &str = "db.snapshot.";
-/// Snapshot chunk size read from the copied backend file.
+/// How long a Snapshot RPC's stream may wait for its client to take the next chunk.
+const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Snapshot chunk size read from the backend copy.
 const SNAPSHOT_READ_CHUNK: usize = 32 * 1024;
 
 /// How the node was opened; derived from [`Config`] by [`NodeOptions::from_config`].
@@ -148,6 +152,9 @@ pub struct ClusterOptions {
     /// `--initial-cluster-token` (MemberAdd derives new IDs from the URLs and the time only,
     /// as etcd does; kept for the log line).
     pub token: String,
+    /// `--force-new-cluster`: restart as a one-member cluster from this member's data
+    /// (`cluster::force_new_cluster`).
+    pub force_new_cluster: bool,
 }
 
 impl NodeOptions {
@@ -179,6 +186,7 @@ impl NodeOptions {
                 peer_listen: c.peer_addrs.clone(),
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,
+                force_new_cluster: c.flags.force_new_cluster,
             },
             snapshot_count: c.flags.snapshot_count,
             max_snapshots: c.flags.max_snapshots as usize,
@@ -201,57 +209,46 @@ impl NodeOptions {
 pub struct OpenError(String);
 
 impl Inner {
-    /// A consistent copy of the backend file beside it (`member/snap/db.snapshot.N`) and its
-    /// length: commits (so the copy's consistent index is the applied index), then copies the
-    /// file while the store's write lock keeps any commit out. The caller removes the copy.
-    /// Serves the Maintenance.Snapshot RPC and snapshot transfers to peers.
-    fn copy_backend(&self) -> NodeResult<(PathBuf, u64)> {
-        self.copy_backend_at().map(|(path, len, _)| (path, len))
-    }
-
-    /// [`Inner::copy_backend`], and what raft must be told the copy holds: its index (the
-    /// consistent index), that entry's term, and the configuration applied up to it. A peer
-    /// receiving the copy gets these as its snapshot's metadata (like etcd's merged snapshot),
-    /// so that a member added after the newest raft snapshot finds itself in the configuration.
-    fn copy_backend_at(&self) -> NodeResult<(PathBuf, u64, crate::peer::BackendCopy)> {
+    /// A consistent copy of the backend as a reader of its bytes, and the raft state it holds:
+    /// its index (the consistent index), that entry's term, and the configuration applied up
+    /// to it. A peer receiving the copy gets these as its snapshot's metadata (like etcd's
+    /// merged snapshot), so that a member added after the newest raft snapshot finds itself in
+    /// the configuration. Serves the Maintenance.Snapshot RPC and snapshot transfers to peers.
+    ///
+    /// The store's write lock is held only to commit and pin that commit; the bytes are read
+    /// afterwards from the pinned commit while applies, commits and reads go on
+    /// (`ringkv_engine::CommittedCopy`: the pinned pages are not reused until the reader is
+    /// dropped). So the copy's consistent index is the applied index at the moment of the pin.
+    fn copy_backend_at(&self) -> NodeResult<crate::peer::BackendCopy> {
         let mut store = self.store.write();
-        let at = {
+        let (voters, learners) = {
             // Lock order: `store` before `members`. Both are only changed by the apply thread
             // with the store's write lock held, so they describe the same index.
-            let (voters, learners) = self.members.read().conf(None);
-            crate::peer::BackendCopy {
-                path: PathBuf::new(),
-                index: store.consistent_index(),
-                term: self.applied_term.load(Ordering::Acquire),
-                voters,
-                learners,
-            }
+            self.members.read().conf(None)
         };
+        let index = store.consistent_index();
+        let term = self.applied_term.load(Ordering::Acquire);
         self.dirty.store(true, Ordering::Release);
         self.commit_locked(&mut store);
         if self.failed.get().is_some() {
             return Err(EtcdError::Internal(self.failure_text()));
         }
-        let src = store
+        // Under the write lock right after the commit: the newest version is that commit
+        // (a background commit cannot start without the read lock, and `commit_all` left
+        // side mode, so one that was running commits nothing more).
+        let data = store
             .backend()
-            .path()
+            .committed_copy()
             .ok_or_else(|| EtcdError::Internal("snapshot: the backend is closed".into()))?;
-        let dst = src.with_file_name(format!(
-            "{SNAPSHOT_COPY_PREFIX}{}",
-            self.next_request_id.fetch_add(1, Ordering::Relaxed)
-        ));
-        let n = std::fs::copy(&src, &dst).map_err(|e| {
-            EtcdError::Internal(format!(
-                "snapshot: copy {} to {}: {e}",
-                src.display(),
-                dst.display()
-            ))
-        })?;
-        let at = crate::peer::BackendCopy {
-            path: dst.clone(),
-            ..at
-        };
-        Ok((dst, n, at))
+        drop(store);
+        Ok(crate::peer::BackendCopy {
+            len: data.len(),
+            data: Box::new(self.live_copies.track(data)),
+            index,
+            term,
+            voters,
+            learners,
+        })
     }
 }
 
@@ -327,6 +324,10 @@ pub(crate) struct Inner {
     read_gate: Arc<ReadGate>,
     /// Time per proposal stage (commit, apply, reply), for `/metrics`.
     stages: ProposalStages,
+    /// Where a follower forwards lease renewals and MemberPromote (forward.rs).
+    leader_channel: forward::LeaderChannel,
+    /// Backend copies being read; an install waits for them (snapshot.rs).
+    live_copies: Arc<snapshot::LiveCopies>,
 }
 
 impl Inner {
@@ -549,7 +550,7 @@ impl RaftBackedNode {
         let wal_lock = Wal::lock_dir(&vfs, &wal_dir)
             .map_err(|e| OpenError(format!("cannot open the WAL in {}: {e}", wal_dir.display())))?;
         let db_path = snap_dir.join("db");
-        // Copies left by snapshot streams that a crash interrupted.
+        // Copies left by earlier builds' snapshot streams that a crash interrupted.
         if let Ok(names) = vfs.list_dir(&snap_dir) {
             for n in names {
                 if n.to_string_lossy().starts_with(SNAPSHOT_COPY_PREFIX) {
@@ -651,6 +652,9 @@ impl RaftBackedNode {
             })])
             .map_err(|e| OpenError(format!("cannot write the WAL snapshot marker: {e}")))?;
         }
+        if opts.cluster.force_new_cluster && !fresh {
+            cluster::force_new_cluster(&opts, &mut membership, &mut store, &mut cfg)?;
+        }
         cfg.snapshots = SnapshotPolicy {
             count: opts.snapshot_count,
             catch_up: snapshot::catch_up_entries(),
@@ -714,6 +718,8 @@ impl RaftBackedNode {
             last_publish: Mutex::new(Instant::now() - Duration::from_secs(10)),
             read_gate: Arc::new(ReadGate::default()),
             stages: ProposalStages::default(),
+            leader_channel: Default::default(),
+            live_copies: Default::default(),
         });
         let applier = Applier {
             inner: inner.clone(),
@@ -1277,7 +1283,11 @@ impl EtcdNode for RaftBackedNode {
 
     async fn lease_keep_alive(&self, _: &Caller, id: i64) -> NodeResult<LeaseKeepAliveResponse> {
         self.inner.check_failed()?;
-        // Renewal happens on the leader's lessor (not through raft), like etcd.
+        // Renewal happens on the leader's lessor (not through raft), like etcd; a follower
+        // forwards it there.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_keep_alive(ch, id).await;
+        }
         self.inner
             .store
             .write()
@@ -1291,6 +1301,10 @@ impl EtcdNode for RaftBackedNode {
         req: LeaseTimeToLiveRequest,
     ) -> NodeResult<LeaseTimeToLiveResponse> {
         self.inner.check_failed()?;
+        // Only the leader's lessor knows the remaining TTL.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_time_to_live(ch, req).await;
+        }
         Ok(self
             .inner
             .store
@@ -1327,6 +1341,10 @@ impl EtcdNode for RaftBackedNode {
     }
 
     async fn member_promote(&self, _: &Caller, id: u64) -> NodeResult<MemberPromoteResponse> {
+        // Only the leader knows how far the learner got.
+        if let Some(ch) = self.leader_channel()? {
+            return self.forward_promote(ch, id).await;
+        }
         self.promote_member(id).await
     }
 
@@ -1422,37 +1440,37 @@ impl EtcdNode for RaftBackedNode {
     async fn snapshot(&self, _: &Caller) -> NodeResult<(u64, BoxStream<NodeResult<Bytes>>)> {
         self.inner.check_failed()?;
         let inner = self.inner.clone();
-        // A consistent copy: commit, then copy the file while no commit can run.
-        let copy = tokio::task::spawn_blocking(move || inner.copy_backend())
+        // A consistent copy: commit and pin that commit under the store lock, then stream
+        // the pinned pages while writes go on.
+        let copy = tokio::task::spawn_blocking(move || inner.copy_backend_at())
             .await
             .map_err(|e| EtcdError::Internal(format!("snapshot: {e}")))??;
-        let (path, size) = copy;
+        let size = copy.len;
+        let mut data = copy.data;
         let (tx, rx) = mpsc::channel::<NodeResult<Bytes>>(4);
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let result = (|| -> std::io::Result<()> {
-                let mut f = std::fs::File::open(&path)?;
-                let mut buf = vec![0u8; SNAPSHOT_READ_CHUNK];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(());
+            // The copy pins a commit (its pages are not reused meanwhile): a client that stops
+            // reading for SNAPSHOT_SEND_TIMEOUT loses the stream, and the pin goes.
+            let send = |item| {
+                rt.block_on(tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, tx.send(item)))
+                    .is_ok_and(|r| r.is_ok())
+            };
+            let mut buf = vec![0u8; SNAPSHOT_READ_CHUNK];
+            loop {
+                let n = match data.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        send(Err(EtcdError::Internal(format!("snapshot: {e}"))));
+                        return;
                     }
-                    if tx
-                        .blocking_send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
+                };
+                if !send(Ok(Bytes::copy_from_slice(&buf[..n]))) {
+                    return;
                 }
-            })();
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(EtcdError::Internal(format!(
-                    "snapshot: read {}: {e}",
-                    path.display()
-                ))));
             }
-            let _ = std::fs::remove_file(&path);
         });
         Ok((
             size,

@@ -117,8 +117,12 @@ impl NodeBackend {
         self.parts.as_ref().map(|p| p.backend.stats())
     }
 
-    pub(crate) fn path(&self) -> Option<std::path::PathBuf> {
-        self.parts.as_ref().map(|p| p.backend.path().to_path_buf())
+    /// A reader of the last commit as a whole backend file (`None` while closed for an
+    /// install). Call with the store locked right after a commit to copy exactly that commit.
+    pub(crate) fn committed_copy(&self) -> Option<ringkv_engine::CommittedCopy> {
+        self.parts
+            .as_ref()
+            .map(|p| p.backend.snapshot().committed_copy())
     }
 
     /// Step 1 (module doc): call with the store read-locked. Writes the consistent index into

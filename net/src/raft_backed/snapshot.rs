@@ -155,6 +155,73 @@ pub(crate) fn load_alarms(store: &MvccStore<NodeBackend>) -> Result<Vec<AlarmMem
     Ok(alarms)
 }
 
+/// The backend copies being read (Maintenance.Snapshot streams, snapshot transfers to peers).
+/// Each pins a commit of the open backend file, and with it the file's registration as open in
+/// this process: an install must not reopen `db` before the last one is gone. An install bumps
+/// `epoch`, which makes every older copy's next read fail, and waits for them to be dropped.
+#[derive(Default)]
+pub(crate) struct LiveCopies {
+    count: parking_lot::Mutex<usize>,
+    gone: parking_lot::Condvar,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+/// How long an install waits for the copies of the old backend to end: their readers notice
+/// at their next chunk, or when their client or peer times out (30 s for both).
+const COPIES_END_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(40);
+
+impl LiveCopies {
+    /// Tracks `data` as a copy of the current backend.
+    pub(crate) fn track(self: &Arc<Self>, data: ringkv_engine::CommittedCopy) -> TrackedCopy {
+        *self.count.lock() += 1;
+        TrackedCopy {
+            data,
+            epoch: self.epoch.load(Ordering::Acquire),
+            live: self.clone(),
+        }
+    }
+
+    /// Ends every copy of the current backend; true once none is left (false after
+    /// [`COPIES_END_TIMEOUT`]).
+    fn end_all(&self) -> bool {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let deadline = std::time::Instant::now() + COPIES_END_TIMEOUT;
+        let mut count = self.count.lock();
+        while *count > 0 {
+            if self.gone.wait_until(&mut count, deadline).timed_out() {
+                return *count == 0;
+            }
+        }
+        true
+    }
+}
+
+/// A backend copy that fails its reads once an install replaced the backend it copies.
+pub(crate) struct TrackedCopy {
+    data: ringkv_engine::CommittedCopy,
+    epoch: u64,
+    live: Arc<LiveCopies>,
+}
+
+impl std::io::Read for TrackedCopy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.live.epoch.load(Ordering::Acquire) != self.epoch {
+            return Err(std::io::Error::other(
+                "the backend was replaced by a snapshot install while it was being copied",
+            ));
+        }
+        self.data.read(buf)
+    }
+}
+
+impl Drop for TrackedCopy {
+    fn drop(&mut self) {
+        let mut count = self.live.count.lock();
+        *count -= 1;
+        self.live.gone.notify_all();
+    }
+}
+
 impl Inner {
     /// Installs the backend file received for the snapshot `meta` (the raft apply thread
     /// calls this in apply order). Returns the new applied index: the file's consistent index.
@@ -165,6 +232,13 @@ impl Inner {
         let db_path = self.snap_dir.dir().join("db");
         let mut store = self.store.write();
         // Invariant 2: from here until the new store is in place, the lock is held.
+        if !self.live_copies.end_all() {
+            return Err(format!(
+                "a copy of the backend (snapshot stream) is still being read after {} s; \
+                 cannot replace the backend",
+                COPIES_END_TIMEOUT.as_secs()
+            ));
+        }
         store.backend_mut().close();
         swap_in(&self.vfs, &received, &db_path)?;
         let (backend, writer) = open_backend(&self.vfs, &db_path)?;
@@ -209,5 +283,51 @@ impl Inner {
             "installed the snapshot received from the leader"
         );
         Ok(ci)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use ringkv_engine::{Backend, BackendOptions, FaultVfs, Vfs};
+
+    use super::LiveCopies;
+
+    /// An install ends the copies of the backend it replaces (their next read fails) and waits
+    /// until they are dropped; copies made afterwards read normally.
+    #[test]
+    fn an_install_ends_the_copies_of_the_old_backend_and_waits_for_them() {
+        let vfs: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
+        let b = Backend::open(vfs, Path::new("/d/db"), BackendOptions::default()).unwrap();
+        let live = Arc::new(LiveCopies::default());
+        let mut copy = live.track(b.snapshot().committed_copy());
+        let mut buf = [0u8; 100];
+        assert!(copy.read(&mut buf).unwrap() > 0);
+        let ender = {
+            let live = live.clone();
+            std::thread::spawn(move || live.end_all())
+        };
+        // The reader learns of the install at its next read after it began.
+        let err = loop {
+            match copy.read(&mut buf) {
+                Err(e) => break e,
+                Ok(n) => {
+                    assert!(n <= buf.len());
+                    std::thread::yield_now();
+                }
+            }
+        };
+        assert!(
+            err.to_string().contains("replaced by a snapshot install"),
+            "{err}"
+        );
+        assert!(!ender.is_finished() || *live.count.lock() == 0);
+        drop(copy);
+        assert!(ender.join().unwrap(), "the install saw the copy end");
+        let mut again = live.track(b.snapshot().committed_copy());
+        assert!(again.read(&mut buf).unwrap() > 0);
     }
 }

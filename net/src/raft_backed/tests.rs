@@ -732,3 +732,115 @@ fn background_commit_keeps_later_writes_visible_and_out_of_the_commit() {
         Some(8u64.to_be_bytes().to_vec())
     );
 }
+
+/// Every pair in `bucket` of the backend `b` reads.
+fn bucket_pairs(
+    b: &dyn ringkv_engine::KvRead,
+    bucket: ringkv_engine::Bucket,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    b.scan(bucket, b"", b"", &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .expect("scan");
+    out
+}
+
+/// The backend copy behind snapshot transfers and Maintenance.Snapshot is read from a pinned
+/// commit while the node keeps applying and committing: writes are acknowledged (and
+/// committed to the backend, reusing freed pages) while the copy is half read, and the
+/// finished copy is exactly the pinned state, its consistent index the one raft is told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_complete_while_a_backend_copy_is_read_and_the_copy_is_consistent() {
+    use std::io::Read;
+
+    use ringkv_engine::{
+        Backend, BackendOptions, Bucket, KvRead, META_CONSISTENT_INDEX, OpenOptions,
+    };
+
+    let vfs = FaultVfs::new();
+    let node = RaftBackedNode::open(snap_opts(Arc::new(vfs.clone()), "/data/c")).unwrap();
+    assert!(node.wait_leader(Duration::from_secs(20)).await);
+    let pad = "v".repeat(300);
+    for i in 0..600 {
+        put(&node, format!("k{:04}", i % 300), format!("{i}{pad}")).await;
+    }
+    let mut copy = node.inner.copy_backend_at().expect("copy");
+    let copy_index = copy.index;
+    assert_eq!(
+        copy.term,
+        node.inner
+            .applied_term
+            .load(std::sync::atomic::Ordering::Acquire)
+    );
+    // Nothing writes between the pin and this read: the state the copy must hold.
+    let (pinned_keys, pinned_meta) = {
+        let store = node.inner.store.read();
+        (
+            bucket_pairs(store.backend(), Bucket::Key),
+            bucket_pairs(store.backend(), Bucket::Meta),
+        )
+    };
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut acked = 0;
+    loop {
+        let n = copy.data.read(&mut chunk).expect("read the copy");
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        // While the copy is being read: overwrite a batch of keys and commit the backend
+        // (pages the pinned commit reads are freed by these commits).
+        for i in 0..40 {
+            put(
+                &node,
+                format!("k{:04}", (acked + i) % 300),
+                format!("new{acked}{pad}"),
+            )
+            .await;
+        }
+        acked += 40;
+        let mut store = node.inner.store.write();
+        node.inner.commit_locked(&mut store);
+    }
+    assert!(
+        acked >= 200,
+        "only {acked} writes were acknowledged during the copy"
+    );
+    assert_eq!(bytes.len() as u64, copy.len);
+    drop(copy);
+
+    let path = std::path::Path::new("/data/c/copied-db");
+    let f = vfs
+        .open(path, OpenOptions::read_write().create(true))
+        .unwrap();
+    f.write_at_and_sync(&bytes, 0).unwrap();
+    drop(f);
+    let c = Backend::open(
+        Arc::new(vfs.clone()),
+        path,
+        BackendOptions {
+            mmap: false,
+            ..Default::default()
+        },
+    )
+    .expect("open the copy");
+    let report = c.check();
+    assert!(report.is_ok(), "{report:?}");
+    let snap = c.snapshot();
+    let ci = snap
+        .get(Bucket::Meta, META_CONSISTENT_INDEX)
+        .unwrap()
+        .expect("consistent index");
+    let ci = u64::from_be_bytes(ci.as_slice().try_into().unwrap());
+    assert_eq!(ci, copy_index, "raft is told the index the copy holds");
+    assert!(
+        node.inner.store.read().consistent_index() > ci,
+        "the node moved on"
+    );
+    assert_eq!(bucket_pairs(&snap, Bucket::Key), pinned_keys);
+    assert_eq!(bucket_pairs(&snap, Bucket::Meta), pinned_meta);
+    node.close().expect("clean close");
+}

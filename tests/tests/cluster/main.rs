@@ -3,5 +3,8 @@
 
 mod basics;
 mod failover;
+mod force_new_cluster;
+mod leases;
 mod membership;
+mod partition;
 mod snapshot_transfer;

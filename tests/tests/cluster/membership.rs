@@ -43,6 +43,9 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
     let mut c = RingkvCluster::start(3);
     let leader = c.leader();
     let ep = c.members[leader].endpoint();
+    // MemberPromote sent to a follower is forwarded to the leader (etcd does the same): only
+    // the leader knows the learner's progress.
+    let follower_ep = c.members[(leader + 1) % 3].endpoint();
     for i in 0..10 {
         ctl(&ep, &["put", &format!("pre/{i:02}"), "x"]);
     }
@@ -77,7 +80,8 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         .unwrap()
         .0;
     assert!(
-        ctl_err(&ep, &["member", "promote", &voter]).contains("can only promote a learner member")
+        ctl_err(&follower_ep, &["member", "promote", &voter])
+            .contains("can only promote a learner member")
     );
     assert!(
         ctl_err(
@@ -147,7 +151,7 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
         .collect();
     assert_eq!((row[5], row[6]), ("false", "true"), "learner flag: {st}");
 
-    ctl(&ep, &["member", "promote", &id]);
+    ctl(&follower_ep, &["member", "promote", &id]);
     let promoted = member_lines(&ep).into_iter().find(|m| m.0 == id).unwrap();
     assert_eq!(
         (

@@ -102,8 +102,16 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         log.contains("installed the snapshot received from the leader"),
         "{log}"
     );
-    let sent = c.members[leader].log();
-    assert!(sent.contains("sent the snapshot at index"), "{sent}");
+    // (The leader of the moment: on a loaded machine check-quorum may have moved leadership
+    // during the writes.)
+    let sent = (0..3)
+        .filter(|i| *i != down)
+        .any(|i| c.members[i].log().contains("sent the snapshot at index"));
+    assert!(
+        sent,
+        "no member sent the snapshot; leader's log: {}",
+        c.members[leader].log()
+    );
     // The received file was renamed over the backend: no temporary file is left.
     let snap_dir = c.members[down].data_dir.join("member/snap");
     let leftovers: Vec<String> = std::fs::read_dir(&snap_dir)

@@ -1,0 +1,139 @@
+//! Network partitions through the harness's peer proxies (issue 6, "Partition"; raft §6.2 with
+//! check-quorum, spec §6): an isolated leader cannot commit or serve linearizable reads, the
+//! majority elects a new leader and serves writes, and after healing every member converges to
+//! the same revision and the same hash.
+
+use std::time::{Duration, Instant};
+
+use ringkv_tests::{RingkvCluster, etcdctl_at};
+use serde_json::Value;
+
+/// etcdctl against one member, with a command timeout longer than the server's request timeout
+/// (5 s + 2 election timeouts) so the server's own error comes back.
+fn ctl(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec!["--command-timeout=15s"];
+    all.extend_from_slice(args);
+    let out = etcdctl_at(endpoint, &all, None);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// (leader ID, revision) member `endpoint` reports (serializable Status).
+fn status(endpoint: &str) -> Option<(u64, i64)> {
+    let (ok, out) = ctl(endpoint, &["endpoint", "status", "-w", "json"]);
+    if !ok {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&out).ok()?;
+    let s = &v[0]["Status"];
+    Some((
+        s["leader"].as_u64().unwrap_or(0),
+        s["header"]["revision"].as_i64()?,
+    ))
+}
+
+/// (revision, hash) of `etcdctl endpoint hashkv` on one member.
+fn hashkv(endpoint: &str) -> Option<(i64, u64)> {
+    let (ok, out) = ctl(endpoint, &["endpoint", "hashkv", "-w", "json"]);
+    if !ok {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&out).ok()?;
+    let h = &v[0]["HashKV"];
+    Some((h["header"]["revision"].as_i64()?, h["hash"].as_u64()?))
+}
+
+/// Waits (up to 30 s) until `cond` holds.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: not within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
+    let mut c = RingkvCluster::start_proxied(3, &[], &[]);
+    let old = c.leader();
+    let ids: Vec<u64> = (0..3).map(|i| c.status(i).expect("status").0).collect();
+    let ep: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    for i in 0..20 {
+        assert!(ctl(&ep[i % 3], &["put", &format!("p/{i:02}"), "before"]).0);
+    }
+
+    c.partition.isolate(ids[old], &ids);
+    let majority: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    // The majority elects a leader among itself.
+    let mut new_leader = 0;
+    wait_for("a new leader in the majority", || {
+        let l: Vec<u64> = majority
+            .iter()
+            .map(|i| status(&ep[*i]).map_or(0, |s| s.0))
+            .collect();
+        new_leader = l[0];
+        l[0] != 0 && l[0] != ids[old] && l.iter().all(|x| *x == l[0])
+    });
+    assert!(majority.iter().any(|i| ids[*i] == new_leader));
+    // ... and serves writes and linearizable reads.
+    for i in 0..10 {
+        let (ok, out) = ctl(
+            &ep[majority[i % 2]],
+            &["put", &format!("q/{i:02}"), "during"],
+        );
+        assert!(ok, "write on the majority: {out}");
+    }
+    let (ok, out) = ctl(&ep[majority[0]], &["get", "q/", "--prefix", "--keys-only"]);
+    assert!(
+        ok && out.lines().filter(|l| !l.is_empty()).count() == 10,
+        "{out}"
+    );
+
+    // The isolated old leader can neither commit a write nor serve a linearizable read; both
+    // fail with etcd's errors (in parallel: each waits for the server's request timeout).
+    let old_ep = ep[old].clone();
+    let write = std::thread::spawn({
+        let old_ep = old_ep.clone();
+        move || ctl(&old_ep, &["put", "isolated", "x"])
+    });
+    let read = ctl(&old_ep, &["get", "p/00"]);
+    let write = write.join().unwrap();
+    for (what, (ok, out)) in [("write", write), ("linearizable read", read)] {
+        assert!(!ok, "the isolated member served a {what}: {out}");
+        assert!(
+            out.contains("etcdserver: request timed out")
+                || out.contains("etcdserver: no leader")
+                || out.contains("etcdserver: leader changed"),
+            "{what} on the isolated member: {out}"
+        );
+    }
+    // A serializable read still answers, from its stale state.
+    let (ok, out) = ctl(&old_ep, &["get", "q/00", "--consistency=s"]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("during"), "{out}");
+
+    c.partition.heal();
+    // Everyone agrees on one leader again, and on the revision and the hash.
+    wait_for("one leader after healing", || {
+        let l: Vec<u64> = (0..3).map(|i| status(&ep[i]).map_or(0, |s| s.0)).collect();
+        l[0] != 0 && l.iter().all(|x| *x == l[0])
+    });
+    assert!(ctl(&ep[old], &["put", "after", "heal"]).0);
+    let mut hashes = Vec::new();
+    wait_for("the same revision and hash on every member", || {
+        hashes = (0..3).map(|i| hashkv(&ep[i])).collect();
+        hashes[0].is_some() && hashes.iter().all(|h| *h == hashes[0])
+    });
+    let (ok, out) = ctl(&ep[old], &["get", "q/", "--prefix", "--keys-only"]);
+    assert!(
+        ok && out.lines().filter(|l| !l.is_empty()).count() == 10,
+        "{out}"
+    );
+}
