@@ -25,6 +25,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 
 use super::freelist::Freelist;
 use super::mmap::Mapping;
@@ -222,7 +223,23 @@ pub(crate) struct TreeWriter<'m> {
     pub dirty: BTreeMap<u64, Vec<u8>>,
     /// Dirty nodes under a quarter full: candidates for merging with a neighbour.
     small: HashSet<u64>,
+    /// Pages reserved for this transaction and not handed out yet: [`TreeWriter::alloc`] takes
+    /// pages from its front, so the transaction's runs land side by side and go to disk in few
+    /// large writes. Invariant: these pages are in neither the free set nor `dirty`, and lie in
+    /// `[2, page_count)`; [`TreeWriter::release_extent`] returns them to the free set.
+    extent: Range<u64>,
+    /// Pages the next extent asks for (doubles with each refill of one transaction).
+    extent_hint: u64,
+    /// Online compaction is moving pages: allocate the lowest free pages instead.
+    compacting: bool,
 }
+
+/// Smallest free run a transaction takes as an extent when no run holds all it asks for:
+/// shorter holes are left to online compaction (runs of 16 pages already cost about as much per
+/// byte as one large write on the measured disk, BENCHMARKS.md).
+pub(crate) const MIN_EXTENT: u64 = 16;
+/// Largest extent one refill asks for (32 MiB of 4 KiB pages).
+pub(crate) const MAX_EXTENT: u64 = 8192;
 
 impl<'m> TreeWriter<'m> {
     pub(crate) fn new(
@@ -231,6 +248,7 @@ impl<'m> TreeWriter<'m> {
         txid: u64,
         freelist: &'m mut Freelist,
         page_count: u64,
+        extent_hint: u64,
     ) -> Self {
         TreeWriter {
             map,
@@ -240,6 +258,9 @@ impl<'m> TreeWriter<'m> {
             page_count,
             dirty: BTreeMap::new(),
             small: HashSet::new(),
+            extent: 0..0,
+            extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
+            compacting: false,
         }
     }
 
@@ -265,14 +286,56 @@ impl<'m> TreeWriter<'m> {
         }
     }
 
-    /// Allocates a run of `n` pages: from the freelist, else at the end of the file.
+    /// Allocates a run of `n` pages from the transaction's extent (refilled as needed), so that
+    /// consecutive allocations are adjacent pages; while compacting, the lowest free pages.
     pub(crate) fn alloc(&mut self, n: u64) -> u64 {
-        if let Some(id) = self.freelist.allocate(n) {
+        if self.compacting {
+            if let Some(id) = self.freelist.allocate_low(n) {
+                return id;
+            }
+            let id = self.page_count;
+            self.page_count += n;
             return id;
         }
-        let id = self.page_count;
-        self.page_count += n;
+        if self.extent.end - self.extent.start < n {
+            self.refill(n);
+        }
+        let id = self.extent.start;
+        self.extent.start += n;
         id
+    }
+
+    /// Pages still reserved in the extent.
+    pub(crate) fn extent_len(&self) -> u64 {
+        self.extent.end - self.extent.start
+    }
+
+    /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
+    /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
+    /// else new pages at the end of the file (continuing the old extent when it ends there).
+    fn refill(&mut self, n: u64) {
+        let want = n.max(self.extent_hint);
+        self.extent_hint = (want * 2).min(MAX_EXTENT);
+        if self.extent.end == self.page_count && self.freelist.longest() < want {
+            self.page_count += want;
+            self.extent.end = self.page_count;
+            return;
+        }
+        self.release_extent();
+        self.extent = match self.freelist.take_extent(want, n.max(MIN_EXTENT)) {
+            Some((start, len)) => start..start + len,
+            None => {
+                let start = self.page_count;
+                self.page_count += want;
+                start..start + want
+            }
+        };
+    }
+
+    /// Returns the unused rest of the extent to the free set (nothing references it).
+    pub(crate) fn release_extent(&mut self) {
+        let rest = std::mem::replace(&mut self.extent, 0..0);
+        self.freelist.free_now(rest.start, rest.end - rest.start);
     }
 
     /// Frees the run at `id` of `n` pages.
@@ -499,9 +562,10 @@ impl<'m> TreeWriter<'m> {
             return Ok(0);
         }
         let from = walk.from.clone();
-        Ok(self
-            .relocate_node(root, &from, limit, budget, walk, 0)?
-            .unwrap_or(root))
+        let was = std::mem::replace(&mut self.compacting, true);
+        let moved = self.relocate_node(root, &from, limit, budget, walk, 0);
+        self.compacting = was;
+        Ok(moved?.unwrap_or(root))
     }
 
     fn can_move(&self, limit: u64, budget: usize) -> bool {
