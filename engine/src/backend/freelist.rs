@@ -137,16 +137,24 @@ impl Freelist {
         }
     }
 
-    /// Takes `n` contiguous free pages from the lowest run that holds them (online compaction
-    /// fills the bottom of the file); `None` if there is no such run.
-    pub(crate) fn allocate_low(&mut self, n: u64) -> Option<u64> {
-        let start = self
-            .runs
+    /// The first page of the lowest run of at least `min` pages.
+    pub(crate) fn first_run(&self, min: u64) -> Option<u64> {
+        if self.longest() < min {
+            return None;
+        }
+        self.runs
             .iter()
-            .find(|&(_, &len)| len >= n)
-            .map(|(&start, _)| start)?;
-        self.take_front(start, n);
-        Some(start)
+            .find(|&(_, &len)| len >= min)
+            .map(|(&start, _)| start)
+    }
+
+    /// Takes the whole lowest run of at least `min` pages (online compaction fills the bottom
+    /// of the file); returns `(first page, length)`, `None` if there is no such run.
+    pub(crate) fn take_low(&mut self, min: u64) -> Option<(u64, u64)> {
+        let start = self.first_run(min)?;
+        let len = self.runs[&start];
+        self.take_front(start, len);
+        Some((start, len))
     }
 
     /// An extent for a commit's new pages: `want` pages from the shortest run that holds them
@@ -231,17 +239,19 @@ mod tests {
     fn runs_release_and_trim() {
         let mut fl = Freelist::from_parts(vec![3, 4, 6, 7, 8], vec![(10, 5)]);
         assert_eq!(runs(&fl), vec![(3, 2), (6, 3)]);
-        assert_eq!(fl.allocate_low(3), Some(6));
-        assert_eq!(fl.allocate_low(3), None);
-        assert_eq!(fl.allocate_low(1), Some(3));
+        assert_eq!(fl.first_run(3), Some(6));
+        assert_eq!(fl.take_low(3), Some((6, 3)));
+        assert_eq!(fl.take_low(3), None);
+        assert_eq!(fl.take_low(1), Some((3, 2)));
+        fl.free_now(3, 1);
         fl.free_pending(6, 11, 2);
         fl.release(5);
-        assert_eq!(fl.to_parts(), (vec![4, 10], vec![(11, 6), (12, 6)]));
+        assert_eq!(fl.to_parts(), (vec![3, 10], vec![(11, 6), (12, 6)]));
         fl.release(6);
         assert_eq!(fl.pending_len(), 0);
-        assert_eq!(runs(&fl), vec![(4, 1), (10, 3)]);
+        assert_eq!(runs(&fl), vec![(3, 1), (10, 3)]);
         assert_eq!(fl.trim_tail(13), 10);
-        assert_eq!(fl.to_parts().0, vec![4]);
+        assert_eq!(fl.to_parts().0, vec![3]);
         assert_eq!(fl.trim_tail(10), 10);
     }
 

@@ -230,8 +230,11 @@ pub(crate) struct TreeWriter<'m> {
     extent: Range<u64>,
     /// Pages the next extent asks for (doubles with each refill of one transaction).
     extent_hint: u64,
-    /// Online compaction is moving pages: allocate the lowest free pages instead.
+    /// Online compaction is moving pages: allocate from `low` instead.
     compacting: bool,
+    /// Pages reserved for online compaction (same invariant as `extent`): the lowest free run
+    /// of at least `MIN_EXTENT` pages, so that moved pages are written side by side too.
+    low: Range<u64>,
 }
 
 /// Smallest free run a transaction takes as an extent when no run holds all it asks for:
@@ -261,6 +264,7 @@ impl<'m> TreeWriter<'m> {
             extent: 0..0,
             extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
             compacting: false,
+            low: 0..0,
         }
     }
 
@@ -290,7 +294,17 @@ impl<'m> TreeWriter<'m> {
     /// consecutive allocations are adjacent pages; while compacting, the lowest free pages.
     pub(crate) fn alloc(&mut self, n: u64) -> u64 {
         if self.compacting {
-            if let Some(id) = self.freelist.allocate_low(n) {
+            if self.low.end - self.low.start < n {
+                let rest = std::mem::replace(&mut self.low, 0..0);
+                self.freelist.free_now(rest.start, rest.end - rest.start);
+                let min = if self.half_free() { n } else { n.max(MIN_EXTENT) };
+                if let Some((start, len)) = self.freelist.take_low(min) {
+                    self.low = start..start + len;
+                }
+            }
+            if self.low.end - self.low.start >= n {
+                let id = self.low.start;
+                self.low.start += n;
                 return id;
             }
             let id = self.page_count;
@@ -307,22 +321,31 @@ impl<'m> TreeWriter<'m> {
 
     /// Pages still reserved in the extent.
     pub(crate) fn extent_len(&self) -> u64 {
-        self.extent.end - self.extent.start
+        (self.extent.end - self.extent.start) + (self.low.end - self.low.start)
     }
 
     /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
     /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
     /// else new pages at the end of the file (continuing the old extent when it ends there).
+    /// Once a quarter of the file is free (`fragmented`), the longest run of any length is
+    /// taken before the file grows: space is then worth more than write size.
     fn refill(&mut self, n: u64) {
         let want = n.max(self.extent_hint);
         self.extent_hint = (want * 2).min(MAX_EXTENT);
-        if self.extent.end == self.page_count && self.freelist.longest() < want {
+        let min = if self.fragmented() {
+            n
+        } else {
+            n.max(MIN_EXTENT)
+        };
+        let longest = self.freelist.longest();
+        if self.extent.end == self.page_count && longest < want && longest < min {
             self.page_count += want;
             self.extent.end = self.page_count;
             return;
         }
-        self.release_extent();
-        self.extent = match self.freelist.take_extent(want, n.max(MIN_EXTENT)) {
+        let rest = std::mem::replace(&mut self.extent, 0..0);
+        self.freelist.free_now(rest.start, rest.end - rest.start);
+        self.extent = match self.freelist.take_extent(want, min) {
             Some((start, len)) => start..start + len,
             None => {
                 let start = self.page_count;
@@ -332,10 +355,24 @@ impl<'m> TreeWriter<'m> {
         };
     }
 
-    /// Returns the unused rest of the extent to the free set (nothing references it).
+    /// At least a quarter of the file is free or reserved (the online compaction threshold).
+    pub(crate) fn fragmented(&self) -> bool {
+        (self.freelist.free_len() as u64 + self.extent_len()) * 4 >= self.page_count
+    }
+
+    /// At least half of the file is free or reserved: compaction fills holes of any length.
+    fn half_free(&self) -> bool {
+        (self.freelist.free_len() as u64 + self.extent_len()) * 2 >= self.page_count
+    }
+
+    /// Returns the unused rest of the extents to the free set (nothing references them).
     pub(crate) fn release_extent(&mut self) {
-        let rest = std::mem::replace(&mut self.extent, 0..0);
-        self.freelist.free_now(rest.start, rest.end - rest.start);
+        for rest in [
+            std::mem::replace(&mut self.extent, 0..0),
+            std::mem::replace(&mut self.low, 0..0),
+        ] {
+            self.freelist.free_now(rest.start, rest.end - rest.start);
+        }
     }
 
     /// Frees the run at `id` of `n` pages.
@@ -568,8 +605,14 @@ impl<'m> TreeWriter<'m> {
         Ok(moved?.unwrap_or(root))
     }
 
+    /// Whether compaction may move another page: budget left and a reserved or free run of at
+    /// least `MIN_EXTENT` pages below `limit` to move it to (moving pages into shorter holes
+    /// would scatter the commit's writes), or of any length once half the file is free.
     fn can_move(&self, limit: u64, budget: usize) -> bool {
-        budget > 0 && self.freelist.first_free().is_some_and(|f| f < limit)
+        let min = if self.half_free() { 1 } else { MIN_EXTENT };
+        budget > 0
+            && (self.low.start < self.low.end && self.low.start < limit
+                || self.freelist.first_run(min).is_some_and(|f| f < limit))
     }
 
     /// `lo` is the smallest key node `id` may hold (where a later commit resumes if the walk
