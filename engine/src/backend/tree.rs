@@ -327,12 +327,12 @@ impl<'m> TreeWriter<'m> {
     /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
     /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
     /// else new pages at the end of the file (continuing the old extent when it ends there).
-    /// Once a quarter of the file is free (`fragmented`), the longest run of any length is
-    /// taken before the file grows: space is then worth more than write size.
+    /// Once half of the file is free (`half_free`), the longest run of any length is taken
+    /// before the file grows: space is then worth more than write size.
     fn refill(&mut self, n: u64) {
         let want = n.max(self.extent_hint);
         self.extent_hint = (want * 2).min(MAX_EXTENT);
-        let min = if self.fragmented() {
+        let min = if self.half_free() {
             n
         } else {
             n.max(MIN_EXTENT)
@@ -355,12 +355,8 @@ impl<'m> TreeWriter<'m> {
         };
     }
 
-    /// At least a quarter of the file is free or reserved (the online compaction threshold).
-    pub(crate) fn fragmented(&self) -> bool {
-        (self.freelist.free_len() as u64 + self.extent_len()) * 4 >= self.page_count
-    }
-
-    /// At least half of the file is free or reserved: compaction fills holes of any length.
+    /// At least half of the file is free or reserved: new pages and compaction then fill holes
+    /// of any length rather than grow the file (space amplification stays under 2x).
     fn half_free(&self) -> bool {
         (self.freelist.free_len() as u64 + self.extent_len()) * 2 >= self.page_count
     }
