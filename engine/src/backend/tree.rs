@@ -235,6 +235,8 @@ pub(crate) struct TreeWriter<'m> {
     /// Pages reserved for online compaction (same invariant as `extent`): the lowest free run
     /// of at least `MIN_EXTENT` pages, so that moved pages are written side by side too.
     low: Range<u64>,
+    /// No free run was left for `low`.
+    low_exhausted: bool,
 }
 
 /// Smallest free run a transaction takes as an extent when no run holds all it asks for:
@@ -265,6 +267,7 @@ impl<'m> TreeWriter<'m> {
             extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
             compacting: false,
             low: 0..0,
+            low_exhausted: false,
         }
     }
 
@@ -601,14 +604,24 @@ impl<'m> TreeWriter<'m> {
         Ok(moved?.unwrap_or(root))
     }
 
-    /// Whether compaction may move another page: budget left and a reserved or free run of at
-    /// least `MIN_EXTENT` pages below `limit` to move it to (moving pages into shorter holes
-    /// would scatter the commit's writes), or of any length once half the file is free.
-    fn can_move(&self, limit: u64, budget: usize) -> bool {
-        let min = if self.half_free() { 1 } else { MIN_EXTENT };
-        budget > 0
-            && (self.low.start < self.low.end && self.low.start < limit
-                || self.freelist.first_run(min).is_some_and(|f| f < limit))
+    /// Whether compaction may move another page: budget left and room below `limit` in the
+    /// compaction's extent, refilled with the lowest free run of at least `MIN_EXTENT` pages
+    /// (moving pages into shorter holes would scatter the commit's writes), or of any length
+    /// once half the file is free.
+    fn can_move(&mut self, limit: u64, budget: usize) -> bool {
+        if budget == 0 {
+            return false;
+        }
+        if self.low.start == self.low.end && !self.low_exhausted {
+            let min = if self.half_free() { 1 } else { MIN_EXTENT };
+            match self.freelist.take_low(min) {
+                Some((start, len)) => self.low = start..start + len,
+                // Pages compaction frees are pending (the last meta reaches them), so hardly a
+                // new run appears before the commit ends: stop looking.
+                None => self.low_exhausted = true,
+            }
+        }
+        self.low.start < self.low.end && self.low.start < limit
     }
 
     /// `lo` is the smallest key node `id` may hold (where a later commit resumes if the walk
