@@ -844,7 +844,7 @@ mod crash_tests {
                 .map(|i| (Bucket::Key, key(i), Some(vec![(i % 200) as u8; 200])))
                 .collect(),
             (0..600u32)
-                .filter(|i| i % 8 != 0)
+                .filter(|i| i % 16 != 0)
                 .map(|i| (Bucket::Key, key(i), None))
                 .collect(),
         ];
