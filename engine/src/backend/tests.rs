@@ -1001,7 +1001,7 @@ mod one_fsync_tests {
     #[test]
     fn durable_meta_without_all_its_pages_falls_back_to_the_last_commit() {
         let path = PathBuf::from("/data/member/snap/db");
-        let work = batches(21, 9);
+        let work = batches(21, 10);
         let (vfs, out, durable, written) = cut_at_last_sync(&path, &work);
         let in_flight = out.in_flight.clone().unwrap();
         let (last_txid, _) = open_image(vfs.crash_image(CrashMode::LoseUnsynced), &path, "base");

@@ -230,6 +230,11 @@ pub(crate) struct TreeWriter<'m> {
     extent: Range<u64>,
     /// Pages the next extent asks for (doubles with each refill of one transaction).
     extent_hint: u64,
+    /// The previous commit wrote fewer than `MIN_EXTENT` pages: this one is expected to be
+    /// small too, and takes holes of any length (longest first) before growing the file. A few
+    /// scattered pages cost little, and filling holes keeps the free set, which every commit
+    /// rewrites in its freelist run, small.
+    small_commit: bool,
     /// Online compaction is moving pages: allocate from `low` instead.
     compacting: bool,
     /// Pages reserved for online compaction (same invariant as `extent`): the lowest free run
@@ -264,6 +269,7 @@ impl<'m> TreeWriter<'m> {
             dirty: BTreeMap::new(),
             small: HashSet::new(),
             extent: 0..0,
+            small_commit: extent_hint < MIN_EXTENT,
             extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
             compacting: false,
             low: 0..0,
@@ -330,12 +336,13 @@ impl<'m> TreeWriter<'m> {
     /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
     /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
     /// else new pages at the end of the file (continuing the old extent when it ends there).
-    /// Once half of the file is free (`half_free`), the longest run of any length is taken
-    /// before the file grows: space is then worth more than write size.
+    /// Once half of the file is free (`half_free`), or for a small commit (`small_commit`), the longest
+    /// run of any length is taken before the file grows: space is then worth more than write
+    /// size.
     fn refill(&mut self, n: u64) {
         let want = n.max(self.extent_hint);
         self.extent_hint = (want * 2).min(MAX_EXTENT);
-        let min = if self.half_free() {
+        let min = if self.small_commit || self.half_free() {
             n
         } else {
             n.max(MIN_EXTENT)
