@@ -927,7 +927,11 @@ fn commit(
     w.release_extent();
     w.page_count = w.freelist.trim_tail(w.page_count);
     let (free, pending) = w.freelist.to_parts();
-    if run_pages(ps as usize, freelist_body(free.len(), pending.len(), written.len())) > fl_pages {
+    if run_pages(
+        ps as usize,
+        freelist_body(free.len(), pending.len(), written.len()),
+    ) > fl_pages
+    {
         return Err(BackendError::Failed(format!(
             "internal error: the freelist run of txid {txid} outgrew its {fl_pages} pages"
         )));

@@ -82,11 +82,6 @@ impl Freelist {
         self.by_len.last().map_or(0, |&(len, _)| len)
     }
 
-    /// The lowest free page id.
-    pub(crate) fn first_free(&self) -> Option<u64> {
-        self.runs.first_key_value().map(|(&start, _)| start)
-    }
-
     fn remove_run(&mut self, start: u64) -> u64 {
         let len = self.runs.remove(&start).expect("run present");
         self.by_len.remove(&(len, start));
@@ -114,10 +109,7 @@ impl Freelist {
             n += self.remove_run(next);
         }
         debug_assert!(
-            self.runs
-                .range(start..start + n)
-                .next()
-                .is_none(),
+            self.runs.range(start..start + n).next().is_none(),
             "pages [{start}, {}) overlap a free run",
             start + n
         );

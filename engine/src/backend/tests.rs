@@ -1298,7 +1298,9 @@ mod extent_tests {
     use crate::io::FaultVfs;
 
     fn val(i: u32, round: u32) -> Vec<u8> {
-        format!("value {i} of round {round} ").repeat(4).into_bytes()
+        format!("value {i} of round {round} ")
+            .repeat(4)
+            .into_bytes()
     }
 
     #[test]

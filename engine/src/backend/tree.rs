@@ -306,7 +306,11 @@ impl<'m> TreeWriter<'m> {
             if self.low.end - self.low.start < n {
                 let rest = std::mem::replace(&mut self.low, 0..0);
                 self.freelist.free_now(rest.start, rest.end - rest.start);
-                let min = if self.half_free() { n } else { n.max(MIN_EXTENT) };
+                let min = if self.half_free() {
+                    n
+                } else {
+                    n.max(MIN_EXTENT)
+                };
                 if let Some((start, len)) = self.freelist.take_low(min) {
                     self.low = start..start + len;
                 }
