@@ -844,7 +844,7 @@ fn commit(
     // any freed page and trimmed from the file by a later commit.
     // The extent's reserved pages count as free: nothing uses them yet.
     let free = w.freelist.free_len() as u64 + w.extent_len();
-    if free >= 16 && free * 2 >= w.page_count && !roots.is_empty() {
+    if free >= 16 && free * 8 >= w.page_count * 5 && !roots.is_empty() {
         let limit = w.page_count - free;
         let mut budget = COMPACT_BUDGET;
         let (first, from) = std::mem::take(&mut st.compact_cursor);
@@ -888,7 +888,7 @@ fn commit(
         .collect();
     let mut catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
     let free = w.freelist.free_len() as u64 + w.extent_len();
-    if free >= 16 && free * 2 >= w.page_count {
+    if free >= 16 && free * 8 >= w.page_count * 5 {
         catalog = w
             .relocate(
                 catalog,
