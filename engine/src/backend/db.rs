@@ -160,6 +160,8 @@ struct WriterState {
     last_commit: Instant,
     ops_since_commit: usize,
     file_len: u64,
+    /// Pages the last commit wrote: the size of the next commit's first extent.
+    last_pages: u64,
 }
 
 /// An open backend file. Cheap to share (`Clone` clones a handle).
@@ -325,6 +327,7 @@ impl Backend {
             last_commit: Instant::now(),
             ops_since_commit: 0,
             file_len,
+            last_pages: 0,
         };
         let shared = Arc::new(Shared {
             _registered: registered,
@@ -803,6 +806,7 @@ fn commit(
         txid,
         &mut st.freelist,
         meta.page_count,
+        st.last_pages,
     );
     if meta.freelist != 0 {
         let n = header_overflow(
@@ -838,8 +842,9 @@ fn commit(
     // from the top of the file to free pages below, reading at most `compact_visits` nodes per
     // commit and resuming where the previous commit stopped; the vacated tail is released like
     // any freed page and trimmed from the file by a later commit.
-    let free = w.freelist.free_len() as u64;
-    if free >= 16 && free * 4 >= w.page_count && !roots.is_empty() {
+    // The extent's reserved pages count as free: nothing uses them yet.
+    let free = w.freelist.free_len() as u64 + w.extent_len();
+    if free >= 16 && free * 8 >= w.page_count * 5 && !roots.is_empty() {
         let limit = w.page_count - free;
         let mut budget = COMPACT_BUDGET;
         let (first, from) = std::mem::take(&mut st.compact_cursor);
@@ -882,8 +887,8 @@ fn commit(
         })
         .collect();
     let mut catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
-    let free = w.freelist.free_len() as u64;
-    if free >= 16 && free * 4 >= w.page_count {
+    let free = w.freelist.free_len() as u64 + w.extent_len();
+    if free >= 16 && free * 8 >= w.page_count * 5 {
         catalog = w
             .relocate(
                 catalog,
@@ -898,10 +903,8 @@ fn commit(
             .map_err(corrupt)?;
     }
 
-    w.page_count = w.freelist.trim_tail(w.page_count);
     // The written list: every run of this commit but the freelist run itself, with the checksum
-    // its header holds. Allocating the freelist run only shrinks the free set, so `body` is an
-    // upper bound.
+    // its header holds.
     let written: Vec<Written> = w
         .dirty
         .iter()
@@ -911,14 +914,28 @@ fn commit(
             pages: (run.len() as u64 / ps) as u32,
         })
         .collect();
+    // `body` is an upper bound: the free set may still gain the rest of the extent, and
+    // allocating the freelist run otherwise only shrinks it (a refill that takes new pages at
+    // the end of the file leaves its rest at the tail, which `trim_tail` removes again).
     let body = freelist_body(
-        w.freelist.free_len(),
+        w.freelist.free_len() + w.extent_len() as usize,
         w.freelist.pending_len(),
         written.len(),
     );
     let fl_pages = run_pages(ps as usize, body);
     let fl_id = w.alloc(fl_pages);
+    w.release_extent();
+    w.page_count = w.freelist.trim_tail(w.page_count);
     let (free, pending) = w.freelist.to_parts();
+    if run_pages(
+        ps as usize,
+        freelist_body(free.len(), pending.len(), written.len()),
+    ) > fl_pages
+    {
+        return Err(BackendError::Failed(format!(
+            "internal error: the freelist run of txid {txid} outgrew its {fl_pages} pages"
+        )));
+    }
     let fl_run = encode_freelist(&free, &pending, &written, fl_id, fl_pages, ps as usize);
     let new_meta = Meta {
         page_size: meta.page_size,
@@ -932,6 +949,7 @@ fn commit(
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
     drop(w);
+    st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();
 
     // Step 1: grow the file, durably, before any meta can point past the old end; map the new
     // length for the new version; old versions keep the old mapping.

@@ -684,9 +684,13 @@ fn online_compaction_shrinks_the_file_while_readers_run() {
     // The file shrinks below half while the reader runs. It may grow back by a quarter later:
     // the reader's snapshots keep freed pages pending, so a commit can need pages past the
     // trimmed end (growth and shrink thresholds keep that from oscillating).
+    // (The peak is the file after the delete commit, which could not reuse the pages the
+    // deletes freed; the allocator leaves holes under 16 pages unfilled until half the file is
+    // free, so the end state keeps some slack.)
     let smallest = *sizes.iter().min().unwrap();
+    let peak = *sizes.iter().max().unwrap();
     assert!(
-        smallest * 2 < full.file_bytes && end.file_bytes * 4 < full.file_bytes * 3,
+        smallest * 2 < peak && end.file_bytes * 4 < full.file_bytes * 3,
         "file did not shrink enough: {full:?} -> {end:?} (sizes {sizes:?})"
     );
     assert!(end.live_bytes * 2 > end.file_bytes / 2, "{end:?}");
@@ -840,7 +844,7 @@ mod crash_tests {
                 .map(|i| (Bucket::Key, key(i), Some(vec![(i % 200) as u8; 200])))
                 .collect(),
             (0..600u32)
-                .filter(|i| i % 8 != 0)
+                .filter(|i| i % 16 != 0)
                 .map(|i| (Bucket::Key, key(i), None))
                 .collect(),
         ];
@@ -997,7 +1001,7 @@ mod one_fsync_tests {
     #[test]
     fn durable_meta_without_all_its_pages_falls_back_to_the_last_commit() {
         let path = PathBuf::from("/data/member/snap/db");
-        let work = batches(21, 9);
+        let work = batches(21, 10);
         let (vfs, out, durable, written) = cut_at_last_sync(&path, &work);
         let in_flight = out.in_flight.clone().unwrap();
         let (last_txid, _) = open_image(vfs.crash_image(CrashMode::LoseUnsynced), &path, "base");
@@ -1284,4 +1288,107 @@ fn mvcc_on_the_backend_matches_mvcc_on_memory_storage() {
     assert_eq!(reopened.current_revision(), rev);
     assert_eq!(reopened.compact_revision(), compacted);
     assert_eq!(all(&reopened), before);
+}
+
+mod extent_tests {
+    //! The extent allocator: a commit's pages are contiguous and reach the file in few writes;
+    //! pages a commit frees are reused only once no snapshot and neither meta can reach them.
+
+    use super::*;
+    use crate::io::FaultVfs;
+
+    fn val(i: u32, round: u32) -> Vec<u8> {
+        format!("value {i} of round {round} ")
+            .repeat(4)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_commit_reaches_the_file_in_few_writes() {
+        let fault = FaultVfs::new();
+        let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
+        let path = PathBuf::from("/data/member/snap/db");
+        let backend = Backend::open(vfs, &path, opts(false)).unwrap();
+        let mut w = backend.batch().unwrap();
+        let mut model = Model::new();
+        for i in 0..4000u32 {
+            w.put(Bucket::Key, &key(i), &val(i, 0)).unwrap();
+            model.insert((Bucket::Key, key(i)), val(i, 0));
+        }
+        w.commit().unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        for round in 1..=12u32 {
+            let before = fault.ops();
+            let pages_before = w.stats();
+            // 300 scattered keys: ~300 leaves and their branches are rewritten.
+            for _ in 0..300 {
+                let i = rng.random_range(0..4000u32);
+                w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
+                model.insert((Bucket::Key, key(i)), val(i, round));
+            }
+            w.commit().unwrap();
+            let ops = fault.ops() - before;
+            // ~220 pages per commit: writes of a few extents + the meta + the fdatasync, plus an
+            // extend and its fdatasync when the file grows (4 to 10 operations measured).
+            // Scattered pages would take one write each (over a hundred).
+            assert!(
+                ops <= 12,
+                "round {round}: {ops} I/O operations for one commit ({pages_before:?} -> {:?})",
+                w.stats()
+            );
+            assert_checked(&w);
+        }
+        assert_eq!(dump(&w), model);
+        drop(w);
+        drop(backend);
+        let backend = Backend::open(Arc::new(fault), &path, opts(false)).unwrap();
+        assert_eq!(dump(&backend.snapshot()), model);
+    }
+
+    #[test]
+    fn freed_pages_wait_for_the_readers_that_can_reach_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        // read_at, not the map: a reused page would be read back from the file and fail its
+        // page id or checksum, or show the wrong data.
+        let backend = Backend::open(std_vfs(), &path, opts(false)).unwrap();
+        let mut w = backend.batch().unwrap();
+        let rewrite = |w: &mut BatchWriter, round: u32| {
+            for i in 0..1500u32 {
+                w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
+            }
+            w.commit().unwrap();
+        };
+        rewrite(&mut w, 0);
+        let old = backend.snapshot();
+        let old_model = dump(&old);
+        let start = w.stats().page_count;
+        // Every commit rewrites the whole tree and frees every page of the one before; none of
+        // the pages the snapshot reads may be reused while it lives.
+        for round in 1..=6 {
+            rewrite(&mut w, round);
+            assert_eq!(dump(&old), old_model, "round {round}");
+            assert_checked(&w);
+        }
+        let held = w.stats().page_count;
+        assert!(
+            held >= start * 6,
+            "the file did not grow while a snapshot held the old pages: {start} -> {held}"
+        );
+        drop(old);
+        // Released now: the next commits reuse the freed extents instead of growing the file.
+        for round in 7..=14 {
+            rewrite(&mut w, round);
+            assert_checked(&w);
+        }
+        let after = w.stats();
+        assert!(
+            after.page_count <= held,
+            "freed pages were not reused: {held} pages while held, {after:?} after"
+        );
+        let want: Model = (0..1500u32)
+            .map(|i| ((Bucket::Key, key(i)), val(i, 14)))
+            .collect();
+        assert_eq!(dump(&w), want);
+    }
 }

@@ -25,6 +25,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
 
 use super::freelist::Freelist;
 use super::mmap::Mapping;
@@ -222,7 +223,33 @@ pub(crate) struct TreeWriter<'m> {
     pub dirty: BTreeMap<u64, Vec<u8>>,
     /// Dirty nodes under a quarter full: candidates for merging with a neighbour.
     small: HashSet<u64>,
+    /// Pages reserved for this transaction and not handed out yet: [`TreeWriter::alloc`] takes
+    /// pages from its front, so the transaction's runs land side by side and go to disk in few
+    /// large writes. Invariant: these pages are in neither the free set nor `dirty`, and lie in
+    /// `[2, page_count)`; [`TreeWriter::release_extent`] returns them to the free set.
+    extent: Range<u64>,
+    /// Pages the next extent asks for (doubles with each refill of one transaction).
+    extent_hint: u64,
+    /// The previous commit wrote fewer than `MIN_EXTENT` pages: this one is expected to be
+    /// small too, and takes holes of any length (longest first) before growing the file. A few
+    /// scattered pages cost little, and filling holes keeps the free set, which every commit
+    /// rewrites in its freelist run, small.
+    small_commit: bool,
+    /// Online compaction is moving pages: allocate from `low` instead.
+    compacting: bool,
+    /// Pages reserved for online compaction (same invariant as `extent`): the lowest free run
+    /// of at least `MIN_EXTENT` pages, so that moved pages are written side by side too.
+    low: Range<u64>,
+    /// No free run was left for `low`.
+    low_exhausted: bool,
 }
+
+/// Smallest free run a transaction takes as an extent when no run holds all it asks for:
+/// shorter holes are left to online compaction (runs of 16 pages already cost about as much per
+/// byte as one large write on the measured disk, BENCHMARKS.md).
+pub(crate) const MIN_EXTENT: u64 = 16;
+/// Largest extent one refill asks for (32 MiB of 4 KiB pages).
+pub(crate) const MAX_EXTENT: u64 = 8192;
 
 impl<'m> TreeWriter<'m> {
     pub(crate) fn new(
@@ -231,6 +258,7 @@ impl<'m> TreeWriter<'m> {
         txid: u64,
         freelist: &'m mut Freelist,
         page_count: u64,
+        extent_hint: u64,
     ) -> Self {
         TreeWriter {
             map,
@@ -240,6 +268,12 @@ impl<'m> TreeWriter<'m> {
             page_count,
             dirty: BTreeMap::new(),
             small: HashSet::new(),
+            extent: 0..0,
+            small_commit: extent_hint < MIN_EXTENT,
+            extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
+            compacting: false,
+            low: 0..0,
+            low_exhausted: false,
         }
     }
 
@@ -265,14 +299,90 @@ impl<'m> TreeWriter<'m> {
         }
     }
 
-    /// Allocates a run of `n` pages: from the freelist, else at the end of the file.
+    /// Allocates a run of `n` pages from the transaction's extent (refilled as needed), so that
+    /// consecutive allocations are adjacent pages; while compacting, the lowest free pages.
     pub(crate) fn alloc(&mut self, n: u64) -> u64 {
-        if let Some(id) = self.freelist.allocate(n) {
+        if self.compacting {
+            if self.low.end - self.low.start < n {
+                let rest = std::mem::replace(&mut self.low, 0..0);
+                self.freelist.free_now(rest.start, rest.end - rest.start);
+                let min = if self.half_free() {
+                    n
+                } else {
+                    n.max(MIN_EXTENT)
+                };
+                if let Some((start, len)) = self.freelist.take_low(min) {
+                    self.low = start..start + len;
+                }
+            }
+            if self.low.end - self.low.start >= n {
+                let id = self.low.start;
+                self.low.start += n;
+                return id;
+            }
+            let id = self.page_count;
+            self.page_count += n;
             return id;
         }
-        let id = self.page_count;
-        self.page_count += n;
+        if self.extent.end - self.extent.start < n {
+            self.refill(n);
+        }
+        let id = self.extent.start;
+        self.extent.start += n;
         id
+    }
+
+    /// Pages still reserved in the extent.
+    pub(crate) fn extent_len(&self) -> u64 {
+        (self.extent.end - self.extent.start) + (self.low.end - self.low.start)
+    }
+
+    /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
+    /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
+    /// else new pages at the end of the file (continuing the old extent when it ends there).
+    /// Once half of the file is free (`half_free`), or for a small commit (`small_commit`), the longest
+    /// run of any length is taken before the file grows: space is then worth more than write
+    /// size.
+    fn refill(&mut self, n: u64) {
+        let want = n.max(self.extent_hint);
+        self.extent_hint = (want * 2).min(MAX_EXTENT);
+        let min = if self.small_commit || self.half_free() {
+            n
+        } else {
+            n.max(MIN_EXTENT)
+        };
+        let longest = self.freelist.longest();
+        if self.extent.end == self.page_count && longest < want && longest < min {
+            self.page_count += want;
+            self.extent.end = self.page_count;
+            return;
+        }
+        let rest = std::mem::replace(&mut self.extent, 0..0);
+        self.freelist.free_now(rest.start, rest.end - rest.start);
+        self.extent = match self.freelist.take_extent(want, min) {
+            Some((start, len)) => start..start + len,
+            None => {
+                let start = self.page_count;
+                self.page_count += want;
+                start..start + want
+            }
+        };
+    }
+
+    /// At least half of the file is free or reserved: new pages and compaction then fill holes
+    /// of any length rather than grow the file (space amplification stays under 2x).
+    fn half_free(&self) -> bool {
+        (self.freelist.free_len() as u64 + self.extent_len()) * 2 >= self.page_count
+    }
+
+    /// Returns the unused rest of the extents to the free set (nothing references them).
+    pub(crate) fn release_extent(&mut self) {
+        for rest in [
+            std::mem::replace(&mut self.extent, 0..0),
+            std::mem::replace(&mut self.low, 0..0),
+        ] {
+            self.freelist.free_now(rest.start, rest.end - rest.start);
+        }
     }
 
     /// Frees the run at `id` of `n` pages.
@@ -499,13 +609,30 @@ impl<'m> TreeWriter<'m> {
             return Ok(0);
         }
         let from = walk.from.clone();
-        Ok(self
-            .relocate_node(root, &from, limit, budget, walk, 0)?
-            .unwrap_or(root))
+        let was = std::mem::replace(&mut self.compacting, true);
+        let moved = self.relocate_node(root, &from, limit, budget, walk, 0);
+        self.compacting = was;
+        Ok(moved?.unwrap_or(root))
     }
 
-    fn can_move(&self, limit: u64, budget: usize) -> bool {
-        budget > 0 && self.freelist.first_free().is_some_and(|f| f < limit)
+    /// Whether compaction may move another page: budget left and room below `limit` in the
+    /// compaction's extent, refilled with the lowest free run of at least `MIN_EXTENT` pages
+    /// (moving pages into shorter holes would scatter the commit's writes), or of any length
+    /// once half the file is free.
+    fn can_move(&mut self, limit: u64, budget: usize) -> bool {
+        if budget == 0 {
+            return false;
+        }
+        if self.low.start == self.low.end && !self.low_exhausted {
+            let min = if self.half_free() { 1 } else { MIN_EXTENT };
+            match self.freelist.take_low(min) {
+                Some((start, len)) => self.low = start..start + len,
+                // Pages compaction frees are pending (the last meta reaches them), so hardly a
+                // new run appears before the commit ends: stop looking.
+                None => self.low_exhausted = true,
+            }
+        }
+        self.low.start < self.low.end && self.low.start < limit
     }
 
     /// `lo` is the smallest key node `id` may hold (where a later commit resumes if the walk
