@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -164,6 +164,37 @@ pub struct NodeConfig {
     pub entries: Vec<Entry>,
     /// Snapshots and log compaction.
     pub snapshots: SnapshotPolicy,
+    /// Where the apply work runs and which CPUs the threads are pinned to.
+    pub threads: ThreadOptions,
+}
+
+/// Thread placement of a member (`--cpu-layout`, and applying on the core thread).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadOptions {
+    /// A batch of committed entries with at most this many entries is applied on the raft core
+    /// thread itself when the apply thread is idle (nothing queued for it, its state free):
+    /// no hand-off to the apply thread and back. Larger batches, and every batch while the
+    /// apply thread has work, go to the apply thread, so apply still overlaps raft and the WAL
+    /// under load. 0: always hand off.
+    pub inline_apply_max: usize,
+    /// Pin the raft core thread to this CPU.
+    pub raft_cpu: Option<usize>,
+    /// Pin the apply thread to this CPU.
+    pub apply_cpu: Option<usize>,
+    /// Pin the WAL's flush thread to this CPU. Not used by the raft node (it does not open
+    /// the WAL); whoever opens the WAL passes it on as `WalOptions::wal_cpu`.
+    pub wal_cpu: Option<usize>,
+}
+
+impl Default for ThreadOptions {
+    fn default() -> Self {
+        ThreadOptions {
+            inline_apply_max: 32,
+            raft_cpu: None,
+            apply_cpu: None,
+            wal_cpu: None,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -182,6 +213,7 @@ impl NodeConfig {
             conf_state: None,
             entries: Vec::new(),
             snapshots: SnapshotPolicy::default(),
+            threads: ThreadOptions::default(),
         }
     }
 }
@@ -275,6 +307,16 @@ impl RaftNode {
         let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
+        let applying = Arc::new(Applying {
+            state: parking_lot::Mutex::new(ApplyState {
+                durable_sent: sm.durable_index(),
+                sm,
+                progress: progress.clone(),
+                applied: cfg.applied,
+                reported: cfg.applied,
+            }),
+            queued: AtomicUsize::new(0),
+        });
         progress
             .snapshot_index
             .store(cfg.snapshot_index, Ordering::Release);
@@ -303,20 +345,27 @@ impl RaftNode {
             Box::new(transport),
             tx.clone(),
             apply_tx,
+            applying.clone(),
             progress.clone(),
         )?;
         core.snap_tx = snap_tx;
+        let raft_cpu = cfg.threads.raft_cpu;
         let core_thread = std::thread::Builder::new()
             .name("ringkv-raft".into())
-            .spawn(move || core.run(rx))
+            .spawn(move || {
+                pin_role("ringkv-raft", raft_cpu);
+                core.run(rx)
+            })
             .map_err(|e| RaftNodeError::Raft(format!("spawn raft thread: {e}")))?;
         let apply_thread = {
             let tx = tx.clone();
-            let progress = progress.clone();
-            let applied = cfg.applied;
+            let apply_cpu = cfg.threads.apply_cpu;
             std::thread::Builder::new()
                 .name("ringkv-apply".into())
-                .spawn(move || apply_loop(sm, apply_rx, tx, progress, applied))
+                .spawn(move || {
+                    pin_role("ringkv-apply", apply_cpu);
+                    apply_loop(applying, apply_rx, tx)
+                })
                 .map_err(|e| RaftNodeError::Raft(format!("spawn apply thread: {e}")))?
         };
         threads.push(core_thread);
@@ -432,6 +481,9 @@ struct Core<L: LogSink> {
     read_retry_ticks: u64,
     tx: Sender<CoreMsg>,
     apply_tx: Sender<ApplyMsg>,
+    /// The apply side, for applying small batches on this thread (see [`Applying`]).
+    applying: Arc<dyn ApplyHere>,
+    inline_apply_max: usize,
     progress: SharedProgress,
     tick: Duration,
     in_flight: VecDeque<InFlight>,
@@ -475,6 +527,7 @@ impl<L: LogSink> Core<L> {
         transport: Box<dyn Transport>,
         tx: Sender<CoreMsg>,
         apply_tx: Sender<ApplyMsg>,
+        applying: Arc<dyn ApplyHere>,
         progress: SharedProgress,
     ) -> Result<Self, RaftNodeError> {
         let storage = LogStore::new();
@@ -564,6 +617,8 @@ impl<L: LogSink> Core<L> {
             read_retry_ticks: cfg.election_ticks as u64,
             tx,
             apply_tx,
+            applying,
+            inline_apply_max: cfg.threads.inline_apply_max,
             progress,
             tick: cfg.tick,
             in_flight: VecDeque::new(),
@@ -957,9 +1012,33 @@ impl<L: LogSink> Core<L> {
         self.progress
             .proposals_committed
             .fetch_add(n, Ordering::Relaxed);
-        if self.apply_tx.send(ApplyMsg::Entries(entries)).is_err() {
-            self.fail("apply thread exited".to_string());
+        if let Err(why) = self.dispatch_apply(ApplyMsg::Entries(entries)) {
+            self.fail(why);
         }
+    }
+
+    /// Applies a small batch here when the apply thread is idle, else queues `msg` for it.
+    /// What applying here reports (applied index, durable index) goes through this thread's
+    /// own channel and is handled on the next loop turn, as if the apply thread had sent it.
+    fn dispatch_apply(&mut self, msg: ApplyMsg) -> Result<(), String> {
+        let msg = match msg {
+            ApplyMsg::Entries(batch) if batch.len() <= self.inline_apply_max => {
+                let tx = &self.tx;
+                match self
+                    .applying
+                    .try_apply_here(ApplyMsg::Entries(batch), &mut |m| {
+                        let _ = tx.send(m);
+                    }) {
+                    Ok(()) => return Ok(()),
+                    Err(msg) => msg,
+                }
+            }
+            other => other,
+        };
+        self.applying.queued().fetch_add(1, Ordering::AcqRel);
+        self.apply_tx
+            .send(msg)
+            .map_err(|_| "apply thread exited".to_string())
     }
 
     fn conf_changed(&mut self, index: u64, result: raft::Result<ConfState>) {
@@ -1091,9 +1170,7 @@ impl<L: LogSink> Core<L> {
             .snapshot_index
             .store(meta.index, Ordering::Release);
         let mark = (meta.index, meta.term);
-        if self.apply_tx.send(ApplyMsg::Restore(meta)).is_err() {
-            return Err("apply thread exited".to_string());
-        }
+        self.dispatch_apply(ApplyMsg::Restore(meta))?;
         Ok(mark)
     }
 
@@ -1115,74 +1192,139 @@ impl<L: LogSink> Core<L> {
     }
 }
 
-fn apply_loop<S: StateMachine>(
-    mut sm: S,
-    rx: Receiver<ApplyMsg>,
-    core: Sender<CoreMsg>,
+/// The state machine and what the apply side remembers, shared by the apply thread and the
+/// raft core (which applies small batches itself when the apply thread is idle).
+///
+/// Ordering argument (batches must be applied in the order the core produced them): only the
+/// core hands out batches, and it applies one itself only when `queued` is 0 and it holds
+/// `state`. The apply thread decrements `queued` after applying a batch, still holding
+/// `state`; so `queued == 0` seen by the core means every batch handed to the thread before is
+/// applied, and holding `state` means the thread is not in the middle of one. When either
+/// check fails the core queues the batch behind the others (`queued += 1` before the send).
+struct Applying<S> {
+    state: parking_lot::Mutex<ApplyState<S>>,
+    /// Batches sent to the apply thread and not yet applied.
+    queued: AtomicUsize,
+}
+
+struct ApplyState<S> {
+    sm: S,
     progress: SharedProgress,
-    mut applied: u64,
-) {
-    let mut reported = applied;
-    let mut durable_sent = sm.durable_index();
-    for msg in rx {
+    applied: u64,
+    /// Highest index reported to the core (entries an installed backend already holds count).
+    reported: u64,
+    durable_sent: u64,
+}
+
+impl<S: StateMachine> ApplyState<S> {
+    /// Applies one message; what the core must hear goes to `core`. Returns `false` when the
+    /// node must stop (a snapshot could not be installed).
+    fn handle(&mut self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> bool {
         match msg {
-            ApplyMsg::Restore(meta) => match sm.restore(&meta) {
+            ApplyMsg::Restore(meta) => match self.sm.restore(&meta) {
                 Ok(new_applied) => {
-                    applied = new_applied.max(meta.index);
-                    progress.applied.store(applied, Ordering::Release);
-                    reported = applied;
-                    if core.send(CoreMsg::Applied(applied)).is_err() {
-                        return;
-                    }
+                    self.applied = new_applied.max(meta.index);
+                    self.progress.applied.store(self.applied, Ordering::Release);
+                    self.reported = self.applied;
+                    core(CoreMsg::Applied(self.applied));
                 }
                 Err(why) => {
-                    let _ = core.send(CoreMsg::Fatal(format!(
+                    core(CoreMsg::Fatal(format!(
                         "installing the snapshot at index {}: {why}",
                         meta.index
                     )));
-                    return;
+                    return false;
                 }
             },
             ApplyMsg::Entries(batch) => {
-                let before = applied;
+                let before = self.applied;
                 for e in &batch {
-                    if e.index <= applied {
+                    if e.index <= self.applied {
                         continue;
                     }
                     match e.get_entry_type() {
                         EntryType::EntryNormal if !e.data.is_empty() => {
-                            sm.apply(e.index, e.term, &e.data)
+                            self.sm.apply(e.index, e.term, &e.data)
                         }
                         EntryType::EntryNormal => {}
                         EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                             if let Some(cc) = decode_conf_change(e) {
-                                sm.apply_conf_change(e.index, e.term, &cc);
+                                self.sm.apply_conf_change(e.index, e.term, &cc);
                             }
                         }
                     }
-                    applied = e.index;
+                    self.applied = e.index;
                 }
-                if applied > before {
-                    sm.applied_batch(applied);
-                    progress.applied.store(applied, Ordering::Release);
+                if self.applied > before {
+                    self.sm.applied_batch(self.applied);
+                    self.progress.applied.store(self.applied, Ordering::Release);
                 }
                 // Entries skipped because an installed backend already holds them still move
                 // raft-rs's applied index (the core caps it at what raft-rs committed).
                 let seen = batch.last().map_or(0, |e| e.index);
-                if applied > before || seen > reported {
-                    reported = reported.max(seen);
-                    if core.send(CoreMsg::Applied(applied)).is_err() {
-                        return;
-                    }
+                if self.applied > before || seen > self.reported {
+                    self.reported = self.reported.max(seen);
+                    core(CoreMsg::Applied(self.applied));
                 }
             }
         }
-        let durable = sm.durable_index();
-        if durable > durable_sent {
-            durable_sent = durable;
-            if core.send(CoreMsg::Durable(durable)).is_err() {
-                return;
-            }
+        let durable = self.sm.durable_index();
+        if durable > self.durable_sent {
+            self.durable_sent = durable;
+            core(CoreMsg::Durable(durable));
+        }
+        true
+    }
+}
+
+/// The core's view of [`Applying`] (the core is not generic over the state machine).
+trait ApplyHere: Send + Sync {
+    /// Applies `msg` on the calling thread if the apply thread is idle; gives it back if not.
+    fn try_apply_here(&self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> Result<(), ApplyMsg>;
+    fn queued(&self) -> &AtomicUsize;
+}
+
+impl<S: StateMachine> ApplyHere for Applying<S> {
+    fn try_apply_here(&self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> Result<(), ApplyMsg> {
+        // Both checks, in this order: see the ordering argument on `Applying`.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(msg);
+        }
+        let Some(mut st) = self.state.try_lock() else {
+            return Err(msg);
+        };
+        // Only a restore can ask to stop, and restores always go to the apply thread.
+        st.handle(msg, core);
+        Ok(())
+    }
+
+    fn queued(&self) -> &AtomicUsize {
+        &self.queued
+    }
+}
+
+/// Pins the calling thread (a role of `--cpu-layout`) to `cpu`; a refusal is logged, not fatal.
+fn pin_role(role: &str, cpu: Option<usize>) {
+    if let Some(cpu) = cpu
+        && let Err(e) = crate::io::pin_current_thread(cpu)
+    {
+        tracing::warn!(role, cpu, error = %e, "cannot pin the thread; it runs unpinned");
+    }
+}
+
+fn apply_loop<S: StateMachine>(
+    applying: Arc<Applying<S>>,
+    rx: Receiver<ApplyMsg>,
+    core: Sender<CoreMsg>,
+) {
+    for msg in rx {
+        let mut st = applying.state.lock();
+        let mut gone = false;
+        let go_on = st.handle(msg, &mut |m| gone |= core.send(m).is_err());
+        // Still under `state`: see the ordering argument on `Applying`.
+        applying.queued.fetch_sub(1, Ordering::AcqRel);
+        if !go_on || gone {
+            return;
         }
     }
 }
