@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+
+use super::inbox::{InboxRx, InboxTx, inbox};
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -282,7 +284,7 @@ struct SnapJob {
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
 #[derive(Clone)]
 pub struct RaftNode {
-    tx: Sender<CoreMsg>,
+    tx: InboxTx<CoreMsg>,
     progress: SharedProgress,
     threads: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -303,7 +305,7 @@ impl RaftNode {
         transport: T,
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
-        let (tx, rx) = unbounded();
+        let (tx, rx) = inbox();
         let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
@@ -479,7 +481,7 @@ struct Core<L: LogSink> {
     /// A read round unanswered for this many ticks is sent again (the leader it went to may
     /// have lost leadership and dropped it).
     read_retry_ticks: u64,
-    tx: Sender<CoreMsg>,
+    tx: InboxTx<CoreMsg>,
     apply_tx: Sender<ApplyMsg>,
     /// The apply side, for applying small batches on this thread (see [`Applying`]).
     applying: Arc<dyn ApplyHere>,
@@ -525,7 +527,7 @@ impl<L: LogSink> Core<L> {
         cfg: &NodeConfig,
         sink: L,
         transport: Box<dyn Transport>,
-        tx: Sender<CoreMsg>,
+        tx: InboxTx<CoreMsg>,
         apply_tx: Sender<ApplyMsg>,
         applying: Arc<dyn ApplyHere>,
         progress: SharedProgress,
@@ -639,7 +641,7 @@ impl<L: LogSink> Core<L> {
         })
     }
 
-    fn run(mut self, rx: Receiver<CoreMsg>) {
+    fn run(mut self, rx: InboxRx<CoreMsg>) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -1315,7 +1317,7 @@ fn pin_role(role: &str, cpu: Option<usize>) {
 fn apply_loop<S: StateMachine>(
     applying: Arc<Applying<S>>,
     rx: Receiver<ApplyMsg>,
-    core: Sender<CoreMsg>,
+    core: InboxTx<CoreMsg>,
 ) {
     for msg in rx {
         let mut st = applying.state.lock();
@@ -1360,7 +1362,7 @@ fn snapshot_loop<L: LogSink>(
     (keep_snaps, keep_wals): (usize, usize),
     sink: L,
     rx: Receiver<SnapJob>,
-    core: Sender<CoreMsg>,
+    core: InboxTx<CoreMsg>,
 ) {
     for job in rx {
         let index = job.meta.index;
@@ -1817,5 +1819,139 @@ mod tests {
         assert_eq!(sink.marks.lock().as_slice(), &[(50, 5)]);
         let logged: Vec<u64> = sink.log.lock().iter().map(|e| e.index).collect();
         assert_eq!(logged, (51..=70).collect::<Vec<_>>());
+    }
+
+    /// Records the thread each entry was applied on; entry `slow` takes 100 ms.
+    struct ThreadRecorder(mpsc::Sender<(u64, Vec<u8>, String)>);
+
+    impl StateMachine for ThreadRecorder {
+        fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            let _ = self.0.send((index, data.to_vec(), name));
+            if data == b"slow" {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn recv_t(rx: &mpsc::Receiver<(u64, Vec<u8>, String)>) -> (u64, Vec<u8>, String) {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("entry applied within 10 s")
+    }
+
+    #[test]
+    fn small_batches_apply_on_the_raft_thread_large_ones_and_queued_ones_on_the_apply_thread() {
+        let cfg = NodeConfig {
+            threads: ThreadOptions {
+                inline_apply_max: 4,
+                ..ThreadOptions::default()
+            },
+            ..fast(1)
+        };
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(cfg, MemSink::default(), NoPeers, ThreadRecorder(tx)).unwrap();
+        let mut last = 0;
+        let mut next = |rx: &mpsc::Receiver<_>| {
+            let (index, data, thread) = recv_t(rx);
+            assert!(index > last, "index {index} applied after {last}");
+            last = index;
+            (data, thread)
+        };
+        // On an idle node a single entry is applied by the raft thread itself.
+        let mut inline = false;
+        for i in 0..20u8 {
+            node.propose(vec![i], None);
+            if next(&rx).1 == "ringkv-raft" {
+                inline = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(inline, "no single entry was applied on the raft thread");
+        // While `slow` is being applied (on either thread), 20 proposals pile up: they are
+        // committed as one batch larger than 4, or queue behind `slow` on the apply thread.
+        node.propose(b"slow".to_vec(), None);
+        assert_eq!(next(&rx).0, b"slow");
+        for i in 0..20u8 {
+            node.propose(vec![b'b', i], None);
+        }
+        for i in 0..20u8 {
+            let (data, thread) = next(&rx);
+            assert_eq!(data, vec![b'b', i]);
+            assert_eq!(thread, "ringkv-apply", "entry b{i}");
+        }
+        node.shutdown();
+    }
+
+    #[test]
+    fn inline_apply_off_applies_everything_on_the_apply_thread() {
+        let cfg = NodeConfig {
+            threads: ThreadOptions {
+                inline_apply_max: 0,
+                ..ThreadOptions::default()
+            },
+            ..fast(1)
+        };
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(cfg, MemSink::default(), NoPeers, ThreadRecorder(tx)).unwrap();
+        for i in 0..10u8 {
+            node.propose(vec![i], None);
+            let (_, data, thread) = recv_t(&rx);
+            assert_eq!(data, vec![i]);
+            assert_eq!(thread, "ringkv-apply");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        node.shutdown();
+    }
+
+    /// Holds every persist completion until the test releases it.
+    #[derive(Clone, Default)]
+    struct GateSink {
+        held: Arc<Mutex<Vec<Box<dyn FnOnce(io::Result<()>) + Send>>>>,
+    }
+
+    impl LogSink for GateSink {
+        fn persist(
+            &self,
+            _entries: Vec<Entry>,
+            _hard_state: Option<HardState>,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            self.held.lock().push(done);
+        }
+    }
+
+    impl GateSink {
+        fn release(&self) {
+            let held: Vec<_> = std::mem::take(&mut *self.held.lock());
+            for done in held {
+                done(Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_applied_inline_before_its_persist_completes() {
+        let sink = GateSink::default();
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(fast(1), sink.clone(), NoPeers, ThreadRecorder(tx)).unwrap();
+        // Let the election and the leader's empty entry through.
+        wait_for("leader", || {
+            sink.release();
+            node.progress().leader() == 1 && node.progress().applied() >= 1
+        });
+        node.propose(b"held".to_vec(), None);
+        wait_for("the proposal reaches the sink", || !sink.held.lock().is_empty());
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            rx.try_recv().is_err(),
+            "applied while its persist was still pending"
+        );
+        sink.release();
+        let (_, data, thread) = recv_t(&rx);
+        assert_eq!(data, b"held");
+        // The completion ran on this test thread; the raft thread applied it (it was idle).
+        assert_eq!(thread, "ringkv-raft");
+        node.shutdown();
     }
 }
