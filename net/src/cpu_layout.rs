@@ -166,8 +166,7 @@ mod tests {
 
     #[test]
     fn explicit_roles_sets_and_counts() {
-        let l = CpuLayout::parse("raft=1,apply=0,front=0-1+3,workers=3,inline-apply=0", 4)
-            .unwrap();
+        let l = CpuLayout::parse("raft=1,apply=0,front=0-1+3,workers=3,inline-apply=0", 4).unwrap();
         assert_eq!(l.threads.raft_cpu, Some(1));
         assert_eq!(l.threads.apply_cpu, Some(0));
         assert_eq!(l.threads.wal_cpu, None);
@@ -180,7 +179,10 @@ mod tests {
     #[test]
     fn bad_layouts_are_refused_with_the_reason() {
         let e = CpuLayout::parse("raft=2", 2).unwrap_err();
-        assert!(e.contains("CPU 2 does not exist (this machine has 2)"), "{e}");
+        assert!(
+            e.contains("CPU 2 does not exist (this machine has 2)"),
+            "{e}"
+        );
         let e = CpuLayout::parse("gpu=0", 2).unwrap_err();
         assert!(e.contains("unknown role \"gpu\""), "{e}");
         let e = CpuLayout::parse("fast", 2).unwrap_err();

@@ -1941,7 +1941,9 @@ mod tests {
             node.progress().leader() == 1 && node.progress().applied() >= 1
         });
         node.propose(b"held".to_vec(), None);
-        wait_for("the proposal reaches the sink", || !sink.held.lock().is_empty());
+        wait_for("the proposal reaches the sink", || {
+            !sink.held.lock().is_empty()
+        });
         std::thread::sleep(Duration::from_millis(100));
         assert!(
             rx.try_recv().is_err(),

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
+use ringkv_engine::ThreadOptions;
 use ringkv_engine::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, AuthStatusResponse, CompactionRequest,
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
@@ -55,9 +56,6 @@ use ringkv_engine::pb::etcdserverpb::{
     RangeRequest, RangeResponse, RequestHeader, ResponseHeader, StatusResponse, TxnRequest,
     TxnResponse, WatchCreateRequest, WatchResponse, alarm_request::AlarmAction,
     watch_create_request::FilterType,
-};
-use ringkv_engine::{
-    ThreadOptions,
 };
 use ringkv_engine::{
     FlushStats, HeaderIds, IoKind, LeaseIdGen, MvccStore, NodeConfig, RaftNode, RaftNodeError,
