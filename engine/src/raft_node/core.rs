@@ -174,8 +174,10 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThreadOptions {
     /// A batch of committed entries with at most this many entries is applied on the raft core
-    /// thread itself when the apply thread is idle (nothing queued for it, its state free):
-    /// no hand-off to the apply thread and back. Larger batches, and every batch while the
+    /// thread itself when the apply thread is idle (nothing queued for it, its state free) and
+    /// the member is alone in its cluster (a single voter, no learners; with peers the core
+    /// must keep heartbeating while an apply waits for the store): no hand-off to the apply
+    /// thread and back. Larger batches, and every batch while the
     /// apply thread has work, go to the apply thread, so apply still overlaps raft and the WAL
     /// under load. 0: always hand off.
     pub inline_apply_max: usize,
@@ -1024,7 +1026,9 @@ impl<L: LogSink> Core<L> {
     /// own channel and is handled on the next loop turn, as if the apply thread had sent it.
     fn dispatch_apply(&mut self, msg: ApplyMsg) -> Result<(), String> {
         let msg = match msg {
-            ApplyMsg::Entries(batch) if batch.len() <= self.inline_apply_max => {
+            ApplyMsg::Entries(batch)
+                if batch.len() <= self.inline_apply_max && self.alone_in_the_cluster() =>
+            {
                 let tx = &self.tx;
                 match self
                     .applying
@@ -1041,6 +1045,15 @@ impl<L: LogSink> Core<L> {
         self.apply_tx
             .send(msg)
             .map_err(|_| "apply thread exited".to_string())
+    }
+
+    /// This member is the only voter and there are no learners. Only then may the core apply:
+    /// applying can wait for the store lock (a snapshot copy, a compaction batch), and with
+    /// peers a core stuck there sends no heartbeats, so followers would start elections.
+    fn alone_in_the_cluster(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        let id = self.raw.raft.id;
+        conf.learners().is_empty() && conf.voters().ids().iter().eq([id])
     }
 
     fn conf_changed(&mut self, index: u64, result: raft::Result<ConfState>) {
