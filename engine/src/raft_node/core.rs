@@ -1030,13 +1030,11 @@ impl<L: LogSink> Core<L> {
                 if batch.len() <= self.inline_apply_max && self.alone_in_the_cluster() =>
             {
                 let tx = &self.tx;
-                match self
-                    .applying
-                    .try_apply_here(ApplyMsg::Entries(batch), &mut |m| {
-                        let _ = tx.send(m);
-                    }) {
+                match self.applying.try_apply_here(batch, &mut |m| {
+                    let _ = tx.send(m);
+                }) {
                     Ok(()) => return Ok(()),
-                    Err(msg) => msg,
+                    Err(batch) => ApplyMsg::Entries(batch),
                 }
             }
             other => other,
@@ -1294,22 +1292,30 @@ impl<S: StateMachine> ApplyState<S> {
 
 /// The core's view of [`Applying`] (the core is not generic over the state machine).
 trait ApplyHere: Send + Sync {
-    /// Applies `msg` on the calling thread if the apply thread is idle; gives it back if not.
-    fn try_apply_here(&self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> Result<(), ApplyMsg>;
+    /// Applies `batch` on the calling thread if the apply thread is idle; gives it back if not.
+    fn try_apply_here(
+        &self,
+        batch: Vec<Entry>,
+        core: &mut dyn FnMut(CoreMsg),
+    ) -> Result<(), Vec<Entry>>;
     fn queued(&self) -> &AtomicUsize;
 }
 
 impl<S: StateMachine> ApplyHere for Applying<S> {
-    fn try_apply_here(&self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> Result<(), ApplyMsg> {
+    fn try_apply_here(
+        &self,
+        batch: Vec<Entry>,
+        core: &mut dyn FnMut(CoreMsg),
+    ) -> Result<(), Vec<Entry>> {
         // Both checks, in this order: see the ordering argument on `Applying`.
         if self.queued.load(Ordering::Acquire) != 0 {
-            return Err(msg);
+            return Err(batch);
         }
         let Some(mut st) = self.state.try_lock() else {
-            return Err(msg);
+            return Err(batch);
         };
         // Only a restore can ask to stop, and restores always go to the apply thread.
-        st.handle(msg, core);
+        st.handle(ApplyMsg::Entries(batch), core);
         Ok(())
     }
 
@@ -1917,10 +1923,12 @@ mod tests {
         node.shutdown();
     }
 
+    type PersistDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
     /// Holds every persist completion until the test releases it.
     #[derive(Clone, Default)]
     struct GateSink {
-        held: Arc<Mutex<Vec<Box<dyn FnOnce(io::Result<()>) + Send>>>>,
+        held: Arc<Mutex<Vec<PersistDone>>>,
     }
 
     impl LogSink for GateSink {
