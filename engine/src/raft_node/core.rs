@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
-use super::inbox::{InboxRx, InboxTx, inbox};
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -286,7 +285,7 @@ struct SnapJob {
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
 #[derive(Clone)]
 pub struct RaftNode {
-    tx: InboxTx<CoreMsg>,
+    tx: Sender<CoreMsg>,
     progress: SharedProgress,
     threads: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -307,7 +306,7 @@ impl RaftNode {
         transport: T,
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
-        let (tx, rx) = inbox();
+        let (tx, rx) = unbounded();
         let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
@@ -483,7 +482,7 @@ struct Core<L: LogSink> {
     /// A read round unanswered for this many ticks is sent again (the leader it went to may
     /// have lost leadership and dropped it).
     read_retry_ticks: u64,
-    tx: InboxTx<CoreMsg>,
+    tx: Sender<CoreMsg>,
     apply_tx: Sender<ApplyMsg>,
     /// The apply side, for applying small batches on this thread (see [`Applying`]).
     applying: Arc<dyn ApplyHere>,
@@ -529,7 +528,7 @@ impl<L: LogSink> Core<L> {
         cfg: &NodeConfig,
         sink: L,
         transport: Box<dyn Transport>,
-        tx: InboxTx<CoreMsg>,
+        tx: Sender<CoreMsg>,
         apply_tx: Sender<ApplyMsg>,
         applying: Arc<dyn ApplyHere>,
         progress: SharedProgress,
@@ -643,7 +642,7 @@ impl<L: LogSink> Core<L> {
         })
     }
 
-    fn run(mut self, rx: InboxRx<CoreMsg>) {
+    fn run(mut self, rx: Receiver<CoreMsg>) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -1336,7 +1335,7 @@ fn pin_role(role: &str, cpu: Option<usize>) {
 fn apply_loop<S: StateMachine>(
     applying: Arc<Applying<S>>,
     rx: Receiver<ApplyMsg>,
-    core: InboxTx<CoreMsg>,
+    core: Sender<CoreMsg>,
 ) {
     for msg in rx {
         let mut st = applying.state.lock();
@@ -1381,7 +1380,7 @@ fn snapshot_loop<L: LogSink>(
     (keep_snaps, keep_wals): (usize, usize),
     sink: L,
     rx: Receiver<SnapJob>,
-    core: InboxTx<CoreMsg>,
+    core: Sender<CoreMsg>,
 ) {
     for job in rx {
         let index = job.meta.index;

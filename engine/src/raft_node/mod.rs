@@ -28,7 +28,6 @@
 #[cfg(test)]
 mod cluster_tests;
 mod core;
-mod inbox;
 mod log_store;
 mod snap;
 mod transport;
