@@ -51,6 +51,8 @@ pub use raft_node::{
     SNAP_FORMAT_V1, SnapDir, SnapError, SnapFile, SnapshotMeta, SnapshotPolicy, decode_snap,
     encode_snap, restore_from_snapshot,
 };
+// lat: thread placement of a member (inline apply, --cpu-layout pinning).
+pub use raft_node::ThreadOptions;
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 #[cfg(feature = "internals")]
 pub use wal::internals as wal_internals;

@@ -19,6 +19,7 @@
 mod auth;
 mod cluster;
 mod config;
+mod cpu_layout;
 mod election;
 mod errors;
 mod frontend;
@@ -65,19 +66,16 @@ pub use raft_backed::{ClusterOptions, NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
 pub use validate::Limits;
+// lat: --cpu-layout
+pub use cpu_layout::{CpuLayout, restrict_current_thread};
 
 /// Runs the node: parses the flags (and `RINGKV_*` environment), validates them, opens the
 /// raft-backed node in the data directory, serves clients until SIGTERM/SIGINT, drains, then
 /// stops raft and closes the backend and WAL.
 pub fn run() -> Result<(), String> {
     let mut config = Flags::parse().resolve().map_err(|e| e.to_string())?;
-    if config.flags.cpu_layout != "auto" {
-        // Pinning is not built yet: refuse rather than silently ignore the layout.
-        return Err(format!(
-            "--cpu-layout {:?}: only `auto` (no pinning; the OS schedules the roles) is supported yet",
-            config.flags.cpu_layout
-        ));
-    }
+    let ncpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let layout = CpuLayout::parse(&config.flags.cpu_layout, ncpus)?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGKV_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.flags.log_level));
     let _ = tracing_subscriber::fmt()
@@ -85,9 +83,18 @@ pub fn run() -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    let front_cpus = layout.front.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(layout.workers())
         .thread_name("ringkv-front")
+        .on_thread_start(move || {
+            if let Some(cpus) = &front_cpus
+                && let Err(e) = restrict_current_thread(cpus)
+            {
+                tracing::warn!(?cpus, error = %e, "cannot pin a front-end thread");
+            }
+        })
         .build()
         .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
     let mut existing_members = None;
@@ -97,6 +104,7 @@ pub fn run() -> Result<(), String> {
         existing_members = Some(join_existing(&mut config)?);
     }
     let mut opts = NodeOptions::from_config(&config);
+    opts.threads = layout.threads.clone();
     opts.cluster.existing_members = existing_members;
     let node = RaftBackedNode::open(opts).map_err(|e| e.to_string())?;
     tracing::info!(

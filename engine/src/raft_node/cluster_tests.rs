@@ -67,8 +67,16 @@ enum Event {
 
 struct Recorder(mpsc::Sender<Event>);
 
+/// Entries applied anywhere but on an apply thread. Every cluster here has peers, so the raft
+/// core must never apply itself (it has to keep heartbeating while an apply waits).
+static APPLIED_OFF_THE_APPLY_THREAD: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 impl StateMachine for Recorder {
     fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+        if std::thread::current().name() != Some("ringkv-apply") {
+            APPLIED_OFF_THE_APPLY_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = self.0.send(Event::Entry(index, data.to_vec()));
     }
 
@@ -210,6 +218,11 @@ fn three_members_elect_one_leader_and_apply_the_same_log() {
     let data: Vec<Vec<u8>> = logs[0].iter().map(|(_, d)| d.clone()).collect();
     let want: Vec<Vec<u8>> = (0..50u32).map(|i| i.to_le_bytes().to_vec()).collect();
     assert_eq!(data, want);
+    assert_eq!(
+        APPLIED_OFF_THE_APPLY_THREAD.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a member with peers applied on its raft core"
+    );
     // A fresh cluster's first leader holds term 2 (members start in term 1, like etcd's).
     for id in [1, 2, 3] {
         assert!(

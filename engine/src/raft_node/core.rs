@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -164,6 +165,39 @@ pub struct NodeConfig {
     pub entries: Vec<Entry>,
     /// Snapshots and log compaction.
     pub snapshots: SnapshotPolicy,
+    /// Where the apply work runs and which CPUs the threads are pinned to.
+    pub threads: ThreadOptions,
+}
+
+/// Thread placement of a member (`--cpu-layout`, and applying on the core thread).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThreadOptions {
+    /// A batch of committed entries with at most this many entries is applied on the raft core
+    /// thread itself when the apply thread is idle (nothing queued for it, its state free) and
+    /// the member is alone in its cluster (a single voter, no learners; with peers the core
+    /// must keep heartbeating while an apply waits for the store): no hand-off to the apply
+    /// thread and back. Larger batches, and every batch while the
+    /// apply thread has work, go to the apply thread, so apply still overlaps raft and the WAL
+    /// under load. 0: always hand off.
+    pub inline_apply_max: usize,
+    /// Pin the raft core thread to this CPU.
+    pub raft_cpu: Option<usize>,
+    /// Pin the apply thread to this CPU.
+    pub apply_cpu: Option<usize>,
+    /// Pin the WAL's flush thread to this CPU. Not used by the raft node (it does not open
+    /// the WAL); whoever opens the WAL passes it on as `WalOptions::wal_cpu`.
+    pub wal_cpu: Option<usize>,
+}
+
+impl Default for ThreadOptions {
+    fn default() -> Self {
+        ThreadOptions {
+            inline_apply_max: 32,
+            raft_cpu: None,
+            apply_cpu: None,
+            wal_cpu: None,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -182,6 +216,7 @@ impl NodeConfig {
             conf_state: None,
             entries: Vec::new(),
             snapshots: SnapshotPolicy::default(),
+            threads: ThreadOptions::default(),
         }
     }
 }
@@ -275,6 +310,16 @@ impl RaftNode {
         let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
+        let applying = Arc::new(Applying {
+            state: parking_lot::Mutex::new(ApplyState {
+                durable_sent: sm.durable_index(),
+                sm,
+                progress: progress.clone(),
+                applied: cfg.applied,
+                reported: cfg.applied,
+            }),
+            queued: AtomicUsize::new(0),
+        });
         progress
             .snapshot_index
             .store(cfg.snapshot_index, Ordering::Release);
@@ -303,20 +348,27 @@ impl RaftNode {
             Box::new(transport),
             tx.clone(),
             apply_tx,
+            applying.clone(),
             progress.clone(),
         )?;
         core.snap_tx = snap_tx;
+        let raft_cpu = cfg.threads.raft_cpu;
         let core_thread = std::thread::Builder::new()
             .name("ringkv-raft".into())
-            .spawn(move || core.run(rx))
+            .spawn(move || {
+                pin_role("ringkv-raft", raft_cpu);
+                core.run(rx)
+            })
             .map_err(|e| RaftNodeError::Raft(format!("spawn raft thread: {e}")))?;
         let apply_thread = {
             let tx = tx.clone();
-            let progress = progress.clone();
-            let applied = cfg.applied;
+            let apply_cpu = cfg.threads.apply_cpu;
             std::thread::Builder::new()
                 .name("ringkv-apply".into())
-                .spawn(move || apply_loop(sm, apply_rx, tx, progress, applied))
+                .spawn(move || {
+                    pin_role("ringkv-apply", apply_cpu);
+                    apply_loop(applying, apply_rx, tx)
+                })
                 .map_err(|e| RaftNodeError::Raft(format!("spawn apply thread: {e}")))?
         };
         threads.push(core_thread);
@@ -432,6 +484,9 @@ struct Core<L: LogSink> {
     read_retry_ticks: u64,
     tx: Sender<CoreMsg>,
     apply_tx: Sender<ApplyMsg>,
+    /// The apply side, for applying small batches on this thread (see [`Applying`]).
+    applying: Arc<dyn ApplyHere>,
+    inline_apply_max: usize,
     progress: SharedProgress,
     tick: Duration,
     in_flight: VecDeque<InFlight>,
@@ -475,6 +530,7 @@ impl<L: LogSink> Core<L> {
         transport: Box<dyn Transport>,
         tx: Sender<CoreMsg>,
         apply_tx: Sender<ApplyMsg>,
+        applying: Arc<dyn ApplyHere>,
         progress: SharedProgress,
     ) -> Result<Self, RaftNodeError> {
         let storage = LogStore::new();
@@ -564,6 +620,8 @@ impl<L: LogSink> Core<L> {
             read_retry_ticks: cfg.election_ticks as u64,
             tx,
             apply_tx,
+            applying,
+            inline_apply_max: cfg.threads.inline_apply_max,
             progress,
             tick: cfg.tick,
             in_flight: VecDeque::new(),
@@ -957,9 +1015,42 @@ impl<L: LogSink> Core<L> {
         self.progress
             .proposals_committed
             .fetch_add(n, Ordering::Relaxed);
-        if self.apply_tx.send(ApplyMsg::Entries(entries)).is_err() {
-            self.fail("apply thread exited".to_string());
+        if let Err(why) = self.dispatch_apply(ApplyMsg::Entries(entries)) {
+            self.fail(why);
         }
+    }
+
+    /// Applies a small batch here when the apply thread is idle, else queues `msg` for it.
+    /// What applying here reports (applied index, durable index) goes through this thread's
+    /// own channel and is handled on the next loop turn, as if the apply thread had sent it.
+    fn dispatch_apply(&mut self, msg: ApplyMsg) -> Result<(), String> {
+        let msg = match msg {
+            ApplyMsg::Entries(batch)
+                if batch.len() <= self.inline_apply_max && self.alone_in_the_cluster() =>
+            {
+                let tx = &self.tx;
+                match self.applying.try_apply_here(batch, &mut |m| {
+                    let _ = tx.send(m);
+                }) {
+                    Ok(()) => return Ok(()),
+                    Err(batch) => ApplyMsg::Entries(batch),
+                }
+            }
+            other => other,
+        };
+        self.applying.queued().fetch_add(1, Ordering::AcqRel);
+        self.apply_tx
+            .send(msg)
+            .map_err(|_| "apply thread exited".to_string())
+    }
+
+    /// This member is the only voter and there are no learners. Only then may the core apply:
+    /// applying can wait for the store lock (a snapshot copy, a compaction batch), and with
+    /// peers a core stuck there sends no heartbeats, so followers would start elections.
+    fn alone_in_the_cluster(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        let id = self.raw.raft.id;
+        conf.learners().is_empty() && conf.voters().ids().iter().eq([id])
     }
 
     fn conf_changed(&mut self, index: u64, result: raft::Result<ConfState>) {
@@ -1091,9 +1182,7 @@ impl<L: LogSink> Core<L> {
             .snapshot_index
             .store(meta.index, Ordering::Release);
         let mark = (meta.index, meta.term);
-        if self.apply_tx.send(ApplyMsg::Restore(meta)).is_err() {
-            return Err("apply thread exited".to_string());
-        }
+        self.dispatch_apply(ApplyMsg::Restore(meta))?;
         Ok(mark)
     }
 
@@ -1115,74 +1204,147 @@ impl<L: LogSink> Core<L> {
     }
 }
 
-fn apply_loop<S: StateMachine>(
-    mut sm: S,
-    rx: Receiver<ApplyMsg>,
-    core: Sender<CoreMsg>,
+/// The state machine and what the apply side remembers, shared by the apply thread and the
+/// raft core (which applies small batches itself when the apply thread is idle).
+///
+/// Ordering argument (batches must be applied in the order the core produced them): only the
+/// core hands out batches, and it applies one itself only when `queued` is 0 and it holds
+/// `state`. The apply thread decrements `queued` after applying a batch, still holding
+/// `state`; so `queued == 0` seen by the core means every batch handed to the thread before is
+/// applied, and holding `state` means the thread is not in the middle of one. When either
+/// check fails the core queues the batch behind the others (`queued += 1` before the send).
+struct Applying<S> {
+    state: parking_lot::Mutex<ApplyState<S>>,
+    /// Batches sent to the apply thread and not yet applied.
+    queued: AtomicUsize,
+}
+
+struct ApplyState<S> {
+    sm: S,
     progress: SharedProgress,
-    mut applied: u64,
-) {
-    let mut reported = applied;
-    let mut durable_sent = sm.durable_index();
-    for msg in rx {
+    applied: u64,
+    /// Highest index reported to the core (entries an installed backend already holds count).
+    reported: u64,
+    durable_sent: u64,
+}
+
+impl<S: StateMachine> ApplyState<S> {
+    /// Applies one message; what the core must hear goes to `core`. Returns `false` when the
+    /// node must stop (a snapshot could not be installed).
+    fn handle(&mut self, msg: ApplyMsg, core: &mut dyn FnMut(CoreMsg)) -> bool {
         match msg {
-            ApplyMsg::Restore(meta) => match sm.restore(&meta) {
+            ApplyMsg::Restore(meta) => match self.sm.restore(&meta) {
                 Ok(new_applied) => {
-                    applied = new_applied.max(meta.index);
-                    progress.applied.store(applied, Ordering::Release);
-                    reported = applied;
-                    if core.send(CoreMsg::Applied(applied)).is_err() {
-                        return;
-                    }
+                    self.applied = new_applied.max(meta.index);
+                    self.progress.applied.store(self.applied, Ordering::Release);
+                    self.reported = self.applied;
+                    core(CoreMsg::Applied(self.applied));
                 }
                 Err(why) => {
-                    let _ = core.send(CoreMsg::Fatal(format!(
+                    core(CoreMsg::Fatal(format!(
                         "installing the snapshot at index {}: {why}",
                         meta.index
                     )));
-                    return;
+                    return false;
                 }
             },
             ApplyMsg::Entries(batch) => {
-                let before = applied;
+                let before = self.applied;
                 for e in &batch {
-                    if e.index <= applied {
+                    if e.index <= self.applied {
                         continue;
                     }
                     match e.get_entry_type() {
                         EntryType::EntryNormal if !e.data.is_empty() => {
-                            sm.apply(e.index, e.term, &e.data)
+                            self.sm.apply(e.index, e.term, &e.data)
                         }
                         EntryType::EntryNormal => {}
                         EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                             if let Some(cc) = decode_conf_change(e) {
-                                sm.apply_conf_change(e.index, e.term, &cc);
+                                self.sm.apply_conf_change(e.index, e.term, &cc);
                             }
                         }
                     }
-                    applied = e.index;
+                    self.applied = e.index;
                 }
-                if applied > before {
-                    sm.applied_batch(applied);
-                    progress.applied.store(applied, Ordering::Release);
+                if self.applied > before {
+                    self.sm.applied_batch(self.applied);
+                    self.progress.applied.store(self.applied, Ordering::Release);
                 }
                 // Entries skipped because an installed backend already holds them still move
                 // raft-rs's applied index (the core caps it at what raft-rs committed).
                 let seen = batch.last().map_or(0, |e| e.index);
-                if applied > before || seen > reported {
-                    reported = reported.max(seen);
-                    if core.send(CoreMsg::Applied(applied)).is_err() {
-                        return;
-                    }
+                if self.applied > before || seen > self.reported {
+                    self.reported = self.reported.max(seen);
+                    core(CoreMsg::Applied(self.applied));
                 }
             }
         }
-        let durable = sm.durable_index();
-        if durable > durable_sent {
-            durable_sent = durable;
-            if core.send(CoreMsg::Durable(durable)).is_err() {
-                return;
-            }
+        let durable = self.sm.durable_index();
+        if durable > self.durable_sent {
+            self.durable_sent = durable;
+            core(CoreMsg::Durable(durable));
+        }
+        true
+    }
+}
+
+/// The core's view of [`Applying`] (the core is not generic over the state machine).
+trait ApplyHere: Send + Sync {
+    /// Applies `batch` on the calling thread if the apply thread is idle; gives it back if not.
+    fn try_apply_here(
+        &self,
+        batch: Vec<Entry>,
+        core: &mut dyn FnMut(CoreMsg),
+    ) -> Result<(), Vec<Entry>>;
+    fn queued(&self) -> &AtomicUsize;
+}
+
+impl<S: StateMachine> ApplyHere for Applying<S> {
+    fn try_apply_here(
+        &self,
+        batch: Vec<Entry>,
+        core: &mut dyn FnMut(CoreMsg),
+    ) -> Result<(), Vec<Entry>> {
+        // Both checks, in this order: see the ordering argument on `Applying`.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(batch);
+        }
+        let Some(mut st) = self.state.try_lock() else {
+            return Err(batch);
+        };
+        // Only a restore can ask to stop, and restores always go to the apply thread.
+        st.handle(ApplyMsg::Entries(batch), core);
+        Ok(())
+    }
+
+    fn queued(&self) -> &AtomicUsize {
+        &self.queued
+    }
+}
+
+/// Pins the calling thread (a role of `--cpu-layout`) to `cpu`; a refusal is logged, not fatal.
+fn pin_role(role: &str, cpu: Option<usize>) {
+    if let Some(cpu) = cpu
+        && let Err(e) = crate::io::pin_current_thread(cpu)
+    {
+        tracing::warn!(role, cpu, error = %e, "cannot pin the thread; it runs unpinned");
+    }
+}
+
+fn apply_loop<S: StateMachine>(
+    applying: Arc<Applying<S>>,
+    rx: Receiver<ApplyMsg>,
+    core: Sender<CoreMsg>,
+) {
+    for msg in rx {
+        let mut st = applying.state.lock();
+        let mut gone = false;
+        let go_on = st.handle(msg, &mut |m| gone |= core.send(m).is_err());
+        // Still under `state`: see the ordering argument on `Applying`.
+        applying.queued.fetch_sub(1, Ordering::AcqRel);
+        if !go_on || gone {
+            return;
         }
     }
 }
@@ -1675,5 +1837,143 @@ mod tests {
         assert_eq!(sink.marks.lock().as_slice(), &[(50, 5)]);
         let logged: Vec<u64> = sink.log.lock().iter().map(|e| e.index).collect();
         assert_eq!(logged, (51..=70).collect::<Vec<_>>());
+    }
+
+    /// Records the thread each entry was applied on; entry `slow` takes 100 ms.
+    struct ThreadRecorder(mpsc::Sender<(u64, Vec<u8>, String)>);
+
+    impl StateMachine for ThreadRecorder {
+        fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            let _ = self.0.send((index, data.to_vec(), name));
+            if data == b"slow" {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    fn recv_t(rx: &mpsc::Receiver<(u64, Vec<u8>, String)>) -> (u64, Vec<u8>, String) {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("entry applied within 10 s")
+    }
+
+    #[test]
+    fn small_batches_apply_on_the_raft_thread_large_ones_and_queued_ones_on_the_apply_thread() {
+        let cfg = NodeConfig {
+            threads: ThreadOptions {
+                inline_apply_max: 4,
+                ..ThreadOptions::default()
+            },
+            ..fast(1)
+        };
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(cfg, MemSink::default(), NoPeers, ThreadRecorder(tx)).unwrap();
+        let mut last = 0;
+        let mut next = |rx: &mpsc::Receiver<_>| {
+            let (index, data, thread) = recv_t(rx);
+            assert!(index > last, "index {index} applied after {last}");
+            last = index;
+            (data, thread)
+        };
+        // On an idle node a single entry is applied by the raft thread itself.
+        let mut inline = false;
+        for i in 0..20u8 {
+            node.propose(vec![i], None);
+            if next(&rx).1 == "ringkv-raft" {
+                inline = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(inline, "no single entry was applied on the raft thread");
+        // While `slow` is being applied (on either thread), 20 proposals pile up: they are
+        // committed as one batch larger than 4, or queue behind `slow` on the apply thread.
+        node.propose(b"slow".to_vec(), None);
+        assert_eq!(next(&rx).0, b"slow");
+        for i in 0..20u8 {
+            node.propose(vec![b'b', i], None);
+        }
+        for i in 0..20u8 {
+            let (data, thread) = next(&rx);
+            assert_eq!(data, vec![b'b', i]);
+            assert_eq!(thread, "ringkv-apply", "entry b{i}");
+        }
+        node.shutdown();
+    }
+
+    #[test]
+    fn inline_apply_off_applies_everything_on_the_apply_thread() {
+        let cfg = NodeConfig {
+            threads: ThreadOptions {
+                inline_apply_max: 0,
+                ..ThreadOptions::default()
+            },
+            ..fast(1)
+        };
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(cfg, MemSink::default(), NoPeers, ThreadRecorder(tx)).unwrap();
+        for i in 0..10u8 {
+            node.propose(vec![i], None);
+            let (_, data, thread) = recv_t(&rx);
+            assert_eq!(data, vec![i]);
+            assert_eq!(thread, "ringkv-apply");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        node.shutdown();
+    }
+
+    type PersistDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+    /// Holds every persist completion until the test releases it.
+    #[derive(Clone, Default)]
+    struct GateSink {
+        held: Arc<Mutex<Vec<PersistDone>>>,
+    }
+
+    impl LogSink for GateSink {
+        fn persist(
+            &self,
+            _entries: Vec<Entry>,
+            _hard_state: Option<HardState>,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            self.held.lock().push(done);
+        }
+    }
+
+    impl GateSink {
+        fn release(&self) {
+            let held: Vec<_> = std::mem::take(&mut *self.held.lock());
+            for done in held {
+                done(Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn nothing_is_applied_inline_before_its_persist_completes() {
+        let sink = GateSink::default();
+        let (tx, rx) = mpsc::channel();
+        let node = RaftNode::start(fast(1), sink.clone(), NoPeers, ThreadRecorder(tx)).unwrap();
+        // Let the election and the leader's empty entry through.
+        wait_for("leader", || {
+            sink.release();
+            node.progress().leader() == 1 && node.progress().applied() >= 1
+        });
+        node.propose(b"held".to_vec(), None);
+        wait_for("the proposal reaches the sink", || {
+            !sink.held.lock().is_empty()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            rx.try_recv().is_err(),
+            "applied while its persist was still pending"
+        );
+        sink.release();
+        let (_, data, thread) = recv_t(&rx);
+        assert_eq!(data, b"held");
+        // The completion ran on this test thread; the raft thread applied it (it was idle).
+        assert_eq!(thread, "ringkv-raft");
+        node.shutdown();
     }
 }

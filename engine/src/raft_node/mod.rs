@@ -21,6 +21,9 @@
 //!    `applied > commit`.
 //! 4. The leader's messages go out before its own entries are durable (Raft thesis §10.2.1);
 //!    a follower's messages wait for persistence (`persisted_messages`).
+//! 5. Committed entries are applied in log order, by the apply thread or — on a member alone
+//!    in its cluster, for small batches while the apply thread is idle — by the core itself
+//!    (`Applying` in core.rs argues the order; design.md "Inline apply").
 
 #[cfg(test)]
 mod cluster_tests;
@@ -35,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use self::core::{
     LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy,
-    StateMachine,
+    StateMachine, ThreadOptions,
 };
 pub use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
+use ringkv_engine::ThreadOptions;
 use ringkv_engine::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, AuthStatusResponse, CompactionRequest,
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, HashKvResponse, HashResponse,
@@ -134,6 +135,8 @@ pub struct NodeOptions {
     /// WAL segment size (`RINGKV_WAL_SEGMENT_SIZE`, bytes; tests use small segments to see
     /// purging); `None`: the WAL's default (64 MiB, etcd's).
     pub wal_segment_size: Option<u64>,
+    /// Thread placement (`--cpu-layout`) and applying on the raft thread.
+    pub threads: ThreadOptions,
 }
 
 /// How this member finds and forms its cluster (etcd's `--initial-cluster*` flags).
@@ -194,6 +197,7 @@ impl NodeOptions {
             wal_segment_size: std::env::var("RINGKV_WAL_SEGMENT_SIZE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            threads: ThreadOptions::default(),
         }
     }
 
@@ -494,10 +498,12 @@ fn open_wal(
     lock: &WalDirLock,
     metrics: Arc<FsyncHistogram>,
     segment_size: Option<u64>,
+    wal_cpu: Option<usize>,
 ) -> Result<(Wal, ringkv_engine::Replay), OpenError> {
     let defaults = WalOptions::default();
     let opts = WalOptions {
         metrics: Some(metrics),
+        wal_cpu,
         segment_size: segment_size.unwrap_or(defaults.segment_size),
         ..defaults
     };
@@ -619,7 +625,13 @@ impl RaftBackedNode {
             cluster::seed_members(&opts, &mut membership, &mut store)?;
         }
         let wal_fsync = Arc::new(FsyncHistogram::default());
-        let (wal, replay) = open_wal(&vfs, &wal_lock, wal_fsync.clone(), opts.wal_segment_size)?;
+        let (wal, replay) = open_wal(
+            &vfs,
+            &wal_lock,
+            wal_fsync.clone(),
+            opts.wal_segment_size,
+            opts.threads.wal_cpu,
+        )?;
         if let Some((file, offset)) = &replay.truncated_tail {
             tracing::warn!(
                 "WAL: cut a torn tail in {} at offset {offset}",
@@ -632,6 +644,7 @@ impl RaftBackedNode {
             election_ticks: (opts.election_timeout.as_millis() / heartbeat_ms).max(2) as usize,
             heartbeat_ticks: 1,
             applied,
+            threads: opts.threads.clone(),
             ..NodeConfig::single(opts.member_id)
         };
         apply_replay(&mut cfg, &replay).map_err(OpenError)?;

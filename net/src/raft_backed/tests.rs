@@ -36,6 +36,7 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         max_snapshots: 5,
         max_wals: 5,
         wal_segment_size: None,
+        threads: Default::default(),
     }
 }
 
