@@ -4,13 +4,34 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+/// Runs `ringkv` with `args` in a fresh temporary directory (so a node that starts by mistake
+/// does not leave a data dir behind) and returns its exit code and output. These calls are all
+/// expected to exit on their own; one still running after 20 s is killed and reported.
 fn ringkv(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let cwd = tempfile::tempdir().expect("temp dir");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringkv"));
-    cmd.args(args);
+    cmd.args(args)
+        .current_dir(cwd.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run ringkv");
+    let mut child = cmd.spawn().expect("run ringkv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().expect("wait for ringkv").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect ringkv output");
+            panic!(
+                "ringkv {args:?} was still running after 20 s (expected it to exit):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect ringkv output");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -24,9 +45,12 @@ fn unsupported_flag_values_are_refused() {
     let (code, text) = ringkv(&["--enable-v2"], &[]);
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("v2 keys API is not supported"), "{text}");
-    let (code, text) = ringkv(&["--cpu-layout", "raft=0"], &[]);
+    let (code, text) = ringkv(&["--cpu-layout", "raft=4096"], &[]);
     assert_eq!(code, 1, "{text}");
-    assert!(text.contains("only `auto`"), "{text}");
+    assert!(text.contains("CPU 4096 does not exist"), "{text}");
+    let (code, text) = ringkv(&["--cpu-layout", "fastest"], &[]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("is not role=value"), "{text}");
 }
 
 #[test]
