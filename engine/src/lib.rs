@@ -23,6 +23,7 @@ pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, a
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use io::{UringVfs, pin_current_thread};
+pub use io::WriteSync;
 pub use lease::{
     DEFAULT_CHECKPOINT_INTERVAL, EXPIRED_RETRY_INTERVAL, Lease, LeaseIdGen, LeaseRecord, Lessor,
     MAX_LEASE_TTL, MIN_LEASE_TTL, TimeToLive,
