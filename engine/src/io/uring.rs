@@ -480,7 +480,9 @@ impl<'a> InFlight<'a> {
                 let ring = slot
                     .as_mut()
                     .expect("the ring of a started operation exists until it is reaped");
-                if let Err(e) = ring.submit_and_wait(1)
+                // Wait for all that is missing at once: one wake-up for the chain.
+                let missing = self.results.iter().filter(|r| r.is_none()).count();
+                if let Err(e) = ring.submit_and_wait(missing)
                     && !is_retry(e.raw_os_error().unwrap_or(0))
                 {
                     eprintln!("ringkv: io_uring_enter failed with I/O in flight: {e}; aborting");

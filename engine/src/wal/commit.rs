@@ -1,43 +1,55 @@
 //! Group commit with a rotating leader: the appender that finds no flush in flight performs the
 //! flush itself, on its own thread and io_uring; appends that arrive meanwhile queue up, and
-//! when the flush is done leadership passes to one of the appenders waiting in the queue (or,
-//! if only callback appends wait, to the flush thread), which takes the whole queue as the next
-//! batch.
+//! the leader keeps flushing them, one batch (the whole queue) per write+fdatasync, for as long
+//! as appends are waiting and its role allows; then it passes leadership on or lets the WAL go
+//! idle.
 //!
 //! Why: with a dedicated WAL thread every append of an idle WAL paid two thread hand-offs
 //! (appender → WAL thread → appender), each the wake-up of a sleeping thread, measured at ~60 µs
 //! on a ~130 µs write+fdatasync (BENCHMARKS.md). Here an uncontended `append_wait` runs
-//! write+fdatasync on the calling thread and returns: no hand-off at all.
+//! write+fdatasync on the calling thread and returns: no hand-off at all. Under load, a leader
+//! that passed leadership on after every batch paid one wake-up of the next leader between
+//! two flushes, about half of each flush cycle at 64 writers; so a leader now flushes the next
+//! batch itself, and delivers the previous batch's outcomes (waking its waiters, running its
+//! callbacks) while the next batch's write+fdatasync is in flight
+//! ([`crate::io::File::start_write_and_sync`]).
 //!
-//! # Roles
-//! - **Leader**: the one thread that holds the writer. It takes the whole queue (one batch),
-//!   encodes and writes it with one write+fdatasync, passes leadership on ([`Core::hand_off`]),
-//!   then delivers the outcomes of its batch (callbacks, waking waiters). Passing on before
-//!   delivering lets the next fdatasync start while this leader wakes up to a few dozen
-//!   waiters.
+//! # Roles ([`Lead`])
+//! - **Leader**: the one thread that holds the writer. Per batch: take the whole queue,
+//!   encode it, start its write+fdatasync, deliver the previous batch's outcomes, wait for the
+//!   I/O. When it stops leading it passes leadership on ([`Core::hand_off`]) before delivering
+//!   its last batch, so the next fdatasync can start while it wakes up to a few dozen waiters.
+//!   - an `append_inline` caller leads one batch (it must not wait for others' flushes);
+//!   - a waiting appender leads at most [`LEAD_BATCHES`] batches, then hands a non-empty queue
+//!     to the flush thread (bounding how long its own caller is held back);
+//!   - the flush thread and `close` lead while appends keep coming.
 //! - **Follower**: a waiting appender ([`AppendTicket::wait`]) that found a flush in flight.
 //!   It parks until its outcome is delivered or it is made leader.
-//! - **Flush thread** (`ringkv-wal`): leads only when handed leadership and no parked waiter is
-//!   queued, i.e. for callback appends ([`Wal::append`]) that arrived during a flush. It keeps
-//!   callback appenders (the raft core) from ever waiting for a flush of others.
+//! - **Flush thread** (`ringkv-wal`): leads when handed leadership: for callback appends
+//!   ([`Wal::append`]) that arrived during a flush when no parked waiter is queued, and after a
+//!   waiting leader reached its bound. It keeps callback appenders (the raft core) from ever
+//!   waiting for a flush of others. At sustained load it ends up leading continuously.
 //!
 //! # Invariants relied on
 //! 1. `Queue::flushing` is true from the moment a thread becomes leader until its successor is
-//!    chosen or it sets it false in `hand_off`; so at most one thread runs `Writer::flush` at a
+//!    chosen or it sets it false in `hand_off`; so at most one thread runs the writer at a
 //!    time (the writer mutex is then never contended; it exists to give the leader `&mut`).
 //! 2. Batches are numbered when taken from the queue (`next_batch`), in queue order; the
 //!    outcomes of batch `b` are delivered only after those of every batch before it
 //!    (`delivered` gate). Hence callbacks run in append order, as the `Wal::append` contract
 //!    says, even though two leaders may deliver at the same time.
-//! 3. Batch `b + 1` is written only after batch `b`'s fdatasync returned (leadership passes
-//!    after the flush), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable.
+//! 3. Batch `b + 1`'s write is started only after batch `b`'s fdatasync returned (a leader
+//!    waits for its I/O before taking the next batch, and passes leadership on only after
+//!    it), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable, and the on-disk
+//!    rules of `replay.rs` (one flush in flight at a time) hold. Only the *delivery* of batch
+//!    `b` overlaps batch `b + 1`'s I/O, never the acknowledgement of `b + 1`.
 //! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
 //!    leadership was given to it; both are given under the same lock, and the giver unparks the
 //!    thread recorded there. Lock order: queue, then a waiter's slot.
-//! 5. Every queued append is eventually flushed: a leader that finds the queue non-empty after
-//!    its flush hands leadership to a parked waiter or to the flush thread, or — if the queue
-//!    holds only tickets whose owners have not started waiting — clears `flushing`, and each
-//!    such owner leads when it waits (a dropped ticket waits in `Drop`).
+//! 5. Every queued append is eventually flushed: a leader that stops with the queue non-empty
+//!    hands leadership to a parked waiter or to the flush thread, or — if the queue holds only
+//!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
+//!    leads when it waits (a dropped ticket waits in `Drop`).
 //!
 //! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
 //! `append_inline`)
@@ -46,10 +58,10 @@
 //! B: queue [b], flushing=true  → B parks
 //! R: queue [b r], flushing=true → returns (its callback will run later)
 //! C: queue [b r c]             → C parks
-//! A: fdatasync returns; hand_off: first parked waiter in the queue is B → B leads
-//! B: batch 1 = [b r c], write+fdatasync          A: delivers batch 0 (a's outcome), returns
-//! B: hand_off: queue empty → flushing=false; waits for batch 0 delivered; delivers b, runs r's
-//!    callback, wakes C; returns
+//! A: fdatasync returns; queue non-empty, 1 < LEAD_BATCHES → A goes on:
+//!    batch 1 = [b r c], starts its write+fdatasync; delivers batch 0 (a's own outcome)
+//! A: batch 1's fdatasync returns; queue empty → hand_off: flushing=false; delivers batch 1
+//!    (b's outcome, r's callback, wakes B and C); returns
 //! ```
 
 use std::any::Any;
@@ -349,7 +361,7 @@ impl Core {
                 Some(w) => {
                     let prepared = w.prepare(batch);
                     let io_started = Instant::now();
-                    let io = w.start(&prepared);
+                    let io = w.start(&prepared, undelivered.is_some());
                     if let Some((n, o)) = undelivered.take() {
                         panic = panic.or(self.deliver(n, o));
                     }
