@@ -66,7 +66,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -133,6 +133,66 @@ struct Slot {
     lead: bool,
     /// The parked owner, to unpark.
     thread: Option<Thread>,
+    /// The wake-up chain of the batch that delivered `outcome`, which the owner helps.
+    chain: Option<Arc<WakeChain>>,
+}
+
+/// How many parked waiters a delivering leader wakes itself, and how many each woken waiter
+/// wakes in turn before it returns.
+const WAKE_FANOUT: usize = 2;
+
+type Panic = Box<dyn Any + Send>;
+
+/// Wakes the parked waiters of one delivered batch as a tree: the delivering leader unparks
+/// the first [`WAKE_FANOUT`], each of them the next ones as it returns, and so on; the wake-up
+/// syscalls (several µs each on a VM) are spread over the woken threads instead of all
+/// running on the leader, which meanwhile starts the next flush.
+///
+/// Invariant relied on: every thread in `threads` is eventually unparked, because the leader
+/// that delivered the batch calls [`WakeChain::finish`] (after its next flush, or before it
+/// returns), which unparks whatever the chain has not reached (a waiter woken spuriously
+/// before it saw the chain does not pass it on).
+///
+/// Example with 6 parked waiters t0..t5 and fan-out 2: the leader claims t0, t1; t0 wakes and
+/// claims t2, t3; t1 claims t4, t5; `finish` then finds nothing left.
+pub(crate) struct WakeChain {
+    threads: Vec<Thread>,
+    /// Index of the next thread to unpark (claimed with `fetch_add`).
+    next: AtomicUsize,
+}
+
+impl WakeChain {
+    /// Builds the chain and hands it to each waiter (under its slot lock), so that a woken
+    /// waiter finds it with its outcome.
+    fn new(parked: Vec<(Arc<Waiter>, Thread)>) -> Arc<WakeChain> {
+        let threads = parked.iter().map(|(_, t)| t.clone()).collect();
+        let chain = Arc::new(WakeChain {
+            threads,
+            next: AtomicUsize::new(0),
+        });
+        if chain.threads.len() > WAKE_FANOUT {
+            for (w, _) in &parked {
+                w.slot().chain = Some(chain.clone());
+            }
+        }
+        chain
+    }
+
+    /// Unparks up to `n` threads of the chain not unparked yet.
+    fn wake(&self, n: usize) {
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(t) = self.threads.get(i) else { return };
+            t.unpark();
+        }
+    }
+
+    /// Unparks every thread of the chain not unparked yet.
+    fn finish(&self) {
+        while self.next.load(Ordering::Relaxed) < self.threads.len() {
+            self.wake(1);
+        }
+    }
 }
 
 impl Waiter {
@@ -305,6 +365,11 @@ impl Core {
             {
                 let mut slot = waiter.slot();
                 if let Some(r) = slot.outcome.take() {
+                    let chain = slot.chain.take();
+                    drop(slot);
+                    if let Some(chain) = chain {
+                        chain.wake(WAKE_FANOUT);
+                    }
                     return r;
                 }
                 if slot.lead {
@@ -353,6 +418,13 @@ impl Core {
         // Outcomes of the last flushed batch, not yet delivered, and its number.
         let mut undelivered: Option<(u64, Vec<Outcome>)> = None;
         let mut panic = None;
+        // Wake-up chains of delivered batches that this thread must finish.
+        let mut chains: Vec<Arc<WakeChain>> = Vec::new();
+        let deliver = |n, o, chains: &mut Vec<Arc<WakeChain>>| {
+            let (p, chain) = self.deliver(n, o);
+            chains.push(chain);
+            p
+        };
         let mut writer = self.writer.lock().expect("WAL writer lock");
         loop {
             let (batch, number) = self.take_batch();
@@ -363,7 +435,7 @@ impl Core {
                     let io_started = Instant::now();
                     let io = w.start(&prepared, undelivered.is_some());
                     if let Some((n, o)) = undelivered.take() {
-                        panic = panic.or(self.deliver(n, o));
+                        panic = panic.or(deliver(n, o, &mut chains));
                     }
                     let res = io.map(WriteSync::wait);
                     w.finish(prepared, io_started, res)
@@ -374,7 +446,11 @@ impl Core {
                     .collect(),
             };
             if let Some((n, o)) = undelivered.take() {
-                panic = panic.or(self.deliver(n, o));
+                panic = panic.or(deliver(n, o, &mut chains));
+            }
+            // The woken waiters had this flush's duration to wake the rest of their batch.
+            for chain in chains.drain(..) {
+                chain.finish();
             }
             undelivered = Some((number, outcomes));
             batches += 1;
@@ -394,7 +470,10 @@ impl Core {
         drop(writer);
         self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
         if let Some((n, o)) = undelivered.take() {
-            panic = panic.or(self.deliver(n, o));
+            panic = panic.or(deliver(n, o, &mut chains));
+        }
+        for chain in chains.drain(..) {
+            chain.finish();
         }
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
@@ -453,10 +532,12 @@ impl Core {
     }
 
     /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
-    /// Returns the payload of the first callback that panicked, for the caller to resume once
-    /// it has passed leadership on.
+    /// Callbacks run here, in order; parked waiters are woken through a [`WakeChain`], of
+    /// which this thread wakes the first [`WAKE_FANOUT`]. Returns the payload of the first
+    /// callback that panicked, for the caller to resume once it has passed leadership on, and
+    /// the chain, which the caller must [`WakeChain::finish`].
     #[must_use]
-    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> Option<Box<dyn Any + Send>> {
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> (Option<Panic>, Arc<WakeChain>) {
         let mut d = self.delivered.lock().expect("WAL delivery lock");
         while *d != number {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
@@ -469,16 +550,32 @@ impl Core {
         // A panicking callback (a caller bug) must not cost the other appends of the batch
         // their outcome: deliver them all, then let the first panic continue on this thread.
         let mut panic = None;
+        // Parked waiters whose outcome is stored; woken through a chain (below).
+        let mut parked = Vec::new();
         for (reply, result) in outcomes {
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                deliver_one(reply, result)
-            }));
-            if let Err(payload) = delivered {
-                panic.get_or_insert(payload);
+            match reply {
+                Reply::Waiter(w) => {
+                    let mut slot = w.slot();
+                    slot.outcome = Some(result);
+                    w.ready.store(true, Ordering::Release);
+                    if let Some(t) = slot.thread.take() {
+                        drop(slot);
+                        parked.push((w, t));
+                    }
+                }
+                Reply::Callback(done) => {
+                    let delivered =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+                    if let Err(payload) = delivered {
+                        panic.get_or_insert(payload);
+                    }
+                }
             }
         }
         drop(gate);
-        panic
+        let chain = WakeChain::new(parked);
+        chain.wake(WAKE_FANOUT);
+        (panic, chain)
     }
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
