@@ -1653,3 +1653,33 @@ fn a_full_queue_of_unwaited_tickets_is_drained_by_the_flush_thread() {
     assert_eq!(indexes(&replay), (1..=12).collect::<Vec<_>>());
     wal.close().unwrap();
 }
+
+/// The writer's staging buffer is not cleared after a flush, only padded before the next one:
+/// a large flush followed by a small one must leave zeros (not the large record's bytes) after
+/// the small one's records on disk. Stale bytes there would make the next open cut a "torn
+/// tail".
+#[test]
+fn a_small_flush_after_a_large_one_pads_with_zeros() {
+    for vfs in real_vfses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _) = open(&vfs, tmp.path());
+        let big = |index: u64, fill: u8| {
+            Record::Entry(LogEntry {
+                index,
+                term: 1,
+                entry_type: 0,
+                data: Bytes::from(vec![fill; 3000]),
+            })
+        };
+        wal.append_wait(vec![big(1, 0xEE)]).unwrap();
+        wal.append_wait(vec![entry(2, 1)]).unwrap();
+        wal.append_wait(vec![big(3, 0xDD), big(4, 0xCC)]).unwrap();
+        wal.append_wait(vec![entry(5, 1)]).unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, tmp.path());
+        assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
+        assert_eq!(replay.truncated_tail, None);
+        assert_eq!(wal.segment_paths().len(), 1);
+        wal.close().unwrap();
+    }
+}

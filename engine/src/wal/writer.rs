@@ -6,7 +6,9 @@
 //!
 //! Invariants relied on:
 //! - `buf[..fill]` holds the segment's bytes from `block_start` to the end of the records;
-//!   `buf[fill..]` is all zeros (it becomes the padding of the next write).
+//!   `buf[fill..]` is scratch: [`Writer::pad`] zeroes `[fill, next 4 KiB boundary)` (the
+//!   padding of the write) just before each write, so a flush touches each byte it writes
+//!   once when encoding and never clears the rest of a large batch afterwards.
 //! - `buf[..durable]` is on disk and synced; only `fill > durable` needs a write.
 //! - Records of one flush all carry `flush_id`; it increases by one per physical write (see
 //!   the torn-tail rule in `replay.rs`).
@@ -190,12 +192,20 @@ impl Writer {
     /// Writes the buffer from the tail block's start and fdatasyncs; keeps the new tail block.
     /// Returns the bytes written (0 if nothing was pending).
     fn write_pending(&mut self) -> Result<u64, WalError> {
+        self.pad();
         let started = Instant::now();
         let res = self.start_pending().map(WriteSync::wait);
         self.finish_pending(started, res)
     }
 
-    /// Starts the write+fdatasync of what is pending (`None` if nothing is); the buffer stays
+    /// Zeroes the bytes after the records up to the next 4 KiB boundary: the padding of the
+    /// next write (see the buffer invariant in the module doc).
+    fn pad(&mut self) {
+        let len = align_up(self.fill as u64) as usize;
+        self.buf[self.fill..len].fill(0);
+    }
+
+    /// Starts the write+fdatasync of what is pending (padded by [`Writer::pad`]) (`None` if nothing is); the buffer stays
     /// borrowed until the returned handle is waited for.
     fn start_pending(&self) -> Option<WriteSync<'_>> {
         if self.fill == self.durable {
@@ -225,7 +235,6 @@ impl Writer {
         let shift = (new_start - self.block_start) as usize;
         self.buf.copy_within(shift..self.fill, 0);
         let new_fill = self.fill - shift;
-        self.buf[new_fill..len].fill(0);
         self.block_start = new_start;
         self.fill = new_fill;
         self.durable = new_fill;
@@ -241,7 +250,8 @@ impl Writer {
         first_index: u64,
     ) -> Result<u64, WalError> {
         let path = self.shared.dir.join(segment_name(seq, first_index));
-        self.buf[..self.fill].fill(0);
+        let used = self.fill.max(SEGMENT_HEADER_LEN);
+        self.buf[..used].fill(0);
         self.seg = SegmentInfo {
             seq,
             first_index,
@@ -354,6 +364,7 @@ impl Writer {
             }
         }
         prepared.rest = rest.collect();
+        self.pad();
         prepared
     }
 
