@@ -19,11 +19,11 @@ pub use backend::{
     FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
 };
 pub use io::FileLock;
+pub use io::WriteSync;
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};
 pub use io::{UringVfs, pin_current_thread};
-pub use io::WriteSync;
 pub use lease::{
     DEFAULT_CHECKPOINT_INTERVAL, EXPIRED_RETRY_INTERVAL, Lease, LeaseIdGen, LeaseRecord, Lessor,
     MAX_LEASE_TTL, MIN_LEASE_TTL, TimeToLive,

@@ -2,7 +2,8 @@
 //!
 //! Three implementations share the contract below:
 //! - `UringVfs`: io_uring (the `io-uring` crate). Each thread that does I/O owns its ring, so the
-//!   thread that leads a WAL flush submits its own write→fdatasync chain without a channel hop.
+//!   thread that leads a WAL flush submits its own write→fdatasync chain without a channel hop,
+//!   and can start it ([`File::start_write_and_sync`]) and do other work before waiting.
 //! - [`StdVfs`]: `pread`/`pwrite`/`fdatasync` through std, for machines without io_uring.
 //! - `FaultVfs`: in memory, for tests. It keeps a "written" and a "durable" image of every file,
 //!   can fail the Nth operation, and can produce the image a power cut would leave.

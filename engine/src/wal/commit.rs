@@ -72,8 +72,8 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::writer::Writer;
-use crate::io::WriteSync;
 use super::{AppendInfo, Done, Record, Shared, WalError};
+use crate::io::WriteSync;
 
 thread_local! {
     /// True while this thread runs outcome callbacks. A callback that appended inline or waited

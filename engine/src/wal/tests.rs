@@ -1147,7 +1147,10 @@ fn a_batch_is_acknowledged_while_the_next_flush_is_in_flight_and_not_before_its_
     append_async(&wal, 1, vec![entry(1, 1)], &tx);
     ctl.wait_for_blocked_flush();
     append_async(&wal, 2, vec![entry(2, 1), entry(3, 1)], &tx);
-    assert!(rx.try_recv().is_err(), "nothing acknowledged before its fdatasync");
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing acknowledged before its fdatasync"
+    );
     ctl.pass_one();
     // Flush 1 returns; the leader starts flush 2 (held) and meanwhile acknowledges flush 1.
     let (id, r) = rx.recv().unwrap();
@@ -1164,7 +1167,13 @@ fn a_batch_is_acknowledged_while_the_next_flush_is_in_flight_and_not_before_its_
     assert_eq!(r.unwrap().flush_records, 2);
     let flushers = ctl.flushers.lock().unwrap().clone();
     assert_eq!(flushers[flushers.len() - 2..], ["ringkv-wal", "ringkv-wal"]);
-    let per_flush: Vec<usize> = metrics.0.lock().unwrap().iter().map(|f| f.records).collect();
+    let per_flush: Vec<usize> = metrics
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.records)
+        .collect();
     assert_eq!(per_flush, vec![1, 2]);
     wal.close().unwrap();
     let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
