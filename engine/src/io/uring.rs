@@ -63,12 +63,15 @@ fn started_in_flight() -> usize {
 }
 
 fn new_ring() -> io::Result<IoUring> {
-    // Single issuer + deferred task running: only this thread submits and completions are
-    // processed when it waits, which avoids inter-processor interrupts for task work. Kernels
-    // older than 6.1 reject the flags; fall back to a plain ring there.
+    // Single issuer + cooperative task running: only this thread submits, and completion work
+    // runs at this thread's next kernel entry or exit (no inter-processor interrupt). Not
+    // *deferred* task running: that would also defer the start of a linked fdatasync until
+    // the thread waits, so a started write+fdatasync ([`InFlight`]) would not progress while
+    // the WAL leader delivers the previous batch. Kernels older than 6.0 reject the flags;
+    // fall back to a plain ring there.
     IoUring::builder()
         .setup_single_issuer()
-        .setup_defer_taskrun()
+        .setup_coop_taskrun()
         .build(RING_ENTRIES)
         .or_else(|_| IoUring::new(RING_ENTRIES))
 }
