@@ -20,6 +20,7 @@ pub use backend::{
     FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
 };
 pub use io::FileLock;
+pub use io::WriteSync;
 pub use io::{AlignedBuf, DIRECT_ALIGN, File, IoKind, OpenOptions, StdVfs, Vfs, align_up, new_vfs};
 #[cfg(any(test, feature = "internals"))]
 pub use io::{CrashMode, Fault, FaultVfs, SECTOR};

@@ -2,7 +2,8 @@
 //!
 //! Three implementations share the contract below:
 //! - `UringVfs`: io_uring (the `io-uring` crate). Each thread that does I/O owns its ring, so the
-//!   thread that leads a WAL flush submits its own write→fdatasync chain without a channel hop.
+//!   thread that leads a WAL flush submits its own write→fdatasync chain without a channel hop,
+//!   and can start it ([`File::start_write_and_sync`]) and do other work before waiting.
 //! - [`StdVfs`]: `pread`/`pwrite`/`fdatasync` through std, for machines without io_uring.
 //! - `FaultVfs`: in memory, for tests. It keeps a "written" and a "durable" image of every file,
 //!   can fail the Nth operation, and can produce the image a power cut would leave.
@@ -128,6 +129,15 @@ pub trait File: Send + Sync {
         self.sync_data()
     }
 
+    /// [`File::write_at_and_sync`] in two steps: this call, then [`WriteSync::wait`], which
+    /// returns the outcome; the caller may work in between. io_uring submits the write and the
+    /// fdatasync here, so they are in flight meanwhile; the default does all the I/O in `wait`.
+    /// `buf` stays borrowed until the handle is waited for or dropped (dropping waits too; a
+    /// dropped deferred handle does no I/O). The handle belongs to the calling thread.
+    fn start_write_and_sync<'a>(&'a self, buf: &'a [u8], offset: u64) -> WriteSync<'a> {
+        WriteSync::deferred(move || self.write_at_and_sync(buf, offset))
+    }
+
     /// `fdatasync`. An error is fatal for the file; never retry (see module docs).
     fn sync_data(&self) -> io::Result<()>;
 
@@ -143,6 +153,66 @@ pub trait File: Send + Sync {
     /// The OS file descriptor, for read-only memory mapping. `None` for in-memory files, whose
     /// readers must go through [`File::read_at`].
     fn raw_fd(&self) -> Option<RawFd>;
+}
+
+/// A write+fdatasync started by [`File::start_write_and_sync`].
+#[must_use = "the outcome of a write+fdatasync must be checked"]
+pub struct WriteSync<'a> {
+    state: WriteSyncState<'a>,
+    /// The io_uring handle must be waited for on the thread whose ring it was submitted to.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+enum WriteSyncState<'a> {
+    Done(io::Result<()>),
+    Deferred(Box<dyn FnOnce() -> io::Result<()> + 'a>),
+    Uring(uring::InFlight<'a>),
+}
+
+impl<'a> WriteSync<'a> {
+    /// A handle for an operation that already completed with `result`.
+    pub fn done(result: io::Result<()>) -> WriteSync<'a> {
+        WriteSync {
+            state: WriteSyncState::Done(result),
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// A handle whose `wait` runs `op`.
+    pub fn deferred(op: impl FnOnce() -> io::Result<()> + 'a) -> WriteSync<'a> {
+        WriteSync {
+            state: WriteSyncState::Deferred(Box::new(op)),
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    fn uring(op: uring::InFlight<'a>) -> WriteSync<'a> {
+        WriteSync {
+            state: WriteSyncState::Uring(op),
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Waits for the write and the fdatasync; `Ok` means the write is durable (same contract
+    /// as [`File::write_at_and_sync`]).
+    pub fn wait(self) -> io::Result<()> {
+        match self.state {
+            WriteSyncState::Done(r) => r,
+            WriteSyncState::Deferred(op) => op(),
+            WriteSyncState::Uring(op) => op.wait(),
+        }
+    }
+}
+
+impl std::fmt::Debug for WriteSync<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            WriteSyncState::Done(_) => "done",
+            WriteSyncState::Deferred(_) => "deferred",
+            WriteSyncState::Uring(_) => "in flight",
+        };
+        f.debug_struct("WriteSync").field("state", &state).finish()
+    }
 }
 
 /// A file system: opens files and changes directory entries.

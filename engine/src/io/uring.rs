@@ -12,13 +12,19 @@
 //! then finish the write with plain writes and issue a separate fdatasync. An fdatasync error is
 //! returned as is and never retried (see the contract in `io/mod.rs`).
 //!
+//! `start_write_and_sync` submits the same chain and returns without waiting
+//! ([`InFlight`]); the WAL leader delivers the previous flush's outcomes meanwhile. Its entries
+//! carry user data with [`STARTED`] set; a synchronous operation on the same thread (a callback
+//! doing I/O during that delivery) that reaps their completions keeps them in this thread's
+//! `STASH` for [`InFlight::wait`].
+//!
 //! Registered files and buffers are not used: with one fdatasync per flush the per-SQE fd
 //! lookup and page pinning they save are far below the device's flush latency.
 //!
 //! Opening, sizing and directory operations are rare and go through plain syscalls, as in the
 //! std implementation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsString;
 use std::fs;
 use std::io;
@@ -29,7 +35,7 @@ use std::sync::Arc;
 use io_uring::{IoUring, opcode, squeue, types};
 
 use super::std_io::{StdFile, dirs};
-use super::{File, IoKind, OpenOptions, Vfs, check_direct};
+use super::{File, IoKind, OpenOptions, Vfs, WriteSync, check_direct};
 
 /// Submission queue size of each thread's ring. Every operation needs at most two SQEs and
 /// reaps them before returning.
@@ -38,18 +44,34 @@ const RING_ENTRIES: u32 = 8;
 /// Largest length passed in one read/write SQE (the SQE length field is 32 bits).
 const MAX_IO_LEN: usize = 1 << 30;
 
+/// User-data bit of the entries of a started (asynchronous) operation: bit 63 set, the
+/// operation's number in bits 1..63, bit 0 = 0 for the write and 1 for the fdatasync.
+/// Synchronous operations use their position (< 2) as user data, so the two never collide.
+const STARTED: u64 = 1 << 63;
+
 thread_local! {
     /// This thread's ring; `None` until the first operation on this thread.
     static RING: RefCell<Option<IoUring>> = const { RefCell::new(None) };
+    /// Completions of started operations (user data, result) reaped by another call.
+    static STASH: RefCell<Vec<(u64, i32)>> = const { RefCell::new(Vec::new()) };
+    /// Started operations of this thread not yet waited for, and the next one's number.
+    static STARTED_OPS: Cell<(usize, u64)> = const { Cell::new((0, 0)) };
+}
+
+fn started_in_flight() -> usize {
+    STARTED_OPS.with(|c| c.get().0)
 }
 
 fn new_ring() -> io::Result<IoUring> {
-    // Single issuer + deferred task running: only this thread submits and completions are
-    // processed when it waits, which avoids inter-processor interrupts for task work. Kernels
-    // older than 6.1 reject the flags; fall back to a plain ring there.
+    // Single issuer + cooperative task running: only this thread submits, and completion work
+    // runs at this thread's next kernel entry or exit (no inter-processor interrupt). Not
+    // *deferred* task running: that would also defer the start of a linked fdatasync until
+    // the thread waits, so a started write+fdatasync ([`InFlight`]) would not progress while
+    // the WAL leader delivers the previous batch. Kernels older than 6.0 reject the flags;
+    // fall back to a plain ring there.
     IoUring::builder()
         .setup_single_issuer()
-        .setup_defer_taskrun()
+        .setup_coop_taskrun()
         .build(RING_ENTRIES)
         .or_else(|_| IoUring::new(RING_ENTRIES))
 }
@@ -74,6 +96,14 @@ unsafe fn submit<const N: usize>(entries: [squeue::Entry; N]) -> io::Result<[i32
             Ok(results) => Ok(results),
             Err(RunError::NothingSubmitted(e)) => {
                 // The submission queue still holds our entries; never submit them later.
+                if started_in_flight() > 0 {
+                    // Dropping the ring would abandon a started operation whose buffer the
+                    // kernel may still read; keeping it would submit our stale entries later.
+                    eprintln!(
+                        "ringkv: io_uring_enter failed ({e}) with a started write in flight; aborting"
+                    );
+                    std::process::abort();
+                }
                 *slot = None;
                 Err(e)
             }
@@ -92,7 +122,9 @@ fn is_retry(errno: i32) -> bool {
 
 /// Pushes `entries` (their `user_data` must be their position), submits and reaps them all.
 ///
-/// Invariant relied on: the ring is empty on entry (every call reaps all it submitted).
+/// Invariant relied on: on entry the ring holds no entry of another synchronous call (every
+/// call reaps all it submitted); entries of started operations may be in flight, and their
+/// completions are stashed for [`InFlight::wait`].
 ///
 /// # Safety
 /// As for [`submit`].
@@ -123,6 +155,10 @@ unsafe fn run<const N: usize>(
             }
         }
         for cqe in ring.completion() {
+            if cqe.user_data() & STARTED != 0 {
+                STASH.with(|s| s.borrow_mut().push((cqe.user_data(), cqe.result())));
+                continue;
+            }
             let slot = cqe.user_data() as usize;
             assert!(slot < N, "completion for an entry this call did not submit");
             results[slot] = cqe.result();
@@ -296,6 +332,21 @@ impl File for UringFile {
         self.sync_data()
     }
 
+    fn start_write_and_sync<'a>(&'a self, buf: &'a [u8], offset: u64) -> WriteSync<'a> {
+        if self.direct
+            && let Err(e) = check_direct(buf.as_ptr(), buf.len(), offset)
+        {
+            return WriteSync::done(Err(e));
+        }
+        if buf.len() > MAX_IO_LEN {
+            return WriteSync::done(self.write_at_and_sync(buf, offset));
+        }
+        match InFlight::start(self, buf, offset) {
+            Ok(op) => WriteSync::uring(op),
+            Err(e) => WriteSync::done(Err(e)),
+        }
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         let sqe = self.fsync_sqe().user_data(0);
         // SAFETY: an fsync references no memory.
@@ -333,6 +384,151 @@ impl File for UringFile {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.inner.fd().as_raw_fd())
+    }
+}
+
+/// A write→fdatasync chain submitted on this thread's ring and not yet reaped.
+///
+/// Invariant relied on: while it exists, `buf` is borrowed (the kernel reads it until the
+/// write completes), and its two completions are either still in the ring or in `STASH`.
+/// Dropping it waits for them. (If it were leaked with `mem::forget`, the kernel would still
+/// only read `buf`; the file's content, not this process's memory, would be at stake.)
+pub(crate) struct InFlight<'a> {
+    file: &'a UringFile,
+    buf: &'a [u8],
+    offset: u64,
+    /// User data of the write; the fdatasync's is `tag | 1`.
+    tag: u64,
+    /// Completion results (write, fdatasync) once reaped.
+    results: [Option<i32>; 2],
+}
+
+impl<'a> InFlight<'a> {
+    fn start(file: &'a UringFile, buf: &'a [u8], offset: u64) -> io::Result<InFlight<'a>> {
+        let number = STARTED_OPS.with(|c| c.get().1);
+        let tag = STARTED | (number << 1);
+        let write = file
+            .write_sqe(buf, offset)
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(tag);
+        let sync = file.fsync_sqe().user_data(tag | 1);
+        RING.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(new_ring()?);
+            }
+            let ring = slot.as_mut().expect("ring was just created");
+            {
+                let mut sq = ring.submission();
+                // SAFETY: `buf` stays borrowed by the returned `InFlight`, which reaps both
+                // completions before it is gone (in `wait` or `Drop`).
+                unsafe { sq.push_multiple(&[write, sync]) }
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            }
+            loop {
+                match ring.submit() {
+                    Ok(_) => break,
+                    Err(e) if is_retry(e.raw_os_error().unwrap_or(0)) => {}
+                    Err(e) => {
+                        if ring.submission().is_empty() {
+                            // Submitted after all (the error came later): wait as usual.
+                            break;
+                        }
+                        if started_in_flight() > 0 {
+                            eprintln!(
+                                "ringkv: io_uring_enter failed ({e}) with a started write in flight; aborting"
+                            );
+                            std::process::abort();
+                        }
+                        // Nothing was taken by the kernel; never submit these entries later.
+                        *slot = None;
+                        return Err(e);
+                    }
+                }
+            }
+            STARTED_OPS.with(|c| {
+                let (n, next) = c.get();
+                c.set((n + 1, next.wrapping_add(1) % (STARTED >> 1)));
+            });
+            Ok(InFlight {
+                file,
+                buf,
+                offset,
+                tag,
+                results: [None, None],
+            })
+        })
+    }
+
+    /// Takes this operation's completions from the stash; true once both are known.
+    fn take_stashed(&mut self) -> bool {
+        STASH.with(|s| {
+            s.borrow_mut().retain(|&(data, res)| {
+                if data & !1 == self.tag {
+                    self.results[(data & 1) as usize] = Some(res);
+                    false
+                } else {
+                    true
+                }
+            })
+        });
+        self.results.iter().all(Option::is_some)
+    }
+
+    /// Reaps both completions (blocking), stashing those of other started operations.
+    fn reap(&mut self) {
+        while !self.take_stashed() {
+            RING.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                let ring = slot
+                    .as_mut()
+                    .expect("the ring of a started operation exists until it is reaped");
+                // Wait for all that is missing at once: one wake-up for the chain.
+                let missing = self.results.iter().filter(|r| r.is_none()).count();
+                if let Err(e) = ring.submit_and_wait(missing)
+                    && !is_retry(e.raw_os_error().unwrap_or(0))
+                {
+                    eprintln!("ringkv: io_uring_enter failed with I/O in flight: {e}; aborting");
+                    std::process::abort();
+                }
+                for cqe in ring.completion() {
+                    assert!(
+                        cqe.user_data() & STARTED != 0,
+                        "completion of a synchronous entry outside its call"
+                    );
+                    STASH.with(|s| s.borrow_mut().push((cqe.user_data(), cqe.result())));
+                }
+            });
+        }
+        STARTED_OPS.with(|c| {
+            let (n, next) = c.get();
+            c.set((n - 1, next));
+        });
+    }
+
+    pub(crate) fn wait(mut self) -> io::Result<()> {
+        self.reap();
+        let [w, s] = self.results.map(|r| r.expect("reaped"));
+        let (file, buf, offset) = (self.file, self.buf, self.offset);
+        // Reaped: nothing left for `Drop`.
+        std::mem::forget(self);
+        let written = check_res(w)?.unwrap_or(0);
+        if written == buf.len() {
+            // The write completed in full, so the fsync ran: its result is final.
+            if s < 0 {
+                return Err(io::Error::from_raw_os_error(-s));
+            }
+            return Ok(());
+        }
+        // Short write: the linked fsync was cancelled (or, if it ran, did not cover the rest).
+        file.write_all(&buf[written..], offset + written as u64)?;
+        file.sync_data()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.reap();
     }
 }
 
@@ -380,6 +576,7 @@ impl Vfs for UringVfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::AlignedBuf;
 
     #[test]
     fn uring_passes_the_shared_behaviour_suite() {
@@ -483,6 +680,48 @@ mod tests {
         f.write_at_and_sync(&buf, 0).unwrap();
         assert_eq!(f.size().unwrap(), 8192);
         println!("short write checked");
+    }
+
+    /// A started write+fdatasync stays in flight while other I/O runs on the same thread (whose
+    /// calls reap and stash its completions); `wait` then reports it, and the data is there.
+    /// A handle dropped without `wait` is reaped too: later operations are unaffected.
+    #[test]
+    fn started_writes_complete_across_other_io_on_the_same_thread() {
+        let vfs = UringVfs::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = vfs
+            .open(
+                &dir.path().join("f"),
+                OpenOptions::read_write().create(true).direct(true),
+            )
+            .unwrap();
+        f.allocate(0, 16 * 4096).unwrap();
+        let mut a = AlignedBuf::zeroed(2 * 4096);
+        a.fill(0xA1);
+        let mut b = AlignedBuf::zeroed(4096);
+        b.fill(0xB2);
+        for round in 0..20u64 {
+            let off = (round % 4) * 3 * 4096;
+            let started = f.start_write_and_sync(&a, off);
+            // Synchronous I/O on this thread while the chain is in flight.
+            f.write_at_and_sync(&b, off + 2 * 4096).unwrap();
+            let mut back = AlignedBuf::zeroed(4096);
+            f.read_exact_at(&mut back, off + 2 * 4096).unwrap();
+            assert!(back.iter().all(|&x| x == 0xB2));
+            started.wait().unwrap();
+            let mut back = AlignedBuf::zeroed(2 * 4096);
+            f.read_exact_at(&mut back, off).unwrap();
+            assert!(back.iter().all(|&x| x == 0xA1), "round {round}");
+        }
+        drop(f.start_write_and_sync(&b, 15 * 4096));
+        assert_eq!(STARTED_OPS.with(|c| c.get().0), 0);
+        assert!(STASH.with(|s| s.borrow().is_empty()));
+        let mut back = AlignedBuf::zeroed(4096);
+        f.read_exact_at(&mut back, 15 * 4096).unwrap();
+        assert!(back.iter().all(|&x| x == 0xB2));
+        // A misaligned start is refused like a misaligned write, before any I/O.
+        let err = f.start_write_and_sync(&b[..512], 0).wait().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
     }
 
     #[test]

@@ -1,43 +1,55 @@
 //! Group commit with a rotating leader: the appender that finds no flush in flight performs the
 //! flush itself, on its own thread and io_uring; appends that arrive meanwhile queue up, and
-//! when the flush is done leadership passes to one of the appenders waiting in the queue (or,
-//! if only callback appends wait, to the flush thread), which takes the whole queue as the next
-//! batch.
+//! the leader keeps flushing them, one batch (the whole queue) per write+fdatasync, for as long
+//! as appends are waiting and its role allows; then it passes leadership on or lets the WAL go
+//! idle.
 //!
 //! Why: with a dedicated WAL thread every append of an idle WAL paid two thread hand-offs
 //! (appender → WAL thread → appender), each the wake-up of a sleeping thread, measured at ~60 µs
 //! on a ~130 µs write+fdatasync (BENCHMARKS.md). Here an uncontended `append_wait` runs
-//! write+fdatasync on the calling thread and returns: no hand-off at all.
+//! write+fdatasync on the calling thread and returns: no hand-off at all. Under load, a leader
+//! that passed leadership on after every batch paid one wake-up of the next leader between
+//! two flushes, about half of each flush cycle at 64 writers; so a leader now flushes the next
+//! batch itself, and delivers the previous batch's outcomes (waking its waiters, running its
+//! callbacks) while the next batch's write+fdatasync is in flight
+//! ([`crate::io::File::start_write_and_sync`]).
 //!
-//! # Roles
-//! - **Leader**: the one thread that holds the writer. It takes the whole queue (one batch),
-//!   encodes and writes it with one write+fdatasync, passes leadership on ([`Core::hand_off`]),
-//!   then delivers the outcomes of its batch (callbacks, waking waiters). Passing on before
-//!   delivering lets the next fdatasync start while this leader wakes up to a few dozen
-//!   waiters.
+//! # Roles ([`Lead`])
+//! - **Leader**: the one thread that holds the writer. Per batch: take the whole queue,
+//!   encode it, start its write+fdatasync, deliver the previous batch's outcomes, wait for the
+//!   I/O. When it stops leading it passes leadership on ([`Core::hand_off`]) before delivering
+//!   its last batch, so the next fdatasync can start while it wakes up to a few dozen waiters.
+//!   - an `append_inline` caller leads one batch (it must not wait for others' flushes);
+//!   - a waiting appender leads at most [`LEAD_BATCHES`] batches, then hands a non-empty queue
+//!     to the flush thread (bounding how long its own caller is held back);
+//!   - the flush thread and `close` lead while appends keep coming.
 //! - **Follower**: a waiting appender ([`AppendTicket::wait`]) that found a flush in flight.
 //!   It parks until its outcome is delivered or it is made leader.
-//! - **Flush thread** (`ringkv-wal`): leads only when handed leadership and no parked waiter is
-//!   queued, i.e. for callback appends ([`Wal::append`]) that arrived during a flush. It keeps
-//!   callback appenders (the raft core) from ever waiting for a flush of others.
+//! - **Flush thread** (`ringkv-wal`): leads when handed leadership: for callback appends
+//!   ([`Wal::append`]) that arrived during a flush when no parked waiter is queued, and after a
+//!   waiting leader reached its bound. It keeps callback appenders (the raft core) from ever
+//!   waiting for a flush of others. At sustained load it ends up leading continuously.
 //!
 //! # Invariants relied on
 //! 1. `Queue::flushing` is true from the moment a thread becomes leader until its successor is
-//!    chosen or it sets it false in `hand_off`; so at most one thread runs `Writer::flush` at a
+//!    chosen or it sets it false in `hand_off`; so at most one thread runs the writer at a
 //!    time (the writer mutex is then never contended; it exists to give the leader `&mut`).
 //! 2. Batches are numbered when taken from the queue (`next_batch`), in queue order; the
 //!    outcomes of batch `b` are delivered only after those of every batch before it
 //!    (`delivered` gate). Hence callbacks run in append order, as the `Wal::append` contract
 //!    says, even though two leaders may deliver at the same time.
-//! 3. Batch `b + 1` is written only after batch `b`'s fdatasync returned (leadership passes
-//!    after the flush), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable.
+//! 3. Batch `b + 1`'s write is started only after batch `b`'s fdatasync returned (a leader
+//!    waits for its I/O before taking the next batch, and passes leadership on only after
+//!    it), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable, and the on-disk
+//!    rules of `replay.rs` (one flush in flight at a time) hold. Only the *delivery* of batch
+//!    `b` overlaps batch `b + 1`'s I/O, never the acknowledgement of `b + 1`.
 //! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
 //!    leadership was given to it; both are given under the same lock, and the giver unparks the
 //!    thread recorded there. Lock order: queue, then a waiter's slot.
-//! 5. Every queued append is eventually flushed: a leader that finds the queue non-empty after
-//!    its flush hands leadership to a parked waiter or to the flush thread, or — if the queue
-//!    holds only tickets whose owners have not started waiting — clears `flushing`, and each
-//!    such owner leads when it waits (a dropped ticket waits in `Drop`).
+//! 5. Every queued append is eventually flushed: a leader that stops with the queue non-empty
+//!    hands leadership to a parked waiter or to the flush thread, or — if the queue holds only
+//!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
+//!    leads when it waits (a dropped ticket waits in `Drop`).
 //!
 //! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
 //! `append_inline`)
@@ -46,26 +58,44 @@
 //! B: queue [b], flushing=true  → B parks
 //! R: queue [b r], flushing=true → returns (its callback will run later)
 //! C: queue [b r c]             → C parks
-//! A: fdatasync returns; hand_off: first parked waiter in the queue is B → B leads
-//! B: batch 1 = [b r c], write+fdatasync          A: delivers batch 0 (a's outcome), returns
-//! B: hand_off: queue empty → flushing=false; waits for batch 0 delivered; delivers b, runs r's
-//!    callback, wakes C; returns
+//! A: fdatasync returns; queue non-empty, 1 < LEAD_BATCHES → A goes on:
+//!    batch 1 = [b r c], starts its write+fdatasync; delivers batch 0 (a's own outcome)
+//! A: batch 1's fdatasync returns; queue empty → hand_off: flushing=false; delivers batch 1
+//!    (b's outcome, r's callback, wakes B and C); returns
 //! ```
 
+use std::any::Any;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::writer::Writer;
 use super::{AppendInfo, Done, Record, Shared, WalError};
+use crate::io::WriteSync;
 
 thread_local! {
     /// True while this thread runs outcome callbacks. A callback that appended inline or waited
     /// would wait for the delivery gate it is itself holding: inline appends from a callback go
     /// to the flush thread instead, and waiting from one panics with a clear message.
     static DELIVERING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many batches a waiting appender that leads flushes at most before it passes leadership
+/// to the flush thread: bounds the delay its own caller sees beyond its append's flush (about
+/// 1 ms with a 130 µs write+fdatasync). A count, not a time, so that tests can check it.
+pub(crate) const LEAD_BATCHES: usize = 8;
+
+/// How long a leader keeps leading while appends are waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lead {
+    /// One batch: an `append_inline` caller, which must not wait for others' flushes.
+    Once,
+    /// At most [`LEAD_BATCHES`] batches: an appender waiting for its own append.
+    Bounded,
+    /// While appends keep coming: the flush thread, and `close`.
+    Unbounded,
 }
 
 /// How an append learns its outcome.
@@ -103,6 +133,66 @@ struct Slot {
     lead: bool,
     /// The parked owner, to unpark.
     thread: Option<Thread>,
+    /// The wake-up chain of the batch that delivered `outcome`, which the owner helps.
+    chain: Option<Arc<WakeChain>>,
+}
+
+/// How many parked waiters a delivering leader wakes itself, and how many each woken waiter
+/// wakes in turn before it returns.
+const WAKE_FANOUT: usize = 2;
+
+type Panic = Box<dyn Any + Send>;
+
+/// Wakes the parked waiters of one delivered batch as a tree: the delivering leader unparks
+/// the first [`WAKE_FANOUT`], each of them the next ones as it returns, and so on; the wake-up
+/// syscalls (several µs each on a VM) are spread over the woken threads instead of all
+/// running on the leader, which meanwhile starts the next flush.
+///
+/// Invariant relied on: every thread in `threads` is eventually unparked, because the leader
+/// that delivered the batch calls [`WakeChain::finish`] (after its next flush, or before it
+/// returns), which unparks whatever the chain has not reached (a waiter woken spuriously
+/// before it saw the chain does not pass it on).
+///
+/// Example with 6 parked waiters t0..t5 and fan-out 2: the leader claims t0, t1; t0 wakes and
+/// claims t2, t3; t1 claims t4, t5; `finish` then finds nothing left.
+pub(crate) struct WakeChain {
+    threads: Vec<Thread>,
+    /// Index of the next thread to unpark (claimed with `fetch_add`).
+    next: AtomicUsize,
+}
+
+impl WakeChain {
+    /// Builds the chain and hands it to each waiter (under its slot lock), so that a woken
+    /// waiter finds it with its outcome.
+    fn new(parked: Vec<(Arc<Waiter>, Thread)>) -> Arc<WakeChain> {
+        let threads = parked.iter().map(|(_, t)| t.clone()).collect();
+        let chain = Arc::new(WakeChain {
+            threads,
+            next: AtomicUsize::new(0),
+        });
+        if chain.threads.len() > WAKE_FANOUT {
+            for (w, _) in &parked {
+                w.slot().chain = Some(chain.clone());
+            }
+        }
+        chain
+    }
+
+    /// Unparks up to `n` threads of the chain not unparked yet.
+    fn wake(&self, n: usize) {
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(t) = self.threads.get(i) else { return };
+            t.unpark();
+        }
+    }
+
+    /// Unparks every thread of the chain not unparked yet.
+    fn finish(&self) {
+        while self.next.load(Ordering::Relaxed) < self.threads.len() {
+            self.wake(1);
+        }
+    }
 }
 
 impl Waiter {
@@ -151,9 +241,11 @@ struct Queue {
 pub(crate) struct Core {
     pub shared: Arc<Shared>,
     queue: Mutex<Queue>,
-    /// Signals the flush thread (leadership, stop), `close` (leader gone) and blocked
-    /// appenders (space in the queue).
+    /// Signals `close` (leader gone) and blocked appenders (space in the queue).
     queue_cv: Condvar,
+    /// Signals the flush thread (leadership, stop). Separate from `queue_cv` so that a flush
+    /// that leaves the WAL idle wakes no thread.
+    thread_cv: Condvar,
     /// The segment writer; `None` after close. Locked only by the leader (invariant 1).
     writer: Mutex<Option<Writer>>,
     /// Batches whose outcomes are delivered (invariant 2).
@@ -174,6 +266,7 @@ impl Core {
             shared,
             queue: Mutex::new(Queue::default()),
             queue_cv: Condvar::new(),
+            thread_cv: Condvar::new(),
             writer: Mutex::new(Some(writer)),
             delivered: Mutex::new(0),
             delivered_cv: Condvar::new(),
@@ -205,7 +298,7 @@ impl Core {
                 // of them may be this thread): let the flush thread drain it (invariant 5).
                 q.flushing = true;
                 q.thread_lead = true;
-                self.queue_cv.notify_all();
+                self.thread_cv.notify_one();
             }
             q.blocked += 1;
             q = self.queue_cv.wait(q).expect("WAL queue lock");
@@ -233,11 +326,11 @@ impl Core {
                 q.flushing = true;
                 if inline && !DELIVERING.with(Cell::get) {
                     drop(q);
-                    self.lead();
+                    self.lead(Lead::Once);
                 } else {
                     q.thread_lead = true;
                     drop(q);
-                    self.queue_cv.notify_all();
+                    self.thread_cv.notify_one();
                 }
             }
         }
@@ -272,13 +365,18 @@ impl Core {
             {
                 let mut slot = waiter.slot();
                 if let Some(r) = slot.outcome.take() {
+                    let chain = slot.chain.take();
+                    drop(slot);
+                    if let Some(chain) = chain {
+                        chain.wake(WAKE_FANOUT);
+                    }
                     return r;
                 }
                 if slot.lead {
                     slot.lead = false;
                     waiter.ready.store(false, Ordering::Relaxed);
                     drop(slot);
-                    self.lead();
+                    self.lead(Lead::Bounded);
                     continue;
                 }
             }
@@ -295,7 +393,7 @@ impl Core {
                 if !q.flushing {
                     q.flushing = true;
                     drop(q);
-                    self.lead();
+                    self.lead(Lead::Bounded);
                     continue;
                 }
                 let mut slot = waiter.slot();
@@ -310,61 +408,136 @@ impl Core {
         }
     }
 
-    /// Runs one batch as the leader (invariant 1: the caller made itself or was made leader).
-    pub(crate) fn lead(&self) {
-        let (batch, number) = {
-            let mut q = self.queue();
-            let batch = std::mem::take(&mut q.items);
-            let number = q.next_batch;
-            q.next_batch += 1;
-            if q.blocked > 0 {
-                self.queue_cv.notify_all();
-            }
-            (batch, number)
+    /// Leads (invariant 1: the caller made itself or was made leader): flushes batches while
+    /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
+    /// batch's outcomes. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
+    /// batch `b` are delivered on this thread, so at sustained load the next flush starts
+    /// right after the previous one completes, with no thread wake-up in between.
+    pub(crate) fn lead(&self, mode: Lead) {
+        let mut batches = 0;
+        // Outcomes of the last flushed batch, not yet delivered, and its number.
+        let mut undelivered: Option<(u64, Vec<Outcome>)> = None;
+        let mut panic = None;
+        // Wake-up chains of delivered batches that this thread must finish.
+        let mut chains: Vec<Arc<WakeChain>> = Vec::new();
+        let deliver = |n, o, chains: &mut Vec<Arc<WakeChain>>| {
+            let (p, chain) = self.deliver(n, o);
+            chains.push(chain);
+            p
         };
-        let outcomes = if batch.is_empty() {
-            Vec::new()
-        } else {
-            let mut writer = self.writer.lock().expect("WAL writer lock");
-            match writer.as_mut() {
-                Some(w) => w.flush(batch),
+        let mut writer = self.writer.lock().expect("WAL writer lock");
+        loop {
+            let (batch, number) = self.take_batch();
+            let outcomes = match writer.as_mut() {
+                _ if batch.is_empty() => Vec::new(),
+                Some(w) => {
+                    let prepared = w.prepare(batch);
+                    let io_started = Instant::now();
+                    let io = w.start(&prepared, undelivered.is_some());
+                    if let Some((n, o)) = undelivered.take() {
+                        panic = panic.or(deliver(n, o, &mut chains));
+                    }
+                    let res = io.map(WriteSync::wait);
+                    w.finish(prepared, io_started, res)
+                }
                 None => batch
                     .into_iter()
                     .map(|p| (p.reply, Err(WalError::Closed)))
                     .collect(),
+            };
+            if let Some((n, o)) = undelivered.take() {
+                panic = panic.or(deliver(n, o, &mut chains));
             }
-        };
-        self.hand_off();
-        self.deliver(number, outcomes);
+            // The woken waiters had this flush's duration to wake the rest of their batch.
+            for chain in chains.drain(..) {
+                chain.finish();
+            }
+            undelivered = Some((number, outcomes));
+            batches += 1;
+            let more = {
+                let q = self.queue();
+                !q.items.is_empty()
+                    && match mode {
+                        Lead::Once => false,
+                        Lead::Bounded => batches < LEAD_BATCHES,
+                        Lead::Unbounded => true,
+                    }
+            };
+            if !more {
+                break;
+            }
+        }
+        drop(writer);
+        self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
+        if let Some((n, o)) = undelivered.take() {
+            panic = panic.or(deliver(n, o, &mut chains));
+        }
+        for chain in chains.drain(..) {
+            chain.finish();
+        }
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
     }
 
-    /// Chooses the next leader, or clears `flushing` (invariant 5).
-    fn hand_off(&self) {
+    /// Takes the whole queue as the next batch and numbers it (invariant 2).
+    fn take_batch(&self) -> (Vec<Pending>, u64) {
         let mut q = self.queue();
-        let parked = q.items.iter().find_map(|p| match &p.reply {
-            Reply::Waiter(w) if w.parked.load(Ordering::Relaxed) => Some(w.clone()),
-            _ => None,
-        });
+        let batch = std::mem::take(&mut q.items);
+        let number = q.next_batch;
+        q.next_batch += 1;
+        if q.blocked > 0 {
+            self.queue_cv.notify_all();
+        }
+        (batch, number)
+    }
+
+    /// Chooses the next leader, or clears `flushing` (invariant 5). With `to_thread`, a
+    /// non-empty queue goes to the flush thread (which leads for as long as appends keep
+    /// coming) rather than to a parked waiter.
+    fn hand_off(&self, to_thread: bool) {
+        let mut q = self.queue();
+        let parked = if to_thread {
+            None
+        } else {
+            q.items.iter().find_map(|p| match &p.reply {
+                Reply::Waiter(w) if w.parked.load(Ordering::Relaxed) => Some(w.clone()),
+                _ => None,
+            })
+        };
         if let Some(w) = parked {
             w.parked.store(false, Ordering::Relaxed);
             drop(q);
             w.give(|s| s.lead = true);
             return;
         }
-        if q.items
-            .iter()
-            .any(|p| matches!(p.reply, Reply::Callback(_)))
-        {
+        let to_thread = !q.items.is_empty()
+            && (to_thread
+                || q.items
+                    .iter()
+                    .any(|p| matches!(p.reply, Reply::Callback(_))));
+        if to_thread {
             q.thread_lead = true;
         } else {
             q.flushing = false;
         }
+        let wake_others = q.closed || q.blocked > 0;
         drop(q);
-        self.queue_cv.notify_all();
+        if to_thread {
+            self.thread_cv.notify_one();
+        }
+        if wake_others {
+            self.queue_cv.notify_all();
+        }
     }
 
     /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
-    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) {
+    /// Callbacks run here, in order; parked waiters are woken through a [`WakeChain`], of
+    /// which this thread wakes the first [`WAKE_FANOUT`]. Returns the payload of the first
+    /// callback that panicked, for the caller to resume once it has passed leadership on, and
+    /// the chain, which the caller must [`WakeChain::finish`].
+    #[must_use]
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> (Option<Panic>, Arc<WakeChain>) {
         let mut d = self.delivered.lock().expect("WAL delivery lock");
         while *d != number {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
@@ -377,18 +550,32 @@ impl Core {
         // A panicking callback (a caller bug) must not cost the other appends of the batch
         // their outcome: deliver them all, then let the first panic continue on this thread.
         let mut panic = None;
+        // Parked waiters whose outcome is stored; woken through a chain (below).
+        let mut parked = Vec::new();
         for (reply, result) in outcomes {
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                deliver_one(reply, result)
-            }));
-            if let Err(payload) = delivered {
-                panic.get_or_insert(payload);
+            match reply {
+                Reply::Waiter(w) => {
+                    let mut slot = w.slot();
+                    slot.outcome = Some(result);
+                    w.ready.store(true, Ordering::Release);
+                    if let Some(t) = slot.thread.take() {
+                        drop(slot);
+                        parked.push((w, t));
+                    }
+                }
+                Reply::Callback(done) => {
+                    let delivered =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+                    if let Err(payload) = delivered {
+                        panic.get_or_insert(payload);
+                    }
+                }
             }
         }
         drop(gate);
-        if let Some(payload) = panic {
-            std::panic::resume_unwind(payload);
-        }
+        let chain = WakeChain::new(parked);
+        chain.wake(WAKE_FANOUT);
+        (panic, chain)
     }
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
@@ -396,14 +583,14 @@ impl Core {
         loop {
             let mut q = self.queue();
             while !q.thread_lead && !q.stop_thread {
-                q = self.queue_cv.wait(q).expect("WAL queue lock");
+                q = self.thread_cv.wait(q).expect("WAL queue lock");
             }
             if !q.thread_lead {
                 return;
             }
             q.thread_lead = false;
             drop(q);
-            self.lead();
+            self.lead(Lead::Unbounded);
         }
     }
 
@@ -420,7 +607,7 @@ impl Core {
                 }
                 q.flushing = true;
                 drop(q);
-                self.lead();
+                self.lead(Lead::Unbounded);
                 q = self.queue();
                 continue;
             }
@@ -428,7 +615,7 @@ impl Core {
         }
         q.stop_thread = true;
         drop(q);
-        self.queue_cv.notify_all();
+        self.thread_cv.notify_one();
         // Every batch was delivered by its leader before it returned or handed off... except
         // possibly the last leader's delivery, which is still running: wait for it.
         let last = self.queue().next_batch;

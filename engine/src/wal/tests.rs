@@ -471,6 +471,8 @@ struct TestVfs {
 #[derive(Default)]
 struct Ctl {
     closed: Mutex<bool>,
+    /// Calls let through the closed gate before it holds again.
+    passes: AtomicUsize,
     cv: Condvar,
     waiting: AtomicUsize,
     calls: AtomicUsize,
@@ -493,6 +495,13 @@ impl Ctl {
 
     fn close_gate(&self) {
         *self.closed.lock().unwrap() = true;
+    }
+
+    /// Lets one flush held at the closed gate (or the next to arrive) through.
+    fn pass_one(&self) {
+        let _closed = self.closed.lock().unwrap();
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        self.cv.notify_all();
     }
 
     fn open_gate(&self) {
@@ -528,8 +537,11 @@ impl File for TestFile {
         {
             let mut closed = self.ctl.closed.lock().unwrap();
             self.ctl.waiting.fetch_add(1, Ordering::SeqCst);
-            while *closed {
+            while *closed && self.ctl.passes.load(Ordering::SeqCst) == 0 {
                 closed = self.ctl.cv.wait(closed).unwrap();
+            }
+            if *closed {
+                self.ctl.passes.fetch_sub(1, Ordering::SeqCst);
             }
             self.ctl.waiting.fetch_sub(1, Ordering::SeqCst);
         }
@@ -996,10 +1008,10 @@ fn append_inline(wal: &Wal, id: u64, recs: Vec<Record>, tx: &crossbeam_channel::
 }
 
 /// A leader's flush is held at the gate; appends queued meanwhile (waiting tickets on their own
-/// threads, a callback append, an inline append) form the next batch, which one of the waiting
-/// threads performs.
+/// threads, a callback append, an inline append) form the next batch, which the leader performs
+/// right after its own (it keeps leading while appends wait).
 #[test]
-fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
+fn appends_queued_behind_a_leader_form_one_batch_the_leader_flushes_next() {
     let tmp = tempfile::tempdir().unwrap();
     let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
     let metrics = Arc::new(RecordingMetrics::default());
@@ -1050,12 +1062,7 @@ fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
         assert_eq!(r.unwrap().flush_appends, 8);
     }
     let flushers = ctl.flushers.lock().unwrap().clone();
-    assert_eq!(flushers[flushers.len() - 2], "leader");
-    let second = &flushers[flushers.len() - 1];
-    assert!(
-        second.starts_with("follower-"),
-        "the second batch is flushed by a waiting appender, not {second}"
-    );
+    assert_eq!(flushers[flushers.len() - 2..], ["leader", "leader"]);
     let per_flush: Vec<(usize, usize)> = metrics
         .0
         .lock()
@@ -1067,6 +1074,110 @@ fn appends_queued_behind_a_leader_form_one_batch_led_by_a_follower() {
     wal.close().unwrap();
     let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
     assert_eq!(indexes(&replay), (1..=9).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
+
+/// A waiting appender that leads flushes at most `LEAD_BATCHES` batches, then passes
+/// leadership to the flush thread, which keeps flushing; every append is acknowledged.
+#[test]
+fn a_waiting_leader_hands_over_to_the_flush_thread_after_its_batch_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let before = ctl.flushers.lock().unwrap().len();
+    let calls = ctl.calls.load(Ordering::SeqCst);
+    // Waits until `k` flushes passed the gate and the next one is held there.
+    let held_after = |k: usize| {
+        while ctl.calls.load(Ordering::SeqCst) != calls + k
+            || ctl.waiting.load(Ordering::SeqCst) == 0
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::Builder::new()
+            .name("leader".into())
+            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
+            .unwrap()
+    };
+    let (tx, rx) = unbounded();
+    let n = commit::LEAD_BATCHES as u64 + 2;
+    for i in 2..=n {
+        // One append per flush: queue it while the previous flush is held, then let that
+        // flush through.
+        held_after(i as usize - 2);
+        append_async(&wal, i, vec![entry(i, 1)], &tx);
+        ctl.pass_one();
+    }
+    ctl.open_gate();
+    leader.join().unwrap().unwrap();
+    let mut ids: Vec<u64> = (2..=n).map(|_| rx.recv().unwrap().0).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (2..=n).collect::<Vec<_>>());
+    let flushers = ctl.flushers.lock().unwrap()[before..].to_vec();
+    let mut expected = vec!["leader"; commit::LEAD_BATCHES];
+    expected.extend(["ringkv-wal", "ringkv-wal"]);
+    assert_eq!(flushers, expected);
+    wal.close().unwrap();
+    let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    assert_eq!(indexes(&replay), (1..=n).collect::<Vec<_>>());
+    wal.close().unwrap();
+}
+
+/// A leader delivers batch `b`'s outcomes while batch `b + 1`'s write+fdatasync is in flight:
+/// the first callback runs while the second flush is held at the gate, and the second only
+/// after that flush returned. Both flushes run on the flush thread, one after the other.
+#[test]
+fn a_batch_is_acknowledged_while_the_next_flush_is_in_flight_and_not_before_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let metrics = Arc::new(RecordingMetrics::default());
+    let o = WalOptions {
+        metrics: Some(metrics.clone()),
+        ..opts()
+    };
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
+    metrics.0.lock().unwrap().clear();
+    let (tx, rx) = unbounded();
+    ctl.close_gate();
+    // The WAL is idle: the flush thread leads and its flush is held.
+    append_async(&wal, 1, vec![entry(1, 1)], &tx);
+    ctl.wait_for_blocked_flush();
+    append_async(&wal, 2, vec![entry(2, 1), entry(3, 1)], &tx);
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing acknowledged before its fdatasync"
+    );
+    ctl.pass_one();
+    // Flush 1 returns; the leader starts flush 2 (held) and meanwhile acknowledges flush 1.
+    let (id, r) = rx.recv().unwrap();
+    assert_eq!(id, 1);
+    assert_eq!(r.unwrap().flush_records, 1);
+    ctl.wait_for_blocked_flush();
+    assert!(
+        rx.try_recv().is_err(),
+        "the second append is acknowledged only after its own fdatasync"
+    );
+    ctl.open_gate();
+    let (id, r) = rx.recv().unwrap();
+    assert_eq!(id, 2);
+    assert_eq!(r.unwrap().flush_records, 2);
+    let flushers = ctl.flushers.lock().unwrap().clone();
+    assert_eq!(flushers[flushers.len() - 2..], ["ringkv-wal", "ringkv-wal"]);
+    let per_flush: Vec<usize> = metrics
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.records)
+        .collect();
+    assert_eq!(per_flush, vec![1, 2]);
+    wal.close().unwrap();
+    let (wal, replay) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
     wal.close().unwrap();
 }
 
@@ -1550,4 +1661,34 @@ fn a_full_queue_of_unwaited_tickets_is_drained_by_the_flush_thread() {
     let (wal, replay) = open(&(Arc::new(StdVfs::new()) as Arc<dyn Vfs>), tmp.path());
     assert_eq!(indexes(&replay), (1..=12).collect::<Vec<_>>());
     wal.close().unwrap();
+}
+
+/// The writer's staging buffer is not cleared after a flush, only padded before the next one:
+/// a large flush followed by a small one must leave zeros (not the large record's bytes) after
+/// the small one's records on disk. Stale bytes there would make the next open cut a "torn
+/// tail".
+#[test]
+fn a_small_flush_after_a_large_one_pads_with_zeros() {
+    for vfs in real_vfses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _) = open(&vfs, tmp.path());
+        let big = |index: u64, fill: u8| {
+            Record::Entry(LogEntry {
+                index,
+                term: 1,
+                entry_type: 0,
+                data: Bytes::from(vec![fill; 3000]),
+            })
+        };
+        wal.append_wait(vec![big(1, 0xEE)]).unwrap();
+        wal.append_wait(vec![entry(2, 1)]).unwrap();
+        wal.append_wait(vec![big(3, 0xDD), big(4, 0xCC)]).unwrap();
+        wal.append_wait(vec![entry(5, 1)]).unwrap();
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, tmp.path());
+        assert_eq!(indexes(&replay), vec![1, 2, 3, 4, 5]);
+        assert_eq!(replay.truncated_tail, None);
+        assert_eq!(wal.segment_paths().len(), 1);
+        wal.close().unwrap();
+    }
 }

@@ -6,7 +6,9 @@
 //!
 //! Invariants relied on:
 //! - `buf[..fill]` holds the segment's bytes from `block_start` to the end of the records;
-//!   `buf[fill..]` is all zeros (it becomes the padding of the next write).
+//!   `buf[fill..]` is scratch: [`Writer::pad`] zeroes `[fill, next 4 KiB boundary)` (the
+//!   padding of the write) just before each write, so a flush touches each byte it writes
+//!   once when encoding and never clears the rest of a large batch afterwards.
 //! - `buf[..durable]` is on disk and synced; only `fill > durable` needs a write.
 //! - Records of one flush all carry `flush_id`; it increases by one per physical write (see
 //!   the torn-tail rule in `replay.rs`).
@@ -29,7 +31,7 @@ use super::{
     AppendInfo, FlushStats, HardState, Record, SegmentInfo, Shared, WalError, WalMetrics,
     WalOptions,
 };
-use crate::io::{AlignedBuf, DIRECT_ALIGN, File, align_up};
+use crate::io::{AlignedBuf, DIRECT_ALIGN, File, WriteSync, align_up};
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
@@ -190,15 +192,41 @@ impl Writer {
     /// Writes the buffer from the tail block's start and fdatasyncs; keeps the new tail block.
     /// Returns the bytes written (0 if nothing was pending).
     fn write_pending(&mut self) -> Result<u64, WalError> {
+        self.pad();
+        let started = Instant::now();
+        let res = self.start_pending().map(WriteSync::wait);
+        self.finish_pending(started, res)
+    }
+
+    /// Zeroes the bytes after the records up to the next 4 KiB boundary: the padding of the
+    /// next write (see the buffer invariant in the module doc).
+    fn pad(&mut self) {
+        let len = align_up(self.fill as u64) as usize;
+        self.buf[self.fill..len].fill(0);
+    }
+
+    /// Starts the write+fdatasync of what is pending (padded by [`Writer::pad`]) (`None` if nothing is); the buffer stays
+    /// borrowed until the returned handle is waited for.
+    fn start_pending(&self) -> Option<WriteSync<'_>> {
         if self.fill == self.durable {
-            return Ok(0);
+            return None;
         }
         let len = align_up(self.fill as u64) as usize;
-        let t = Instant::now();
-        let res = self
-            .file
-            .write_at_and_sync(&self.buf[..len], self.block_start);
-        self.sync_time += t.elapsed();
+        Some(
+            self.file
+                .start_write_and_sync(&self.buf[..len], self.block_start),
+        )
+    }
+
+    /// Completes [`Writer::start_pending`] (begun at `started`) with its outcome `res`.
+    fn finish_pending(
+        &mut self,
+        started: Instant,
+        res: Option<std::io::Result<()>>,
+    ) -> Result<u64, WalError> {
+        let Some(res) = res else { return Ok(0) };
+        self.sync_time += started.elapsed();
+        let len = align_up(self.fill as u64) as usize;
         res.map_err(|e| WalError::io("write+fdatasync segment", &self.seg.path, e))?;
         self.flush_id = self.flush_id.wrapping_add(1);
         // Keep the partially filled last block at the front of the buffer.
@@ -207,7 +235,6 @@ impl Writer {
         let shift = (new_start - self.block_start) as usize;
         self.buf.copy_within(shift..self.fill, 0);
         let new_fill = self.fill - shift;
-        self.buf[new_fill..len].fill(0);
         self.block_start = new_start;
         self.fill = new_fill;
         self.durable = new_fill;
@@ -223,7 +250,8 @@ impl Writer {
         first_index: u64,
     ) -> Result<u64, WalError> {
         let path = self.shared.dir.join(segment_name(seq, first_index));
-        self.buf[..self.fill].fill(0);
+        let used = self.fill.max(SEGMENT_HEADER_LEN);
+        self.buf[..used].fill(0);
         self.seg = SegmentInfo {
             seq,
             first_index,
@@ -273,9 +301,10 @@ impl Writer {
         Ok(written)
     }
 
-    /// Writes one batch with one write+fdatasync (more if it crosses a segment) and returns each
-    /// append's outcome, in batch order; the caller delivers them.
-    pub(crate) fn flush(&mut self, batch: Vec<Pending>) -> Vec<Outcome> {
+    /// Encodes one batch after the tail block's bytes (performing any segment switch it needs,
+    /// synchronously); the batch's own write is then [`Writer::start`]ed and
+    /// [`Writer::finish`]ed.
+    pub(crate) fn prepare(&mut self, batch: Vec<Pending>) -> Prepared {
         let started = Instant::now();
         self.sync_time = Duration::ZERO;
         let mut max_wait = Duration::ZERO;
@@ -285,46 +314,107 @@ impl Writer {
             max_wait = max_wait.max(wait);
             total_wait += wait;
         }
-        let mut out: Vec<Outcome> = Vec::with_capacity(batch.len());
+        let mut prepared = Prepared {
+            out: Vec::with_capacity(batch.len()),
+            acks: Vec::with_capacity(batch.len()),
+            records: 0,
+            bytes: 0,
+            result: Ok(()),
+            rest: Vec::new(),
+            max_wait,
+            total_wait,
+        };
         if let Some(cause) = self.shared.failure.get() {
             for p in batch {
-                out.push((p.reply, Err(WalError::Failed(cause.clone()))));
+                prepared
+                    .out
+                    .push((p.reply, Err(WalError::Failed(cause.clone()))));
             }
-            return out;
+            prepared.result = Err(WalError::Failed(cause.clone()));
+            return prepared;
         }
-        // Accepted appends: position in `out`, segment and end offset of their last record.
-        let mut acks: Vec<(usize, u64, u64)> = Vec::with_capacity(batch.len());
-        let mut records = 0;
-        let mut bytes = 0;
-        let mut result = Ok(());
         let mut rest = batch.into_iter();
         for p in rest.by_ref() {
             if let Err(reason) = self.validate(&p.records) {
-                out.push((p.reply, Err(WalError::InvalidAppend(reason))));
+                prepared
+                    .out
+                    .push((p.reply, Err(WalError::InvalidAppend(reason))));
                 continue;
             }
             for rec in &p.records {
                 if self.pos() + encoded_len(rec) as u64 > self.capacity {
                     match self.switch_segment() {
-                        Ok(n) => bytes += n,
+                        Ok(n) => prepared.bytes += n,
                         Err(e) => {
-                            result = Err(e);
+                            prepared.result = Err(e);
                             break;
                         }
                     }
                 }
                 self.push_record(rec);
             }
-            records += p.records.len();
-            acks.push((out.len(), self.seg.seq, self.pos()));
-            // Placeholder, replaced below once the flush's result is known.
-            out.push((p.reply, Err(WalError::Closed)));
-            if result.is_err() {
+            prepared.records += p.records.len();
+            prepared
+                .acks
+                .push((prepared.out.len(), self.seg.seq, self.pos()));
+            // Placeholder, replaced in `finish` once the flush's result is known.
+            prepared.out.push((p.reply, Err(WalError::Closed)));
+            if prepared.result.is_err() {
                 break;
             }
         }
+        prepared.rest = rest.collect();
+        self.pad();
+        prepared
+    }
+
+    /// Starts the write+fdatasync of a prepared batch (`None` if there is nothing to write or
+    /// preparing failed). The writer stays borrowed until the handle is waited for.
+    ///
+    /// Without `overlap` (the caller has nothing to do meanwhile) the I/O is deferred to the
+    /// handle's `wait` and done as one synchronous call, which saves io_uring a second
+    /// `io_uring_enter` and its wake-up per flush.
+    pub(crate) fn start(&self, prepared: &Prepared, overlap: bool) -> Option<WriteSync<'_>> {
+        if prepared.result.is_err() {
+            return None;
+        }
+        if overlap {
+            return self.start_pending();
+        }
+        if self.fill == self.durable {
+            return None;
+        }
+        let len = align_up(self.fill as u64) as usize;
+        let (buf, offset) = (&self.buf[..len], self.block_start);
+        Some(WriteSync::deferred(move || {
+            self.file.write_at_and_sync(buf, offset)
+        }))
+    }
+
+    /// Completes a prepared batch with the outcome of its [`Writer::start`] (called at
+    /// `io_started`): returns each append's outcome, in batch order, for the caller to deliver.
+    pub(crate) fn finish(
+        &mut self,
+        prepared: Prepared,
+        io_started: Instant,
+        res: Option<std::io::Result<()>>,
+    ) -> Vec<Outcome> {
+        let Prepared {
+            mut out,
+            acks,
+            records,
+            mut bytes,
+            mut result,
+            rest,
+            max_wait,
+            total_wait,
+        } = prepared;
+        if matches!(result, Err(WalError::Failed(_))) && acks.is_empty() {
+            // The WAL had failed before this batch: every outcome is already the error.
+            return out;
+        }
         if result.is_ok() {
-            match self.write_pending() {
+            match self.finish_pending(io_started, res) {
                 Ok(n) => bytes += n,
                 Err(e) => result = Err(e),
             }
@@ -370,4 +460,21 @@ impl Writer {
         }
         out
     }
+}
+
+/// A batch encoded by [`Writer::prepare`], waiting for its write.
+pub(crate) struct Prepared {
+    /// One outcome per append, in batch order; accepted ones hold placeholders until `finish`.
+    out: Vec<Outcome>,
+    /// Accepted appends: position in `out`, segment and end offset of their last record.
+    acks: Vec<(usize, u64, u64)>,
+    records: usize,
+    /// Bytes written so far (segment switches).
+    bytes: u64,
+    /// A segment switch failed, or the WAL had failed before.
+    result: Result<(), WalError>,
+    /// Appends not looked at because a segment switch failed.
+    rest: Vec<Pending>,
+    max_wait: Duration,
+    total_wait: Duration,
 }
