@@ -182,21 +182,7 @@ impl RingkvProcess {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> RingkvProcess {
-        let mut p = RingkvProcess {
-            child: None,
-            client_port,
-            peer_port,
-            advertise_peer_port: None,
-            data_dir: data_dir.to_path_buf(),
-            extra: extra.to_vec(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            _tmp: None,
-        };
-        p.spawn_process();
-        p
+        Self::spawn_new(data_dir, client_port, peer_port, None, extra, env)
     }
 
     /// [`RingkvProcess::launch_env`] for a member behind a peer proxy: it listens for peers on
@@ -209,11 +195,23 @@ impl RingkvProcess {
         extra: &[String],
         env: &[(&str, &str)],
     ) -> RingkvProcess {
+        let advertise = Some(advertise_peer_port);
+        Self::spawn_new(data_dir, client_port, peer_port, advertise, extra, env)
+    }
+
+    fn spawn_new(
+        data_dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        advertise_peer_port: Option<u16>,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> RingkvProcess {
         let mut p = RingkvProcess {
             child: None,
             client_port,
             peer_port,
-            advertise_peer_port: Some(advertise_peer_port),
+            advertise_peer_port,
             data_dir: data_dir.to_path_buf(),
             extra: extra.to_vec(),
             env: env

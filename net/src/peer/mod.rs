@@ -921,17 +921,7 @@ mod tests {
             vfs: Arc::new(ringkv_engine::StdVfs::new()),
         });
         let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(&frame::encode_hello(&Hello {
-            kind: StreamKind::Snapshot,
-            cluster_id: 1,
-            from: 11,
-            to: 10,
-        }))
-        .unwrap();
-        let mut reply = [0u8; frame::REPLY_LEN];
-        s.read_exact(&mut reply).unwrap();
-        assert_eq!(frame::decode_reply(&reply).unwrap(), (Status::Ok, 1));
+        let mut s = say_hello(addr, StreamKind::Snapshot);
         let mut msg = RaftMessage::default();
         msg.set_msg_type(RaftMessageType::MsgSnapshot);
         msg.from = 11;
@@ -1019,11 +1009,12 @@ mod tests {
         ours.stop();
     }
 
-    /// Says hello on a message connection from member 11 to `addr` (member 10, cluster 1).
-    fn hello_messages(addr: SocketAddr) -> TcpStream {
+    /// Opens a `kind` connection from member 11 to `addr` (member 10, cluster 1) and checks the
+    /// hello is accepted.
+    fn say_hello(addr: SocketAddr, kind: StreamKind) -> TcpStream {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(&frame::encode_hello(&Hello {
-            kind: StreamKind::Messages,
+            kind,
             cluster_id: 1,
             from: 11,
             to: 10,
@@ -1044,7 +1035,7 @@ mod tests {
             member_id: 10,
         });
         let addr = ours.listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut s = hello_messages(addr);
+        let mut s = say_hello(addr, StreamKind::Messages);
         let mut msg = RaftMessage::default();
         msg.set_msg_type(RaftMessageType::MsgHeartbeat);
         msg.from = 11;
@@ -1072,7 +1063,7 @@ mod tests {
         assert!(rest.is_empty());
         assert!(ours.shared.accepted.lock().is_empty());
         // The member keeps serving: a new connection is accepted and kept.
-        let _again = hello_messages(addr);
+        let _again = say_hello(addr, StreamKind::Messages);
         ours.stop();
     }
 
