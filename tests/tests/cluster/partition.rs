@@ -83,12 +83,26 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
     });
     assert!(majority.iter().any(|i| ids[*i] == new_leader));
     // ... and serves writes and linearizable reads.
+    // On 2 loaded vCPUs the new leader can lose a check-quorum round and step down for an
+    // election; a write that meets that gets "no leader" / "leader changed" (etcd too) and is
+    // sent again. Rewriting the same key and value leaves the expected key set unchanged.
     for i in 0..10 {
-        let (ok, out) = ctl(
-            &ep[majority[i % 2]],
-            &["put", &format!("q/{i:02}"), "during"],
-        );
-        assert!(ok, "write on the majority: {out}");
+        let mut last = String::new();
+        wait_for(&format!("write q/{i:02} on the majority"), || {
+            let (ok, out) = ctl(
+                &ep[majority[i % 2]],
+                &["put", &format!("q/{i:02}"), "during"],
+            );
+            assert!(
+                ok || out.contains("etcdserver: no leader")
+                    || out.contains("etcdserver: leader changed")
+                    || out.contains("etcdserver: request timed out"),
+                "write on the majority: {out}"
+            );
+            last = out;
+            ok
+        });
+        assert!(last.contains("OK"), "{last}");
     }
     let (ok, out) = ctl(&ep[majority[0]], &["get", "q/", "--prefix", "--keys-only"]);
     assert!(
@@ -125,7 +139,9 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
         let l: Vec<u64> = (0..3).map(|i| status(&ep[i]).map_or(0, |s| s.0)).collect();
         l[0] != 0 && l.iter().all(|x| *x == l[0])
     });
-    assert!(ctl(&ep[old], &["put", "after", "heal"]).0);
+    wait_for("a write through the healed member", || {
+        ctl(&ep[old], &["put", "after", "heal"]).0
+    });
     let mut hashes = Vec::new();
     wait_for("the same revision and hash on every member", || {
         hashes = (0..3).map(|i| hashkv(&ep[i])).collect();
