@@ -397,14 +397,7 @@ impl RaftBackedNode {
     }
 
     pub(super) async fn remove_member(&self, id: u64) -> NodeResult<MemberRemoveResponse> {
-        let member = self
-            .inner
-            .members
-            .read()
-            .members
-            .get(&id)
-            .cloned()
-            .ok_or(EtcdError::MemberNotFound)?;
+        let member = self.inner.members.read().member(id)?;
         if !member.is_learner {
             // etcd 3.5's strict check: the voters left that the leader hears from must form a
             // quorum of the new configuration.
@@ -438,11 +431,7 @@ impl RaftBackedNode {
         }
         let mut member = {
             let members = self.inner.members.read();
-            let m = members
-                .members
-                .get(&req.id)
-                .cloned()
-                .ok_or(EtcdError::MemberNotFound)?;
+            let m = members.member(req.id)?;
             if members.url_owner(&req.peer_ur_ls, req.id).is_some() {
                 return Err(EtcdError::PeerUrlExist);
             }
@@ -462,14 +451,7 @@ impl RaftBackedNode {
     }
 
     pub(super) async fn promote_member(&self, id: u64) -> NodeResult<MemberPromoteResponse> {
-        let mut member = self
-            .inner
-            .members
-            .read()
-            .members
-            .get(&id)
-            .cloned()
-            .ok_or(EtcdError::MemberNotFound)?;
+        let mut member = self.inner.members.read().member(id)?;
         if !member.is_learner {
             return Err(EtcdError::MemberNotLearner);
         }

@@ -110,6 +110,14 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
+    /// The member `id`, or etcd's "member not found".
+    pub(crate) fn member(&self, id: u64) -> Result<MemberInfo, crate::errors::EtcdError> {
+        self.members
+            .get(&id)
+            .cloned()
+            .ok_or(crate::errors::EtcdError::MemberNotFound)
+    }
+
     /// Reads both buckets. A record that is not member JSON is corruption, named by key.
     pub(crate) fn load(r: &impl KvRead) -> Result<Membership, String> {
         let mut m = Membership::default();
