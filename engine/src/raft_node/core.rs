@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
 use raft::prelude::Message;
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+use super::inbox::{InboxReceiver, InboxSender, inbox};
 use super::log_store::LogStore;
 use super::snap::{SnapDir, SnapshotMeta};
 use super::transport::Transport;
@@ -285,7 +286,7 @@ struct SnapJob {
 /// Handle to a running member. Cheap to clone; every method is non-blocking.
 #[derive(Clone)]
 pub struct RaftNode {
-    tx: Sender<CoreMsg>,
+    tx: InboxSender<CoreMsg>,
     progress: SharedProgress,
     threads: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -306,7 +307,7 @@ impl RaftNode {
         transport: T,
         sm: S,
     ) -> Result<RaftNode, RaftNodeError> {
-        let (tx, rx) = unbounded();
+        let (tx, rx) = inbox();
         let (apply_tx, apply_rx) = unbounded::<ApplyMsg>();
         let progress: SharedProgress = Arc::new(NodeProgress::default());
         progress.applied.store(cfg.applied, Ordering::Release);
@@ -383,9 +384,9 @@ impl RaftNode {
     /// Proposes `data` as a normal entry. Success is seen when the state machine applies it;
     /// `rejected` runs if raft refuses the proposal (no leader) or the node is stopped.
     pub fn propose(&self, data: Vec<u8>, rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>) {
-        if let Err(crossbeam_channel::SendError(CoreMsg::Propose {
+        if let Err(CoreMsg::Propose {
             rejected: Some(r), ..
-        })) = self.tx.send(CoreMsg::Propose { data, rejected })
+        }) = self.tx.send(CoreMsg::Propose { data, rejected })
         {
             r(RaftNodeError::Stopped);
         }
@@ -393,9 +394,7 @@ impl RaftNode {
 
     /// Asks for a linearizable read point. Concurrent calls share one ReadIndex round.
     pub fn read_index(&self, done: ReadIndexDone) {
-        if let Err(crossbeam_channel::SendError(CoreMsg::ReadIndex(done))) =
-            self.tx.send(CoreMsg::ReadIndex(done))
-        {
+        if let Err(CoreMsg::ReadIndex(done)) = self.tx.send(CoreMsg::ReadIndex(done)) {
             done(Err(RaftNodeError::Stopped));
         }
     }
@@ -428,10 +427,9 @@ impl RaftNode {
         cc: ConfChangeV2,
         rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
     ) {
-        if let Err(crossbeam_channel::SendError(CoreMsg::ProposeConfChange {
-            rejected: Some(r),
-            ..
-        })) = self.tx.send(CoreMsg::ProposeConfChange { cc, rejected })
+        if let Err(CoreMsg::ProposeConfChange {
+            rejected: Some(r), ..
+        }) = self.tx.send(CoreMsg::ProposeConfChange { cc, rejected })
         {
             r(RaftNodeError::Stopped);
         }
@@ -445,9 +443,7 @@ impl RaftNode {
 
     /// The leader's replication progress of every member; an empty list on a follower.
     pub fn peer_progress(&self, done: Box<dyn FnOnce(Vec<PeerProgress>) + Send>) {
-        if let Err(crossbeam_channel::SendError(CoreMsg::PeerProgress(done))) =
-            self.tx.send(CoreMsg::PeerProgress(done))
-        {
+        if let Err(CoreMsg::PeerProgress(done)) = self.tx.send(CoreMsg::PeerProgress(done)) {
             done(Vec::new());
         }
     }
@@ -482,7 +478,7 @@ struct Core<L: LogSink> {
     /// A read round unanswered for this many ticks is sent again (the leader it went to may
     /// have lost leadership and dropped it).
     read_retry_ticks: u64,
-    tx: Sender<CoreMsg>,
+    tx: InboxSender<CoreMsg>,
     apply_tx: Sender<ApplyMsg>,
     /// The apply side, for applying small batches on this thread (see [`Applying`]).
     applying: Arc<dyn ApplyHere>,
@@ -528,7 +524,7 @@ impl<L: LogSink> Core<L> {
         cfg: &NodeConfig,
         sink: L,
         transport: Box<dyn Transport>,
-        tx: Sender<CoreMsg>,
+        tx: InboxSender<CoreMsg>,
         apply_tx: Sender<ApplyMsg>,
         applying: Arc<dyn ApplyHere>,
         progress: SharedProgress,
@@ -642,21 +638,21 @@ impl<L: LogSink> Core<L> {
         })
     }
 
-    fn run(mut self, rx: Receiver<CoreMsg>) {
+    fn run(mut self, rx: InboxReceiver<CoreMsg>) {
         let mut next_tick = Instant::now() + self.tick;
+        let mut batch = VecDeque::new();
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            // Drain everything queued: all proposals of this round go into one Ready.
-            for msg in first.into_iter().chain(rx.try_iter()) {
-                if !self.handle(msg) {
-                    self.fail_all_reads(RaftNodeError::Stopped);
-                    return;
+            rx.recv_all(&mut batch, next_tick);
+            // Everything queued: all proposals of this round go into one Ready. Messages that
+            // arrive while these are handled join too.
+            while !batch.is_empty() {
+                for msg in batch.drain(..) {
+                    if !self.handle(msg) {
+                        self.fail_all_reads(RaftNodeError::Stopped);
+                        return;
+                    }
                 }
+                rx.try_recv_all(&mut batch);
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -1335,7 +1331,7 @@ fn pin_role(role: &str, cpu: Option<usize>) {
 fn apply_loop<S: StateMachine>(
     applying: Arc<Applying<S>>,
     rx: Receiver<ApplyMsg>,
-    core: Sender<CoreMsg>,
+    core: InboxSender<CoreMsg>,
 ) {
     for msg in rx {
         let mut st = applying.state.lock();
@@ -1380,7 +1376,7 @@ fn snapshot_loop<L: LogSink>(
     (keep_snaps, keep_wals): (usize, usize),
     sink: L,
     rx: Receiver<SnapJob>,
-    core: Sender<CoreMsg>,
+    core: InboxSender<CoreMsg>,
 ) {
     for job in rx {
         let index = job.meta.index;

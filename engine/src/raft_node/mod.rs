@@ -28,6 +28,7 @@
 #[cfg(test)]
 mod cluster_tests;
 mod core;
+mod inbox;
 mod log_store;
 mod snap;
 mod transport;

@@ -122,6 +122,9 @@ pub struct NodeOptions {
     /// I/O implementation: `RINGKV_IO=std` picks plain pread/pwrite; the default is io_uring,
     /// falling back to std when the kernel refuses io_uring.
     pub io: IoKind,
+    /// I/O implementation of the WAL alone (`RINGKV_WAL_IO=std|uring`); `None`: as `io`.
+    /// Ignored when `vfs` is given.
+    pub wal_io: Option<IoKind>,
     /// A file system to use instead of the one `io` names (tests: the fault-injecting VFS).
     pub vfs: Option<Arc<dyn Vfs>>,
     /// Bootstrap and peers; the default is a member alone, without a peer listener.
@@ -181,6 +184,11 @@ impl NodeOptions {
             progress_notify_interval: c.flags.experimental_watch_progress_notify_interval,
             lease_checkpoint: c.flags.experimental_enable_lease_checkpoint,
             io,
+            wal_io: match std::env::var("RINGKV_WAL_IO").as_deref() {
+                Ok("std") => Some(IoKind::Std),
+                Ok("uring") => Some(IoKind::Uring),
+                _ => None,
+            },
             vfs: None,
             cluster: ClusterOptions {
                 initial_members: c.initial_members.clone(),
@@ -625,8 +633,12 @@ impl RaftBackedNode {
             cluster::seed_members(&opts, &mut membership, &mut store)?;
         }
         let wal_fsync = Arc::new(FsyncHistogram::default());
+        let wal_vfs = match opts.wal_io {
+            Some(kind) if opts.vfs.is_none() && kind != opts.io => open_vfs(kind),
+            _ => vfs.clone(),
+        };
         let (wal, replay) = open_wal(
-            &vfs,
+            &wal_vfs,
             &wal_lock,
             wal_fsync.clone(),
             opts.wal_segment_size,

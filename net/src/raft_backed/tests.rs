@@ -36,6 +36,7 @@ fn opts(vfs: Arc<dyn Vfs>) -> NodeOptions {
         max_snapshots: 5,
         max_wals: 5,
         wal_segment_size: None,
+        wal_io: None,
         threads: Default::default(),
     }
 }
@@ -596,9 +597,72 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
     }
     assert!(m.proposal_commit.sum_seconds > 0.0);
 
-    // 200 reads polled together: the first starts a round, the others join the next ones.
-    let before = node.inner.read_gate.rounds();
+    node.close().expect("clean close");
+}
+
+/// One ReadIndex round per batch of concurrent reads (read_gate.rs), checked without depending
+/// on how fast rounds complete: apply is held up (the test holds the store's write lock while
+/// a put is committed), so the first read's round cannot complete and every other read
+/// arrives while it is pending. Those must all share one further round: 2 rounds for 200
+/// reads. A gate that sent a round per read (or joined reads to the round in flight, which
+/// would also break linearizability) would show 200 (or 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_arriving_while_a_round_is_pending_share_one_round() {
+    use std::sync::atomic::Ordering;
+
+    let node = open(Arc::new(FaultVfs::new())).await;
     let caller = Caller::default();
+    node.put(
+        &caller,
+        PutRequest {
+            key: Bytes::from_static(b"k0"),
+            value: Bytes::from_static(b"v0"),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("put");
+    // A thread holds the store's write lock until told to let go: apply of the next put waits.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let inner = node.inner.clone();
+    let holder = std::thread::spawn(move || {
+        let guard = inner.store.write();
+        locked_tx.send(()).expect("test waits");
+        let _ = release_rx.recv();
+        drop(guard);
+    });
+    locked_rx.recv().expect("lock holder");
+    let committed = || {
+        node.inner
+            .raft()
+            .progress()
+            .proposals_committed
+            .load(Ordering::Acquire)
+    };
+    let before_put = committed();
+    let put = tokio::spawn({
+        let node = node.clone();
+        async move {
+            node.put(
+                &Caller::default(),
+                PutRequest {
+                    key: Bytes::from_static(b"k0"),
+                    value: Bytes::from_static(b"v1"),
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+    });
+    // The put is committed (durable in the WAL) and its apply is waiting for the lock; the
+    // read index of any round started from now on covers it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while committed() == before_put {
+        assert!(std::time::Instant::now() < deadline, "the put was never committed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rounds_before = node.inner.read_gate.rounds();
     let reads = (0..200).map(|_| {
         node.range(
             &caller,
@@ -608,13 +672,25 @@ async fn linearizable_reads_racing_writes_see_every_acknowledged_write() {
             },
         )
     });
-    for r in futures_util::future::join_all(reads).await {
-        assert_eq!(r.expect("range").kvs.len(), 1);
+    let mut all = Box::pin(futures_util::future::join_all(reads));
+    // One poll registers every read with the gate (nothing before the gate awaits).
+    std::future::poll_fn(|cx| {
+        assert!(all.as_mut().poll(cx).is_pending(), "reads done before apply");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    release_tx.send(()).expect("holder waits");
+    holder.join().expect("lock holder");
+    for r in all.await {
+        let r = r.expect("range");
+        // Linearizable: every read sees the put that was committed before it started.
+        assert_eq!(r.kvs[0].value.as_ref(), b"v1");
     }
-    let rounds = node.inner.read_gate.rounds() - before;
-    assert!(
-        (1..50).contains(&rounds),
-        "200 concurrent reads took {rounds} ReadIndex rounds"
+    put.await.expect("task").expect("put");
+    let rounds = node.inner.read_gate.rounds() - rounds_before;
+    assert_eq!(
+        rounds, 2,
+        "200 reads, all arriving while the first one's round was pending"
     );
     node.close().expect("clean close");
 }
