@@ -12,7 +12,8 @@ $BIN --data-dir $D/data --listen-client-urls http://127.0.0.1:$PORT --advertise-
   --initial-cluster default=http://127.0.0.1:$((PORT+1000)) "$@" > $D/log 2>&1 &
 PID=$!
 sleep 1.5
-snap() { for t in /proc/$PID/task/*; do echo "$(cat $t/comm) $(awk '{print $14+$15}' $t/stat)"; done | awk '{a[$1]+=$2} END{for(k in a) print k, a[k]}' | sort; }
+# per thread name (iou-wrk-N counted as iou-wrk): CPU ticks, voluntary and involuntary context switches
+snap() { for t in /proc/$PID/task/*; do echo "$(sed 's/-[0-9]*$//' $t/comm) $(awk '{print $14+$15}' $t/stat) $(awk '/^voluntary_ctxt/{v=$2} /^nonvoluntary_ctxt/{n=$2} END{print v, n}' $t/status)"; done | awk '{a[$1]+=$2; v[$1]+=$3; n[$1]+=$4} END{for(k in a) print k, a[k], v[k], n[k]}' | sort; }
 snap > $D/before
 ${BENCH:-target/release/ringkv-bench} --endpoints=127.0.0.1:$PORT --clients ${CLIENTS:-1} --conns ${CONNS:-1} --server-pid $PID put --duration ${DUR:-4s} --key-space-size 100000 --val-size 256 > $D/bench 2>&1 &
 BP=$!
@@ -21,7 +22,9 @@ if [ -n "$STRACE" ]; then sleep 1; timeout 2 strace -f -c -p $PID -o $D/strace.t
 wait $BP
 snap > $D/after
 cat $D/bench | grep -iE "ops|p50|p99|cpu|total" | head -20
-join $D/before $D/after | awk '{print $1, $3-$2}'
+OPS=$(grep -oE 'Total: +[0-9]+' $D/bench | grep -oE '[0-9]+$')
+echo "thread cpu_ticks vol_cs/op invol_cs/op (ops $OPS)"
+join $D/before $D/after | awk -v ops=$OPS '{printf "%s %d %.2f %.2f\n", $1, $5-$2, ($6-$3)/ops, ($7-$4)/ops; v+=$6-$3; n+=$7-$4} END{printf "all-threads - %.2f %.2f\n", v/ops, n/ops}'
 curl -s http://127.0.0.1:$PORT/metrics | grep -E '^ringkv_proposal_.*(sum|count)|^etcd_disk_wal_fsync_duration_seconds_(sum|count)'
 kill $PID; wait $PID
 if [ -n "$PERF$STRACE" ]; then echo DIR $D; else rm -rf $D; fi
