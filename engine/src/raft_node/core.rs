@@ -1796,7 +1796,7 @@ mod tests {
         md.index = 50;
         md.term = 5;
         md.set_conf_state(ConfState::from((vec![1, 2], vec![])));
-        node.tx.send(CoreMsg::TestStep(snap_msg)).unwrap();
+        assert!(node.tx.send(CoreMsg::TestStep(snap_msg)).is_ok());
         // Entries 51..=70 from the leader, all committed.
         let mut app = Message::default();
         app.set_msg_type(MessageType::MsgAppend);
@@ -1814,7 +1814,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        node.tx.send(CoreMsg::TestStep(app)).unwrap();
+        assert!(node.tx.send(CoreMsg::TestStep(app)).is_ok());
         // Entries the installed backend holds (<= 60) are not applied again.
         for want in 61..=70u64 {
             let (index, data) = recv(&rx);
