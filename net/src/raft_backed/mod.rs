@@ -123,7 +123,10 @@ pub struct NodeOptions {
     /// falling back to std when the kernel refuses io_uring.
     pub io: IoKind,
     /// I/O implementation of the WAL alone (`RINGKV_WAL_IO=std|uring`); `None`: as `io`.
-    /// Ignored when `vfs` is given.
+    /// Ignored when `vfs` is given. The binary's default is std: the WAL's write + fdatasync
+    /// then block the thread that flushes (the raft core when the WAL is idle) instead of
+    /// handing the fdatasync to the kernel's io-wq worker, which cost two more context
+    /// switches per write at one client (BENCHMARKS.md, "Write latency, session 4").
     pub wal_io: Option<IoKind>,
     /// A file system to use instead of the one `io` names (tests: the fault-injecting VFS).
     pub vfs: Option<Arc<dyn Vfs>>,
@@ -185,9 +188,8 @@ impl NodeOptions {
             lease_checkpoint: c.flags.experimental_enable_lease_checkpoint,
             io,
             wal_io: match std::env::var("RINGKV_WAL_IO").as_deref() {
-                Ok("std") => Some(IoKind::Std),
                 Ok("uring") => Some(IoKind::Uring),
-                _ => None,
+                _ => Some(IoKind::Std),
             },
             vfs: None,
             cluster: ClusterOptions {
