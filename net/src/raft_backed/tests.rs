@@ -659,7 +659,10 @@ async fn reads_arriving_while_a_round_is_pending_share_one_round() {
     // read index of any round started from now on covers it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while committed() == before_put {
-        assert!(std::time::Instant::now() < deadline, "the put was never committed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the put was never committed"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let rounds_before = node.inner.read_gate.rounds();
@@ -675,7 +678,10 @@ async fn reads_arriving_while_a_round_is_pending_share_one_round() {
     let mut all = Box::pin(futures_util::future::join_all(reads));
     // One poll registers every read with the gate (nothing before the gate awaits).
     std::future::poll_fn(|cx| {
-        assert!(all.as_mut().poll(cx).is_pending(), "reads done before apply");
+        assert!(
+            all.as_mut().poll(cx).is_pending(),
+            "reads done before apply"
+        );
         std::task::Poll::Ready(())
     })
     .await;
