@@ -388,6 +388,16 @@ impl File for FaultFile {
         }
     }
 
+    /// The write lands now, the fdatasync runs at `wait`: writes started by several leaders
+    /// are all pending before any of their syncs, so a crash image can keep a later flush's
+    /// sectors and lose an earlier one's (out-of-order durability of concurrent flushes).
+    fn start_write_and_sync<'a>(&'a self, buf: &'a [u8], offset: u64) -> super::WriteSync<'a> {
+        match self.write_at(buf, offset) {
+            Ok(()) => super::WriteSync::deferred(move || self.sync_data()),
+            Err(e) => super::WriteSync::done(Err(e)),
+        }
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state.lock();
         let gate = s.gate();
