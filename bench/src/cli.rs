@@ -342,6 +342,10 @@ pub struct WalArgs {
     /// zero-fill, 0 = never).
     #[arg(long)]
     pub wal_zero_fill_below_kib: Option<String>,
+    /// ringkv WAL option `pipeline_depth`: most flushes in flight at once (default: the
+    /// WAL's default).
+    #[arg(long)]
+    pub wal_pipeline_depth: Option<usize>,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,

@@ -191,6 +191,8 @@ pub struct WalOpts {
     pub wal_idle_spin: Duration,
     /// `WalOptions::zero_fill_below` of the ringkv engine (`None`: the WAL's default).
     pub wal_zero_fill_below: Option<u64>,
+    /// ringkv WAL `pipeline_depth` (`None`: its default).
+    pub wal_pipeline_depth: Option<usize>,
 }
 
 /// One writer's append function: appends record number `seq` of this writer and returns once
