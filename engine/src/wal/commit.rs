@@ -30,39 +30,54 @@
 //!   waiting leader reached its bound. It keeps callback appenders (the raft core) from ever
 //!   waiting for a flush of others. At sustained load it ends up leading continuously.
 //!
+//! # Pipelining
+//! Up to `depth` (`WalOptions::pipeline_depth`) leaders run at once, each with at most one
+//! flush in flight: a waiting appender that finds a free leader slot and a non-empty queue
+//! leads too, so batch `b + 1` is written and its fdatasync submitted while batch `b`'s is
+//! still running (the device runs several write+fdatasync pairs concurrently). Leaders take
+//! and place batches one at a time under the writer lock; the I/O runs outside it. Callback
+//! appends (`append`, `append_inline`) never make a second leader: an inline caller would wait
+//! for the other leader's flush to deliver its own.
+//!
 //! # Invariants relied on
-//! 1. `Queue::flushing` is true from the moment a thread becomes leader until its successor is
-//!    chosen or it sets it false in `hand_off`; so at most one thread runs the writer at a
-//!    time (the writer mutex is then never contended; it exists to give the leader `&mut`).
+//! 1. `Queue::leaders` counts the leaders: raised by a thread that becomes leader (or is made
+//!    one), lowered in `hand_off` unless the slot passes to a parked waiter or the flush
+//!    thread; never above `depth`. The writer lock is held only to take and place a batch.
 //! 2. Batches are numbered when taken from the queue (`next_batch`), in queue order; the
 //!    outcomes of batch `b` are delivered only after those of every batch before it
 //!    (`delivered` gate). Hence callbacks run in append order, as the `Wal::append` contract
 //!    says, even though two leaders may deliver at the same time.
-//! 3. Batch `b + 1`'s write is started only after batch `b`'s fdatasync returned (a leader
-//!    waits for its I/O before taking the next batch, and passes leadership on only after
-//!    it), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable, and the on-disk
-//!    rules of `replay.rs` (one flush in flight at a time) hold. Only the *delivery* of batch
-//!    `b` overlaps batch `b + 1`'s I/O, never the acknowledgement of `b + 1`.
+//! 3. An `Ok` outcome of batch `b + 1` implies batch `b` is durable: outcomes are delivered in
+//!    batch order (2), and a batch after one whose write failed (`failed_from`) is refused at
+//!    delivery. The on-disk window rule (flush `g` starts only after flushes up to
+//!    `g - depth` completed) is the writer's (`writer.rs`, invariant 2). Deadlock freedom: a
+//!    leader never blocks on the writer lock, or on other flights inside `prepare`, while it
+//!    holds an undelivered batch (it delivers it first), and a delivery waits only for lower
+//!    batch numbers, whose leaders never wait for higher ones.
 //! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
 //!    leadership was given to it; both are given under the same lock, and the giver unparks the
 //!    thread recorded there. Lock order: queue, then a waiter's slot.
 //! 5. Every queued append is eventually flushed: a leader that stops with the queue non-empty
 //!    hands leadership to a parked waiter or to the flush thread, or — if the queue holds only
-//!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
-//!    leads when it waits (a dropped ticket waits in `Drop`).
+//!    tickets whose owners have not started waiting — gives up its slot, and each such owner
+//!    leads when it waits (a dropped ticket waits in `Drop`). A waiter whose append was
+//!    already taken (the queue is empty) parks: a leader delivers its outcome.
 //!
-//! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
-//! `append_inline`)
+//! # Worked example (depth 1; three threads A, B, C calling `append_wait`, one raft core `R`
+//! calling `append_inline`)
 //! ```text
-//! A: queue [a], flushing=false → A leads: batch 0 = [a], write+fdatasync
-//! B: queue [b], flushing=true  → B parks
-//! R: queue [b r], flushing=true → returns (its callback will run later)
+//! A: queue [a], leaders=0    → A leads: batch 0 = [a], write+fdatasync
+//! B: queue [b], leaders=1    → B parks
+//! R: queue [b r], leaders=1  → returns (its callback will run later)
 //! C: queue [b r c]             → C parks
 //! A: fdatasync returns; queue non-empty, 1 < LEAD_BATCHES → A goes on:
 //!    batch 1 = [b r c], starts its write+fdatasync; delivers batch 0 (a's own outcome)
-//! A: batch 1's fdatasync returns; queue empty → hand_off: flushing=false; delivers batch 1
+//! A: batch 1's fdatasync returns; queue empty → hand_off: leaders=0; delivers batch 1
 //!    (b's outcome, r's callback, wakes B and C); returns
 //! ```
+//! With depth 2, B finds one leader and a non-empty queue [b]: it leads batch 1 = [b] at once,
+//! its write+fdatasync in flight with A's; R and C join batch 2, taken by whichever of A and B
+//! finishes first. B's outcome is delivered only after A's batch 0 was.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -529,7 +544,7 @@ impl Core {
         Some((batch, number))
     }
 
-    /// Chooses the next leader, or clears `flushing` (invariant 5). With `to_thread`, a
+    /// Passes this leader's slot on, or gives it up (invariant 5). With `to_thread`, a
     /// non-empty queue goes to the flush thread (which leads for as long as appends keep
     /// coming) rather than to a parked waiter.
     fn hand_off(&self, to_thread: bool) {

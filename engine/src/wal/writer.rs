@@ -99,11 +99,7 @@ impl Flights {
     }
 
     /// Blocks until `ready` holds; runs `before_wait` once first if it does not.
-    fn wait(
-        &self,
-        ready: impl Fn(&FlightState) -> bool,
-        before_wait: &mut dyn FnMut(),
-    ) {
+    fn wait(&self, ready: impl Fn(&FlightState) -> bool, before_wait: &mut dyn FnMut()) {
         if ready(&self.lock()) {
             return;
         }
@@ -373,7 +369,12 @@ impl Writer {
 
     /// Makes `ready` segment `seq` starting at `first_index`: header block with the carried
     /// HardState and metadata, fdatasync, rename, directory sync.
-    fn install(&mut self, ready: ReadySegment, seq: u64, first_index: u64) -> Result<u64, WalError> {
+    fn install(
+        &mut self,
+        ready: ReadySegment,
+        seq: u64,
+        first_index: u64,
+    ) -> Result<u64, WalError> {
         debug_assert!(self.flights.is_empty(), "invariant 3");
         let path = self.shared.dir.join(segment_name(seq, first_index));
         self.seg = SegmentInfo {
@@ -443,7 +444,11 @@ impl Writer {
     /// synchronously) and registers the flight; the caller then [`Prepared::start`]s and
     /// [`Prepared::finish`]es it without the writer. `before_wait` runs before this thread
     /// waits for other flights (invariant 5).
-    pub(crate) fn prepare(&mut self, batch: Vec<Pending>, before_wait: &mut dyn FnMut()) -> Prepared {
+    pub(crate) fn prepare(
+        &mut self,
+        batch: Vec<Pending>,
+        before_wait: &mut dyn FnMut(),
+    ) -> Prepared {
         let started = Instant::now();
         let mut max_wait = Duration::ZERO;
         let mut total_wait = Duration::ZERO;
@@ -508,7 +513,9 @@ impl Writer {
                 self.push_record(&mut enc, rec);
             }
             prepared.records += p.records.len();
-            prepared.acks.push((prepared.out.len(), self.seg.seq, enc.pos()));
+            prepared
+                .acks
+                .push((prepared.out.len(), self.seg.seq, enc.pos()));
             // Placeholder, replaced in `finish` once the flight's result is known.
             prepared.out.push((p.reply, Err(WalError::Closed)));
             if prepared.result.is_err() {
