@@ -157,8 +157,9 @@ pub struct WalOptions {
     /// still acknowledged in order, each only after every earlier flush's fdatasync returned.
     /// Devices that run several write+fdatasync pairs concurrently gain throughput under load;
     /// an idle WAL flushes exactly as with 1. Written into each new segment's header (replay
-    /// bounds the region where a crash may leave holes by it). Default 2 (BENCHMARKS.md,
-    /// "pipelined flushes").
+    /// bounds the region where a crash may leave holes by it). Default 1: on the shared
+    /// machine of session 4 depths 2 and 4 showed no throughput gain (BENCHMARKS.md,
+    /// "Pipelined flushes"); measure with `ringkv-bench disk wal --wal-pipeline-depth`.
     pub pipeline_depth: usize,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
@@ -173,7 +174,7 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
-            pipeline_depth: 2,
+            pipeline_depth: 1,
             metrics: None,
         }
     }

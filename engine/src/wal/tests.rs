@@ -19,9 +19,12 @@ use crate::io::{CrashMode, Fault, FaultVfs, File, IoKind, OpenOptions, StdVfs, U
 
 const SEG: u64 = 16 * 1024;
 
+/// Depth 2 (pipelined flushes) unless a test says otherwise: every general test also runs
+/// with two leaders' flushes in flight.
 fn opts() -> WalOptions {
     WalOptions {
         segment_size: SEG,
+        pipeline_depth: 2,
         ..WalOptions::default()
     }
 }
