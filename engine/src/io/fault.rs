@@ -684,6 +684,33 @@ mod tests {
         assert!(got.iter().all(|&b| b == 1));
     }
 
+    /// Two write+fdatasyncs started before either is waited for (pipelined WAL flushes): both
+    /// writes are pending until a sync, a crash can keep the later one's sector and lose the
+    /// earlier one's, and the first `wait` (a sync) makes both durable.
+    #[test]
+    fn started_writes_are_pending_together_and_may_survive_out_of_order() {
+        let (vfs, path, f) = setup();
+        let a = vec![b'a'; SECTOR];
+        let b = vec![b'b'; SECTOR];
+        let first = f.start_write_and_sync(&a, 0);
+        let second = f.start_write_and_sync(&b, SECTOR as u64);
+        assert!(vfs.durable_contents(&path).unwrap().is_empty());
+        let out_of_order = (0..64).any(|seed| {
+            let img = vfs.crash_image(CrashMode::RandomSectors { seed });
+            let c = img.written_contents(&path).unwrap();
+            c.len() == 2 * SECTOR && c[..SECTOR] == [0; SECTOR][..] && c[SECTOR..] == b[..]
+        });
+        assert!(
+            out_of_order,
+            "no crash image kept the later write without the earlier one"
+        );
+        first.wait().unwrap();
+        let durable = vfs.durable_contents(&path).unwrap();
+        assert_eq!(&durable[..SECTOR], &a[..]);
+        assert_eq!(&durable[SECTOR..], &b[..]);
+        second.wait().unwrap();
+    }
+
     #[test]
     fn random_sectors_is_deterministic_per_seed_and_a_subset() {
         let (vfs, path, f) = setup();
