@@ -24,7 +24,11 @@ pub(crate) const FORMAT_V1: u32 = 1;
 /// flush started while another is in flight begins at a fresh 4 KiB block (zeros between
 /// flushes). Frames are unchanged.
 pub(crate) const FORMAT_V2: u32 = 2;
-pub(crate) const FORMAT_VERSION: u32 = FORMAT_V2;
+/// The version written for depth `d`: 1 when no two flushes are ever in flight (the layout is
+/// exactly version 1's, so binaries that know only version 1 still read it), else 2.
+pub(crate) fn format_version(depth: u32) -> u32 {
+    if depth <= 1 { FORMAT_V1 } else { FORMAT_V2 }
+}
 /// Largest pipeline depth a header may name (a sanity bound for the reader).
 pub(crate) const MAX_DEPTH: u32 = 64;
 
@@ -63,12 +67,17 @@ fn header_crc(data: &[u8], version: u32) -> u32 {
 pub(crate) fn encode_header(out: &mut [u8], h: &SegmentHeader) {
     let out = &mut out[..SEGMENT_HEADER_LEN];
     out[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
-    put_u32(out, VERSION_OFFSET, FORMAT_VERSION);
+    let version = format_version(h.depth);
+    put_u32(out, VERSION_OFFSET, version);
     put_u32(out, HEADER_FLUSH_OFFSET, h.flush);
     put_u64(out, SEQ_OFFSET, h.seq);
     put_u64(out, FIRST_INDEX_OFFSET, h.first_index);
-    put_u32(out, HEADER_DEPTH_OFFSET, h.depth);
-    let crc = header_crc(out, FORMAT_VERSION);
+    put_u32(
+        out,
+        HEADER_DEPTH_OFFSET,
+        if version == FORMAT_V1 { 0 } else { h.depth },
+    );
+    let crc = header_crc(out, version);
     put_u32(out, HEADER_CRC_OFFSET, crc);
 }
 
@@ -450,6 +459,12 @@ mod tests {
         let mut bad = buf;
         bad[HEADER_DEPTH_OFFSET] ^= 4;
         assert!(decode_header(&bad).unwrap_err().contains("checksum"));
+        // Depth 1 is written as version 1 (depth field zero) and read back as depth 1.
+        let h1 = SegmentHeader { depth: 1, ..h };
+        encode_header(&mut buf, &h1);
+        assert_eq!(get_u32(&buf, VERSION_OFFSET), FORMAT_V1);
+        assert_eq!(get_u32(&buf, HEADER_DEPTH_OFFSET), 0);
+        assert_eq!(decode_header(&buf), Ok(h1));
         assert!(decode_header(&buf[..10]).is_err());
         assert!(decode_header(&[0u8; 64]).unwrap_err().contains("magic"));
     }
