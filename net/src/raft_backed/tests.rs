@@ -91,7 +91,20 @@ async fn write_and_cut(vfs: &FaultVfs, n: usize) -> (i64, Vec<(Bytes, Bytes, i64
     }
     let acked = dump(&node).await;
     vfs.power_cut();
-    // The cut makes the final commit fail: the node reports it.
+    // A write after the cut cannot be made durable: it fails, the node fails with it (its WAL
+    // refuses further appends) and reports it at close. (Whether the close's own backend
+    // commit has anything left to write depends on whether the periodic commit ran since the
+    // last put, i.e. on timing: the failed write is what makes the outcome deterministic.)
+    let req = PutRequest {
+        key: Bytes::from_static(b"after-the-cut"),
+        value: Bytes::from_static(b"lost"),
+        ..Default::default()
+    };
+    let lost = node.put(&Caller::default(), req).await;
+    assert!(
+        lost.is_err(),
+        "a put after the power cut succeeded: {lost:?}"
+    );
     assert!(node.close().is_err());
     acked
 }
