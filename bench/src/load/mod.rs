@@ -117,8 +117,7 @@ pub async fn connect(g: &Global) -> Result<Vec<EtcdClient>, String> {
     let tls = tls.as_ref();
     let mut endpoints = g.endpoints.clone();
     if g.target_leader || g.target_followers {
-        endpoints =
-            leader_endpoints(&endpoints, g.dial_timeout, tls, g.target_followers).await?;
+        endpoints = leader_endpoints(&endpoints, g.dial_timeout, tls, g.target_followers).await?;
     }
     let mut conns = Vec::new();
     for i in 0..g.conns.max(1) as usize {

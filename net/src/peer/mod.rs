@@ -184,7 +184,10 @@ impl PeerSender {
                 Ok(())
             }
             Ok(_) => Err(msgs),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
                 Err(msgs)
             }
             Err(e) => {
@@ -1350,7 +1353,10 @@ mod tests {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !connected() {
-            assert!(std::time::Instant::now() < deadline, "the sender never connected");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sender never connected"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         // A slow reader: the socket fills, so some frames are written by the core, some in
