@@ -89,7 +89,7 @@ impl StateMachine for Recorder {
     /// others itself and hands the rest of the batch to the apply thread, and every member
     /// must still apply the same log in order.
     fn try_apply(&mut self, index: u64, _term: u64, data: &[u8]) -> bool {
-        if index % 3 == 0 {
+        if index.is_multiple_of(3) {
             return false;
         }
         if std::thread::current().name() == Some("ringkv-raft") {
