@@ -40,6 +40,11 @@ pub struct Global {
     /// Send all requests to the leader (looks it up through Maintenance.Status).
     #[arg(long, global = true)]
     pub target_leader: bool,
+    /// Send all requests to members that are not the leader (Maintenance.Status of each).
+    /// In `compare` it applies to the range workloads only (puts still go to the leader with
+    /// --target-leader).
+    #[arg(long, global = true, conflicts_with = "target_leader")]
+    pub target_followers: bool,
     /// Run for this long instead of a --total count (e.g. 10s, 500ms, 2m).
     #[arg(long, global = true, value_parser = parse_duration)]
     pub duration: Option<Duration>,

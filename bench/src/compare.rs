@@ -218,6 +218,7 @@ async fn run_spec(g: &Global, spec: &Spec, cluster: &Cluster, plan: Plan) -> Res
     gg.clients = spec.clients;
     gg.conns = spec.conns;
     gg.target_leader = matches!(spec.kind, Kind::Put | Kind::TxnPut) && cluster.members.len() > 1;
+    gg.target_followers = g.target_followers && !gg.target_leader && cluster.members.len() > 1;
     gg.sample = false;
     gg.json = true; // no progress bars inside a comparison
     let conns = load::connect(&gg).await?;

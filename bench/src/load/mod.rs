@@ -116,8 +116,8 @@ pub async fn connect(g: &Global) -> Result<Vec<EtcdClient>, String> {
     let tls = tls_of(g)?;
     let tls = tls.as_ref();
     let mut endpoints = g.endpoints.clone();
-    if g.target_leader {
-        endpoints = leader_endpoints(&endpoints, g.dial_timeout, tls).await?;
+    if g.target_leader || g.target_followers {
+        endpoints = leader_endpoints(&endpoints, g.dial_timeout, tls, g.target_followers).await?;
     }
     let mut conns = Vec::new();
     for i in 0..g.conns.max(1) as usize {
@@ -142,11 +142,13 @@ pub fn tls_of(g: &Global) -> Result<Option<Tls>, String> {
     }
 }
 
-/// The endpoints whose member is the current leader (Maintenance.Status of each).
+/// The endpoints whose member is the current leader (Maintenance.Status of each), or with
+/// `followers` those whose member is not.
 async fn leader_endpoints(
     endpoints: &[String],
     dial: Duration,
     tls: Option<&Tls>,
+    followers: bool,
 ) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for ep in endpoints {
@@ -156,14 +158,16 @@ async fn leader_endpoints(
             .await
             .map_err(|e| format!("--target-leader: Status on {ep} failed: {e}"))?;
         let me = s.header.map(|h| h.member_id).unwrap_or(0);
-        if me != 0 && me == s.leader {
+        if me != 0 && s.leader != 0 && (me == s.leader) != followers {
             out.push(ep.clone());
         }
     }
     if out.is_empty() {
-        return Err(format!(
-            "--target-leader: no leader among the endpoints {endpoints:?}"
-        ));
+        return Err(if followers {
+            format!("--target-followers: no follower among the endpoints {endpoints:?}")
+        } else {
+            format!("--target-leader: no leader among the endpoints {endpoints:?}")
+        });
     }
     Ok(out)
 }

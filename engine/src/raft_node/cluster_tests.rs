@@ -67,9 +67,14 @@ enum Event {
 
 struct Recorder(mpsc::Sender<Event>);
 
-/// Entries applied anywhere but on an apply thread. Every cluster here has peers, so the raft
-/// core must never apply itself (it has to keep heartbeating while an apply waits).
+/// Entries applied with the blocking `apply` anywhere but on an apply thread. Every cluster
+/// here has peers, so the raft core may apply only through `try_apply` (it has to keep
+/// heartbeating while an apply waits).
 static APPLIED_OFF_THE_APPLY_THREAD: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Entries the raft core applied itself through `try_apply`.
+static TRY_APPLIED_ON_THE_CORE: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
 impl StateMachine for Recorder {
@@ -78,6 +83,20 @@ impl StateMachine for Recorder {
             APPLIED_OFF_THE_APPLY_THREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let _ = self.0.send(Event::Entry(index, data.to_vec()));
+    }
+
+    /// Refuses every third entry, as if the store lock were taken: the core applies the
+    /// others itself and hands the rest of the batch to the apply thread, and every member
+    /// must still apply the same log in order.
+    fn try_apply(&mut self, index: u64, _term: u64, data: &[u8]) -> bool {
+        if index.is_multiple_of(3) {
+            return false;
+        }
+        if std::thread::current().name() == Some("ringkv-raft") {
+            TRY_APPLIED_ON_THE_CORE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = self.0.send(Event::Entry(index, data.to_vec()));
+        true
     }
 
     fn apply_conf_change(&mut self, index: u64, _term: u64, cc: &ConfChangeV2) {
@@ -200,6 +219,31 @@ fn single(kind: ConfChangeType, id: u64) -> ConfChangeV2 {
     let mut cc = ConfChangeV2::default();
     cc.mut_changes().push(s);
     cc
+}
+
+#[test]
+fn with_peers_the_core_applies_only_what_try_apply_takes_and_order_holds() {
+    let c = Cluster::new(&[1, 2, 3]);
+    let leader = c.leader();
+    // One at a time: each batch is one entry and the apply thread is idle, so the core
+    // applies it itself unless `try_apply` refuses (every third index), and then the apply
+    // thread does.
+    for i in 0..30u32 {
+        c.node(leader).propose(i.to_le_bytes().to_vec(), None);
+        let got: Vec<(u64, Vec<u8>)> = [1, 2, 3].iter().map(|&id| c.next_entry(id)).collect();
+        assert_eq!(got[0], got[1]);
+        assert_eq!(got[0], got[2]);
+        assert_eq!(got[0].1, i.to_le_bytes().to_vec());
+    }
+    assert_eq!(
+        APPLIED_OFF_THE_APPLY_THREAD.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a member with peers applied with the blocking apply on its raft core"
+    );
+    assert!(
+        TRY_APPLIED_ON_THE_CORE.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "no raft core applied an entry through try_apply"
+    );
 }
 
 #[test]

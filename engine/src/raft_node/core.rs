@@ -62,6 +62,16 @@ pub trait StateMachine: Send + 'static {
     /// below the applied index given at startup are never passed again.
     fn apply(&mut self, index: u64, term: u64, data: &[u8]);
 
+    /// Applies one committed normal entry like [`StateMachine::apply`], but only if that waits
+    /// for no lock another thread may hold for long (a store lock taken by a snapshot copy or
+    /// a compaction); returns `false`, having applied nothing, otherwise. The raft core of a
+    /// member with peers applies small batches through this alone: a core waiting for a lock
+    /// sends no heartbeats. The default cannot tell and refuses.
+    fn try_apply(&mut self, index: u64, term: u64, data: &[u8]) -> bool {
+        let _ = (index, term, data);
+        false
+    }
+
     /// Called after a batch of entries was applied; `last_index` is the last one in the batch.
     fn applied_batch(&mut self, last_index: u64) {
         let _ = last_index;
@@ -1021,11 +1031,10 @@ impl<L: LogSink> Core<L> {
     /// own channel and is handled on the next loop turn, as if the apply thread had sent it.
     fn dispatch_apply(&mut self, msg: ApplyMsg) -> Result<(), String> {
         let msg = match msg {
-            ApplyMsg::Entries(batch)
-                if batch.len() <= self.inline_apply_max && self.alone_in_the_cluster() =>
-            {
+            ApplyMsg::Entries(batch) if batch.len() <= self.inline_apply_max => {
                 let tx = &self.tx;
-                match self.applying.try_apply_here(batch, &mut |m| {
+                let peers = !self.alone_in_the_cluster();
+                match self.applying.try_apply_here(batch, peers, &mut |m| {
                     let _ = tx.send(m);
                 }) {
                     Ok(()) => return Ok(()),
@@ -1040,9 +1049,11 @@ impl<L: LogSink> Core<L> {
             .map_err(|_| "apply thread exited".to_string())
     }
 
-    /// This member is the only voter and there are no learners. Only then may the core apply:
-    /// applying can wait for the store lock (a snapshot copy, a compaction batch), and with
-    /// peers a core stuck there sends no heartbeats, so followers would start elections.
+    /// This member is the only voter and there are no learners. Only then may the core apply
+    /// with [`StateMachine::apply`]: applying can wait for the store lock (a snapshot copy, a
+    /// compaction batch), and with peers a core stuck there sends no heartbeats, so followers
+    /// would start elections. With peers the core applies only through
+    /// [`StateMachine::try_apply`], which never waits.
     fn alone_in_the_cluster(&self) -> bool {
         let conf = self.raw.raft.prs().conf();
         let id = self.raw.raft.id;
@@ -1263,34 +1274,86 @@ impl<S: StateMachine> ApplyState<S> {
                     }
                     self.applied = e.index;
                 }
-                if self.applied > before {
-                    self.sm.applied_batch(self.applied);
-                    self.progress.applied.store(self.applied, Ordering::Release);
-                }
-                // Entries skipped because an installed backend already holds them still move
-                // raft-rs's applied index (the core caps it at what raft-rs committed).
                 let seen = batch.last().map_or(0, |e| e.index);
-                if self.applied > before || seen > self.reported {
-                    self.reported = self.reported.max(seen);
-                    core(CoreMsg::Applied(self.applied));
-                }
+                self.entries_done(before, seen, core);
             }
         }
+        self.report_durable(core);
+        true
+    }
+
+    /// The raft core's apply on a member with peers: applies `batch` through
+    /// [`StateMachine::try_apply`] up to the first entry it refuses or the first membership
+    /// change, and gives back the rest of the batch (from that entry on) for the apply thread.
+    fn try_entries(
+        &mut self,
+        batch: Vec<Entry>,
+        core: &mut dyn FnMut(CoreMsg),
+    ) -> Result<(), Vec<Entry>> {
+        let before = self.applied;
+        let mut stop = None;
+        for (i, e) in batch.iter().enumerate() {
+            if e.index <= self.applied {
+                continue;
+            }
+            let done = match e.get_entry_type() {
+                EntryType::EntryNormal if !e.data.is_empty() => {
+                    self.sm.try_apply(e.index, e.term, &e.data)
+                }
+                EntryType::EntryNormal => true,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => false,
+            };
+            if !done {
+                stop = Some(i);
+                break;
+            }
+            self.applied = e.index;
+        }
+        let seen = match stop {
+            Some(0) => 0,
+            Some(i) => batch[i - 1].index,
+            None => batch.last().map_or(0, |e| e.index),
+        };
+        self.entries_done(before, seen, core);
+        self.report_durable(core);
+        match stop {
+            Some(i) => Err(batch.into_iter().skip(i).collect()),
+            None => Ok(()),
+        }
+    }
+
+    /// After entries up to `seen` were applied or skipped (`before`: the applied index
+    /// before them).
+    fn entries_done(&mut self, before: u64, seen: u64, core: &mut dyn FnMut(CoreMsg)) {
+        if self.applied > before {
+            self.sm.applied_batch(self.applied);
+            self.progress.applied.store(self.applied, Ordering::Release);
+        }
+        // Entries skipped because an installed backend already holds them still move
+        // raft-rs's applied index (the core caps it at what raft-rs committed).
+        if self.applied > before || seen > self.reported {
+            self.reported = self.reported.max(seen);
+            core(CoreMsg::Applied(self.applied));
+        }
+    }
+
+    fn report_durable(&mut self, core: &mut dyn FnMut(CoreMsg)) {
         let durable = self.sm.durable_index();
         if durable > self.durable_sent {
             self.durable_sent = durable;
             core(CoreMsg::Durable(durable));
         }
-        true
     }
 }
 
 /// The core's view of [`Applying`] (the core is not generic over the state machine).
 trait ApplyHere: Send + Sync {
     /// Applies `batch` on the calling thread if the apply thread is idle; gives it back if not.
+    /// With `peers`, only through [`StateMachine::try_apply`]: what it refuses is given back.
     fn try_apply_here(
         &self,
         batch: Vec<Entry>,
+        peers: bool,
         core: &mut dyn FnMut(CoreMsg),
     ) -> Result<(), Vec<Entry>>;
     fn queued(&self) -> &AtomicUsize;
@@ -1300,6 +1363,7 @@ impl<S: StateMachine> ApplyHere for Applying<S> {
     fn try_apply_here(
         &self,
         batch: Vec<Entry>,
+        peers: bool,
         core: &mut dyn FnMut(CoreMsg),
     ) -> Result<(), Vec<Entry>> {
         // Both checks, in this order: see the ordering argument on `Applying`.
@@ -1309,6 +1373,10 @@ impl<S: StateMachine> ApplyHere for Applying<S> {
         let Some(mut st) = self.state.try_lock() else {
             return Err(batch);
         };
+        if peers {
+            // The rest goes to the apply thread behind nothing: `queued` is 0.
+            return st.try_entries(batch, core);
+        }
         // Only a restore can ask to stop, and restores always go to the apply thread.
         st.handle(ApplyMsg::Entries(batch), core);
         Ok(())

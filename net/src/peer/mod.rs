@@ -8,6 +8,10 @@
 //!     └───────────────────────── RaftNode::step ◄──────── reconnect + backoff)  ◄┘
 //! ```
 //!
+//! The fast path skips the queue: when nothing waits in it and the connection is free, the
+//! raft core writes the frame itself with one non-blocking `send(2)` (no thread wake-up per
+//! message); if the socket would block, the messages go to the queue as before.
+//!
 //! Threads, not tokio: each peer has one sender thread owning its outgoing connection, and
 //! every accepted connection one reader thread. A connection carries one direction only, so
 //! two members talking hold two connections (one each way), like etcd's stream pairs.
@@ -29,6 +33,12 @@
 //!    dropped without a report: the running one reports. The message's metadata is replaced
 //!    by the copy's index, that entry's term and the configuration applied up to it (when the
 //!    node knows the term), as etcd does: the file is newer than the raft snapshot.
+//! 5. Frames to a peer leave in the order of the `send` calls that made them, whether the raft
+//!    core wrote them itself or the sender thread did: the core writes only when the peer's
+//!    `backlog` (items queued for the sender thread and not yet written) is 0, checked while
+//!    holding the peer's `Link`; the sender thread lowers `backlog` only while holding it,
+//!    after its write. A frame the core could write only in part leaves its tail in
+//!    `Link::pending`, counted in `backlog`, and nothing else is written before that tail.
 
 mod frame;
 
@@ -36,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -103,9 +113,133 @@ pub struct SnapshotFiles {
 }
 
 struct PeerSender {
-    tx: Sender<RaftMessage>,
+    tx: Sender<Outgoing>,
+    link: Arc<Mutex<Link>>,
+    /// Items put into `tx` and not yet written (or dropped) by the sender thread. The core
+    /// writes to the socket itself only when this is 0, so frames keep the order of `send`
+    /// calls (invariant 5).
+    backlog: Arc<AtomicUsize>,
     urls: Arc<RwLock<Vec<String>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the raft core hands a peer's sender thread.
+enum Outgoing {
+    Msg(RaftMessage),
+    /// The core wrote the head of a frame itself and left the tail in [`Link::pending`]:
+    /// the sender writes it before anything else.
+    Flush,
+}
+
+/// A peer's outgoing message connection, shared by its sender thread and the raft core.
+/// Whoever holds the lock may write to `stream`; the sender thread holds it across its
+/// (blocking, timed-out) writes, so a core finding it taken queues instead of waiting.
+#[derive(Default)]
+struct Link {
+    /// The connection once the sender thread connected it; `None` while down.
+    stream: Option<TcpStream>,
+    /// The tail of a frame the core began and could not finish without blocking; the
+    /// connection carries nothing else until it is written.
+    pending: Vec<u8>,
+}
+
+impl PeerSender {
+    /// Writes `msgs` (all for this peer) on the raft core's own thread, without blocking and
+    /// without a thread hand-off: only when nothing is queued for the sender thread, the
+    /// connection is up and free, and no snapshot is among them. A frame the socket takes only
+    /// in part has its tail handed to the sender thread ([`Outgoing::Flush`]). Gives the
+    /// messages back when they must be queued instead.
+    fn try_write_direct(&self, msgs: Vec<RaftMessage>) -> Result<(), Vec<RaftMessage>> {
+        if self.backlog.load(Ordering::Acquire) != 0
+            || msgs
+                .iter()
+                .any(|m| m.get_msg_type() == RaftMessageType::MsgSnapshot)
+        {
+            return Err(msgs);
+        }
+        let Some(mut link) = self.link.try_lock() else {
+            return Err(msgs);
+        };
+        // Checked again under the lock: the sender thread lowers `backlog` only while
+        // holding it, after its write.
+        if self.backlog.load(Ordering::Acquire) != 0 || !link.pending.is_empty() {
+            return Err(msgs);
+        }
+        let Some(stream) = link.stream.as_ref() else {
+            return Err(msgs);
+        };
+        let Ok(buf) = encode_batch_frame(&msgs) else {
+            return Err(msgs);
+        };
+        match send_nonblocking(stream, &buf) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(n) if n > 0 => {
+                link.pending = buf[n..].to_vec();
+                self.backlog.fetch_add(1, Ordering::AcqRel);
+                drop(link);
+                if self.tx.try_send(Outgoing::Flush).is_err() {
+                    // The sender thread is gone (the peer was removed): nobody writes again.
+                    self.backlog.fetch_sub(1, Ordering::AcqRel);
+                }
+                Ok(())
+            }
+            Ok(_) => Err(msgs),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                Err(msgs)
+            }
+            Err(e) => {
+                // Hand the connection back to the sender thread broken: its next write
+                // finds no stream and it redials (the queued messages then wake it).
+                tracing::debug!("write to peer failed on the raft thread: {e}");
+                let _ = stream.shutdown(Shutdown::Both);
+                link.stream = None;
+                Err(msgs)
+            }
+        }
+    }
+}
+
+/// Encodes `msgs` as one frame; refuses (the sender thread then splits them) when they hold
+/// more than [`MAX_BATCH_BYTES`].
+fn encode_batch_frame(msgs: &[RaftMessage]) -> io::Result<Vec<u8>> {
+    let mut batch = Vec::with_capacity(msgs.len());
+    let mut bytes = 0;
+    for m in msgs {
+        let b = protobuf::Message::write_to_bytes(m)
+            .map_err(|e| io::Error::other(format!("encode raft message: {e}")))?;
+        bytes += b.len();
+        if bytes > MAX_BATCH_BYTES {
+            return Err(io::Error::other("too large for one frame"));
+        }
+        batch.push(b);
+    }
+    let mut buf = Vec::with_capacity(batch.iter().map(|b| b.len() + 4).sum::<usize>() + 16);
+    frame::encode_frame(&batch, &mut buf);
+    Ok(buf)
+}
+
+/// One `send(2)` that never blocks (`MSG_DONTWAIT`, for this call only: the sender thread
+/// keeps using the socket in blocking mode) and raises no SIGPIPE.
+fn send_nonblocking(s: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the whole call, and the fd
+    // is open: `s` owns it and is borrowed for the call.
+    let n = unsafe {
+        libc::send(
+            s.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 struct Shared {
@@ -181,12 +315,16 @@ impl PeerTransport {
         let (tx, rx) = bounded(QUEUE_PER_PEER);
         let urls = Arc::new(RwLock::new(urls));
         let stop = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Mutex::new(Link::default()));
+        let backlog = Arc::new(AtomicUsize::new(0));
         let worker = SenderWorker {
             shared: self.shared.clone(),
             to: id,
             urls: urls.clone(),
             stop: stop.clone(),
             rx,
+            link: link.clone(),
+            backlog: backlog.clone(),
             snapshot_busy: Arc::new(AtomicBool::new(false)),
         };
         let spawned = std::thread::Builder::new()
@@ -196,7 +334,16 @@ impl PeerTransport {
             tracing::error!("cannot start the sender thread for member {id:x}: {e}");
             return;
         }
-        peers.insert(id, PeerSender { tx, urls, stop });
+        peers.insert(
+            id,
+            PeerSender {
+                tx,
+                link,
+                backlog,
+                urls,
+                stop,
+            },
+        );
     }
 
     /// Stops talking to member `id` and refuses its connections from now on.
@@ -261,18 +408,33 @@ impl Shared {
 
 impl Transport for PeerTransport {
     fn send(&self, msgs: Vec<RaftMessage>) {
-        let peers = self.shared.peers.lock();
+        // Per peer, in the order given (a Ready holds a few peers' messages).
+        let mut by_peer: Vec<(u64, Vec<RaftMessage>)> = Vec::new();
         for m in msgs {
-            let to = m.to;
-            let snapshot = m.get_msg_type() == RaftMessageType::MsgSnapshot;
-            match peers.get(&to) {
-                Some(p) => match p.tx.try_send(m) {
+            match by_peer.iter_mut().find(|(to, _)| *to == m.to) {
+                Some((_, v)) => v.push(m),
+                None => by_peer.push((m.to, vec![m])),
+            }
+        }
+        let peers = self.shared.peers.lock();
+        for (to, msgs) in by_peer {
+            let Some(p) = peers.get(&to) else {
+                tracing::debug!("raft message to unknown member {to:x} dropped");
+                continue;
+            };
+            let Err(msgs) = p.try_write_direct(msgs) else {
+                continue;
+            };
+            for m in msgs {
+                let snapshot = m.get_msg_type() == RaftMessageType::MsgSnapshot;
+                p.backlog.fetch_add(1, Ordering::AcqRel);
+                match p.tx.try_send(Outgoing::Msg(m)) {
                     Ok(()) => {}
                     Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                        p.backlog.fetch_sub(1, Ordering::AcqRel);
                         self.shared.report_unreachable(to, snapshot);
                     }
-                },
-                None => tracing::debug!("raft message to unknown member {to:x} dropped"),
+                }
             }
         }
     }
@@ -292,7 +454,9 @@ struct SenderWorker {
     to: u64,
     urls: Arc<RwLock<Vec<String>>>,
     stop: Arc<AtomicBool>,
-    rx: Receiver<RaftMessage>,
+    rx: Receiver<Outgoing>,
+    link: Arc<Mutex<Link>>,
+    backlog: Arc<AtomicUsize>,
     /// A snapshot transfer to this peer is under way (raft-rs sends one at a time; a
     /// duplicate meanwhile is dropped, the running one reports).
     snapshot_busy: Arc<AtomicBool>,
@@ -329,8 +493,11 @@ impl SenderWorker {
                     let mut snapshot = false;
                     let mut any = false;
                     for m in self.rx.try_iter() {
-                        any = true;
-                        snapshot |= m.get_msg_type() == RaftMessageType::MsgSnapshot;
+                        self.backlog.fetch_sub(1, Ordering::AcqRel);
+                        if let Outgoing::Msg(m) = m {
+                            any = true;
+                            snapshot |= m.get_msg_type() == RaftMessageType::MsgSnapshot;
+                        }
                     }
                     if any {
                         self.shared.report_unreachable(self.to, snapshot);
@@ -340,30 +507,43 @@ impl SenderWorker {
                 }
             }
         }
+        let mut link = self.link.lock();
+        if let Some(s) = link.stream.take() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        link.pending.clear();
     }
 
     fn connect(&self) -> io::Result<TcpStream> {
         dial(&self.shared, self.to, &self.urls, StreamKind::Messages)
     }
 
-    /// Sends batches until the connection fails or the worker stops.
+    /// Publishes the connection to the raft core ([`Link`]) and sends batches until it fails
+    /// or the worker stops.
     fn stream(&self, s: TcpStream) -> io::Result<()> {
         s.set_write_timeout(Some(self.shared.write_timeout))?;
-        let mut w = BufWriter::with_capacity(64 * 1024, s.try_clone()?);
-        let r = self.send_batches(&s, &mut w);
-        if r.is_err() {
-            // Before `w` is dropped: its drop flushes, which must not wait on a dead peer.
+        {
+            let mut link = self.link.lock();
+            // A tail left for an earlier connection belongs to a frame that connection
+            // never finished; it means nothing on this one.
+            link.pending.clear();
+            link.stream = Some(s.try_clone()?);
+        }
+        let r = self.send_batches();
+        if r.is_err() || self.stopped() {
+            let mut link = self.link.lock();
+            link.stream = None;
+            link.pending.clear();
             let _ = s.shutdown(Shutdown::Both);
         }
         r
     }
 
-    fn send_batches(&self, s: &TcpStream, w: &mut BufWriter<TcpStream>) -> io::Result<()> {
+    fn send_batches(&self) -> io::Result<()> {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut batch: Vec<Vec<u8>> = Vec::new();
         loop {
             if self.stopped() {
-                let _ = s.shutdown(Shutdown::Both);
                 return Ok(());
             }
             let first = match self.rx.recv_timeout(Duration::from_millis(100)) {
@@ -373,16 +553,28 @@ impl SenderWorker {
             };
             batch.clear();
             let mut bytes = 0;
+            let mut taken = 0;
             let mut snapshots = Vec::new();
-            for m in std::iter::once(first).chain(self.rx.try_iter()) {
+            let mut encoded = Ok(());
+            for item in std::iter::once(first).chain(self.rx.try_iter()) {
+                taken += 1;
+                let Outgoing::Msg(m) = item else {
+                    continue;
+                };
                 if m.get_msg_type() == RaftMessageType::MsgSnapshot {
                     snapshots.push(m);
                     continue;
                 }
-                let encoded = protobuf::Message::write_to_bytes(&m)
-                    .map_err(|e| io::Error::other(format!("encode raft message: {e}")))?;
-                bytes += encoded.len();
-                batch.push(encoded);
+                match protobuf::Message::write_to_bytes(&m) {
+                    Ok(b) => {
+                        bytes += b.len();
+                        batch.push(b);
+                    }
+                    Err(e) => {
+                        encoded = Err(io::Error::other(format!("encode raft message: {e}")));
+                        break;
+                    }
+                }
                 if bytes >= MAX_BATCH_BYTES {
                     break;
                 }
@@ -392,13 +584,30 @@ impl SenderWorker {
                 // carrying heartbeats and appends meanwhile.
                 self.start_snapshot(snap);
             }
-            if batch.is_empty() {
-                continue;
-            }
             buf.clear();
-            frame::encode_frame(&batch, &mut buf);
-            w.write_all(&buf)?;
-            w.flush()?;
+            if !batch.is_empty() {
+                frame::encode_frame(&batch, &mut buf);
+            }
+            // Invariant 5: the backlog drops only under the link's lock, after the write.
+            let mut link = self.link.lock();
+            let written = encoded.and_then(|()| {
+                let s = link
+                    .stream
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("the connection broke on the raft thread"))?;
+                let mut w: &TcpStream = s;
+                if !link.pending.is_empty() {
+                    w.write_all(&link.pending)?;
+                }
+                if !buf.is_empty() {
+                    w.write_all(&buf)?;
+                }
+                Ok(())
+            });
+            link.pending.clear();
+            self.backlog.fetch_sub(taken, Ordering::AcqRel);
+            drop(link);
+            written?;
         }
     }
 
@@ -1123,6 +1332,72 @@ mod tests {
         ours.stop();
         drop(first);
         assert!(redialled, "the sender never redialled");
+    }
+
+    #[test]
+    fn frames_keep_their_order_whether_the_core_or_the_sender_thread_writes_them() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 11,
+        });
+        ours.set_peer(10, vec![format!("http://{addr}")]);
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = [0u8; frame::HELLO_LEN];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&frame::encode_reply(Status::Ok, 1)).unwrap();
+        let connected = || {
+            let peers = ours.shared.peers.lock();
+            peers[&10].link.lock().stream.is_some()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !connected() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sender never connected"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A slow reader: the socket fills, so some frames are written by the core, some in
+        // part by the core and finished by the sender thread, some by the sender thread.
+        const N: u64 = 600;
+        let reader = std::thread::spawn(move || {
+            let mut r = BufReader::new(s);
+            let mut offset = frame::HELLO_LEN as u64;
+            let mut got = Vec::new();
+            while (got.len() as u64) < N {
+                let batch = frame::read_frame(&mut r, &mut offset).unwrap().unwrap();
+                for b in batch {
+                    let m: RaftMessage = protobuf::Message::parse_from_bytes(&b).unwrap();
+                    got.push(m.index);
+                }
+                if got.len() % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            got
+        });
+        for chunk in (0..N).collect::<Vec<_>>().chunks(3) {
+            let msgs = chunk
+                .iter()
+                .map(|&i| {
+                    let mut m = RaftMessage::default();
+                    m.set_msg_type(RaftMessageType::MsgAppend);
+                    m.from = 11;
+                    m.to = 10;
+                    m.index = i;
+                    let mut e = ringkv_engine::RaftEntry::default();
+                    e.set_data(vec![1u8; 64 << 10].into());
+                    m.mut_entries().push(e);
+                    m
+                })
+                .collect();
+            ours.send(msgs);
+        }
+        let got = reader.join().unwrap();
+        ours.stop();
+        assert_eq!(got, (0..N).collect::<Vec<_>>());
     }
 
     /// A snapshot stream as the sender writes it after the hello: the MsgSnapshot frame for

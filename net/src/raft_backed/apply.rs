@@ -223,10 +223,55 @@ impl Applier {
 
 impl StateMachine for Applier {
     fn apply(&mut self, index: u64, term: u64, data: &[u8]) {
+        let inner = self.inner.clone();
+        self.apply_locked(inner.store.write(), index, term, data);
+    }
+
+    fn try_apply(&mut self, index: u64, term: u64, data: &[u8]) -> bool {
+        let inner = self.inner.clone();
+        let Some(store) = inner.store.try_write() else {
+            return false;
+        };
+        self.apply_locked(store, index, term, data);
+        true
+    }
+
+    fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ringkv_engine::ConfChangeV2) {
+        self.apply_member_change(index, term, cc);
+    }
+
+    fn durable_index(&self) -> u64 {
+        self.inner.durable_index.load(Ordering::Acquire)
+    }
+
+    fn restore(&mut self, meta: &ringkv_engine::SnapshotMeta) -> Result<u64, String> {
+        let r = self.inner.restore_snapshot(meta);
+        match &r {
+            // The next entry writes its term into the new store's header ids.
+            Ok(ci) => {
+                self.term = 0;
+                // The term of the file's index is known only when it is the snapshot's.
+                let term = if *ci == meta.index { meta.term } else { 0 };
+                self.inner.applied_term.store(term, Ordering::Release);
+            }
+            Err(why) => self.inner.fail(format!("snapshot install: {why}")),
+        }
+        r
+    }
+}
+
+impl Applier {
+    /// [`StateMachine::apply`] with the store's write lock already taken.
+    fn apply_locked(
+        &mut self,
+        mut store: parking_lot::RwLockWriteGuard<'_, MvccStore<NodeBackend>>,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) {
         let started = Instant::now();
         let inner = self.inner.clone();
         let decoded = InternalRaftRequest::decode(data);
-        let mut store = inner.store.write();
         self.enter_entry(&mut store, index, term);
         if data.is_empty() {
             // The empty entry a new leader appends: nothing to apply.
@@ -274,28 +319,5 @@ impl StateMachine for Applier {
                 .observe(sent.saturating_duration_since(started));
             let _ = w.tx.send((result, sent));
         }
-    }
-
-    fn apply_conf_change(&mut self, index: u64, term: u64, cc: &ringkv_engine::ConfChangeV2) {
-        self.apply_member_change(index, term, cc);
-    }
-
-    fn durable_index(&self) -> u64 {
-        self.inner.durable_index.load(Ordering::Acquire)
-    }
-
-    fn restore(&mut self, meta: &ringkv_engine::SnapshotMeta) -> Result<u64, String> {
-        let r = self.inner.restore_snapshot(meta);
-        match &r {
-            // The next entry writes its term into the new store's header ids.
-            Ok(ci) => {
-                self.term = 0;
-                // The term of the file's index is known only when it is the snapshot's.
-                let term = if *ci == meta.index { meta.term } else { 0 };
-                self.inner.applied_term.store(term, Ordering::Release);
-            }
-            Err(why) => self.inner.fail(format!("snapshot install: {why}")),
-        }
-        r
     }
 }

@@ -37,6 +37,31 @@ async fn dump(c: &mut Client, serializable: bool) -> Option<Dump> {
     )
 }
 
+/// Puts `k/{i:05}` = `v{i}`. On 2 loaded vCPUs (10 ms heartbeats, 100 ms election timeout)
+/// the leader can lose a check-quorum round and step down for an election; a write that meets
+/// that gets "no leader" / "leader changed" (etcd too) and is sent again. Rewriting the same
+/// key and value leaves the key set unchanged; the tests compare revisions only between
+/// members.
+async fn put_retrying(c: &mut Client, i: usize) {
+    let started = Instant::now();
+    loop {
+        match c.put(format!("k/{i:05}"), format!("v{i}"), None).await {
+            Ok(_) => return,
+            Err(e) => {
+                let text = e.to_string();
+                let transient = text.contains("etcdserver: no leader")
+                    || text.contains("etcdserver: leader changed")
+                    || text.contains("etcdserver: request timed out");
+                assert!(
+                    transient && started.elapsed() < Duration::from_secs(10),
+                    "put k/{i:05}: {text}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_transfer() {
     // Snapshots every 100 entries keeping 50 below them: a follower that misses 3000 entries
@@ -59,9 +84,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         let mut c = client.clone();
         writers.spawn(async move {
             for i in (w..KEYS).step_by(WRITERS) {
-                c.put(format!("k/{i:05}"), format!("v{i}"), None)
-                    .await
-                    .expect("put");
+                put_retrying(&mut c, i).await;
             }
         });
     }
@@ -136,9 +159,7 @@ async fn a_new_learner_starts_from_a_snapshot_transfer() {
         let mut c = client.clone();
         writers.spawn(async move {
             for i in (w..500).step_by(WRITERS) {
-                c.put(format!("k/{i:05}"), format!("v{i}"), None)
-                    .await
-                    .expect("put");
+                put_retrying(&mut c, i).await;
             }
         });
     }
