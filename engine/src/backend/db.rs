@@ -33,10 +33,10 @@ use super::meta::{FORMAT_V1, FORMAT_VERSION, Meta};
 use super::mmap::Mapping;
 use super::page::{
     CHECKSUM_OFFSET, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, Written, decode_freelist,
-    decode_written, encode_freelist, freelist_body, get_u32, header_overflow, max_key_len,
-    run_pages,
+    decode_written, encode_freelist, freelist_bitmap_body, freelist_body, freelist_encoded_body,
+    get_u32, header_overflow, max_key_len, run_pages,
 };
-use super::tree::{self, Op, TreeWriter, Walk};
+use super::tree::{self, MAX_EXTENT, Op, TreeWriter, Walk};
 use super::{BackendError, BackendOptions};
 use crate::io::{File, OpenOptions, Vfs};
 use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
@@ -917,11 +917,19 @@ fn commit(
     // `body` is an upper bound: the free set may still gain the rest of the extent, and
     // allocating the freelist run otherwise only shrinks it (a refill that takes new pages at
     // the end of the file leaves its rest at the tail, which `trim_tail` removes again).
-    let body = freelist_body(
+    // The bitmap form spans at most the free ids below the final `page_count`, which the
+    // allocation below raises by at most `max(its pages, MAX_EXTENT)` (`TreeWriter::refill`).
+    let list_body = freelist_body(
         w.freelist.free_len() + w.extent_len() as usize,
         w.freelist.pending_len(),
         written.len(),
     );
+    let span = w.page_count + run_pages(ps as usize, list_body).max(MAX_EXTENT);
+    let body = list_body.min(freelist_bitmap_body(
+        span,
+        w.freelist.pending_len(),
+        written.len(),
+    ));
     let fl_pages = run_pages(ps as usize, body);
     let fl_id = w.alloc(fl_pages);
     w.release_extent();
@@ -929,7 +937,7 @@ fn commit(
     let (free, pending) = w.freelist.to_parts();
     if run_pages(
         ps as usize,
-        freelist_body(free.len(), pending.len(), written.len()),
+        freelist_encoded_body(&free, pending.len(), written.len()),
     ) > fl_pages
     {
         return Err(BackendError::Failed(format!(

@@ -71,6 +71,14 @@ pub(crate) const PENDING_ENTRY_LEN: usize = 2 * size_of::<u64>();
 /// Freelist run flag (format v2): a written list follows the pending entries:
 /// `written_count u64`, then `written_count` entries `{ page id u64, checksum u32, pages u32 }`.
 pub(crate) const FREELIST_FLAG_WRITTEN: u8 = 1;
+/// Freelist run flag (issue 3, session 4): the free pages are a bitmap instead of a list of ids.
+/// In place of the ids: `bitmap_start u64`, `bitmap_words u64`, then `bitmap_words` u64 words;
+/// bit `b` (least significant first) of word `w` set = page `bitmap_start + 64w + b` is free.
+/// The encoder picks whichever of the two forms is smaller.
+pub(crate) const FREELIST_FLAG_BITMAP: u8 = 2;
+pub(crate) const BITMAP_START_OFFSET: usize = FREE_IDS_OFFSET;
+pub(crate) const BITMAP_WORDS_OFFSET: usize = BITMAP_START_OFFSET + size_of::<u64>();
+pub(crate) const BITMAP_OFFSET: usize = BITMAP_WORDS_OFFSET + size_of::<u64>();
 pub(crate) const WRITTEN_COUNT_LEN: usize = size_of::<u64>();
 pub(crate) const WRITTEN_ID_OFFSET: usize = 0;
 pub(crate) const WRITTEN_CHECKSUM_OFFSET: usize = WRITTEN_ID_OFFSET + size_of::<u64>();
@@ -282,16 +290,58 @@ pub fn validate_run(
             if run.len() < FREE_IDS_OFFSET {
                 return Err(err(id, "freelist header does not fit"));
             }
+            let flags = run[FLAGS_OFFSET];
+            if flags & !(FREELIST_FLAG_WRITTEN | FREELIST_FLAG_BITMAP) != 0 {
+                return Err(err(
+                    id,
+                    format!("freelist run with unknown flags {flags:#x}"),
+                ));
+            }
             let free = get_u64(run, FREE_COUNT_OFFSET);
             let pending = get_u64(run, PENDING_COUNT_OFFSET);
-            let need = free
-                .checked_mul(8)
-                .and_then(|a| {
-                    pending
-                        .checked_mul(PENDING_ENTRY_LEN as u64)
-                        .and_then(|b| a.checked_add(b))
-                })
-                .and_then(|n| n.checked_add(FREE_IDS_OFFSET as u64));
+            let free_end = if flags & FREELIST_FLAG_BITMAP != 0 {
+                if run.len() < BITMAP_OFFSET {
+                    return Err(err(id, "freelist bitmap header does not fit"));
+                }
+                let start = get_u64(run, BITMAP_START_OFFSET);
+                let words = get_u64(run, BITMAP_WORDS_OFFSET);
+                let end = words
+                    .checked_mul(8)
+                    .and_then(|n| n.checked_add(BITMAP_OFFSET as u64))
+                    .filter(|&e| e <= run.len() as u64);
+                let Some(end) = end else {
+                    return Err(err(
+                        id,
+                        format!("freelist bitmap of {words} words does not fit its run"),
+                    ));
+                };
+                if words
+                    .checked_mul(64)
+                    .and_then(|b| start.checked_add(b))
+                    .is_none()
+                {
+                    return Err(err(id, "freelist bitmap runs past the largest page id"));
+                }
+                let set: u64 = run[BITMAP_OFFSET..end as usize]
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")).count_ones() as u64)
+                    .sum();
+                if set != free {
+                    return Err(err(
+                        id,
+                        format!("freelist bitmap has {set} pages set, its count says {free}"),
+                    ));
+                }
+                Some(end)
+            } else {
+                free.checked_mul(8)
+                    .and_then(|n| n.checked_add(FREE_IDS_OFFSET as u64))
+            };
+            let need = free_end.and_then(|a| {
+                pending
+                    .checked_mul(PENDING_ENTRY_LEN as u64)
+                    .and_then(|b| a.checked_add(b))
+            });
             if need.is_none_or(|n| n > run.len() as u64) {
                 return Err(err(
                     id,
@@ -300,24 +350,20 @@ pub fn validate_run(
                     ),
                 ));
             }
-            match run[FLAGS_OFFSET] {
-                0 => {}
-                FREELIST_FLAG_WRITTEN => {
-                    let at = need.expect("checked above");
-                    let fits = at
-                        .checked_add(WRITTEN_COUNT_LEN as u64)
-                        .filter(|&e| e <= run.len() as u64)
-                        .and_then(|e| {
-                            get_u64(run, at as usize)
-                                .checked_mul(WRITTEN_ENTRY_LEN as u64)
-                                .and_then(|n| n.checked_add(e))
-                        })
-                        .is_some_and(|end| end <= run.len() as u64);
-                    if !fits {
-                        return Err(err(id, "freelist's written list does not fit its run"));
-                    }
+            if flags & FREELIST_FLAG_WRITTEN != 0 {
+                let at = need.expect("checked above");
+                let fits = at
+                    .checked_add(WRITTEN_COUNT_LEN as u64)
+                    .filter(|&e| e <= run.len() as u64)
+                    .and_then(|e| {
+                        get_u64(run, at as usize)
+                            .checked_mul(WRITTEN_ENTRY_LEN as u64)
+                            .and_then(|n| n.checked_add(e))
+                    })
+                    .is_some_and(|end| end <= run.len() as u64);
+                if !fits {
+                    return Err(err(id, "freelist's written list does not fit its run"));
                 }
-                f => return Err(err(id, format!("freelist run with unknown flags {f:#x}"))),
             }
         }
     }
@@ -612,7 +658,8 @@ pub(crate) fn encode_overflow(value: &[u8], id: u64, page_size: usize) -> Vec<u8
     run
 }
 
-/// Body bytes of a freelist run with `free` ids, `pending` entries and `written` entries.
+/// Body bytes of a freelist run with `free` ids, `pending` entries and `written` entries, free
+/// pages as a list of ids (an upper bound for either form: the encoder takes the smaller).
 pub(crate) fn freelist_body(free: usize, pending: usize, written: usize) -> usize {
     FREE_IDS_OFFSET - HEADER_LEN
         + free * size_of::<u64>()
@@ -621,11 +668,32 @@ pub(crate) fn freelist_body(free: usize, pending: usize, written: usize) -> usiz
         + written * WRITTEN_ENTRY_LEN
 }
 
+/// Body bytes of a freelist run whose free pages are a bitmap spanning `span` page ids.
+pub(crate) fn freelist_bitmap_body(span: u64, pending: usize, written: usize) -> usize {
+    BITMAP_OFFSET - HEADER_LEN
+        + span.div_ceil(64) as usize * size_of::<u64>()
+        + pending * PENDING_ENTRY_LEN
+        + WRITTEN_COUNT_LEN
+        + written * WRITTEN_ENTRY_LEN
+}
+
+/// Body bytes `encode_freelist` uses for these parts: the smaller of the two forms.
+pub(crate) fn freelist_encoded_body(free: &[u64], pending: usize, written: usize) -> usize {
+    let list = freelist_body(free.len(), pending, written);
+    match (free.first(), free.last()) {
+        (Some(&lo), Some(&hi)) => list.min(freelist_bitmap_body(hi - lo + 1, pending, written)),
+        _ => list,
+    }
+}
+
 /// Encodes the freelist and the commit's written list into a run of exactly `pages` pages
-/// (which must be enough), flagged `FREELIST_FLAG_WRITTEN`.
-// Format: { header (flags 1) | free_count u64 | pending_count u64 | free ids u64[free_count] |
-//   pending { id u64, freed_by_txid u64 }[pending_count] | written_count u64 |
-//   written { id u64, checksum u32, pages u32 }[written_count] }
+/// (which must hold `freelist_encoded_body`), flagged `FREELIST_FLAG_WRITTEN`, and
+/// `FREELIST_FLAG_BITMAP` when the bitmap is the smaller form. `free` is ascending.
+// Format (list): { header (flags 1) | free_count u64 | pending_count u64 |
+//   free ids u64[free_count] | pending { id u64, freed_by_txid u64 }[pending_count] |
+//   written_count u64 | written { id u64, checksum u32, pages u32 }[written_count] }
+// Format (bitmap): { header (flags 3) | free_count u64 | pending_count u64 | bitmap_start u64 |
+//   bitmap_words u64 | words u64[bitmap_words] | pending ... | written_count u64 | written ... }
 pub(crate) fn encode_freelist(
     free: &[u64],
     pending: &[(u64, u64)],
@@ -637,10 +705,29 @@ pub(crate) fn encode_freelist(
     let mut run = vec![0u8; pages as usize * page_size];
     put_u64(&mut run, FREE_COUNT_OFFSET, free.len() as u64);
     put_u64(&mut run, PENDING_COUNT_OFFSET, pending.len() as u64);
+    let list = freelist_body(free.len(), pending.len(), written.len());
+    let mut flags = FREELIST_FLAG_WRITTEN;
     let mut off = FREE_IDS_OFFSET;
-    for &f in free {
-        put_u64(&mut run, off, f);
-        off += 8;
+    match (free.first(), free.last()) {
+        (Some(&lo), Some(&hi))
+            if freelist_bitmap_body(hi - lo + 1, pending.len(), written.len()) < list =>
+        {
+            flags |= FREELIST_FLAG_BITMAP;
+            let words = (hi - lo + 1).div_ceil(64);
+            put_u64(&mut run, BITMAP_START_OFFSET, lo);
+            put_u64(&mut run, BITMAP_WORDS_OFFSET, words);
+            for &f in free {
+                let bit = f - lo;
+                run[BITMAP_OFFSET + (bit / 8) as usize] |= 1 << (bit % 8);
+            }
+            off = BITMAP_OFFSET + words as usize * size_of::<u64>();
+        }
+        _ => {
+            for &f in free {
+                put_u64(&mut run, off, f);
+                off += 8;
+            }
+        }
     }
     for &(p, t) in pending {
         put_u64(&mut run, off, p);
@@ -655,25 +742,26 @@ pub(crate) fn encode_freelist(
         put_u32(&mut run, off + WRITTEN_PAGES_OFFSET, w.pages);
         off += WRITTEN_ENTRY_LEN;
     }
-    seal_run_flags(
-        &mut run,
-        id,
-        PageType::Freelist,
-        FREELIST_FLAG_WRITTEN,
-        0,
-        page_size,
-    );
+    seal_run_flags(&mut run, id, PageType::Freelist, flags, 0, page_size);
     run
+}
+
+/// Offset of the pending entries of a validated freelist run (right after the free pages).
+fn pending_offset(run: &[u8]) -> usize {
+    if run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP != 0 {
+        BITMAP_OFFSET + get_u64(run, BITMAP_WORDS_OFFSET) as usize * size_of::<u64>()
+    } else {
+        FREE_IDS_OFFSET + get_u64(run, FREE_COUNT_OFFSET) as usize * size_of::<u64>()
+    }
 }
 
 /// The written list of a validated freelist run (empty for a v1 run, which has none).
 pub(crate) fn decode_written(run: &[u8]) -> Vec<Written> {
-    if run[FLAGS_OFFSET] != FREELIST_FLAG_WRITTEN {
+    if run[FLAGS_OFFSET] & FREELIST_FLAG_WRITTEN == 0 {
         return Vec::new();
     }
-    let free = get_u64(run, FREE_COUNT_OFFSET) as usize;
     let pending = get_u64(run, PENDING_COUNT_OFFSET) as usize;
-    let mut off = FREE_IDS_OFFSET + free * size_of::<u64>() + pending * PENDING_ENTRY_LEN;
+    let mut off = pending_offset(run) + pending * PENDING_ENTRY_LEN;
     let n = get_u64(run, off) as usize;
     off += WRITTEN_COUNT_LEN;
     (0..n)
@@ -688,21 +776,35 @@ pub(crate) fn decode_written(run: &[u8]) -> Vec<Written> {
         .collect()
 }
 
-/// Free ids and pending `(id, freed_by)` entries of a validated freelist run.
+/// Free ids (ascending when the run was written by this code) and pending `(id, freed_by)`
+/// entries of a validated freelist run.
 pub(crate) fn decode_freelist(run: &[u8]) -> (Vec<u64>, Vec<(u64, u64)>) {
     let free = get_u64(run, FREE_COUNT_OFFSET) as usize;
     let pending = get_u64(run, PENDING_COUNT_OFFSET) as usize;
-    let mut off = FREE_IDS_OFFSET;
     let mut f = Vec::with_capacity(free);
-    for _ in 0..free {
-        f.push(get_u64(run, off));
-        off += 8;
+    if run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP != 0 {
+        let start = get_u64(run, BITMAP_START_OFFSET);
+        let words = get_u64(run, BITMAP_WORDS_OFFSET) as usize;
+        for w in 0..words {
+            let mut bits = get_u64(run, BITMAP_OFFSET + w * size_of::<u64>());
+            while bits != 0 {
+                let b = bits.trailing_zeros() as u64;
+                f.push(start + 64 * w as u64 + b);
+                bits &= bits - 1;
+            }
+        }
+    } else {
+        for i in 0..free {
+            f.push(get_u64(run, FREE_IDS_OFFSET + i * size_of::<u64>()));
+        }
     }
-    let mut p = Vec::with_capacity(pending);
-    for _ in 0..pending {
-        p.push((get_u64(run, off), get_u64(run, off + 8)));
-        off += PENDING_ENTRY_LEN;
-    }
+    let off = pending_offset(run);
+    let p = (0..pending)
+        .map(|i| {
+            let e = off + i * PENDING_ENTRY_LEN;
+            (get_u64(run, e), get_u64(run, e + 8))
+        })
+        .collect();
     (f, p)
 }
 
@@ -826,6 +928,64 @@ mod tests {
         reseal(&mut bad);
         let e = validate_run(&bad, 20, PS, None).unwrap_err();
         assert!(e.reason.contains("written list"), "{e}");
+    }
+
+    #[test]
+    fn freelist_bitmap_form_round_trips_and_is_validated() {
+        // 300 free pages among 600 (every other one): the bitmap (10 words) is far smaller
+        // than 300 ids; 3 free pages far apart stay a list.
+        let free: Vec<u64> = (0..300).map(|i| 100 + 2 * i).collect();
+        let pending = [(7u64, 3u64), (9, 4)];
+        let written = [Written {
+            id: 30,
+            checksum: 0xdead_beef,
+            pages: 1,
+        }];
+        let body = freelist_encoded_body(&free, 2, 1);
+        assert_eq!(body, freelist_bitmap_body(599, 2, 1));
+        assert!(body < freelist_body(300, 2, 1));
+        let pages = run_pages(PS, body);
+        assert_eq!(pages, 1);
+        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
+        assert_eq!(
+            run[FLAGS_OFFSET],
+            FREELIST_FLAG_WRITTEN | FREELIST_FLAG_BITMAP
+        );
+        validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
+        assert_eq!(decode_freelist(&run), (free.clone(), pending.to_vec()));
+        assert_eq!(decode_written(&run), written.to_vec());
+        assert_eq!(decode_any(&run, 20, PS).unwrap(), 300 + 2 + 1);
+
+        let sparse = [5u64, 1 << 20, 1 << 40];
+        let body = freelist_encoded_body(&sparse, 0, 0);
+        assert_eq!(body, freelist_body(3, 0, 0));
+        let run = encode_freelist(&sparse, &[], &[], 20, run_pages(PS, body), PS);
+        assert_eq!(run[FLAGS_OFFSET], FREELIST_FLAG_WRITTEN);
+        assert_eq!(decode_freelist(&run).0, sparse.to_vec());
+
+        // A count that disagrees with the bits set, a bitmap longer than its run and an
+        // unknown flag are refused with a reason, not read.
+        let bitmap = encode_freelist(&free, &pending, &written, 20, 1, PS);
+        let mut bad = bitmap.clone();
+        put_u64(&mut bad, FREE_COUNT_OFFSET, 299);
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("bitmap has 300 pages set"), "{e}");
+        let mut bad = bitmap.clone();
+        put_u64(&mut bad, BITMAP_WORDS_OFFSET, 1 << 60);
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("does not fit"), "{e}");
+        let mut bad = bitmap.clone();
+        put_u64(&mut bad, BITMAP_START_OFFSET, u64::MAX - 10);
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("largest page id"), "{e}");
+        let mut bad = bitmap;
+        bad[FLAGS_OFFSET] |= 4;
+        reseal(&mut bad);
+        let e = validate_run(&bad, 20, PS, None).unwrap_err();
+        assert!(e.reason.contains("unknown flags 0x7"), "{e}");
     }
 
     fn reseal(bytes: &mut [u8]) {

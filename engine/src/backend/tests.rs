@@ -1345,6 +1345,71 @@ mod extent_tests {
         assert_eq!(dump(&backend.snapshot()), model);
     }
 
+    /// The form of the newest commit's freelist run: (flags byte, bitmap words).
+    fn newest_freelist_form(path: &Path) -> (u8, u64) {
+        let file = StdVfs::new().open(path, OpenOptions::read_only()).unwrap();
+        let len = file.size().unwrap();
+        let (meta, _, _) = db::read_metas(&*file, len).unwrap();
+        let mut head = vec![0u8; page::BITMAP_OFFSET];
+        file.read_exact_at(&mut head, meta.freelist * meta.page_size as u64)
+            .unwrap();
+        (
+            head[page::FLAGS_OFFSET],
+            page::get_u64(&head, page::BITMAP_WORDS_OFFSET),
+        )
+    }
+
+    /// A large, scattered free set (random rewrites free single leaves all over the file) is
+    /// persisted as a bitmap, a fraction of the size of the id list, and reopens to the same
+    /// state; a file whose free set is small keeps the id list (both forms open).
+    #[test]
+    fn a_scattered_free_set_is_persisted_as_a_bitmap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+        let mut w = backend.batch().unwrap();
+        let mut model = Model::new();
+        for i in 0..30_000u32 {
+            w.put(Bucket::Key, &key(i), &val(i, 0)).unwrap();
+            model.insert((Bucket::Key, key(i)), val(i, 0));
+        }
+        w.commit().unwrap();
+        let (flags, _) = newest_freelist_form(&path);
+        assert_eq!(
+            flags,
+            page::FREELIST_FLAG_WRITTEN,
+            "a fresh file's free set is a list"
+        );
+        let mut rng = StdRng::seed_from_u64(11);
+        for round in 1..=30u32 {
+            for _ in 0..300 {
+                let i = rng.random_range(0..30_000u32);
+                w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
+                model.insert((Bucket::Key, key(i)), val(i, round));
+            }
+            w.commit().unwrap();
+        }
+        assert_checked(&w);
+        let stats = w.stats();
+        let (flags, words) = newest_freelist_form(&path);
+        assert_eq!(
+            flags,
+            page::FREELIST_FLAG_WRITTEN | page::FREELIST_FLAG_BITMAP,
+            "{stats:?}"
+        );
+        // The bitmap spans at most the file: 8 bytes per 64 pages, against 8 per free page.
+        assert!(
+            stats.free_pages >= 1000 && words <= stats.page_count.div_ceil(64),
+            "{words} bitmap words ({stats:?})"
+        );
+        drop(w);
+        drop(backend);
+        let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+        assert!(backend.check().is_ok(), "{:?}", backend.check().problems);
+        assert_eq!(dump(&backend.snapshot()), model);
+        assert_eq!(backend.stats().free_pages, stats.free_pages);
+    }
+
     #[test]
     fn freed_pages_wait_for_the_readers_that_can_reach_them() {
         let dir = tempfile::tempdir().unwrap();
