@@ -544,7 +544,9 @@ impl<B: BatchWrite> MvccStore<B> {
         lease: i64,
     ) -> MvccResult<i64> {
         let rev = txn.begin_rev + 1;
-        let (created, version, old_lease) = match self.index.get(key, rev) {
+        // One index lookup serves the read of the key's state and the put below.
+        let mut ki = self.index.key_index_mut(key);
+        let (created, version, old_lease) = match ki.as_ref().and_then(|k| k.get(rev)) {
             Some(f) => (f.created.main, f.version, self.lessor.lease_of(key)),
             None => (rev, 0, 0),
         };
@@ -560,7 +562,10 @@ impl<B: BatchWrite> MvccStore<B> {
         };
         self.backend
             .put(Bucket::Key, &idx_rev.to_key(false), &kv.encode_to_vec())?;
-        self.index.put(key, idx_rev);
+        match ki.take() {
+            Some(k) => k.put(idx_rev),
+            None => self.index.put(key, idx_rev),
+        }
         txn.changes.push(kv);
         if old_lease != 0 {
             // The lease may be gone already (revoked in this txn); nothing to detach then.

@@ -23,7 +23,9 @@ use tokio::sync::oneshot;
 use super::apply::{Applied, Applier, MvccErrorOr};
 use super::membership::{MemberInfo, Membership, decode_context, encode_context};
 use super::shared_writer::NodeBackend;
-use super::{Inner, NodeOptions, OpenError, RaftBackedNode, Waiter, WaiterGuard, raft_err};
+use super::{
+    Inner, NodeOptions, OpenError, RaftBackedNode, Waiter, WaiterGuard, await_waiter, reject_waiter,
+};
 use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
@@ -305,20 +307,16 @@ impl RaftBackedNode {
         let (tx, rx) = oneshot::channel();
         let proposed = Instant::now();
         inner.waiters.lock().insert(id, Waiter { tx, proposed });
-        let _guard = WaiterGuard { inner, id };
-        let (rej_tx, rej_rx) = oneshot::channel();
+        let mut guard = WaiterGuard {
+            inner,
+            id,
+            armed: true,
+        };
         inner.raft().propose_conf_change(
             single_change(kind, member.id, encode_context(&member, id)),
-            Some(Box::new(move |e| {
-                let _ = rej_tx.send(e);
-            })),
+            Some(reject_waiter(&self.inner, id)),
         );
-        let timeout = tokio::time::sleep(inner.opts.request_timeout());
-        let applied = tokio::select! {
-            r = rx => r.map_err(|_| EtcdError::Stopped)?.0,
-            Ok(e) = rej_rx => Err(raft_err(e)),
-            _ = timeout => Err(EtcdError::Timeout),
-        }?;
+        let applied = await_waiter(&mut guard, rx).await?;
         match applied {
             Applied::Members(list) => Ok(list),
             _ => Err(EtcdError::Internal(

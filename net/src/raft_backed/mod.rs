@@ -84,6 +84,8 @@ const COMMIT_OPS: u64 = 10_000;
 const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Housekeeping period (watch catch-up runs at this rate, like etcd's 10 ms victim retry).
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(10);
+/// How often housekeeping times out proposals older than the request timeout.
+const WAITER_SWEEP: Duration = Duration::from_millis(50);
 /// Lease expiry check period (etcd's lessor checks every 500 ms).
 const LEASE_CHECK: Duration = Duration::from_millis(500);
 /// Most expired leases revoked per check (etcd's `leaseRevokeRate` per 500 ms is 500).
@@ -310,6 +312,10 @@ pub(crate) struct Inner {
     opts: NodeOptions,
     /// Current store revision (for `state()` without the store lock).
     revision: AtomicI64,
+    /// The backend file's size as of the last commit or housekeeping tick, for the quota check
+    /// of every write (which then takes no store lock; the file changes size only when the
+    /// backend commits).
+    file_bytes: AtomicU64,
     /// Writes applied since the last backend commit.
     dirty: AtomicBool,
     last_commit: Mutex<Instant>,
@@ -409,7 +415,12 @@ impl Inner {
             }
         };
         let committed = pending.run();
-        let finished = self.store.write().backend_mut().finish_commit();
+        let finished = {
+            let mut store = self.store.write();
+            let r = store.backend_mut().finish_commit();
+            self.note_file_bytes(&store);
+            r
+        };
         self.commit_done(t, ci, committed.and(finished));
     }
 
@@ -421,6 +432,7 @@ impl Inner {
         let t = Instant::now();
         let ci = store.consistent_index();
         let r = store.backend_mut().commit_all(ci);
+        self.note_file_bytes(store);
         if r.is_ok() {
             self.dirty.store(false, Ordering::Release);
             self.ops_since_commit.store(0, Ordering::Release);
@@ -441,6 +453,40 @@ impl Inner {
             }
             // Fatal: the backend refuses writes after a failed commit; never retried.
             Err(e) => self.fail(format!("backend commit: {e}")),
+        }
+    }
+
+    /// Refreshes `file_bytes` from the store's backend.
+    fn note_file_bytes(&self, store: &MvccStore<NodeBackend>) {
+        if let Some(st) = store.backend().stats() {
+            self.file_bytes.store(st.file_bytes, Ordering::Release);
+        }
+    }
+
+    /// Sends `result` to the waiter `id` if it is still waiting.
+    fn complete_waiter(&self, id: u64, result: Result<Applied, EtcdError>) {
+        let w = self.waiters.lock().remove(&id);
+        if let Some(w) = w {
+            let _ = w.tx.send((result, Instant::now()));
+        }
+    }
+
+    /// etcd's request timeout: waiters proposed at least `request_timeout` ago get
+    /// `EtcdError::Timeout` (their entries may still apply later, as with etcd). Called by
+    /// housekeeping every `WAITER_SWEEP`, so a timeout fires up to that much late.
+    fn expire_waiters(&self, now: Instant) {
+        let limit = self.opts.request_timeout();
+        let expired: Vec<Waiter> = {
+            let mut waiters = self.waiters.lock();
+            let ids: Vec<u64> = waiters
+                .iter()
+                .filter(|(_, w)| now.saturating_duration_since(w.proposed) >= limit)
+                .map(|(&id, _)| id)
+                .collect();
+            ids.iter().filter_map(|id| waiters.remove(id)).collect()
+        };
+        for w in expired {
+            let _ = w.tx.send((Err(EtcdError::Timeout), now));
         }
     }
 
@@ -474,16 +520,45 @@ fn raft_err(e: RaftNodeError) -> EtcdError {
     }
 }
 
-/// Removes a waiter when the proposing future is dropped before its entry applied.
+/// Removes a waiter when the proposing future is dropped before its entry applied. Disarmed
+/// once the outcome arrived: whoever sent it (apply, a rejection, the timeout sweep) removed
+/// the waiter already, so the common path takes the `waiters` lock once, not twice.
 struct WaiterGuard<'a> {
     inner: &'a Inner,
     id: u64,
+    armed: bool,
 }
 
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
-        self.inner.waiters.lock().remove(&self.id);
+        if self.armed {
+            self.inner.waiters.lock().remove(&self.id);
+        }
     }
+}
+
+/// Awaits a waiter's outcome (sent by apply, a raft rejection or the timeout sweep), then
+/// disarms its guard.
+async fn await_waiter(
+    guard: &mut WaiterGuard<'_>,
+    rx: oneshot::Receiver<(Result<Applied, EtcdError>, Instant)>,
+) -> Result<Applied, EtcdError> {
+    let r = rx.await;
+    guard.armed = false;
+    let (result, sent) = r.map_err(|_| EtcdError::Stopped)?;
+    guard.inner.stages.reply.observe(sent.elapsed());
+    result
+}
+
+/// The rejection callback of a proposal: raft refused it (no leader, stopped, WAL failed), so
+/// its waiter gets raft's error now instead of at the timeout.
+fn reject_waiter(inner: &Arc<Inner>, id: u64) -> Box<dyn FnOnce(RaftNodeError) + Send> {
+    let inner = Arc::downgrade(inner);
+    Box::new(move |e| {
+        if let Some(inner) = inner.upgrade() {
+            inner.complete_waiter(id, Err(raft_err(e)));
+        }
+    })
 }
 
 /// The raft-backed node. Cheap to clone.
@@ -708,6 +783,7 @@ impl RaftBackedNode {
             )));
         }
         let revision = store.current_revision();
+        let file_bytes = store.backend().stats().map_or(0, |s| s.file_bytes);
         let peers = PeerTransport::new(PeerConfig {
             cluster_id: opts.cluster_id,
             member_id: opts.member_id,
@@ -729,6 +805,7 @@ impl RaftBackedNode {
             ids,
             opts,
             revision: AtomicI64::new(revision),
+            file_bytes: AtomicU64::new(file_bytes),
             dirty: AtomicBool::new(false),
             last_commit: Mutex::new(Instant::now()),
             ops_since_commit: AtomicU64::new(0),
@@ -829,6 +906,9 @@ impl RaftBackedNode {
         }
     }
 
+    /// Proposes `req` and waits for its outcome. One oneshot per proposal carries every ending:
+    /// apply's result, raft's rejection (`reject_waiter`) and etcd's request timeout, which the
+    /// housekeeping sweep sends (`Inner::expire_waiters`), so no timer is armed per request.
     async fn propose(&self, mut req: InternalRaftRequest) -> NodeResult<Applied> {
         let inner = &*self.inner;
         inner.check_failed()?;
@@ -841,24 +921,15 @@ impl RaftBackedNode {
         let (tx, rx) = oneshot::channel();
         let proposed = Instant::now();
         inner.waiters.lock().insert(id, Waiter { tx, proposed });
-        let _guard = WaiterGuard { inner, id };
-        let (rej_tx, rej_rx) = oneshot::channel();
-        inner.raft().propose(
-            data,
-            Some(Box::new(move |e| {
-                let _ = rej_tx.send(e);
-            })),
-        );
-        let timeout = tokio::time::sleep(inner.opts.request_timeout());
-        tokio::select! {
-            r = rx => {
-                let (result, sent) = r.map_err(|_| EtcdError::Stopped)?;
-                inner.stages.reply.observe(sent.elapsed());
-                result
-            }
-            Ok(e) = rej_rx => Err(raft_err(e)),
-            _ = timeout => Err(EtcdError::Timeout),
-        }
+        let mut guard = WaiterGuard {
+            inner,
+            id,
+            armed: true,
+        };
+        inner
+            .raft()
+            .propose(data, Some(reject_waiter(&self.inner, id)));
+        await_waiter(&mut guard, rx).await
     }
 
     /// Waits for a linearizable read point (a ReadIndex round gathered by the read gate) and
@@ -886,13 +957,7 @@ impl RaftBackedNode {
             return Err(EtcdError::NoSpace);
         }
         if let Some(quota) = self.inner.opts.quota_backend_bytes {
-            let size = self
-                .inner
-                .store
-                .read()
-                .backend()
-                .stats()
-                .map_or(0, |s| s.file_bytes);
+            let size = self.inner.file_bytes.load(Ordering::Acquire);
             if size + cost as u64 > quota {
                 tracing::warn!(size, quota, "backend quota exceeded: raising NOSPACE");
                 self.propose(InternalRaftRequest {
@@ -929,8 +994,13 @@ fn housekeeping(inner: Arc<Inner>) {
     // than the retention.
     let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
     let mut last_sample = Instant::now() - Duration::from_secs(3600);
+    let mut last_sweep = Instant::now();
     while !inner.stopping.load(Ordering::Acquire) {
         std::thread::sleep(HOUSEKEEPING_TICK);
+        if last_sweep.elapsed() >= WAITER_SWEEP {
+            last_sweep = Instant::now();
+            inner.expire_waiters(last_sweep);
+        }
         if inner.failed.get().is_some() {
             continue;
         }
@@ -962,6 +1032,8 @@ fn housekeeping(inner: Arc<Inner>) {
                 last_progress = now;
                 store.watch_progress_tick();
             }
+            // Catches size changes made elsewhere (snapshot install, compaction commits).
+            inner.note_file_bytes(&store);
         }
         // The fdatasyncs run without the store lock (shared_writer.rs).
         inner.commit_if_due(false);
