@@ -417,7 +417,10 @@ impl Flags {
             .iter()
             .map(|u| crate::tls::is_tls_url(u))
             .collect();
-        let peer_listen_tls = match (peer_listen_tls.contains(&true), peer_listen_tls.contains(&false)) {
+        let peer_listen_tls = match (
+            peer_listen_tls.contains(&true),
+            peer_listen_tls.contains(&false),
+        ) {
             (true, true) => {
                 return Err(bad(format!(
                     "--listen-peer-urls {:?}: mixing http and https peer URLs is not supported",

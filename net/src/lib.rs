@@ -255,8 +255,9 @@ pub async fn serve_clients_until<N: EtcdNode>(
     let (trigger, shutdown) = ShutdownTrigger::new();
     let server = ClientServer::new(node, server_options(config), shutdown);
     let mut tasks = Vec::new();
-    let client_tls = tls::load(&config.client_tls, &config.data_dir)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("ringkv: {e}")))?;
+    let client_tls = tls::load(&config.client_tls, &config.data_dir).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("ringkv: {e}"))
+    })?;
     for (i, addr) in config.client_addrs.iter().enumerate() {
         let tls = match config.client_addr_tls.get(i) {
             Some(true) => client_tls.as_ref().map(|t| t.server.clone()),
@@ -268,9 +269,11 @@ pub async fn serve_clients_until<N: EtcdNode>(
                 format!("ringkv: cannot listen on {addr} for clients: {e}"),
             )
         })?;
-        tasks.push(tokio::spawn(
-            server.clone().serve_with(listener, trigger.guard(), tls),
-        ));
+        tasks.push(tokio::spawn(server.clone().serve_with(
+            listener,
+            trigger.guard(),
+            tls,
+        )));
     }
     for addr in &config.metrics_addrs {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

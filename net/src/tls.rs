@@ -172,9 +172,8 @@ fn pem_error(e: rustls::pki_types::pem::Error) -> String {
 fn provider(suites: &[String]) -> Result<Arc<CryptoProvider>, String> {
     let mut p = rustls::crypto::ring::default_provider();
     if let Some(tls12) = cipher_suites(suites)? {
-        p.cipher_suites.retain(|s| {
-            s.version() == &rustls::version::TLS13 || tls12.contains(&s.suite())
-        });
+        p.cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13 || tls12.contains(&s.suite()));
     }
     Ok(Arc::new(p))
 }
@@ -243,7 +242,8 @@ pub fn load(spec: &TlsSpec, data_dir: &Path) -> Result<Option<Arc<SideTls>>, Str
         .map_err(|e| format!("TLS setup: {e}"))?;
     let builder = match (&roots, spec.client_cert_auth) {
         (Some(roots), true) => {
-            let mut v = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
+            let mut v =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
             if let Some(crl) = &spec.crl_file {
                 let crls: Vec<CertificateRevocationListDer<'static>> =
                     CertificateRevocationListDer::pem_file_iter(crl)
@@ -259,9 +259,9 @@ pub fn load(spec: &TlsSpec, data_dir: &Path) -> Result<Option<Arc<SideTls>>, Str
                 }
                 v = v.with_crls(crls);
             }
-            let v = v.build().map_err(|e| {
-                format!("{}: {e}", spec.flag("trusted-ca-file"))
-            })?;
+            let v = v
+                .build()
+                .map_err(|e| format!("{}: {e}", spec.flag("trusted-ca-file")))?;
             builder.with_client_cert_verifier(v)
         }
         _ => builder.with_no_client_auth(),
@@ -322,10 +322,7 @@ fn self_cert(
     let key_path = dir.join("key.pem");
     let flag = spec.flag("auto-tls");
     if cert_path.exists() && key_path.exists() {
-        return Ok((
-            read_certs(&cert_path, &flag)?,
-            read_key(&key_path, &flag)?,
-        ));
+        return Ok((read_certs(&cert_path, &flag)?, read_key(&key_path, &flag)?));
     }
     let mut hosts = spec.hosts.clone();
     hosts.push("localhost".into());
@@ -635,10 +632,7 @@ impl tower::Service<http::Uri> for TlsConnector {
     type Error = io::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = io::Result<TlsIo>> + Send>>;
 
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -647,13 +641,15 @@ impl tower::Service<http::Uri> for TlsConnector {
         Box::pin(async move {
             let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("bad URI {uri}"));
             let host = uri.host().ok_or_else(bad)?;
-            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             let port = uri.port_u16().unwrap_or(443);
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(host.clone()).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}"))
-            })?;
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
             let tls = tokio_rustls::TlsConnector::from(config)
                 .connect(name, tcp)
                 .await?;

@@ -48,11 +48,14 @@ fn leaf(
     issuer: &(rcgen::Certificate, rcgen::KeyPair),
 ) -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut p = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("leaf params");
+    let mut p =
+        rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.extended_key_usages = usages;
-    let cert = p.signed_by(&key, &issuer.0, &issuer.1).expect("sign a leaf");
+    let cert = p
+        .signed_by(&key, &issuer.0, &issuer.1)
+        .expect("sign a leaf");
     (cert.pem(), key.serialize_pem())
 }
 

@@ -122,7 +122,7 @@ fn a_client_without_a_certificate_is_refused_like_etcd() {
     let pki = TestPki::new();
     let tmp = tempfile::tempdir().unwrap();
     let m = member_with_client_auth(&pki, tmp.path());
-    let ca_only = vec![format!("--cacert={}", pki.ca.display())];
+    let ca_only = [format!("--cacert={}", pki.ca.display())];
     let short = ["--dial-timeout=1s", "--command-timeout=2s"];
     let refused = |endpoint: &str| {
         let mut args: Vec<&str> = ca_only.iter().map(String::as_str).collect();
@@ -131,11 +131,7 @@ fn a_client_without_a_certificate_is_refused_like_etcd() {
         let out = ringkv_tests::etcdctl_at(endpoint, &args, None);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).to_string();
-        err.lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string()
+        err.lines().last().unwrap_or_default().trim().to_string()
     };
     let ours = refused(&m.endpoint());
     assert_eq!(ours, "Error: context deadline exceeded");
@@ -164,9 +160,13 @@ fn a_client_without_a_certificate_is_refused_like_etcd() {
     let mut etcd = Command::new("etcd")
         .arg(format!("--data-dir={}", edir.display()))
         .arg(format!("--listen-client-urls=https://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=https://127.0.0.1:{client}"))
+        .arg(format!(
+            "--advertise-client-urls=https://127.0.0.1:{client}"
+        ))
         .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
         .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
         .arg(format!("--cert-file={}", pki.server_cert.display()))
         .arg(format!("--key-file={}", pki.server_key.display()))
@@ -184,7 +184,10 @@ fn a_client_without_a_certificate_is_refused_like_etcd() {
         if String::from_utf8_lossy(&curl(&args).stdout).contains("true") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "etcd not healthy");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd not healthy"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let theirs = refused(&endpoint);
@@ -219,7 +222,10 @@ fn auto_tls_serves_a_self_signed_certificate() {
     ]);
     assert!(out.status.success(), "{out:?}");
     // Without skipping verification etcdctl refuses the unknown issuer.
-    let out = m.etcdctl(&["--dial-timeout=1s".into(), "--command-timeout=2s".into()], &["get", "a"]);
+    let out = m.etcdctl(
+        &["--dial-timeout=1s".into(), "--command-timeout=2s".into()],
+        &["get", "a"],
+    );
     assert!(!out.status.success());
 }
 
@@ -244,7 +250,10 @@ fn bad_certificate_files_are_named() {
                 format!("--cert-file={}", garbage.display()),
                 format!("--key-file={}", pki.server_key.display()),
             ],
-            format!("--cert-file {}: no PEM CERTIFICATE block", garbage.display()),
+            format!(
+                "--cert-file {}: no PEM CERTIFICATE block",
+                garbage.display()
+            ),
         ),
         (
             vec![
