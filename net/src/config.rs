@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, ValueEnum};
 use sha1::{Digest, Sha1};
 
+use crate::tls::{Side, TlsSpec};
+
 /// A configuration mistake, reported before anything is opened or bound.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("ringkv: invalid configuration: {0}")]
@@ -162,40 +164,40 @@ pub struct Flags {
     /// Serve the HTTP/JSON gateway on the client port.
     #[arg(long, env = "RINGKV_ENABLE_GRPC_GATEWAY", action = ArgAction::Set, num_args = 0..=1, default_value = "true", default_missing_value = "true", hide = true)]
     pub enable_grpc_gateway: bool,
-    /// Client server TLS certificate (not supported yet).
+    /// Client TLS certificate (PEM); https client URLs are served with it.
     #[arg(long, env = "RINGKV_CERT_FILE", default_value = "")]
     pub cert_file: String,
-    /// Client server TLS key (not supported yet).
+    /// Client TLS private key (PEM).
     #[arg(long, env = "RINGKV_KEY_FILE", default_value = "")]
     pub key_file: String,
-    /// Require verified client certificates (not supported yet).
+    /// Require client certificates verified against --trusted-ca-file.
     #[arg(long, env = "RINGKV_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub client_cert_auth: bool,
-    /// CA for client certificates (not supported yet).
+    /// CA bundle (PEM) client certificates are verified against.
     #[arg(long, env = "RINGKV_TRUSTED_CA_FILE", default_value = "")]
     pub trusted_ca_file: String,
-    /// Self-signed client TLS (not supported yet).
+    /// Client TLS with a self-signed certificate made in <data-dir>/fixtures/client.
     #[arg(long, env = "RINGKV_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub auto_tls: bool,
-    /// Peer TLS certificate (not supported yet).
+    /// Peer TLS certificate (PEM), also offered when dialing peers.
     #[arg(long, env = "RINGKV_PEER_CERT_FILE", default_value = "")]
     pub peer_cert_file: String,
-    /// Peer TLS key (not supported yet).
+    /// Peer TLS private key (PEM).
     #[arg(long, env = "RINGKV_PEER_KEY_FILE", default_value = "")]
     pub peer_key_file: String,
-    /// Require verified peer certificates (not supported yet).
+    /// Require peer certificates verified against --peer-trusted-ca-file.
     #[arg(long, env = "RINGKV_PEER_CLIENT_CERT_AUTH", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub peer_client_cert_auth: bool,
-    /// CA for peer certificates (not supported yet).
+    /// CA bundle (PEM) peer certificates are verified against.
     #[arg(long, env = "RINGKV_PEER_TRUSTED_CA_FILE", default_value = "")]
     pub peer_trusted_ca_file: String,
-    /// Self-signed peer TLS (not supported yet).
+    /// Peer TLS with a self-signed certificate made in <data-dir>/fixtures/peer.
     #[arg(long, env = "RINGKV_PEER_AUTO_TLS", action = ArgAction::Set, num_args = 0..=1, default_value = "false", default_missing_value = "true")]
     pub peer_auto_tls: bool,
-    /// Client certificate revocation list (not supported yet).
+    /// Revoked client certificates (PEM X509 CRL).
     #[arg(long, env = "RINGKV_CLIENT_CRL_FILE", default_value = "")]
     pub client_crl_file: String,
-    /// TLS cipher suites (not supported yet).
+    /// Comma-separated TLS 1.2 cipher suites (Go's names); TLS 1.3 suites stay on.
     #[arg(long, env = "RINGKV_CIPHER_SUITES", default_value = "")]
     pub cipher_suites: String,
     /// Allowed client certificate host name (not supported yet).
@@ -300,6 +302,14 @@ pub struct Config {
     pub auto_compaction: AutoCompaction,
     /// gRPC receive limit: max-request-bytes + 512 KiB (grpc-go's limit in etcd).
     pub grpc_max_recv_bytes: usize,
+    /// Client TLS flags (tls.rs); used by the https entries of `client_addrs`.
+    pub client_tls: TlsSpec,
+    /// Peer TLS flags (tls.rs).
+    pub peer_tls: TlsSpec,
+    /// Per entry of `client_addrs`: whether its URL is https (served with TLS).
+    pub client_addr_tls: Vec<bool>,
+    /// Whether the peer listen URLs are https (all or none).
+    pub peer_listen_tls: bool,
 }
 
 /// etcd's default quota when `--quota-backend-bytes` is 0.
@@ -336,26 +346,10 @@ impl Flags {
                 "--enable-v2: the v2 keys API is not supported by ringkv",
             ));
         }
-        let tls_flags = [
-            ("--cert-file", !f.cert_file.is_empty()),
-            ("--key-file", !f.key_file.is_empty()),
-            ("--client-cert-auth", f.client_cert_auth),
-            ("--trusted-ca-file", !f.trusted_ca_file.is_empty()),
-            ("--auto-tls", f.auto_tls),
-            ("--peer-cert-file", !f.peer_cert_file.is_empty()),
-            ("--peer-key-file", !f.peer_key_file.is_empty()),
-            ("--peer-client-cert-auth", f.peer_client_cert_auth),
-            ("--peer-trusted-ca-file", !f.peer_trusted_ca_file.is_empty()),
-            ("--peer-auto-tls", f.peer_auto_tls),
-            ("--client-crl-file", !f.client_crl_file.is_empty()),
-            ("--cipher-suites", !f.cipher_suites.is_empty()),
-            (
-                "--client-cert-allowed-hostname",
-                !f.client_cert_allowed_hostname.is_empty(),
-            ),
-        ];
-        if let Some((flag, _)) = tls_flags.iter().find(|(_, set)| *set) {
-            return Err(bad(format!("{flag}: TLS is not supported by ringkv yet")));
+        if !f.client_cert_allowed_hostname.is_empty() {
+            return Err(bad(
+                "--client-cert-allowed-hostname: not supported by ringkv yet",
+            ));
         }
         if f.max_request_bytes == 0 {
             return Err(bad("--max-request-bytes must be > 0"));
@@ -384,6 +378,69 @@ impl Flags {
             &f.initial_advertise_peer_urls,
         )?;
         peer_urls.sort();
+
+        let client_tls = TlsSpec {
+            side: Side::Client,
+            cert_file: non_empty(&f.cert_file),
+            key_file: non_empty(&f.key_file),
+            trusted_ca_file: non_empty(&f.trusted_ca_file),
+            client_cert_auth: f.client_cert_auth,
+            auto_tls: f.auto_tls,
+            crl_file: non_empty(&f.client_crl_file),
+            cipher_suites: split_list(&f.cipher_suites),
+            hosts: url_hosts(&f.listen_client_urls),
+        };
+        let peer_tls = TlsSpec {
+            side: Side::Peer,
+            cert_file: non_empty(&f.peer_cert_file),
+            key_file: non_empty(&f.peer_key_file),
+            trusted_ca_file: non_empty(&f.peer_trusted_ca_file),
+            client_cert_auth: f.peer_client_cert_auth,
+            auto_tls: f.peer_auto_tls,
+            crl_file: None,
+            cipher_suites: split_list(&f.cipher_suites),
+            hosts: url_hosts(&f.listen_peer_urls),
+        };
+        client_tls.check().map_err(bad)?;
+        peer_tls.check().map_err(bad)?;
+        let client_addr_tls: Vec<bool> = split_urls("--listen-client-urls", &f.listen_client_urls)?
+            .iter()
+            .map(|u| crate::tls::is_tls_url(u))
+            .collect();
+        if client_addr_tls.contains(&true) && !client_tls.enabled() {
+            return Err(bad(format!(
+                "--listen-client-urls {:?}: an https URL needs --cert-file and --key-file, or --auto-tls",
+                f.listen_client_urls
+            )));
+        }
+        let peer_listen_tls: Vec<bool> = split_urls("--listen-peer-urls", &f.listen_peer_urls)?
+            .iter()
+            .map(|u| crate::tls::is_tls_url(u))
+            .collect();
+        let peer_listen_tls = match (
+            peer_listen_tls.contains(&true),
+            peer_listen_tls.contains(&false),
+        ) {
+            (true, true) => {
+                return Err(bad(format!(
+                    "--listen-peer-urls {:?}: mixing http and https peer URLs is not supported",
+                    f.listen_peer_urls
+                )));
+            }
+            (tls, _) => tls,
+        };
+        if peer_listen_tls && !peer_tls.enabled() {
+            return Err(bad(format!(
+                "--listen-peer-urls {:?}: an https URL needs --peer-cert-file and --peer-key-file, or --peer-auto-tls",
+                f.listen_peer_urls
+            )));
+        }
+        if peer_urls.iter().any(|u| crate::tls::is_tls_url(u)) && !peer_tls.enabled() {
+            return Err(bad(format!(
+                "--initial-advertise-peer-urls {:?}: an https URL needs --peer-cert-file and --peer-key-file, or --peer-auto-tls",
+                f.initial_advertise_peer_urls
+            )));
+        }
 
         let initial_cluster = f
             .initial_cluster
@@ -448,6 +505,10 @@ impl Flags {
             quota_backend_bytes,
             auto_compaction,
             grpc_max_recv_bytes,
+            client_tls,
+            peer_tls,
+            client_addr_tls,
+            peer_listen_tls,
             flags: f,
         })
     }
@@ -511,7 +572,7 @@ fn split_urls(flag: &str, list: &str) -> Result<Vec<String>, ConfigError> {
     Ok(urls)
 }
 
-/// Splits `scheme://host:port[/]` into its parts; only `http` is served (TLS is not supported yet).
+/// Splits `scheme://host:port[/]` into its parts; `http` and `https` are served.
 fn url_host_port<'a>(flag: &str, url: &'a str) -> Result<(&'a str, u16), ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad(format!(
@@ -519,12 +580,7 @@ fn url_host_port<'a>(flag: &str, url: &'a str) -> Result<(&'a str, u16), ConfigE
         )));
     };
     match scheme {
-        "http" => {}
-        "https" | "unixs" => {
-            return Err(bad(format!(
-                "{flag}: {url:?}: TLS is not supported by ringkv yet"
-            )));
-        }
+        "http" | "https" => {}
         _ => {
             return Err(bad(format!(
                 "{flag}: {url:?}: unsupported scheme {scheme:?}"
@@ -543,6 +599,27 @@ fn url_host_port<'a>(flag: &str, url: &'a str) -> Result<(&'a str, u16), ConfigE
         return Err(bad(format!("{flag}: {url:?} has no host")));
     }
     Ok((host, port))
+}
+
+fn non_empty(s: &str) -> Option<PathBuf> {
+    (!s.trim().is_empty()).then(|| PathBuf::from(s.trim()))
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The hosts of a URL list (the SANs of an auto-TLS certificate); bad URLs are reported by
+/// the listen URL parsing.
+fn url_hosts(list: &str) -> Vec<String> {
+    split_list(list)
+        .iter()
+        .filter_map(|u| url_host_port("", u).ok().map(|(h, _)| h.to_string()))
+        .collect()
 }
 
 fn parse_listen_urls(flag: &str, list: &str) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -772,13 +849,48 @@ mod tests {
                 .0
                 .contains("too long")
         );
-        assert!(parse(&["--cert-file=x.pem"]).unwrap_err().0.contains("TLS"));
+        assert!(
+            parse(&["--cert-file=x.pem"])
+                .unwrap_err()
+                .0
+                .contains("--cert-file needs --key-file")
+        );
         assert!(
             parse(&["--listen-client-urls=https://127.0.0.1:1"])
                 .unwrap_err()
                 .0
-                .contains("TLS")
+                .contains("an https URL needs --cert-file and --key-file, or --auto-tls")
         );
+        assert!(
+            parse(&["--client-cert-auth", "--auto-tls"])
+                .unwrap_err()
+                .0
+                .contains("--client-cert-auth needs --trusted-ca-file")
+        );
+        assert!(
+            parse(&["--auto-tls", "--cipher-suites=TLS_RSA_WITH_RC4_128_SHA"])
+                .unwrap_err()
+                .0
+                .contains("unexpected TLS cipher suite")
+        );
+        assert!(
+            parse(&[
+                "--peer-auto-tls",
+                "--listen-peer-urls=https://127.0.0.1:1,http://127.0.0.1:2"
+            ])
+            .unwrap_err()
+            .0
+            .contains("mixing http and https")
+        );
+        let c = parse(&[
+            "--auto-tls",
+            "--listen-client-urls=https://127.0.0.1:1,http://127.0.0.1:2",
+            "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+        ])
+        .unwrap();
+        assert_eq!(c.client_addr_tls, vec![true, false]);
+        assert!(c.client_tls.enabled() && !c.peer_tls.enabled());
+        assert_eq!(c.client_tls.hosts, vec!["127.0.0.1", "127.0.0.1"]);
         assert!(
             parse(&["--listen-client-urls=foo"])
                 .unwrap_err()

@@ -41,6 +41,7 @@ mod raft_backed;
 mod recipe;
 mod server;
 mod shutdown;
+mod tls;
 mod validate;
 mod watch;
 
@@ -66,6 +67,8 @@ pub use raft_backed::{ClusterOptions, NodeOptions, OpenError, RaftBackedNode};
 pub use server::{ClientServer, MAX_CONNECTIONS, ServerOptions};
 pub use shutdown::{DRAIN_TIMEOUT, DrainGuard, Shutdown, ShutdownTrigger, signal};
 pub use validate::Limits;
+// tls: client and peer TLS
+pub use tls::{PeerStream, Side, SideTls, TlsSpec};
 // lat: --cpu-layout
 pub use cpu_layout::{CpuLayout, restrict_current_thread};
 
@@ -97,13 +100,20 @@ pub fn run() -> Result<(), String> {
         })
         .build()
         .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
+    // Certificates are read (or made, under auto-TLS) before anything else is opened: a bad
+    // file stops the start with a message naming it.
+    let client_tls = tls::load(&config.client_tls, &config.data_dir)?;
+    let peer_tls = tls::load(&config.peer_tls, &config.data_dir)?;
     let mut existing_members = None;
     if config.flags.initial_cluster_state == ClusterState::Existing
         && !config.data_dir.join("member").join("wal").exists()
     {
-        existing_members = Some(join_existing(&mut config)?);
+        existing_members = Some(join_existing(&mut config, peer_tls.as_deref())?);
     }
     let mut opts = NodeOptions::from_config(&config);
+    opts.cluster.peer_listen_tls = config.peer_listen_tls;
+    opts.cluster.peer_tls = peer_tls;
+    opts.cluster.forward_tls = client_tls.map(|t| t.client.clone());
     opts.threads = layout.threads.clone();
     opts.cluster.existing_members = existing_members;
     let node = RaftBackedNode::open(opts).map_err(|e| e.to_string())?;
@@ -160,13 +170,13 @@ pub fn run() -> Result<(), String> {
 /// A fresh member joining a running cluster (`--initial-cluster-state existing`) takes its
 /// member ID (given by MemberAdd) and the cluster ID from the other members, found by its
 /// peer URLs in their member list, as etcd does. Returns that member list (JSON).
-fn join_existing(config: &mut Config) -> Result<Vec<u8>, String> {
+fn join_existing(config: &mut Config, tls: Option<&SideTls>) -> Result<Vec<u8>, String> {
     let mut last = String::from("no other member in --initial-cluster");
     for m in &config.initial_members {
         if m.peer_urls == config.peer_urls {
             continue;
         }
-        let (cluster_id, list) = match query_cluster(&m.peer_urls) {
+        let (cluster_id, list) = match query_cluster(&m.peer_urls, tls) {
             Ok(r) => r,
             Err(e) => {
                 last = format!("member {:?}: {e}", m.name);
@@ -245,16 +255,25 @@ pub async fn serve_clients_until<N: EtcdNode>(
     let (trigger, shutdown) = ShutdownTrigger::new();
     let server = ClientServer::new(node, server_options(config), shutdown);
     let mut tasks = Vec::new();
-    for addr in &config.client_addrs {
+    let client_tls = tls::load(&config.client_tls, &config.data_dir).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("ringkv: {e}"))
+    })?;
+    for (i, addr) in config.client_addrs.iter().enumerate() {
+        let tls = match config.client_addr_tls.get(i) {
+            Some(true) => client_tls.as_ref().map(|t| t.server.clone()),
+            _ => None,
+        };
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
                 format!("ringkv: cannot listen on {addr} for clients: {e}"),
             )
         })?;
-        tasks.push(tokio::spawn(
-            server.clone().serve(listener, trigger.guard()),
-        ));
+        tasks.push(tokio::spawn(server.clone().serve_with(
+            listener,
+            trigger.guard(),
+            tls,
+        )));
     }
     for addr in &config.metrics_addrs {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

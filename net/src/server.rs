@@ -180,6 +180,18 @@ impl<N: EtcdNode> ClientServer<N> {
         listener: TcpListener,
         guard: DrainGuard,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, guard, None).await
+    }
+
+    /// [`ClientServer::serve`] on an https listener when `tls` is given: every connection is
+    /// a TLS handshake (bounded by `tls::HANDSHAKE_TIMEOUT`), then served like a plain one.
+    pub async fn serve_with(
+        self: Arc<Self>,
+        listener: TcpListener,
+        guard: DrainGuard,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<()> {
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let mut shutdown = self.shared.shutdown.clone();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -203,8 +215,25 @@ impl<N: EtcdNode> ClientServer<N> {
             let _ = stream.set_nodelay(true);
             let this = self.clone();
             let guard = guard.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                this.serve_connection(stream, peer).await;
+                match acceptor {
+                    None => this.serve_connection(stream, peer).await,
+                    Some(acceptor) => {
+                        let accepted = tokio::time::timeout(
+                            crate::tls::HANDSHAKE_TIMEOUT,
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        match accepted {
+                            Ok(Ok(tls)) => this.serve_connection(tls, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::info!("client TLS handshake from {peer} failed: {e}")
+                            }
+                            Err(_) => tracing::info!("client TLS handshake from {peer} timed out"),
+                        }
+                    }
+                }
                 drop(permit);
                 drop(guard);
             });
@@ -259,11 +288,10 @@ impl<N: EtcdNode> ClientServer<N> {
         }
     }
 
-    async fn serve_connection(
-        self: Arc<Self>,
-        mut stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-    ) {
+    async fn serve_connection<IO>(self: Arc<Self>, mut stream: IO, peer: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let mut shutdown = self.shared.shutdown.clone();
         let sniffed = tokio::select! {
             r = crate::h2server::sniff_http2(&mut stream) => r,

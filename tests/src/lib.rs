@@ -8,6 +8,7 @@
 //!   `etcdctl` and HTTP/1.1 helpers.
 //! - `cluster`: a cluster of real `ringkv` processes bootstrapped from `--initial-cluster`.
 //! - `proxy`: a proxy in front of each member's peer port that can cut links (partitions).
+//! - `tls`: a test PKI made with rcgen, members started with https URLs, curl.
 //! - `mvcc_gen`: random etcd KV/lease operations and their execution against an `MvccStore`.
 
 mod cluster;
@@ -16,6 +17,7 @@ mod json;
 mod mvcc_gen;
 mod proxy;
 mod ringkv;
+mod tls;
 
 pub use cluster::{RingkvCluster, TEST_CLUSTER_TOKEN};
 pub use etcd::{EtcdProcess, HttpResponse, WatchStreamReader, free_port, http_post};
@@ -23,3 +25,4 @@ pub use json::{error_json, message_json, normalise_headers};
 pub use mvcc_gen::{Op, OpGen, apply_to_store, catch_up_watches, op_request_json, txn_is_valid};
 pub use proxy::{Partition, PeerProxy};
 pub use ringkv::{RingkvProcess, etcdctl_at, http_get, ringkv_binary};
+pub use tls::{TestPki, TlsMember, curl};

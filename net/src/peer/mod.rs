@@ -57,6 +57,7 @@ use ringkv_engine::{
 };
 
 use self::frame::{Hello, Status, StreamKind};
+use crate::tls::{PeerStream, SideTls, is_tls_url};
 
 /// Messages queued per peer before `send` starts dropping (raft-rs keeps at most 256
 /// appends in flight per follower, plus heartbeats and votes).
@@ -137,7 +138,7 @@ enum Outgoing {
 #[derive(Default)]
 struct Link {
     /// The connection once the sender thread connected it; `None` while down.
-    stream: Option<TcpStream>,
+    stream: Option<PeerStream>,
     /// The tail of a frame the core began and could not finish without blocking; the
     /// connection carries nothing else until it is written.
     pending: Vec<u8>,
@@ -165,7 +166,9 @@ impl PeerSender {
         if self.backlog.load(Ordering::Acquire) != 0 || !link.pending.is_empty() {
             return Err(msgs);
         }
-        let Some(stream) = link.stream.as_ref() else {
+        // A TLS connection cannot take a partial non-blocking write of its records: it is
+        // written by the sender thread only.
+        let Some(stream) = link.stream.as_ref().and_then(PeerStream::plain_tcp) else {
             return Err(msgs);
         };
         let Ok(buf) = encode_batch_frame(&msgs) else {
@@ -257,12 +260,15 @@ struct Shared {
     /// Accepted message connections by a serial number, shut down on stop so their reader
     /// threads end. A reader thread removes (and shuts down) its own entry when it ends for
     /// any reason (`Accepted`), so a connection closed for a bad frame is really closed.
-    accepted: Mutex<HashMap<u64, TcpStream>>,
+    accepted: Mutex<HashMap<u64, PeerStream>>,
     next_accepted: std::sync::atomic::AtomicU64,
     /// Answers a cluster query: the member list as JSON (membership.rs records).
     member_list: RwLock<Option<MemberListFn>>,
     /// Source and destination of snapshot transfers (none: snapshots are reported failed).
     snapshot_files: RwLock<Option<Arc<SnapshotFiles>>>,
+    /// Peer TLS (tls.rs): dials `https://` peer URLs; accepts with it when `listen_tls`.
+    tls: OnceLock<Arc<SideTls>>,
+    listen_tls: AtomicBool,
 }
 
 /// Produces the member list a cluster query is answered with.
@@ -293,6 +299,8 @@ impl PeerTransport {
                 next_accepted: std::sync::atomic::AtomicU64::new(0),
                 member_list: RwLock::new(None),
                 snapshot_files: RwLock::new(None),
+                tls: OnceLock::new(),
+                listen_tls: AtomicBool::new(false),
             }),
         }
     }
@@ -363,6 +371,13 @@ impl PeerTransport {
     /// Sets where snapshot transfers read this member's backend and write received ones.
     pub fn set_snapshot_files(&self, files: SnapshotFiles) {
         *self.shared.snapshot_files.write() = Some(Arc::new(files));
+    }
+
+    /// Sets the peer TLS configuration (before [`PeerTransport::listen`]): `https://` peer
+    /// URLs are dialed with it, and with `listen` every accepted connection must be TLS.
+    pub fn set_tls(&self, tls: Arc<SideTls>, listen: bool) {
+        let _ = self.shared.tls.set(tls);
+        self.shared.listen_tls.store(listen, Ordering::Release);
     }
 
     /// Whether a peer refused us because this member was removed from the cluster.
@@ -514,13 +529,13 @@ impl SenderWorker {
         link.pending.clear();
     }
 
-    fn connect(&self) -> io::Result<TcpStream> {
+    fn connect(&self) -> io::Result<PeerStream> {
         dial(&self.shared, self.to, &self.urls, StreamKind::Messages)
     }
 
     /// Publishes the connection to the raft core ([`Link`]) and sends batches until it fails
     /// or the worker stops.
-    fn stream(&self, s: TcpStream) -> io::Result<()> {
+    fn stream(&self, s: PeerStream) -> io::Result<()> {
         s.set_write_timeout(Some(self.shared.write_timeout))?;
         {
             let mut link = self.link.lock();
@@ -595,14 +610,15 @@ impl SenderWorker {
                     .stream
                     .as_ref()
                     .ok_or_else(|| io::Error::other("the connection broke on the raft thread"))?;
-                let mut w: &TcpStream = s;
+                let mut w: &PeerStream = s;
                 if !link.pending.is_empty() {
                     w.write_all(&link.pending)?;
                 }
                 if !buf.is_empty() {
                     w.write_all(&buf)?;
                 }
-                Ok(())
+                // Pushes out TLS records still buffered (nothing for plain TCP).
+                w.flush()
             });
             link.pending.clear();
             self.backlog.fetch_sub(taken, Ordering::AcqRel);
@@ -721,7 +737,7 @@ fn dial(
     to: u64,
     urls: &RwLock<Vec<String>>,
     kind: StreamKind,
-) -> io::Result<TcpStream> {
+) -> io::Result<PeerStream> {
     let urls = urls.read().clone();
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
     for url in &urls {
@@ -729,7 +745,9 @@ fn dial(
             last = io::Error::new(io::ErrorKind::InvalidInput, format!("bad peer URL {url:?}"));
             continue;
         };
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        let connected = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .and_then(|tcp| wrap_dialed(shared.tls.get().map(|t| &**t), tcp, url));
+        match connected {
             Ok(s) => return handshake(shared, to, kind, s, url),
             Err(e) => last = io::Error::new(e.kind(), format!("{url}: {e}")),
         }
@@ -737,13 +755,33 @@ fn dial(
     Err(last)
 }
 
+/// A dialed connection to `url`: TLS when the URL says `https://` (tls.rs), else plain; the
+/// TLS handshake completes here, bounded by [`HANDSHAKE_TIMEOUT`].
+fn wrap_dialed(tls: Option<&SideTls>, tcp: TcpStream, url: &str) -> io::Result<PeerStream> {
+    if !is_tls_url(url) {
+        return Ok(PeerStream::plain(tcp));
+    }
+    let Some(tls) = tls else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an https peer URL needs --peer-cert-file/--peer-key-file or --peer-auto-tls",
+        ));
+    };
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let s = PeerStream::client(tcp, &tls.client, url)?;
+    s.handshake()?;
+    Ok(s)
+}
+
 fn handshake(
     shared: &Shared,
     to: u64,
     kind: StreamKind,
-    mut s: TcpStream,
+    mut s: PeerStream,
     url: &str,
-) -> io::Result<TcpStream> {
+) -> io::Result<PeerStream> {
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -816,10 +854,24 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn serve_connection(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+fn serve_connection(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
+    tcp.set_nonblocking(false)?;
+    tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut s = match shared.tls.get() {
+        Some(tls) if shared.listen_tls.load(Ordering::Acquire) => {
+            let from = tcp.peer_addr()?;
+            tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+            let s = PeerStream::server(tcp, &tls.server)?;
+            if let Err(e) = s.handshake() {
+                tracing::warn!("refused a peer connection from {from}: {e}");
+                return Err(e);
+            }
+            s.set_write_timeout(None)?;
+            s
+        }
+        _ => PeerStream::plain(tcp),
+    };
     let mut hello = [0u8; frame::HELLO_LEN];
     s.read_exact(&mut hello)?;
     let h = frame::decode_hello(&hello)?;
@@ -935,7 +987,7 @@ impl Drop for Accepted<'_> {
 /// once the file is durable is the message stepped into raft (whose restore installs that
 /// file) and the sender acknowledged. On any failure the connection is closed without
 /// acknowledgement (the sender reports the snapshot failed).
-fn receive_snapshot(shared: &Shared, s: TcpStream, from: u64) -> io::Result<()> {
+fn receive_snapshot(shared: &Shared, s: PeerStream, from: u64) -> io::Result<()> {
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     let Some(files) = shared.snapshot_files.read().clone() else {
@@ -1061,7 +1113,7 @@ impl Write for VfsWriter<'_> {
 
 /// A cluster query (hello with sender and target 0): the reply carries the cluster ID, then
 /// one frame holds the member list.
-fn answer_cluster_query(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
+fn answer_cluster_query(shared: &Shared, mut s: PeerStream) -> io::Result<()> {
     let list = match &*shared.member_list.read() {
         Some(f) => f(),
         None => return Ok(()),
@@ -1073,15 +1125,16 @@ fn answer_cluster_query(shared: &Shared, mut s: TcpStream) -> io::Result<()> {
 }
 
 /// Asks the member at one of `urls` for its cluster ID and member list (JSON), as a member
-/// joining an existing cluster does before it starts.
-pub fn query_cluster(urls: &[String]) -> io::Result<(u64, Vec<u8>)> {
+/// joining an existing cluster does before it starts (`https://` URLs over `tls`).
+pub fn query_cluster(urls: &[String], tls: Option<&SideTls>) -> io::Result<(u64, Vec<u8>)> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no peer URL");
     for url in urls {
         let Some(addr) = peer_addr(url) else {
             continue;
         };
         let attempt = (|| -> io::Result<(u64, Vec<u8>)> {
-            let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+            let mut s = wrap_dialed(tls, tcp, url)?;
             s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
             s.write_all(&frame::encode_hello(&Hello {
                 kind: StreamKind::Messages,
@@ -1212,7 +1265,7 @@ mod tests {
 
         ours.set_member_list(Box::new(|| b"[{\"id\":10}]".to_vec()));
         let url = format!("http://{addr}");
-        let (cluster, list) = query_cluster(&["http://127.0.0.1:1".into(), url]).unwrap();
+        let (cluster, list) = query_cluster(&["http://127.0.0.1:1".into(), url], None).unwrap();
         assert_eq!(cluster, 1);
         assert_eq!(list, b"[{\"id\":10}]");
         ours.stop();

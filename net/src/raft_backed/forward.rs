@@ -85,11 +85,16 @@ impl RaftBackedNode {
         {
             return Ok(Some(ch.clone()));
         }
-        let ch = Endpoint::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| EtcdError::Internal(format!("leader client URL {url:?}: {e}")))?
             .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-            .timeout(FORWARD_TIMEOUT)
-            .connect_lazy();
+            .timeout(FORWARD_TIMEOUT);
+        let ch = match &inner.opts.cluster.forward_tls {
+            Some(tls) if crate::tls::is_tls_url(&url) => {
+                endpoint.connect_with_connector_lazy(crate::tls::TlsConnector::new(tls.clone()))
+            }
+            _ => endpoint.connect_lazy(),
+        };
         *cached = Some((leader, url, ch.clone()));
         Ok(Some(ch))
     }

@@ -166,6 +166,11 @@ pub struct ClusterOptions {
     /// `--force-new-cluster`: restart as a one-member cluster from this member's data
     /// (`cluster::force_new_cluster`).
     pub force_new_cluster: bool,
+    /// tls: peer TLS (dialing `https://` peer URLs; accepting with it when `peer_listen_tls`).
+    pub peer_tls: Option<Arc<crate::tls::SideTls>>,
+    pub peer_listen_tls: bool,
+    /// tls: the client TLS configuration forwarding dials an `https://` leader client URL with.
+    pub forward_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl NodeOptions {
@@ -202,6 +207,8 @@ impl NodeOptions {
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,
                 force_new_cluster: c.flags.force_new_cluster,
+                // tls: filled by `run` once the certificates are loaded.
+                ..Default::default()
             },
             snapshot_count: c.flags.snapshot_count,
             max_snapshots: c.flags.max_snapshots as usize,
@@ -788,6 +795,9 @@ impl RaftBackedNode {
             cluster_id: opts.cluster_id,
             member_id: opts.member_id,
         });
+        if let Some(tls) = &opts.cluster.peer_tls {
+            peers.set_tls(tls.clone(), opts.cluster.peer_listen_tls);
+        }
         let inner = Arc::new(Inner {
             wal_lock: Mutex::new(Some(wal_lock)),
             store: RwLock::new(store),

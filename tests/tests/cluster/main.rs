@@ -8,3 +8,4 @@ mod leases;
 mod membership;
 mod partition;
 mod snapshot_transfer;
+mod tls;

@@ -8,5 +8,6 @@ mod gateway;
 mod restart;
 mod rust_client;
 mod snapshot;
+mod tls;
 mod wal_lock;
 mod watch_scale;
