@@ -1165,6 +1165,20 @@ pub fn query_cluster(urls: &[String], tls: Option<&SideTls>) -> io::Result<(u64,
 mod tests {
     use super::*;
 
+    /// A MsgAppend from member 11 to member 10 at `index`, carrying one entry of `len` bytes
+    /// of `byte`.
+    fn append_11_to_10(index: u64, byte: u8, len: usize) -> RaftMessage {
+        let mut m = RaftMessage::default();
+        m.set_msg_type(RaftMessageType::MsgAppend);
+        m.from = 11;
+        m.to = 10;
+        m.index = index;
+        let mut e = ringkv_engine::RaftEntry::default();
+        e.set_data(vec![byte; len].into());
+        m.mut_entries().push(e);
+        m
+    }
+
     /// A snapshot connection whose file arrives damaged: nothing is acknowledged, nothing is
     /// left under the received name, the temporary file is removed.
     #[test]
@@ -1355,19 +1369,7 @@ mod tests {
         };
         let first = accept_one();
         // 48 MiB of appends: far more than the socket buffers hold, and nobody reads them.
-        let msgs: Vec<RaftMessage> = (0..48)
-            .map(|i| {
-                let mut m = RaftMessage::default();
-                m.set_msg_type(RaftMessageType::MsgAppend);
-                m.from = 11;
-                m.to = 10;
-                m.index = i;
-                let mut e = ringkv_engine::RaftEntry::default();
-                e.set_data(vec![7u8; 1 << 20].into());
-                m.mut_entries().push(e);
-                m
-            })
-            .collect();
+        let msgs: Vec<RaftMessage> = (0..48).map(|i| append_11_to_10(i, 7, 1 << 20)).collect();
         ours.send(msgs);
         // The sender gives the stalled connection up and connects again.
         listener.set_nonblocking(true).unwrap();
@@ -1434,17 +1436,7 @@ mod tests {
         for chunk in (0..N).collect::<Vec<_>>().chunks(3) {
             let msgs = chunk
                 .iter()
-                .map(|&i| {
-                    let mut m = RaftMessage::default();
-                    m.set_msg_type(RaftMessageType::MsgAppend);
-                    m.from = 11;
-                    m.to = 10;
-                    m.index = i;
-                    let mut e = ringkv_engine::RaftEntry::default();
-                    e.set_data(vec![1u8; 64 << 10].into());
-                    m.mut_entries().push(e);
-                    m
-                })
+                .map(|&i| append_11_to_10(i, 1, 64 << 10))
                 .collect();
             ours.send(msgs);
         }
