@@ -199,13 +199,8 @@ impl Cluster {
     }
 
     fn next_conf(&self, id: u64) -> (u64, Vec<(ConfChangeType, u64)>) {
-        loop {
-            match self.events[&id].recv_timeout(Duration::from_secs(10)) {
-                Ok(Event::Conf(i, c)) => return (i, c),
-                Ok(Event::Entry(..)) => continue,
-                Err(e) => panic!("member {id} applied no conf change within 10 s: {e}"),
-            }
-        }
+        self.try_next_conf(id, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("member {id} applied no conf change within 10 s"))
     }
 
     fn shutdown(self) {
