@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot};
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
 use super::inbox::{InboxReceiver, InboxSender, inbox};
@@ -266,6 +266,20 @@ enum CoreMsg {
     #[cfg(test)]
     TestStep(Message),
     Shutdown,
+}
+
+/// A conf change that reached the leader while its previous one is not applied yet. raft-rs
+/// would turn it into an empty entry (its "possible unapplied conf change" check) and the
+/// proposer would wait for its request timeout; the core holds it instead and hands it to
+/// raft-rs once the previous one applied (`Core::release_held_conf`), in arrival order.
+enum HeldConf {
+    /// Proposed on this member (`RaftNode::propose_conf_change`).
+    Local {
+        cc: ConfChangeV2,
+        rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
+    },
+    /// A follower's `MsgPropose` carrying a conf change, forwarded to this leader.
+    Forwarded(Message),
 }
 
 /// The leader's view of one member's replication, for MemberPromote and status.
@@ -523,6 +537,8 @@ struct Core<L: LogSink> {
     /// first element is the membership at the log's start. A snapshot at index I records the
     /// last one at or below I.
     conf_history: Vec<(u64, ConfState)>,
+    /// Conf changes waiting for the previous one to apply, oldest first (`HeldConf`).
+    held_conf: VecDeque<HeldConf>,
 }
 
 fn to_raft_err(e: raft::Error) -> RaftNodeError {
@@ -645,6 +661,7 @@ impl<L: LogSink> Core<L> {
             last_snapshot: cfg.snapshot_index,
             durable: cfg.applied,
             conf_history: vec![(cfg.snapshot_index, initial_conf)],
+            held_conf: VecDeque::new(),
         })
     }
 
@@ -663,6 +680,9 @@ impl<L: LogSink> Core<L> {
                     }
                 }
                 rx.try_recv_all(&mut batch);
+            }
+            if !self.held_conf.is_empty() {
+                self.release_held_conf();
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
@@ -738,6 +758,13 @@ impl<L: LogSink> Core<L> {
                 if self.failed.is_some() {
                     return;
                 }
+                if m.get_msg_type() == MessageType::MsgPropose
+                    && m.entries.iter().any(is_conf_change)
+                    && self.must_hold_conf_change()
+                {
+                    self.held_conf.push_back(HeldConf::Forwarded(m));
+                    return;
+                }
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "raft message dropped");
                 }
@@ -752,19 +779,10 @@ impl<L: LogSink> Core<L> {
                 self.raw.report_snapshot(to, status);
             }
             CoreMsg::ProposeConfChange { cc, rejected } => {
-                let refused = match &self.failed {
-                    Some(why) => Some(RaftNodeError::PersistFailed(why.clone())),
-                    None => match self.raw.propose_conf_change(vec![], cc) {
-                        Ok(()) => None,
-                        Err(raft::Error::ProposalDropped) if self.raw.raft.leader_id == 0 => {
-                            Some(RaftNodeError::NoLeader)
-                        }
-                        Err(raft::Error::ProposalDropped) => Some(RaftNodeError::ProposalDropped),
-                        Err(e) => Some(to_raft_err(e)),
-                    },
-                };
-                if let (Some(e), Some(r)) = (refused, rejected) {
-                    r(e);
+                if self.failed.is_none() && self.must_hold_conf_change() {
+                    self.held_conf.push_back(HeldConf::Local { cc, rejected });
+                } else {
+                    self.propose_conf_change(cc, rejected);
                 }
             }
             CoreMsg::TransferLeader(to) => self.raw.transfer_leader(to),
@@ -994,6 +1012,53 @@ impl<L: LogSink> Core<L> {
             if self.raw.has_ready() {
                 self.on_ready();
             }
+        }
+    }
+
+    /// A conf change must wait: this member leads and raft-rs has not seen its previous conf
+    /// change applied (or others wait already, which go first).
+    fn must_hold_conf_change(&self) -> bool {
+        !self.held_conf.is_empty()
+            || (self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf())
+    }
+
+    /// Hands held conf changes to raft-rs, oldest first, while the previous one is applied
+    /// (each accepted one makes the next wait again). A member that no longer leads releases
+    /// them all: raft-rs forwards them to the new leader or refuses them (no leader).
+    fn release_held_conf(&mut self) {
+        while self.raw.raft.state != StateRole::Leader || !self.raw.raft.has_pending_conf() {
+            match self.held_conf.pop_front() {
+                None => return,
+                Some(HeldConf::Local { cc, rejected }) => self.propose_conf_change(cc, rejected),
+                Some(HeldConf::Forwarded(m)) => {
+                    if self.failed.is_none()
+                        && let Err(e) = self.raw.step(m)
+                    {
+                        tracing::debug!(error = %e, "forwarded conf change dropped");
+                    }
+                }
+            }
+        }
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        cc: ConfChangeV2,
+        rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
+    ) {
+        let refused = match &self.failed {
+            Some(why) => Some(RaftNodeError::PersistFailed(why.clone())),
+            None => match self.raw.propose_conf_change(vec![], cc) {
+                Ok(()) => None,
+                Err(raft::Error::ProposalDropped) if self.raw.raft.leader_id == 0 => {
+                    Some(RaftNodeError::NoLeader)
+                }
+                Err(raft::Error::ProposalDropped) => Some(RaftNodeError::ProposalDropped),
+                Err(e) => Some(to_raft_err(e)),
+            },
+        };
+        if let (Some(e), Some(r)) = (refused, rejected) {
+            r(e);
         }
     }
 
@@ -1414,6 +1479,13 @@ fn apply_loop<S: StateMachine>(
 }
 
 /// The membership change an entry carries, as a V2 change (v1 entries converted).
+fn is_conf_change(e: &Entry) -> bool {
+    matches!(
+        e.get_entry_type(),
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+    )
+}
+
 fn decode_conf_change(e: &Entry) -> Option<ConfChangeV2> {
     match e.get_entry_type() {
         EntryType::EntryConfChange => {

@@ -191,3 +191,95 @@ fn a_learner_joins_catches_up_is_promoted_and_a_removed_member_stops() {
     );
     assert_eq!(member_lines(&learner.endpoint()).len(), 3);
 }
+
+/// raft-rs turns a conf change proposed while the leader has not yet seen the previous one
+/// applied into an empty entry, which would leave its proposer waiting for the request timeout.
+/// Changes sent back to back, to the leader and to a follower, by etcdctl and by a client that
+/// sends the next one the moment the previous answer arrives, must each take effect: a
+/// dropped one fails here with "request timed out".
+#[test]
+fn back_to_back_member_changes_all_take_effect() {
+    let mut c = RingkvCluster::start(3);
+    let leader = c.leader();
+    let endpoints = [
+        c.members[leader].endpoint(),
+        c.members[(leader + 1) % 3].endpoint(),
+    ];
+    let ids_of = |ep: &str| -> Vec<String> {
+        let mut v: Vec<String> = member_lines(ep).into_iter().map(|m| m.0).collect();
+        v.sort();
+        v
+    };
+    let before = ids_of(&endpoints[0]);
+    assert_eq!(before.len(), 3);
+
+    for ep in &endpoints {
+        // Learner added, then removed at once.
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let added = ctl(
+            ep,
+            &[
+                "member",
+                "add",
+                "l",
+                "--learner",
+                &format!("--peer-urls={url}"),
+            ],
+        );
+        let id = added.split_whitespace().nth(1).expect("Member <id> added");
+        ctl(ep, &["member", "remove", id]);
+        // Two voters (never started) added back to back, then both removed back to back.
+        let (u1, u2) = (
+            format!("http://127.0.0.1:{}", free_port()),
+            format!("http://127.0.0.1:{}", free_port()),
+        );
+        let a1 = ctl(ep, &["member", "add", "v1", &format!("--peer-urls={u1}")]);
+        let a2 = ctl(ep, &["member", "add", "v2", &format!("--peer-urls={u2}")]);
+        let (id1, id2) = (
+            a1.split_whitespace().nth(1).expect("Member <id> added"),
+            a2.split_whitespace().nth(1).expect("Member <id> added"),
+        );
+        let five = ids_of(ep);
+        assert!(
+            five.len() == 5 && five.iter().any(|m| m == id1) && five.iter().any(|m| m == id2),
+            "{five:?}"
+        );
+        ctl(ep, &["member", "remove", id1]);
+        ctl(ep, &["member", "remove", id2]);
+        assert_eq!(ids_of(ep), before);
+    }
+
+    // A client that sends the next change as soon as the previous answer arrives.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        for ep in &endpoints {
+            let mut client = etcd_client::Client::connect([format!("http://{ep}")], None)
+                .await
+                .expect("connect");
+            for round in 0..5 {
+                let url = format!("http://127.0.0.1:{}", free_port());
+                let added = client
+                    .member_add(
+                        [url],
+                        Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round} at {ep}: member add: {e}"));
+                let id = added.member().expect("added member").id();
+                assert!(added.member_list().iter().any(|m| m.id() == id));
+                let removed = client
+                    .member_remove(id)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round} at {ep}: member remove: {e}"));
+                assert!(removed.members().iter().all(|m| m.id() != id));
+                assert_eq!(removed.members().len(), 3);
+            }
+        }
+    });
+    for ep in &endpoints {
+        assert_eq!(ids_of(ep), before);
+    }
+}
