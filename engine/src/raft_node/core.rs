@@ -289,7 +289,7 @@ pub struct PeerProgress {
     /// Highest log index known to be replicated on the member.
     pub matched: u64,
     pub is_learner: bool,
-    /// The leader heard from the member within the last election timeout.
+    /// The leader itself, or a member a message came from within the last election timeout.
     pub recent_active: bool,
 }
 
@@ -539,6 +539,12 @@ struct Core<L: LogSink> {
     conf_history: Vec<(u64, ConfState)>,
     /// Conf changes waiting for the previous one to apply, oldest first (`HeldConf`).
     held_conf: VecDeque<HeldConf>,
+    /// (peer, `ticks` when a message from it last arrived), for `PeerProgress::recent_active`.
+    /// Not raft-rs's own flag: that one is cleared for everyone at each election timeout and
+    /// set again by the next response (so it reads "inactive" for a heartbeat after every
+    /// reset), and it starts "active" for a member just added that never answered.
+    heard: Vec<(u64, u64)>,
+    election_ticks: u64,
 }
 
 fn to_raft_err(e: raft::Error) -> RaftNodeError {
@@ -662,6 +668,8 @@ impl<L: LogSink> Core<L> {
             durable: cfg.applied,
             conf_history: vec![(cfg.snapshot_index, initial_conf)],
             held_conf: VecDeque::new(),
+            heard: Vec::new(),
+            election_ticks: cfg.election_ticks as u64,
         })
     }
 
@@ -758,6 +766,10 @@ impl<L: LogSink> Core<L> {
                 if self.failed.is_some() {
                     return;
                 }
+                match self.heard.iter_mut().find(|(id, _)| *id == m.from) {
+                    Some(h) => h.1 = self.ticks,
+                    None => self.heard.push((m.from, self.ticks)),
+                }
                 if m.get_msg_type() == MessageType::MsgPropose
                     && m.entries.iter().any(is_conf_change)
                     && self.must_hold_conf_change()
@@ -791,12 +803,16 @@ impl<L: LogSink> Core<L> {
                 if self.raw.raft.state == StateRole::Leader {
                     let conf = self.raw.raft.prs().conf();
                     let learners = conf.learners().clone();
+                    let me = self.raw.raft.id;
                     for (id, pr) in self.raw.raft.prs().iter() {
+                        let heard = self.heard.iter().any(|&(from, at)| {
+                            from == *id && self.ticks.saturating_sub(at) <= self.election_ticks
+                        });
                         out.push(PeerProgress {
                             id: *id,
                             matched: pr.matched,
                             is_learner: learners.contains(id),
-                            recent_active: pr.recent_active,
+                            recent_active: *id == me || heard,
                         });
                     }
                     out.sort_by_key(|p| p.id);

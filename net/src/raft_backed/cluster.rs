@@ -334,17 +334,45 @@ impl RaftBackedNode {
         rx.await.unwrap_or_default()
     }
 
-    /// etcd 3.5's strict reconfiguration check for a change that adds a voter: the started
-    /// members (those that published their name) must still form a quorum of the new size.
-    fn check_started_quorum(&self, voters_after: usize) -> NodeResult<()> {
+    /// etcd 3.5's strict reconfiguration check (`--strict-reconfig-check`, on by default) for a
+    /// change after which the voters are `voters_after`, `extra_started` of them started but
+    /// not yet voters (a learner being promoted): the started voters must form a quorum of
+    /// them. As etcd, growing a one-member cluster to two is allowed (restoring a cluster from
+    /// one member's data).
+    fn check_started_quorum(&self, voters_after: usize, extra_started: usize) -> NodeResult<()> {
+        if !self.inner.opts.cluster.strict_reconfig {
+            return Ok(());
+        }
         let members = self.inner.members.read();
-        let started = members
-            .members
-            .values()
-            .filter(|m| !m.is_learner && !m.name.is_empty())
-            .count();
+        let started = extra_started
+            + members
+                .members
+                .values()
+                .filter(|m| !m.is_learner && !m.name.is_empty())
+                .count();
+        if started == 1 && voters_after == 2 {
+            return Ok(());
+        }
         if started < quorum(voters_after) {
             return Err(EtcdError::MemberNotEnoughStarted);
+        }
+        Ok(())
+    }
+
+    /// etcd 3.5's strict check before any MemberAdd: this member must have heard from every
+    /// other voter lately ("unhealthy cluster" otherwise). Only the leader tracks that (raft's
+    /// `recent_active`, reset every election timeout); a follower skips the check.
+    async fn check_voters_connected(&self) -> NodeResult<()> {
+        if !self.inner.opts.cluster.strict_reconfig {
+            return Ok(());
+        }
+        let progress = self.peer_progress().await;
+        let me = self.inner.ids.member_id;
+        if progress
+            .iter()
+            .any(|p| !p.is_learner && p.id != me && !p.recent_active)
+        {
+            return Err(EtcdError::UnhealthyCluster);
         }
         Ok(())
     }
@@ -379,8 +407,9 @@ impl RaftBackedNode {
         }
         if !req.is_learner {
             let voters = self.inner.members.read().conf(None).0.len();
-            self.check_started_quorum(voters + 1)?;
+            self.check_started_quorum(voters + 1, 0)?;
         }
+        self.check_voters_connected().await?;
         let kind = if req.is_learner {
             ConfChangeType::AddLearnerNode
         } else {
@@ -396,9 +425,23 @@ impl RaftBackedNode {
 
     pub(super) async fn remove_member(&self, id: u64) -> NodeResult<MemberRemoveResponse> {
         let member = self.inner.members.read().member(id)?;
-        if !member.is_learner {
-            // etcd 3.5's strict check: the voters left that the leader hears from must form a
-            // quorum of the new configuration.
+        if !member.is_learner && self.inner.opts.cluster.strict_reconfig {
+            // etcd 3.5's strict check: the started voters left must form a quorum of the new
+            // configuration ...
+            let voters_after = self.inner.members.read().conf(Some(id)).0.len();
+            let started_after = self
+                .inner
+                .members
+                .read()
+                .members
+                .values()
+                .filter(|m| m.id != id && !m.is_learner && !m.name.is_empty())
+                .count();
+            if started_after < quorum(voters_after) {
+                return Err(EtcdError::MemberNotEnoughStarted);
+            }
+            // ... and so must the voters left that the leader hears from (a member that is
+            // down is removed freely: it is no part of the active quorum).
             let progress = self.peer_progress().await;
             if !progress.is_empty() {
                 let voters_after: Vec<&PeerProgress> = progress
@@ -470,7 +513,8 @@ impl RaftBackedNode {
             return Err(EtcdError::LearnerNotReady);
         }
         let voters = self.inner.members.read().conf(None).0.len();
-        self.check_started_quorum(voters + 1)?;
+        // The learner counts as started (etcd's IsReadyToPromoteMember): it has caught up.
+        self.check_started_quorum(voters + 1, 1)?;
         member.is_learner = false;
         let members = self
             .propose_member_change(ConfChangeType::AddNode, member)

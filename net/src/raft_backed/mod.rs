@@ -166,6 +166,10 @@ pub struct ClusterOptions {
     /// `--force-new-cluster`: restart as a one-member cluster from this member's data
     /// (`cluster::force_new_cluster`).
     pub force_new_cluster: bool,
+    /// `--strict-reconfig-check` (etcd's default: on): MemberAdd, MemberRemove and
+    /// MemberPromote refuse changes that would leave too few started or reachable voters.
+    /// `false` in `Default` (unit tests); `from_config` takes the flag.
+    pub strict_reconfig: bool,
     /// tls: peer TLS (dialing `https://` peer URLs; accepting with it when `peer_listen_tls`).
     pub peer_tls: Option<Arc<crate::tls::SideTls>>,
     pub peer_listen_tls: bool,
@@ -207,6 +211,7 @@ impl NodeOptions {
                 token: c.flags.initial_cluster_token.clone(),
                 existing_members: None,
                 force_new_cluster: c.flags.force_new_cluster,
+                strict_reconfig: c.flags.strict_reconfig_check,
                 // tls: filled by `run` once the certificates are loaded.
                 ..Default::default()
             },

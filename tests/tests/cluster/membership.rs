@@ -228,12 +228,23 @@ fn back_to_back_member_changes_all_take_effect() {
         );
         let id = added.split_whitespace().nth(1).expect("Member <id> added");
         ctl(ep, &["member", "remove", id]);
-        // Two voters (never started) added back to back, then both removed back to back.
+        // A learner and a voter (neither ever started) added back to back, then both removed
+        // back to back. (A second voter add would be refused while the first is unreachable:
+        // etcd's "unhealthy cluster", tested below.)
         let (u1, u2) = (
             format!("http://127.0.0.1:{}", free_port()),
             format!("http://127.0.0.1:{}", free_port()),
         );
-        let a1 = ctl(ep, &["member", "add", "v1", &format!("--peer-urls={u1}")]);
+        let a1 = ctl(
+            ep,
+            &[
+                "member",
+                "add",
+                "l1",
+                "--learner",
+                &format!("--peer-urls={u1}"),
+            ],
+        );
         let a2 = ctl(ep, &["member", "add", "v2", &format!("--peer-urls={u2}")]);
         let (id1, id2) = (
             a1.split_whitespace().nth(1).expect("Member <id> added"),
@@ -244,8 +255,8 @@ fn back_to_back_member_changes_all_take_effect() {
             five.len() == 5 && five.iter().any(|m| m == id1) && five.iter().any(|m| m == id2),
             "{five:?}"
         );
-        ctl(ep, &["member", "remove", id1]);
         ctl(ep, &["member", "remove", id2]);
+        ctl(ep, &["member", "remove", id1]);
         assert_eq!(ids_of(ep), before);
     }
 
@@ -282,4 +293,109 @@ fn back_to_back_member_changes_all_take_effect() {
     for ep in &endpoints {
         assert_eq!(ids_of(ep), before);
     }
+}
+
+/// etcd 3.5's checks around reconfiguration (`--strict-reconfig-check`, on by default) and the
+/// other membership RPCs: MemberUpdate keeps a learner a learner (etcd 3.4 turned it into a
+/// voter); MoveLeader hands leadership over; with a voter down, removing another voter is
+/// refused ("unhealthy cluster"), as is adding any member, while removing the downed one is
+/// allowed; adding a voter that would leave too few started voters is refused.
+#[test]
+fn member_update_move_leader_and_etcds_reconfiguration_checks() {
+    let mut c = RingkvCluster::start(3);
+    let all = c.endpoints();
+    let leader = c.leader();
+    let ep = c.members[leader].endpoint();
+    let ids: Vec<u64> = (0..3).map(|i| c.status(i).expect("status").0).collect();
+
+    // MemberUpdate of an (unstarted) learner: new peer URL, still a learner.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let added = ctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "l",
+            "--learner",
+            &format!("--peer-urls={url}"),
+        ],
+    );
+    let id = added.split_whitespace().nth(1).expect("Member <id> added");
+    let moved = format!("http://127.0.0.1:{}", free_port());
+    ctl(
+        &ep,
+        &["member", "update", id, &format!("--peer-urls={moved}")],
+    );
+    let table = ctl(&ep, &["member", "list", "-w", "table"]);
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.contains(id))
+        .unwrap_or_else(|| panic!("{id} not in {table}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    assert_eq!((row[4], row[6]), (moved.as_str(), "true"), "{table}");
+    ctl(&ep, &["member", "remove", id]);
+
+    // MoveLeader to a follower (etcdctl finds the leader among the endpoints).
+    let target = (leader + 1) % 3;
+    let out = ctl(&all, &["move-leader", &format!("{:x}", ids[target])]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    assert_eq!(c.leader(), target);
+    assert!(
+        ctl_err(&c.members[target].endpoint(), &["move-leader", "1"])
+            .contains("bad leader transferee"),
+    );
+    let leader = target;
+    let ep = c.members[leader].endpoint();
+
+    // Three started voters: adding a fourth voter that never starts is allowed (3 started
+    // voters are a quorum of 4); adding any member after it is not, as the leader cannot
+    // reach every voter ("unhealthy cluster"); removing the unstarted one is allowed.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let added = ctl(&ep, &["member", "add", "v", &format!("--peer-urls={url}")]);
+    let unstarted = added.split_whitespace().nth(1).expect("Member <id> added");
+    let err = ctl_err(
+        &ep,
+        &[
+            "member",
+            "add",
+            "w",
+            &format!("--peer-urls=http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    ctl(&ep, &["member", "remove", unstarted]);
+
+    // One follower down: removing the other follower would leave the leader alone of two.
+    let down = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    c.members[down].stop();
+    // The leader notices within an election timeout (100 ms here); wait several.
+    std::thread::sleep(Duration::from_millis(1000));
+    let err = ctl_err(&ep, &["member", "remove", &format!("{:x}", ids[other])]);
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    let err = ctl_err(
+        &ep,
+        &[
+            "member",
+            "add",
+            "x",
+            "--learner",
+            &format!("--peer-urls=http://127.0.0.1:{}", free_port()),
+        ],
+    );
+    assert!(err.contains("etcdserver: unhealthy cluster"), "{err}");
+    // The member that is down is no part of the active quorum: removing it is fine.
+    ctl(&ep, &["member", "remove", &format!("{:x}", ids[down])]);
+    assert_eq!(member_lines(&ep).len(), 2);
+    ctl(&ep, &["put", "after", "removal"]);
+    assert_eq!(
+        ctl(
+            &c.members[other].endpoint(),
+            &["get", "after", "--print-value-only"]
+        )
+        .trim(),
+        "removal"
+    );
 }
