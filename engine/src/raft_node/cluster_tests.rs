@@ -487,3 +487,103 @@ fn conf_changes_proposed_back_to_back_all_apply_in_order() {
     }
     c.shutdown();
 }
+
+/// Persist calls waiting for their "fdatasync": (entries, completion), oldest first.
+type HeldPersists = Arc<Mutex<Vec<(Vec<Entry>, Box<dyn FnOnce(io::Result<()>) + Send>)>>>;
+
+/// Holds the persist callbacks of the member named in `gated` (its "fdatasync" has not
+/// returned); completes everyone else's at once.
+#[derive(Clone)]
+struct GatedSink {
+    me: u64,
+    gated: Arc<Mutex<Option<u64>>>,
+    held: HeldPersists,
+}
+
+impl LogSink for GatedSink {
+    fn persist(
+        &self,
+        entries: Vec<Entry>,
+        _hard_state: Option<HardState>,
+        done: Box<dyn FnOnce(io::Result<()>) + Send>,
+    ) {
+        let mut held = self.held.lock();
+        // Completions stay in call order: once one is held, later ones queue behind it.
+        if *self.gated.lock() == Some(self.me) || !held.is_empty() {
+            held.push((entries, done));
+        } else {
+            drop(held);
+            done(Ok(()));
+        }
+    }
+}
+
+/// A follower acknowledges an append only once its persist (the WAL fdatasync) returned: in
+/// a two-member cluster the leader cannot commit while the follower's persist is held, and
+/// commits as soon as it is released.
+#[test]
+fn a_follower_acknowledges_only_after_its_persist_returned() {
+    let gated = Arc::new(Mutex::new(None));
+    let mut held = HashMap::new();
+    let mut c = Cluster {
+        router: Router::default(),
+        events: HashMap::new(),
+    };
+    for id in [1, 2] {
+        let (tx, rx) = mpsc::channel();
+        let sink = GatedSink {
+            me: id,
+            gated: gated.clone(),
+            held: Arc::new(Mutex::new(Vec::new())),
+        };
+        held.insert(id, sink.held.clone());
+        let transport = MemTransport {
+            from: id,
+            router: c.router.clone(),
+        };
+        let node = RaftNode::start(config(id, &[1, 2]), sink, transport, Recorder(tx)).unwrap();
+        c.router.nodes.write().insert(id, node);
+        c.events.insert(id, rx);
+    }
+    let leader = c.leader();
+    let follower = 3 - leader;
+    c.node(leader).propose(b"first".to_vec(), None);
+    assert_eq!(c.next_entry(leader).1, b"first");
+    assert_eq!(c.next_entry(follower).1, b"first");
+
+    *gated.lock() = Some(follower);
+    c.node(leader).propose(b"held".to_vec(), None);
+    // The follower received the entry: its persist call holds it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held[&follower]
+        .lock()
+        .iter()
+        .any(|(es, _)| es.iter().any(|e| e.data.as_ref() == b"held"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the follower never got the entry"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Twenty heartbeat intervals with the follower's persist outstanding: nothing commits.
+    std::thread::sleep(Duration::from_millis(200));
+    let early: Vec<Event> = c.events[&leader].try_iter().collect();
+    assert!(
+        !early
+            .iter()
+            .any(|e| matches!(e, Event::Entry(_, d) if d.as_slice() == b"held")),
+        "the leader applied an entry its only peer had not made durable: {early:?}"
+    );
+    // The fdatasync returns: the acknowledgement goes out and the entry commits.
+    // (Called under the lock, so a later persist cannot complete before these.)
+    *gated.lock() = None;
+    let mut queued = held[&follower].lock();
+    for (_, d) in queued.drain(..) {
+        d(Ok(()));
+    }
+    drop(queued);
+    assert_eq!(c.next_entry(leader).1, b"held");
+    assert_eq!(c.next_entry(follower).1, b"held");
+    c.shutdown();
+}
