@@ -497,9 +497,6 @@ impl<'a> NodeView<'a> {
     }
 }
 
-/// Shared bytes of the write path: keys and values move from the read buffer into new pages
-/// without being copied (the buffer holds them as `Arc<[u8]>` too).
-pub(crate) type Shared = std::sync::Arc<[u8]>;
 
 /// The first 8 bytes of `k` (zero-padded) as a big-endian integer: big-endian so that comparing
 /// the integers orders like comparing the bytes. Equal prefixes decide nothing (a short key and
@@ -516,23 +513,26 @@ fn prefix(k: &[u8]) -> u64 {
     }
 }
 
-/// An owned leaf value, for the write path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Val {
-    Inline(Shared),
+/// A leaf value on the write path. Its bytes are borrowed (from a committed page, the read
+/// buffer or the transaction's arena), so rewriting a node copies no key or value until it is
+/// encoded into the new page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Val<'a> {
+    Inline(&'a [u8]),
     Overflow { page: u64, len: u32 },
 }
 
-/// An owned node element: a leaf entry or a branch pointer `key -> child`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Elem {
-    Leaf { key: Shared, val: Val },
-    Branch { key: Shared, child: u64 },
+/// A node element on the write path: a leaf entry or a branch pointer `key -> child`, borrowing
+/// its bytes like [`Val`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elem<'a> {
+    Leaf { key: &'a [u8], val: Val<'a> },
+    Branch { key: &'a [u8], child: u64 },
 }
 
-impl Elem {
-    pub(crate) fn key(&self) -> &[u8] {
-        match self {
+impl<'a> Elem<'a> {
+    pub(crate) fn key(&self) -> &'a [u8] {
+        match *self {
             Elem::Leaf { key, .. } | Elem::Branch { key, .. } => key,
         }
     }
@@ -550,26 +550,31 @@ impl Elem {
     }
 }
 
-/// Decodes every element of a validated node page.
-pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
+/// Decodes every element of a validated node page; the elements borrow from `page`.
+pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem<'_>> {
+    let mut out = Vec::new();
+    decode_node_into(page, &mut out);
+    out
+}
+
+/// Appends every element of a validated node page to `out`.
+pub(crate) fn decode_node_into<'a>(page: &'a [u8], out: &mut Vec<Elem<'a>>) {
     let v = NodeView::new(page);
-    (0..v.len())
-        .map(|i| {
-            let key = Shared::from(v.key(i));
-            if v.is_leaf() {
-                let val = match v.value(i) {
-                    StoredVal::Inline(b) => Val::Inline(Shared::from(b)),
-                    StoredVal::Overflow { page, len } => Val::Overflow { page, len },
-                };
-                Elem::Leaf { key, val }
-            } else {
-                Elem::Branch {
-                    key,
-                    child: v.child(i),
-                }
-            }
-        })
-        .collect()
+    out.reserve(v.len());
+    if v.is_leaf() {
+        out.extend((0..v.len()).map(|i| Elem::Leaf {
+            key: v.key(i),
+            val: match v.value(i) {
+                StoredVal::Inline(b) => Val::Inline(b),
+                StoredVal::Overflow { page, len } => Val::Overflow { page, len },
+            },
+        }));
+    } else {
+        out.extend((0..v.len()).map(|i| Elem::Branch {
+            key: v.key(i),
+            child: v.child(i),
+        }));
+    }
 }
 
 /// Fills the header of `run` (flags 0) and its checksum (last, over everything else).
@@ -612,7 +617,7 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
         let e = HEADER_LEN + i * elem_len;
         let data = page.len();
         match el {
-            Elem::Leaf { key, val } => {
+            &Elem::Leaf { key, val } => {
                 put_u16(&mut page, e + LEAF_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + LEAF_DATA_OFFSET, data as u32);
                 page.extend_from_slice(key);
@@ -623,16 +628,16 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                     }
                     Val::Overflow { page: p, len } => {
                         page[e + LEAF_FLAGS_OFFSET] = LEAF_FLAG_OVERFLOW;
-                        put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, *len);
+                        put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, len);
                         page.extend_from_slice(&p.to_le_bytes());
                     }
                 }
             }
-            Elem::Branch { key, child } => {
+            &Elem::Branch { key, child } => {
                 assert!(!leaf, "mixed leaf and branch elements");
                 put_u16(&mut page, e + BRANCH_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + BRANCH_DATA_OFFSET, data as u32);
-                put_u64(&mut page, e + BRANCH_CHILD_OFFSET, *child);
+                put_u64(&mut page, e + BRANCH_CHILD_OFFSET, child);
                 page.extend_from_slice(key);
             }
         }
@@ -834,11 +839,11 @@ mod tests {
 
     const PS: usize = 4096;
 
-    fn leaf(keys: &[&[u8]]) -> Vec<Elem> {
+    fn leaf<'a>(keys: &[&'a [u8]]) -> Vec<Elem<'a>> {
         keys.iter()
             .map(|k| Elem::Leaf {
-                key: Shared::from(*k),
-                val: Val::Inline(k.repeat(2).into()),
+                key: k,
+                val: Val::Inline(k.repeat(2).leak()),
             })
             .collect()
     }
@@ -866,11 +871,11 @@ mod tests {
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
             Elem::Branch {
-                key: Shared::from(&b"a"[..]),
+                key: b"a",
                 child: 5,
             },
             Elem::Branch {
-                key: Shared::from(&b"m"[..]),
+                key: b"m",
                 child: 9,
             },
         ];
@@ -1001,7 +1006,7 @@ mod tests {
         #[test]
         fn search_matches_byte_order(keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 1..12), 1..60),
                                      probe in proptest::collection::vec(0u8..3, 0..12)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(Shared::from(&b""[..])) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice(), val: Val::Inline(b"") }).collect();
             let page = encode_node(&elems, 7, PS);
             let v = NodeView::new(&page);
             let want = keys.iter().position(|k| k.as_slice() >= probe.as_slice()).unwrap_or(keys.len());
