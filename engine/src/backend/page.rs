@@ -682,25 +682,48 @@ pub(crate) fn freelist_bitmap_body(span: u64, pending: usize, written: usize) ->
         + written * WRITTEN_ENTRY_LEN
 }
 
-/// Body bytes `encode_freelist` uses for these parts: the smaller of the two forms.
-pub(crate) fn freelist_encoded_body(free: &[u64], pending: usize, written: usize) -> usize {
-    let list = freelist_body(free.len(), pending, written);
+/// Body bytes `encode_freelist` uses for these parts: the smaller of the two forms. `free` is
+/// the free pages as runs `(first id, pages)`, ascending and disjoint.
+pub(crate) fn freelist_encoded_body(free: &[(u64, u64)], pending: usize, written: usize) -> usize {
+    let count: u64 = free.iter().map(|&(_, n)| n).sum();
+    let list = freelist_body(count as usize, pending, written);
     match (free.first(), free.last()) {
-        (Some(&lo), Some(&hi)) => list.min(freelist_bitmap_body(hi - lo + 1, pending, written)),
+        (Some(&(lo, _)), Some(&(s, n))) => {
+            list.min(freelist_bitmap_body(s + n - lo, pending, written))
+        }
         _ => list,
+    }
+}
+
+/// Sets bits `[from, to)` of a little-endian bitmap (bit `i` = bit `i % 8` of byte `i / 8`),
+/// whole bytes at a time where it can.
+fn set_bits(bits: &mut [u8], from: u64, to: u64) {
+    let (mut i, to) = (from as usize, to as usize);
+    while i < to && !i.is_multiple_of(8) {
+        bits[i / 8] |= 1 << (i % 8);
+        i += 1;
+    }
+    if i + 8 <= to {
+        bits[i / 8..to / 8].fill(0xff);
+        i = to / 8 * 8;
+    }
+    while i < to {
+        bits[i / 8] |= 1 << (i % 8);
+        i += 1;
     }
 }
 
 /// Encodes the freelist and the commit's written list into a run of exactly `pages` pages
 /// (which must hold `freelist_encoded_body`), flagged `FREELIST_FLAG_WRITTEN`, and
-/// `FREELIST_FLAG_BITMAP` when the bitmap is the smaller form. `free` is ascending.
+/// `FREELIST_FLAG_BITMAP` when the bitmap is the smaller form. `free` is the free pages as runs
+/// `(first id, pages)`, ascending and disjoint.
 // Format (list): { header (flags 1) | free_count u64 | pending_count u64 |
 //   free ids u64[free_count] | pending { id u64, freed_by_txid u64 }[pending_count] |
 //   written_count u64 | written { id u64, checksum u32, pages u32 }[written_count] }
 // Format (bitmap): { header (flags 3) | free_count u64 | pending_count u64 | bitmap_start u64 |
 //   bitmap_words u64 | words u64[bitmap_words] | pending ... | written_count u64 | written ... }
 pub(crate) fn encode_freelist(
-    free: &[u64],
+    free: &[(u64, u64)],
     pending: &[(u64, u64)],
     written: &[Written],
     id: u64,
@@ -708,29 +731,32 @@ pub(crate) fn encode_freelist(
     page_size: usize,
 ) -> Vec<u8> {
     let mut run = vec![0u8; pages as usize * page_size];
-    put_u64(&mut run, FREE_COUNT_OFFSET, free.len() as u64);
+    let count: u64 = free.iter().map(|&(_, n)| n).sum();
+    put_u64(&mut run, FREE_COUNT_OFFSET, count);
     put_u64(&mut run, PENDING_COUNT_OFFSET, pending.len() as u64);
-    let list = freelist_body(free.len(), pending.len(), written.len());
+    let list = freelist_body(count as usize, pending.len(), written.len());
     let mut flags = FREELIST_FLAG_WRITTEN;
     let mut off = FREE_IDS_OFFSET;
     match (free.first(), free.last()) {
-        (Some(&lo), Some(&hi))
-            if freelist_bitmap_body(hi - lo + 1, pending.len(), written.len()) < list =>
+        (Some(&(lo, _)), Some(&(s, n)))
+            if freelist_bitmap_body(s + n - lo, pending.len(), written.len()) < list =>
         {
             flags |= FREELIST_FLAG_BITMAP;
-            let words = (hi - lo + 1).div_ceil(64);
+            let words = (s + n - lo).div_ceil(64);
             put_u64(&mut run, BITMAP_START_OFFSET, lo);
             put_u64(&mut run, BITMAP_WORDS_OFFSET, words);
-            for &f in free {
-                let bit = f - lo;
-                run[BITMAP_OFFSET + (bit / 8) as usize] |= 1 << (bit % 8);
+            let end = BITMAP_OFFSET + words as usize * size_of::<u64>();
+            for &(s, n) in free {
+                set_bits(&mut run[BITMAP_OFFSET..end], s - lo, s + n - lo);
             }
-            off = BITMAP_OFFSET + words as usize * size_of::<u64>();
+            off = end;
         }
         _ => {
-            for &f in free {
-                put_u64(&mut run, off, f);
-                off += 8;
+            for &(s, n) in free {
+                for f in s..s + n {
+                    put_u64(&mut run, off, f);
+                    off += 8;
+                }
             }
         }
     }
@@ -848,6 +874,27 @@ mod tests {
             .collect()
     }
 
+    /// Each id as a run of one page (adjacent ids are not merged: the encoder takes any
+    /// ascending disjoint runs).
+    fn ids_as_runs(ids: &[u64]) -> Vec<(u64, u64)> {
+        ids.iter().map(|&id| (id, 1)).collect()
+    }
+
+    #[test]
+    fn bitmap_of_runs_matches_bit_by_bit() {
+        // Runs that start and end inside bytes, span whole bytes, and touch each other.
+        let runs = [(100u64, 3u64), (103, 1), (110, 30), (150, 8), (158, 1), (300, 64)];
+        let ids: Vec<u64> = runs.iter().flat_map(|&(s, n)| s..s + n).collect();
+        let body = freelist_encoded_body(&runs, 0, 0);
+        assert_eq!(body, freelist_bitmap_body(364 - 100, 0, 0));
+        let run = encode_freelist(&runs, &[], &[], 20, run_pages(PS, body), PS);
+        assert_eq!(run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP, FREELIST_FLAG_BITMAP);
+        validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
+        assert_eq!(decode_freelist(&run).0, ids);
+        let one_by_one = encode_freelist(&ids_as_runs(&ids), &[], &[], 20, 1, PS);
+        assert_eq!(run, one_by_one);
+    }
+
     #[test]
     fn layout_constants_chain() {
         assert_eq!(HEADER_LEN, 24);
@@ -918,7 +965,7 @@ mod tests {
             pages: 2,
         }];
         let pages = run_pages(PS, freelist_body(3, 1, 1));
-        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
+        let run = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, pages, PS);
         validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
         assert_eq!(decode_freelist(&run), (free.to_vec(), pending.to_vec()));
         assert_eq!(decode_written(&run), written.to_vec());
@@ -946,12 +993,12 @@ mod tests {
             checksum: 0xdead_beef,
             pages: 1,
         }];
-        let body = freelist_encoded_body(&free, 2, 1);
+        let body = freelist_encoded_body(&ids_as_runs(&free), 2, 1);
         assert_eq!(body, freelist_bitmap_body(599, 2, 1));
         assert!(body < freelist_body(300, 2, 1));
         let pages = run_pages(PS, body);
         assert_eq!(pages, 1);
-        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
+        let run = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, pages, PS);
         assert_eq!(
             run[FLAGS_OFFSET],
             FREELIST_FLAG_WRITTEN | FREELIST_FLAG_BITMAP
@@ -962,15 +1009,15 @@ mod tests {
         assert_eq!(decode_any(&run, 20, PS).unwrap(), 300 + 2 + 1);
 
         let sparse = [5u64, 1 << 20, 1 << 40];
-        let body = freelist_encoded_body(&sparse, 0, 0);
+        let body = freelist_encoded_body(&ids_as_runs(&sparse), 0, 0);
         assert_eq!(body, freelist_body(3, 0, 0));
-        let run = encode_freelist(&sparse, &[], &[], 20, run_pages(PS, body), PS);
+        let run = encode_freelist(&ids_as_runs(&sparse), &[], &[], 20, run_pages(PS, body), PS);
         assert_eq!(run[FLAGS_OFFSET], FREELIST_FLAG_WRITTEN);
         assert_eq!(decode_freelist(&run).0, sparse.to_vec());
 
         // A count that disagrees with the bits set, a bitmap longer than its run and an
         // unknown flag are refused with a reason, not read.
-        let bitmap = encode_freelist(&free, &pending, &written, 20, 1, PS);
+        let bitmap = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, 1, PS);
         let mut bad = bitmap.clone();
         put_u64(&mut bad, FREE_COUNT_OFFSET, 299);
         reseal(&mut bad);
