@@ -57,7 +57,11 @@ impl Freelist {
     /// Free runs `(first id, pages)` (ascending, disjoint, never adjacent) and pending
     /// `(id, freed_by)` entries, for persisting.
     pub(crate) fn to_parts(&self) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
-        let free = self.runs.iter().map(|(&start, &len)| (start, len)).collect();
+        let free = self
+            .runs
+            .iter()
+            .map(|(&start, &len)| (start, len))
+            .collect();
         let pending = self
             .pending
             .iter()
@@ -235,7 +239,10 @@ mod tests {
         fl.free_now(3, 1);
         fl.free_pending(6, 11, 2);
         fl.release(5);
-        assert_eq!(fl.to_parts(), (vec![(3, 1), (10, 1)], vec![(11, 6), (12, 6)]));
+        assert_eq!(
+            fl.to_parts(),
+            (vec![(3, 1), (10, 1)], vec![(11, 6), (12, 6)])
+        );
         fl.release(6);
         assert_eq!(fl.pending_len(), 0);
         assert_eq!(runs(&fl), vec![(3, 1), (10, 3)]);

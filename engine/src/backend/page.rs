@@ -497,7 +497,6 @@ impl<'a> NodeView<'a> {
     }
 }
 
-
 /// The first 8 bytes of `k` (zero-padded) as a big-endian integer: big-endian so that comparing
 /// the integers orders like comparing the bytes. Equal prefixes decide nothing (a short key and
 /// its zero-padded extension share one); unequal ones decide the byte order of the keys.
@@ -883,12 +882,22 @@ mod tests {
     #[test]
     fn bitmap_of_runs_matches_bit_by_bit() {
         // Runs that start and end inside bytes, span whole bytes, and touch each other.
-        let runs = [(100u64, 3u64), (103, 1), (110, 30), (150, 8), (158, 1), (300, 64)];
+        let runs = [
+            (100u64, 3u64),
+            (103, 1),
+            (110, 30),
+            (150, 8),
+            (158, 1),
+            (300, 64),
+        ];
         let ids: Vec<u64> = runs.iter().flat_map(|&(s, n)| s..s + n).collect();
         let body = freelist_encoded_body(&runs, 0, 0);
         assert_eq!(body, freelist_bitmap_body(364 - 100, 0, 0));
         let run = encode_freelist(&runs, &[], &[], 20, run_pages(PS, body), PS);
-        assert_eq!(run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP, FREELIST_FLAG_BITMAP);
+        assert_eq!(
+            run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP,
+            FREELIST_FLAG_BITMAP
+        );
         validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
         assert_eq!(decode_freelist(&run).0, ids);
         let one_by_one = encode_freelist(&ids_as_runs(&ids), &[], &[], 20, 1, PS);
