@@ -11,6 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Free pages as runs `(first id, pages)`.
+pub(crate) type FreeRuns = Vec<(u64, u64)>;
+
 /// The free set is kept as maximal runs of contiguous pages, so that a commit can take its pages
 /// as one contiguous extent (`take_extent`) and write them with one large write: on a disk bound
 /// by the number of write requests, 1,000 scattered 4 KiB pages cost several times one
@@ -56,7 +59,7 @@ impl Freelist {
 
     /// Free runs `(first id, pages)` (ascending, disjoint, never adjacent) and pending
     /// `(id, freed_by)` entries, for persisting.
-    pub(crate) fn to_parts(&self) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    pub(crate) fn to_parts(&self) -> (FreeRuns, Vec<(u64, u64)>) {
         let free = self
             .runs
             .iter()

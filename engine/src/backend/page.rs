@@ -615,8 +615,8 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
     for (i, el) in elems.iter().enumerate() {
         let e = HEADER_LEN + i * elem_len;
         let data = page.len();
-        match el {
-            &Elem::Leaf { key, val } => {
+        match *el {
+            Elem::Leaf { key, val } => {
                 put_u16(&mut page, e + LEAF_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + LEAF_DATA_OFFSET, data as u32);
                 page.extend_from_slice(key);
@@ -632,7 +632,7 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                     }
                 }
             }
-            &Elem::Branch { key, child } => {
+            Elem::Branch { key, child } => {
                 assert!(!leaf, "mixed leaf and branch elements");
                 put_u16(&mut page, e + BRANCH_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + BRANCH_DATA_OFFSET, data as u32);
@@ -1089,7 +1089,7 @@ mod tests {
         #[test]
         fn node_mutations_never_panic(keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..20), 1..50),
                                       flips in proptest::collection::vec((0usize..PS, any::<u8>()), 1..8)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(k.as_slice().into()) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice(), val: Val::Inline(k.as_slice()) }).collect();
             let mut page = encode_node(&elems, 7, PS);
             prop_assert_eq!(decode_node(&page), elems);
             for (at, x) in flips {
