@@ -117,6 +117,10 @@ pub struct BtreeArgs {
     /// Directory on the device to measure (a temporary subdirectory is used and removed).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
+    /// Run only these phases (comma-separated names, e.g. `commit-1,commit-1000`); the bulk
+    /// load always runs (the other phases need its keys) but is reported only if listed.
+    #[arg(long, value_delimiter = ',')]
+    pub phases: Vec<String>,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

@@ -42,6 +42,9 @@ pub struct BtreeOptions {
     pub compare: bool,
     /// Print one JSON object per engine and phase instead of a table.
     pub json: bool,
+    /// Run only these phases (empty = all); `bulk-load` always runs but is reported only if
+    /// listed. An unknown name is an error.
+    pub phases: Vec<String>,
 }
 
 impl Default for BtreeOptions {
@@ -50,6 +53,7 @@ impl Default for BtreeOptions {
             keys: 1_000_000,
             compare: false,
             json: false,
+            phases: Vec::new(),
         }
     }
 }
@@ -60,6 +64,9 @@ pub fn run(
     opts: &BtreeOptions,
     dir: &Path,
 ) -> Result<Vec<PhaseResult>, Box<dyn std::error::Error>> {
+    if let Some(bad) = opts.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
+        return Err(format!("unknown phase {bad:?}; phases: {}", PHASES.join(", ")).into());
+    }
     let w = Workload::new(opts.keys);
     let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(&dir.join("ringkv"))?)];
     if opts.compare {
@@ -68,7 +75,8 @@ pub fn run(
     }
     let mut out = Vec::new();
     for e in &mut engines {
-        for r in run_engine(e.as_mut(), &w)? {
+        let wanted = |p: &str| opts.phases.is_empty() || opts.phases.iter().any(|q| q == p);
+        for r in run_engine(e.as_mut(), &w, &wanted)? {
             if opts.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
@@ -161,16 +169,37 @@ fn revision(main: u64, sub: u64) -> Vec<u8> {
     k
 }
 
-fn run_engine(e: &mut dyn Engine, w: &Workload) -> Result<Vec<PhaseResult>, BoxErr> {
+/// Every phase, in the order they run.
+const PHASES: [&str; 7] = [
+    "bulk-load",
+    "get-1t",
+    "get-2t",
+    "range-10",
+    "commit-1",
+    "commit-1000",
+    "revision-append",
+];
+
+/// Runs the phases `wanted` accepts, in order (`bulk-load` always, reported only if wanted).
+fn run_engine(
+    e: &mut dyn Engine,
+    w: &Workload,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Result<Vec<PhaseResult>, BoxErr> {
     let name = e.name();
     let n = w.keys.len();
     let mut out = Vec::new();
 
     let t = Instant::now();
     e.commit(&mut w.keys.iter().map(|k| (k.clone(), w.value.clone())))?;
-    out.push(result(name, "bulk-load", n as u64, t));
+    if wanted("bulk-load") {
+        out.push(result(name, "bulk-load", n as u64, t));
+    }
 
     for (threads, phase) in [(1, "get-1t"), (2, "get-2t")] {
+        if !wanted(phase) {
+            continue;
+        }
         let t = Instant::now();
         let hits = e.gets(&w.get_order, threads)?;
         if hits != w.get_order.len() as u64 {
@@ -183,33 +212,45 @@ fn run_engine(e: &mut dyn Engine, w: &Workload) -> Result<Vec<PhaseResult>, BoxE
         out.push(result(name, phase, hits, t));
     }
 
-    let starts = &w.get_order[..(n / 10).clamp(1, 100_000).min(w.get_order.len())];
-    let t = Instant::now();
-    e.ranges(starts)?;
-    out.push(result(name, "range-10", starts.len() as u64, t));
-
-    let mut rng = Mix(7);
-    let commits = (n / 100).clamp(10, 1000);
-    let t = Instant::now();
-    for _ in 0..commits {
-        e.commit(&mut std::iter::once((rng.key(), w.value.clone())))?;
+    if wanted("range-10") {
+        let starts = &w.get_order[..(n / 10).clamp(1, 100_000).min(w.get_order.len())];
+        let t = Instant::now();
+        e.ranges(starts)?;
+        out.push(result(name, "range-10", starts.len() as u64, t));
     }
-    out.push(result(name, "commit-1", commits as u64, t));
 
-    let batches = 100.min(n / 1000 + 1);
-    let t = Instant::now();
-    for _ in 0..batches {
-        e.commit(&mut (0..1000).map(|_| (rng.key(), w.value.clone())))?;
+    // Separate generators per phase, so a phase's keys do not depend on which phases ran.
+    if wanted("commit-1") {
+        let mut rng = Mix(7);
+        let commits = (n / 100).clamp(10, 1000);
+        let t = Instant::now();
+        for _ in 0..commits {
+            e.commit(&mut std::iter::once((rng.key(), w.value.clone())))?;
+        }
+        out.push(result(name, "commit-1", commits as u64, t));
     }
-    out.push(result(name, "commit-1000", batches as u64 * 1000, t));
 
-    let total = (n / 10).clamp(10_000, 1_000_000) as u64;
-    let value = vec![0xcd; 256];
-    let t = Instant::now();
-    for batch in 0..total / 10_000 {
-        e.commit(&mut (0..10_000).map(|i| (revision(batch * 10_000 + i + 1, 0), value.clone())))?;
+    if wanted("commit-1000") {
+        let mut rng = Mix(8);
+        let batches = 100.min(n / 1000 + 1);
+        let t = Instant::now();
+        for _ in 0..batches {
+            e.commit(&mut (0..1000).map(|_| (rng.key(), w.value.clone())))?;
+        }
+        out.push(result(name, "commit-1000", batches as u64 * 1000, t));
     }
-    out.push(result(name, "revision-append", total / 10_000 * 10_000, t));
+
+    if wanted("revision-append") {
+        let total = (n / 10).clamp(10_000, 1_000_000) as u64;
+        let value = vec![0xcd; 256];
+        let t = Instant::now();
+        for batch in 0..total / 10_000 {
+            e.commit(
+                &mut (0..10_000).map(|i| (revision(batch * 10_000 + i + 1, 0), value.clone())),
+            )?;
+        }
+        out.push(result(name, "revision-append", total / 10_000 * 10_000, t));
+    }
     Ok(out)
 }
 

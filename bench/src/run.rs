@@ -37,6 +37,7 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         keys: a.keys,
         compare: a.compare,
         json: g.json,
+        phases: a.phases.clone(),
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

@@ -46,7 +46,7 @@ struct Walker<'a> {
     report: CheckReport,
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
     fn problem(&mut self, page: u64, reason: impl Into<String>) {
         self.report.problems.push(PageError {
             page,
@@ -70,8 +70,9 @@ impl Walker<'_> {
         ok
     }
 
-    fn read(&mut self, id: u64, ty: Option<PageType>) -> Option<Cow<'_, [u8]>> {
-        match self.map.page(id, ty) {
+    fn read(&mut self, id: u64, ty: Option<PageType>) -> Option<Cow<'a, [u8]>> {
+        let map = self.map;
+        match map.page(id, ty) {
             Ok(p) => Some(p),
             Err(e) => {
                 self.report.problems.push(e);
@@ -85,7 +86,7 @@ impl Walker<'_> {
         &mut self,
         root: u64,
         what: &str,
-        mut leaf_val: impl FnMut(&mut Self, &[u8], &Val),
+        mut leaf_val: impl FnMut(&mut Self, &[u8], &Val<'_>),
     ) -> u64 {
         if root == 0 {
             return 0;
@@ -117,21 +118,19 @@ impl Walker<'_> {
         depth: usize,
         leaf_depth: &mut Option<usize>,
         keys: &mut u64,
-        leaf_val: &mut dyn FnMut(&mut Self, &[u8], &Val),
+        leaf_val: &mut dyn FnMut(&mut Self, &[u8], &Val<'_>),
         is_root: bool,
     ) -> Option<Vec<u8>> {
         if depth > 32 || !self.mark(id, 1, what) {
             return None;
         }
-        let elems = {
-            let page = self.read(id, None)?;
-            match page_type(&page) {
-                PageType::Branch | PageType::Leaf => decode_node(&page),
-                t => {
-                    let why = format!("{what}: page type {t:?} in a tree");
-                    self.problem(id, why);
-                    return None;
-                }
+        let page = self.read(id, None)?;
+        let elems = match page_type(&page) {
+            PageType::Branch | PageType::Leaf => decode_node(&page),
+            t => {
+                let why = format!("{what}: page type {t:?} in a tree");
+                self.problem(id, why);
+                return None;
             }
         };
         let first = elems.first().map(|e| e.key().to_vec());

@@ -36,7 +36,7 @@ use super::page::{
     decode_written, encode_freelist, freelist_bitmap_body, freelist_body, freelist_encoded_body,
     get_u32, header_overflow, max_key_len, run_pages,
 };
-use super::tree::{self, MAX_EXTENT, Op, TreeWriter, Walk};
+use super::tree::{self, Arena, MAX_EXTENT, Op, Recent, TreeWriter, Walk};
 use super::{BackendError, BackendOptions};
 use crate::io::{File, OpenOptions, Vfs};
 use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
@@ -162,6 +162,10 @@ struct WriterState {
     file_len: u64,
     /// Pages the last commit wrote: the size of the next commit's first extent.
     last_pages: u64,
+    /// Runs of the last commit the next one reads from memory (tree.rs, [`Recent`]).
+    recent: Recent,
+    /// The write buffer of step 2, kept between commits (its pages stay mapped and warm).
+    batch: Vec<u8>,
 }
 
 /// An open backend file. Cheap to share (`Clone` clones a handle).
@@ -328,6 +332,8 @@ impl Backend {
             ops_since_commit: 0,
             file_len,
             last_pages: 0,
+            recent: Recent::new(),
+            batch: Vec::new(),
         };
         let shared = Arc::new(Shared {
             _registered: registered,
@@ -800,8 +806,11 @@ fn commit(
         .min(meta.txid.saturating_sub(1));
     st.freelist.release(oldest);
 
+    let arena = Arena::default();
     let mut w = TreeWriter::new(
         &base.map,
+        &arena,
+        &st.recent,
         ps as usize,
         txid,
         &mut st.freelist,
@@ -823,7 +832,7 @@ fn commit(
             .iter()
             .map(|(k, v)| Op {
                 key: k,
-                val: v.as_ref(),
+                val: v.as_deref(),
             })
             .collect();
         let name = bucket.name();
@@ -875,15 +884,11 @@ fn commit(
         }
     }
     catalog_ops.sort();
-    let catalog_ops: Vec<(Bytes, Bytes)> = catalog_ops
-        .into_iter()
-        .map(|(k, v)| (Bytes::from(k), Bytes::from(&v[..])))
-        .collect();
     let ops: Vec<Op<'_>> = catalog_ops
-        .iter()
+        .into_iter()
         .map(|(k, v)| Op {
-            key: k,
-            val: Some(v),
+            key: arena.keep(k),
+            val: Some(arena.keep(v.to_vec())),
         })
         .collect();
     let mut catalog = w.apply(meta.catalog, &ops).map_err(corrupt)?;
@@ -957,6 +962,7 @@ fn commit(
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
     drop(w);
+    drop(arena);
     st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();
 
     // Step 1: grow the file, durably, before any meta can point past the old end; map the new
@@ -989,7 +995,8 @@ fn commit(
     }
 
     // Step 2: runs, coalesced into writes of adjacent ids.
-    let mut batch: Vec<u8> = Vec::new();
+    let mut batch = std::mem::take(&mut st.batch);
+    batch.clear();
     let mut batch_at = 0;
     for (id, run) in &dirty {
         let at = id * ps;
@@ -1011,6 +1018,7 @@ fn commit(
             .write_at(&batch, batch_at)
             .map_err(|e| shared.io("write pages", e))?;
     }
+    st.batch = batch;
     // Steps 3 and 4: the meta, then the one fdatasync that makes the whole commit durable.
     shared
         .file
@@ -1031,6 +1039,7 @@ fn commit(
         file_len: st.file_len,
     });
     st.live.push((txid, Arc::downgrade(&version)));
+    st.recent = keep_recent(dirty);
     let buf = Arc::new(Buffer::default());
     *shared.current.lock() = Arc::new(View {
         version: version.clone(),
@@ -1063,6 +1072,24 @@ fn commit(
         *shared.current.lock() = Arc::new(View { version, buf });
     }
     Ok(())
+}
+
+/// A commit of at most this many runs keeps all of them for the next commit, a larger one only
+/// its branch pages and freelist run (a bulk load's leaves would be hundreds of MiB).
+const RECENT_ALL_RUNS: usize = 256;
+
+/// The runs of a commit the next commit keeps in memory (tree.rs, [`Recent`]).
+fn keep_recent(dirty: std::collections::BTreeMap<u64, Vec<u8>>) -> Recent {
+    let all = dirty.len() <= RECENT_ALL_RUNS;
+    dirty
+        .into_iter()
+        .filter(|(_, run)| {
+            all || matches!(
+                super::page::page_type(run),
+                PageType::Branch | PageType::Freelist
+            )
+        })
+        .collect()
 }
 
 impl KvRead for BatchWriter {

@@ -11,6 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Free pages as runs `(first id, pages)`.
+pub(crate) type FreeRuns = Vec<(u64, u64)>;
+
 /// The free set is kept as maximal runs of contiguous pages, so that a commit can take its pages
 /// as one contiguous extent (`take_extent`) and write them with one large write: on a disk bound
 /// by the number of write requests, 1,000 scattered 4 KiB pages cost several times one
@@ -54,12 +57,13 @@ impl Freelist {
         fl
     }
 
-    /// Free ids (sorted) and pending `(id, freed_by)` entries, for persisting.
-    pub(crate) fn to_parts(&self) -> (Vec<u64>, Vec<(u64, u64)>) {
+    /// Free runs `(first id, pages)` (ascending, disjoint, never adjacent) and pending
+    /// `(id, freed_by)` entries, for persisting.
+    pub(crate) fn to_parts(&self) -> (FreeRuns, Vec<(u64, u64)>) {
         let free = self
             .runs
             .iter()
-            .flat_map(|(&start, &len)| start..start + len)
+            .map(|(&start, &len)| (start, len))
             .collect();
         let pending = self
             .pending
@@ -238,12 +242,15 @@ mod tests {
         fl.free_now(3, 1);
         fl.free_pending(6, 11, 2);
         fl.release(5);
-        assert_eq!(fl.to_parts(), (vec![3, 10], vec![(11, 6), (12, 6)]));
+        assert_eq!(
+            fl.to_parts(),
+            (vec![(3, 1), (10, 1)], vec![(11, 6), (12, 6)])
+        );
         fl.release(6);
         assert_eq!(fl.pending_len(), 0);
         assert_eq!(runs(&fl), vec![(3, 1), (10, 3)]);
         assert_eq!(fl.trim_tail(13), 10);
-        assert_eq!(fl.to_parts().0, vec![3]);
+        assert_eq!(fl.to_parts().0, vec![(3, 1)]);
         assert_eq!(fl.trim_tail(10), 10);
     }
 

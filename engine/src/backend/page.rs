@@ -497,10 +497,6 @@ impl<'a> NodeView<'a> {
     }
 }
 
-/// Shared bytes of the write path: keys and values move from the read buffer into new pages
-/// without being copied (the buffer holds them as `Arc<[u8]>` too).
-pub(crate) type Shared = std::sync::Arc<[u8]>;
-
 /// The first 8 bytes of `k` (zero-padded) as a big-endian integer: big-endian so that comparing
 /// the integers orders like comparing the bytes. Equal prefixes decide nothing (a short key and
 /// its zero-padded extension share one); unequal ones decide the byte order of the keys.
@@ -516,23 +512,26 @@ fn prefix(k: &[u8]) -> u64 {
     }
 }
 
-/// An owned leaf value, for the write path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Val {
-    Inline(Shared),
+/// A leaf value on the write path. Its bytes are borrowed (from a committed page, the read
+/// buffer or the transaction's arena), so rewriting a node copies no key or value until it is
+/// encoded into the new page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Val<'a> {
+    Inline(&'a [u8]),
     Overflow { page: u64, len: u32 },
 }
 
-/// An owned node element: a leaf entry or a branch pointer `key -> child`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Elem {
-    Leaf { key: Shared, val: Val },
-    Branch { key: Shared, child: u64 },
+/// A node element on the write path: a leaf entry or a branch pointer `key -> child`, borrowing
+/// its bytes like [`Val`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elem<'a> {
+    Leaf { key: &'a [u8], val: Val<'a> },
+    Branch { key: &'a [u8], child: u64 },
 }
 
-impl Elem {
-    pub(crate) fn key(&self) -> &[u8] {
-        match self {
+impl<'a> Elem<'a> {
+    pub(crate) fn key(&self) -> &'a [u8] {
+        match *self {
             Elem::Leaf { key, .. } | Elem::Branch { key, .. } => key,
         }
     }
@@ -550,26 +549,31 @@ impl Elem {
     }
 }
 
-/// Decodes every element of a validated node page.
-pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem> {
+/// Decodes every element of a validated node page; the elements borrow from `page`.
+pub(crate) fn decode_node(page: &[u8]) -> Vec<Elem<'_>> {
+    let mut out = Vec::new();
+    decode_node_into(page, &mut out);
+    out
+}
+
+/// Appends every element of a validated node page to `out`.
+pub(crate) fn decode_node_into<'a>(page: &'a [u8], out: &mut Vec<Elem<'a>>) {
     let v = NodeView::new(page);
-    (0..v.len())
-        .map(|i| {
-            let key = Shared::from(v.key(i));
-            if v.is_leaf() {
-                let val = match v.value(i) {
-                    StoredVal::Inline(b) => Val::Inline(Shared::from(b)),
-                    StoredVal::Overflow { page, len } => Val::Overflow { page, len },
-                };
-                Elem::Leaf { key, val }
-            } else {
-                Elem::Branch {
-                    key,
-                    child: v.child(i),
-                }
-            }
-        })
-        .collect()
+    out.reserve(v.len());
+    if v.is_leaf() {
+        out.extend((0..v.len()).map(|i| Elem::Leaf {
+            key: v.key(i),
+            val: match v.value(i) {
+                StoredVal::Inline(b) => Val::Inline(b),
+                StoredVal::Overflow { page, len } => Val::Overflow { page, len },
+            },
+        }));
+    } else {
+        out.extend((0..v.len()).map(|i| Elem::Branch {
+            key: v.key(i),
+            child: v.child(i),
+        }));
+    }
 }
 
 /// Fills the header of `run` (flags 0) and its checksum (last, over everything else).
@@ -611,7 +615,7 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
     for (i, el) in elems.iter().enumerate() {
         let e = HEADER_LEN + i * elem_len;
         let data = page.len();
-        match el {
+        match *el {
             Elem::Leaf { key, val } => {
                 put_u16(&mut page, e + LEAF_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + LEAF_DATA_OFFSET, data as u32);
@@ -623,7 +627,7 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                     }
                     Val::Overflow { page: p, len } => {
                         page[e + LEAF_FLAGS_OFFSET] = LEAF_FLAG_OVERFLOW;
-                        put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, *len);
+                        put_u32(&mut page, e + LEAF_VAL_LEN_OFFSET, len);
                         page.extend_from_slice(&p.to_le_bytes());
                     }
                 }
@@ -632,7 +636,7 @@ pub(crate) fn encode_node(elems: &[Elem], id: u64, page_size: usize) -> Vec<u8> 
                 assert!(!leaf, "mixed leaf and branch elements");
                 put_u16(&mut page, e + BRANCH_KEY_LEN_OFFSET, key.len() as u16);
                 put_u32(&mut page, e + BRANCH_DATA_OFFSET, data as u32);
-                put_u64(&mut page, e + BRANCH_CHILD_OFFSET, *child);
+                put_u64(&mut page, e + BRANCH_CHILD_OFFSET, child);
                 page.extend_from_slice(key);
             }
         }
@@ -677,25 +681,48 @@ pub(crate) fn freelist_bitmap_body(span: u64, pending: usize, written: usize) ->
         + written * WRITTEN_ENTRY_LEN
 }
 
-/// Body bytes `encode_freelist` uses for these parts: the smaller of the two forms.
-pub(crate) fn freelist_encoded_body(free: &[u64], pending: usize, written: usize) -> usize {
-    let list = freelist_body(free.len(), pending, written);
+/// Body bytes `encode_freelist` uses for these parts: the smaller of the two forms. `free` is
+/// the free pages as runs `(first id, pages)`, ascending and disjoint.
+pub(crate) fn freelist_encoded_body(free: &[(u64, u64)], pending: usize, written: usize) -> usize {
+    let count: u64 = free.iter().map(|&(_, n)| n).sum();
+    let list = freelist_body(count as usize, pending, written);
     match (free.first(), free.last()) {
-        (Some(&lo), Some(&hi)) => list.min(freelist_bitmap_body(hi - lo + 1, pending, written)),
+        (Some(&(lo, _)), Some(&(s, n))) => {
+            list.min(freelist_bitmap_body(s + n - lo, pending, written))
+        }
         _ => list,
+    }
+}
+
+/// Sets bits `[from, to)` of a little-endian bitmap (bit `i` = bit `i % 8` of byte `i / 8`),
+/// whole bytes at a time where it can.
+fn set_bits(bits: &mut [u8], from: u64, to: u64) {
+    let (mut i, to) = (from as usize, to as usize);
+    while i < to && !i.is_multiple_of(8) {
+        bits[i / 8] |= 1 << (i % 8);
+        i += 1;
+    }
+    if i + 8 <= to {
+        bits[i / 8..to / 8].fill(0xff);
+        i = to / 8 * 8;
+    }
+    while i < to {
+        bits[i / 8] |= 1 << (i % 8);
+        i += 1;
     }
 }
 
 /// Encodes the freelist and the commit's written list into a run of exactly `pages` pages
 /// (which must hold `freelist_encoded_body`), flagged `FREELIST_FLAG_WRITTEN`, and
-/// `FREELIST_FLAG_BITMAP` when the bitmap is the smaller form. `free` is ascending.
+/// `FREELIST_FLAG_BITMAP` when the bitmap is the smaller form. `free` is the free pages as runs
+/// `(first id, pages)`, ascending and disjoint.
 // Format (list): { header (flags 1) | free_count u64 | pending_count u64 |
 //   free ids u64[free_count] | pending { id u64, freed_by_txid u64 }[pending_count] |
 //   written_count u64 | written { id u64, checksum u32, pages u32 }[written_count] }
 // Format (bitmap): { header (flags 3) | free_count u64 | pending_count u64 | bitmap_start u64 |
 //   bitmap_words u64 | words u64[bitmap_words] | pending ... | written_count u64 | written ... }
 pub(crate) fn encode_freelist(
-    free: &[u64],
+    free: &[(u64, u64)],
     pending: &[(u64, u64)],
     written: &[Written],
     id: u64,
@@ -703,29 +730,32 @@ pub(crate) fn encode_freelist(
     page_size: usize,
 ) -> Vec<u8> {
     let mut run = vec![0u8; pages as usize * page_size];
-    put_u64(&mut run, FREE_COUNT_OFFSET, free.len() as u64);
+    let count: u64 = free.iter().map(|&(_, n)| n).sum();
+    put_u64(&mut run, FREE_COUNT_OFFSET, count);
     put_u64(&mut run, PENDING_COUNT_OFFSET, pending.len() as u64);
-    let list = freelist_body(free.len(), pending.len(), written.len());
+    let list = freelist_body(count as usize, pending.len(), written.len());
     let mut flags = FREELIST_FLAG_WRITTEN;
     let mut off = FREE_IDS_OFFSET;
     match (free.first(), free.last()) {
-        (Some(&lo), Some(&hi))
-            if freelist_bitmap_body(hi - lo + 1, pending.len(), written.len()) < list =>
+        (Some(&(lo, _)), Some(&(s, n)))
+            if freelist_bitmap_body(s + n - lo, pending.len(), written.len()) < list =>
         {
             flags |= FREELIST_FLAG_BITMAP;
-            let words = (hi - lo + 1).div_ceil(64);
+            let words = (s + n - lo).div_ceil(64);
             put_u64(&mut run, BITMAP_START_OFFSET, lo);
             put_u64(&mut run, BITMAP_WORDS_OFFSET, words);
-            for &f in free {
-                let bit = f - lo;
-                run[BITMAP_OFFSET + (bit / 8) as usize] |= 1 << (bit % 8);
+            let end = BITMAP_OFFSET + words as usize * size_of::<u64>();
+            for &(s, n) in free {
+                set_bits(&mut run[BITMAP_OFFSET..end], s - lo, s + n - lo);
             }
-            off = BITMAP_OFFSET + words as usize * size_of::<u64>();
+            off = end;
         }
         _ => {
-            for &f in free {
-                put_u64(&mut run, off, f);
-                off += 8;
+            for &(s, n) in free {
+                for f in s..s + n {
+                    put_u64(&mut run, off, f);
+                    off += 8;
+                }
             }
         }
     }
@@ -834,13 +864,44 @@ mod tests {
 
     const PS: usize = 4096;
 
-    fn leaf(keys: &[&[u8]]) -> Vec<Elem> {
+    fn leaf<'a>(keys: &[&'a [u8]]) -> Vec<Elem<'a>> {
         keys.iter()
             .map(|k| Elem::Leaf {
-                key: Shared::from(*k),
-                val: Val::Inline(k.repeat(2).into()),
+                key: k,
+                val: Val::Inline(k.repeat(2).leak()),
             })
             .collect()
+    }
+
+    /// Each id as a run of one page (adjacent ids are not merged: the encoder takes any
+    /// ascending disjoint runs).
+    fn ids_as_runs(ids: &[u64]) -> Vec<(u64, u64)> {
+        ids.iter().map(|&id| (id, 1)).collect()
+    }
+
+    #[test]
+    fn bitmap_of_runs_matches_bit_by_bit() {
+        // Runs that start and end inside bytes, span whole bytes, and touch each other.
+        let runs = [
+            (100u64, 3u64),
+            (103, 1),
+            (110, 30),
+            (150, 8),
+            (158, 1),
+            (300, 64),
+        ];
+        let ids: Vec<u64> = runs.iter().flat_map(|&(s, n)| s..s + n).collect();
+        let body = freelist_encoded_body(&runs, 0, 0);
+        assert_eq!(body, freelist_bitmap_body(364 - 100, 0, 0));
+        let run = encode_freelist(&runs, &[], &[], 20, run_pages(PS, body), PS);
+        assert_eq!(
+            run[FLAGS_OFFSET] & FREELIST_FLAG_BITMAP,
+            FREELIST_FLAG_BITMAP
+        );
+        validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
+        assert_eq!(decode_freelist(&run).0, ids);
+        let one_by_one = encode_freelist(&ids_as_runs(&ids), &[], &[], 20, 1, PS);
+        assert_eq!(run, one_by_one);
     }
 
     #[test]
@@ -866,11 +927,11 @@ mod tests {
         assert_eq!(v.value(2), StoredVal::Inline(b"ee"));
         let br = vec![
             Elem::Branch {
-                key: Shared::from(&b"a"[..]),
+                key: b"a",
                 child: 5,
             },
             Elem::Branch {
-                key: Shared::from(&b"m"[..]),
+                key: b"m",
                 child: 9,
             },
         ];
@@ -913,7 +974,7 @@ mod tests {
             pages: 2,
         }];
         let pages = run_pages(PS, freelist_body(3, 1, 1));
-        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
+        let run = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, pages, PS);
         validate_run(&run, 20, PS, Some(PageType::Freelist)).unwrap();
         assert_eq!(decode_freelist(&run), (free.to_vec(), pending.to_vec()));
         assert_eq!(decode_written(&run), written.to_vec());
@@ -941,12 +1002,12 @@ mod tests {
             checksum: 0xdead_beef,
             pages: 1,
         }];
-        let body = freelist_encoded_body(&free, 2, 1);
+        let body = freelist_encoded_body(&ids_as_runs(&free), 2, 1);
         assert_eq!(body, freelist_bitmap_body(599, 2, 1));
         assert!(body < freelist_body(300, 2, 1));
         let pages = run_pages(PS, body);
         assert_eq!(pages, 1);
-        let run = encode_freelist(&free, &pending, &written, 20, pages, PS);
+        let run = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, pages, PS);
         assert_eq!(
             run[FLAGS_OFFSET],
             FREELIST_FLAG_WRITTEN | FREELIST_FLAG_BITMAP
@@ -957,15 +1018,15 @@ mod tests {
         assert_eq!(decode_any(&run, 20, PS).unwrap(), 300 + 2 + 1);
 
         let sparse = [5u64, 1 << 20, 1 << 40];
-        let body = freelist_encoded_body(&sparse, 0, 0);
+        let body = freelist_encoded_body(&ids_as_runs(&sparse), 0, 0);
         assert_eq!(body, freelist_body(3, 0, 0));
-        let run = encode_freelist(&sparse, &[], &[], 20, run_pages(PS, body), PS);
+        let run = encode_freelist(&ids_as_runs(&sparse), &[], &[], 20, run_pages(PS, body), PS);
         assert_eq!(run[FLAGS_OFFSET], FREELIST_FLAG_WRITTEN);
         assert_eq!(decode_freelist(&run).0, sparse.to_vec());
 
         // A count that disagrees with the bits set, a bitmap longer than its run and an
         // unknown flag are refused with a reason, not read.
-        let bitmap = encode_freelist(&free, &pending, &written, 20, 1, PS);
+        let bitmap = encode_freelist(&ids_as_runs(&free), &pending, &written, 20, 1, PS);
         let mut bad = bitmap.clone();
         put_u64(&mut bad, FREE_COUNT_OFFSET, 299);
         reseal(&mut bad);
@@ -1001,7 +1062,7 @@ mod tests {
         #[test]
         fn search_matches_byte_order(keys in proptest::collection::btree_set(proptest::collection::vec(0u8..3, 1..12), 1..60),
                                      probe in proptest::collection::vec(0u8..3, 0..12)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(Shared::from(&b""[..])) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice(), val: Val::Inline(b"") }).collect();
             let page = encode_node(&elems, 7, PS);
             let v = NodeView::new(&page);
             let want = keys.iter().position(|k| k.as_slice() >= probe.as_slice()).unwrap_or(keys.len());
@@ -1028,7 +1089,7 @@ mod tests {
         #[test]
         fn node_mutations_never_panic(keys in proptest::collection::btree_set(proptest::collection::vec(any::<u8>(), 1..20), 1..50),
                                       flips in proptest::collection::vec((0usize..PS, any::<u8>()), 1..8)) {
-            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice().into(), val: Val::Inline(k.as_slice().into()) }).collect();
+            let elems: Vec<Elem> = keys.iter().map(|k| Elem::Leaf { key: k.as_slice(), val: Val::Inline(k.as_slice()) }).collect();
             let mut page = encode_node(&elems, 7, PS);
             prop_assert_eq!(decode_node(&page), elems);
             for (at, x) in flips {

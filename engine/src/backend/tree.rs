@@ -24,14 +24,15 @@
 //! snapshot older than this commit remains.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use super::freelist::Freelist;
 use super::mmap::Mapping;
 use super::page::{
-    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, Shared, StoredVal, Val,
-    decode_node, encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
+    Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node,
+    encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
 };
 
 /// Deeper than any real tree (a 4 KiB-page tree of depth 16 holds far more than 2^64 keys);
@@ -204,16 +205,54 @@ pub(crate) struct Walk {
 }
 
 /// One put (`Some`) or delete (`None`), as handed to [`TreeWriter::apply`] in key order. The
-/// bytes are shared with the read buffer; a new element takes a reference, not a copy.
+/// bytes are borrowed from the read buffer for the whole transaction; a new element borrows
+/// them too and they are copied once, into the new page.
+#[derive(Clone, Copy)]
 pub(crate) struct Op<'a> {
-    pub key: &'a Shared,
-    pub val: Option<&'a Shared>,
+    pub key: &'a [u8],
+    pub val: Option<&'a [u8]>,
 }
+
+/// Byte buffers kept alive for one write transaction, so that elements can borrow from pages
+/// that are not in the memory map (pages read through `read_at`, copies of this transaction's
+/// own pages, catalog entries built during the commit). Append-only: nothing is removed or
+/// changed until the arena is dropped.
+#[derive(Default)]
+pub(crate) struct Arena {
+    bufs: RefCell<Vec<Box<[u8]>>>,
+}
+
+impl Arena {
+    /// Keeps `bytes` until the arena is dropped and lends them for as long as the arena is.
+    pub(crate) fn keep(&self, bytes: Vec<u8>) -> &[u8] {
+        let boxed = bytes.into_boxed_slice();
+        let ptr: *const [u8] = &*boxed;
+        self.bufs.borrow_mut().push(boxed);
+        // SAFETY: `ptr` points into the heap allocation of `boxed`, which moving the box into
+        // `bufs` does not move. `bufs` is append-only (no method removes, replaces or mutates a
+        // buffer), so the allocation is freed only when the arena is dropped, and the returned
+        // borrow of `self` ends before that.
+        unsafe { &*ptr }
+    }
+}
+
+/// Runs written by the previous commit that the next one will likely read again (the branch
+/// pages near the root, the freelist run, and all pages of a small commit), by first page id.
+/// They hold exactly the bytes on disk, so the writer reads them from here: no page fault on
+/// the fresh file pages and no checksum verification of its own output. Only the writer uses
+/// them, and only for the commit right after the one that wrote them: every page in it is
+/// reachable from that commit's meta, and a page reachable from the base of a transaction is
+/// never rewritten during it (it is freed as pending, not reused).
+pub(crate) type Recent = HashMap<u64, Vec<u8>>;
 
 /// The state of one write transaction: pages written so far (not yet on disk) and the page
 /// allocator.
 pub(crate) struct TreeWriter<'m> {
     pub map: &'m Mapping,
+    /// Pages read through `read_at`, copies of pages of this transaction, catalog entries.
+    pub arena: &'m Arena,
+    /// The previous commit's runs (see [`Recent`]).
+    recent: &'m Recent,
     pub page_size: usize,
     /// The transaction being built; pages it frees that the last meta reaches are pending under it.
     pub txid: u64,
@@ -252,8 +291,11 @@ pub(crate) const MIN_EXTENT: u64 = 16;
 pub(crate) const MAX_EXTENT: u64 = 8192;
 
 impl<'m> TreeWriter<'m> {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         map: &'m Mapping,
+        arena: &'m Arena,
+        recent: &'m Recent,
         page_size: usize,
         txid: u64,
         freelist: &'m mut Freelist,
@@ -262,6 +304,8 @@ impl<'m> TreeWriter<'m> {
     ) -> Self {
         TreeWriter {
             map,
+            arena,
+            recent,
             page_size,
             txid,
             freelist,
@@ -282,16 +326,29 @@ impl<'m> TreeWriter<'m> {
         id: u64,
         expect: Option<PageType>,
     ) -> Result<Cow<'_, [u8]>, PageError> {
-        match self.dirty.get(&id) {
-            Some(p) => Ok(Cow::Borrowed(p)),
-            None => self.map.page(id, expect),
+        if let Some(p) = self.dirty.get(&id).or_else(|| self.recent.get(&id)) {
+            return Ok(Cow::Borrowed(p));
         }
+        self.map.page(id, expect)
     }
 
-    fn read_node(&self, id: u64) -> Result<Vec<Elem>, PageError> {
-        let page = self.read(id, None)?;
-        match page_type(&page) {
-            PageType::Branch | PageType::Leaf => Ok(decode_node(&page)),
+    /// A node's elements, borrowing from the map, `recent` or the arena for the whole
+    /// transaction. A page this transaction wrote is copied into the arena first (it is about
+    /// to be freed and may be reused while its elements are still in use).
+    fn read_node(&self, id: u64) -> Result<Vec<Elem<'m>>, PageError> {
+        let (recent, map, arena) = (self.recent, self.map, self.arena);
+        let page: &'m [u8] = match self.dirty.get(&id) {
+            Some(p) => arena.keep(p.clone()),
+            None => match recent.get(&id) {
+                Some(p) => p,
+                None => match map.page(id, None)? {
+                    Cow::Borrowed(p) => p,
+                    Cow::Owned(p) => arena.keep(p),
+                },
+            },
+        };
+        match page_type(page) {
+            PageType::Branch | PageType::Leaf => Ok(decode_node(page)),
             t => Err(PageError {
                 page: id,
                 reason: format!("page type {t:?}, expected a branch or leaf"),
@@ -395,13 +452,13 @@ impl<'m> TreeWriter<'m> {
         }
     }
 
-    fn free_val(&mut self, v: &Val) {
-        if let Val::Overflow { page, len } = *v {
+    fn free_val(&mut self, v: Val<'_>) {
+        if let Val::Overflow { page, len } = v {
             self.free(page, run_pages(self.page_size, len as usize));
         }
     }
 
-    fn new_leaf_elem(&mut self, key: &Shared, val: &Shared) -> Elem {
+    fn new_leaf_elem(&mut self, key: &'m [u8], val: &'m [u8]) -> Elem<'m> {
         let val = if LEAF_ELEM_LEN + key.len() + val.len() > max_inline_elem(self.page_size) {
             let n = run_pages(self.page_size, val.len());
             let id = self.alloc(n);
@@ -412,16 +469,13 @@ impl<'m> TreeWriter<'m> {
                 len: val.len() as u32,
             }
         } else {
-            Val::Inline(val.clone())
+            Val::Inline(val)
         };
-        Elem::Leaf {
-            key: key.clone(),
-            val,
-        }
+        Elem::Leaf { key, val }
     }
 
     /// Applies sorted, distinct-key `ops` to the tree at `root`; returns the new root (0 = empty).
-    pub(crate) fn apply(&mut self, root: u64, ops: &[Op<'_>]) -> Result<u64, PageError> {
+    pub(crate) fn apply(&mut self, root: u64, ops: &[Op<'m>]) -> Result<u64, PageError> {
         if ops.is_empty() {
             return Ok(root);
         }
@@ -452,18 +506,16 @@ impl<'m> TreeWriter<'m> {
         Ok(root)
     }
 
-    fn merge_leaf(&mut self, old: Vec<Elem>, ops: &[Op<'_>]) -> Vec<Elem> {
+    fn merge_leaf(&mut self, old: Vec<Elem<'m>>, ops: &[Op<'m>]) -> Vec<Elem<'m>> {
         let mut out = Vec::with_capacity(old.len() + ops.len());
         let mut old = old.into_iter().peekable();
         let mut ops = ops.iter().peekable();
         loop {
             match (old.peek(), ops.peek()) {
-                (Some(e), Some(op)) if e.key() < &op.key[..] => {
-                    out.push(old.next().expect("peeked"))
-                }
-                (Some(e), Some(op)) if e.key() == &op.key[..] => {
+                (Some(e), Some(op)) if e.key() < op.key => out.push(old.next().expect("peeked")),
+                (Some(e), Some(op)) if e.key() == op.key => {
                     if let Some(Elem::Leaf { val, .. }) = old.next() {
-                        self.free_val(&val);
+                        self.free_val(val);
                     }
                     let op = ops.next().expect("peeked");
                     if let Some(v) = op.val {
@@ -488,9 +540,9 @@ impl<'m> TreeWriter<'m> {
     fn apply_node(
         &mut self,
         id: u64,
-        ops: &[Op<'_>],
+        ops: &[Op<'m>],
         depth: usize,
-    ) -> Result<Vec<Elem>, PageError> {
+    ) -> Result<Vec<Elem<'m>>, PageError> {
         if depth >= MAX_DEPTH {
             return Err(too_deep(id));
         }
@@ -504,15 +556,15 @@ impl<'m> TreeWriter<'m> {
         let mut rest = ops;
         for (i, e) in elems.iter().enumerate() {
             let n = match elems.get(i + 1) {
-                Some(next) => rest.partition_point(|op| &op.key[..] < next.key()),
+                Some(next) => rest.partition_point(|op| op.key < next.key()),
                 None => rest.len(),
             };
             let (mine, after) = rest.split_at(n);
             rest = after;
             if mine.is_empty() {
-                children.push(e.clone());
-            } else if let Elem::Branch { child, .. } = e {
-                children.extend(self.apply_node(*child, mine, depth + 1)?);
+                children.push(*e);
+            } else if let Elem::Branch { child, .. } = *e {
+                children.extend(self.apply_node(child, mine, depth + 1)?);
             }
         }
         self.rebalance(&mut children)?;
@@ -520,7 +572,7 @@ impl<'m> TreeWriter<'m> {
     }
 
     /// Merges each small dirty child with a neighbour.
-    fn rebalance(&mut self, children: &mut Vec<Elem>) -> Result<(), PageError> {
+    fn rebalance(&mut self, children: &mut Vec<Elem<'m>>) -> Result<(), PageError> {
         let mut i = 0;
         while i < children.len() && children.len() > 1 {
             let Elem::Branch { child, .. } = children[i] else {
@@ -557,7 +609,7 @@ impl<'m> TreeWriter<'m> {
 
     /// Writes `elems` (sorted, one kind) as one or more pages of near-equal fill; returns the
     /// branch elements pointing at them.
-    fn write_nodes(&mut self, elems: Vec<Elem>) -> Vec<Elem> {
+    fn write_nodes(&mut self, elems: Vec<Elem<'m>>) -> Vec<Elem<'m>> {
         if elems.is_empty() {
             return Vec::new();
         }
@@ -566,28 +618,26 @@ impl<'m> TreeWriter<'m> {
         let pages = total.div_ceil(cap);
         let target = total.div_ceil(pages);
         let mut out = Vec::with_capacity(pages);
-        let mut group: Vec<Elem> = Vec::new();
-        let mut size = 0;
-        let mut elems = elems.into_iter().peekable();
-        while let Some(e) = elems.next() {
-            size += e.size();
-            group.push(e);
-            let cut = match elems.peek() {
+        let (mut start, mut size) = (0, 0);
+        for i in 0..elems.len() {
+            size += elems[i].size();
+            let cut = match elems.get(i + 1) {
                 None => true,
                 Some(next) => size + next.size() > cap || size >= target,
             };
             if cut {
                 let id = self.alloc(1);
-                let key = match &group[0] {
-                    Elem::Leaf { key, .. } | Elem::Branch { key, .. } => key.clone(),
-                };
-                let page = encode_node(&group, id, self.page_size);
+                let group = &elems[start..=i];
+                let page = encode_node(group, id, self.page_size);
                 self.dirty.insert(id, page);
                 if HEADER_LEN + size < self.page_size / 4 {
                     self.small.insert(id);
                 }
-                out.push(Elem::Branch { key, child: id });
-                group.clear();
+                out.push(Elem::Branch {
+                    key: group[0].key(),
+                    child: id,
+                });
+                start = i + 1;
                 size = 0;
             }
         }
@@ -658,7 +708,7 @@ impl<'m> TreeWriter<'m> {
         }
         walk.visits -= 1;
         let mut elems = self.read_node(id)?;
-        let seps: Vec<Vec<u8>> = elems.iter().map(|e| e.key().to_vec()).collect();
+        let seps: Vec<&[u8]> = elems.iter().map(|e| e.key()).collect();
         let mut changed = false;
         for (i, e) in elems.iter_mut().enumerate() {
             match e {
@@ -666,7 +716,7 @@ impl<'m> TreeWriter<'m> {
                     // Subtrees wholly before the cursor were handled by earlier commits.
                     if seps
                         .get(i + 1)
-                        .is_some_and(|next| next.as_slice() <= walk.from.as_slice())
+                        .is_some_and(|next| *next <= walk.from.as_slice())
                     {
                         continue;
                     }
@@ -686,7 +736,7 @@ impl<'m> TreeWriter<'m> {
                 } if *page >= limit && self.can_move(limit, *budget) => {
                     let n = run_pages(self.page_size, *len as usize);
                     let run = self.read(*page, Some(PageType::Overflow))?;
-                    let value: Shared = run[HEADER_LEN..HEADER_LEN + *len as usize].into();
+                    let value = run[HEADER_LEN..HEADER_LEN + *len as usize].to_vec();
                     drop(run);
                     self.free(*page, n);
                     let new = self.alloc(n);
