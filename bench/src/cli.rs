@@ -347,11 +347,16 @@ pub struct WalArgs {
     /// zero-fill, 0 = never).
     #[arg(long)]
     pub wal_zero_fill_below_kib: Option<String>,
+    /// ringkv WAL option `pipeline_depth`: most flushes in flight at once (default: the
+    /// WAL's default).
+    #[arg(long)]
+    pub wal_pipeline_depth: Option<usize>,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,
     /// which flatters it and penalises them when segments fill within a slice; 1 (default)
-    /// runs each engine once, in order.
+    /// runs each engine once, in order. With more than one, each round's ops/s per engine and
+    /// the medians over rounds (ops/s, ratio to the first engine) go to stderr.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Unmeasured seconds of appending before each engine's first measured period.

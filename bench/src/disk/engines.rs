@@ -173,6 +173,9 @@ impl RingkvTarget {
             zero_fill_below: opts
                 .wal_zero_fill_below
                 .unwrap_or(WalOptions::default().zero_fill_below),
+            pipeline_depth: opts
+                .wal_pipeline_depth
+                .unwrap_or(WalOptions::default().pipeline_depth),
             ..WalOptions::default()
         };
         let wal_dir = dir.join("wal");
@@ -312,6 +315,7 @@ mod tests {
             duration: Duration::from_millis(200),
             wal_idle_spin: Duration::ZERO,
             wal_zero_fill_below: None,
+            wal_pipeline_depth: None,
         }
     }
 

@@ -191,6 +191,8 @@ pub struct WalOpts {
     pub wal_idle_spin: Duration,
     /// `WalOptions::zero_fill_below` of the ringkv engine (`None`: the WAL's default).
     pub wal_zero_fill_below: Option<u64>,
+    /// ringkv WAL `pipeline_depth` (`None`: its default).
+    pub wal_pipeline_depth: Option<usize>,
 }
 
 /// One writer's append function: appends record number `seq` of this writer and returns once
@@ -235,6 +237,8 @@ pub fn run_wal_interleaved(
     }
     let slice_len = opts.duration / rounds;
     let mut totals: Vec<Option<Slice>> = engines.iter().map(|_| None).collect();
+    // ops/s of each engine in each round, for the per-round figures on stderr.
+    let mut per_round: Vec<Vec<f64>> = engines.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, (_, _, target)) in open.iter().enumerate() {
             let warmup = if round == 0 {
@@ -243,6 +247,7 @@ pub fn run_wal_interleaved(
                 Duration::ZERO
             };
             let s = run_slice(&**target, opts.writers, warmup, slice_len)?;
+            per_round[i].push(s.rec.count() as f64 / s.elapsed.as_secs_f64().max(1e-9));
             match &mut totals[i] {
                 None => totals[i] = Some(s),
                 Some(t) => {
@@ -253,6 +258,9 @@ pub fn run_wal_interleaved(
                 }
             }
         }
+    }
+    if rounds > 1 {
+        print_rounds(engines, &per_round);
     }
     let mut reports = Vec::new();
     for ((engine, scratch, target), total) in open.into_iter().zip(totals) {
@@ -278,6 +286,40 @@ pub fn run_wal_interleaved(
         drop(scratch);
     }
     Ok(reports)
+}
+
+/// Prints (to stderr, so `--json` output stays one object per engine) each round's ops/s per
+/// engine, and the medians over rounds of each engine's ops/s and of its ratio to the first
+/// engine in the same round: a slowdown of the device during a few slices then shifts every
+/// engine of those rounds alike and leaves the median ratio alone.
+fn print_rounds(engines: &[Engine], per_round: &[Vec<f64>]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    for (i, engine) in engines.iter().enumerate() {
+        let rounds: Vec<String> = per_round[i].iter().map(|o| format!("{o:.0}")).collect();
+        let ratios: Vec<f64> = per_round[i]
+            .iter()
+            .zip(&per_round[0])
+            .map(|(o, first)| o / first.max(1e-9))
+            .collect();
+        eprintln!(
+            "disk wal rounds: {:<12} ops/s per round [{}], median {:.0}, median ratio to {} {:.2}",
+            engine.name(),
+            rounds.join(", "),
+            median(per_round[i].clone()),
+            engines[0].name(),
+            median(ratios),
+        );
+    }
 }
 
 /// One slice: `writers` threads append unmeasured for `warmup`, then measured for `duration`.

@@ -16,9 +16,21 @@ pub(crate) const RECORD_ALIGN: usize = 8;
 /// "ringkvWL": identifies a ringkv WAL segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ringkvWL";
 /// Version 1: the first format (this header, 16-byte record frames seeded with the segment
-/// sequence number, flush ids in every frame).
+/// sequence number, flush ids in every frame). Flushes are strictly sequential and records
+/// contiguous. Read as a version 2 segment of depth 1.
 pub(crate) const FORMAT_V1: u32 = 1;
-pub(crate) const FORMAT_VERSION: u32 = FORMAT_V1;
+/// Version 2: the header's last field (zero in version 1) is the pipeline depth `D`, and the
+/// header checksum covers it. With `D > 1` up to `D` flushes may be in flight at once, and a
+/// flush started while another is in flight begins at a fresh 4 KiB block (zeros between
+/// flushes). Frames are unchanged.
+pub(crate) const FORMAT_V2: u32 = 2;
+/// The version written for depth `d`: 1 when no two flushes are ever in flight (the layout is
+/// exactly version 1's, so binaries that know only version 1 still read it), else 2.
+pub(crate) fn format_version(depth: u32) -> u32 {
+    if depth <= 1 { FORMAT_V1 } else { FORMAT_V2 }
+}
+/// Largest pipeline depth a header may name (a sanity bound for the reader).
+pub(crate) const MAX_DEPTH: u32 = 64;
 
 pub(crate) const MAGIC_OFFSET: usize = 0;
 pub(crate) const VERSION_OFFSET: usize = MAGIC_OFFSET + SEGMENT_MAGIC.len();
@@ -26,9 +38,10 @@ pub(crate) const HEADER_FLUSH_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
 pub(crate) const SEQ_OFFSET: usize = HEADER_FLUSH_OFFSET + size_of::<u32>();
 pub(crate) const FIRST_INDEX_OFFSET: usize = SEQ_OFFSET + size_of::<u64>();
 pub(crate) const HEADER_CRC_OFFSET: usize = FIRST_INDEX_OFFSET + size_of::<u64>();
-pub(crate) const HEADER_RESERVED_OFFSET: usize = HEADER_CRC_OFFSET + size_of::<u32>();
+/// Version 1: reserved, zero. Version 2: the pipeline depth.
+pub(crate) const HEADER_DEPTH_OFFSET: usize = HEADER_CRC_OFFSET + size_of::<u32>();
 /// Records start here.
-pub(crate) const SEGMENT_HEADER_LEN: usize = HEADER_RESERVED_OFFSET + size_of::<u32>();
+pub(crate) const SEGMENT_HEADER_LEN: usize = HEADER_DEPTH_OFFSET + size_of::<u32>();
 
 /// A decoded segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,19 +50,35 @@ pub(crate) struct SegmentHeader {
     pub first_index: u64,
     /// Flush id of the write that created the segment (its header and carried-over records).
     pub flush: u32,
+    /// Most flushes in flight at once while this segment was written (1 for version 1).
+    pub depth: u32,
 }
 
-// Format: { magic [8] | version u32 | flush u32 | seq u64 | first_index u64 | crc u32 | 0 u32 }
+/// The header checksum: bytes before the crc field, then (version 2) the depth field.
+fn header_crc(data: &[u8], version: u32) -> u32 {
+    let crc = crc32c::crc32c(&data[..HEADER_CRC_OFFSET]);
+    if version == FORMAT_V1 {
+        return crc;
+    }
+    crc32c::crc32c_append(crc, &data[HEADER_DEPTH_OFFSET..SEGMENT_HEADER_LEN])
+}
+
+// Format: { magic [8] | version u32 | flush u32 | seq u64 | first_index u64 | crc u32 | depth u32 }
 pub(crate) fn encode_header(out: &mut [u8], h: &SegmentHeader) {
     let out = &mut out[..SEGMENT_HEADER_LEN];
     out[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
-    put_u32(out, VERSION_OFFSET, FORMAT_VERSION);
+    let version = format_version(h.depth);
+    put_u32(out, VERSION_OFFSET, version);
     put_u32(out, HEADER_FLUSH_OFFSET, h.flush);
     put_u64(out, SEQ_OFFSET, h.seq);
     put_u64(out, FIRST_INDEX_OFFSET, h.first_index);
-    let crc = crc32c::crc32c(&out[..HEADER_CRC_OFFSET]);
+    put_u32(
+        out,
+        HEADER_DEPTH_OFFSET,
+        if version == FORMAT_V1 { 0 } else { h.depth },
+    );
+    let crc = header_crc(out, version);
     put_u32(out, HEADER_CRC_OFFSET, crc);
-    put_u32(out, HEADER_RESERVED_OFFSET, 0);
 }
 
 /// Decodes and checks a segment header; the error says what is wrong.
@@ -63,18 +92,25 @@ pub(crate) fn decode_header(data: &[u8]) -> Result<SegmentHeader, String> {
     if data[MAGIC_OFFSET..VERSION_OFFSET] != SEGMENT_MAGIC {
         return Err("bad magic: not a ringkv WAL segment".into());
     }
-    let crc = get_u32(data, HEADER_CRC_OFFSET);
-    if crc != crc32c::crc32c(&data[..HEADER_CRC_OFFSET]) {
-        return Err("segment header checksum mismatch".into());
-    }
     let version = get_u32(data, VERSION_OFFSET);
-    if version != FORMAT_V1 {
+    if version != FORMAT_V1 && version != FORMAT_V2 {
         return Err(format!("unsupported WAL format version {version}"));
     }
+    let crc = get_u32(data, HEADER_CRC_OFFSET);
+    if crc != header_crc(data, version) {
+        return Err("segment header checksum mismatch".into());
+    }
+    let depth = match (version, get_u32(data, HEADER_DEPTH_OFFSET)) {
+        (FORMAT_V1, 0) => 1,
+        (FORMAT_V1, n) => return Err(format!("version 1 header with non-zero reserved field {n}")),
+        (_, n) if (1..=MAX_DEPTH).contains(&n) => n,
+        (_, n) => return Err(format!("pipeline depth {n} outside 1..={MAX_DEPTH}")),
+    };
     Ok(SegmentHeader {
         seq: get_u64(data, SEQ_OFFSET),
         first_index: get_u64(data, FIRST_INDEX_OFFSET),
         flush: get_u32(data, HEADER_FLUSH_OFFSET),
+        depth,
     })
 }
 
@@ -411,6 +447,7 @@ mod tests {
             seq: 3,
             first_index: 77,
             flush: 9,
+            depth: 3,
         };
         let mut buf = [0u8; SEGMENT_HEADER_LEN];
         encode_header(&mut buf, &h);
@@ -418,6 +455,16 @@ mod tests {
         let mut bad = buf;
         bad[SEQ_OFFSET] ^= 1;
         assert!(decode_header(&bad).unwrap_err().contains("checksum"));
+        // Version 2's checksum covers the depth field.
+        let mut bad = buf;
+        bad[HEADER_DEPTH_OFFSET] ^= 4;
+        assert!(decode_header(&bad).unwrap_err().contains("checksum"));
+        // Depth 1 is written as version 1 (depth field zero) and read back as depth 1.
+        let h1 = SegmentHeader { depth: 1, ..h };
+        encode_header(&mut buf, &h1);
+        assert_eq!(get_u32(&buf, VERSION_OFFSET), FORMAT_V1);
+        assert_eq!(get_u32(&buf, HEADER_DEPTH_OFFSET), 0);
+        assert_eq!(decode_header(&buf), Ok(h1));
         assert!(decode_header(&buf[..10]).is_err());
         assert!(decode_header(&[0u8; 64]).unwrap_err().contains("magic"));
     }

@@ -42,6 +42,8 @@ pub(crate) struct Tail {
     pub block_start: u64,
     pub tail: Vec<u8>,
     pub next_flush: u32,
+    /// The segment's pipeline depth (1 for version 1).
+    pub depth: u32,
     pub next_index: u64,
     pub hard_state: Option<HardState>,
     pub metadata: Option<Bytes>,
@@ -274,6 +276,8 @@ struct SegmentEnd {
     size: u64,
     /// Newest segment only: offset just after its last non-zero byte.
     nonzero_end: u64,
+    /// The header's pipeline depth.
+    depth: u32,
 }
 
 fn scan_segment(
@@ -302,6 +306,7 @@ fn scan_segment(
         ));
     }
     let seed = crc_seed(seg.seq);
+    let depth = header.depth;
     let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut last_flush = header.flush;
     let why = loop {
@@ -311,7 +316,20 @@ fn scan_segment(
                 last_flush = flush;
                 pos += len as u64;
             }
-            Decoded::End => break None,
+            Decoded::End => {
+                // With depth > 1 a flush may have started at the next block boundary, after
+                // the zero padding of the one before it.
+                let next = align_up(pos);
+                if depth > 1
+                    && next != pos
+                    && let Decoded::Record { flush, .. } = w.frame(next, seed)?
+                    && flush == last_flush.wrapping_add(1)
+                {
+                    pos = next;
+                    continue;
+                }
+                break None;
+            }
             Decoded::Invalid(reason) => break Some(reason),
         }
     };
@@ -324,15 +342,18 @@ fn scan_segment(
             last_flush,
             size: w.size,
             nonzero_end: 0,
+            depth,
         });
     }
-    // The newest segment: bytes after `pos` are a torn tail unless a later flush follows.
+    // The newest segment: bytes after `pos` are a torn tail (or the holes of flushes in flight
+    // at the crash) unless a frame follows that proves X durable: flush `g` was started only
+    // once every flush up to `g - depth` had completed, so only flushes `f ..= f + depth`
+    // may have been in flight with X's.
     let garbage_end = w.nonzero_end()?;
     let mut probe = pos + RECORD_ALIGN as u64;
     while probe < garbage_end {
         if let Decoded::Record { flush, .. } = w.frame(probe, seed)?
-            && flush != last_flush
-            && flush != last_flush.wrapping_add(1)
+            && flush.wrapping_sub(last_flush) > depth
         {
             return Err(corrupt(
                 pos,
@@ -349,6 +370,7 @@ fn scan_segment(
         last_flush,
         size: w.size,
         nonzero_end: garbage_end,
+        depth,
     })
 }
 
@@ -435,6 +457,7 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
             block_start,
             tail,
             next_flush: end.last_flush.wrapping_add(1),
+            depth: end.depth,
             next_index,
             hard_state: replay.hard_state,
             metadata: replay.metadata.clone(),
