@@ -246,6 +246,26 @@ impl Window {
         Ok(decode_record(buf, i, seed))
     }
 
+    /// Whether `pos` is the end of a flush followed by a flush that began at the next 4 KiB
+    /// boundary while it was in flight: `pos` is not block-aligned, every byte from `pos` to
+    /// the boundary is zero (the first flush's padding), and the boundary holds a valid frame
+    /// of flush `last_flush + 1`.
+    fn flush_gap(&mut self, pos: u64, seed: u32, last_flush: u32) -> Result<bool, WalError> {
+        let next = align_up(pos);
+        if next == pos || next >= self.size {
+            return Ok(false);
+        }
+        let gap = (next - pos) as usize;
+        let (buf, i) = self.view(pos, gap)?;
+        if buf[i..i + gap].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        Ok(matches!(
+            self.frame(next, seed)?,
+            Decoded::Record { flush, .. } if flush == last_flush.wrapping_add(1)
+        ))
+    }
+
     /// Offset just after the last non-zero byte of the file (0 if it is all zeros), read
     /// backwards in chunks.
     fn nonzero_end(&mut self) -> Result<u64, WalError> {
@@ -316,21 +336,21 @@ fn scan_segment(
                 last_flush = flush;
                 pos += len as u64;
             }
-            Decoded::End => {
+            end @ (Decoded::End | Decoded::Invalid(_)) => {
                 // With depth > 1 a flush may have started at the next block boundary, after
-                // the zero padding of the one before it.
-                let next = align_up(pos);
-                if depth > 1
-                    && next != pos
-                    && let Decoded::Record { flush, .. } = w.frame(next, seed)?
-                    && flush == last_flush.wrapping_add(1)
-                {
-                    pos = next;
+                // the zero padding of the one before it. That padding can be shorter than a
+                // frame header (8 bytes when the records end 8 bytes before the boundary):
+                // the header read at `pos` then runs into the next flush's first frame and
+                // does not decode, so the gap is recognised by its zeros, not by `decode`.
+                if depth > 1 && w.flush_gap(pos, seed, last_flush)? {
+                    pos = align_up(pos);
                     continue;
                 }
-                break None;
+                break match end {
+                    Decoded::Invalid(reason) => Some(reason),
+                    _ => None,
+                };
             }
-            Decoded::Invalid(reason) => break Some(reason),
         }
     };
     if !is_last {

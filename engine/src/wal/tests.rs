@@ -1026,6 +1026,88 @@ fn a_pipelined_flush_is_not_acknowledged_when_an_earlier_one_fails() {
     assert!(wal.close().is_err());
 }
 
+/// Regression (session 4's torn-tail failures, "unknown record kind" 8 bytes before a block
+/// boundary): with depth 2, flush A's records end 8 bytes before a 4 KiB boundary and flush B,
+/// started while A was in flight, begins at the boundary. A's zero padding (8 bytes) is shorter
+/// than a frame header, so the header read at the end of A's records runs into B's first frame
+/// and does not decode. Replay must still continue at B, after a clean close and after a power
+/// cut that keeps both (acknowledged) flushes.
+#[test]
+fn a_flush_ending_8_bytes_before_a_block_boundary_is_followed_by_the_pipelined_next_one() {
+    // New WAL: the header (40 bytes) is the first write; entry 1's frame fills the block up to
+    // 8 bytes before its end.
+    let head = format::SEGMENT_HEADER_LEN;
+    let end_a = crate::io::DIRECT_ALIGN - 8;
+    let data_len = end_a - head - format::RECORD_HEADER_LEN - format::ENTRY_DATA_OFFSET;
+    let big = Record::Entry(LogEntry {
+        index: 1,
+        term: 1,
+        entry_type: 0,
+        data: Bytes::from(vec![7u8; data_len]),
+    });
+    assert_eq!(head + encoded_len(&big), end_a);
+    let fault = FaultVfs::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let inners: Vec<(Arc<dyn Vfs>, PathBuf)> = vec![
+        (Arc::new(fault.clone()), PathBuf::from("/wal")),
+        (Arc::new(StdVfs::new()), tmp.path().to_path_buf()),
+    ];
+    for (inner, dir) in inners {
+        let (vfs, ctl) = gated(inner.clone());
+        let o = WalOptions {
+            pipeline_depth: 2,
+            ..opts()
+        };
+        let (wal, _) = Wal::open(vfs, &dir, o.clone()).unwrap();
+        let wal = Arc::new(wal);
+        ctl.close_gate();
+        let spawn = |recs: Vec<Record>| {
+            let wal = wal.clone();
+            std::thread::spawn(move || wal.append_wait(recs))
+        };
+        let a = spawn(vec![big.clone()]);
+        ctl.wait_for_blocked_flush();
+        let b = spawn(vec![entry(2, 1)]);
+        // Both flushes are in flight at once, so B starts at the next block.
+        while ctl.waiting.load(Ordering::SeqCst) < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        ctl.open_gate();
+        a.join().unwrap().unwrap();
+        b.join().unwrap().unwrap();
+        let seg = wal.segment_paths()[0].clone();
+        wal.close().unwrap();
+        // The layout the test is about: 8 zero bytes, then B's first frame at the boundary,
+        // written by the flush after A's.
+        let mut bytes = vec![0u8; 2 * crate::io::DIRECT_ALIGN];
+        let file = inner.open(&seg, OpenOptions::read_only()).unwrap();
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let seed = format::crc_seed(0);
+        let flush_a = match format::decode_record(&bytes, head, seed) {
+            format::Decoded::Record { flush, .. } => flush,
+            other => panic!("entry 1: {other:?}"),
+        };
+        assert_eq!(&bytes[end_a..crate::io::DIRECT_ALIGN], &[0u8; 8]);
+        match format::decode_record(&bytes, crate::io::DIRECT_ALIGN, seed) {
+            format::Decoded::Record { flush, .. } => assert_eq!(flush, flush_a + 1),
+            other => panic!("entry 2: {other:?}"),
+        }
+        let mut images: Vec<Arc<dyn Vfs>> = vec![inner.clone()];
+        if inner.kind() == IoKind::Fault {
+            images.push(Arc::new(fault.crash_image(CrashMode::LoseUnsynced)));
+        }
+        for image in images {
+            let (wal, replay) = Wal::open(image, &dir, o.clone())
+                .unwrap_or_else(|e| panic!("reopen: {e}"));
+            assert_eq!(indexes(&replay), vec![1, 2]);
+            assert_eq!(replay.truncated_tail, None);
+            // Appends continue after B.
+            wal.append_wait(vec![entry(3, 1)]).unwrap();
+            wal.close().unwrap();
+        }
+    }
+}
+
 /// After an fdatasync error the WAL never syncs that flush again (no retry, no later flush), so
 /// on the fault implementation a power cut leaves exactly the acknowledged appends.
 #[test]
