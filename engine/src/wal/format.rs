@@ -22,7 +22,8 @@ pub(crate) const FORMAT_V1: u32 = 1;
 /// Version 2: the header's last field (zero in version 1) is the pipeline depth `D`, and the
 /// header checksum covers it. With `D > 1` up to `D` flushes may be in flight at once, and a
 /// flush started while another is in flight begins at a fresh 4 KiB block (zeros between
-/// flushes). Frames are unchanged.
+/// flushes). The frame field that is reserved in version 1 holds, in the first frame of such a
+/// flush, the length of those zeros (the gap).
 pub(crate) const FORMAT_V2: u32 = 2;
 /// The version written for depth `d`: 1 when no two flushes are ever in flight (the layout is
 /// exactly version 1's, so binaries that know only version 1 still read it), else 2.
@@ -120,9 +121,16 @@ pub(crate) const CRC_OFFSET: usize = 0;
 pub(crate) const LEN_OFFSET: usize = CRC_OFFSET + size_of::<u32>();
 pub(crate) const KIND_OFFSET: usize = LEN_OFFSET + size_of::<u32>();
 pub(crate) const RESERVED_OFFSET: usize = KIND_OFFSET + size_of::<u8>();
-pub(crate) const FLUSH_OFFSET: usize = RESERVED_OFFSET + 3;
+/// Version 2, first frame of a flush placed at a fresh 4 KiB block: the zero bytes between
+/// the previous flush's records and this frame (0 in every other frame, and in version 1).
+pub(crate) const GAP_OFFSET: usize = RESERVED_OFFSET + size_of::<u8>();
+pub(crate) const FLUSH_OFFSET: usize = GAP_OFFSET + size_of::<u16>();
 pub(crate) const PAYLOAD_OFFSET: usize = FLUSH_OFFSET + size_of::<u32>();
 pub(crate) const RECORD_HEADER_LEN: usize = PAYLOAD_OFFSET;
+
+/// The gap field is below this: the block size of the O_DIRECT layout (`io::DIRECT_ALIGN`,
+/// checked in the tests below).
+pub(crate) const GAP_LIMIT: usize = 4096;
 
 /// Record kinds. 0 is never written: a zero frame header marks the end of the records.
 pub(crate) const KIND_ENTRY: u8 = 1;
@@ -166,11 +174,18 @@ pub fn crc_seed(seq: u64) -> u32 {
     crc32c::crc32c(&seq.to_le_bytes())
 }
 
-// Format: { crc u32 | len u32 | kind u8 | 0 [3] | flush u32 | payload [len] | 0 pad to 8 }
 /// Encodes `rec` at the start of `out` (which must hold [`encoded_len`] bytes and be zeroed in
-/// the padding) as part of flush `flush` of the segment whose CRC seed is `seed`. Returns the
-/// bytes used. Records longer than `u32::MAX` are rejected by the caller.
+/// the padding) as part of flush `flush` of the segment whose CRC seed is `seed`, with no gap
+/// before it. Returns the bytes used. Records longer than `u32::MAX` are rejected by the
+/// caller.
 pub fn encode_record(out: &mut [u8], rec: &Record, flush: u32, seed: u32) -> usize {
+    encode_frame(out, rec, flush, 0, seed)
+}
+
+// Format: { crc u32 | len u32 | kind u8 | 0 u8 | gap u16 | flush u32 | payload [len] | 0 pad to 8 }
+/// [`encode_record`] with the gap field: `gap` zero bytes precede this frame, the first of a
+/// flush placed at a fresh block (`gap` < 4096, a multiple of 8).
+pub(crate) fn encode_frame(out: &mut [u8], rec: &Record, flush: u32, gap: u16, seed: u32) -> usize {
     let len = payload_len(rec);
     let total = encoded_len(rec);
     let frame = &mut out[..total];
@@ -201,7 +216,8 @@ pub fn encode_record(out: &mut [u8], rec: &Record, flush: u32, seed: u32) -> usi
     };
     put_u32(frame, LEN_OFFSET, len as u32);
     frame[KIND_OFFSET] = kind;
-    frame[RESERVED_OFFSET..FLUSH_OFFSET].fill(0);
+    frame[RESERVED_OFFSET] = 0;
+    frame[GAP_OFFSET..FLUSH_OFFSET].copy_from_slice(&gap.to_le_bytes());
     put_u32(frame, FLUSH_OFFSET, flush);
     frame[PAYLOAD_OFFSET + len..].fill(0);
     let crc = crc32c::crc32c_append(seed, &frame[LEN_OFFSET..PAYLOAD_OFFSET + len]);
@@ -212,10 +228,12 @@ pub fn encode_record(out: &mut [u8], rec: &Record, flush: u32, seed: u32) -> usi
 /// What [`decode_record`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
-    /// A valid record of flush `flush`, occupying `len` bytes.
+    /// A valid record of flush `flush`, occupying `len` bytes, after a gap of `gap` zero
+    /// bytes if it is the first frame of a flush placed at a fresh block (else 0).
     Record {
         record: Record,
         flush: u32,
+        gap: u16,
         len: usize,
     },
     /// A zero frame header, or the end of the data: no more records here.
@@ -245,8 +263,12 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     if !(KIND_ENTRY..=KIND_METADATA).contains(&kind) {
         return Decoded::Invalid(format!("unknown record kind {kind}"));
     }
-    if head[RESERVED_OFFSET..FLUSH_OFFSET] != [0, 0, 0] {
-        return Decoded::Invalid("reserved frame bytes are not zero".into());
+    if head[RESERVED_OFFSET] != 0 {
+        return Decoded::Invalid("reserved frame byte is not zero".into());
+    }
+    let gap = u16::from_le_bytes([head[GAP_OFFSET], head[GAP_OFFSET + 1]]);
+    if usize::from(gap) >= GAP_LIMIT || !usize::from(gap).is_multiple_of(RECORD_ALIGN) {
+        return Decoded::Invalid(format!("gap field {gap} is not a block remainder"));
     }
     let Some(payload) = rest.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + len) else {
         return Decoded::Invalid(format!(
@@ -286,6 +308,7 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     Decoded::Record {
         record,
         flush: get_u32(head, FLUSH_OFFSET),
+        gap,
         len: framed,
     }
 }
@@ -368,6 +391,8 @@ mod tests {
         assert_eq!(HEADER_CRC_OFFSET, 32);
         assert_eq!(SEGMENT_HEADER_LEN, 40);
         assert_eq!((LEN_OFFSET, KIND_OFFSET, RESERVED_OFFSET), (4, 8, 9));
+        assert_eq!(GAP_OFFSET, 10);
+        assert_eq!(GAP_LIMIT, crate::io::DIRECT_ALIGN);
         assert_eq!((FLUSH_OFFSET, PAYLOAD_OFFSET), (12, 16));
         assert_eq!((ENTRY_TYPE_OFFSET, ENTRY_DATA_OFFSET), (16, 17));
         assert_eq!((HS_LEN, SNAP_LEN), (24, 16));
@@ -387,6 +412,7 @@ mod tests {
                 Decoded::Record {
                     record: rec.clone(),
                     flush: 42,
+                    gap: 0,
                     len: n
                 }
             );
@@ -411,6 +437,30 @@ mod tests {
         assert_eq!(&buf[4..16], &[24, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0]);
         assert_eq!(&buf[16..24], &1u64.to_le_bytes());
         assert_eq!(&buf[32..40], &3u64.to_le_bytes());
+        // The same frame as the first of a flush after a 24-byte gap: bytes 10..12 = 24 LE.
+        encode_frame(&mut buf, &rec, 5, 24, crc_seed(0));
+        assert_eq!(&buf[4..16], &[24, 0, 0, 0, 2, 0, 24, 0, 5, 0, 0, 0]);
+        assert!(matches!(
+            decode_record(&buf, 0, crc_seed(0)),
+            Decoded::Record {
+                gap: 24,
+                flush: 5,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn gap_fields_that_no_writer_produces_are_invalid() {
+        let rec = Record::Snapshot(SnapshotMark { index: 5, term: 2 });
+        let mut buf = vec![0u8; encoded_len(&rec)];
+        for bad in [4, GAP_LIMIT as u16, u16::MAX] {
+            encode_frame(&mut buf, &rec, 1, bad, crc_seed(0));
+            assert!(
+                matches!(decode_record(&buf, 0, crc_seed(0)), Decoded::Invalid(r) if r.contains("gap")),
+                "gap {bad}"
+            );
+        }
     }
 
     #[test]

@@ -249,7 +249,19 @@ impl Window {
     /// Whether `pos` is the end of a flush followed by a flush that began at the next 4 KiB
     /// boundary while it was in flight: `pos` is not block-aligned, every byte from `pos` to
     /// the boundary is zero (the first flush's padding), and the boundary holds a valid frame
-    /// of flush `last_flush + 1`.
+    /// of flush `last_flush + 1` whose gap field is exactly the distance from `pos`.
+    ///
+    /// The gap field is what tells this apart from a torn write whose lost sectors read as
+    /// zeros (segments are pre-zeroed). Worked example, depth 2, `|` the boundary at 4096,
+    /// `[n]` flush ids, `~` lost sectors:
+    /// ```text
+    /// r1[4] r2[4] 0 … 0 | r3[5] gap=24     r2 ends at 4072: 24 zeros match: continue at r3
+    /// r1[4] ~~~~~~~~~~~ | r3[5] gap=24     r2 lost (flush 4 torn, 5 durable): zeros from
+    ///                                      r1's end (4000) ≠ 24: records end after r1,
+    ///                                      r3 is cut with the torn tail (never acknowledged)
+    /// r1[4] ~~~~~~~~~~~ | r3[5] gap=0      flush 5 contiguous from r1's end, its first
+    ///                                      sectors lost: gap 0 ≠ 96: cut as torn
+    /// ```
     fn flush_gap(&mut self, pos: u64, seed: u32, last_flush: u32) -> Result<bool, WalError> {
         let next = align_up(pos);
         if next == pos || next >= self.size {
@@ -262,7 +274,8 @@ impl Window {
         }
         Ok(matches!(
             self.frame(next, seed)?,
-            Decoded::Record { flush, .. } if flush == last_flush.wrapping_add(1)
+            Decoded::Record { flush, gap, .. }
+                if flush == last_flush.wrapping_add(1) && u64::from(gap) == next - pos
         ))
     }
 
@@ -331,7 +344,9 @@ fn scan_segment(
     let mut last_flush = header.flush;
     let why = loop {
         match w.frame(pos, seed)? {
-            Decoded::Record { record, flush, len } => {
+            Decoded::Record {
+                record, flush, len, ..
+            } => {
                 replayer.apply(record, &seg.path, pos)?;
                 last_flush = flush;
                 pos += len as u64;

@@ -1097,14 +1097,89 @@ fn a_flush_ending_8_bytes_before_a_block_boundary_is_followed_by_the_pipelined_n
             images.push(Arc::new(fault.crash_image(CrashMode::LoseUnsynced)));
         }
         for image in images {
-            let (wal, replay) = Wal::open(image, &dir, o.clone())
-                .unwrap_or_else(|e| panic!("reopen: {e}"));
+            let (wal, replay) =
+                Wal::open(image, &dir, o.clone()).unwrap_or_else(|e| panic!("reopen: {e}"));
             assert_eq!(indexes(&replay), vec![1, 2]);
             assert_eq!(replay.truncated_tail, None);
             // Appends continue after B.
             wal.append_wait(vec![entry(3, 1)]).unwrap();
             wal.close().unwrap();
         }
+    }
+}
+
+/// An entry of `index` (term 1) whose frame is exactly `frame` bytes.
+fn entry_of_frame(index: u64, frame: usize) -> Record {
+    let data_len = frame - format::RECORD_HEADER_LEN - format::ENTRY_DATA_OFFSET;
+    let rec = Record::Entry(LogEntry {
+        index,
+        term: 1,
+        entry_type: 0,
+        data: Bytes::from(vec![index as u8; data_len]),
+    });
+    assert_eq!(encoded_len(&rec), frame);
+    rec
+}
+
+/// Lost sectors that end at a block boundary read as zeros (segments are pre-zeroed), just like
+/// the padding before a flush placed at a fresh block; the gap field tells them apart. Two
+/// crash images, depth 2, each with the sectors `[2048, 4096)` of the newest segment lost and
+/// the block from 4096 durable, entry 1 in `[40, 2048)`:
+/// - pipelined: flush A = entries 1 and 2 (`[2048, 4088)`), flush B = entry 3 at 4096 started
+///   while A was in flight (gap 8); A's last sectors lost, B durable;
+/// - contiguous: flush A = entry 1; flush B = entries 2 (`[2048, 4096)`) and 3 (at 4096),
+///   written after A completed (gap 0); B's first sectors lost, its last one durable.
+///
+/// In both, replay keeps entry 1 and cuts the rest as a torn tail (entries 2 and 3 were never
+/// acknowledged in such a crash). Continuing at 4096 would apply entry 3 right after entry 1:
+/// an index gap, and the WAL would not open.
+#[test]
+fn lost_sectors_up_to_a_block_boundary_are_a_torn_tail_not_a_pipeline_gap() {
+    use std::os::unix::fs::FileExt;
+    let head = format::SEGMENT_HEADER_LEN;
+    let block = crate::io::DIRECT_ALIGN;
+    for pipelined in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+        let o = WalOptions {
+            pipeline_depth: 2,
+            ..opts()
+        };
+        let (wal, _) = Wal::open(vfs, tmp.path(), o.clone()).unwrap();
+        let wal = Arc::new(wal);
+        let e1 = entry_of_frame(1, 2048 - head);
+        if pipelined {
+            ctl.close_gate();
+            let spawn = |recs: Vec<Record>| {
+                let wal = wal.clone();
+                std::thread::spawn(move || wal.append_wait(recs))
+            };
+            let a = spawn(vec![e1, entry_of_frame(2, block - 8 - 2048)]);
+            ctl.wait_for_blocked_flush();
+            let b = spawn(vec![entry(3, 1)]);
+            while ctl.waiting.load(Ordering::SeqCst) < 2 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            ctl.open_gate();
+            a.join().unwrap().unwrap();
+            b.join().unwrap().unwrap();
+        } else {
+            wal.append_wait(vec![e1]).unwrap();
+            wal.append_wait(vec![entry_of_frame(2, block - 2048), entry(3, 1)])
+                .unwrap();
+        }
+        let seg = wal.segment_paths()[0].clone();
+        wal.close().unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        file.write_all_at(&vec![0u8; block - 2048], 2048).unwrap();
+        drop(file);
+        let case = if pipelined { "pipelined" } else { "contiguous" };
+        let (wal, replay) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), o)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(indexes(&replay), vec![1], "{case}");
+        assert_eq!(replay.truncated_tail, Some((seg, 2048)), "{case}");
+        wal.append_wait(vec![entry(2, 1)]).unwrap();
+        wal.close().unwrap();
     }
 }
 

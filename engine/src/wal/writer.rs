@@ -35,6 +35,11 @@
 //! 5. A thread that waits inside `prepare` (window or switch) first runs `before_wait`, which
 //!    delivers the undelivered batch of its leader: the flights it waits for may belong to
 //!    leaders whose delivery waits for that batch (`commit.rs`, invariant 3).
+//! 6. The first frame of a flight placed at a fresh block carries the gap: the number of zero
+//!    bytes between the end of the records before it and its block boundary. Every other
+//!    frame carries 0. Replay continues across a gap only where that number matches the
+//!    zeros it saw, which tells a pipelined gap apart from lost sectors of a torn write
+//!    (`replay.rs`, `Window::flush_gap`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -45,7 +50,7 @@ use bytes::Bytes;
 use super::alloc::{Allocator, ReadySegment, ZeroFill};
 use super::commit::{Outcome, Pending};
 use super::format::{
-    SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
+    SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_frame, encode_header, encoded_len,
     segment_name,
 };
 use super::replay::Tail;
@@ -150,6 +155,9 @@ struct Encoded {
     /// Bytes at the front that an earlier, completed write already put there (a rewritten
     /// tail block): a write is needed only if `fill > kept`.
     kept: usize,
+    /// The gap field of the next frame pushed: the zeros before `offset` when this write was
+    /// placed at a fresh block (invariant 6); 0 once a frame carries it.
+    gap: u16,
 }
 
 impl Encoded {
@@ -165,7 +173,8 @@ impl Encoded {
             bigger[..self.fill].copy_from_slice(&self.buf[..self.fill]);
             self.buf = bigger;
         }
-        self.fill += encode_record(&mut self.buf[self.fill..], rec, flush, seed);
+        self.fill += encode_frame(&mut self.buf[self.fill..], rec, flush, self.gap, seed);
+        self.gap = 0;
     }
 
     /// Zeroes `[fill, next 4 KiB boundary)` and returns the write length.
@@ -329,6 +338,7 @@ impl Writer {
             offset: 0,
             fill: 0,
             kept: 0,
+            gap: 0,
         };
         if self.flights.is_empty() {
             let block = self.pos & !(DIRECT_ALIGN as u64 - 1);
@@ -339,6 +349,7 @@ impl Writer {
             enc.kept = kept;
         } else {
             enc.offset = align_up(self.pos);
+            enc.gap = (enc.offset - self.pos) as u16;
         }
         enc
     }
@@ -391,6 +402,7 @@ impl Writer {
             offset: 0,
             fill: SEGMENT_HEADER_LEN,
             kept: 0,
+            gap: 0,
         };
         let header = SegmentHeader {
             seq,
