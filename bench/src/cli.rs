@@ -351,6 +351,12 @@ pub struct WalArgs {
     /// WAL's default).
     #[arg(long)]
     pub wal_pipeline_depth: Option<usize>,
+    /// How ringkv's appenders wait: `threads` (one OS thread per writer, blocking; every engine
+    /// runs this way, and it is the mode compared with raft-engine, whose API is synchronous)
+    /// or `tasks` (--writers async tasks on one thread awaiting callback appends, as an async
+    /// front end would; ringkv only, reported as engine `ringkv-tasks`).
+    #[arg(long, default_value = "threads")]
+    pub appenders: String,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,
@@ -366,6 +372,9 @@ pub struct WalArgs {
     #[arg(long)]
     pub compare: bool,
     /// Engines to run, comma separated: ringkv, raft-engine, raw (overrides --compare).
+    /// ringkv variants of one run: `ringkv-d<N>` (pipeline depth N) and a `-tasks` suffix
+    /// (async appenders), e.g. `ringkv,ringkv-d2,ringkv-d4,raft-engine,raw` with `--rounds`
+    /// to A/B depths in one process.
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
     /// Every writer count × record size of --sweep-writers/--sweep-sizes (default writers

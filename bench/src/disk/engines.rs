@@ -34,25 +34,82 @@ use super::{AppendFn, RAW_FILE_BYTES, WalOpts, io_error_kind, io_name, open_vfs,
 ///   fdatasyncs (records_per_sync is 1 by construction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    Ringkv,
+    /// `depth` overrides `--wal-pipeline-depth`; `tasks` runs the appenders as async tasks
+    /// (`--appenders tasks`). Variants of one run (e.g. `ringkv,ringkv-d2`) are A/B'd in the
+    /// same process, alternating with `--rounds`.
+    Ringkv {
+        depth: Option<usize>,
+        tasks: bool,
+    },
     RaftEngine,
     Raw,
 }
 
+/// ringkv's WAL with the run's options.
+pub const RINGKV: Engine = Engine::Ringkv {
+    depth: None,
+    tasks: false,
+};
+
 impl Engine {
-    pub fn name(self) -> &'static str {
+    /// `ringkv`, `ringkv-d{depth}`, either with `-tasks`; `raft-engine`; `raw`.
+    pub fn name(self) -> String {
         match self {
-            Engine::Ringkv => "ringkv",
-            Engine::RaftEngine => "raft-engine",
-            Engine::Raw => "raw",
+            Engine::Ringkv { depth, tasks } => {
+                let mut n = "ringkv".to_owned();
+                if let Some(d) = depth {
+                    n += &format!("-d{d}");
+                }
+                if tasks {
+                    n += "-tasks";
+                }
+                n
+            }
+            Engine::RaftEngine => "raft-engine".into(),
+            Engine::Raw => "raw".into(),
         }
     }
+
+    /// The inverse of [`Engine::name`].
+    pub fn parse(s: &str) -> Result<Engine, String> {
+        let bad = || {
+            format!("unknown engine {s:?}: expected ringkv[-d<depth>][-tasks], raft-engine or raw")
+        };
+        match s {
+            "raft-engine" => return Ok(Engine::RaftEngine),
+            "raw" => return Ok(Engine::Raw),
+            _ => {}
+        }
+        let rest = s.strip_prefix("ringkv").ok_or_else(bad)?;
+        let (rest, tasks) = match rest.strip_suffix("-tasks") {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
+        let depth = match rest {
+            "" => None,
+            d => Some(
+                d.strip_prefix("-d")
+                    .and_then(|d| d.parse::<usize>().ok())
+                    .filter(|&d| d >= 1)
+                    .ok_or_else(bad)?,
+            ),
+        };
+        Ok(Engine::Ringkv { depth, tasks })
+    }
 }
+
+/// The outcome of an append started by [`Target::start_append`].
+pub type AppendDone = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 /// An opened engine, ready to hand out writers.
 pub trait Target: Sync {
     /// The append function of writer `w` (each writer thread calls only its own).
     fn writer(&self, w: usize) -> Result<AppendFn<'_>, String>;
+    /// Starts appending record `seq` of writer `w` without blocking (`--appenders tasks`); the
+    /// receiver completes once it is durable. `None` for engines without a callback API.
+    fn start_append(&self, _w: usize, _seq: u64) -> Option<AppendDone> {
+        None
+    }
     /// fdatasyncs issued so far.
     fn syncs(&self) -> u64;
     fn io_name(&self) -> String;
@@ -63,7 +120,7 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
     match engine {
         Engine::Raw => Ok(Box::new(RawTarget::open(opts, dir)?)),
         Engine::RaftEngine => Ok(Box::new(RaftEngineTarget::open(opts, dir)?)),
-        Engine::Ringkv => Ok(Box::new(RingkvTarget::open(opts, dir)?)),
+        Engine::Ringkv { depth, .. } => Ok(Box::new(RingkvTarget::open(opts, depth, dir)?)),
     }
 }
 
@@ -164,7 +221,7 @@ struct RingkvTarget {
 }
 
 impl RingkvTarget {
-    fn open(opts: &WalOpts, dir: &Path) -> Result<Self, String> {
+    fn open(opts: &WalOpts, depth: Option<usize>, dir: &Path) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
         let wal_opts = WalOptions {
@@ -173,8 +230,8 @@ impl RingkvTarget {
             zero_fill_below: opts
                 .wal_zero_fill_below
                 .unwrap_or(WalOptions::default().zero_fill_below),
-            pipeline_depth: opts
-                .wal_pipeline_depth
+            pipeline_depth: depth
+                .or(opts.wal_pipeline_depth)
                 .unwrap_or(WalOptions::default().pipeline_depth),
             ..WalOptions::default()
         };
@@ -213,6 +270,25 @@ impl Target for RingkvTarget {
                 Err(e) => Err(format!("WAL: {e}")),
             }
         }))
+    }
+
+    fn start_append(&self, w: usize, seq: u64) -> Option<AppendDone> {
+        let data = Bytes::from(payload(w, seq, self.record_size));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Indexes are taken and the append queued under one lock, as in `writer`; the
+        // callback runs on the thread that flushed the append.
+        let mut last = self.last_index.lock().expect("index lock");
+        *last += 1;
+        let entry = LogEntry {
+            index: *last,
+            term: 1,
+            entry_type: 0,
+            data,
+        };
+        self.wal.append(vec![Record::Entry(entry)], move |r| {
+            let _ = tx.send(r.map(|_| ()).map_err(|e| format!("WAL: {e}")));
+        });
+        Some(rx)
     }
 
     fn syncs(&self) -> u64 {
@@ -316,6 +392,7 @@ mod tests {
             wal_idle_spin: Duration::ZERO,
             wal_zero_fill_below: None,
             wal_pipeline_depth: None,
+            appenders: super::super::Appenders::Threads,
         }
     }
 
@@ -344,7 +421,7 @@ mod tests {
     #[test]
     fn ringkv_wal_batches_concurrent_writers() {
         let dir = tempfile::tempdir().unwrap();
-        let r = run_wal(Engine::Ringkv, &opts(dir.path(), 8, 256)).unwrap();
+        let r = run_wal(RINGKV, &opts(dir.path(), 8, 256)).unwrap();
         assert_eq!(r.engine, "ringkv");
         assert!(r.total > 0, "{r:?}");
         assert_eq!(r.errors, 0);
@@ -353,14 +430,53 @@ mod tests {
     }
 
     #[test]
+    fn ringkv_tasks_mode_batches_concurrent_tasks_and_others_keep_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = WalOpts {
+            appenders: super::super::Appenders::Tasks,
+            ..opts(dir.path(), 16, 256)
+        };
+        let rs = super::super::run_wal_interleaved(&[RINGKV, Engine::Raw], &o, 1).unwrap();
+        assert_eq!(rs[0].engine, "ringkv-tasks");
+        assert_eq!(rs[1].engine, "raw");
+        let r = &rs[0];
+        assert!(r.total > 0 && r.errors == 0, "{r:?}");
+        // 16 tasks wait on one thread, so nothing but the WAL can batch them: with one
+        // fdatasync per append the tasks would not be concurrent.
+        assert!(r.syncs > 0 && r.syncs < r.total, "{r:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(super::super::parse_appenders("fibers").is_err());
+    }
+
+    #[test]
+    fn engine_names_round_trip() {
+        for name in [
+            "ringkv",
+            "ringkv-d2",
+            "ringkv-tasks",
+            "ringkv-d4-tasks",
+            "raft-engine",
+            "raw",
+        ] {
+            assert_eq!(Engine::parse(name).unwrap().name(), name);
+        }
+        for bad in [
+            "ringkv-d0",
+            "ringkv-dx",
+            "ringkv2",
+            "etcd",
+            "ringkv-tasks-d2",
+        ] {
+            assert!(Engine::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn interleaved_rounds_report_each_engine_once() {
         let dir = tempfile::tempdir().unwrap();
-        let rs = super::super::run_wal_interleaved(
-            &[Engine::Raw, Engine::Ringkv],
-            &opts(dir.path(), 2, 100),
-            4,
-        )
-        .unwrap();
+        let rs =
+            super::super::run_wal_interleaved(&[Engine::Raw, RINGKV], &opts(dir.path(), 2, 100), 4)
+                .unwrap();
         assert_eq!(rs.len(), 2);
         assert_eq!(
             (rs[0].engine.as_str(), rs[1].engine.as_str()),

@@ -6,14 +6,17 @@
 //! the newest segment, X must hold a zero frame header (the segment was complete and synced
 //! before the next one was created); anything else is corruption. In the newest segment, X
 //! may be the start of a torn flush: the last write before a crash landed only in part. Every
-//! frame names the flush that wrote it, and flushes are sequential (the next starts only after
-//! the previous one's fdatasync returned), so a torn flush can only be the last one, `f` (the
-//! flush of the last valid record) or `f + 1`. The rest of the segment is therefore searched
-//! for valid frames: one from any other flush proves that X was written before a later
-//! successful flush, i.e. was acknowledged, and is reported as corruption; otherwise the bytes
-//! from X on are a torn tail, zeroed (durably) and logged with file and offset.
+//! frame names the flush that wrote it, and at most the segment's depth `D` flushes are in
+//! flight at once (flush `g` starts only after flushes up to `g - D` completed; `D` = 1 in
+//! version 1), so a torn flush can only be one of `f ..= f + D` (`f` the flush of the last
+//! valid record). The rest of the segment is therefore searched for valid frames: one from
+//! any other flush proves that X was written before a later successful flush, i.e. was
+//! acknowledged, and is reported as corruption; otherwise the bytes from X on are a torn tail,
+//! zeroed (durably) and logged with file and offset. With `D > 1` a flush may also end at X
+//! followed by zeros up to a block boundary where the next flush began
+//! ([`Window::flush_gap`]); reading continues there.
 //!
-//! Worked example (flush ids in brackets, `~` a damaged record):
+//! Worked example (depth 1, flush ids in brackets, `~` a damaged record):
 //! ```text
 //! r1[4] r2[5] r3[5] ~r4 r5[6] 0 0 …   r5 belongs to flush 6 = f + 1: torn tail, keep r1..r3
 //! r1[4] ~r2 r3[5] r4[6] r5[7] 0 …     r4 belongs to flush 6 > f + 1 (f = 4): corruption at r2
