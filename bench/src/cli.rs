@@ -347,10 +347,6 @@ pub struct WalArgs {
     /// zero-fill, 0 = never).
     #[arg(long)]
     pub wal_zero_fill_below_kib: Option<String>,
-    /// ringkv WAL option `pipeline_depth`: most flushes in flight at once (default: the
-    /// WAL's default).
-    #[arg(long)]
-    pub wal_pipeline_depth: Option<usize>,
     /// How ringkv's appenders wait: `threads` (one OS thread per writer, blocking; every engine
     /// runs this way, and it is the mode compared with raft-engine, whose API is synchronous)
     /// or `tasks` (--writers async tasks on one thread awaiting callback appends, as an async
@@ -372,9 +368,8 @@ pub struct WalArgs {
     #[arg(long)]
     pub compare: bool,
     /// Engines to run, comma separated: ringkv, raft-engine, raw (overrides --compare).
-    /// ringkv variants of one run: `ringkv-d<N>` (pipeline depth N) and a `-tasks` suffix
-    /// (async appenders), e.g. `ringkv,ringkv-d2,ringkv-d4,raft-engine,raw` with `--rounds`
-    /// to A/B depths in one process.
+    /// `ringkv-tasks` is ringkv with async appenders (see --appenders), e.g.
+    /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process.
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
     /// Every writer count × record size of --sweep-writers/--sweep-sizes (default writers

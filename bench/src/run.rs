@@ -330,7 +330,6 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
                         .saturating_mul(1024),
                 ),
             },
-            wal_pipeline_depth: a.wal_pipeline_depth,
             appenders: disk::parse_appenders(&a.appenders)?,
         };
         for r in disk::run_wal_interleaved(&engines, &opts, a.rounds)? {

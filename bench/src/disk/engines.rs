@@ -34,11 +34,9 @@ use super::{AppendFn, RAW_FILE_BYTES, WalOpts, io_error_kind, io_name, open_vfs,
 ///   fdatasyncs (records_per_sync is 1 by construction).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// `depth` overrides `--wal-pipeline-depth`; `tasks` runs the appenders as async tasks
-    /// (`--appenders tasks`). Variants of one run (e.g. `ringkv,ringkv-d2`) are A/B'd in the
-    /// same process, alternating with `--rounds`.
+    /// `tasks` runs the appenders as async tasks (`--appenders tasks`, or engine
+    /// `ringkv-tasks`): both modes can be A/B'd in one process, alternating with `--rounds`.
     Ringkv {
-        depth: Option<usize>,
         tasks: bool,
     },
     RaftEngine,
@@ -46,55 +44,30 @@ pub enum Engine {
 }
 
 /// ringkv's WAL with the run's options.
-pub const RINGKV: Engine = Engine::Ringkv {
-    depth: None,
-    tasks: false,
-};
+pub const RINGKV: Engine = Engine::Ringkv { tasks: false };
 
 impl Engine {
-    /// `ringkv`, `ringkv-d{depth}`, either with `-tasks`; `raft-engine`; `raw`.
-    pub fn name(self) -> String {
+    /// `ringkv`, `ringkv-tasks`, `raft-engine` or `raw`.
+    pub fn name(self) -> &'static str {
         match self {
-            Engine::Ringkv { depth, tasks } => {
-                let mut n = "ringkv".to_owned();
-                if let Some(d) = depth {
-                    n += &format!("-d{d}");
-                }
-                if tasks {
-                    n += "-tasks";
-                }
-                n
-            }
-            Engine::RaftEngine => "raft-engine".into(),
-            Engine::Raw => "raw".into(),
+            Engine::Ringkv { tasks: false } => "ringkv",
+            Engine::Ringkv { tasks: true } => "ringkv-tasks",
+            Engine::RaftEngine => "raft-engine",
+            Engine::Raw => "raw",
         }
     }
 
     /// The inverse of [`Engine::name`].
     pub fn parse(s: &str) -> Result<Engine, String> {
-        let bad = || {
-            format!("unknown engine {s:?}: expected ringkv[-d<depth>][-tasks], raft-engine or raw")
-        };
         match s {
-            "raft-engine" => return Ok(Engine::RaftEngine),
-            "raw" => return Ok(Engine::Raw),
-            _ => {}
+            "ringkv" => Ok(RINGKV),
+            "ringkv-tasks" => Ok(Engine::Ringkv { tasks: true }),
+            "raft-engine" => Ok(Engine::RaftEngine),
+            "raw" => Ok(Engine::Raw),
+            _ => Err(format!(
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, raft-engine or raw"
+            )),
         }
-        let rest = s.strip_prefix("ringkv").ok_or_else(bad)?;
-        let (rest, tasks) = match rest.strip_suffix("-tasks") {
-            Some(r) => (r, true),
-            None => (rest, false),
-        };
-        let depth = match rest {
-            "" => None,
-            d => Some(
-                d.strip_prefix("-d")
-                    .and_then(|d| d.parse::<usize>().ok())
-                    .filter(|&d| d >= 1)
-                    .ok_or_else(bad)?,
-            ),
-        };
-        Ok(Engine::Ringkv { depth, tasks })
     }
 }
 
@@ -120,7 +93,7 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
     match engine {
         Engine::Raw => Ok(Box::new(RawTarget::open(opts, dir)?)),
         Engine::RaftEngine => Ok(Box::new(RaftEngineTarget::open(opts, dir)?)),
-        Engine::Ringkv { depth, .. } => Ok(Box::new(RingkvTarget::open(opts, depth, dir)?)),
+        Engine::Ringkv { .. } => Ok(Box::new(RingkvTarget::open(opts, dir)?)),
     }
 }
 
@@ -221,7 +194,7 @@ struct RingkvTarget {
 }
 
 impl RingkvTarget {
-    fn open(opts: &WalOpts, depth: Option<usize>, dir: &Path) -> Result<Self, String> {
+    fn open(opts: &WalOpts, dir: &Path) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
         let wal_opts = WalOptions {
@@ -230,9 +203,6 @@ impl RingkvTarget {
             zero_fill_below: opts
                 .wal_zero_fill_below
                 .unwrap_or(WalOptions::default().zero_fill_below),
-            pipeline_depth: depth
-                .or(opts.wal_pipeline_depth)
-                .unwrap_or(WalOptions::default().pipeline_depth),
             ..WalOptions::default()
         };
         let wal_dir = dir.join("wal");
@@ -391,7 +361,6 @@ mod tests {
             duration: Duration::from_millis(200),
             wal_idle_spin: Duration::ZERO,
             wal_zero_fill_below: None,
-            wal_pipeline_depth: None,
             appenders: super::super::Appenders::Threads,
         }
     }
@@ -450,23 +419,10 @@ mod tests {
 
     #[test]
     fn engine_names_round_trip() {
-        for name in [
-            "ringkv",
-            "ringkv-d2",
-            "ringkv-tasks",
-            "ringkv-d4-tasks",
-            "raft-engine",
-            "raw",
-        ] {
+        for name in ["ringkv", "ringkv-tasks", "raft-engine", "raw"] {
             assert_eq!(Engine::parse(name).unwrap().name(), name);
         }
-        for bad in [
-            "ringkv-d0",
-            "ringkv-dx",
-            "ringkv2",
-            "etcd",
-            "ringkv-tasks-d2",
-        ] {
+        for bad in ["ringkv-d2", "ringkv2", "etcd", "tasks"] {
             assert!(Engine::parse(bad).is_err(), "{bad}");
         }
     }

@@ -216,8 +216,6 @@ pub struct WalOpts {
     pub wal_idle_spin: Duration,
     /// `WalOptions::zero_fill_below` of the ringkv engine (`None`: the WAL's default).
     pub wal_zero_fill_below: Option<u64>,
-    /// ringkv WAL `pipeline_depth` (`None`: its default).
-    pub wal_pipeline_depth: Option<usize>,
     /// How ringkv's appenders wait.
     pub appenders: Appenders,
 }
@@ -260,7 +258,7 @@ pub fn run_wal_interleaved(
     let engines: Vec<Engine> = engines.iter().map(|&e| effective(e, opts)).collect();
     let engines = &engines[..];
     for &engine in engines {
-        let scratch = scratch_dir(&opts.dir, &engine.name())?;
+        let scratch = scratch_dir(&opts.dir, engine.name())?;
         let target = engines::open(engine, opts, scratch.path())?;
         open.push((engine, scratch, target));
     }
@@ -306,7 +304,7 @@ pub fn run_wal_interleaved(
             );
         }
         reports.push(DiskReport::new(
-            &engine.name(),
+            engine.name(),
             &target.io_name(),
             opts.writers.max(1),
             opts.record_size,
@@ -358,8 +356,7 @@ fn print_rounds(engines: &[Engine], per_round: &[Vec<f64>]) {
 /// `engine` as it runs with `opts`: `--appenders tasks` makes every ringkv variant a task one.
 fn effective(engine: Engine, opts: &WalOpts) -> Engine {
     match engine {
-        Engine::Ringkv { depth, tasks } => Engine::Ringkv {
-            depth,
+        Engine::Ringkv { tasks } => Engine::Ringkv {
             tasks: tasks || opts.appenders == Appenders::Tasks,
         },
         other => other,

@@ -388,16 +388,6 @@ impl File for FaultFile {
         }
     }
 
-    /// The write lands now, the fdatasync runs at `wait`: writes started by several leaders
-    /// are all pending before any of their syncs, so a crash image can keep a later flush's
-    /// sectors and lose an earlier one's (out-of-order durability of concurrent flushes).
-    fn start_write_and_sync<'a>(&'a self, buf: &'a [u8], offset: u64) -> super::WriteSync<'a> {
-        match self.write_at(buf, offset) {
-            Ok(()) => super::WriteSync::deferred(move || self.sync_data()),
-            Err(e) => super::WriteSync::done(Err(e)),
-        }
-    }
-
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.state.lock();
         let gate = s.gate();
@@ -682,33 +672,6 @@ mod tests {
         let got = img.written_contents(&path).unwrap();
         assert_eq!(got.len(), 512);
         assert!(got.iter().all(|&b| b == 1));
-    }
-
-    /// Two write+fdatasyncs started before either is waited for (pipelined WAL flushes): both
-    /// writes are pending until a sync, a crash can keep the later one's sector and lose the
-    /// earlier one's, and the first `wait` (a sync) makes both durable.
-    #[test]
-    fn started_writes_are_pending_together_and_may_survive_out_of_order() {
-        let (vfs, path, f) = setup();
-        let a = vec![b'a'; SECTOR];
-        let b = vec![b'b'; SECTOR];
-        let first = f.start_write_and_sync(&a, 0);
-        let second = f.start_write_and_sync(&b, SECTOR as u64);
-        assert!(vfs.durable_contents(&path).unwrap().is_empty());
-        let out_of_order = (0..64).any(|seed| {
-            let img = vfs.crash_image(CrashMode::RandomSectors { seed });
-            let c = img.written_contents(&path).unwrap();
-            c.len() == 2 * SECTOR && c[..SECTOR] == [0; SECTOR][..] && c[SECTOR..] == b[..]
-        });
-        assert!(
-            out_of_order,
-            "no crash image kept the later write without the earlier one"
-        );
-        first.wait().unwrap();
-        let durable = vfs.durable_contents(&path).unwrap();
-        assert_eq!(&durable[..SECTOR], &a[..]);
-        assert_eq!(&durable[SECTOR..], &b[..]);
-        second.wait().unwrap();
     }
 
     #[test]

@@ -57,8 +57,7 @@ impl ZeroFill {
         }
     }
 
-    /// Records one flush of `bytes` (called by flushing threads; two updating at once may lose
-    /// one sample of this estimate, which is harmless).
+    /// Records one flush of `bytes` (called by the flushing thread only).
     pub(crate) fn on_flush(&self, bytes: u64) {
         let avg = self.avg.load(Ordering::Relaxed);
         let next = avg - avg / 8 + bytes / 8;

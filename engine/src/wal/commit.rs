@@ -30,63 +30,48 @@
 //!   waiting leader reached its bound. It keeps callback appenders (the raft core) from ever
 //!   waiting for a flush of others. At sustained load it ends up leading continuously.
 //!
-//! # Pipelining
-//! Up to `depth` (`WalOptions::pipeline_depth`) leaders run at once, each with at most one
-//! flush in flight: a waiting appender that finds a free leader slot and a non-empty queue
-//! leads too, so batch `b + 1` is written and its fdatasync submitted while batch `b`'s is
-//! still running (the device runs several write+fdatasync pairs concurrently). Leaders take
-//! and place batches one at a time under the writer lock; the I/O runs outside it. Callback
-//! appends (`append`, `append_inline`) never make a second leader: an inline caller would wait
-//! for the other leader's flush to deliver its own.
-//!
 //! # Invariants relied on
-//! 1. `Queue::leaders` counts the leaders: raised by a thread that becomes leader (or is made
-//!    one), lowered in `hand_off` unless the slot passes to a parked waiter or the flush
-//!    thread; never above `depth`. The writer lock is held only to take and place a batch.
+//! 1. `Queue::flushing` is true from the moment a thread becomes leader until its successor is
+//!    chosen or it sets it false in `hand_off`; so at most one thread runs the writer at a
+//!    time (the writer mutex is then never contended; it exists to give the leader `&mut`).
 //! 2. Batches are numbered when taken from the queue (`next_batch`), in queue order; the
 //!    outcomes of batch `b` are delivered only after those of every batch before it
 //!    (`delivered` gate). Hence callbacks run in append order, as the `Wal::append` contract
 //!    says, even though two leaders may deliver at the same time.
-//! 3. An `Ok` outcome of batch `b + 1` implies batch `b` is durable: outcomes are delivered in
-//!    batch order (2), and a batch after one whose write failed (`failed_from`) is refused at
-//!    delivery. The on-disk window rule (flush `g` starts only after flushes up to
-//!    `g - depth` completed) is the writer's (`writer.rs`, invariant 2). Deadlock freedom: a
-//!    leader never blocks on the writer lock, or on other flights inside `prepare`, while it
-//!    holds an undelivered batch (it delivers it first), and a delivery waits only for lower
-//!    batch numbers, whose leaders never wait for higher ones.
+//! 3. Batch `b + 1`'s write is started only after batch `b`'s fdatasync returned (a leader
+//!    waits for its I/O before taking the next batch, and passes leadership on only after
+//!    it), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable, and the on-disk
+//!    rules of `replay.rs` (one flush in flight at a time) hold. Only the *delivery* of batch
+//!    `b` overlaps batch `b + 1`'s I/O, never the acknowledgement of `b + 1`.
 //! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
 //!    leadership was given to it; both are given under the same lock, and the giver unparks the
 //!    thread recorded there. Lock order: queue, then a waiter's slot.
 //! 5. Every queued append is eventually flushed: a leader that stops with the queue non-empty
 //!    hands leadership to a parked waiter or to the flush thread, or — if the queue holds only
-//!    tickets whose owners have not started waiting — gives up its slot, and each such owner
-//!    leads when it waits (a dropped ticket waits in `Drop`). A waiter whose append was
-//!    already taken (the queue is empty) parks: a leader delivers its outcome.
+//!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
+//!    leads when it waits (a dropped ticket waits in `Drop`).
 //!
-//! # Worked example (depth 1; three threads A, B, C calling `append_wait`, one raft core `R`
-//! calling `append_inline`)
+//! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
+//! `append_inline`)
 //! ```text
-//! A: queue [a], leaders=0    → A leads: batch 0 = [a], write+fdatasync
-//! B: queue [b], leaders=1    → B parks
-//! R: queue [b r], leaders=1  → returns (its callback will run later)
+//! A: queue [a], flushing=false → A leads: batch 0 = [a], write+fdatasync
+//! B: queue [b], flushing=true  → B parks
+//! R: queue [b r], flushing=true → returns (its callback will run later)
 //! C: queue [b r c]             → C parks
 //! A: fdatasync returns; queue non-empty, 1 < LEAD_BATCHES → A goes on:
 //!    batch 1 = [b r c], starts its write+fdatasync; delivers batch 0 (a's own outcome)
-//! A: batch 1's fdatasync returns; queue empty → hand_off: leaders=0; delivers batch 1
+//! A: batch 1's fdatasync returns; queue empty → hand_off: flushing=false; delivers batch 1
 //!    (b's outcome, r's callback, wakes B and C); returns
 //! ```
-//! With depth 2, B finds one leader and a non-empty queue [b]: it leads batch 1 = [b] at once,
-//! its write+fdatasync in flight with A's; R and C join batch 2, taken by whichever of A and B
-//! finishes first. B's outcome is delivered only after A's batch 0 was.
 
 use std::any::Any;
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use super::writer::{Prepared, Writer};
+use super::writer::Writer;
 use super::{AppendInfo, Done, Record, Shared, WalError};
 use crate::io::WriteSync;
 
@@ -238,10 +223,10 @@ impl Waiter {
 #[derive(Default)]
 struct Queue {
     items: Vec<Pending>,
-    /// Number of leaders (invariant 1): at most the pipeline depth.
-    leaders: usize,
-    /// Leaderships handed to the flush thread and not yet taken up by it.
-    thread_leads: usize,
+    /// A leader exists (invariant 1).
+    flushing: bool,
+    /// Leadership was handed to the flush thread.
+    thread_lead: bool,
     /// `close` started: no new appends.
     closed: bool,
     /// The flush thread must exit (set by `close` once the queue drained).
@@ -266,13 +251,8 @@ pub(crate) struct Core {
     /// Batches whose outcomes are delivered (invariant 2).
     delivered: Mutex<u64>,
     delivered_cv: Condvar,
-    /// Number of the first batch whose write failed (`u64::MAX`: none): later batches are
-    /// refused at delivery even if their own fdatasync returned `Ok` (invariant 3).
-    failed_from: AtomicU64,
     capacity: usize,
     idle_spin: Duration,
-    /// Most leaders at once, hence most flushes in flight (`WalOptions::pipeline_depth`).
-    depth: usize,
 }
 
 impl Core {
@@ -281,7 +261,6 @@ impl Core {
         writer: Writer,
         capacity: usize,
         idle_spin: Duration,
-        depth: usize,
     ) -> Core {
         Core {
             shared,
@@ -291,10 +270,8 @@ impl Core {
             writer: Mutex::new(Some(writer)),
             delivered: Mutex::new(0),
             delivered_cv: Condvar::new(),
-            failed_from: AtomicU64::new(u64::MAX),
             capacity,
             idle_spin,
-            depth,
         }
     }
 
@@ -316,11 +293,11 @@ impl Core {
             if q.items.len() < self.capacity {
                 break;
             }
-            if q.leaders == 0 {
+            if !q.flushing {
                 // The queue may hold only tickets whose owners have not started waiting (one
                 // of them may be this thread): let the flush thread drain it (invariant 5).
-                q.leaders = 1;
-                q.thread_leads += 1;
+                q.flushing = true;
+                q.thread_lead = true;
                 self.thread_cv.notify_one();
             }
             q.blocked += 1;
@@ -343,17 +320,15 @@ impl Core {
         match self.push(p) {
             Err((p, e)) => deliver_one(p.reply, Err(e)),
             Ok(mut q) => {
-                // A leader will take it. (An inline caller does not become a second leader:
-                // its delivery would wait for the other leader's flush.)
-                if q.leaders > 0 {
+                if q.flushing {
                     return;
                 }
-                q.leaders = 1;
+                q.flushing = true;
                 if inline && !DELIVERING.with(Cell::get) {
                     drop(q);
                     self.lead(Lead::Once);
                 } else {
-                    q.thread_leads += 1;
+                    q.thread_lead = true;
                     drop(q);
                     self.thread_cv.notify_one();
                 }
@@ -415,10 +390,8 @@ impl Core {
             }
             {
                 let mut q = self.queue();
-                // Lead if a leader slot is free and there is something to flush (when the
-                // queue is empty, this append is in a batch taken by another leader).
-                if q.leaders < self.depth && !q.items.is_empty() {
-                    q.leaders += 1;
+                if !q.flushing {
+                    q.flushing = true;
                     drop(q);
                     self.lead(Lead::Bounded);
                     continue;
@@ -439,9 +412,7 @@ impl Core {
     /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
     /// batch's outcomes. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
     /// batch `b` are delivered on this thread, so at sustained load the next flush starts
-    /// right after the previous one completes, with no thread wake-up in between. Other
-    /// leaders (up to the pipeline depth) run the same loop at the same time, each with its
-    /// own flush in flight.
+    /// right after the previous one completes, with no thread wake-up in between.
     pub(crate) fn lead(&self, mode: Lead) {
         let mut batches = 0;
         // Outcomes of the last flushed batch, not yet delivered, and its number.
@@ -449,56 +420,34 @@ impl Core {
         let mut panic = None;
         // Wake-up chains of delivered batches that this thread must finish.
         let mut chains: Vec<Arc<WakeChain>> = Vec::new();
-        let deliver_undelivered =
-            |undelivered: &mut Option<(u64, Vec<Outcome>)>,
-             panic: &mut Option<Panic>,
-             chains: &mut Vec<Arc<WakeChain>>| {
-                if let Some((n, o)) = undelivered.take() {
-                    let (p, chain) = self.deliver(n, o);
-                    chains.push(chain);
-                    if panic.is_none() {
-                        *panic = p;
-                    }
-                }
-            };
+        let deliver = |n, o, chains: &mut Vec<Arc<WakeChain>>| {
+            let (p, chain) = self.deliver(n, o);
+            chains.push(chain);
+            p
+        };
+        let mut writer = self.writer.lock().expect("WAL writer lock");
         loop {
-            // Invariant 3: never wait for the writer holding an undelivered batch.
-            let mut writer = match self.writer.try_lock() {
-                Ok(w) => w,
-                Err(TryLockError::WouldBlock) => {
-                    deliver_undelivered(&mut undelivered, &mut panic, &mut chains);
-                    self.writer.lock().expect("WAL writer lock")
-                }
-                Err(TryLockError::Poisoned(_)) => panic!("WAL writer lock poisoned"),
-            };
-            // Numbered under the writer lock: batch order is file order (invariant 2).
-            let Some((batch, number)) = self.take_batch() else {
-                break;
-            };
-            let prepared = match writer.as_mut() {
+            let (batch, number) = self.take_batch();
+            let outcomes = match writer.as_mut() {
+                _ if batch.is_empty() => Vec::new(),
                 Some(w) => {
-                    let mut before_wait =
-                        || deliver_undelivered(&mut undelivered, &mut panic, &mut chains);
-                    Ok(w.prepare(batch, &mut before_wait))
-                }
-                None => Err(Prepared::refused(batch, || WalError::Closed)),
-            };
-            drop(writer);
-            let outcomes = match prepared {
-                Ok(prepared) => {
+                    let prepared = w.prepare(batch);
                     let io_started = Instant::now();
-                    let io = prepared.start(undelivered.is_some());
-                    deliver_undelivered(&mut undelivered, &mut panic, &mut chains);
-                    let res = io.map(WriteSync::wait);
-                    let (outcomes, failed) = prepared.finish(io_started, res);
-                    if failed {
-                        self.failed_from.fetch_min(number, Ordering::AcqRel);
+                    let io = w.start(&prepared, undelivered.is_some());
+                    if let Some((n, o)) = undelivered.take() {
+                        panic = panic.or(deliver(n, o, &mut chains));
                     }
-                    outcomes
+                    let res = io.map(WriteSync::wait);
+                    w.finish(prepared, io_started, res)
                 }
-                Err(outcomes) => outcomes,
+                None => batch
+                    .into_iter()
+                    .map(|p| (p.reply, Err(WalError::Closed)))
+                    .collect(),
             };
-            deliver_undelivered(&mut undelivered, &mut panic, &mut chains);
+            if let Some((n, o)) = undelivered.take() {
+                panic = panic.or(deliver(n, o, &mut chains));
+            }
             // The woken waiters had this flush's duration to wake the rest of their batch.
             for chain in chains.drain(..) {
                 chain.finish();
@@ -518,8 +467,11 @@ impl Core {
                 break;
             }
         }
+        drop(writer);
         self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
-        deliver_undelivered(&mut undelivered, &mut panic, &mut chains);
+        if let Some((n, o)) = undelivered.take() {
+            panic = panic.or(deliver(n, o, &mut chains));
+        }
         for chain in chains.drain(..) {
             chain.finish();
         }
@@ -528,23 +480,19 @@ impl Core {
         }
     }
 
-    /// Takes the whole queue as the next batch and numbers it (invariant 2); `None` if the
-    /// queue is empty.
-    fn take_batch(&self) -> Option<(Vec<Pending>, u64)> {
+    /// Takes the whole queue as the next batch and numbers it (invariant 2).
+    fn take_batch(&self) -> (Vec<Pending>, u64) {
         let mut q = self.queue();
-        if q.items.is_empty() {
-            return None;
-        }
         let batch = std::mem::take(&mut q.items);
         let number = q.next_batch;
         q.next_batch += 1;
         if q.blocked > 0 {
             self.queue_cv.notify_all();
         }
-        Some((batch, number))
+        (batch, number)
     }
 
-    /// Passes this leader's slot on, or gives it up (invariant 5). With `to_thread`, a
+    /// Chooses the next leader, or clears `flushing` (invariant 5). With `to_thread`, a
     /// non-empty queue goes to the flush thread (which leads for as long as appends keep
     /// coming) rather than to a parked waiter.
     fn hand_off(&self, to_thread: bool) {
@@ -569,9 +517,9 @@ impl Core {
                     .iter()
                     .any(|p| matches!(p.reply, Reply::Callback(_))));
         if to_thread {
-            q.thread_leads += 1;
+            q.thread_lead = true;
         } else {
-            q.leaders -= 1;
+            q.flushing = false;
         }
         let wake_others = q.closed || q.blocked > 0;
         drop(q);
@@ -589,23 +537,12 @@ impl Core {
     /// callback that panicked, for the caller to resume once it has passed leadership on, and
     /// the chain, which the caller must [`WakeChain::finish`].
     #[must_use]
-    fn deliver(&self, number: u64, mut outcomes: Vec<Outcome>) -> (Option<Panic>, Arc<WakeChain>) {
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> (Option<Panic>, Arc<WakeChain>) {
         let mut d = self.delivered.lock().expect("WAL delivery lock");
         while *d != number {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
         }
         drop(d);
-        // Invariant 3: an earlier batch's write failed, so this one is not acknowledged even
-        // if its own fdatasync returned first.
-        if number > self.failed_from.load(Ordering::Acquire)
-            && let Some(cause) = self.shared.failure.get()
-        {
-            for (_, result) in &mut outcomes {
-                if result.is_ok() {
-                    *result = Err(WalError::Failed(cause.clone()));
-                }
-            }
-        }
         // Opens the gate for the next batch even if a callback panics, so later batches and
         // `close` do not wait forever behind it.
         let gate = GateGuard { core: self, number };
@@ -645,13 +582,13 @@ impl Core {
     pub(crate) fn run_flush_thread(&self) {
         loop {
             let mut q = self.queue();
-            while q.thread_leads == 0 && !q.stop_thread {
+            while !q.thread_lead && !q.stop_thread {
                 q = self.thread_cv.wait(q).expect("WAL queue lock");
             }
-            if q.thread_leads == 0 {
+            if !q.thread_lead {
                 return;
             }
-            q.thread_leads -= 1;
+            q.thread_lead = false;
             drop(q);
             self.lead(Lead::Unbounded);
         }
@@ -664,11 +601,11 @@ impl Core {
         q.closed = true;
         self.queue_cv.notify_all();
         loop {
-            if q.leaders == 0 {
+            if !q.flushing {
                 if q.items.is_empty() {
                     break;
                 }
-                q.leaders = 1;
+                q.flushing = true;
                 drop(q);
                 self.lead(Lead::Unbounded);
                 q = self.queue();

@@ -16,22 +16,9 @@ pub(crate) const RECORD_ALIGN: usize = 8;
 /// "ringkvWL": identifies a ringkv WAL segment.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ringkvWL";
 /// Version 1: the first format (this header, 16-byte record frames seeded with the segment
-/// sequence number, flush ids in every frame). Flushes are strictly sequential and records
-/// contiguous. Read as a version 2 segment of depth 1.
+/// sequence number, flush ids in every frame).
 pub(crate) const FORMAT_V1: u32 = 1;
-/// Version 2: the header's last field (zero in version 1) is the pipeline depth `D`, and the
-/// header checksum covers it. With `D > 1` up to `D` flushes may be in flight at once, and a
-/// flush started while another is in flight begins at a fresh 4 KiB block (zeros between
-/// flushes). The frame field that is reserved in version 1 holds, in the first frame of such a
-/// flush, the length of those zeros (the gap).
-pub(crate) const FORMAT_V2: u32 = 2;
-/// The version written for depth `d`: 1 when no two flushes are ever in flight (the layout is
-/// exactly version 1's, so binaries that know only version 1 still read it), else 2.
-pub(crate) fn format_version(depth: u32) -> u32 {
-    if depth <= 1 { FORMAT_V1 } else { FORMAT_V2 }
-}
-/// Largest pipeline depth a header may name (a sanity bound for the reader).
-pub(crate) const MAX_DEPTH: u32 = 64;
+pub(crate) const FORMAT_VERSION: u32 = FORMAT_V1;
 
 pub(crate) const MAGIC_OFFSET: usize = 0;
 pub(crate) const VERSION_OFFSET: usize = MAGIC_OFFSET + SEGMENT_MAGIC.len();
@@ -39,10 +26,9 @@ pub(crate) const HEADER_FLUSH_OFFSET: usize = VERSION_OFFSET + size_of::<u32>();
 pub(crate) const SEQ_OFFSET: usize = HEADER_FLUSH_OFFSET + size_of::<u32>();
 pub(crate) const FIRST_INDEX_OFFSET: usize = SEQ_OFFSET + size_of::<u64>();
 pub(crate) const HEADER_CRC_OFFSET: usize = FIRST_INDEX_OFFSET + size_of::<u64>();
-/// Version 1: reserved, zero. Version 2: the pipeline depth.
-pub(crate) const HEADER_DEPTH_OFFSET: usize = HEADER_CRC_OFFSET + size_of::<u32>();
+pub(crate) const HEADER_RESERVED_OFFSET: usize = HEADER_CRC_OFFSET + size_of::<u32>();
 /// Records start here.
-pub(crate) const SEGMENT_HEADER_LEN: usize = HEADER_DEPTH_OFFSET + size_of::<u32>();
+pub(crate) const SEGMENT_HEADER_LEN: usize = HEADER_RESERVED_OFFSET + size_of::<u32>();
 
 /// A decoded segment header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,35 +37,19 @@ pub(crate) struct SegmentHeader {
     pub first_index: u64,
     /// Flush id of the write that created the segment (its header and carried-over records).
     pub flush: u32,
-    /// Most flushes in flight at once while this segment was written (1 for version 1).
-    pub depth: u32,
 }
 
-/// The header checksum: bytes before the crc field, then (version 2) the depth field.
-fn header_crc(data: &[u8], version: u32) -> u32 {
-    let crc = crc32c::crc32c(&data[..HEADER_CRC_OFFSET]);
-    if version == FORMAT_V1 {
-        return crc;
-    }
-    crc32c::crc32c_append(crc, &data[HEADER_DEPTH_OFFSET..SEGMENT_HEADER_LEN])
-}
-
-// Format: { magic [8] | version u32 | flush u32 | seq u64 | first_index u64 | crc u32 | depth u32 }
+// Format: { magic [8] | version u32 | flush u32 | seq u64 | first_index u64 | crc u32 | 0 u32 }
 pub(crate) fn encode_header(out: &mut [u8], h: &SegmentHeader) {
     let out = &mut out[..SEGMENT_HEADER_LEN];
     out[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&SEGMENT_MAGIC);
-    let version = format_version(h.depth);
-    put_u32(out, VERSION_OFFSET, version);
+    put_u32(out, VERSION_OFFSET, FORMAT_VERSION);
     put_u32(out, HEADER_FLUSH_OFFSET, h.flush);
     put_u64(out, SEQ_OFFSET, h.seq);
     put_u64(out, FIRST_INDEX_OFFSET, h.first_index);
-    put_u32(
-        out,
-        HEADER_DEPTH_OFFSET,
-        if version == FORMAT_V1 { 0 } else { h.depth },
-    );
-    let crc = header_crc(out, version);
+    let crc = crc32c::crc32c(&out[..HEADER_CRC_OFFSET]);
     put_u32(out, HEADER_CRC_OFFSET, crc);
+    put_u32(out, HEADER_RESERVED_OFFSET, 0);
 }
 
 /// Decodes and checks a segment header; the error says what is wrong.
@@ -93,25 +63,18 @@ pub(crate) fn decode_header(data: &[u8]) -> Result<SegmentHeader, String> {
     if data[MAGIC_OFFSET..VERSION_OFFSET] != SEGMENT_MAGIC {
         return Err("bad magic: not a ringkv WAL segment".into());
     }
-    let version = get_u32(data, VERSION_OFFSET);
-    if version != FORMAT_V1 && version != FORMAT_V2 {
-        return Err(format!("unsupported WAL format version {version}"));
-    }
     let crc = get_u32(data, HEADER_CRC_OFFSET);
-    if crc != header_crc(data, version) {
+    if crc != crc32c::crc32c(&data[..HEADER_CRC_OFFSET]) {
         return Err("segment header checksum mismatch".into());
     }
-    let depth = match (version, get_u32(data, HEADER_DEPTH_OFFSET)) {
-        (FORMAT_V1, 0) => 1,
-        (FORMAT_V1, n) => return Err(format!("version 1 header with non-zero reserved field {n}")),
-        (_, n) if (1..=MAX_DEPTH).contains(&n) => n,
-        (_, n) => return Err(format!("pipeline depth {n} outside 1..={MAX_DEPTH}")),
-    };
+    let version = get_u32(data, VERSION_OFFSET);
+    if version != FORMAT_V1 {
+        return Err(format!("unsupported WAL format version {version}"));
+    }
     Ok(SegmentHeader {
         seq: get_u64(data, SEQ_OFFSET),
         first_index: get_u64(data, FIRST_INDEX_OFFSET),
         flush: get_u32(data, HEADER_FLUSH_OFFSET),
-        depth,
     })
 }
 
@@ -121,16 +84,9 @@ pub(crate) const CRC_OFFSET: usize = 0;
 pub(crate) const LEN_OFFSET: usize = CRC_OFFSET + size_of::<u32>();
 pub(crate) const KIND_OFFSET: usize = LEN_OFFSET + size_of::<u32>();
 pub(crate) const RESERVED_OFFSET: usize = KIND_OFFSET + size_of::<u8>();
-/// Version 2, first frame of a flush placed at a fresh 4 KiB block: the zero bytes between
-/// the previous flush's records and this frame (0 in every other frame, and in version 1).
-pub(crate) const GAP_OFFSET: usize = RESERVED_OFFSET + size_of::<u8>();
-pub(crate) const FLUSH_OFFSET: usize = GAP_OFFSET + size_of::<u16>();
+pub(crate) const FLUSH_OFFSET: usize = RESERVED_OFFSET + 3;
 pub(crate) const PAYLOAD_OFFSET: usize = FLUSH_OFFSET + size_of::<u32>();
 pub(crate) const RECORD_HEADER_LEN: usize = PAYLOAD_OFFSET;
-
-/// The gap field is below this: the block size of the O_DIRECT layout (`io::DIRECT_ALIGN`,
-/// checked in the tests below).
-pub(crate) const GAP_LIMIT: usize = 4096;
 
 /// Record kinds. 0 is never written: a zero frame header marks the end of the records.
 pub(crate) const KIND_ENTRY: u8 = 1;
@@ -174,18 +130,11 @@ pub fn crc_seed(seq: u64) -> u32 {
     crc32c::crc32c(&seq.to_le_bytes())
 }
 
+// Format: { crc u32 | len u32 | kind u8 | 0 [3] | flush u32 | payload [len] | 0 pad to 8 }
 /// Encodes `rec` at the start of `out` (which must hold [`encoded_len`] bytes and be zeroed in
-/// the padding) as part of flush `flush` of the segment whose CRC seed is `seed`, with no gap
-/// before it. Returns the bytes used. Records longer than `u32::MAX` are rejected by the
-/// caller.
+/// the padding) as part of flush `flush` of the segment whose CRC seed is `seed`. Returns the
+/// bytes used. Records longer than `u32::MAX` are rejected by the caller.
 pub fn encode_record(out: &mut [u8], rec: &Record, flush: u32, seed: u32) -> usize {
-    encode_frame(out, rec, flush, 0, seed)
-}
-
-// Format: { crc u32 | len u32 | kind u8 | 0 u8 | gap u16 | flush u32 | payload [len] | 0 pad to 8 }
-/// [`encode_record`] with the gap field: `gap` zero bytes precede this frame, the first of a
-/// flush placed at a fresh block (`gap` < 4096, a multiple of 8).
-pub(crate) fn encode_frame(out: &mut [u8], rec: &Record, flush: u32, gap: u16, seed: u32) -> usize {
     let len = payload_len(rec);
     let total = encoded_len(rec);
     let frame = &mut out[..total];
@@ -216,8 +165,7 @@ pub(crate) fn encode_frame(out: &mut [u8], rec: &Record, flush: u32, gap: u16, s
     };
     put_u32(frame, LEN_OFFSET, len as u32);
     frame[KIND_OFFSET] = kind;
-    frame[RESERVED_OFFSET] = 0;
-    frame[GAP_OFFSET..FLUSH_OFFSET].copy_from_slice(&gap.to_le_bytes());
+    frame[RESERVED_OFFSET..FLUSH_OFFSET].fill(0);
     put_u32(frame, FLUSH_OFFSET, flush);
     frame[PAYLOAD_OFFSET + len..].fill(0);
     let crc = crc32c::crc32c_append(seed, &frame[LEN_OFFSET..PAYLOAD_OFFSET + len]);
@@ -228,12 +176,10 @@ pub(crate) fn encode_frame(out: &mut [u8], rec: &Record, flush: u32, gap: u16, s
 /// What [`decode_record`] found at a position.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
-    /// A valid record of flush `flush`, occupying `len` bytes, after a gap of `gap` zero
-    /// bytes if it is the first frame of a flush placed at a fresh block (else 0).
+    /// A valid record of flush `flush`, occupying `len` bytes.
     Record {
         record: Record,
         flush: u32,
-        gap: u16,
         len: usize,
     },
     /// A zero frame header, or the end of the data: no more records here.
@@ -263,12 +209,8 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     if !(KIND_ENTRY..=KIND_METADATA).contains(&kind) {
         return Decoded::Invalid(format!("unknown record kind {kind}"));
     }
-    if head[RESERVED_OFFSET] != 0 {
-        return Decoded::Invalid("reserved frame byte is not zero".into());
-    }
-    let gap = u16::from_le_bytes([head[GAP_OFFSET], head[GAP_OFFSET + 1]]);
-    if usize::from(gap) >= GAP_LIMIT || !usize::from(gap).is_multiple_of(RECORD_ALIGN) {
-        return Decoded::Invalid(format!("gap field {gap} is not a block remainder"));
+    if head[RESERVED_OFFSET..FLUSH_OFFSET] != [0, 0, 0] {
+        return Decoded::Invalid("reserved frame bytes are not zero".into());
     }
     let Some(payload) = rest.get(PAYLOAD_OFFSET..PAYLOAD_OFFSET + len) else {
         return Decoded::Invalid(format!(
@@ -308,7 +250,6 @@ pub fn decode_record(data: &[u8], pos: usize, seed: u32) -> Decoded {
     Decoded::Record {
         record,
         flush: get_u32(head, FLUSH_OFFSET),
-        gap,
         len: framed,
     }
 }
@@ -391,8 +332,6 @@ mod tests {
         assert_eq!(HEADER_CRC_OFFSET, 32);
         assert_eq!(SEGMENT_HEADER_LEN, 40);
         assert_eq!((LEN_OFFSET, KIND_OFFSET, RESERVED_OFFSET), (4, 8, 9));
-        assert_eq!(GAP_OFFSET, 10);
-        assert_eq!(GAP_LIMIT, crate::io::DIRECT_ALIGN);
         assert_eq!((FLUSH_OFFSET, PAYLOAD_OFFSET), (12, 16));
         assert_eq!((ENTRY_TYPE_OFFSET, ENTRY_DATA_OFFSET), (16, 17));
         assert_eq!((HS_LEN, SNAP_LEN), (24, 16));
@@ -412,7 +351,6 @@ mod tests {
                 Decoded::Record {
                     record: rec.clone(),
                     flush: 42,
-                    gap: 0,
                     len: n
                 }
             );
@@ -437,30 +375,6 @@ mod tests {
         assert_eq!(&buf[4..16], &[24, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0]);
         assert_eq!(&buf[16..24], &1u64.to_le_bytes());
         assert_eq!(&buf[32..40], &3u64.to_le_bytes());
-        // The same frame as the first of a flush after a 24-byte gap: bytes 10..12 = 24 LE.
-        encode_frame(&mut buf, &rec, 5, 24, crc_seed(0));
-        assert_eq!(&buf[4..16], &[24, 0, 0, 0, 2, 0, 24, 0, 5, 0, 0, 0]);
-        assert!(matches!(
-            decode_record(&buf, 0, crc_seed(0)),
-            Decoded::Record {
-                gap: 24,
-                flush: 5,
-                ..
-            }
-        ));
-    }
-
-    #[test]
-    fn gap_fields_that_no_writer_produces_are_invalid() {
-        let rec = Record::Snapshot(SnapshotMark { index: 5, term: 2 });
-        let mut buf = vec![0u8; encoded_len(&rec)];
-        for bad in [4, GAP_LIMIT as u16, u16::MAX] {
-            encode_frame(&mut buf, &rec, 1, bad, crc_seed(0));
-            assert!(
-                matches!(decode_record(&buf, 0, crc_seed(0)), Decoded::Invalid(r) if r.contains("gap")),
-                "gap {bad}"
-            );
-        }
     }
 
     #[test]
@@ -497,7 +411,6 @@ mod tests {
             seq: 3,
             first_index: 77,
             flush: 9,
-            depth: 3,
         };
         let mut buf = [0u8; SEGMENT_HEADER_LEN];
         encode_header(&mut buf, &h);
@@ -505,16 +418,6 @@ mod tests {
         let mut bad = buf;
         bad[SEQ_OFFSET] ^= 1;
         assert!(decode_header(&bad).unwrap_err().contains("checksum"));
-        // Version 2's checksum covers the depth field.
-        let mut bad = buf;
-        bad[HEADER_DEPTH_OFFSET] ^= 4;
-        assert!(decode_header(&bad).unwrap_err().contains("checksum"));
-        // Depth 1 is written as version 1 (depth field zero) and read back as depth 1.
-        let h1 = SegmentHeader { depth: 1, ..h };
-        encode_header(&mut buf, &h1);
-        assert_eq!(get_u32(&buf, VERSION_OFFSET), FORMAT_V1);
-        assert_eq!(get_u32(&buf, HEADER_DEPTH_OFFSET), 0);
-        assert_eq!(decode_header(&buf), Ok(h1));
         assert!(decode_header(&buf[..10]).is_err());
         assert!(decode_header(&[0u8; 64]).unwrap_err().contains("magic"));
     }

@@ -152,15 +152,6 @@ pub struct WalOptions {
     /// at 64 writers × 64 KiB did not raise throughput (BENCHMARKS.md, "zero-fill"), whose
     /// limit is one 2 MiB write+fdatasync at a time.
     pub zero_fill_below: u64,
-    /// Most flushes (write + fdatasync) in flight at once, 1..=64. With more than one, a flush
-    /// may start while earlier ones are in flight, by another appender leading it; appends are
-    /// still acknowledged in order, each only after every earlier flush's fdatasync returned.
-    /// Devices that run several write+fdatasync pairs concurrently gain throughput under load;
-    /// an idle WAL flushes exactly as with 1. Written into each new segment's header (replay
-    /// bounds the region where a crash may leave holes by it). Default 1: on the shared
-    /// machine of session 4 depths 2 and 4 showed no throughput gain (BENCHMARKS.md,
-    /// "Pipelined flushes"); measure with `ringkv-bench disk wal --wal-pipeline-depth`.
-    pub pipeline_depth: usize,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -174,7 +165,6 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
-            pipeline_depth: 1,
             metrics: None,
         }
     }
@@ -190,7 +180,6 @@ impl fmt::Debug for WalOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("idle_spin", &self.idle_spin)
             .field("zero_fill_below", &self.zero_fill_below)
-            .field("pipeline_depth", &self.pipeline_depth)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -412,13 +401,6 @@ impl Wal {
                 opts.segment_size
             )));
         }
-        if !(1..=format::MAX_DEPTH as usize).contains(&opts.pipeline_depth) {
-            return Err(WalError::InvalidOptions(format!(
-                "pipeline_depth {} must be in 1..={}",
-                opts.pipeline_depth,
-                format::MAX_DEPTH
-            )));
-        }
         if opts.queue_capacity == 0 {
             return Err(WalError::InvalidOptions(
                 "queue_capacity must be > 0".into(),
@@ -446,7 +428,6 @@ impl Wal {
             writer,
             opts.queue_capacity,
             opts.idle_spin,
-            opts.pipeline_depth,
         ));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();

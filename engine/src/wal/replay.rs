@@ -6,17 +6,14 @@
 //! the newest segment, X must hold a zero frame header (the segment was complete and synced
 //! before the next one was created); anything else is corruption. In the newest segment, X
 //! may be the start of a torn flush: the last write before a crash landed only in part. Every
-//! frame names the flush that wrote it, and at most the segment's depth `D` flushes are in
-//! flight at once (flush `g` starts only after flushes up to `g - D` completed; `D` = 1 in
-//! version 1), so a torn flush can only be one of `f ..= f + D` (`f` the flush of the last
-//! valid record). The rest of the segment is therefore searched for valid frames: one from
-//! any other flush proves that X was written before a later successful flush, i.e. was
-//! acknowledged, and is reported as corruption; otherwise the bytes from X on are a torn tail,
-//! zeroed (durably) and logged with file and offset. With `D > 1` a flush may also end at X
-//! followed by zeros up to a block boundary where the next flush began
-//! ([`Window::flush_gap`]); reading continues there.
+//! frame names the flush that wrote it, and flushes are sequential (the next starts only after
+//! the previous one's fdatasync returned), so a torn flush can only be the last one, `f` (the
+//! flush of the last valid record) or `f + 1`. The rest of the segment is therefore searched
+//! for valid frames: one from any other flush proves that X was written before a later
+//! successful flush, i.e. was acknowledged, and is reported as corruption; otherwise the bytes
+//! from X on are a torn tail, zeroed (durably) and logged with file and offset.
 //!
-//! Worked example (depth 1, flush ids in brackets, `~` a damaged record):
+//! Worked example (flush ids in brackets, `~` a damaged record):
 //! ```text
 //! r1[4] r2[5] r3[5] ~r4 r5[6] 0 0 …   r5 belongs to flush 6 = f + 1: torn tail, keep r1..r3
 //! r1[4] ~r2 r3[5] r4[6] r5[7] 0 …     r4 belongs to flush 6 > f + 1 (f = 4): corruption at r2
@@ -45,8 +42,6 @@ pub(crate) struct Tail {
     pub block_start: u64,
     pub tail: Vec<u8>,
     pub next_flush: u32,
-    /// The segment's pipeline depth (1 for version 1).
-    pub depth: u32,
     pub next_index: u64,
     pub hard_state: Option<HardState>,
     pub metadata: Option<Bytes>,
@@ -249,39 +244,6 @@ impl Window {
         Ok(decode_record(buf, i, seed))
     }
 
-    /// Whether `pos` is the end of a flush followed by a flush that began at the next 4 KiB
-    /// boundary while it was in flight: `pos` is not block-aligned, every byte from `pos` to
-    /// the boundary is zero (the first flush's padding), and the boundary holds a valid frame
-    /// of flush `last_flush + 1` whose gap field is exactly the distance from `pos`.
-    ///
-    /// The gap field is what tells this apart from a torn write whose lost sectors read as
-    /// zeros (segments are pre-zeroed). Worked example, depth 2, `|` the boundary at 4096,
-    /// `[n]` flush ids, `~` lost sectors:
-    /// ```text
-    /// r1[4] r2[4] 0 … 0 | r3[5] gap=24     r2 ends at 4072: 24 zeros match: continue at r3
-    /// r1[4] ~~~~~~~~~~~ | r3[5] gap=24     r2 lost (flush 4 torn, 5 durable): zeros from
-    ///                                      r1's end (4000) ≠ 24: records end after r1,
-    ///                                      r3 is cut with the torn tail (never acknowledged)
-    /// r1[4] ~~~~~~~~~~~ | r3[5] gap=0      flush 5 contiguous from r1's end, its first
-    ///                                      sectors lost: gap 0 ≠ 96: cut as torn
-    /// ```
-    fn flush_gap(&mut self, pos: u64, seed: u32, last_flush: u32) -> Result<bool, WalError> {
-        let next = align_up(pos);
-        if next == pos || next >= self.size {
-            return Ok(false);
-        }
-        let gap = (next - pos) as usize;
-        let (buf, i) = self.view(pos, gap)?;
-        if buf[i..i + gap].iter().any(|&b| b != 0) {
-            return Ok(false);
-        }
-        Ok(matches!(
-            self.frame(next, seed)?,
-            Decoded::Record { flush, gap, .. }
-                if flush == last_flush.wrapping_add(1) && u64::from(gap) == next - pos
-        ))
-    }
-
     /// Offset just after the last non-zero byte of the file (0 if it is all zeros), read
     /// backwards in chunks.
     fn nonzero_end(&mut self) -> Result<u64, WalError> {
@@ -312,8 +274,6 @@ struct SegmentEnd {
     size: u64,
     /// Newest segment only: offset just after its last non-zero byte.
     nonzero_end: u64,
-    /// The header's pipeline depth.
-    depth: u32,
 }
 
 fn scan_segment(
@@ -342,33 +302,17 @@ fn scan_segment(
         ));
     }
     let seed = crc_seed(seg.seq);
-    let depth = header.depth;
     let mut pos = SEGMENT_HEADER_LEN as u64;
     let mut last_flush = header.flush;
     let why = loop {
         match w.frame(pos, seed)? {
-            Decoded::Record {
-                record, flush, len, ..
-            } => {
+            Decoded::Record { record, flush, len } => {
                 replayer.apply(record, &seg.path, pos)?;
                 last_flush = flush;
                 pos += len as u64;
             }
-            end @ (Decoded::End | Decoded::Invalid(_)) => {
-                // With depth > 1 a flush may have started at the next block boundary, after
-                // the zero padding of the one before it. That padding can be shorter than a
-                // frame header (8 bytes when the records end 8 bytes before the boundary):
-                // the header read at `pos` then runs into the next flush's first frame and
-                // does not decode, so the gap is recognised by its zeros, not by `decode`.
-                if depth > 1 && w.flush_gap(pos, seed, last_flush)? {
-                    pos = align_up(pos);
-                    continue;
-                }
-                break match end {
-                    Decoded::Invalid(reason) => Some(reason),
-                    _ => None,
-                };
-            }
+            Decoded::End => break None,
+            Decoded::Invalid(reason) => break Some(reason),
         }
     };
     if !is_last {
@@ -380,18 +324,15 @@ fn scan_segment(
             last_flush,
             size: w.size,
             nonzero_end: 0,
-            depth,
         });
     }
-    // The newest segment: bytes after `pos` are a torn tail (or the holes of flushes in flight
-    // at the crash) unless a frame follows that proves X durable: flush `g` was started only
-    // once every flush up to `g - depth` had completed, so only flushes `f ..= f + depth`
-    // may have been in flight with X's.
+    // The newest segment: bytes after `pos` are a torn tail unless a later flush follows.
     let garbage_end = w.nonzero_end()?;
     let mut probe = pos + RECORD_ALIGN as u64;
     while probe < garbage_end {
         if let Decoded::Record { flush, .. } = w.frame(probe, seed)?
-            && flush.wrapping_sub(last_flush) > depth
+            && flush != last_flush
+            && flush != last_flush.wrapping_add(1)
         {
             return Err(corrupt(
                 pos,
@@ -408,7 +349,6 @@ fn scan_segment(
         last_flush,
         size: w.size,
         nonzero_end: garbage_end,
-        depth,
     })
 }
 
@@ -495,7 +435,6 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
             block_start,
             tail,
             next_flush: end.last_flush.wrapping_add(1),
-            depth: end.depth,
             next_index,
             hard_state: replay.hard_state,
             metadata: replay.metadata.clone(),

@@ -19,12 +19,9 @@ use crate::io::{CrashMode, Fault, FaultVfs, File, IoKind, OpenOptions, StdVfs, U
 
 const SEG: u64 = 16 * 1024;
 
-/// Depth 2 (pipelined flushes) unless a test says otherwise: every general test also runs
-/// with two leaders' flushes in flight.
 fn opts() -> WalOptions {
     WalOptions {
         segment_size: SEG,
-        pipeline_depth: 2,
         ..WalOptions::default()
     }
 }
@@ -64,14 +61,6 @@ fn indexes(replay: &Replay) -> Vec<u64> {
 
 fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> (Wal, Replay) {
     Wal::open(vfs.clone(), dir, opts()).unwrap()
-}
-
-/// One flush in flight at a time: the tests of who leads which flush rely on it.
-fn serial_opts() -> WalOptions {
-    WalOptions {
-        pipeline_depth: 1,
-        ..opts()
-    }
 }
 
 #[test]
@@ -490,8 +479,6 @@ struct Ctl {
     fail_from: AtomicUsize,
     /// Name of the thread of each `write_at_and_sync` (unnamed: its id).
     flushers: Mutex<Vec<String>>,
-    /// `write_at_and_sync` on the thread of this name writes, then fails with EIO.
-    fail_named: Mutex<Option<String>>,
     /// Largest single `read_at`.
     max_read: AtomicUsize,
     /// Bytes written by plain `write_at` (the allocator's zero-fill; flushes use
@@ -562,10 +549,9 @@ impl File for TestFile {
         let name = me
             .name()
             .map_or_else(|| format!("{:?}", me.id()), str::to_owned);
-        self.ctl.flushers.lock().unwrap().push(name.clone());
+        self.ctl.flushers.lock().unwrap().push(name);
         let call = self.ctl.calls.fetch_add(1, Ordering::SeqCst);
-        let named = self.ctl.fail_named.lock().unwrap().as_deref() == Some(name.as_str());
-        if named || call >= self.ctl.fail_from.load(Ordering::SeqCst) {
+        if call >= self.ctl.fail_from.load(Ordering::SeqCst) {
             self.inner.write_at(buf, offset)?;
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -754,13 +740,7 @@ fn power_cut_at_a_random_operation_keeps_every_acknowledged_record() {
         let fault = FaultVfs::new();
         let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
         let dir = Path::new("/data/member/wal");
-        // Depths 1..=4: with more than one, flushes of several leaders are in flight at once
-        // and `RandomSectors` can keep a later one's sectors while losing an earlier one's.
-        let o = WalOptions {
-            pipeline_depth: 1 + (case % 4) as usize,
-            ..opts()
-        };
-        let (wal, _) = Wal::open(vfs.clone(), dir, o.clone()).unwrap();
+        let (wal, _) = open(&vfs, dir);
         let cut_after = rng.random_range(0..300);
         fault.fail_at(fault.ops() + cut_after, Fault::PowerCut);
         let wal = Arc::new(wal);
@@ -893,294 +873,58 @@ fn a_version_1_segment_still_opens() {
     wal.close().unwrap();
 }
 
-/// The worked example of `replay.rs`: damage in the newest segment is a torn tail (or a hole
-/// left by flushes in flight at a crash) when only frames of the last `depth + 1` flushes
-/// follow it, and corruption when a later flush does: that flush started only after the
-/// damaged one's fdatasync returned. Checked at depth 1 (version 1 rule) and 2, with a flipped
-/// byte and with the whole record zeroed (a lost write).
+/// The worked example of `replay.rs`: damage in the newest segment is a torn tail when only
+/// frames of the last flush (or the one after it) follow, and corruption when a later flush does.
 #[test]
 fn damage_in_the_newest_segment_is_torn_only_within_the_last_flushes() {
-    for depth in [1usize, 2] {
-        let o = WalOptions {
-            pipeline_depth: depth,
-            ..opts()
-        };
-        let base = FaultVfs::new();
-        let base_dyn: Arc<dyn Vfs> = Arc::new(base.clone());
-        let dir = Path::new("/wal");
-        let (wal, _) = Wal::open(base_dyn, dir, o.clone()).unwrap();
-        // r1, r2, r3 in flushes of their own, then r4, r5, r6 in one flush.
-        let mut at = Vec::new();
-        for i in 1..=3 {
-            let info = wal.append_wait(vec![entry(i, 1)]).unwrap();
-            at.push(info.end_offset - encoded_len(&entry(i, 1)) as u64);
-        }
-        let info = wal
-            .append_wait(vec![entry(4, 1), entry(5, 1), entry(6, 1)])
-            .unwrap();
-        assert_eq!(info.flush_records, 3);
-        let mut off = info.end_offset;
-        let mut tail_at = vec![0; 3];
-        for i in (4..=6).rev() {
-            off -= encoded_len(&entry(i, 1)) as u64;
-            tail_at[i as usize - 4] = off;
-        }
-        at.extend(tail_at);
-        let path = wal.segment_paths()[0].clone();
-        wal.close().unwrap();
-
-        for zeroed in [false, true] {
-            let damage = |victim: usize| {
-                let img = copy(&base);
-                if zeroed {
-                    let len = encoded_len(&entry(victim as u64, 1));
-                    img.corrupt(&path, at[victim - 1], &vec![0; len]);
-                } else {
-                    // A byte inside the payload of record `victim` (1-based).
-                    img.corrupt(&path, at[victim - 1] + 20, &[0xee]);
-                }
-                let img: Arc<dyn Vfs> = Arc::new(img);
-                Wal::open(img, dir, o.clone())
-            };
-            let case = format!("depth {depth}, zeroed {zeroed}");
-            // r5 damaged: r6 belongs to the same (last) flush → torn; r1..r4 kept.
-            let (w, replay) = damage(5).unwrap();
-            assert_eq!(indexes(&replay), vec![1, 2, 3, 4], "{case}");
-            assert_eq!(replay.truncated_tail, Some((path.clone(), at[4])), "{case}");
-            w.close().unwrap();
-            // r4 damaged: r5, r6 are of the flush after r3's → torn; r1..r3 kept.
-            let (w, replay) = damage(4).unwrap();
-            assert_eq!(indexes(&replay), vec![1, 2, 3], "{case}");
-            w.close().unwrap();
-            // r3 damaged: r4..r6 come from a flush two after r2's: within depth 2 a hole
-            // (r1, r2 kept); at depth 1 r3 was acknowledged: corruption.
-            if depth == 2 {
-                let (w, replay) = damage(3).unwrap();
-                assert_eq!(indexes(&replay), vec![1, 2], "{case}");
-                assert_eq!(replay.truncated_tail, Some((path.clone(), at[2])), "{case}");
-                w.close().unwrap();
-            } else {
-                let err = damage(3).unwrap_err();
-                assert!(
-                    matches!(&err, WalError::Corrupt { path: p, offset, .. } if p == &path && *offset == at[2]),
-                    "{case}: {err}"
-                );
-            }
-            // r2 damaged: r4..r6 are three flushes after r1's, beyond either depth: the
-            // damage is corruption, not a hole.
-            let err = damage(2).unwrap_err();
-            assert!(
-                matches!(&err, WalError::Corrupt { path: p, offset, .. } if p == &path && *offset == at[1]),
-                "{case}: {err}"
-            );
-        }
+    let base = FaultVfs::new();
+    let base_dyn: Arc<dyn Vfs> = Arc::new(base.clone());
+    let dir = Path::new("/wal");
+    let (wal, _) = open(&base_dyn, dir);
+    // r1, r2, r3 in flushes of their own, then r4, r5, r6 in one flush.
+    let mut at = Vec::new();
+    for i in 1..=3 {
+        let info = wal.append_wait(vec![entry(i, 1)]).unwrap();
+        at.push(info.end_offset - encoded_len(&entry(i, 1)) as u64);
     }
-}
+    let info = wal
+        .append_wait(vec![entry(4, 1), entry(5, 1), entry(6, 1)])
+        .unwrap();
+    assert_eq!(info.flush_records, 3);
+    let mut off = info.end_offset;
+    let mut tail_at = vec![0; 3];
+    for i in (4..=6).rev() {
+        off -= encoded_len(&entry(i, 1)) as u64;
+        tail_at[i as usize - 4] = off;
+    }
+    at.extend(tail_at);
+    let path = wal.segment_paths()[0].clone();
+    wal.close().unwrap();
 
-/// With a pipeline depth of 2, a second appender leads a second flush while the first one's
-/// write+fdatasync is in flight (both are held at the gate at once). The first flush fails
-/// and the second succeeds: the second batch is still refused, because an append is
-/// acknowledged only after every earlier flush's fdatasync returned `Ok`.
-#[test]
-fn a_pipelined_flush_is_not_acknowledged_when_an_earlier_one_fails() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
-    let o = WalOptions {
-        pipeline_depth: 2,
-        ..opts()
+    let damage = |victim: usize| {
+        let img = copy(&base);
+        // A byte inside the payload of record `victim` (1-based).
+        img.corrupt(&path, at[victim - 1] + 20, &[0xee]);
+        let img: Arc<dyn Vfs> = Arc::new(img);
+        Wal::open(img, dir, opts())
     };
-    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
-    let wal = Arc::new(wal);
-    wal.append_wait(vec![entry(1, 1)]).unwrap();
-    ctl.close_gate();
-    let spawn = |name: &str, index: u64| {
-        let wal = wal.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || wal.append_wait(vec![entry(index, 1)]))
-            .unwrap()
-    };
-    let first = spawn("first", 2);
-    ctl.wait_for_blocked_flush();
-    let second = spawn("second", 3);
-    // Both flushes are in flight at once.
-    while ctl.waiting.load(Ordering::SeqCst) < 2 {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    *ctl.fail_named.lock().unwrap() = Some("first".into());
-    ctl.open_gate();
-    let first = first.join().unwrap();
-    let second = second.join().unwrap();
+    // r5 damaged: r6 belongs to the same (last) flush → torn; r1..r4 kept.
+    let (w, replay) = damage(5).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3, 4]);
+    assert_eq!(replay.truncated_tail, Some((path.clone(), at[4])));
+    w.close().unwrap();
+    // r4 damaged: r5, r6 are of the flush after r3's → torn; r1..r3 kept.
+    let (w, replay) = damage(4).unwrap();
+    assert_eq!(indexes(&replay), vec![1, 2, 3]);
+    w.close().unwrap();
+    // r3 damaged: r4..r6 come from a flush two after r2's → r3 was acknowledged: corruption.
+    let err = damage(3).unwrap_err();
     assert!(
-        matches!(&first, Err(WalError::Io { .. })),
-        "first: {first:?}"
+        matches!(&err, WalError::Corrupt { path: p, offset, .. } if p == &path && *offset == at[2]),
+        "{err}"
     );
-    assert!(
-        matches!(&second, Err(WalError::Failed(_))),
-        "second: {second:?}"
-    );
-    assert!(matches!(
-        wal.append_wait(vec![entry(4, 1)]),
-        Err(WalError::Failed(_))
-    ));
-    assert!(wal.close().is_err());
-}
-
-/// Regression (session 4's torn-tail failures, "unknown record kind" 8 bytes before a block
-/// boundary): with depth 2, flush A's records end 8 bytes before a 4 KiB boundary and flush B,
-/// started while A was in flight, begins at the boundary. A's zero padding (8 bytes) is shorter
-/// than a frame header, so the header read at the end of A's records runs into B's first frame
-/// and does not decode. Replay must still continue at B, after a clean close and after a power
-/// cut that keeps both (acknowledged) flushes.
-#[test]
-fn a_flush_ending_8_bytes_before_a_block_boundary_is_followed_by_the_pipelined_next_one() {
-    // New WAL: the header (40 bytes) is the first write; entry 1's frame fills the block up to
-    // 8 bytes before its end.
-    let head = format::SEGMENT_HEADER_LEN;
-    let end_a = crate::io::DIRECT_ALIGN - 8;
-    let data_len = end_a - head - format::RECORD_HEADER_LEN - format::ENTRY_DATA_OFFSET;
-    let big = Record::Entry(LogEntry {
-        index: 1,
-        term: 1,
-        entry_type: 0,
-        data: Bytes::from(vec![7u8; data_len]),
-    });
-    assert_eq!(head + encoded_len(&big), end_a);
-    let fault = FaultVfs::new();
-    let tmp = tempfile::tempdir().unwrap();
-    let inners: Vec<(Arc<dyn Vfs>, PathBuf)> = vec![
-        (Arc::new(fault.clone()), PathBuf::from("/wal")),
-        (Arc::new(StdVfs::new()), tmp.path().to_path_buf()),
-    ];
-    for (inner, dir) in inners {
-        let (vfs, ctl) = gated(inner.clone());
-        let o = WalOptions {
-            pipeline_depth: 2,
-            ..opts()
-        };
-        let (wal, _) = Wal::open(vfs, &dir, o.clone()).unwrap();
-        let wal = Arc::new(wal);
-        ctl.close_gate();
-        let spawn = |recs: Vec<Record>| {
-            let wal = wal.clone();
-            std::thread::spawn(move || wal.append_wait(recs))
-        };
-        let a = spawn(vec![big.clone()]);
-        ctl.wait_for_blocked_flush();
-        let b = spawn(vec![entry(2, 1)]);
-        // Both flushes are in flight at once, so B starts at the next block.
-        while ctl.waiting.load(Ordering::SeqCst) < 2 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        ctl.open_gate();
-        a.join().unwrap().unwrap();
-        b.join().unwrap().unwrap();
-        let seg = wal.segment_paths()[0].clone();
-        wal.close().unwrap();
-        // The layout the test is about: 8 zero bytes, then B's first frame at the boundary,
-        // written by the flush after A's.
-        let mut bytes = vec![0u8; 2 * crate::io::DIRECT_ALIGN];
-        let file = inner.open(&seg, OpenOptions::read_only()).unwrap();
-        file.read_exact_at(&mut bytes, 0).unwrap();
-        let seed = format::crc_seed(0);
-        let flush_a = match format::decode_record(&bytes, head, seed) {
-            format::Decoded::Record { flush, .. } => flush,
-            other => panic!("entry 1: {other:?}"),
-        };
-        assert_eq!(&bytes[end_a..crate::io::DIRECT_ALIGN], &[0u8; 8]);
-        match format::decode_record(&bytes, crate::io::DIRECT_ALIGN, seed) {
-            format::Decoded::Record { flush, .. } => assert_eq!(flush, flush_a + 1),
-            other => panic!("entry 2: {other:?}"),
-        }
-        let mut images: Vec<Arc<dyn Vfs>> = vec![inner.clone()];
-        if inner.kind() == IoKind::Fault {
-            images.push(Arc::new(fault.crash_image(CrashMode::LoseUnsynced)));
-        }
-        for image in images {
-            let (wal, replay) =
-                Wal::open(image, &dir, o.clone()).unwrap_or_else(|e| panic!("reopen: {e}"));
-            assert_eq!(indexes(&replay), vec![1, 2]);
-            assert_eq!(replay.truncated_tail, None);
-            // Appends continue after B.
-            wal.append_wait(vec![entry(3, 1)]).unwrap();
-            wal.close().unwrap();
-        }
-    }
-}
-
-/// An entry of `index` (term 1) whose frame is exactly `frame` bytes.
-fn entry_of_frame(index: u64, frame: usize) -> Record {
-    let data_len = frame - format::RECORD_HEADER_LEN - format::ENTRY_DATA_OFFSET;
-    let rec = Record::Entry(LogEntry {
-        index,
-        term: 1,
-        entry_type: 0,
-        data: Bytes::from(vec![index as u8; data_len]),
-    });
-    assert_eq!(encoded_len(&rec), frame);
-    rec
-}
-
-/// Lost sectors that end at a block boundary read as zeros (segments are pre-zeroed), just like
-/// the padding before a flush placed at a fresh block; the gap field tells them apart. Two
-/// crash images, depth 2, each with the sectors `[2048, 4096)` of the newest segment lost and
-/// the block from 4096 durable, entry 1 in `[40, 2048)`:
-/// - pipelined: flush A = entries 1 and 2 (`[2048, 4088)`), flush B = entry 3 at 4096 started
-///   while A was in flight (gap 8); A's last sectors lost, B durable;
-/// - contiguous: flush A = entry 1; flush B = entries 2 (`[2048, 4096)`) and 3 (at 4096),
-///   written after A completed (gap 0); B's first sectors lost, its last one durable.
-///
-/// In both, replay keeps entry 1 and cuts the rest as a torn tail (entries 2 and 3 were never
-/// acknowledged in such a crash). Continuing at 4096 would apply entry 3 right after entry 1:
-/// an index gap, and the WAL would not open.
-#[test]
-fn lost_sectors_up_to_a_block_boundary_are_a_torn_tail_not_a_pipeline_gap() {
-    use std::os::unix::fs::FileExt;
-    let head = format::SEGMENT_HEADER_LEN;
-    let block = crate::io::DIRECT_ALIGN;
-    for pipelined in [true, false] {
-        let tmp = tempfile::tempdir().unwrap();
-        let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
-        let o = WalOptions {
-            pipeline_depth: 2,
-            ..opts()
-        };
-        let (wal, _) = Wal::open(vfs, tmp.path(), o.clone()).unwrap();
-        let wal = Arc::new(wal);
-        let e1 = entry_of_frame(1, 2048 - head);
-        if pipelined {
-            ctl.close_gate();
-            let spawn = |recs: Vec<Record>| {
-                let wal = wal.clone();
-                std::thread::spawn(move || wal.append_wait(recs))
-            };
-            let a = spawn(vec![e1, entry_of_frame(2, block - 8 - 2048)]);
-            ctl.wait_for_blocked_flush();
-            let b = spawn(vec![entry(3, 1)]);
-            while ctl.waiting.load(Ordering::SeqCst) < 2 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            ctl.open_gate();
-            a.join().unwrap().unwrap();
-            b.join().unwrap().unwrap();
-        } else {
-            wal.append_wait(vec![e1]).unwrap();
-            wal.append_wait(vec![entry_of_frame(2, block - 2048), entry(3, 1)])
-                .unwrap();
-        }
-        let seg = wal.segment_paths()[0].clone();
-        wal.close().unwrap();
-        let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-        file.write_all_at(&vec![0u8; block - 2048], 2048).unwrap();
-        drop(file);
-        let case = if pipelined { "pipelined" } else { "contiguous" };
-        let (wal, replay) = Wal::open(Arc::new(StdVfs::new()), tmp.path(), o)
-            .unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert_eq!(indexes(&replay), vec![1], "{case}");
-        assert_eq!(replay.truncated_tail, Some((seg, 2048)), "{case}");
-        wal.append_wait(vec![entry(2, 1)]).unwrap();
-        wal.close().unwrap();
-    }
+    // r2 damaged: likewise.
+    assert!(damage(2).unwrap_err().is_corruption());
 }
 
 /// After an fdatasync error the WAL never syncs that flush again (no retry, no later flush), so
@@ -1273,7 +1017,7 @@ fn appends_queued_behind_a_leader_form_one_batch_the_leader_flushes_next() {
     let metrics = Arc::new(RecordingMetrics::default());
     let o = WalOptions {
         metrics: Some(metrics.clone()),
-        ..serial_opts()
+        ..opts()
     };
     let (wal, _) = Wal::open(vfs.clone(), tmp.path(), o).unwrap();
     let wal = Arc::new(wal);
@@ -1443,7 +1187,7 @@ fn a_batch_is_acknowledged_while_the_next_flush_is_in_flight_and_not_before_its_
 fn fail_under_leader(fail_leaders_flush: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
-    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), serial_opts()).unwrap();
+    let (wal, _) = Wal::open(vfs.clone(), tmp.path(), opts()).unwrap();
     let wal = Arc::new(wal);
     wal.append_wait(vec![entry(1, 1)]).unwrap();
     ctl.close_gate();
@@ -1629,13 +1373,7 @@ fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
         let fault = FaultVfs::new();
         let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
         let dir = Path::new("/data/member/wal");
-        // Depths 1..=4: with more than one, flushes of several leaders are in flight at once
-        // and `RandomSectors` can keep a later one's sectors while losing an earlier one's.
-        let o = WalOptions {
-            pipeline_depth: 1 + (case % 4) as usize,
-            ..opts()
-        };
-        let (wal, _) = Wal::open(vfs.clone(), dir, o.clone()).unwrap();
+        let (wal, _) = open(&vfs, dir);
         let cut_after = rng.random_range(0..300);
         fault.fail_at(fault.ops() + cut_after, Fault::PowerCut);
         let wal = Arc::new(wal);
@@ -1649,7 +1387,7 @@ fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
             _ => CrashMode::RandomSectors { seed },
         };
         let image: Arc<dyn Vfs> = Arc::new(fault.crash_image(mode));
-        let (wal2, replay) = Wal::open(image, dir, o)
+        let (wal2, replay) = Wal::open(image, dir, opts())
             .unwrap_or_else(|e| panic!("case {case} ({mode:?}, cut after {cut_after}): {e}"));
         let max_acked = acked.iter().copied().max().unwrap_or(0);
         let got = indexes(&replay);

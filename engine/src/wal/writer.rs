@@ -1,56 +1,29 @@
-//! The segment writer: places each flush in the segment. Who flushes, and when, is `commit.rs`.
+//! The segment writer: what one flush does. Who flushes, and when, is `commit.rs`.
 //!
-//! A flush ("flight" while its write+fdatasync is in flight) is prepared under the writer lock
-//! ([`Writer::prepare`]): its records are encoded into a buffer of its own, it gets the next
-//! flush id and its place in the file. The leader then releases the lock, runs the
-//! write+fdatasync ([`Prepared::start`]) and completes it ([`Prepared::finish`]) without the
-//! writer, so up to `depth` flights of several leaders can be in flight at once.
-//!
-//! Where a flight goes:
-//! - **No flight in flight**: it starts at the block holding the end of the records and
-//!   rewrites that block's records (identical bytes) followed by the new ones ("contiguous").
-//! - **Another flight in flight**: it starts at the next 4 KiB boundary; the rest of the last
-//!   block of the flight before it stays as that flight wrote it (zero padding). So no block
-//!   that a flight in flight writes is ever written by another flight.
-//!
-//! Worked example (depth 2, records r1..r4, blocks of 4 KiB, `|` a block boundary):
-//! ```text
-//! flight 7 = [r1 r2], nothing in flight     → writes block 0: r1 r2 0 0 … |
-//! flight 8 = [r3], 7 still in flight        → writes block 1: r3 0 0 …    |
-//! 7 and 8 complete; flight 9 = [r4]         → rewrites block 1: r3 r4 0 … |
-//! ```
+//! A flush encodes its batch after the bytes of the current tail block, writes from the tail
+//! block's start to the next 4 KiB boundary and fdatasyncs (one linked io_uring chain with
+//! `UringVfs`), then returns each append's outcome for the leader to deliver.
 //!
 //! Invariants relied on:
-//! 1. Flush ids increase by one per physical write in file order (flights and the header
-//!    write of a segment switch), because they are assigned under the writer lock in the
-//!    order the writes are placed.
-//! 2. Window: flight `g` is started only after every flight up to `g - depth` completed
-//!    ([`Flights::wait`]), where `depth` is the smaller of the configured depth and the
-//!    current segment's header depth. Replay relies on it: a valid frame of flush `g` proves
-//!    flushes up to `g - depth` durable (`replay.rs`).
-//! 3. A segment switch happens only with no flight in flight, so every segment but the newest
-//!    is complete on disk before the next one gets records.
-//! 4. `tail[..pos % 4096]` holds the bytes of the block containing `pos` before `pos` (what a
-//!    contiguous flight rewrites).
-//! 5. A thread that waits inside `prepare` (window or switch) first runs `before_wait`, which
-//!    delivers the undelivered batch of its leader: the flights it waits for may belong to
-//!    leaders whose delivery waits for that batch (`commit.rs`, invariant 3).
-//! 6. The first frame of a flight placed at a fresh block carries the gap: the number of zero
-//!    bytes between the end of the records before it and its block boundary. Every other
-//!    frame carries 0. Replay continues across a gap only where that number matches the
-//!    zeros it saw, which tells a pipelined gap apart from lost sectors of a torn write
-//!    (`replay.rs`, `Window::flush_gap`).
+//! - `buf[..fill]` holds the segment's bytes from `block_start` to the end of the records;
+//!   `buf[fill..]` is scratch: [`Writer::pad`] zeroes `[fill, next 4 KiB boundary)` (the
+//!   padding of the write) just before each write, so a flush touches each byte it writes
+//!   once when encoding and never clears the rest of a large batch afterwards.
+//! - `buf[..durable]` is on disk and synced; only `fill > durable` needs a write.
+//! - Records of one flush all carry `flush_id`; it increases by one per physical write (see
+//!   the torn-tail rule in `replay.rs`).
+//! - Segment switch: write the new segment's header block, fdatasync, rename to its final name,
+//!   sync the directory, and only then put records after it (crash cases in format.md).
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::alloc::{Allocator, ReadySegment, ZeroFill};
+use super::alloc::{Allocator, ZeroFill};
 use super::commit::{Outcome, Pending};
 use super::format::{
-    SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_frame, encode_header, encoded_len,
+    SEGMENT_HEADER_LEN, SegmentHeader, crc_seed, encode_header, encode_record, encoded_len,
     segment_name,
 };
 use super::replay::Tail;
@@ -60,156 +33,28 @@ use super::{
 };
 use crate::io::{AlignedBuf, DIRECT_ALIGN, File, WriteSync, align_up};
 
-/// Initial size of a flight buffer (grown for larger batches, kept in the pool).
-const FLIGHT_BUF: usize = 1 << 20;
-
-/// Buffers kept for reuse by later flights.
-const POOL_MAX: usize = 8;
-
-/// The flights in flight, shared by the writer (which registers them under its lock) and the
-/// leaders (which complete them without it).
-pub(crate) struct Flights {
-    state: Mutex<FlightState>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct FlightState {
-    /// Flush ids of registered flights not known to be complete, oldest first, each with
-    /// whether it completed (a later one may complete before an earlier one).
-    live: VecDeque<(u32, bool)>,
-    /// Buffers of completed flights, for reuse.
-    pool: Vec<AlignedBuf>,
-}
-
-impl Flights {
-    fn new() -> Flights {
-        Flights {
-            state: Mutex::new(FlightState::default()),
-            cv: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, FlightState> {
-        self.state.lock().expect("WAL flights lock")
-    }
-
-    /// True if flight `id` may start with `depth` (invariant 2): every flight up to
-    /// `id - depth` completed.
-    fn window_open(state: &FlightState, id: u32, depth: u32) -> bool {
-        match state.live.front() {
-            None => true,
-            Some(&(oldest, _)) => id.wrapping_sub(oldest) < depth,
-        }
-    }
-
-    /// Blocks until `ready` holds; runs `before_wait` once first if it does not.
-    fn wait(&self, ready: impl Fn(&FlightState) -> bool, before_wait: &mut dyn FnMut()) {
-        if ready(&self.lock()) {
-            return;
-        }
-        before_wait();
-        let mut s = self.lock();
-        while !ready(&s) {
-            s = self.cv.wait(s).expect("WAL flights lock");
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.lock().live.is_empty()
-    }
-
-    fn register(&self, id: u32) {
-        self.lock().live.push_back((id, false));
-    }
-
-    /// Marks flight `id` complete and keeps its buffer for reuse.
-    fn complete(&self, id: u32, buf: AlignedBuf) {
-        let mut s = self.lock();
-        if let Some(e) = s.live.iter_mut().find(|e| e.0 == id) {
-            e.1 = true;
-        }
-        while s.live.front().is_some_and(|e| e.1) {
-            s.live.pop_front();
-        }
-        if s.pool.len() < POOL_MAX {
-            s.pool.push(buf);
-        }
-        drop(s);
-        self.cv.notify_all();
-    }
-
-    fn take_buf(&self) -> AlignedBuf {
-        self.lock()
-            .pool
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(FLIGHT_BUF))
-    }
-}
-
-/// Bytes being encoded for one write: `buf[..fill]` is the content from file offset `offset`.
-struct Encoded {
-    buf: AlignedBuf,
-    offset: u64,
-    fill: usize,
-    /// Bytes at the front that an earlier, completed write already put there (a rewritten
-    /// tail block): a write is needed only if `fill > kept`.
-    kept: usize,
-    /// The gap field of the next frame pushed: the zeros before `offset` when this write was
-    /// placed at a fresh block (invariant 6); 0 once a frame carries it.
-    gap: u16,
-}
-
-impl Encoded {
-    fn pos(&self) -> u64 {
-        self.offset + self.fill as u64
-    }
-
-    /// Encodes `rec` at the end (growing the buffer if needed).
-    fn push(&mut self, rec: &Record, flush: u32, seed: u32) {
-        let need = self.fill + encoded_len(rec);
-        if need > self.buf.len() {
-            let mut bigger = AlignedBuf::zeroed((need * 2).max(self.buf.len() * 2));
-            bigger[..self.fill].copy_from_slice(&self.buf[..self.fill]);
-            self.buf = bigger;
-        }
-        self.fill += encode_frame(&mut self.buf[self.fill..], rec, flush, self.gap, seed);
-        self.gap = 0;
-    }
-
-    /// Zeroes `[fill, next 4 KiB boundary)` and returns the write length.
-    fn pad(&mut self) -> usize {
-        let len = align_up(self.fill as u64) as usize;
-        self.buf[self.fill..len].fill(0);
-        len
-    }
-}
-
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     metrics: Option<Arc<dyn WalMetrics>>,
     allocator: Allocator,
     zero_fill: Arc<ZeroFill>,
-    flights: Arc<Flights>,
     segment_size: u64,
     /// Largest encoded record accepted: header + carried records + it must fit a segment.
     max_record: usize,
-    /// Configured pipeline depth (written into new segment headers).
-    want_depth: u32,
-    /// Depth used for the current segment: min(configured, its header's).
-    depth: u32,
     seg: SegmentInfo,
     file: Arc<dyn File>,
     capacity: u64,
     seed: u32,
-    /// End of the records in the current segment (including registered flights).
-    pos: u64,
-    /// Invariant 4.
-    tail: AlignedBuf,
+    block_start: u64,
+    buf: AlignedBuf,
+    fill: usize,
+    durable: usize,
     flush_id: u32,
     next_index: u64,
     hard_state: Option<HardState>,
     metadata: Option<Bytes>,
+    /// Time spent in write + fdatasync since the current flush started.
+    sync_time: Duration,
 }
 
 impl Writer {
@@ -230,65 +75,72 @@ impl Writer {
         // Header, a HardState and a metadata record of at most `max_record` must fit.
         let max_record = (opts.segment_size as usize - SEGMENT_HEADER_LEN - 64) / 2;
         let max_record = max_record.min(u32::MAX as usize);
-        let want_depth = opts.pipeline_depth as u32;
-        let (seg, file, capacity, depth, flush_id, next_index, ready) = match &tail {
-            Some(t) => (
-                t.seg.clone(),
-                t.file.clone(),
-                t.capacity,
-                t.depth,
-                t.next_flush,
-                t.next_index,
-                None,
-            ),
+        let mut w = match tail {
+            Some(t) => {
+                let mut buf = AlignedBuf::zeroed((1 << 20).max(t.tail.len() * 2));
+                buf[..t.tail.len()].copy_from_slice(&t.tail);
+                Writer {
+                    metrics: opts.metrics.clone(),
+                    allocator,
+                    zero_fill: zero_fill.clone(),
+                    segment_size: opts.segment_size,
+                    max_record,
+                    seed: crc_seed(t.seg.seq),
+                    seg: t.seg,
+                    file: t.file,
+                    capacity: t.capacity,
+                    block_start: t.block_start,
+                    fill: t.tail.len(),
+                    durable: t.tail.len(),
+                    buf,
+                    flush_id: t.next_flush,
+                    next_index: t.next_index,
+                    hard_state: t.hard_state,
+                    metadata: t.metadata,
+                    sync_time: Duration::ZERO,
+                    shared,
+                }
+            }
             None => {
                 // A new WAL: segment 0, first index 0.
                 let ready = allocator
                     .take()
                     .map_err(|e| WalError::io("prepare segment", &shared.dir, e))?;
-                let seg = SegmentInfo {
-                    seq: 0,
-                    first_index: 0,
-                    path: ready.path.clone(),
+                let mut w = Writer {
+                    metrics: opts.metrics.clone(),
+                    allocator,
+                    zero_fill: zero_fill.clone(),
+                    segment_size: opts.segment_size,
+                    max_record,
+                    seed: 0,
+                    seg: SegmentInfo {
+                        seq: 0,
+                        first_index: 0,
+                        path: ready.path.clone(),
+                    },
+                    file: ready.file.clone(),
+                    capacity: opts.segment_size,
+                    block_start: 0,
+                    fill: 0,
+                    durable: 0,
+                    buf: AlignedBuf::zeroed(1 << 20),
+                    flush_id: 0,
+                    next_index: 1,
+                    hard_state: None,
+                    metadata: None,
+                    sync_time: Duration::ZERO,
+                    shared,
                 };
-                let file = ready.file.clone();
-                (seg, file, opts.segment_size, want_depth, 0, 1, Some(ready))
-            }
-        };
-        let mut w = Writer {
-            shared,
-            metrics: opts.metrics.clone(),
-            allocator,
-            zero_fill,
-            flights: Arc::new(Flights::new()),
-            segment_size: opts.segment_size,
-            max_record,
-            want_depth,
-            depth: depth.min(want_depth),
-            seed: crc_seed(seg.seq),
-            seg,
-            file,
-            capacity,
-            pos: 0,
-            tail: AlignedBuf::zeroed(DIRECT_ALIGN),
-            flush_id,
-            next_index,
-            hard_state: None,
-            metadata: None,
-        };
-        match (tail, ready) {
-            (Some(t), _) => {
-                w.pos = t.block_start + t.tail.len() as u64;
-                w.tail[..t.tail.len()].copy_from_slice(&t.tail);
-                w.hard_state = t.hard_state;
-                w.metadata = t.metadata;
-            }
-            (None, Some(ready)) => {
                 w.install(ready, 0, 0)?;
+                w
             }
-            (None, None) => unreachable!("a new WAL takes a ready segment above"),
-        }
+        };
+        w.durable = w.fill;
         Ok(w)
+    }
+
+    fn pos(&self) -> u64 {
+        self.block_start + self.fill as u64
     }
 
     /// Checks an append against the entry-index rule and the size limit, without changing
@@ -320,9 +172,15 @@ impl Writer {
         Ok(())
     }
 
-    /// Encodes `rec` into `enc` with the current flush id and tracks what it changes.
-    fn push_record(&mut self, enc: &mut Encoded, rec: &Record) {
-        enc.push(rec, self.flush_id, self.seed);
+    /// Encodes `rec` at the end of the buffer (growing it if needed) with the current flush id.
+    fn push_record(&mut self, rec: &Record) {
+        let need = self.fill + encoded_len(rec);
+        if need > self.buf.len() {
+            let mut bigger = AlignedBuf::zeroed((need * 2).max(self.buf.len() * 2));
+            bigger[..self.fill].copy_from_slice(&self.buf[..self.fill]);
+            self.buf = bigger;
+        }
+        self.fill += encode_record(&mut self.buf[self.fill..], rec, self.flush_id, self.seed);
         match rec {
             Record::Entry(e) => self.next_index = e.index + 1,
             Record::Snapshot(s) => self.next_index = self.next_index.max(s.index + 1),
@@ -331,50 +189,55 @@ impl Writer {
         }
     }
 
-    /// Starts encoding the next write where it belongs (see the module doc).
-    fn begin(&self, buf: AlignedBuf) -> Encoded {
-        let mut enc = Encoded {
-            buf,
-            offset: 0,
-            fill: 0,
-            kept: 0,
-            gap: 0,
-        };
-        if self.flights.is_empty() {
-            let block = self.pos & !(DIRECT_ALIGN as u64 - 1);
-            let kept = (self.pos - block) as usize;
-            enc.buf[..kept].copy_from_slice(&self.tail[..kept]);
-            enc.offset = block;
-            enc.fill = kept;
-            enc.kept = kept;
-        } else {
-            enc.offset = align_up(self.pos);
-            enc.gap = (enc.offset - self.pos) as u16;
-        }
-        enc
+    /// Writes the buffer from the tail block's start and fdatasyncs; keeps the new tail block.
+    /// Returns the bytes written (0 if nothing was pending).
+    fn write_pending(&mut self) -> Result<u64, WalError> {
+        self.pad();
+        let started = Instant::now();
+        let res = self.start_pending().map(WriteSync::wait);
+        self.finish_pending(started, res)
     }
 
-    /// Accounts a write of `enc` as placed: the next flush id, the new end and tail block.
-    fn placed(&mut self, enc: &Encoded) {
+    /// Zeroes the bytes after the records up to the next 4 KiB boundary: the padding of the
+    /// next write (see the buffer invariant in the module doc).
+    fn pad(&mut self) {
+        let len = align_up(self.fill as u64) as usize;
+        self.buf[self.fill..len].fill(0);
+    }
+
+    /// Starts the write+fdatasync of what is pending (padded by [`Writer::pad`]) (`None` if nothing is); the buffer stays
+    /// borrowed until the returned handle is waited for.
+    fn start_pending(&self) -> Option<WriteSync<'_>> {
+        if self.fill == self.durable {
+            return None;
+        }
+        let len = align_up(self.fill as u64) as usize;
+        Some(
+            self.file
+                .start_write_and_sync(&self.buf[..len], self.block_start),
+        )
+    }
+
+    /// Completes [`Writer::start_pending`] (begun at `started`) with its outcome `res`.
+    fn finish_pending(
+        &mut self,
+        started: Instant,
+        res: Option<std::io::Result<()>>,
+    ) -> Result<u64, WalError> {
+        let Some(res) = res else { return Ok(0) };
+        self.sync_time += started.elapsed();
+        let len = align_up(self.fill as u64) as usize;
+        res.map_err(|e| WalError::io("write+fdatasync segment", &self.seg.path, e))?;
         self.flush_id = self.flush_id.wrapping_add(1);
-        self.pos = enc.pos();
-        let block = self.pos & !(DIRECT_ALIGN as u64 - 1);
-        let from = (block - enc.offset) as usize;
-        let n = enc.fill - from;
-        self.tail[..n].copy_from_slice(&enc.buf[from..enc.fill]);
-    }
-
-    /// Writes `enc` and fdatasyncs, synchronously (segment switches only: no flight is in
-    /// flight). Returns the bytes written.
-    fn write_now(&mut self, enc: &mut Encoded) -> Result<u64, WalError> {
-        if enc.fill == enc.kept {
-            return Ok(0);
-        }
-        let len = enc.pad();
-        self.file
-            .write_at_and_sync(&enc.buf[..len], enc.offset)
-            .map_err(|e| WalError::io("write+fdatasync segment", &self.seg.path, e))?;
-        self.placed(enc);
+        // Keep the partially filled last block at the front of the buffer.
+        let end = self.pos();
+        let new_start = end & !(DIRECT_ALIGN as u64 - 1);
+        let shift = (new_start - self.block_start) as usize;
+        self.buf.copy_within(shift..self.fill, 0);
+        let new_fill = self.fill - shift;
+        self.block_start = new_start;
+        self.fill = new_fill;
+        self.durable = new_fill;
         Ok(len as u64)
     }
 
@@ -382,12 +245,13 @@ impl Writer {
     /// HardState and metadata, fdatasync, rename, directory sync.
     fn install(
         &mut self,
-        ready: ReadySegment,
+        ready: super::alloc::ReadySegment,
         seq: u64,
         first_index: u64,
     ) -> Result<u64, WalError> {
-        debug_assert!(self.flights.is_empty(), "invariant 3");
         let path = self.shared.dir.join(segment_name(seq, first_index));
+        let used = self.fill.max(SEGMENT_HEADER_LEN);
+        self.buf[..used].fill(0);
         self.seg = SegmentInfo {
             seq,
             first_index,
@@ -396,28 +260,22 @@ impl Writer {
         self.file = ready.file;
         self.capacity = self.segment_size;
         self.seed = crc_seed(seq);
-        self.depth = self.want_depth;
-        let mut enc = Encoded {
-            buf: AlignedBuf::zeroed(DIRECT_ALIGN),
-            offset: 0,
-            fill: SEGMENT_HEADER_LEN,
-            kept: 0,
-            gap: 0,
-        };
+        self.block_start = 0;
+        self.fill = SEGMENT_HEADER_LEN;
+        self.durable = 0;
         let header = SegmentHeader {
             seq,
             first_index,
             flush: self.flush_id,
-            depth: self.want_depth,
         };
-        encode_header(&mut enc.buf[..SEGMENT_HEADER_LEN], &header);
+        encode_header(&mut self.buf[..SEGMENT_HEADER_LEN], &header);
         if let Some(m) = self.metadata.clone() {
-            self.push_record(&mut enc, &Record::Metadata(m));
+            self.push_record(&Record::Metadata(m));
         }
         if let Some(h) = self.hard_state {
-            self.push_record(&mut enc, &Record::HardState(h));
+            self.push_record(&Record::HardState(h));
         }
-        let written = self.write_now(&mut enc)?;
+        let written = self.write_pending()?;
         let vfs = &self.shared.vfs;
         vfs.rename(&ready.path, &path)
             .map_err(|e| WalError::io("rename new segment", &ready.path, e))?;
@@ -432,36 +290,23 @@ impl Writer {
         Ok(written)
     }
 
-    /// Writes what `enc` holds of the current segment and switches to the next one; `enc`
-    /// then continues after the new segment's header block.
-    fn switch_segment(
-        &mut self,
-        enc: &mut Encoded,
-        before_wait: &mut dyn FnMut(),
-    ) -> Result<u64, WalError> {
-        // Invariant 3.
-        self.flights.wait(|s| s.live.is_empty(), before_wait);
-        let mut written = self.write_now(enc)?;
+    /// Flushes what is pending in the current segment and switches to the next one.
+    fn switch_segment(&mut self) -> Result<u64, WalError> {
+        let mut written = self.write_pending()?;
         let ready = self
             .allocator
             .take()
             .map_err(|e| WalError::io("prepare segment", &self.shared.dir, e))?;
         written += self.install(ready, self.seg.seq + 1, self.next_index)?;
-        let buf = std::mem::replace(&mut enc.buf, AlignedBuf::zeroed(DIRECT_ALIGN));
-        *enc = self.begin(buf);
         Ok(written)
     }
 
-    /// Encodes one batch into a flight of its own (performing any segment switch it needs,
-    /// synchronously) and registers the flight; the caller then [`Prepared::start`]s and
-    /// [`Prepared::finish`]es it without the writer. `before_wait` runs before this thread
-    /// waits for other flights (invariant 5).
-    pub(crate) fn prepare(
-        &mut self,
-        batch: Vec<Pending>,
-        before_wait: &mut dyn FnMut(),
-    ) -> Prepared {
+    /// Encodes one batch after the tail block's bytes (performing any segment switch it needs,
+    /// synchronously); the batch's own write is then [`Writer::start`]ed and
+    /// [`Writer::finish`]ed.
+    pub(crate) fn prepare(&mut self, batch: Vec<Pending>) -> Prepared {
         let started = Instant::now();
+        self.sync_time = Duration::ZERO;
         let mut max_wait = Duration::ZERO;
         let mut total_wait = Duration::ZERO;
         for p in &batch {
@@ -478,19 +323,7 @@ impl Writer {
             rest: Vec::new(),
             max_wait,
             total_wait,
-            sync_time: Duration::ZERO,
-            flight: None,
-            seg_path: self.seg.path.clone(),
-            shared: self.shared.clone(),
-            flights: self.flights.clone(),
-            metrics: self.metrics.clone(),
-            zero_fill: self.zero_fill.clone(),
         };
-        // Invariant 2; checked before the failure so that a flight started after a failed
-        // one completed sees the failure.
-        let (id, depth) = (self.flush_id, self.depth);
-        self.flights
-            .wait(|s| Flights::window_open(s, id, depth), before_wait);
         if let Some(cause) = self.shared.failure.get() {
             for p in batch {
                 prepared
@@ -500,7 +333,6 @@ impl Writer {
             prepared.result = Err(WalError::Failed(cause.clone()));
             return prepared;
         }
-        let mut enc = self.begin(self.flights.take_buf());
         let mut rest = batch.into_iter();
         for p in rest.by_ref() {
             if let Err(reason) = self.validate(&p.records) {
@@ -510,11 +342,8 @@ impl Writer {
                 continue;
             }
             for rec in &p.records {
-                if enc.pos() + encoded_len(rec) as u64 > self.capacity {
-                    let sync_started = Instant::now();
-                    let switched = self.switch_segment(&mut enc, before_wait);
-                    prepared.sync_time += sync_started.elapsed();
-                    match switched {
+                if self.pos() + encoded_len(rec) as u64 > self.capacity {
+                    match self.switch_segment() {
                         Ok(n) => prepared.bytes += n,
                         Err(e) => {
                             prepared.result = Err(e);
@@ -522,117 +351,54 @@ impl Writer {
                         }
                     }
                 }
-                self.push_record(&mut enc, rec);
+                self.push_record(rec);
             }
             prepared.records += p.records.len();
             prepared
                 .acks
-                .push((prepared.out.len(), self.seg.seq, enc.pos()));
-            // Placeholder, replaced in `finish` once the flight's result is known.
+                .push((prepared.out.len(), self.seg.seq, self.pos()));
+            // Placeholder, replaced in `finish` once the flush's result is known.
             prepared.out.push((p.reply, Err(WalError::Closed)));
             if prepared.result.is_err() {
                 break;
             }
         }
         prepared.rest = rest.collect();
-        prepared.seg_path = self.seg.path.clone();
-        if prepared.result.is_ok() && enc.fill > enc.kept {
-            let len = enc.pad();
-            let id = self.flush_id;
-            self.flights.register(id);
-            self.placed(&enc);
-            prepared.flight = Some(Flight {
-                id,
-                len,
-                offset: enc.offset,
-                file: self.file.clone(),
-                buf: enc.buf,
-            });
-        } else {
-            self.flights.complete_unused(enc.buf);
-        }
+        self.pad();
         prepared
     }
-}
 
-impl Flights {
-    /// Returns an unused buffer to the pool.
-    fn complete_unused(&self, buf: AlignedBuf) {
-        let mut s = self.lock();
-        if s.pool.len() < POOL_MAX {
-            s.pool.push(buf);
-        }
-    }
-}
-
-/// One registered write+fdatasync: its bytes and place.
-struct Flight {
-    id: u32,
-    buf: AlignedBuf,
-    len: usize,
-    offset: u64,
-    file: Arc<dyn File>,
-}
-
-/// A batch encoded by [`Writer::prepare`], waiting for its write.
-pub(crate) struct Prepared {
-    /// One outcome per append, in batch order; accepted ones hold placeholders until `finish`.
-    out: Vec<Outcome>,
-    /// Accepted appends: position in `out`, segment and end offset of their last record.
-    acks: Vec<(usize, u64, u64)>,
-    records: usize,
-    /// Bytes written so far (segment switches).
-    bytes: u64,
-    /// A segment switch failed, or the WAL had failed before.
-    result: Result<(), WalError>,
-    /// Appends not looked at because a segment switch failed.
-    rest: Vec<Pending>,
-    max_wait: Duration,
-    total_wait: Duration,
-    /// Time spent in synchronous writes (segment switches) while preparing.
-    sync_time: Duration,
-    /// The write to start; `None` if nothing new is to be written or preparing failed.
-    flight: Option<Flight>,
-    seg_path: std::path::PathBuf,
-    shared: Arc<Shared>,
-    flights: Arc<Flights>,
-    metrics: Option<Arc<dyn WalMetrics>>,
-    zero_fill: Arc<ZeroFill>,
-}
-
-impl Prepared {
-    /// A batch refused as a whole with `err` (the WAL is closed).
-    pub(crate) fn refused(batch: Vec<Pending>, err: impl Fn() -> WalError) -> Vec<Outcome> {
-        batch.into_iter().map(|p| (p.reply, Err(err()))).collect()
-    }
-
-    /// Starts the flight's write+fdatasync (`None` if there is nothing to write). The batch
-    /// stays borrowed until the handle is waited for.
+    /// Starts the write+fdatasync of a prepared batch (`None` if there is nothing to write or
+    /// preparing failed). The writer stays borrowed until the handle is waited for.
     ///
     /// Without `overlap` (the caller has nothing to do meanwhile) the I/O is deferred to the
     /// handle's `wait` and done as one synchronous call, which saves io_uring a second
     /// `io_uring_enter` and its wake-up per flush.
-    pub(crate) fn start(&self, overlap: bool) -> Option<WriteSync<'_>> {
-        let f = self.flight.as_ref()?;
-        let buf = &f.buf[..f.len];
-        if overlap {
-            return Some(f.file.start_write_and_sync(buf, f.offset));
+    pub(crate) fn start(&self, prepared: &Prepared, overlap: bool) -> Option<WriteSync<'_>> {
+        if prepared.result.is_err() {
+            return None;
         }
-        let (file, offset) = (&f.file, f.offset);
+        if overlap {
+            return self.start_pending();
+        }
+        if self.fill == self.durable {
+            return None;
+        }
+        let len = align_up(self.fill as u64) as usize;
+        let (buf, offset) = (&self.buf[..len], self.block_start);
         Some(WriteSync::deferred(move || {
-            file.write_at_and_sync(buf, offset)
+            self.file.write_at_and_sync(buf, offset)
         }))
     }
 
-    /// Completes the flight with the outcome `res` of its [`Prepared::start`] (called at
-    /// `io_started`): returns each append's outcome, in batch order, for the caller to
-    /// deliver.
-    /// The flag is true if this flight's write or fdatasync failed.
+    /// Completes a prepared batch with the outcome of its [`Writer::start`] (called at
+    /// `io_started`): returns each append's outcome, in batch order, for the caller to deliver.
     pub(crate) fn finish(
-        self,
+        &mut self,
+        prepared: Prepared,
         io_started: Instant,
         res: Option<std::io::Result<()>>,
-    ) -> (Vec<Outcome>, bool) {
+    ) -> Vec<Outcome> {
         let Prepared {
             mut out,
             acks,
@@ -642,40 +408,26 @@ impl Prepared {
             rest,
             max_wait,
             total_wait,
-            mut sync_time,
-            flight,
-            seg_path,
-            shared,
-            flights,
-            metrics,
-            zero_fill,
-        } = self;
+        } = prepared;
         if matches!(result, Err(WalError::Failed(_))) && acks.is_empty() {
             // The WAL had failed before this batch: every outcome is already the error.
-            return (out, false);
+            return out;
         }
-        if let Some(f) = flight {
-            sync_time += io_started.elapsed();
-            match res.unwrap_or(Ok(())) {
-                Ok(()) => bytes += f.len as u64,
-                Err(e) => {
-                    let e = WalError::io("write+fdatasync segment", &seg_path, e);
-                    // Set before the flight counts as complete (see `prepare`).
-                    let _ = shared.failure.set(Arc::new(e.clone()));
-                    result = Err(e);
-                }
+        if result.is_ok() {
+            match self.finish_pending(io_started, res) {
+                Ok(n) => bytes += n,
+                Err(e) => result = Err(e),
             }
-            flights.complete(f.id, f.buf);
         }
+        let sync_duration = self.sync_time;
         let appends = acks.len();
-        let failed = result.is_err();
-        zero_fill.on_flush(bytes);
-        if let Some(m) = &metrics {
+        self.zero_fill.on_flush(bytes);
+        if let Some(m) = &self.metrics {
             m.on_flush(&FlushStats {
                 records,
                 appends,
                 bytes,
-                sync_duration: sync_time,
+                sync_duration,
                 max_queue_wait: max_wait,
                 total_queue_wait: total_wait,
                 ok: result.is_ok(),
@@ -696,14 +448,8 @@ impl Prepared {
             Err(e) => {
                 // Fatal: never retried (the kernel may have dropped the dirty pages).
                 tracing::error!("WAL failed, refusing further appends: {e}");
-                let cause = match shared.failure.get() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = Arc::new(e.clone());
-                        let _ = shared.failure.set(c.clone());
-                        c
-                    }
-                };
+                let cause = Arc::new(e.clone());
+                let _ = self.shared.failure.set(cause.clone());
                 for (i, _, _) in acks {
                     out[i].1 = Err(e.clone());
                 }
@@ -712,6 +458,23 @@ impl Prepared {
                 }
             }
         }
-        (out, failed)
+        out
     }
+}
+
+/// A batch encoded by [`Writer::prepare`], waiting for its write.
+pub(crate) struct Prepared {
+    /// One outcome per append, in batch order; accepted ones hold placeholders until `finish`.
+    out: Vec<Outcome>,
+    /// Accepted appends: position in `out`, segment and end offset of their last record.
+    acks: Vec<(usize, u64, u64)>,
+    records: usize,
+    /// Bytes written so far (segment switches).
+    bytes: u64,
+    /// A segment switch failed, or the WAL had failed before.
+    result: Result<(), WalError>,
+    /// Appends not looked at because a segment switch failed.
+    rest: Vec<Pending>,
+    max_wait: Duration,
+    total_wait: Duration,
 }
