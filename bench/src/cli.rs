@@ -351,11 +351,18 @@ pub struct WalArgs {
     /// zero-fill, 0 = never).
     #[arg(long)]
     pub wal_zero_fill_below_kib: Option<String>,
+    /// How ringkv's appenders wait: `threads` (one OS thread per writer, blocking; every engine
+    /// runs this way, and it is the mode compared with raft-engine, whose API is synchronous)
+    /// or `tasks` (--writers async tasks on one thread awaiting callback appends, as an async
+    /// front end would; ringkv only, reported as engine `ringkv-tasks`).
+    #[arg(long, default_value = "threads")]
+    pub appenders: String,
     /// With several engines: split --seconds into this many slices per engine, run in turn
     /// (A, B, C, A, B, C, …) so that noise hits every engine alike. Caveat: an engine's
     /// background work (ringkv's segment pre-zeroing) then runs during the others' slices,
     /// which flatters it and penalises them when segments fill within a slice; 1 (default)
-    /// runs each engine once, in order.
+    /// runs each engine once, in order. With more than one, each round's ops/s per engine and
+    /// the medians over rounds (ops/s, ratio to the first engine) go to stderr.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
     /// Unmeasured seconds of appending before each engine's first measured period.
@@ -365,6 +372,8 @@ pub struct WalArgs {
     #[arg(long)]
     pub compare: bool,
     /// Engines to run, comma separated: ringkv, raft-engine, raw (overrides --compare).
+    /// `ringkv-tasks` is ringkv with async appenders (see --appenders), e.g.
+    /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process.
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
     /// Every writer count × record size of --sweep-writers/--sweep-sizes (default writers

@@ -10,7 +10,7 @@ use crate::cli::{
     WalArgs,
 };
 use crate::cpu::{CpuMeter, max_peak_rss_bytes};
-use crate::disk::{self, Engine, FsyncOpts, WalOpts, parse_io, write_heatmap_svg};
+use crate::disk::{self, Engine, FsyncOpts, RINGKV, WalOpts, parse_io, write_heatmap_svg};
 use crate::load::{
     self, KeyGen, LeaseKeepalive, Mixed, Plan, Put, RangeLoad, TxnPut, WatchPlan, run_compactor,
     run_watch, run_workload,
@@ -270,20 +270,13 @@ pub fn wal_engines(a: &WalArgs) -> Result<Vec<Engine>, String> {
         return a
             .engines
             .iter()
-            .map(|e| match e.as_str() {
-                "ringkv" => Ok(Engine::Ringkv),
-                "raft-engine" => Ok(Engine::RaftEngine),
-                "raw" => Ok(Engine::Raw),
-                _ => Err(format!(
-                    "unknown engine {e:?} in --engines: expected ringkv, raft-engine or raw"
-                )),
-            })
+            .map(|e| Engine::parse(e).map_err(|m| format!("--engines: {m}")))
             .collect();
     }
     Ok(match (a.compare, a.sweep) {
-        (true, _) => vec![Engine::Ringkv, Engine::RaftEngine, Engine::Raw],
-        (false, true) => vec![Engine::Ringkv, Engine::Raw],
-        (false, false) => vec![Engine::Ringkv],
+        (true, _) => vec![RINGKV, Engine::RaftEngine, Engine::Raw],
+        (false, true) => vec![RINGKV, Engine::Raw],
+        (false, false) => vec![RINGKV],
     })
 }
 
@@ -338,6 +331,7 @@ fn disk_wal(g: &Global, a: &WalArgs) -> Result<(), String> {
                         .saturating_mul(1024),
                 ),
             },
+            appenders: disk::parse_appenders(&a.appenders)?,
         };
         for r in disk::run_wal_interleaved(&engines, &opts, a.rounds)? {
             if g.json {

@@ -29,7 +29,7 @@ use crate::cpu::self_cpu;
 use crate::hist::Recorder;
 use crate::report::DiskReport;
 
-pub use engines::Engine;
+pub use engines::{Engine, RINGKV};
 pub use heatmap::write_heatmap_svg;
 
 /// Size of the pre-zeroed file of `disk wal`'s raw engine unless a run needs more. Writes wrap
@@ -176,6 +176,31 @@ pub fn io_error_kind(e: &io::Error) -> String {
     }
 }
 
+/// How `disk wal`'s ringkv appenders wait for durability (`--appenders`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appenders {
+    /// One OS thread per writer, blocked in `AppendTicket::wait` (may lead flushes itself).
+    /// Every engine runs this way; raft-engine's API is synchronous, so this is the mode
+    /// compared with it.
+    Threads,
+    /// `--writers` async tasks on one thread, each queueing its append with a callback
+    /// (`Wal::append`) and awaiting it, as an async front end would: the WAL's flush thread
+    /// leads every flush. ringkv only (reported as engine `ringkv-tasks`, also selectable
+    /// per engine in `--engines`); the other engines of the run still use threads.
+    Tasks,
+}
+
+/// Parses `--appenders`.
+pub fn parse_appenders(s: &str) -> Result<Appenders, String> {
+    match s {
+        "threads" => Ok(Appenders::Threads),
+        "tasks" => Ok(Appenders::Tasks),
+        _ => Err(format!(
+            "unknown --appenders {s:?}: expected threads or tasks"
+        )),
+    }
+}
+
 /// Options of one `disk wal` cell (one engine, one writer count, one record size).
 #[derive(Clone, Debug)]
 pub struct WalOpts {
@@ -191,6 +216,8 @@ pub struct WalOpts {
     pub wal_idle_spin: Duration,
     /// `WalOptions::zero_fill_below` of the ringkv engine (`None`: the WAL's default).
     pub wal_zero_fill_below: Option<u64>,
+    /// How ringkv's appenders wait.
+    pub appenders: Appenders,
 }
 
 /// One writer's append function: appends record number `seq` of this writer and returns once
@@ -228,6 +255,8 @@ pub fn run_wal_interleaved(
 ) -> Result<Vec<DiskReport>, String> {
     let rounds = rounds.max(1);
     let mut open = Vec::new();
+    let engines: Vec<Engine> = engines.iter().map(|&e| effective(e, opts)).collect();
+    let engines = &engines[..];
     for &engine in engines {
         let scratch = scratch_dir(&opts.dir, engine.name())?;
         let target = engines::open(engine, opts, scratch.path())?;
@@ -235,6 +264,8 @@ pub fn run_wal_interleaved(
     }
     let slice_len = opts.duration / rounds;
     let mut totals: Vec<Option<Slice>> = engines.iter().map(|_| None).collect();
+    // ops/s of each engine in each round, for the per-round figures on stderr.
+    let mut per_round: Vec<Vec<f64>> = engines.iter().map(|_| Vec::new()).collect();
     for round in 0..rounds {
         for (i, (_, _, target)) in open.iter().enumerate() {
             let warmup = if round == 0 {
@@ -242,7 +273,12 @@ pub fn run_wal_interleaved(
             } else {
                 Duration::ZERO
             };
-            let s = run_slice(&**target, opts.writers, warmup, slice_len)?;
+            let s = if tasks_mode(open[i].0) {
+                run_slice_tasks(&**target, opts.writers, warmup, slice_len)?
+            } else {
+                run_slice(&**target, opts.writers, warmup, slice_len)?
+            };
+            per_round[i].push(s.rec.count() as f64 / s.elapsed.as_secs_f64().max(1e-9));
             match &mut totals[i] {
                 None => totals[i] = Some(s),
                 Some(t) => {
@@ -253,6 +289,9 @@ pub fn run_wal_interleaved(
                 }
             }
         }
+    }
+    if rounds > 1 {
+        print_rounds(engines, &per_round);
     }
     let mut reports = Vec::new();
     for ((engine, scratch, target), total) in open.into_iter().zip(totals) {
@@ -278,6 +317,138 @@ pub fn run_wal_interleaved(
         drop(scratch);
     }
     Ok(reports)
+}
+
+/// Prints (to stderr, so `--json` output stays one object per engine) each round's ops/s per
+/// engine, and the medians over rounds of each engine's ops/s and of its ratio to the first
+/// engine in the same round: a slowdown of the device during a few slices then shifts every
+/// engine of those rounds alike and leaves the median ratio alone.
+fn print_rounds(engines: &[Engine], per_round: &[Vec<f64>]) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            0.0
+        } else if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    for (i, engine) in engines.iter().enumerate() {
+        let rounds: Vec<String> = per_round[i].iter().map(|o| format!("{o:.0}")).collect();
+        let ratios: Vec<f64> = per_round[i]
+            .iter()
+            .zip(&per_round[0])
+            .map(|(o, first)| o / first.max(1e-9))
+            .collect();
+        eprintln!(
+            "disk wal rounds: {:<12} ops/s per round [{}], median {:.0}, median ratio to {} {:.2}",
+            engine.name(),
+            rounds.join(", "),
+            median(per_round[i].clone()),
+            engines[0].name(),
+            median(ratios),
+        );
+    }
+}
+
+/// `engine` as it runs with `opts`: `--appenders tasks` makes every ringkv variant a task one.
+fn effective(engine: Engine, opts: &WalOpts) -> Engine {
+    match engine {
+        Engine::Ringkv { tasks } => Engine::Ringkv {
+            tasks: tasks || opts.appenders == Appenders::Tasks,
+        },
+        other => other,
+    }
+}
+
+/// Whether `engine` runs with async tasks.
+fn tasks_mode(engine: Engine) -> bool {
+    matches!(engine, Engine::Ringkv { tasks: true, .. })
+}
+
+/// One slice with `writers` async tasks on this thread (current-thread tokio runtime), each
+/// starting an append ([`engines::Target::start_append`]) and awaiting its outcome in a loop;
+/// the same phases as [`run_slice`].
+fn run_slice_tasks(
+    target: &dyn engines::Target,
+    writers: u32,
+    warmup: Duration,
+    duration: Duration,
+) -> Result<Slice, String> {
+    use std::cell::Cell;
+    let writers = writers.max(1) as usize;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("cannot start the appender tasks' runtime: {e}"))?;
+    let warm = Cell::new(false);
+    let stop = Cell::new(false);
+    let quiet = tokio::sync::Barrier::new(writers + 1);
+    let measure = tokio::sync::Barrier::new(writers + 1);
+    let append = |w: usize, seq: u64| async move {
+        let done = target
+            .start_append(w, seq)
+            .ok_or_else(|| "this engine has no task mode".to_owned())?;
+        done.await
+            .map_err(|_| "the append's callback was dropped".to_owned())?
+    };
+    let tasks = (0..writers).map(|w| {
+        let (warm, stop, quiet, measure) = (&warm, &stop, &quiet, &measure);
+        async move {
+            let mut rec = Recorder::new(None);
+            let mut seq = 0u64;
+            let mut failed = false;
+            while !warm.get() && !failed {
+                if let Err(e) = append(w, seq).await {
+                    rec.error(&e);
+                    failed = true;
+                }
+                seq += 1;
+            }
+            quiet.wait().await;
+            measure.wait().await;
+            while !stop.get() && !failed {
+                let t = Instant::now();
+                match append(w, seq).await {
+                    Ok(()) => rec.record(t.elapsed(), Instant::now()),
+                    Err(e) => {
+                        rec.error(&e);
+                        failed = true;
+                    }
+                }
+                seq += 1;
+            }
+            rec
+        }
+    });
+    let control = async {
+        tokio::time::sleep(warmup).await;
+        warm.set(true);
+        quiet.wait().await;
+        let syncs0 = target.syncs();
+        let cpu0 = self_cpu();
+        let start = Instant::now();
+        measure.wait().await;
+        tokio::time::sleep(duration).await;
+        stop.set(true);
+        (syncs0, cpu0, start)
+    };
+    let (recs, (syncs0, cpu0, start)) = rt.block_on(futures_util::future::join(
+        futures_util::future::join_all(tasks),
+        control,
+    ));
+    let mut rec = Recorder::new(None);
+    for r in &recs {
+        rec.merge(r);
+    }
+    Ok(Slice {
+        rec,
+        elapsed: start.elapsed(),
+        cpu: self_cpu().saturating_sub(cpu0),
+        syncs: target.syncs().saturating_sub(syncs0),
+    })
 }
 
 /// One slice: `writers` threads append unmeasured for `warmup`, then measured for `duration`.
