@@ -192,9 +192,10 @@ mod tests {
             let connect = tokio::net::TcpStream::connect(addr);
             let (accepted, connected) = tokio::join!(listener.accept(), connect);
             assert!(accepted.is_ok() && connected.is_ok());
-            let pool = tokio::task::spawn_blocking(|| std::thread::current().name().map(String::from))
-                .await
-                .unwrap();
+            let pool =
+                tokio::task::spawn_blocking(|| std::thread::current().name().map(String::from))
+                    .await
+                    .unwrap();
             tx.send(pool).unwrap();
         });
         let pool = rx.recv_timeout(Duration::from_secs(10)).unwrap();

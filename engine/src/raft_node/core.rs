@@ -191,6 +191,10 @@ pub struct ThreadOptions {
     /// apply thread has work, go to the apply thread, so apply still overlaps raft and the WAL
     /// under load. 0: always hand off.
     pub inline_apply_max: usize,
+    /// A proposer that finds the core thread parked runs the core itself
+    /// ([`RaftNode::propose_driving`]) on a member alone in its cluster. `false`: it always
+    /// wakes the core thread.
+    pub drive: bool,
     /// Pin the raft core thread to this CPU.
     pub raft_cpu: Option<usize>,
     /// Pin the apply thread to this CPU.
@@ -204,6 +208,7 @@ impl Default for ThreadOptions {
     fn default() -> Self {
         ThreadOptions {
             inline_apply_max: 32,
+            drive: true,
             raft_cpu: None,
             apply_cpu: None,
             wal_cpu: None,
@@ -366,6 +371,7 @@ impl RaftNode {
         )?;
         core.snap_tx = snap_tx;
         let raft_cpu = cfg.threads.raft_cpu;
+        let drive = cfg.threads.drive;
         let waiter = rx.waiter();
         let next_tick = Instant::now() + core.tick;
         let driven = Arc::new(Driven {
@@ -375,6 +381,7 @@ impl RaftNode {
                 batch: VecDeque::new(),
                 next_tick,
                 may_drive: false,
+                drive,
             })),
             tx: tx.clone(),
         });
@@ -582,6 +589,8 @@ struct Runner<L: LogSink> {
     /// failed. With peers only the core thread runs (it must keep heartbeats regular; a
     /// front-end thread blocked elsewhere would not).
     may_drive: bool,
+    /// `ThreadOptions::drive`.
+    drive: bool,
 }
 
 impl<L: LogSink> Runner<L> {
@@ -608,7 +617,8 @@ impl<L: LogSink> Runner<L> {
         self.core.start_read_round();
         self.core.on_ready();
         self.core.publish_progress();
-        self.may_drive = self.core.failed.is_none() && self.core.alone_in_the_cluster();
+        self.may_drive =
+            self.drive && self.core.failed.is_none() && self.core.alone_in_the_cluster();
         true
     }
 }
@@ -2086,7 +2096,8 @@ mod tests {
     #[test]
     fn driving_and_plain_proposals_from_many_threads_are_all_applied_in_each_senders_order() {
         let (tx, rx) = mpsc::channel();
-        let node = RaftNode::start(untimed(), InlineSink::default(), NoPeers, Recorder(tx)).unwrap();
+        let node =
+            RaftNode::start(untimed(), InlineSink::default(), NoPeers, Recorder(tx)).unwrap();
         wait_for("leader", || node.progress().leader() == 1);
         const PER: u32 = 300;
         let senders: Vec<_> = (0..4u32)
