@@ -13,8 +13,9 @@
 //!   restricted to them; `workers` sets the number of front-end runtimes (default: the number
 //!   of CPUs in `front`, or all CPUs);
 //!   `inline-apply` sets the largest batch of committed entries the raft thread applies itself
-//!   (0: every batch goes to the apply thread); `drive=off` makes a proposing front-end thread
-//!   always wake the raft thread instead of running an idle core itself (default `on`).
+//!   (0: every batch goes to the apply thread); `drive=on` lets a proposing front-end thread
+//!   run an idle lone member's raft core itself instead of waking the raft thread (default
+//!   `off`).
 //!   Roles not named are not pinned.
 
 use ringkv_engine::ThreadOptions;
@@ -183,8 +184,9 @@ mod tests {
         assert_eq!(l.threads.inline_apply_max, 0);
         assert_eq!(l.front, Some(vec![0, 1, 3]));
         assert_eq!(l.workers(), 3);
-        assert!(l.threads.drive);
+        assert!(!l.threads.drive);
         assert_eq!(CpuLayout::parse("front=1", 2).unwrap().workers(), 1);
+        assert!(CpuLayout::parse("drive=on", 2).unwrap().threads.drive);
         assert!(!CpuLayout::parse("drive=off", 2).unwrap().threads.drive);
     }
 

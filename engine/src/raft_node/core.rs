@@ -192,8 +192,10 @@ pub struct ThreadOptions {
     /// under load. 0: always hand off.
     pub inline_apply_max: usize,
     /// A proposer that finds the core thread parked runs the core itself
-    /// ([`RaftNode::propose_driving`]) on a member alone in its cluster. `false`: it always
-    /// wakes the core thread.
+    /// ([`RaftNode::propose_driving`]) on a member alone in its cluster. `false` (default):
+    /// it always wakes the core thread. Off by default: at one client it cut context
+    /// switches per put from ~5 to ~3.5 but not the latency (BENCHMARKS.md "Front end,
+    /// session 5").
     pub drive: bool,
     /// Pin the raft core thread to this CPU.
     pub raft_cpu: Option<usize>,
@@ -208,7 +210,7 @@ impl Default for ThreadOptions {
     fn default() -> Self {
         ThreadOptions {
             inline_apply_max: 32,
-            drive: true,
+            drive: false,
             raft_cpu: None,
             apply_cpu: None,
             wal_cpu: None,
@@ -2061,6 +2063,10 @@ mod tests {
     fn untimed() -> NodeConfig {
         NodeConfig {
             tick: Duration::from_secs(3600),
+            threads: ThreadOptions {
+                drive: true,
+                ..ThreadOptions::default()
+            },
             ..NodeConfig::single(1)
         }
     }
