@@ -15,6 +15,9 @@
 //! - `http.rs`, `gateway.rs`, `json.rs` — the HTTP side: /health, /version, /metrics
 //!   (`metrics.rs`), and the JSON gateway.
 //! - `config.rs` — flags (etcd's names, `RINGKV_*` environment), member and cluster IDs.
+//! - `runtimes.rs` — the front end's thread-per-core runtimes (one current-thread tokio
+//!   runtime per front-end core; connections handed out round-robin); `cpu_layout.rs` —
+//!   `--cpu-layout`.
 
 mod auth;
 mod cluster;
