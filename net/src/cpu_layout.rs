@@ -3,16 +3,20 @@
 //! layout").
 //!
 //! Accepted values:
-//! - `auto` (default): nothing pinned, the OS schedules every role; one front-end worker per
-//!   available CPU; small batches applied on the raft thread.
+//! - `auto` (default): nothing pinned, the OS schedules every role; one front-end runtime per
+//!   available CPU (runtimes.rs); small batches applied on the raft thread.
 //! - `pinned`: raft core and WAL flush thread on CPU 0, apply thread on the last CPU, front-end
-//!   workers on all CPUs (restricted to them, not one each).
+//!   runtime `i` on CPU `i` (modulo the CPU count).
 //! - a comma-separated list of `role=value`, for example `raft=0,wal=0,apply=1,front=0-1`:
-//!   `raft`, `apply`, `wal` take one CPU; `front` takes CPUs as `N`, `N-M` or `N+M+…` and
-//!   restricts the front-end workers (and tokio's blocking pool) to them; `workers` sets the
-//!   number of front-end workers (default: the number of CPUs in `front`, or all CPUs);
+//!   `raft`, `apply`, `wal` take one CPU; `front` takes CPUs as `N`, `N-M` or `N+M+…`: front-end
+//!   runtime `i` is pinned to the `i % len`-th of them and the runtimes' blocking pools are
+//!   restricted to them; `workers` sets the number of front-end runtimes (default: the number
+//!   of CPUs in `front`, or all CPUs);
 //!   `inline-apply` sets the largest batch of committed entries the raft thread applies itself
-//!   (0: every batch goes to the apply thread). Roles not named are not pinned.
+//!   (0: every batch goes to the apply thread); `drive=on` lets a proposing front-end thread
+//!   run an idle lone member's raft core itself instead of waking the raft thread (default
+//!   `off`).
+//!   Roles not named are not pinned.
 
 use ringkv_engine::ThreadOptions;
 
@@ -21,9 +25,9 @@ use ringkv_engine::ThreadOptions;
 pub struct CpuLayout {
     /// Placement of the engine's threads and the inline-apply limit.
     pub threads: ThreadOptions,
-    /// CPUs the front-end runtime's threads are restricted to (`None`: not restricted).
+    /// CPUs the front-end runtimes are pinned to, one each in turn (`None`: not pinned).
     pub front: Option<Vec<usize>>,
-    /// Front-end worker threads (`None`: one per available CPU).
+    /// Front-end runtimes, one thread each (`None`: one per available CPU).
     pub front_workers: Option<usize>,
 }
 
@@ -98,9 +102,16 @@ impl CpuLayout {
                         err(format!("inline-apply={value:?}: expected a batch size"))
                     })?;
                 }
+                "drive" => {
+                    layout.threads.drive = match value.trim() {
+                        "on" => true,
+                        "off" => false,
+                        v => return Err(err(format!("drive={v:?}: expected on or off"))),
+                    };
+                }
                 other => {
                     return Err(err(format!(
-                        "unknown role {other:?} (roles: raft, apply, wal, front, workers, inline-apply)"
+                        "unknown role {other:?} (roles: raft, apply, wal, front, workers, inline-apply, drive)"
                     )));
                 }
             }
@@ -108,7 +119,7 @@ impl CpuLayout {
         Ok(layout)
     }
 
-    /// Front-end worker threads to start.
+    /// Front-end runtimes to start.
     pub fn workers(&self) -> usize {
         self.front_workers
             .or_else(|| self.front.as_ref().map(Vec::len))
@@ -173,7 +184,10 @@ mod tests {
         assert_eq!(l.threads.inline_apply_max, 0);
         assert_eq!(l.front, Some(vec![0, 1, 3]));
         assert_eq!(l.workers(), 3);
+        assert!(!l.threads.drive);
         assert_eq!(CpuLayout::parse("front=1", 2).unwrap().workers(), 1);
+        assert!(CpuLayout::parse("drive=on", 2).unwrap().threads.drive);
+        assert!(!CpuLayout::parse("drive=off", 2).unwrap().threads.drive);
     }
 
     #[test]
@@ -189,6 +203,8 @@ mod tests {
         assert!(e.contains("is not role=value"), "{e}");
         let e = CpuLayout::parse("front=1-0", 2).unwrap_err();
         assert!(e.contains("empty CPU range"), "{e}");
+        let e = CpuLayout::parse("drive=maybe", 2).unwrap_err();
+        assert!(e.contains("expected on or off"), "{e}");
         let e = CpuLayout::parse("workers=0", 2).unwrap_err();
         assert!(e.contains("expected a count"), "{e}");
     }

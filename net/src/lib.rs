@@ -15,6 +15,9 @@
 //! - `http.rs`, `gateway.rs`, `json.rs` — the HTTP side: /health, /version, /metrics
 //!   (`metrics.rs`), and the JSON gateway.
 //! - `config.rs` — flags (etcd's names, `RINGKV_*` environment), member and cluster IDs.
+//! - `runtimes.rs` — the front end's thread-per-core runtimes (one current-thread tokio
+//!   runtime per front-end core; connections handed out round-robin); `cpu_layout.rs` —
+//!   `--cpu-layout`.
 
 mod auth;
 mod cluster;
@@ -39,6 +42,7 @@ pub mod pb;
 mod peer;
 mod raft_backed;
 mod recipe;
+mod runtimes;
 mod server;
 mod shutdown;
 mod tls;
@@ -71,6 +75,8 @@ pub use validate::Limits;
 pub use tls::{PeerStream, Side, SideTls, TlsSpec};
 // lat: --cpu-layout
 pub use cpu_layout::{CpuLayout, restrict_current_thread};
+// front: thread-per-core front end
+pub use runtimes::{FrontRuntimes, Spawner};
 
 /// Runs the node: parses the flags (and `RINGKV_*` environment), validates them, opens the
 /// raft-backed node in the data directory, serves clients until SIGTERM/SIGINT, drains, then
@@ -86,20 +92,14 @@ pub fn run() -> Result<(), String> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-    let front_cpus = layout.front.clone();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The main thread's runtime runs the accept loops, the signal handlers and the leader
+    // wait; client connections run on the front-end runtimes (`runtimes.rs`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .worker_threads(layout.workers())
-        .thread_name("ringkv-front")
-        .on_thread_start(move || {
-            if let Some(cpus) = &front_cpus
-                && let Err(e) = restrict_current_thread(cpus)
-            {
-                tracing::warn!(?cpus, error = %e, "cannot pin a front-end thread");
-            }
-        })
         .build()
         .map_err(|e| format!("ringkv: cannot start the runtime: {e}"))?;
+    let front = FrontRuntimes::start(layout.workers(), layout.front.as_deref())
+        .map_err(|e| format!("ringkv: cannot start the front-end runtimes: {e}"))?;
     // Certificates are read (or made, under auto-TLS) before anything else is opened: a bad
     // file stops the start with a message naming it.
     let client_tls = tls::load(&config.client_tls, &config.data_dir)?;
@@ -155,10 +155,11 @@ pub fn run() -> Result<(), String> {
                 _ = removed => {}
             }
         };
-        serve_clients_until(&config, Arc::new(node.clone()), stop).await
+        serve_clients_on(&config, Arc::new(node.clone()), stop, Some(front.spawner())).await
     });
-    // Snapshot streams run on the blocking pool; they end once their receivers are gone,
+    // Snapshot streams run on the blocking pools; they end once their receivers are gone,
     // which dropping the tasks guarantees. Bounded all the same.
+    front.shutdown();
     runtime.shutdown_timeout(Duration::from_secs(5));
     let closed = node.close();
     served.map_err(|e| e.to_string())?;
@@ -229,6 +230,7 @@ pub fn server_options(config: &Config) -> ServerOptions {
         keepalive_timeout: config.flags.grpc_keepalive_timeout,
         election_timeout: std::time::Duration::from_millis(config.flags.election_timeout),
         thin_kv: true,
+        runtimes: None,
     }
 }
 
@@ -252,8 +254,21 @@ pub async fn serve_clients_until<N: EtcdNode>(
     node: Arc<N>,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_clients_on(config, node, stop, None).await
+}
+
+/// [`serve_clients_until`] with the client connections handed round-robin to `runtimes`
+/// (the front-end runtimes) instead of spawned on the calling runtime.
+pub async fn serve_clients_on<N: EtcdNode>(
+    config: &Config,
+    node: Arc<N>,
+    stop: impl std::future::Future<Output = ()>,
+    runtimes: Option<Spawner>,
+) -> std::io::Result<()> {
     let (trigger, shutdown) = ShutdownTrigger::new();
-    let server = ClientServer::new(node, server_options(config), shutdown);
+    let mut options = server_options(config);
+    options.runtimes = runtimes;
+    let server = ClientServer::new(node, options, shutdown);
     let mut tasks = Vec::new();
     let client_tls = tls::load(&config.client_tls, &config.data_dir).map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("ringkv: {e}"))

@@ -45,6 +45,7 @@ use crate::pb::etcdserverpb::{
 use crate::pb::health::health_server::HealthServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
+use crate::runtimes::Spawner;
 use crate::shutdown::{DrainGuard, Shutdown};
 use crate::validate::Limits;
 use crate::watch::WatchService;
@@ -83,6 +84,9 @@ pub struct ServerOptions {
     /// Serve KV Range/Put/DeleteRange/Txn/Compact on HTTP/2 connections on the thin path
     /// (`h2server.rs`) instead of tonic's. Off only to compare the two paths in tests.
     pub thin_kv: bool,
+    /// Where accepted client connections run: `Some` hands each to the next front-end runtime
+    /// (`runtimes.rs`, the `ringkv` binary); `None` spawns it on the accepting runtime.
+    pub runtimes: Option<Spawner>,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +99,7 @@ impl Default for ServerOptions {
             keepalive_timeout: Duration::from_secs(20),
             election_timeout: Duration::from_secs(1),
             thin_kv: true,
+            runtimes: None,
         }
     }
 }
@@ -216,28 +221,53 @@ impl<N: EtcdNode> ClientServer<N> {
             let this = self.clone();
             let guard = guard.clone();
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                match acceptor {
-                    None => this.serve_connection(stream, peer).await,
-                    Some(acceptor) => {
-                        let accepted = tokio::time::timeout(
-                            crate::tls::HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        )
-                        .await;
-                        match accepted {
-                            Ok(Ok(tls)) => this.serve_connection(tls, peer).await,
-                            Ok(Err(e)) => {
-                                tracing::info!("client TLS handshake from {peer} failed: {e}")
-                            }
-                            Err(_) => tracing::info!("client TLS handshake from {peer} timed out"),
-                        }
-                    }
+            let Some(runtimes) = &self.options.runtimes else {
+                tokio::spawn(this.accepted(stream, peer, acceptor, permit, guard));
+                continue;
+            };
+            // The socket moves to the chosen runtime's reactor: deregistered here, registered
+            // again by `from_std` on the target thread.
+            let stream = match stream.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("client connection {peer}: cannot hand off: {e}");
+                    continue;
                 }
-                drop(permit);
-                drop(guard);
+            };
+            runtimes.spawn(async move {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => this.accepted(stream, peer, acceptor, permit, guard).await,
+                    Err(e) => tracing::warn!("client connection {peer}: cannot register: {e}"),
+                }
             });
         }
+    }
+
+    /// Serves one accepted connection (after the TLS handshake on https listeners), then
+    /// releases its connection slot and drain guard.
+    async fn accepted(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        guard: DrainGuard,
+    ) {
+        match acceptor {
+            None => self.serve_connection(stream, peer).await,
+            Some(acceptor) => {
+                let accepted =
+                    tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await;
+                match accepted {
+                    Ok(Ok(tls)) => self.serve_connection(tls, peer).await,
+                    Ok(Err(e)) => tracing::info!("client TLS handshake from {peer} failed: {e}"),
+                    Err(_) => tracing::info!("client TLS handshake from {peer} timed out"),
+                }
+            }
+        }
+        drop(permit);
+        drop(guard);
     }
 
     /// Serves `/metrics` and `/health` only (a `--listen-metrics-urls` listener), HTTP/1.1 and

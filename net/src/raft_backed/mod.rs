@@ -941,9 +941,11 @@ impl RaftBackedNode {
             id,
             armed: true,
         };
+        // Drives an idle core on this thread (engine `RaftNode::propose_driving`): at low load
+        // the waiter is completed before the await below, with no thread hand-off.
         inner
             .raft()
-            .propose(data, Some(reject_waiter(&self.inner, id)));
+            .propose_driving(data, Some(reject_waiter(&self.inner, id)));
         await_waiter(&mut guard, rx).await
     }
 
