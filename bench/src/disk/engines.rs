@@ -194,6 +194,17 @@ struct RingkvTarget {
 }
 
 impl RingkvTarget {
+    /// `data` as the entry at the next index; `last` is the held index lock.
+    fn next_record(last: &mut u64, data: Bytes) -> Record {
+        *last += 1;
+        Record::Entry(LogEntry {
+            index: *last,
+            term: 1,
+            entry_type: 0,
+            data,
+        })
+    }
+
     fn open(opts: &WalOpts, dir: &Path) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
@@ -225,14 +236,7 @@ impl Target for RingkvTarget {
             let data = Bytes::from(payload(w, seq, self.record_size));
             let ticket = {
                 let mut last = self.last_index.lock().expect("index lock");
-                *last += 1;
-                let entry = LogEntry {
-                    index: *last,
-                    term: 1,
-                    entry_type: 0,
-                    data,
-                };
-                self.wal.enqueue(vec![Record::Entry(entry)])
+                self.wal.enqueue(vec![Self::next_record(&mut last, data)])
             };
             // Outside the index lock: this thread may now perform the flush itself.
             match ticket.wait() {
@@ -248,14 +252,8 @@ impl Target for RingkvTarget {
         // Indexes are taken and the append queued under one lock, as in `writer`; the
         // callback runs on the thread that flushed the append.
         let mut last = self.last_index.lock().expect("index lock");
-        *last += 1;
-        let entry = LogEntry {
-            index: *last,
-            term: 1,
-            entry_type: 0,
-            data,
-        };
-        self.wal.append(vec![Record::Entry(entry)], move |r| {
+        let record = Self::next_record(&mut last, data);
+        self.wal.append(vec![record], move |r| {
             let _ = tx.send(r.map(|_| ()).map_err(|e| format!("WAL: {e}")));
         });
         Some(rx)

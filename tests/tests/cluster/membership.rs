@@ -22,6 +22,25 @@ fn ctl_err(endpoint: &str, args: &[&str]) -> String {
     String::from_utf8(out.stderr).expect("utf-8")
 }
 
+/// Adds an (unstarted) learner named `l` with peer URL `url`; returns its hex ID.
+fn add_unstarted_learner(endpoint: &str, url: &str) -> String {
+    let added = ctl(
+        endpoint,
+        &[
+            "member",
+            "add",
+            "l",
+            "--learner",
+            &format!("--peer-urls={url}"),
+        ],
+    );
+    added
+        .split_whitespace()
+        .nth(1)
+        .expect("Member <id> added")
+        .to_string()
+}
+
 /// `member list` lines: (hex ID, status, name, is learner).
 fn member_lines(endpoint: &str) -> Vec<(String, String, String, String)> {
     ctl(endpoint, &["member", "list"])
@@ -216,17 +235,8 @@ fn back_to_back_member_changes_all_take_effect() {
     for ep in &endpoints {
         // Learner added, then removed at once.
         let url = format!("http://127.0.0.1:{}", free_port());
-        let added = ctl(
-            ep,
-            &[
-                "member",
-                "add",
-                "l",
-                "--learner",
-                &format!("--peer-urls={url}"),
-            ],
-        );
-        let id = added.split_whitespace().nth(1).expect("Member <id> added");
+        let id = add_unstarted_learner(ep, &url);
+        let id = id.as_str();
         ctl(ep, &["member", "remove", id]);
         // A learner and a voter (neither ever started) added back to back, then both removed
         // back to back. (A second voter add would be refused while the first is unreachable:
@@ -310,17 +320,8 @@ fn member_update_move_leader_and_etcds_reconfiguration_checks() {
 
     // MemberUpdate of an (unstarted) learner: new peer URL, still a learner.
     let url = format!("http://127.0.0.1:{}", free_port());
-    let added = ctl(
-        &ep,
-        &[
-            "member",
-            "add",
-            "l",
-            "--learner",
-            &format!("--peer-urls={url}"),
-        ],
-    );
-    let id = added.split_whitespace().nth(1).expect("Member <id> added");
+    let id = add_unstarted_learner(&ep, &url);
+    let id = id.as_str();
     let moved = format!("http://127.0.0.1:{}", free_port());
     ctl(
         &ep,
