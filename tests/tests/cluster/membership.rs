@@ -336,6 +336,12 @@ fn member_update_move_leader_and_etcds_reconfiguration_checks() {
         .map(str::trim)
         .collect();
     assert_eq!((row[4], row[6]), (moved.as_str(), "true"), "{table}");
+    // A learner that never started has nothing of the log: etcd refuses to promote it.
+    let err = ctl_err(&ep, &["member", "promote", id]);
+    assert!(
+        err.contains("etcdserver: can only promote a learner member which is in sync with leader"),
+        "{err}"
+    );
     ctl(&ep, &["member", "remove", id]);
 
     // MoveLeader to a follower (etcdctl finds the leader among the endpoints).
