@@ -591,7 +591,6 @@ struct Core<L: LogSink> {
     /// set again by the next response (so it reads "inactive" for a heartbeat after every
     /// reset), and it starts "active" for a member just added that never answered.
     heard: Vec<(u64, u64)>,
-    election_ticks: u64,
 }
 
 /// Most turns a proposing thread runs before it hands what is still queued to the core
@@ -836,7 +835,6 @@ impl<L: LogSink> Core<L> {
             conf_history: vec![(cfg.snapshot_index, initial_conf)],
             held_conf: VecDeque::new(),
             heard: Vec::new(),
-            election_ticks: cfg.election_ticks as u64,
         })
     }
 
@@ -940,9 +938,10 @@ impl<L: LogSink> Core<L> {
                     let conf = self.raw.raft.prs().conf();
                     let learners = conf.learners().clone();
                     let me = self.raw.raft.id;
+                    let election_ticks = self.raw.raft.election_timeout() as u64;
                     for (id, pr) in self.raw.raft.prs().iter() {
                         let heard = self.heard.iter().any(|&(from, at)| {
-                            from == *id && self.ticks.saturating_sub(at) <= self.election_ticks
+                            from == *id && self.ticks.saturating_sub(at) <= election_ticks
                         });
                         out.push(PeerProgress {
                             id: *id,
