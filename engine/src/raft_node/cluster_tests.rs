@@ -587,3 +587,53 @@ fn a_follower_acknowledges_only_after_its_persist_returned() {
     assert_eq!(c.next_entry(follower).1, b"held");
     c.shutdown();
 }
+
+/// A lone voter serves linearizable reads from its own commit index (no ReadIndex round), also
+/// with a learner beside it; once a second voter is in the configuration the local read index
+/// is gone and reads take a round again.
+#[test]
+fn a_lone_voter_reads_locally_until_a_second_voter_joins() {
+    let mut c = Cluster::new(&[1]);
+    assert_eq!(c.leader(), 1);
+    c.node(1).propose(b"a".to_vec(), None);
+    let (index, _) = c.next_entry(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let local = loop {
+        if let Some(i) = c.node(1).progress().local_read_index() {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no local read index on a lone leader");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(local >= index, "local read index {local} below the applied entry {index}");
+
+    c.node(1)
+        .propose_conf_change(single(ConfChangeType::AddLearnerNode, 2), None);
+    c.next_conf(1);
+    c.start(config(2, &[1]));
+    c.node(1).propose(b"b".to_vec(), None);
+    let (index, _) = c.next_entry(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(1).progress().local_read_index().is_none_or(|i| i < index) {
+        assert!(Instant::now() < deadline, "a learner turned local reads off");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    c.node(1)
+        .propose_conf_change(single(ConfChangeType::AddNode, 2), None);
+    assert_eq!(c.next_conf(1).1, vec![(ConfChangeType::AddNode, 2)]);
+    // Cleared before raft took the new configuration, which was before the apply above.
+    assert_eq!(c.node(1).progress().local_read_index(), None);
+    let leader = c.leader();
+    c.node(leader).propose(b"c".to_vec(), None);
+    let (index, _) = c.next_entry(leader);
+    assert!(read_index(&c.node(leader)).unwrap() >= index);
+    for id in [1, 2] {
+        assert_eq!(
+            c.node(id).progress().local_read_index(),
+            None,
+            "member {id} of two voters"
+        );
+    }
+    c.shutdown();
+}

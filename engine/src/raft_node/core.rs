@@ -1226,12 +1226,25 @@ impl<L: LogSink> Core<L> {
                         continue;
                     }
                     if let Some(cc) = decode_conf_change(e) {
+                        // Before the new configuration exists in raft: a read that still sees
+                        // this member as the sole voter began before another voter could lead
+                        // (`NodeProgress::local_read_index`). `publish_progress` sets it again.
+                        self.progress.sole_leader_commit.store(0, Ordering::Release);
                         let result = self.raw.apply_conf_change(&cc);
                         self.conf_changed(e.index, result);
                     }
                 }
                 EntryType::EntryNormal => {}
             }
+        }
+        // A lone leader's read index follows its commit index before apply gets the entries,
+        // so a read that begins now waits for them (only this thread writes the value).
+        let sole = self.progress.sole_leader_commit.load(Ordering::Relaxed);
+        if sole != 0 {
+            let last = entries.last().map_or(sole, |e| e.index);
+            self.progress
+                .sole_leader_commit
+                .store(sole.max(last), Ordering::Release);
         }
         let n = entries.iter().filter(|e| !e.data.is_empty()).count() as u64;
         self.progress
@@ -1424,6 +1437,13 @@ impl<L: LogSink> Core<L> {
         }
         p.term.store(r.term, Ordering::Release);
         p.commit.store(r.raft_log.committed, Ordering::Release);
+        let committed = r.raft_log.committed;
+        let sole_leader = self.failed.is_none()
+            && r.state == StateRole::Leader
+            && r.prs().conf().voters().ids().iter().eq([r.id])
+            && r.raft_log.term(committed).is_ok_and(|t| t == r.term);
+        p.sole_leader_commit
+            .store(if sole_leader { committed } else { 0 }, Ordering::Release);
     }
 }
 

@@ -70,6 +70,11 @@ pub struct NodeProgress {
     pub snapshot_index: AtomicU64,
     /// First index of the in-memory raft log (moves up when the log is compacted).
     pub log_first_index: AtomicU64,
+    /// Nonzero only while this member is the leader and the only voter, its log is healthy and
+    /// it has committed an entry of its own term; the value is then its commit index, which a
+    /// linearizable read may take as its read index without a ReadIndex round (see
+    /// [`NodeProgress::local_read_index`]). 0 otherwise.
+    pub sole_leader_commit: AtomicU64,
 }
 
 impl NodeProgress {
@@ -79,6 +84,21 @@ impl NodeProgress {
 
     pub fn leader(&self) -> u64 {
         self.leader.load(Ordering::Acquire)
+    }
+
+    /// A read index for a linearizable read that needs no ReadIndex round: `Some` when this
+    /// member is the only voter and leads (so no other member can have acknowledged a write)
+    /// and apply has reached the commit index it had once it committed in its term (so every
+    /// write acknowledged by an earlier leader is applied here). Reading the current store
+    /// after this returns `Some` then sees every write acknowledged before the call: writes
+    /// are acknowledged only after they are applied.
+    ///
+    /// The core clears [`NodeProgress::sole_leader_commit`] before a configuration change
+    /// takes effect in raft, so a `Some` seen here means no other voter existed when the read
+    /// began. `None` means: take the ReadIndex round.
+    pub fn local_read_index(&self) -> Option<u64> {
+        let commit = self.sole_leader_commit.load(Ordering::Acquire);
+        (commit != 0 && self.applied() >= commit).then_some(commit)
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct ReadGate {
     state: Mutex<GateState>,
     /// Rounds sent to raft so far.
     rounds: AtomicU64,
+    /// Reads that took a local read index instead of a round.
+    local: AtomicU64,
 }
 
 impl ReadGate {
@@ -71,6 +73,11 @@ impl ReadGate {
         raft: &RaftNode,
         timeout: Duration,
     ) -> NodeResult<Result<u64, RaftNodeError>> {
+        // The only voter and leader, applied up to its commit index: no round to wait for.
+        if let Some(index) = raft.progress().local_read_index() {
+            self.local.fetch_add(1, Ordering::Relaxed);
+            return Ok(Ok(index));
+        }
         let (round, start) = {
             let mut g = self.state.lock();
             let round = g.open.get_or_insert_with(Round::new).clone();
@@ -108,6 +115,12 @@ impl ReadGate {
     #[cfg(test)]
     pub(crate) fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
+    }
+
+    /// Reads served with a local read index (the only voter, leading) instead of a round.
+    #[cfg(test)]
+    pub(crate) fn local_reads(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
     }
 
     /// Sends `round` (already recorded as in flight) to raft; its completion releases its
