@@ -37,6 +37,7 @@ mod alloc;
 mod commit;
 mod format;
 mod replay;
+mod trace;
 mod writer;
 
 #[cfg(test)]
@@ -54,7 +55,7 @@ use bytes::Bytes;
 
 use crate::io::{FileLock, Vfs};
 
-pub use commit::AppendTicket;
+pub use commit::{AppendTicket, after_delivery};
 
 /// One raft log entry as the WAL stores it (the raft glue converts raft-rs's `Entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]
