@@ -353,12 +353,15 @@ fn print_rounds(engines: &[Engine], per_round: &[Vec<f64>]) {
     }
 }
 
-/// `engine` as it runs with `opts`: `--appenders tasks` makes every ringkv variant a task one.
+/// `engine` as it runs with `opts`: `--appenders tasks` makes threads-mode ringkv `ringkv-tasks`.
 fn effective(engine: Engine, opts: &WalOpts) -> Engine {
     match engine {
-        Engine::Ringkv { tasks, each_wakes } => Engine::Ringkv {
-            tasks: tasks || opts.appenders == Appenders::Tasks,
-            each_wakes,
+        Engine::Ringkv {
+            tasks: false,
+            each_wakes: _,
+        } if opts.appenders == Appenders::Tasks => Engine::Ringkv {
+            tasks: true,
+            each_wakes: true,
         },
         other => other,
     }

@@ -275,12 +275,6 @@ pub fn new_vfs(kind: IoKind) -> io::Result<Arc<dyn Vfs>> {
     }
 }
 
-/// TEMPORARY (wal6 experiments): `RINGKV_IO_DSYNC=1` makes write+fdatasync one RWF_DSYNC write.
-pub(crate) fn dsync_writes() -> bool {
-    static X: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *X.get_or_init(|| std::env::var_os("RINGKV_IO_DSYNC").is_some())
-}
-
 /// Rounds `n` up to a multiple of [`DIRECT_ALIGN`].
 pub fn align_up(n: u64) -> u64 {
     n.div_ceil(DIRECT_ALIGN as u64) * DIRECT_ALIGN as u64

@@ -75,46 +75,6 @@ impl File for StdFile {
         self.file.write_all_at(buf, offset)
     }
 
-    fn write_at_and_sync(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        if !super::dsync_writes() {
-            self.write_at(buf, offset)?;
-            return self.sync_data();
-        }
-        if self.direct {
-            check_direct(buf.as_ptr(), buf.len(), offset)?;
-        }
-        let mut done = 0;
-        while done < buf.len() {
-            let rest = &buf[done..];
-            let iov = libc::iovec {
-                iov_base: rest.as_ptr() as *mut libc::c_void,
-                iov_len: rest.len(),
-            };
-            // SAFETY: `iov` points into `buf`, borrowed and unchanged for the whole call.
-            let n = unsafe {
-                libc::pwritev2(
-                    self.fd(),
-                    &iov,
-                    1,
-                    (offset + done as u64) as libc::off_t,
-                    libc::RWF_DSYNC,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0"));
-            }
-            done += n as usize;
-        }
-        Ok(())
-    }
-
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }

@@ -230,14 +230,9 @@ impl UringFile {
     }
 
     fn write_sqe(&self, buf: &[u8], offset: u64) -> squeue::Entry {
-        self.write_sqe_flags(buf, offset, 0)
-    }
-
-    fn write_sqe_flags(&self, buf: &[u8], offset: u64, rw_flags: i32) -> squeue::Entry {
         let len = buf.len().min(MAX_IO_LEN) as u32;
         opcode::Write::new(self.fd(), buf.as_ptr(), len)
             .offset(offset)
-            .rw_flags(rw_flags)
             .build()
     }
 
@@ -314,20 +309,6 @@ impl File for UringFile {
         }
         if buf.len() > MAX_IO_LEN {
             self.write_all(buf, offset)?;
-            return self.sync_data();
-        }
-        if super::dsync_writes() {
-            let write = self
-                .write_sqe_flags(buf, offset, libc::RWF_DSYNC)
-                .user_data(0);
-            // SAFETY: `buf` is borrowed for the whole call and `run` returns only after the
-            // write completed.
-            let [w] = unsafe { submit([write]) }?;
-            let written = check_res(w)?.unwrap_or(0);
-            if written == buf.len() {
-                return Ok(());
-            }
-            self.write_all(&buf[written..], offset + written as u64)?;
             return self.sync_data();
         }
         let write = self
@@ -426,21 +407,11 @@ impl<'a> InFlight<'a> {
     fn start(file: &'a UringFile, buf: &'a [u8], offset: u64) -> io::Result<InFlight<'a>> {
         let number = STARTED_OPS.with(|c| c.get().1);
         let tag = STARTED | (number << 1);
-        let dsync = super::dsync_writes();
-        let write = if dsync {
-            file.write_sqe_flags(buf, offset, libc::RWF_DSYNC)
-                .user_data(tag)
-        } else {
-            file.write_sqe(buf, offset)
-                .flags(squeue::Flags::IO_LINK)
-                .user_data(tag)
-        };
+        let write = file
+            .write_sqe(buf, offset)
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(tag);
         let sync = file.fsync_sqe().user_data(tag | 1);
-        let entries: &[squeue::Entry] = if dsync {
-            &[write][..]
-        } else {
-            &[write, sync][..]
-        };
         RING.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -451,7 +422,7 @@ impl<'a> InFlight<'a> {
                 let mut sq = ring.submission();
                 // SAFETY: `buf` stays borrowed by the returned `InFlight`, which reaps both
                 // completions before it is gone (in `wait` or `Drop`).
-                unsafe { sq.push_multiple(entries) }
+                unsafe { sq.push_multiple(&[write, sync]) }
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
             loop {
@@ -484,8 +455,7 @@ impl<'a> InFlight<'a> {
                 buf,
                 offset,
                 tag,
-                // A write-through (RWF_DSYNC) write has no separate fdatasync completion.
-                results: [None, if dsync { Some(0) } else { None }],
+                results: [None, None],
             })
         })
     }

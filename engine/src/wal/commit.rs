@@ -98,14 +98,6 @@ pub fn after_delivery(f: impl FnOnce() + 'static) {
     }
 }
 
-/// TEMPORARY (wal6 experiments): `RINGKV_WAL_X=flag,flag`.
-pub(crate) fn xflag(name: &str) -> bool {
-    static X: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    X.get_or_init(|| std::env::var("RINGKV_WAL_X").unwrap_or_default())
-        .split(',')
-        .any(|f| f == name)
-}
-
 /// How many batches a waiting appender that leads flushes at most before it passes leadership
 /// to the flush thread: bounds the delay its own caller sees beyond its append's flush (about
 /// 1 ms with a 130 µs write+fdatasync). A count, not a time, so that tests can check it.
@@ -670,11 +662,7 @@ impl Core {
         if waiters {
             // Every waiter of this batch sleeps on this bell (`Waiter::batch`).
             let bell = &self.bells[number as usize % BELLS];
-            if xflag("ringall") {
-                bell.ring_all();
-            } else {
-                bell.ring_one();
-            }
+            bell.ring_one();
         }
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverEnd);
@@ -684,11 +672,6 @@ impl Core {
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
     pub(crate) fn run_flush_thread(&self) {
-        if xflag("slice") {
-            if let Err(e) = request_short_slice() {
-                eprintln!("slice: {e}");
-            }
-        }
         loop {
             let mut q = self.queue();
             while !q.thread_lead && !q.stop_thread {
@@ -738,39 +721,6 @@ impl Core {
             t.write(last);
         }
     }
-}
-
-/// Asks the scheduler for a short time slice for this thread (EEVDF custom slice, Linux 6.12+;
-/// no privilege needed): an earlier virtual deadline, so that its wake-up at the end of an
-/// fdatasync preempts a running appender instead of queueing behind it.
-fn request_short_slice() -> std::io::Result<()> {
-    #[repr(C)]
-    struct SchedAttr {
-        size: u32,
-        policy: u32,
-        flags: u64,
-        nice: i32,
-        priority: u32,
-        runtime: u64,
-        deadline: u64,
-        period: u64,
-    }
-    let attr = SchedAttr {
-        size: std::mem::size_of::<SchedAttr>() as u32,
-        policy: libc::SCHED_OTHER as u32,
-        flags: 0,
-        nice: 0,
-        priority: 0,
-        runtime: 100_000,
-        deadline: 0,
-        period: 0,
-    };
-    // SAFETY: sched_setattr reads `size` bytes of a valid, initialised struct; pid 0 = this thread.
-    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Marks batch `number` delivered when dropped (invariant 2).
