@@ -24,7 +24,7 @@
 //!     to the flush thread (bounding how long its own caller is held back);
 //!   - the flush thread and `close` lead while appends keep coming.
 //! - **Follower**: a waiting appender ([`AppendTicket::wait`]) that found a flush in flight.
-//!   It sleeps on its batch's [`Bell`] until its outcome is delivered or it is made leader.
+//!   It parks until its outcome is delivered or it is made leader.
 //! - **Flush thread** (`ringkv-wal`): leads when handed leadership: for callback appends
 //!   ([`Wal::append`]) that arrived during a flush when no parked waiter is queued, and after a
 //!   waiting leader reached its bound. It keeps callback appenders (the raft core) from ever
@@ -43,10 +43,9 @@
 //!    it), so an `Ok` outcome of batch `b + 1` implies batch `b` is durable, and the on-disk
 //!    rules of `replay.rs` (one flush in flight at a time) hold. Only the *delivery* of batch
 //!    `b` overlaps batch `b + 1`'s I/O, never the acknowledgement of `b + 1`.
-//! 4. A waiter sleeps only after reading its bell's count and then checking its `ready` flag:
-//!    an outcome or leadership is given with `ready` set before the bell's count changes and it
-//!    rings (see [`Bell`]), so a wake-up is never lost. The giver rings the bell of the
-//!    waiter's batch (`Waiter::batch`). Lock order: queue, then a waiter's slot.
+//! 4. A waiter parks only after checking, under its slot lock, that neither an outcome nor
+//!    leadership was given to it; both are given under the same lock, and the giver unparks the
+//!    thread recorded there. Lock order: queue, then a waiter's slot.
 //! 5. Every queued append is eventually flushed: a leader that stops with the queue non-empty
 //!    hands leadership to a parked waiter or to the flush thread, or — if the queue holds only
 //!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
@@ -67,8 +66,9 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use super::trace::{Field, Trace};
@@ -134,15 +134,11 @@ pub(crate) type Outcome = (Reply, Result<AppendInfo, WalError>);
 
 /// The rendezvous of one waiting appender with the leaders.
 pub(crate) struct Waiter {
-    /// True while the owner sleeps (or is about to) and its append is still queued; written
-    /// under the queue lock (invariant 4). Leaders pick the next leader among parked waiters.
+    /// True while the owner is parked waiting and its append is still queued; written under the
+    /// queue lock (invariant 4). Leaders pick the next leader among parked waiters.
     parked: AtomicBool,
-    /// Set with the slot's outcome or leadership (Release), before the waiter's [`Bell`]
-    /// rings; the owner checks it (Acquire) after reading the bell's count and before sleeping.
+    /// Set with the slot's outcome or leadership; lets a spinning owner poll without the lock.
     ready: AtomicBool,
-    /// The batch this append is in: the queue's next batch number when it was queued (a batch
-    /// takes the whole queue). Selects the [`Bell`] its owner sleeps on.
-    batch: AtomicU64,
     slot: Mutex<Slot>,
 }
 
@@ -151,88 +147,69 @@ struct Slot {
     outcome: Option<Result<AppendInfo, WalError>>,
     /// This waiter was made leader and must lead once.
     lead: bool,
+    /// The parked owner, to unpark.
+    thread: Option<Thread>,
+    /// The wake-up chain of the batch that delivered `outcome`, which the owner helps.
+    chain: Option<Arc<WakeChain>>,
     /// Number of the batch that delivered `outcome` (for the trace).
     batch: u64,
 }
 
+/// How many parked waiters a delivering leader wakes itself, and how many each woken waiter
+/// wakes in turn before it returns.
+const WAKE_FANOUT: usize = 2;
+
 type Panic = Box<dyn Any + Send>;
 
-/// Bells waiters sleep on: batch `b`'s waiters on `bells[b % BELLS]`. More than 2 because the
-/// waiters of batch `b + 2` may already sleep (queued during `b + 1`'s flush) when `b` is
-/// delivered; sharing a bell costs only spurious wake-ups, never a lost one.
-const BELLS: usize = 4;
-
-/// One futex word that all sleeping waiters of a batch wait on, so that a delivery wakes its
-/// whole batch with one `FUTEX_WAKE` instead of one wake-up syscall per waiter (each several
-/// µs on a VM), and the woken threads become runnable together on both CPUs instead of one
-/// after the other.
+/// Wakes the parked waiters of one delivered batch as a tree: the delivering leader unparks
+/// the first [`WAKE_FANOUT`], each of them the next ones as it returns, and so on; the wake-up
+/// syscalls (several µs each on a VM) are spread over the woken threads instead of all
+/// running on the leader, which meanwhile starts the next flush.
 ///
-/// Protocol (no lost wake-up): a waiter reads `count`, then checks its `ready` flag, then
-/// `FUTEX_WAIT`s for `count` to change; a giver sets `ready` (Release), increments `count`
-/// (Release) and wakes. If the increment came after the waiter's read, the futex wait returns
-/// at once (the value differs); if before, the waiter's Acquire read of `count` makes `ready`
-/// visible and it does not sleep.
+/// Invariant relied on: every thread in `threads` is eventually unparked, because the leader
+/// that delivered the batch calls [`WakeChain::finish`] (once its next flush's I/O is started,
+/// or before it returns), which unparks whatever the chain has not reached (a waiter woken spuriously
+/// before it saw the chain does not pass it on).
 ///
-/// Two-step ring ([`Bell::ring_one`]): the deliverer wakes one sleeper and sets `rest`; the
-/// first thread woken from the bell clears `rest` and wakes every other sleeper in one call.
-/// The deliverer's critical path (it may be about to start the next flush) then holds one
-/// wake-up, not the kernel's walk over a few dozen sleepers.
-///
-/// Example: batch 5 has waiters A, B, C asleep on `bells[1]`. The leader stores their outcomes,
-/// sets ready, `count` 7 → 8, `rest` = true, wakes one (B). B clears `rest`, wakes all (A, C),
-/// then takes its outcome; A and C find theirs. A waiter of batch 9 asleep on the same bell wakes
-/// too, finds no outcome and sleeps again.
-#[derive(Default)]
-struct Bell {
-    count: AtomicU32,
-    rest: AtomicBool,
+/// Example with 6 parked waiters t0..t5 and fan-out 2: the leader claims t0, t1; t0 wakes and
+/// claims t2, t3; t1 claims t4, t5; `finish` then finds nothing left.
+pub(crate) struct WakeChain {
+    threads: Vec<Thread>,
+    /// Index of the next thread to unpark (claimed with `fetch_add`).
+    next: AtomicUsize,
 }
 
-impl Bell {
-    /// Sleeps while `count` is `seen` (or until a spurious wake-up), then passes a pending
-    /// wake-all on.
-    fn sleep(&self, seen: u32) {
-        futex(&self.count, WAIT, seen);
-        if self.rest.load(Ordering::Relaxed) && self.rest.swap(false, Ordering::AcqRel) {
-            futex(&self.count, WAKE, i32::MAX as u32);
+impl WakeChain {
+    /// Builds the chain and hands it to each waiter (under its slot lock), so that a woken
+    /// waiter finds it with its outcome.
+    fn new(parked: Vec<(Arc<Waiter>, Thread)>) -> Arc<WakeChain> {
+        let threads = parked.iter().map(|(_, t)| t.clone()).collect();
+        let chain = Arc::new(WakeChain {
+            threads,
+            next: AtomicUsize::new(0),
+        });
+        if chain.threads.len() > WAKE_FANOUT {
+            for (w, _) in &parked {
+                w.slot().chain = Some(chain.clone());
+            }
+        }
+        chain
+    }
+
+    /// Unparks up to `n` threads of the chain not unparked yet.
+    fn wake(&self, n: usize) {
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            let Some(t) = self.threads.get(i) else { return };
+            t.unpark();
         }
     }
 
-    /// Wakes every sleeper.
-    fn ring_all(&self) {
-        self.count.fetch_add(1, Ordering::Release);
-        futex(&self.count, WAKE, i32::MAX as u32);
-    }
-
-    /// Wakes one sleeper, which wakes the others (see the type's doc).
-    fn ring_one(&self) {
-        self.rest.store(true, Ordering::Release);
-        self.count.fetch_add(1, Ordering::Release);
-        // If nobody slept, `rest` stays set: the next thread woken from this bell then wakes
-        // the others for nothing, which costs a syscall and loses nothing.
-        futex(&self.count, WAKE, 1);
-    }
-}
-
-/// Futex operations on a word private to this process.
-const WAIT: i32 = libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG;
-const WAKE: i32 = libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG;
-
-/// `futex(word, op, val)` without timeout. Errors (EAGAIN: the value changed; EINTR) need no handling: every caller
-/// re-checks its condition.
-fn futex(word: &AtomicU32, op: i32, val: u32) {
-    // SAFETY: `word` is a live, aligned u32 for the whole call; a null timeout means wait
-    // without limit; the other arguments are ignored for FUTEX_WAIT and FUTEX_WAKE.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            op,
-            val,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0u32,
-        );
+    /// Unparks every thread of the chain not unparked yet.
+    fn finish(&self) {
+        while self.next.load(Ordering::Relaxed) < self.threads.len() {
+            self.wake(1);
+        }
     }
 }
 
@@ -241,13 +218,23 @@ impl Waiter {
         Arc::new(Waiter {
             parked: AtomicBool::new(false),
             ready: AtomicBool::new(false),
-            batch: AtomicU64::new(0),
             slot: Mutex::new(Slot::default()),
         })
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().expect("waiter slot lock")
+    }
+
+    fn give(&self, f: impl FnOnce(&mut Slot)) {
+        let mut slot = self.slot();
+        f(&mut slot);
+        self.ready.store(true, Ordering::Release);
+        let thread = slot.thread.take();
+        drop(slot);
+        if let Some(t) = thread {
+            t.unpark();
+        }
     }
 }
 
@@ -286,8 +273,6 @@ pub(crate) struct Core {
     idle_spin: Duration,
     /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
     trace: Option<Trace>,
-    /// What waiting appenders sleep on ([`Bell`]).
-    bells: [Bell; BELLS],
 }
 
 impl Core {
@@ -308,7 +293,6 @@ impl Core {
             capacity,
             idle_spin,
             trace: Trace::from_env(),
-            bells: Default::default(),
         }
     }
 
@@ -341,21 +325,8 @@ impl Core {
             q = self.queue_cv.wait(q).expect("WAL queue lock");
             q.blocked -= 1;
         }
-        if let Reply::Waiter(w) = &p.reply {
-            // The next batch takes the whole queue, so this append is in it.
-            w.batch.store(q.next_batch, Ordering::Relaxed);
-        }
         q.items.push(p);
         Ok(q)
-    }
-
-    /// Gives `w` its outcome or leadership (`f` sets it in the slot) and wakes it.
-    fn give(&self, w: &Waiter, f: impl FnOnce(&mut Slot)) {
-        let mut slot = w.slot();
-        f(&mut slot);
-        w.ready.store(true, Ordering::Release);
-        drop(slot);
-        self.bells[w.batch.load(Ordering::Relaxed) as usize % BELLS].ring_all();
     }
 
     /// Queues a callback append. With `inline`, a caller that finds no flush in flight leads
@@ -368,10 +339,7 @@ impl Core {
             enqueued: Instant::now(),
         };
         match self.push(p) {
-            Err((p, e)) => match p.reply {
-                Reply::Callback(done) => done(Err(e)),
-                Reply::Waiter(w) => self.give(&w, |s| s.outcome = Some(Err(e))),
-            },
+            Err((p, e)) => deliver_one(p.reply, Err(e)),
             Ok(mut q) => {
                 if q.flushing {
                     return;
@@ -398,7 +366,7 @@ impl Core {
             enqueued: Instant::now(),
         };
         if let Err((_, e)) = self.push(p) {
-            self.give(&waiter, |s| s.outcome = Some(Err(e)));
+            waiter.give(|s| s.outcome = Some(Err(e)));
         }
         AppendTicket {
             core: self.clone(),
@@ -418,10 +386,14 @@ impl Core {
             {
                 let mut slot = waiter.slot();
                 if let Some(r) = slot.outcome.take() {
+                    let chain = slot.chain.take();
                     let batch = slot.batch;
                     drop(slot);
                     if let Some(t) = &self.trace {
                         t.woken(batch);
+                    }
+                    if let Some(chain) = chain {
+                        chain.wake(WAKE_FANOUT);
                     }
                     return r;
                 }
@@ -441,8 +413,7 @@ impl Core {
                 }
                 continue;
             }
-            let bell = &self.bells[waiter.batch.load(Ordering::Relaxed) as usize % BELLS];
-            let seen = {
+            {
                 let mut q = self.queue();
                 if !q.flushing {
                     q.flushing = true;
@@ -450,15 +421,15 @@ impl Core {
                     self.lead(Lead::Bounded);
                     continue;
                 }
-                // The bell's count before the `ready` check (see `Bell`'s protocol).
-                let seen = bell.count.load(Ordering::Acquire);
-                if waiter.ready.load(Ordering::Acquire) {
+                let mut slot = waiter.slot();
+                if slot.outcome.is_some() || slot.lead {
                     continue;
                 }
+                slot.thread = Some(std::thread::current());
                 waiter.parked.store(true, Ordering::Relaxed);
-                seen
-            };
-            bell.sleep(seen);
+            }
+            // Unpark may come before park; std's park token makes that return at once.
+            std::thread::park();
         }
     }
 
@@ -472,6 +443,13 @@ impl Core {
         // Outcomes of the last flushed batch, not yet delivered, and its number.
         let mut undelivered: Option<(u64, Vec<Outcome>)> = None;
         let mut panic = None;
+        // Wake-up chains of delivered batches that this thread must finish.
+        let mut chains: Vec<Arc<WakeChain>> = Vec::new();
+        let deliver = |n, o, chains: &mut Vec<Arc<WakeChain>>| {
+            let (p, chain) = self.deliver(n, o);
+            chains.push(chain);
+            p
+        };
         let mut writer = self.writer.lock().expect("WAL writer lock");
         // The next batch, when the check for more appends already took it (one lock round).
         let mut next = None;
@@ -484,13 +462,8 @@ impl Core {
                 let first = batch.iter().map(|p| p.enqueued).min();
                 let last = batch.iter().map(|p| p.enqueued).max();
                 let now = Instant::now();
-                t.begin(
-                    number,
-                    now,
-                    first.unwrap_or(now),
-                    last.unwrap_or(now),
-                    batch.len(),
-                );
+                let (first, last) = (first.unwrap_or(now), last.unwrap_or(now));
+                t.begin(number, now, first, last, batch.len());
             }
             let outcomes = match writer.as_mut() {
                 _ if batch.is_empty() => Vec::new(),
@@ -501,8 +474,15 @@ impl Core {
                     if let Some(t) = &self.trace {
                         t.mark(number, Field::IoStart);
                     }
+                    // Chains of batches delivered before: the waiters they woke had at least
+                    // one flush's duration to wake the rest; what is left is woken here, while
+                    // this flush's I/O is in flight (io_uring), not between two flushes.
+                    let older = std::mem::take(&mut chains);
                     if let Some((n, o)) = undelivered.take() {
-                        panic = panic.or(self.deliver(n, o));
+                        panic = panic.or(deliver(n, o, &mut chains));
+                    }
+                    for chain in older {
+                        chain.finish();
                     }
                     if let Some(t) = &self.trace {
                         t.mark(number, Field::Wait);
@@ -519,7 +499,7 @@ impl Core {
                     .collect(),
             };
             if let Some((n, o)) = undelivered.take() {
-                panic = panic.or(self.deliver(n, o));
+                panic = panic.or(deliver(n, o, &mut chains));
             }
             undelivered = Some((number, outcomes));
             batches += 1;
@@ -543,7 +523,10 @@ impl Core {
         drop(writer);
         self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
         if let Some((n, o)) = undelivered.take() {
-            panic = panic.or(self.deliver(n, o));
+            panic = panic.or(deliver(n, o, &mut chains));
+        }
+        for chain in chains.drain(..) {
+            chain.finish();
         }
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
@@ -582,7 +565,7 @@ impl Core {
         if let Some(w) = parked {
             w.parked.store(false, Ordering::Relaxed);
             drop(q);
-            self.give(&w, |s| s.lead = true);
+            w.give(|s| s.lead = true);
             return;
         }
         let to_thread = !q.items.is_empty()
@@ -607,11 +590,12 @@ impl Core {
 
     /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
     /// Callbacks run here, in order, then the actions they deferred ([`after_delivery`]);
-    /// sleeping waiters are woken through the batch's [`Bell`] (two-step: one wake-up here).
-    /// Returns the payload of the first callback (or action) that panicked, for the caller to
-    /// resume once it has passed leadership on.
+    /// parked waiters are woken through a [`WakeChain`], of
+    /// which this thread wakes the first [`WAKE_FANOUT`]. Returns the payload of the first
+    /// callback that panicked, for the caller to resume once it has passed leadership on, and
+    /// the chain, which the caller must [`WakeChain::finish`].
     #[must_use]
-    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> Option<Panic> {
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>) -> (Option<Panic>, Arc<WakeChain>) {
         let mut d = self.delivered.lock().expect("WAL delivery lock");
         while *d != number {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
@@ -627,8 +611,8 @@ impl Core {
         // A panicking callback (a caller bug) must not cost the other appends of the batch
         // their outcome: deliver them all, then let the first panic continue on this thread.
         let mut panic = None;
-        // Whether the batch has waiting appenders, to wake through its bell (below).
-        let mut waiters = false;
+        // Parked waiters whose outcome is stored; woken through a chain (below).
+        let mut parked = Vec::new();
         for (reply, result) in outcomes {
             match reply {
                 Reply::Waiter(w) => {
@@ -636,8 +620,10 @@ impl Core {
                     slot.outcome = Some(result);
                     slot.batch = number;
                     w.ready.store(true, Ordering::Release);
-                    drop(slot);
-                    waiters = true;
+                    if let Some(t) = slot.thread.take() {
+                        drop(slot);
+                        parked.push((w, t));
+                    }
                 }
                 Reply::Callback(done) => {
                     let delivered =
@@ -659,15 +645,12 @@ impl Core {
             }
         }
         drop(gate);
-        if waiters {
-            // Every waiter of this batch sleeps on this bell (`Waiter::batch`).
-            let bell = &self.bells[number as usize % BELLS];
-            bell.ring_one();
-        }
+        let chain = WakeChain::new(parked);
+        chain.wake(WAKE_FANOUT);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverEnd);
         }
-        panic
+        (panic, chain)
     }
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
@@ -739,6 +722,13 @@ impl Drop for GateGuard<'_> {
         *d = self.number + 1;
         drop(d);
         self.core.delivered_cv.notify_all();
+    }
+}
+
+fn deliver_one(reply: Reply, result: Result<AppendInfo, WalError>) {
+    match reply {
+        Reply::Callback(done) => done(result),
+        Reply::Waiter(w) => w.give(|s| s.outcome = Some(result)),
     }
 }
 
