@@ -373,7 +373,9 @@ pub struct WalArgs {
     pub compare: bool,
     /// Engines to run, comma separated: ringkv, raft-engine, raw (overrides --compare).
     /// `ringkv-tasks` is ringkv with async appenders (see --appenders), e.g.
-    /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process.
+    /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process;
+    /// `ringkv-tasks-batch` hands a flush's outcomes to the tasks' thread in one message (one
+    /// wake-up per flush) instead of completing each task from its own callback.
     #[arg(long, value_delimiter = ',')]
     pub engines: Vec<String>,
     /// Every writer count × record size of --sweep-writers/--sweep-sizes (default writers

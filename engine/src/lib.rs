@@ -62,3 +62,5 @@ pub use wal::{
     WalMetrics, WalOptions,
 };
 pub use wal::{AppendTicket, LOCK_FILE as WAL_LOCK_FILE, WalDirLock};
+// wal6: a callback defers a wake-up to the end of its flush's delivery.
+pub use wal::after_delivery as wal_after_delivery;

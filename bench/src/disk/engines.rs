@@ -1,14 +1,18 @@
 //! The engines `disk wal` drives, behind one small interface: per-writer append functions and a
 //! count of the fdatasyncs issued.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ringkv_engine::{
     AlignedBuf, File, FlushStats, LogEntry, Record, Wal, WalMetrics, WalOptions, align_up,
+    wal_after_delivery,
 };
 
 use super::{AppendFn, RAW_FILE_BYTES, WalOpts, io_error_kind, io_name, open_vfs, prezeroed_file};
@@ -36,22 +40,38 @@ use super::{AppendFn, RAW_FILE_BYTES, WalOpts, io_error_kind, io_name, open_vfs,
 pub enum Engine {
     /// `tasks` runs the appenders as async tasks (`--appenders tasks`, or engine
     /// `ringkv-tasks`): both modes can be A/B'd in one process, alternating with `--rounds`.
+    /// With tasks, `each_wakes` completes every append's future from its own callback (engine
+    /// `ringkv-tasks`: a wake-up of the runtime thread per append, as in session 5); without it
+    /// (`ringkv-tasks-batch`) the callbacks of one flush collect their outcomes and hand them to
+    /// the runtime thread in one message at the end of the flush's delivery
+    /// (`wal_after_delivery`): one wake-up per flush.
     Ringkv {
         tasks: bool,
+        each_wakes: bool,
     },
     RaftEngine,
     Raw,
 }
 
 /// ringkv's WAL with the run's options.
-pub const RINGKV: Engine = Engine::Ringkv { tasks: false };
+pub const RINGKV: Engine = Engine::Ringkv {
+    tasks: false,
+    each_wakes: false,
+};
 
 impl Engine {
     /// `ringkv`, `ringkv-tasks`, `raft-engine` or `raw`.
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Ringkv { tasks: false } => "ringkv",
-            Engine::Ringkv { tasks: true } => "ringkv-tasks",
+            Engine::Ringkv { tasks: false, .. } => "ringkv",
+            Engine::Ringkv {
+                tasks: true,
+                each_wakes: true,
+            } => "ringkv-tasks",
+            Engine::Ringkv {
+                tasks: true,
+                each_wakes: false,
+            } => "ringkv-tasks-batch",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
         }
@@ -61,11 +81,18 @@ impl Engine {
     pub fn parse(s: &str) -> Result<Engine, String> {
         match s {
             "ringkv" => Ok(RINGKV),
-            "ringkv-tasks" => Ok(Engine::Ringkv { tasks: true }),
+            "ringkv-tasks" => Ok(Engine::Ringkv {
+                tasks: true,
+                each_wakes: true,
+            }),
+            "ringkv-tasks-batch" => Ok(Engine::Ringkv {
+                tasks: true,
+                each_wakes: false,
+            }),
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, raft-engine or raw"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, raft-engine or raw"
             )),
         }
     }
@@ -74,6 +101,28 @@ impl Engine {
 /// The outcome of an append started by [`Target::start_append`].
 pub type AppendDone = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
+/// An append's outcome on its way to the task awaiting it.
+type Completion = (
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+    Result<(), String>,
+);
+
+/// Outcomes handed from the WAL's delivering thread to the appender tasks' runtime thread, a
+/// flush's worth at a time: the delivering thread appends and notifies once per flush; the
+/// runtime's [`Target::completion_driver`] completes the tasks' futures on its own thread,
+/// where a wake-up is a queue push, not a syscall.
+#[derive(Default)]
+struct Handoff {
+    ready: Mutex<Vec<Completion>>,
+    notify: tokio::sync::Notify,
+}
+
+thread_local! {
+    /// Outcomes of the flush this thread is delivering, collected by the callbacks of
+    /// `ringkv-tasks` and handed over at the end of the delivery.
+    static DELIVERED: RefCell<Vec<Completion>> = const { RefCell::new(Vec::new()) };
+}
+
 /// An opened engine, ready to hand out writers.
 pub trait Target: Sync {
     /// The append function of writer `w` (each writer thread calls only its own).
@@ -81,6 +130,11 @@ pub trait Target: Sync {
     /// Starts appending record `seq` of writer `w` without blocking (`--appenders tasks`); the
     /// receiver completes once it is durable. `None` for engines without a callback API.
     fn start_append(&self, _w: usize, _seq: u64) -> Option<AppendDone> {
+        None
+    }
+    /// A future that completes handed-over appends on the runtime thread (see [`Handoff`]); it
+    /// never ends, the caller drops it. `None` where outcomes arrive otherwise.
+    fn completion_driver(&self) -> Option<Pin<Box<dyn Future<Output = ()> + '_>>> {
         None
     }
     /// fdatasyncs issued so far.
@@ -93,7 +147,9 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
     match engine {
         Engine::Raw => Ok(Box::new(RawTarget::open(opts, dir)?)),
         Engine::RaftEngine => Ok(Box::new(RaftEngineTarget::open(opts, dir)?)),
-        Engine::Ringkv { .. } => Ok(Box::new(RingkvTarget::open(opts, dir)?)),
+        Engine::Ringkv { each_wakes, .. } => {
+            Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes)?))
+        }
     }
 }
 
@@ -191,6 +247,9 @@ struct RingkvTarget {
     /// index order.
     last_index: Mutex<u64>,
     record_size: usize,
+    /// Complete each task's future from its own callback (`ringkv-tasks-each`).
+    each_wakes: bool,
+    handoff: Arc<Handoff>,
 }
 
 impl RingkvTarget {
@@ -205,7 +264,7 @@ impl RingkvTarget {
         })
     }
 
-    fn open(opts: &WalOpts, dir: &Path) -> Result<Self, String> {
+    fn open(opts: &WalOpts, dir: &Path, each_wakes: bool) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
         let wal_opts = WalOptions {
@@ -226,6 +285,8 @@ impl RingkvTarget {
             flushes,
             last_index: Mutex::new(last),
             record_size: opts.record_size as usize,
+            each_wakes,
+            handoff: Arc::default(),
         })
     }
 }
@@ -253,10 +314,48 @@ impl Target for RingkvTarget {
         // callback runs on the thread that flushed the append.
         let mut last = self.last_index.lock().expect("index lock");
         let record = Self::next_record(&mut last, data);
+        if self.each_wakes {
+            self.wal.append(vec![record], move |r| {
+                let _ = tx.send(r.map(|_| ()).map_err(|e| format!("WAL: {e}")));
+            });
+            return Some(rx);
+        }
+        let handoff = self.handoff.clone();
         self.wal.append(vec![record], move |r| {
-            let _ = tx.send(r.map(|_| ()).map_err(|e| format!("WAL: {e}")));
+            let r = r.map(|_| ()).map_err(|e| format!("WAL: {e}"));
+            let first = DELIVERED.with(|d| {
+                let mut d = d.borrow_mut();
+                d.push((tx, r));
+                d.len() == 1
+            });
+            if first {
+                wal_after_delivery(move || {
+                    let batch = DELIVERED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+                    handoff.ready.lock().expect("handoff lock").extend(batch);
+                    handoff.notify.notify_one();
+                });
+            }
         });
         Some(rx)
+    }
+
+    fn completion_driver(&self) -> Option<Pin<Box<dyn Future<Output = ()> + '_>>> {
+        if self.each_wakes {
+            return None;
+        }
+        Some(Box::pin(async move {
+            let mut batch = Vec::new();
+            loop {
+                self.handoff.notify.notified().await;
+                std::mem::swap(
+                    &mut batch,
+                    &mut *self.handoff.ready.lock().expect("handoff lock"),
+                );
+                for (tx, r) in batch.drain(..) {
+                    let _ = tx.send(r);
+                }
+            }
+        }))
     }
 
     fn syncs(&self) -> u64 {
@@ -415,9 +514,30 @@ mod tests {
         assert!(super::super::parse_appenders("fibers").is_err());
     }
 
+    /// The batch hand-off (`ringkv-tasks-batch`) completes every task: a lost hand-off would
+    /// leave a task waiting forever and the slice would not end.
+    #[test]
+    fn ringkv_tasks_batch_completes_every_append_through_one_hand_off_per_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Engine::parse("ringkv-tasks-batch").unwrap();
+        let rs =
+            super::super::run_wal_interleaved(&[batch], &opts(dir.path(), 16, 256), 2).unwrap();
+        let r = &rs[0];
+        assert_eq!(r.engine, "ringkv-tasks-batch");
+        assert!(r.total > 0 && r.errors == 0, "{r:?}");
+        assert!(r.syncs > 0 && r.syncs < r.total, "{r:?}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
     #[test]
     fn engine_names_round_trip() {
-        for name in ["ringkv", "ringkv-tasks", "raft-engine", "raw"] {
+        for name in [
+            "ringkv",
+            "ringkv-tasks",
+            "ringkv-tasks-batch",
+            "raft-engine",
+            "raw",
+        ] {
             assert_eq!(Engine::parse(name).unwrap().name(), name);
         }
         for bad in ["ringkv-d2", "ringkv2", "etcd", "tasks"] {

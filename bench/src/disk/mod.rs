@@ -353,11 +353,15 @@ fn print_rounds(engines: &[Engine], per_round: &[Vec<f64>]) {
     }
 }
 
-/// `engine` as it runs with `opts`: `--appenders tasks` makes every ringkv variant a task one.
+/// `engine` as it runs with `opts`: `--appenders tasks` makes threads-mode ringkv `ringkv-tasks`.
 fn effective(engine: Engine, opts: &WalOpts) -> Engine {
     match engine {
-        Engine::Ringkv { tasks } => Engine::Ringkv {
-            tasks: tasks || opts.appenders == Appenders::Tasks,
+        Engine::Ringkv {
+            tasks: false,
+            each_wakes: _,
+        } if opts.appenders == Appenders::Tasks => Engine::Ringkv {
+            tasks: true,
+            each_wakes: true,
         },
         other => other,
     }
@@ -435,10 +439,19 @@ fn run_slice_tasks(
         stop.set(true);
         (syncs0, cpu0, start)
     };
-    let (recs, (syncs0, cpu0, start)) = rt.block_on(futures_util::future::join(
-        futures_util::future::join_all(tasks),
-        control,
-    ));
+    let run = futures_util::future::join(futures_util::future::join_all(tasks), control);
+    let (recs, (syncs0, cpu0, start)) = match target.completion_driver() {
+        None => rt.block_on(run),
+        Some(driver) => rt.block_on(async {
+            let run = std::pin::pin!(run);
+            match futures_util::future::select(run, driver).await {
+                futures_util::future::Either::Left((out, _)) => out,
+                futures_util::future::Either::Right(((), _)) => {
+                    unreachable!("the completion driver never ends")
+                }
+            }
+        }),
+    };
     let mut rec = Recorder::new(None);
     for r in &recs {
         rec.merge(r);

@@ -65,12 +65,13 @@
 //! ```
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::trace::{Field, Trace};
 use super::writer::Writer;
 use super::{AppendInfo, Done, Record, Shared, WalError};
 use crate::io::WriteSync;
@@ -80,6 +81,21 @@ thread_local! {
     /// would wait for the delivery gate it is itself holding: inline appends from a callback go
     /// to the flush thread instead, and waiting from one panics with a clear message.
     static DELIVERING: Cell<bool> = const { Cell::new(false) };
+    /// Actions callbacks of the batch being delivered deferred with [`after_delivery`].
+    static AFTER_DELIVERY: RefCell<Vec<Box<dyn FnOnce()>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread once every callback of the flush being delivered has run; outside a
+/// callback, at once. For a callback that wakes another thread: deferring the wake-up lets one
+/// wake-up cover a whole flush's appends (collect the outcomes, and register one action that
+/// hands them over together), instead of a wake-up per append whose receiver runs and sleeps
+/// again before the next callback. Same rules as callbacks: quick, never waits for an append.
+pub fn after_delivery(f: impl FnOnce() + 'static) {
+    if DELIVERING.with(Cell::get) {
+        AFTER_DELIVERY.with(|v| v.borrow_mut().push(Box::new(f)));
+    } else {
+        f();
+    }
 }
 
 /// How many batches a waiting appender that leads flushes at most before it passes leadership
@@ -135,6 +151,8 @@ struct Slot {
     thread: Option<Thread>,
     /// The wake-up chain of the batch that delivered `outcome`, which the owner helps.
     chain: Option<Arc<WakeChain>>,
+    /// Number of the batch that delivered `outcome` (for the trace).
+    batch: u64,
 }
 
 /// How many parked waiters a delivering leader wakes itself, and how many each woken waiter
@@ -149,8 +167,8 @@ type Panic = Box<dyn Any + Send>;
 /// running on the leader, which meanwhile starts the next flush.
 ///
 /// Invariant relied on: every thread in `threads` is eventually unparked, because the leader
-/// that delivered the batch calls [`WakeChain::finish`] (after its next flush, or before it
-/// returns), which unparks whatever the chain has not reached (a waiter woken spuriously
+/// that delivered the batch calls [`WakeChain::finish`] (once its next flush's I/O is started,
+/// or before it returns), which unparks whatever the chain has not reached (a waiter woken spuriously
 /// before it saw the chain does not pass it on).
 ///
 /// Example with 6 parked waiters t0..t5 and fan-out 2: the leader claims t0, t1; t0 wakes and
@@ -253,6 +271,8 @@ pub(crate) struct Core {
     delivered_cv: Condvar,
     capacity: usize,
     idle_spin: Duration,
+    /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
+    trace: Option<Trace>,
 }
 
 impl Core {
@@ -272,6 +292,7 @@ impl Core {
             delivered_cv: Condvar::new(),
             capacity,
             idle_spin,
+            trace: Trace::from_env(),
         }
     }
 
@@ -366,7 +387,11 @@ impl Core {
                 let mut slot = waiter.slot();
                 if let Some(r) = slot.outcome.take() {
                     let chain = slot.chain.take();
+                    let batch = slot.batch;
                     drop(slot);
+                    if let Some(t) = &self.trace {
+                        t.woken(batch);
+                    }
                     if let Some(chain) = chain {
                         chain.wake(WAKE_FANOUT);
                     }
@@ -426,18 +451,46 @@ impl Core {
             p
         };
         let mut writer = self.writer.lock().expect("WAL writer lock");
+        // The next batch, when the check for more appends already took it (one lock round).
+        let mut next = None;
         loop {
-            let (batch, number) = self.take_batch();
+            let (batch, number) = match next.take() {
+                Some(taken) => taken,
+                None => self.take_batch(),
+            };
+            if let Some(t) = &self.trace {
+                let first = batch.iter().map(|p| p.enqueued).min();
+                let last = batch.iter().map(|p| p.enqueued).max();
+                let now = Instant::now();
+                let (first, last) = (first.unwrap_or(now), last.unwrap_or(now));
+                t.begin(number, now, first, last, batch.len());
+            }
             let outcomes = match writer.as_mut() {
                 _ if batch.is_empty() => Vec::new(),
                 Some(w) => {
                     let prepared = w.prepare(batch);
                     let io_started = Instant::now();
                     let io = w.start(&prepared, undelivered.is_some());
+                    if let Some(t) = &self.trace {
+                        t.mark(number, Field::IoStart);
+                    }
+                    // Chains of batches delivered before: the waiters they woke had at least
+                    // one flush's duration to wake the rest; what is left is woken here, while
+                    // this flush's I/O is in flight (io_uring), not between two flushes.
+                    let older = std::mem::take(&mut chains);
                     if let Some((n, o)) = undelivered.take() {
                         panic = panic.or(deliver(n, o, &mut chains));
                     }
+                    for chain in older {
+                        chain.finish();
+                    }
+                    if let Some(t) = &self.trace {
+                        t.mark(number, Field::Wait);
+                    }
                     let res = io.map(WriteSync::wait);
+                    if let Some(t) = &self.trace {
+                        t.mark(number, Field::IoDone);
+                    }
                     w.finish(prepared, io_started, res)
                 }
                 None => batch
@@ -448,20 +501,20 @@ impl Core {
             if let Some((n, o)) = undelivered.take() {
                 panic = panic.or(deliver(n, o, &mut chains));
             }
-            // The woken waiters had this flush's duration to wake the rest of their batch.
-            for chain in chains.drain(..) {
-                chain.finish();
-            }
             undelivered = Some((number, outcomes));
             batches += 1;
             let more = {
-                let q = self.queue();
-                !q.items.is_empty()
+                let mut q = self.queue();
+                let more = !q.items.is_empty()
                     && match mode {
                         Lead::Once => false,
                         Lead::Bounded => batches < LEAD_BATCHES,
                         Lead::Unbounded => true,
-                    }
+                    };
+                if more {
+                    next = Some(self.take_locked(&mut q));
+                }
+                more
             };
             if !more {
                 break;
@@ -482,7 +535,11 @@ impl Core {
 
     /// Takes the whole queue as the next batch and numbers it (invariant 2).
     fn take_batch(&self) -> (Vec<Pending>, u64) {
-        let mut q = self.queue();
+        self.take_locked(&mut self.queue())
+    }
+
+    /// [`Core::take_batch`] with the queue locked.
+    fn take_locked(&self, q: &mut Queue) -> (Vec<Pending>, u64) {
         let batch = std::mem::take(&mut q.items);
         let number = q.next_batch;
         q.next_batch += 1;
@@ -532,7 +589,8 @@ impl Core {
     }
 
     /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
-    /// Callbacks run here, in order; parked waiters are woken through a [`WakeChain`], of
+    /// Callbacks run here, in order, then the actions they deferred ([`after_delivery`]);
+    /// parked waiters are woken through a [`WakeChain`], of
     /// which this thread wakes the first [`WAKE_FANOUT`]. Returns the payload of the first
     /// callback that panicked, for the caller to resume once it has passed leadership on, and
     /// the chain, which the caller must [`WakeChain::finish`].
@@ -543,6 +601,9 @@ impl Core {
             d = self.delivered_cv.wait(d).expect("WAL delivery lock");
         }
         drop(d);
+        if let Some(t) = &self.trace {
+            t.mark(number, Field::DeliverStart);
+        }
         // Opens the gate for the next batch even if a callback panics, so later batches and
         // `close` do not wait forever behind it.
         let gate = GateGuard { core: self, number };
@@ -557,6 +618,7 @@ impl Core {
                 Reply::Waiter(w) => {
                     let mut slot = w.slot();
                     slot.outcome = Some(result);
+                    slot.batch = number;
                     w.ready.store(true, Ordering::Release);
                     if let Some(t) = slot.thread.take() {
                         drop(slot);
@@ -572,9 +634,22 @@ impl Core {
                 }
             }
         }
+        // Deferred actions may defer more; run until none is left.
+        while let Some(actions) = AFTER_DELIVERY
+            .with(|v| Some(std::mem::take(&mut *v.borrow_mut())).filter(|a| !a.is_empty()))
+        {
+            for f in actions {
+                if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                    panic.get_or_insert(payload);
+                }
+            }
+        }
         drop(gate);
         let chain = WakeChain::new(parked);
         chain.wake(WAKE_FANOUT);
+        if let Some(t) = &self.trace {
+            t.mark(number, Field::DeliverEnd);
+        }
         (panic, chain)
     }
 
@@ -625,6 +700,9 @@ impl Core {
         }
         drop(d);
         self.writer.lock().expect("WAL writer lock").take();
+        if let Some(t) = &self.trace {
+            t.write(last);
+        }
     }
 }
 

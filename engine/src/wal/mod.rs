@@ -16,7 +16,9 @@
 //!   which may perform the flush itself. Callbacks must not wait for another append (that
 //!   panics); an `append_inline` from a callback is queued like an `append`. A callback that
 //!   panics does so on the delivering thread, after the other outcomes of its flush were
-//!   delivered; the WAL keeps working.
+//!   delivered; the WAL keeps working. A callback may defer an action with [`after_delivery`]:
+//!   it runs on the same thread once every callback of that flush ran (one wake-up of another
+//!   thread per flush instead of one per append).
 //! - Appends are written in the order they were queued (per thread; across threads in the
 //!   order they reached the queue), each append's records contiguously; callbacks run and
 //!   tickets complete in that order.
@@ -37,6 +39,7 @@ mod alloc;
 mod commit;
 mod format;
 mod replay;
+mod trace;
 mod writer;
 
 #[cfg(test)]
@@ -54,7 +57,7 @@ use bytes::Bytes;
 
 use crate::io::{FileLock, Vfs};
 
-pub use commit::AppendTicket;
+pub use commit::{AppendTicket, after_delivery};
 
 /// One raft log entry as the WAL stores it (the raft glue converts raft-rs's `Entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1692,3 +1692,64 @@ fn a_small_flush_after_a_large_one_pads_with_zeros() {
         wal.close().unwrap();
     }
 }
+
+/// Actions deferred with `after_delivery` by the callbacks of one flush run on the delivering
+/// thread once every callback of that flush ran, in order (one hand-off per flush is then
+/// possible); outside a delivery they run at once; a panicking action does not cost the other
+/// actions or later appends anything, and its panic continues on the delivering thread.
+#[test]
+fn actions_deferred_by_callbacks_run_after_the_whole_flush_was_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (vfs, ctl) = gated(Arc::new(StdVfs::new()));
+    let (wal, _) = Wal::open(vfs, tmp.path(), opts()).unwrap();
+    let wal = Arc::new(wal);
+    let now = Arc::new(Mutex::new(false));
+    let n2 = now.clone();
+    after_delivery(move || *n2.lock().unwrap() = true);
+    assert!(
+        *now.lock().unwrap(),
+        "outside a delivery the action runs at once"
+    );
+    ctl.close_gate();
+    let leader = {
+        let wal = wal.clone();
+        std::thread::Builder::new()
+            .name("leader".into())
+            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
+            .unwrap()
+    };
+    ctl.wait_for_blocked_flush();
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    for i in 2..=4u64 {
+        let log = log.clone();
+        wal.append(vec![entry(i, 1)], move |r| {
+            assert_eq!(r.unwrap().flush_appends, 3);
+            log.lock().unwrap().push(format!("callback {i}"));
+            let log = log.clone();
+            after_delivery(move || {
+                log.lock().unwrap().push(format!("action {i}"));
+                assert_ne!(i, 3, "deferred action panics");
+            });
+        });
+    }
+    assert!(log.lock().unwrap().is_empty());
+    ctl.open_gate();
+    // The leader flushes [2, 3, 4] next and delivers it: the panic of action 3 ends up there.
+    assert!(
+        leader.join().is_err(),
+        "the action's panic reached the deliverer"
+    );
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "callback 2",
+            "callback 3",
+            "callback 4",
+            "action 2",
+            "action 3",
+            "action 4"
+        ]
+    );
+    wal.append_wait(vec![entry(5, 1)]).unwrap();
+    wal.close().unwrap();
+}
