@@ -1533,7 +1533,13 @@ mod fill_tests {
             drop(w);
             let grew = live_pages(b) as i64 - pages as i64;
             let expect = if pages == spread { 0 } else { 1 };
-            assert_eq!(grew, expect, "live pages {pages} -> {} ({:?})", live_pages(b), b.stats());
+            assert_eq!(
+                grew,
+                expect,
+                "live pages {pages} -> {} ({:?})",
+                live_pages(b),
+                b.stats()
+            );
         }
 
         // Appends at the right edge, in key order, fill their pages fully even on the spread
