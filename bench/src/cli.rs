@@ -121,6 +121,10 @@ pub struct BtreeArgs {
     /// load always runs (the other phases need its keys) but is reported only if listed.
     #[arg(long, value_delimiter = ',')]
     pub phases: Vec<String>,
+    /// Order of the bulk load's puts, the same for every engine: `random` (as generated) or
+    /// `sorted` (ascending keys). It decides how full each engine leaves its pages.
+    #[arg(long, value_enum, default_value_t = crate::engine_btree::LoadOrder::Random)]
+    pub load_order: crate::engine_btree::LoadOrder,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

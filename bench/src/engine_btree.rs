@@ -2,7 +2,12 @@
 //! `redb`, side by side in one run, so figures compare as ratios on the same noisy machine.
 //!
 //! Phases (N = `keys`, default 1M; 24-byte random keys, 150-byte values):
-//! - `bulk-load`: N keys in one transaction (one durable commit);
+//! - `bulk-load`: N keys in one transaction (one durable commit), put in random order or in key
+//!   order (`--load-order`, the same for every engine). The order decides how full each engine
+//!   leaves its pages: LMDB and redb split a page in the middle when a key lands inside it (random
+//!   order builds ~70 % full pages) and keep the old page full when it lands at its end (key
+//!   order builds ~100 % full pages); ringkv sorts a transaction's writes, and fills pages to
+//!   ~70 % when the puts arrived out of key order, fully when they arrived in order;
 //! - `get-1t`, `get-2t`: random point gets of loaded keys from 1 and 2 threads (one read
 //!   transaction per thread);
 //! - `range-10`: random range scans returning 10 keys;
@@ -13,6 +18,11 @@
 //!
 //! Every commit is durable (fdatasync) in every engine: ringkv commits explicitly, LMDB runs with
 //! its default sync flags, redb with its default `Durability::Immediate`.
+//!
+//! The `bulk-load` and `commit-1000` results also carry `tree_pages`: the pages of the tree
+//! after the phase (LMDB: branch + leaf + overflow pages of the database; redb: branch + leaf
+//! pages of the table; ringkv: pages neither free nor pending, i.e. also the bucket catalog and
+//! the freelist run, 2-3 pages more), the measure of how full the load left the pages.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -32,6 +42,19 @@ pub struct PhaseResult {
     pub secs: f64,
     pub ops_per_sec: f64,
     pub ns_per_op: f64,
+    /// Pages of the tree after the phase (`bulk-load` and `commit-1000` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tree_pages: Option<u64>,
+}
+
+/// The order of the bulk load's puts (the keys are the same).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadOrder {
+    /// The order they were generated in (random).
+    #[default]
+    Random,
+    /// Ascending key order.
+    Sorted,
 }
 
 /// What to run.
@@ -45,6 +68,8 @@ pub struct BtreeOptions {
     /// Run only these phases (empty = all); `bulk-load` always runs but is reported only if
     /// listed. An unknown name is an error.
     pub phases: Vec<String>,
+    /// The order of the bulk load's puts, for every engine.
+    pub load_order: LoadOrder,
 }
 
 impl Default for BtreeOptions {
@@ -54,6 +79,7 @@ impl Default for BtreeOptions {
             compare: false,
             json: false,
             phases: Vec::new(),
+            load_order: LoadOrder::Random,
         }
     }
 }
@@ -67,7 +93,7 @@ pub fn run(
     if let Some(bad) = opts.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
         return Err(format!("unknown phase {bad:?}; phases: {}", PHASES.join(", ")).into());
     }
-    let w = Workload::new(opts.keys);
+    let w = Workload::new(opts.keys, opts.load_order);
     let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(&dir.join("ringkv"))?)];
     if opts.compare {
         engines.push(Box::new(Lmdb::open(&dir.join("lmdb"))?));
@@ -80,8 +106,11 @@ pub fn run(
             if opts.json {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
+                let pages = r
+                    .tree_pages
+                    .map_or(String::new(), |p| format!(" {p:>9} tree pages"));
                 println!(
-                    "{:<7} {:<16} {:>12.0} ops/s {:>10.0} ns/op",
+                    "{:<7} {:<16} {:>12.0} ops/s {:>10.0} ns/op{pages}",
                     r.engine, r.phase, r.ops_per_sec, r.ns_per_op
                 );
             }
@@ -103,11 +132,15 @@ trait Engine {
     fn gets(&self, keys: &[Vec<u8>], threads: usize) -> Result<u64, BoxErr>;
     /// For each start key, reads the next 10 keys; returns keys read.
     fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr>;
+    /// Pages of the tree as of the last commit (see the module doc, `tree_pages`).
+    fn tree_pages(&self) -> Result<u64, BoxErr>;
 }
 
 /// Keys and values, generated once so every engine gets the same.
 struct Workload {
     keys: Vec<Vec<u8>>,
+    /// The bulk load's put order: indexes into `keys`.
+    load: Vec<u32>,
     value: Vec<u8>,
     get_order: Vec<Vec<u8>>,
 }
@@ -134,14 +167,19 @@ impl Mix {
 }
 
 impl Workload {
-    fn new(n: usize) -> Workload {
+    fn new(n: usize, order: LoadOrder) -> Workload {
         let mut rng = Mix(42);
         let keys: Vec<Vec<u8>> = (0..n).map(|_| rng.key()).collect();
+        let mut load: Vec<u32> = (0..n as u32).collect();
+        if order == LoadOrder::Sorted {
+            load.sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+        }
         let get_order = (0..n.min(1_000_000))
             .map(|_| keys[(rng.next() % n as u64) as usize].clone())
             .collect();
         Workload {
             keys,
+            load,
             value: vec![0xab; 150],
             get_order,
         }
@@ -157,6 +195,7 @@ fn result(engine: &'static str, phase: &'static str, ops: u64, start: Instant) -
         secs,
         ops_per_sec: ops as f64 / secs,
         ns_per_op: secs * 1e9 / ops.max(1) as f64,
+        tree_pages: None,
     }
 }
 
@@ -191,9 +230,16 @@ fn run_engine(
     let mut out = Vec::new();
 
     let t = Instant::now();
-    e.commit(&mut w.keys.iter().map(|k| (k.clone(), w.value.clone())))?;
+    e.commit(
+        &mut w
+            .load
+            .iter()
+            .map(|&i| (w.keys[i as usize].clone(), w.value.clone())),
+    )?;
     if wanted("bulk-load") {
-        out.push(result(name, "bulk-load", n as u64, t));
+        let mut r = result(name, "bulk-load", n as u64, t);
+        r.tree_pages = Some(e.tree_pages()?);
+        out.push(r);
     }
 
     for (threads, phase) in [(1, "get-1t"), (2, "get-2t")] {
@@ -237,7 +283,9 @@ fn run_engine(
         for _ in 0..batches {
             e.commit(&mut (0..1000).map(|_| (rng.key(), w.value.clone())))?;
         }
-        out.push(result(name, "commit-1000", batches as u64 * 1000, t));
+        let mut r = result(name, "commit-1000", batches as u64 * 1000, t);
+        r.tree_pages = Some(e.tree_pages()?);
+        out.push(r);
     }
 
     if wanted("revision-append") {
@@ -333,6 +381,12 @@ impl Engine for Ringkv {
         }
         Ok(n)
     }
+
+    fn tree_pages(&self) -> Result<u64, BoxErr> {
+        // From the space accounting, not a walk: a walk would warm ringkv's map for the gets.
+        let s = self.backend.stats();
+        Ok(s.live_bytes / s.page_size)
+    }
 }
 
 struct Lmdb {
@@ -398,6 +452,12 @@ impl Engine for Lmdb {
         }
         Ok(n)
     }
+
+    fn tree_pages(&self) -> Result<u64, BoxErr> {
+        let rtxn = self.env.read_txn()?;
+        let s = self.db.stat(&rtxn)?;
+        Ok((s.branch_pages + s.leaf_pages + s.overflow_pages) as u64)
+    }
 }
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("key");
@@ -460,5 +520,12 @@ impl Engine for Redb {
             }
         }
         Ok(n)
+    }
+
+    fn tree_pages(&self) -> Result<u64, BoxErr> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read()?;
+        let s = tx.open_table(TABLE)?.stats()?;
+        Ok(s.branch_pages() + s.leaf_pages())
     }
 }

@@ -21,7 +21,7 @@ pub use cpu::{CpuMeter, CpuUsed, peak_rss_bytes, process_cpu, self_cpu};
 pub use disk::{
     Engine, FsyncOpts, WalOpts, run_fsync, run_wal, run_wal_interleaved, write_heatmap_svg,
 };
-pub use engine_btree::{BtreeOptions, PhaseResult, run as run_engine_btree};
+pub use engine_btree::{BtreeOptions, LoadOrder, PhaseResult, run as run_engine_btree};
 pub use hist::Recorder;
 pub use load::{EtcdClient, Plan, WatchPlan, make_key};
 pub use report::{DiskReport, LoadReport, Table, disk_table};

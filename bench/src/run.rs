@@ -38,6 +38,7 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         compare: a.compare,
         json: g.json,
         phases: a.phases.clone(),
+        load_order: a.load_order,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

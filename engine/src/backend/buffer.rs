@@ -36,6 +36,20 @@ struct Inner {
     /// pin and a write's in-place replacement never interleave.
     pinned: AtomicU64,
     maps: [BTreeMap<Bytes, Vec<(u64, Slot)>>; Bucket::ALL.len()],
+    /// Per bucket: the key of the newest write, and whether some write of this generation came
+    /// after a write of a greater key (the puts did not arrive in key order).
+    /// (A copy, so that the write path allocates nothing for it once the buffer has grown.)
+    arrival: [(Vec<u8>, bool); Bucket::ALL.len()],
+}
+
+/// One bucket's buffered writes as a commit applies them.
+pub(crate) struct Latest {
+    pub bucket: Bucket,
+    /// The writes arrived in ascending key order (equal keys count as ascending): appends and
+    /// loads of sorted data do, random puts do not. The tree's fill rule depends on it.
+    pub arrived_sorted: bool,
+    /// The newest state of every written key, in key order.
+    pub entries: Vec<(Bytes, Slot)>,
 }
 
 #[derive(Default)]
@@ -78,7 +92,14 @@ impl Buffer {
         let mut g = self.inner.write();
         g.seq += 1;
         let (seq, pinned) = (g.seq, g.pinned.load(Ordering::Relaxed));
-        let map = &mut g.maps[bucket_index(b)];
+        let i = bucket_index(b);
+        let g = &mut *g;
+        let (newest, unordered) = &mut g.arrival[i];
+        // The first write of a generation compares with the empty key, which sorts first.
+        *unordered |= key < newest.as_slice();
+        newest.clear();
+        newest.extend_from_slice(key);
+        let map = &mut g.maps[i];
         match map.get_mut(key) {
             Some(versions) => {
                 let last = versions.last_mut().expect("versions are never empty");
@@ -127,20 +148,22 @@ impl Buffer {
     }
 
     /// The newest state of every buffered key, per bucket, in key order (for the commit).
-    pub(crate) fn latest(&self) -> Vec<(Bucket, Vec<(Bytes, Slot)>)> {
+    pub(crate) fn latest(&self) -> Vec<Latest> {
         let g = self.inner.read();
         Bucket::ALL
             .iter()
             .map(|&b| {
                 let m = &g.maps[bucket_index(b)];
-                (
-                    b,
-                    m.iter()
+                Latest {
+                    bucket: b,
+                    arrived_sorted: !g.arrival[bucket_index(b)].1,
+                    entries: m
+                        .iter()
                         .map(|(k, v)| (k.clone(), v.last().expect("non-empty").1.clone()))
                         .collect(),
-                )
+                }
             })
-            .filter(|(_, v): &(Bucket, Vec<_>)| !v.is_empty())
+            .filter(|l| !l.entries.is_empty())
             .collect()
     }
 }
@@ -167,5 +190,32 @@ mod tests {
         assert_eq!(b.range(Bucket::Key, b"", b"", s).len(), 1);
         assert_eq!(b.range(Bucket::Key, b"", b"", now).len(), 2);
         assert_eq!(b.get(Bucket::Meta, b"a", now), None);
+    }
+
+    #[test]
+    fn arrival_order_is_tracked_per_bucket() {
+        let v = || Some(Arc::from(&b"v"[..]));
+        let sorted = |b: &Buffer, bucket| {
+            b.latest()
+                .into_iter()
+                .find(|l| l.bucket == bucket)
+                .map(|l| l.arrived_sorted)
+        };
+        let b = Buffer::default();
+        b.write(Bucket::Key, b"a", v());
+        b.write(Bucket::Key, b"a", None);
+        b.write(Bucket::Key, b"b", v());
+        b.write(Bucket::Meta, b"z", v());
+        b.write(Bucket::Lease, b"m", v());
+        b.write(Bucket::Lease, b"c", v());
+        assert_eq!(sorted(&b, Bucket::Key), Some(true));
+        assert_eq!(sorted(&b, Bucket::Meta), Some(true));
+        assert_eq!(sorted(&b, Bucket::Lease), Some(false));
+        b.write(Bucket::Key, b"ab", v());
+        assert_eq!(sorted(&b, Bucket::Key), Some(false));
+        // Returning to order later does not undo it.
+        b.write(Bucket::Key, b"c", v());
+        assert_eq!(sorted(&b, Bucket::Key), Some(false));
+        assert_eq!(sorted(&b, Bucket::Alarm), None);
     }
 }

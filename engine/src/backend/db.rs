@@ -11,7 +11,9 @@
 //! 1. if the file must grow: extend it and `fdatasync` (the new length is durable before any
 //!    meta can point past the old end; growth is by a quarter, so this is rare);
 //! 2. write every new run (all at ids free in both on-disk metas and in every live snapshot),
-//!    the freelist run last, which lists every other run with its checksum;
+//!    the freelist run last, which lists every other run with its checksum; a small commit that
+//!    reaches past every page written so far also writes zeros over the next free pages at the
+//!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care);
 //! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
@@ -26,7 +28,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::buffer::{Buffer, Bytes, Slot, bucket_index};
+use super::buffer::{Buffer, Latest, Slot, bucket_index};
 use super::check::{self, CheckReport};
 use super::freelist::Freelist;
 use super::meta::{FORMAT_V1, FORMAT_VERSION, Meta};
@@ -43,6 +45,17 @@ use crate::storage::{BatchWrite, Bucket, KvRead, StorageResult};
 
 /// Most pages one commit moves for online compaction (4 MiB of 4 KiB pages).
 const COMPACT_BUDGET: usize = 1024;
+
+/// Pages of zeros a small commit writes past its last page when that page lies above every page
+/// written so far (`WriterState::written_end`). The file grows with `fallocate`, which leaves
+/// its new blocks *unwritten*: the first write to such a block makes ext4 (and other extent
+/// filesystems) convert the extent at writeback, a metadata change that turns the commit's
+/// fdatasync into a journal commit as well (two or three device round trips instead of one;
+/// session 6 strace: a 1-key commit on a full tree took 1-2 new tail pages every commit, since
+/// each insert split a leaf). Zeroing ahead pays that conversion once per this many tail pages.
+/// Large commits do not zero ahead: their writes are mostly at the tail already, and zeros
+/// would double their bytes.
+const ZERO_AHEAD_PAGES: u64 = 256;
 
 /// One committed state, pinned by every snapshot that reads it.
 pub(crate) struct Version {
@@ -162,6 +175,9 @@ struct WriterState {
     file_len: u64,
     /// Pages the last commit wrote: the size of the next commit's first extent.
     last_pages: u64,
+    /// Pages below this id have been written since the file was opened or last grown, as far
+    /// as the writer knows (`ZERO_AHEAD_PAGES`).
+    written_end: u64,
     /// Runs of the last commit the next one reads from memory (tree.rs, [`Recent`]).
     recent: Recent,
     /// The write buffer of step 2, kept between commits (its pages stay mapped and warm).
@@ -332,6 +348,7 @@ impl Backend {
             ops_since_commit: 0,
             file_len,
             last_pages: 0,
+            written_end: meta.page_count,
             recent: Recent::new(),
             batch: Vec::new(),
         };
@@ -787,7 +804,7 @@ fn commit(
     shared: &Shared,
     st: &mut WriterState,
     base: &Arc<Version>,
-    latest: &[(Bucket, Vec<(Bytes, Slot)>)],
+    latest: &[Latest],
 ) -> Result<(), BackendError> {
     let meta = base.meta;
     let ps = meta.page_size as u64;
@@ -827,7 +844,12 @@ fn commit(
     }
     let mut roots = base.roots.clone();
     let mut catalog_ops: Vec<(Vec<u8>, [u8; 8])> = Vec::new();
-    for (bucket, entries) in latest {
+    for Latest {
+        bucket,
+        arrived_sorted,
+        entries,
+    } in latest
+    {
         let ops: Vec<Op<'_>> = entries
             .iter()
             .map(|(k, v)| Op {
@@ -837,7 +859,9 @@ fn commit(
             .collect();
         let name = bucket.name();
         let old = base.root(name);
+        w.spread_leaves = !arrived_sorted;
         let new = w.apply(old, &ops).map_err(corrupt)?;
+        w.spread_leaves = false;
         let known = roots.iter_mut().find(|(n, _)| n == name);
         if new != old || known.is_none() {
             catalog_ops.push((name.to_vec(), new.to_le_bytes()));
@@ -964,6 +988,11 @@ fn commit(
     drop(w);
     drop(arena);
     st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();
+    // The end of the highest run this commit writes.
+    let top = dirty
+        .iter()
+        .next_back()
+        .map_or(0, |(&id, run)| id + run.len() as u64 / ps);
 
     // Step 1: grow the file, durably, before any meta can point past the old end; map the new
     // length for the new version; old versions keep the old mapping.
@@ -993,6 +1022,17 @@ fn commit(
     for &id in dirty.keys() {
         map.forget_verified(id);
     }
+    // Zeros ahead of a small commit's new tail pages (`ZERO_AHEAD_PAGES`): only pages at or past
+    // the new `page_count`, which neither meta nor any snapshot reaches (free pages are
+    // unreachable from both metas, freelist.rs invariant 1), and inside the file.
+    let mut zeros = 0..0;
+    if top > st.written_end {
+        if st.last_pages < tree::MIN_EXTENT {
+            let start = top.max(new_meta.page_count);
+            zeros = start..(start + ZERO_AHEAD_PAGES).min(st.file_len / ps).max(start);
+        }
+        st.written_end = top.max(zeros.end);
+    }
 
     // Step 2: runs, coalesced into writes of adjacent ids.
     let mut batch = std::mem::take(&mut st.batch);
@@ -1017,6 +1057,14 @@ fn commit(
             .file
             .write_at(&batch, batch_at)
             .map_err(|e| shared.io("write pages", e))?;
+    }
+    if !zeros.is_empty() {
+        batch.clear();
+        batch.resize(((zeros.end - zeros.start) * ps) as usize, 0);
+        shared
+            .file
+            .write_at(&batch, zeros.start * ps)
+            .map_err(|e| shared.io("zero pages ahead", e))?;
     }
     st.batch = batch;
     // Steps 3 and 4: the meta, then the one fdatasync that makes the whole commit durable.
@@ -1059,6 +1107,7 @@ fn commit(
             .set_len(keep)
             .map_err(|e| shared.io("shrink", e))?;
         st.file_len = keep;
+        st.written_end = st.written_end.min(keep / ps);
         let m = Mapping::new(&shared.file, keep, ps as usize, shared.opts.mmap)
             .map_err(|e| shared.io("mmap", e))?;
         m.inherit_verified(&version.map);

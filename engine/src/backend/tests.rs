@@ -1457,3 +1457,104 @@ mod extent_tests {
         assert_eq!(dump(&w), want);
     }
 }
+
+mod fill_tests {
+    //! The fill rule (tree.rs, `TreeWriter::write_nodes`): puts that arrive in key order fill
+    //! pages fully, puts that arrive out of order leave room in the leaves they split.
+
+    use super::*;
+
+    /// 24-byte keys of the same length, so page counts depend on the order only.
+    fn k(i: u32) -> Vec<u8> {
+        format!("key-{:020}", u64::from(i) * 1_000).into_bytes()
+    }
+
+    const V: [u8; 150] = [0x5a; 150];
+
+    /// Pages a fresh backend holds after the keys `order` names were put in that order (one
+    /// commit, then a small one).
+    fn load(order: &[u32]) -> (tempfile::TempDir, Backend, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = Backend::open(std_vfs(), &db_path(&dir), opts(true)).unwrap();
+        let mut w = backend.batch().unwrap();
+        for &i in order {
+            w.put(Bucket::Key, &k(i), &V).unwrap();
+        }
+        w.commit().unwrap();
+        // A second, small commit: the load's freelist run lists every run it wrote (2 pages),
+        // this one's takes 1, as will those of the commits the test compares.
+        w.put(Bucket::Meta, b"m", b"1").unwrap();
+        w.commit().unwrap();
+        assert_checked(&w);
+        drop(w);
+        let pages = live_pages(&backend);
+        (dir, backend, pages)
+    }
+
+    fn live_pages(b: &Backend) -> u64 {
+        let s = b.stats();
+        s.live_bytes / s.page_size
+    }
+
+    fn shuffled(n: u32, seed: u64) -> Vec<u32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut v: Vec<u32> = (0..n).collect();
+        for i in (1..v.len()).rev() {
+            v.swap(i, rng.random_range(0..=i));
+        }
+        v
+    }
+
+    #[test]
+    fn sorted_puts_fill_leaves_and_random_puts_leave_room() {
+        // 4,000 entries of 12 + 24 + 150 bytes: 21 per 4 KiB leaf when full, 16 at 70 %.
+        let n = 4000;
+        let (_d1, sorted, dense) = load(&(0..n).collect::<Vec<_>>());
+        let (_d2, random, spread) = load(&shuffled(n, 1));
+        // Leaves: 191 full ones (4000 / 21) vs 250 (4000 / 16); plus 2 branches, the root,
+        // the catalog leaf and the freelist run.
+        assert!(
+            (191..=200).contains(&dense),
+            "sorted load: {dense} pages, expected ~196"
+        );
+        assert!(
+            (250..=260).contains(&spread),
+            "random-order load: {spread} pages, expected ~255"
+        );
+        assert_eq!(dump(&sorted.snapshot()), dump(&random.snapshot()));
+
+        // A random insert into the spread tree lands in a leaf with room: the commit rewrites
+        // one leaf and the path above it, no split. In the dense tree the leaf splits.
+        for (b, pages) in [(&random, spread), (&sorted, dense)] {
+            let mut w = b.batch().unwrap();
+            w.put(Bucket::Key, b"key-00000000000001234567", &V).unwrap();
+            w.commit().unwrap();
+            assert_checked(&w);
+            drop(w);
+            let grew = live_pages(b) as i64 - pages as i64;
+            let expect = if pages == spread { 0 } else { 1 };
+            assert_eq!(
+                grew,
+                expect,
+                "live pages {pages} -> {} ({:?})",
+                live_pages(b),
+                b.stats()
+            );
+        }
+
+        // Appends at the right edge, in key order, fill their pages fully even on the spread
+        // tree: 2,100 more entries take 100 full leaves (and one more branch at most).
+        let mut w = random.batch().unwrap();
+        for i in n..n + 2100 {
+            w.put(Bucket::Key, &k(i), &V).unwrap();
+        }
+        w.commit().unwrap();
+        assert_checked(&w);
+        drop(w);
+        let added = live_pages(&random) - spread;
+        assert!(
+            (100..=102).contains(&added),
+            "2,100 appended entries took {added} pages"
+        );
+    }
+}
