@@ -1462,11 +1462,11 @@ impl<L: LogSink> Core<L> {
             .store(meta.index, Ordering::Release);
         let index = meta.index;
         self.raw.store().set_snapshot(meta);
-        // `catch_up` requests stay below the snapshot (whole entries); never past what was
-        // applied: raft-rs may still need unapplied entries.
+        // The entries below the snapshot holding `catch_up` requests stay (whole entries);
+        // never past what was applied: raft-rs may still need unapplied entries.
         let first_kept = self
             .requests
-            .first_kept(index, self.snapshots.catch_up)
+            .first_kept(index.saturating_sub(1), self.snapshots.catch_up)
             .min(self.raw.raft.raft_log.applied)
             .max(1);
         let first = self.raw.store().compact(first_kept);
@@ -2668,21 +2668,33 @@ mod tests {
         let node = RaftNode::start(cfg, sink.clone(), NoPeers, sm).unwrap();
         wait_for("leader", || node.progress().leader() == 1);
         let rest: Vec<Vec<u8>> = (0..12u8).map(|i| vec![0x0a, i]).collect();
-        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
         let mut last = 0;
+        // Entries: 1 the leader's empty one, 2 a lone proposal, 3 a batch of 12.
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
         for _ in 0..13 {
             last = rx.recv_timeout(Duration::from_secs(10)).unwrap().0;
         }
-        // Three entries in all (the leader's empty one, the lone proposal, the batch of 12):
-        // counting entries, no snapshot would be due.
+        // Counting entries, no snapshot would be due before index 10.
         assert_eq!(last, 3);
-        wait_for("a snapshot at the batch entry", || {
+        wait_for("a snapshot at the first batch entry", || {
             node.progress().snapshot_index.load(Ordering::Acquire) == 3
         });
-        wait_for("the log compacted", || {
+        // Entries: 4 a lone proposal, 5 a batch of 12: 13 requests after the snapshot.
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
+        for _ in 0..13 {
+            last = rx.recv_timeout(Duration::from_secs(10)).unwrap().0;
+        }
+        assert_eq!(last, 5);
+        wait_for("a snapshot at the second batch entry", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) == 5
+        });
+        // 5 requests kept below index 5: entry 4 (1) and entry 3 (12). Counting entries, the
+        // log would keep down to index 1.
+        wait_for("the log compacted to index 3", || {
             node.progress().log_first_index.load(Ordering::Acquire) == 3
         });
         node.shutdown();
-        assert_eq!(sink.inner.marks.lock().first().map(|m| m.0), Some(3));
+        let marks: Vec<u64> = sink.inner.marks.lock().iter().map(|m| m.0).collect();
+        assert_eq!(marks, [3, 5]);
     }
 }
