@@ -60,8 +60,9 @@ pub fn requests_in(data: &[u8]) -> u64 {
     if !is_batch(data) {
         return 1;
     }
-    data.get(COUNT_OFFSET..BATCH_HEADER_LEN)
-        .map_or(1, |b| u32::from_le_bytes(b.try_into().expect("4 bytes")).max(1) as u64)
+    data.get(COUNT_OFFSET..BATCH_HEADER_LEN).map_or(1, |b| {
+        u32::from_le_bytes(b.try_into().expect("4 bytes")).max(1) as u64
+    })
 }
 
 /// The encoded size of a batch of proposals of these lengths.
@@ -302,10 +303,7 @@ mod tests {
         // Cut inside the second request.
         let mut long = e.clone();
         long[BATCH_HEADER_LEN + 7] = 9;
-        assert_eq!(
-            split_batch(&long).unwrap_err().offset,
-            BATCH_HEADER_LEN + 7
-        );
+        assert_eq!(split_batch(&long).unwrap_err().offset, BATCH_HEADER_LEN + 7);
         // Count says 3, two present.
         let mut count = e.clone();
         count[COUNT_OFFSET] = 3;
@@ -347,7 +345,11 @@ mod tests {
         assert_eq!(c.first_kept(50, 10), 41);
         c.prune_below(41);
         assert_eq!(c.len(), 10);
-        assert_eq!(c.at(50) - c.at(20), 30, "pruned entries still count one each");
+        assert_eq!(
+            c.at(50) - c.at(20),
+            30,
+            "pruned entries still count one each"
+        );
         assert_eq!(c.first_kept(50, 10), 41);
         assert_eq!(c.first_kept(50, 20), 31);
     }

@@ -2605,7 +2605,11 @@ mod tests {
                 .expect("applied within 10 s")
         };
         let (first_index, data, n) = recv3();
-        assert_eq!((data, n), (vec![0x0a, 0], 1), "a lone proposal stays a plain entry");
+        assert_eq!(
+            (data, n),
+            (vec![0x0a, 0], 1),
+            "a lone proposal stays a plain entry"
+        );
         let mut batch_index = None;
         for want in &rest {
             let (index, data, n) = recv3();

@@ -38,12 +38,12 @@ mod wal_sink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+pub use self::batch::{
+    BATCH_MARKER, BatchError, BatchIter, encode_batch, is_batch, requests_in, split_batch,
+};
 pub use self::core::{
     LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy,
     StateMachine, ThreadOptions,
-};
-pub use self::batch::{
-    BATCH_MARKER, BatchError, BatchIter, encode_batch, is_batch, requests_in, split_batch,
 };
 pub use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,

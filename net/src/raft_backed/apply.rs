@@ -21,8 +21,7 @@ use prost::Message;
 use ringkv_engine::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse,
     InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
-    TxnResponse,
-    alarm_request::AlarmAction,
+    TxnResponse, alarm_request::AlarmAction,
 };
 use ringkv_engine::{BatchWrite, Bucket, HeaderIds, MvccError, MvccStore, StateMachine};
 

@@ -307,7 +307,14 @@ impl RaftBackedNode {
         let (tx, rx) = oneshot::channel();
         let proposed = Instant::now();
         let reply = None;
-        inner.waiters.lock().insert(id, Waiter { tx, proposed, reply });
+        inner.waiters.lock().insert(
+            id,
+            Waiter {
+                tx,
+                proposed,
+                reply,
+            },
+        );
         let mut guard = WaiterGuard {
             inner,
             id,

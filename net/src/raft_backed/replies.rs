@@ -144,9 +144,7 @@ impl ToWake {
 
     /// Whether outcomes for `q` go through the queue (it gets more than one).
     pub(crate) fn through_queue(&self, q: &'static ReplyQueue) -> bool {
-        self.0
-            .iter()
-            .any(|(x, n)| std::ptr::eq(*x, q) && *n > 1)
+        self.0.iter().any(|(x, n)| std::ptr::eq(*x, q) && *n > 1)
     }
 
     /// Wakes every queue that was pushed to, and forgets the counts.
@@ -170,7 +168,10 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn outcomes_pushed_from_another_thread_arrive_with_one_wake() {
         let q = ReplyQueue::current().expect("inside a runtime");
-        assert!(std::ptr::eq(q, ReplyQueue::current().unwrap()), "one per thread");
+        assert!(
+            std::ptr::eq(q, ReplyQueue::current().unwrap()),
+            "one per thread"
+        );
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..50).map(|_| oneshot::channel()).unzip();
         std::thread::spawn(move || {
             let mut wake = ToWake::default();

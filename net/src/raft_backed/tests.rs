@@ -1006,7 +1006,10 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
     let results = all.await;
     // The commit index is published at the end of the core's turn, maybe after the replies.
     while commit_index() - before < 2 {
-        assert!(std::time::Instant::now() < deadline, "commit index not published");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commit index not published"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1015,7 +1018,11 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
         2,
         "the blocked put's entry and one batch entry"
     );
-    assert_eq!(committed() - before_requests, 21, "requests are counted one by one");
+    assert_eq!(
+        committed() - before_requests,
+        21,
+        "requests are counted one by one"
+    );
     let mut expected = first + 2;
     for (i, r) in results.into_iter().enumerate() {
         if i == 7 {
