@@ -915,6 +915,16 @@ impl<L: LogSink> Core<L> {
         true
     }
 
+    /// How many proposals an entry's data carries. Without batching every entry is one: the
+    /// data is then the proposer's own bytes, which may start with the batch marker.
+    fn requests_of(&self, data: &[u8]) -> u64 {
+        if self.batch_bytes == 0 {
+            1
+        } else {
+            requests_in(data)
+        }
+    }
+
     /// Proposes `data` (carrying `requests` proposals) as one normal entry.
     fn propose_data(&mut self, data: Vec<u8>, requests: u64) -> Result<(), RaftNodeError> {
         if let Some(why) = &self.failed {
@@ -1328,7 +1338,7 @@ impl<L: LogSink> Core<L> {
         }
         let mut n = 0;
         for e in &entries {
-            let r = requests_in(&e.data);
+            let r = self.requests_of(&e.data);
             self.requests.record(e.index, r);
             if !e.data.is_empty() {
                 n += r;
@@ -1349,7 +1359,7 @@ impl<L: LogSink> Core<L> {
         let msg = match msg {
             ApplyMsg::Entries(batch)
                 if batch.len() <= self.inline_apply_max
-                    && batch.iter().map(|e| requests_in(&e.data)).sum::<u64>()
+                    && batch.iter().map(|e| self.requests_of(&e.data)).sum::<u64>()
                         <= self.inline_apply_max as u64 =>
             {
                 let tx = &self.tx;
