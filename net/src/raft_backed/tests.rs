@@ -955,6 +955,21 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
     let node = open(Arc::new(vfs.clone())).await;
     let caller = Caller::default();
     let first = put(&node, "k0".into(), "v0".into()).await;
+    // The commit index is published at the end of the core's turn, which may come after the
+    // put's reply: wait until it stands still at the applied index before reading it.
+    let progress = node.inner.raft().progress().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (c, a) = (progress.commit.load(Ordering::Acquire), progress.applied());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if c == a && c == progress.commit.load(Ordering::Acquire) && a == progress.applied() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commit index never settled"
+        );
+    }
     let (locked_tx, locked_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let inner = node.inner.clone();
@@ -965,7 +980,6 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
         drop(guard);
     });
     locked_rx.recv().expect("lock holder");
-    let progress = node.inner.raft().progress().clone();
     let commit_index = || progress.commit.load(Ordering::Acquire);
     let committed = || progress.proposals_committed.load(Ordering::Acquire);
     let before = commit_index();
@@ -976,7 +990,6 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
     });
     // Committed (counted before it is applied; the commit index is published only after the
     // core's turn): the core is now applying it inline, waiting for the store lock.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while committed() == before_requests {
         assert!(std::time::Instant::now() < deadline, "never committed");
         tokio::time::sleep(Duration::from_millis(1)).await;
