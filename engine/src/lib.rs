@@ -54,6 +54,10 @@ pub use raft_node::{
 };
 // lat: thread placement of a member (inline apply, --cpu-layout pinning).
 pub use raft_node::ThreadOptions;
+// put2: batch raft entries (several proposals in one entry).
+pub use raft_node::{
+    BATCH_MARKER, BatchError, BatchIter, encode_batch, is_batch, requests_in, split_batch,
+};
 pub use storage::{BatchWrite, Bucket, KvRead, StorageError, StorageResult};
 #[cfg(feature = "internals")]
 pub use wal::internals as wal_internals;

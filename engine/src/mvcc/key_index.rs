@@ -35,6 +35,8 @@
 //! 3. A key index with only one, empty generation is removed from the tree.
 
 use std::collections::{BTreeMap, HashSet};
+
+use smallvec::SmallVec;
 use std::ops::Bound;
 
 use super::revision::Revision;
@@ -249,11 +251,20 @@ impl KeyIndex {
     }
 }
 
+/// Keys up to this many bytes are stored inside the index's B-tree nodes; longer ones on the
+/// heap. A lookup compares the probe with a few keys per node: inline keys are read from the
+/// node itself instead of one pointer chase (a cache miss in a large index) per comparison,
+/// which was ~30 % of a put's apply time with 100k 8-byte keys (BENCHMARKS.md, put2).
+const INLINE_KEY_BYTES: usize = 24;
+
+/// A key of the index; compares, hashes and borrows as its bytes (`[u8]`), like `Vec<u8>`.
+type IndexKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
+
 /// All keys' indexes, in key order. A range end of `None` means a single key, `Some(&[])` means
 /// "no upper bound" (etcd's `\0` range end after translation).
 #[derive(Clone, Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<Vec<u8>, KeyIndex>,
+    keys: BTreeMap<IndexKey, KeyIndex>,
 }
 
 impl TreeIndex {
@@ -275,7 +286,7 @@ impl TreeIndex {
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
-                self.keys.insert(key.to_vec(), ki);
+                self.keys.insert(IndexKey::from_slice(key), ki);
             }
         }
     }
@@ -295,7 +306,7 @@ impl TreeIndex {
 
     /// Inserts a key index built during rebuild (replacing nothing: the key must be new).
     pub fn insert_restored(&mut self, key: Vec<u8>, ki: KeyIndex) {
-        let old = self.keys.insert(key, ki);
+        let old = self.keys.insert(IndexKey::from_vec(key), ki);
         assert!(old.is_none(), "rebuild inserted a key twice");
     }
 
@@ -393,7 +404,7 @@ impl TreeIndex {
         version: i64,
     ) {
         use std::collections::btree_map::Entry;
-        match self.keys.entry(key) {
+        match self.keys.entry(IndexKey::from_vec(key)) {
             Entry::Occupied(mut e) => {
                 if tombstone {
                     e.get_mut().tombstone(rev);

@@ -504,6 +504,9 @@ impl<B: BatchWrite> MvccStore<B> {
         }
         let rev = txn.begin_rev + 1;
         self.current_rev = rev;
+        if !self.hub.has_watchers() {
+            return rev;
+        }
         let events: Vec<mvccpb::Event> = txn
             .changes
             .into_iter()

@@ -619,6 +619,11 @@ impl WatchHub {
 
     /// Delivers one revision's events (a whole txn) to the synced watchers. Called by the store
     /// after every write; never blocks.
+    /// Whether any watcher exists (writers skip building events when none does).
+    pub(crate) fn has_watchers(&self) -> bool {
+        !self.watchers.is_empty()
+    }
+
     pub(crate) fn notify(&mut self, rev: i64, events: &[mvccpb::Event], ctx: &ReadCtx) {
         if self.watchers.is_empty() {
             return;

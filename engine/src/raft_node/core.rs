@@ -14,6 +14,7 @@ use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, HardS
 use raft::prelude::{Message, MessageType};
 use raft::{RawNode, SnapshotStatus, StateRole};
 
+use super::batch::{RequestCounts, batch_len, encode_batch, requests_in};
 use super::inbox::{InboxReceiver, InboxSender, InboxWaiter, inbox};
 use super::log_store::LogStore;
 use super::snap::{SnapDir, SnapshotMeta};
@@ -59,7 +60,9 @@ pub trait LogSink: Clone + Send + 'static {
 /// What committed entries are applied to (MVCC, leases, membership, …). Runs on the apply thread.
 pub trait StateMachine: Send + 'static {
     /// Applies one committed normal entry. `index` strictly increases across calls; entries at or
-    /// below the applied index given at startup are never passed again.
+    /// below the applied index given at startup are never passed again. With
+    /// [`NodeConfig::batch_bytes`] set, `data` may be a batch entry carrying several proposals
+    /// (`is_batch`, `split_batch`), to be applied in order, each as its own request.
     fn apply(&mut self, index: u64, term: u64, data: &[u8]);
 
     /// Applies one committed normal entry like [`StateMachine::apply`], but only if that waits
@@ -178,6 +181,11 @@ pub struct NodeConfig {
     pub snapshots: SnapshotPolicy,
     /// Where the apply work runs and which CPUs the threads are pinned to.
     pub threads: ThreadOptions,
+    /// Proposals that reach the core in one loop turn go into one batch entry of at most this
+    /// many bytes (batch.rs; a proposal larger than this goes alone). 0: one entry per
+    /// proposal. Must stay below the log sink's largest record (the WAL's: half a segment).
+    /// The snapshot trigger and the catch-up compaction count the requests in batch entries.
+    pub batch_bytes: usize,
 }
 
 /// Thread placement of a member (`--cpu-layout`, and applying on the core thread).
@@ -235,14 +243,18 @@ impl NodeConfig {
             entries: Vec::new(),
             snapshots: SnapshotPolicy::default(),
             threads: ThreadOptions::default(),
+            batch_bytes: 0,
         }
     }
 }
 
+/// Called when raft refuses a proposal (no leader, stopped, WAL failed).
+type RejectFn = Box<dyn FnOnce(RaftNodeError) + Send>;
+
 enum CoreMsg {
     Propose {
         data: Vec<u8>,
-        rejected: Option<Box<dyn FnOnce(RaftNodeError) + Send>>,
+        rejected: Option<RejectFn>,
     },
     ReadIndex(ReadIndexDone),
     Persisted {
@@ -586,6 +598,14 @@ struct Core<L: LogSink> {
     conf_history: Vec<(u64, ConfState)>,
     /// Conf changes waiting for the previous one to apply, oldest first (`HeldConf`).
     held_conf: VecDeque<HeldConf>,
+    /// `NodeConfig::batch_bytes`.
+    batch_bytes: usize,
+    /// Proposals of the current loop turn, proposed together when the turn's messages are
+    /// handled (`flush_proposals`); empty between turns.
+    proposals: Vec<(Vec<u8>, Option<RejectFn>)>,
+    /// Requests per committed entry: the snapshot trigger and the catch-up compaction count
+    /// requests, not (batch) entries.
+    requests: RequestCounts,
     /// (peer, `ticks` when a message from it last arrived), for `PeerProgress::recent_active`.
     /// Not raft-rs's own flag: that one is cleared for everyone at each election timeout and
     /// set again by the next response (so it reads "inactive" for a heartbeat after every
@@ -625,12 +645,14 @@ impl<L: LogSink> Runner<L> {
         while !self.batch.is_empty() {
             for msg in self.batch.drain(..) {
                 if !self.core.handle(msg) {
+                    self.core.reject_proposals(RaftNodeError::Stopped);
                     self.core.fail_all_reads(RaftNodeError::Stopped);
                     return false;
                 }
             }
             self.rx.try_recv_all(&mut self.batch);
         }
+        self.core.flush_proposals();
         if !self.core.held_conf.is_empty() {
             self.core.release_held_conf();
         }
@@ -834,31 +856,31 @@ impl<L: LogSink> Core<L> {
             durable: cfg.applied,
             conf_history: vec![(cfg.snapshot_index, initial_conf)],
             held_conf: VecDeque::new(),
+            batch_bytes: cfg.batch_bytes,
+            proposals: Vec::new(),
+            requests: RequestCounts::default(),
             heard: Vec::new(),
         })
     }
 
     /// Returns `false` on shutdown.
     fn handle(&mut self, msg: CoreMsg) -> bool {
+        if matches!(
+            msg,
+            CoreMsg::ProposeConfChange { .. } | CoreMsg::TransferLeader(_)
+        ) {
+            // Proposals gathered before a conf change or a leadership transfer go first, in
+            // arrival order.
+            self.flush_proposals();
+        }
         match msg {
             CoreMsg::Propose { data, rejected } => {
-                if let Some(why) = &self.failed {
-                    if let Some(r) = rejected {
-                        r(RaftNodeError::PersistFailed(why.clone()));
-                    }
-                } else if let Err(e) = self.raw.propose(vec![], data) {
-                    self.progress
-                        .proposals_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let Some(r) = rejected {
-                        r(match e {
-                            raft::Error::ProposalDropped if self.raw.raft.leader_id == 0 => {
-                                RaftNodeError::NoLeader
-                            }
-                            raft::Error::ProposalDropped => RaftNodeError::ProposalDropped,
-                            other => to_raft_err(other),
-                        });
-                    }
+                if self.batch_bytes > 0 && self.failed.is_none() {
+                    self.proposals.push((data, rejected));
+                } else if let Err(e) = self.propose_data(data, 1)
+                    && let Some(r) = rejected
+                {
+                    r(e);
                 }
             }
             CoreMsg::ReadIndex(done) => match &self.failed {
@@ -891,6 +913,87 @@ impl<L: LogSink> Core<L> {
             other => self.handle_peer_msg(other),
         }
         true
+    }
+
+    /// How many proposals an entry's data carries. Without batching every entry is one: the
+    /// data is then the proposer's own bytes, which may start with the batch marker.
+    fn requests_of(&self, data: &[u8]) -> u64 {
+        if self.batch_bytes == 0 {
+            1
+        } else {
+            requests_in(data)
+        }
+    }
+
+    /// Proposes `data` (carrying `requests` proposals) as one normal entry.
+    fn propose_data(&mut self, data: Vec<u8>, requests: u64) -> Result<(), RaftNodeError> {
+        if let Some(why) = &self.failed {
+            return Err(RaftNodeError::PersistFailed(why.clone()));
+        }
+        self.raw.propose(vec![], data).map_err(|e| {
+            self.progress
+                .proposals_failed
+                .fetch_add(requests, Ordering::Relaxed);
+            match e {
+                raft::Error::ProposalDropped if self.raw.raft.leader_id == 0 => {
+                    RaftNodeError::NoLeader
+                }
+                raft::Error::ProposalDropped => RaftNodeError::ProposalDropped,
+                other => to_raft_err(other),
+            }
+        })
+    }
+
+    /// Proposes the turn's gathered proposals, in arrival order: runs of them in batch entries
+    /// of at most `batch_bytes` (batch.rs), a run of one as a plain entry. A refused entry's
+    /// proposers all hear raft's error.
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        let mut all = std::mem::take(&mut self.proposals);
+        let mut start = 0;
+        while start < all.len() {
+            let mut end = start + 1;
+            let mut len = batch_len([all[start].0.len()]);
+            while end < all.len() {
+                let more = batch_len([all[end].0.len()]) - batch_len([]);
+                if len + more > self.batch_bytes {
+                    break;
+                }
+                len += more;
+                end += 1;
+            }
+            let run = &mut all[start..end];
+            let (data, n) = if run.len() == 1 {
+                (std::mem::take(&mut run[0].0), 1)
+            } else {
+                (
+                    encode_batch(run.iter().map(|(d, _)| d.as_slice())),
+                    run.len() as u64,
+                )
+            };
+            if let Err(e) = self.propose_data(data, n) {
+                for (_, r) in run.iter_mut() {
+                    if let Some(r) = r.take() {
+                        r(e.clone());
+                    }
+                }
+            }
+            start = end;
+        }
+        all.clear();
+        // The vector's capacity serves the next turn.
+        self.proposals = all;
+    }
+
+    /// Refuses the gathered proposals that were not proposed yet (the core is stopping).
+    fn reject_proposals(&mut self, e: RaftNodeError) {
+        for (_, r) in self.proposals.drain(..) {
+            if let Some(r) = r {
+                r(e.clone());
+            }
+        }
     }
 
     /// Messages of the cluster: peer traffic, membership, leadership transfer.
@@ -1246,7 +1349,14 @@ impl<L: LogSink> Core<L> {
                 .sole_leader_commit
                 .store(sole.max(last), Ordering::Release);
         }
-        let n = entries.iter().filter(|e| !e.data.is_empty()).count() as u64;
+        let mut n = 0;
+        for e in &entries {
+            let r = self.requests_of(&e.data);
+            self.requests.record(e.index, r);
+            if !e.data.is_empty() {
+                n += r;
+            }
+        }
         self.progress
             .proposals_committed
             .fetch_add(n, Ordering::Relaxed);
@@ -1260,7 +1370,11 @@ impl<L: LogSink> Core<L> {
     /// own channel and is handled on the next loop turn, as if the apply thread had sent it.
     fn dispatch_apply(&mut self, msg: ApplyMsg) -> Result<(), String> {
         let msg = match msg {
-            ApplyMsg::Entries(batch) if batch.len() <= self.inline_apply_max => {
+            ApplyMsg::Entries(batch)
+                if batch.len() <= self.inline_apply_max
+                    && batch.iter().map(|e| self.requests_of(&e.data)).sum::<u64>()
+                        <= self.inline_apply_max as u64 =>
+            {
                 let tx = &self.tx;
                 let peers = !self.alone_in_the_cluster();
                 match self.applying.try_apply_here(batch, peers, &mut |m| {
@@ -1308,14 +1422,16 @@ impl<L: LogSink> Core<L> {
     }
 
     /// Starts a snapshot at the durable applied index `durable` when `--snapshot-count`
-    /// entries were applied since the last one (etcd: `appliedi - snapi > SnapshotCount`).
+    /// requests were applied since the last one (etcd: `appliedi - snapi > SnapshotCount`,
+    /// one request per entry there; here batch entries count their requests).
     fn maybe_snapshot(&mut self, durable: u64) {
         self.durable = self.durable.max(durable);
         let durable = self.durable;
         let Some(snap_tx) = &self.snap_tx else { return };
         if self.failed.is_some()
             || self.snap_in_progress
-            || durable < self.last_snapshot + self.snapshots.count
+            || self.requests.at(durable) - self.requests.at(self.last_snapshot)
+                < self.snapshots.count as i64
         {
             return;
         }
@@ -1369,12 +1485,15 @@ impl<L: LogSink> Core<L> {
             .store(meta.index, Ordering::Release);
         let index = meta.index;
         self.raw.store().set_snapshot(meta);
-        // Never past what was applied: raft-rs may still need unapplied entries.
-        let first_kept = index
-            .saturating_sub(self.snapshots.catch_up)
+        // The entries below the snapshot holding `catch_up` requests stay (whole entries);
+        // never past what was applied: raft-rs may still need unapplied entries.
+        let first_kept = self
+            .requests
+            .first_kept(index.saturating_sub(1), self.snapshots.catch_up)
             .min(self.raw.raft.raft_log.applied)
             .max(1);
         let first = self.raw.store().compact(first_kept);
+        self.requests.prune_below(first);
         self.progress
             .log_first_index
             .store(first, Ordering::Release);
@@ -2404,5 +2523,212 @@ mod tests {
         // The completion ran on this test thread; the raft thread applied it (it was idle).
         assert_eq!(thread, "ringkv-raft");
         node.shutdown();
+    }
+
+    /// A sink whose persist blocks the calling thread (the core: the WAL is written inline)
+    /// while the gate is shut, so proposals sent meanwhile queue for the core's next turn.
+    #[derive(Clone, Default)]
+    struct BlockingSink {
+        inner: MemSink,
+        shut: Arc<(Mutex<bool>, parking_lot::Condvar)>,
+        blocked: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl LogSink for BlockingSink {
+        fn persist(
+            &self,
+            entries: Vec<Entry>,
+            hard_state: Option<HardState>,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            let (shut, cv) = &*self.shut;
+            let mut g = shut.lock();
+            if *g {
+                self.blocked.fetch_add(1, Ordering::AcqRel);
+                while *g {
+                    cv.wait(&mut g);
+                }
+            }
+            drop(g);
+            self.inner.persist(entries, hard_state, done);
+        }
+
+        fn persist_snapshot_mark(
+            &self,
+            index: u64,
+            term: u64,
+            done: Box<dyn FnOnce(io::Result<()>) + Send>,
+        ) {
+            self.inner.persist_snapshot_mark(index, term, done);
+        }
+
+        fn purge_below(&self, index: u64, keep: usize) -> io::Result<()> {
+            self.inner.purge_below(index, keep)
+        }
+    }
+
+    impl BlockingSink {
+        fn set_shut(&self, shut: bool) {
+            *self.shut.0.lock() = shut;
+            self.shut.1.notify_all();
+        }
+
+        /// Shuts the gate, proposes `first` (the core blocks in its persist), proposes `rest`
+        /// while it is blocked, and opens the gate: `rest` arrive in one core turn.
+        fn propose_during_a_blocked_turn(&self, node: &RaftNode, first: Vec<u8>, rest: &[Vec<u8>]) {
+            let before = self.blocked.load(Ordering::Acquire);
+            self.set_shut(true);
+            node.propose(first, None);
+            wait_for("the core blocks in persist", || {
+                self.blocked.load(Ordering::Acquire) > before
+            });
+            for d in rest {
+                node.propose(d.clone(), None);
+            }
+            self.set_shut(false);
+        }
+    }
+
+    /// Applies into a channel, splitting batch entries: (index, request) per request.
+    struct SplittingSm {
+        tx: mpsc::Sender<(u64, Vec<u8>, u64)>,
+        applied: u64,
+    }
+
+    impl StateMachine for SplittingSm {
+        fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+            self.applied = index;
+            if crate::raft_node::is_batch(data) {
+                let parts = crate::raft_node::split_batch(data).unwrap();
+                let n = parts.len() as u64;
+                for p in parts {
+                    let _ = self.tx.send((index, p.to_vec(), n));
+                }
+            } else {
+                let _ = self.tx.send((index, data.to_vec(), 1));
+            }
+        }
+
+        fn durable_index(&self) -> u64 {
+            self.applied
+        }
+    }
+
+    fn batching(batch_bytes: usize) -> NodeConfig {
+        NodeConfig {
+            batch_bytes,
+            ..fast(1)
+        }
+    }
+
+    #[test]
+    fn proposals_of_one_turn_share_a_batch_entry_in_arrival_order() {
+        let sink = BlockingSink::default();
+        let (tx, rx) = mpsc::channel();
+        let sm = SplittingSm { tx, applied: 0 };
+        let node = RaftNode::start(batching(1 << 16), sink.clone(), NoPeers, sm).unwrap();
+        wait_for("leader", || node.progress().leader() == 1);
+        let rest: Vec<Vec<u8>> = (1..=20u8).map(|i| vec![0x0a, i]).collect();
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a, 0], &rest);
+        let recv3 = || {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("applied within 10 s")
+        };
+        let (first_index, data, n) = recv3();
+        assert_eq!(
+            (data, n),
+            (vec![0x0a, 0], 1),
+            "a lone proposal stays a plain entry"
+        );
+        let mut batch_index = None;
+        for want in &rest {
+            let (index, data, n) = recv3();
+            assert_eq!(&data, want);
+            assert_eq!(n, 20, "all twenty in one entry");
+            assert!(index > first_index);
+            assert_eq!(*batch_index.get_or_insert(index), index);
+        }
+        // The log holds one entry for the twenty, marked as a batch.
+        let logged = sink.inner.log.lock().clone();
+        let e = logged
+            .iter()
+            .find(|e| Some(e.index) == batch_index)
+            .unwrap();
+        assert!(crate::raft_node::is_batch(&e.data));
+        assert_eq!(crate::raft_node::requests_in(&e.data), 20);
+        // Committed-proposal counts count requests.
+        wait_for("commit counted", || {
+            node.progress().proposals_committed.load(Ordering::Acquire) >= 21
+        });
+        node.shutdown();
+    }
+
+    #[test]
+    fn batches_close_at_batch_bytes_and_a_larger_proposal_goes_alone() {
+        let sink = BlockingSink::default();
+        let (tx, rx) = mpsc::channel();
+        let sm = SplittingSm { tx, applied: 0 };
+        // Header 6 + 3 × (4 + 10) = 48: three 10-byte proposals per batch.
+        let node = RaftNode::start(batching(50), sink.clone(), NoPeers, sm).unwrap();
+        wait_for("leader", || node.progress().leader() == 1);
+        let mut rest: Vec<Vec<u8>> = (1..=7u8).map(|i| vec![i; 10]).collect();
+        rest.insert(4, vec![0xee; 100]);
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
+        let mut got = Vec::new();
+        for _ in 0..=rest.len() {
+            got.push(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("applied within 10 s"),
+            );
+        }
+        let data: Vec<&Vec<u8>> = got[1..].iter().map(|(_, d, _)| d).collect();
+        assert_eq!(data, rest.iter().collect::<Vec<_>>(), "arrival order");
+        let sizes: Vec<u64> = got[1..].iter().map(|(_, _, n)| *n).collect();
+        // [1,2,3] [4] (the next is too large to join) [big] [5,6,7]
+        assert_eq!(sizes, [3, 3, 3, 1, 1, 3, 3, 3]);
+        let indexes: Vec<u64> = got[1..].iter().map(|(i, _, _)| *i).collect();
+        assert!(indexes.windows(2).all(|w| w[0] <= w[1]), "{indexes:?}");
+        node.shutdown();
+    }
+
+    #[test]
+    fn a_batch_entry_counts_its_requests_toward_the_snapshot_count_and_catch_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = BlockingSink::default();
+        let (tx, rx) = mpsc::channel();
+        let sm = SplittingSm { tx, applied: 0 };
+        // Snapshot every 10 requests, keep 5 requests below it.
+        let cfg = with_snapshots(batching(1 << 16), dir.path(), 10);
+        let node = RaftNode::start(cfg, sink.clone(), NoPeers, sm).unwrap();
+        wait_for("leader", || node.progress().leader() == 1);
+        let rest: Vec<Vec<u8>> = (0..12u8).map(|i| vec![0x0a, i]).collect();
+        let mut last = 0;
+        // Entries: 1 the leader's empty one, 2 a lone proposal, 3 a batch of 12.
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
+        for _ in 0..13 {
+            last = rx.recv_timeout(Duration::from_secs(10)).unwrap().0;
+        }
+        // Counting entries, no snapshot would be due before index 10.
+        assert_eq!(last, 3);
+        wait_for("a snapshot at the first batch entry", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) == 3
+        });
+        // Entries: 4 a lone proposal, 5 a batch of 12: 13 requests after the snapshot.
+        sink.propose_during_a_blocked_turn(&node, vec![0x0a], &rest);
+        for _ in 0..13 {
+            last = rx.recv_timeout(Duration::from_secs(10)).unwrap().0;
+        }
+        assert_eq!(last, 5);
+        wait_for("a snapshot at the second batch entry", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) == 5
+        });
+        // 5 requests kept below index 5: entry 4 (1) and entry 3 (12). Counting entries, the
+        // log would keep down to index 1.
+        wait_for("the log compacted to index 3", || {
+            node.progress().log_first_index.load(Ordering::Acquire) == 3
+        });
+        node.shutdown();
+        let marks: Vec<u64> = sink.inner.marks.lock().iter().map(|m| m.0).collect();
+        assert_eq!(marks, [3, 5]);
     }
 }

@@ -25,6 +25,7 @@
 //!    in its cluster, for small batches while the apply thread is idle — by the core itself
 //!    (`Applying` in core.rs argues the order; design.md "Inline apply").
 
+mod batch;
 #[cfg(test)]
 mod cluster_tests;
 mod core;
@@ -37,6 +38,9 @@ mod wal_sink;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+pub use self::batch::{
+    BATCH_MARKER, BatchError, BatchIter, encode_batch, is_batch, requests_in, split_batch,
+};
 pub use self::core::{
     LogSink, NodeConfig, PeerProgress, RaftNode, RaftNodeError, ReadIndexDone, SnapshotPolicy,
     StateMachine, ThreadOptions,

@@ -20,8 +20,8 @@ use std::time::Instant;
 use prost::Message;
 use ringkv_engine::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, CompactionResponse, DeleteRangeResponse,
-    InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutResponse, TxnResponse,
-    alarm_request::AlarmAction,
+    InternalRaftRequest, LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse,
+    TxnResponse, alarm_request::AlarmAction,
 };
 use ringkv_engine::{BatchWrite, Bucket, HeaderIds, MvccError, MvccStore, StateMachine};
 
@@ -72,11 +72,30 @@ pub(crate) fn alarm_key(a: &AlarmMember) -> Vec<u8> {
     a.encode_to_vec()
 }
 
+/// The parts of an `InternalRaftRequest` (same field numbers) that apply reads of a request
+/// carrying a put: `apply_request` looks at nothing else once `put` is set. Decoding these
+/// alone skips building and dropping the whole message (a few KiB of optional fields) per put.
+#[derive(Clone, PartialEq, prost::Message)]
+struct PutOnly {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(message, optional, tag = "4")]
+    put: Option<PutRequest>,
+    #[prost(message, optional, tag = "100")]
+    header: Option<ringkv_engine::pb::etcdserverpb::RequestHeader>,
+}
+
 /// The state machine on raft's apply thread.
 pub(crate) struct Applier {
     pub(crate) inner: Arc<Inner>,
     /// Term last written into the store's header ids.
     pub(crate) term: u64,
+    /// Outcomes of the entry being applied, by request ID (empty between entries).
+    pub(crate) outcomes: Vec<(u64, Result<Applied, EtcdError>)>,
+    /// Waiters of the entry being applied with their outcomes (empty between entries).
+    pub(crate) replies: Vec<(super::Waiter, Result<Applied, EtcdError>)>,
+    /// Reply queues to wake once the entry's outcomes are queued (replies.rs).
+    pub(crate) wake: super::replies::ToWake,
 }
 
 impl Applier {
@@ -85,13 +104,10 @@ impl Applier {
         store: &mut MvccStore<NodeBackend>,
         req: &InternalRaftRequest,
     ) -> Result<Applied, MvccErrorOr> {
-        let nospace = self.inner.nospace();
         if let Some(p) = &req.put {
-            if nospace {
-                return Err(MvccErrorOr::Etcd(EtcdError::NoSpace));
-            }
-            return Ok(Applied::Put(store.put(p)?));
+            return self.apply_put(store, p);
         }
+        let nospace = self.inner.nospace();
         if let Some(d) = &req.delete_range {
             return Ok(Applied::Delete(store.delete_range(d)?));
         }
@@ -134,6 +150,18 @@ impl Applier {
             return self.apply_member_attributes(store, m);
         }
         Ok(Applied::Nothing)
+    }
+
+    /// A put: refused while NOSPACE is raised (etcd's apply-time quota check).
+    fn apply_put(
+        &self,
+        store: &mut MvccStore<NodeBackend>,
+        p: &PutRequest,
+    ) -> Result<Applied, MvccErrorOr> {
+        if self.inner.nospace() {
+            return Err(MvccErrorOr::Etcd(EtcdError::NoSpace));
+        }
+        Ok(Applied::Put(store.put(p)?))
     }
 
     fn apply_alarm(
@@ -261,7 +289,10 @@ impl StateMachine for Applier {
 }
 
 impl Applier {
-    /// [`StateMachine::apply`] with the store's write lock already taken.
+    /// [`StateMachine::apply`] with the store's write lock already taken. A batch entry (engine
+    /// `split_batch`: the proposals of one raft core turn) applies its requests in order under
+    /// this one lock, each as its own request with its own revision, response and error; the
+    /// waiters are then completed under one `waiters` lock.
     fn apply_locked(
         &mut self,
         mut store: parking_lot::RwLockWriteGuard<'_, MvccStore<NodeBackend>>,
@@ -271,53 +302,142 @@ impl Applier {
     ) {
         let started = Instant::now();
         let inner = self.inner.clone();
-        let decoded = InternalRaftRequest::decode(data);
         self.enter_entry(&mut store, index, term);
         if data.is_empty() {
             // The empty entry a new leader appends: nothing to apply.
             return;
         }
-        let req = match decoded {
-            Ok(r) => r,
-            Err(e) => {
-                inner.fail(format!(
-                    "raft entry {index} (term {term}) is not an InternalRaftRequest: {e}"
-                ));
-                return;
-            }
-        };
-        let result = if inner.failed.get().is_some() {
-            Err(EtcdError::Internal(inner.failure_text()))
-        } else {
-            match self.apply_request(&mut store, &req) {
-                Ok(a) => Ok(a),
-                Err(MvccErrorOr::Etcd(e)) => Err(e),
-                Err(MvccErrorOr::Mvcc(e)) => {
-                    if is_fatal(&e) {
-                        inner.fail(format!("applying raft entry {index}: {e}"));
+        let mut outcomes = std::mem::take(&mut self.outcomes);
+        let mut applied = 0u64;
+        if ringkv_engine::is_batch(data) {
+            match ringkv_engine::split_batch(data) {
+                Ok(parts) => {
+                    let n = parts.len();
+                    for (i, part) in parts.enumerate() {
+                        applied += 1;
+                        if !self.apply_one(&mut store, index, term, part, (i, n), &mut outcomes) {
+                            break;
+                        }
                     }
-                    Err(mvcc_err(e))
                 }
+                Err(e) => inner.fail(format!("raft entry {index} (term {term}): {e}")),
             }
-        };
+        } else {
+            applied = 1;
+            self.apply_one(&mut store, index, term, data, (0, 1), &mut outcomes);
+        }
         inner
             .revision
             .store(store.current_revision(), Ordering::Release);
         inner.dirty.store(true, Ordering::Release);
-        inner.ops_since_commit.fetch_add(1, Ordering::AcqRel);
+        inner.ops_since_commit.fetch_add(applied, Ordering::AcqRel);
         drop(store);
-        let id = req.header.as_ref().map_or(req.id, |h| h.id);
-        if let Some(w) = inner.waiters.lock().remove(&id) {
-            let sent = Instant::now();
+        // One `waiters` lock round per entry; the deliveries after it, with one wake per
+        // proposing thread (replies.rs). The vectors are kept for the next entry: no
+        // allocation per batch.
+        let mut replies = std::mem::take(&mut self.replies);
+        {
+            let mut waiters = inner.waiters.lock();
+            for (id, result) in outcomes.drain(..) {
+                if let Some(w) = waiters.remove(&id) {
+                    replies.push((w, result));
+                }
+            }
+        }
+        self.outcomes = outcomes;
+        for q in replies.iter().filter_map(|(w, _)| w.reply) {
+            self.wake.count(q);
+        }
+        let sent = Instant::now();
+        let apply = sent.saturating_duration_since(started);
+        inner.stages.apply.observe_n(apply, replies.len() as u64);
+        for (w, result) in replies.drain(..) {
             inner
                 .stages
                 .commit
                 .observe(started.saturating_duration_since(w.proposed));
-            inner
-                .stages
-                .apply
-                .observe(sent.saturating_duration_since(started));
-            let _ = w.tx.send((result, sent));
+            match w.reply.filter(|q| self.wake.through_queue(q)) {
+                Some(q) => q.push(w.tx, (result, sent)),
+                None => {
+                    let _ = w.tx.send((result, sent));
+                }
+            }
+        }
+        self.wake.wake_all();
+        self.replies = replies;
+    }
+
+    /// Decodes and applies request `at.0` of the `at.1` in the entry at `index`, pushing its
+    /// outcome by request ID. Returns `false` when the request does not decode: the node
+    /// fails, the requests before it in the entry get the failure instead of their outcome
+    /// (nothing is committed once the node failed, so their writes never become durable and a
+    /// restart stops at the same entry), and the rest of the entry is not applied.
+    fn apply_one(
+        &self,
+        store: &mut MvccStore<NodeBackend>,
+        index: u64,
+        term: u64,
+        part: &[u8],
+        at: (usize, usize),
+        outcomes: &mut Vec<(u64, Result<Applied, EtcdError>)>,
+    ) -> bool {
+        let inner = &self.inner;
+        // A put decodes into `PutOnly` (all that apply reads of it); anything else whole.
+        if let Ok(PutOnly {
+            id,
+            put: Some(p),
+            header,
+        }) = PutOnly::decode(part)
+        {
+            let result = self.outcome(store, index, |a, s| a.apply_put(s, &p));
+            outcomes.push((header.map_or(id, |h| h.id), result));
+            return true;
+        }
+        let req = match InternalRaftRequest::decode(part) {
+            Ok(r) => r,
+            Err(e) => {
+                let (i, n) = at;
+                let which = if n > 1 {
+                    format!(", request {i} of {n}")
+                } else {
+                    String::new()
+                };
+                inner.fail(format!(
+                    "raft entry {index} (term {term}){which} is not an InternalRaftRequest: {e}"
+                ));
+                let failed = inner.failure_text();
+                for (_, r) in outcomes.iter_mut() {
+                    *r = Err(EtcdError::Internal(failed.clone()));
+                }
+                return false;
+            }
+        };
+        let result = self.outcome(store, index, |a, s| a.apply_request(s, &req));
+        outcomes.push((req.header.as_ref().map_or(req.id, |h| h.id), result));
+        true
+    }
+
+    /// Runs `apply` unless the node failed; etcd errors go to the waiter, storage failures
+    /// also stop the node (invariant 3).
+    fn outcome(
+        &self,
+        store: &mut MvccStore<NodeBackend>,
+        index: u64,
+        apply: impl FnOnce(&Self, &mut MvccStore<NodeBackend>) -> Result<Applied, MvccErrorOr>,
+    ) -> Result<Applied, EtcdError> {
+        let inner = &self.inner;
+        if inner.failed.get().is_some() {
+            return Err(EtcdError::Internal(inner.failure_text()));
+        }
+        match apply(self, store) {
+            Ok(a) => Ok(a),
+            Err(MvccErrorOr::Etcd(e)) => Err(e),
+            Err(MvccErrorOr::Mvcc(e)) => {
+                if is_fatal(&e) {
+                    inner.fail(format!("applying raft entry {index}: {e}"));
+                }
+                Err(mvcc_err(e))
+            }
         }
     }
 }

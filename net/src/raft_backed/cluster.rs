@@ -306,7 +306,15 @@ impl RaftBackedNode {
         let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         let proposed = Instant::now();
-        inner.waiters.lock().insert(id, Waiter { tx, proposed });
+        let reply = None;
+        inner.waiters.lock().insert(
+            id,
+            Waiter {
+                tx,
+                proposed,
+                reply,
+            },
+        );
         let mut guard = WaiterGuard {
             inner,
             id,

@@ -29,6 +29,7 @@ mod cluster;
 mod forward;
 mod membership;
 mod read_gate;
+mod replies;
 mod shared_writer;
 mod snapshot;
 mod stages;
@@ -297,6 +298,9 @@ impl WalMetrics for FsyncHistogram {
 pub(crate) struct Waiter {
     pub(crate) tx: oneshot::Sender<(Result<Applied, EtcdError>, Instant)>,
     pub(crate) proposed: Instant,
+    /// The proposing thread's reply queue (replies.rs): apply delivers through it, one wake
+    /// per thread and entry. `None`: apply sends to `tx` directly.
+    pub(crate) reply: Option<&'static replies::ReplyQueue>,
 }
 
 /// State shared by the front-end tasks, the apply thread and housekeeping.
@@ -628,6 +632,41 @@ fn open_wal(
     }
 }
 
+/// Largest batch raft entry (engine `NodeConfig::batch_bytes`): the proposals that reach the
+/// raft core in one turn share an entry up to this size.
+const BATCH_BYTES: usize = 64 * 1024;
+/// Environment variable overriding [`BATCH_BYTES`] (0: one entry per proposal), for A/B
+/// measurements on one binary.
+const BATCH_BYTES_ENV: &str = "RINGKV_BATCH_BYTES";
+
+/// The batch entry limit for a WAL with `segment`-byte segments: [`BATCH_BYTES`] (or the
+/// environment's), and at most a quarter segment so a batch always fits one WAL record (half
+/// a segment; tests run with 16 KiB segments).
+fn batch_bytes(segment: u64) -> usize {
+    let want = std::env::var(BATCH_BYTES_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(BATCH_BYTES);
+    want.min((segment / 4) as usize)
+}
+
+/// `InternalRaftRequest { header: { ID: id }, put }` encoded without building that message (a
+/// few KiB of optional fields, built, moved and dropped per put otherwise): the bytes prost
+/// writes for it, fields in number order (`put` = 4, `header` = 100; `ID` = 1 is 0 and left
+/// out).
+fn encode_put(id: u64, put: &PutRequest) -> Vec<u8> {
+    use prost::encoding::message;
+    let header = RequestHeader {
+        id,
+        ..Default::default()
+    };
+    let len = message::encoded_len(4, put) + message::encoded_len(100, &header);
+    let mut buf = Vec::with_capacity(len);
+    message::encode(4, put, &mut buf);
+    message::encode(100, &header, &mut buf);
+    buf
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -740,12 +779,16 @@ impl RaftBackedNode {
             );
         }
         let heartbeat_ms = opts.heartbeat.as_millis().max(1);
+        let segment = opts
+            .wal_segment_size
+            .unwrap_or(WalOptions::default().segment_size);
         let mut cfg = NodeConfig {
             tick: opts.heartbeat,
             election_ticks: (opts.election_timeout.as_millis() / heartbeat_ms).max(2) as usize,
             heartbeat_ticks: 1,
             applied,
             threads: opts.threads.clone(),
+            batch_bytes: batch_bytes(segment),
             ..NodeConfig::single(opts.member_id)
         };
         apply_replay(&mut cfg, &replay).map_err(OpenError)?;
@@ -843,6 +886,9 @@ impl RaftBackedNode {
         let applier = Applier {
             inner: inner.clone(),
             term: 0,
+            outcomes: Vec::new(),
+            replies: Vec::new(),
+            wake: Default::default(),
         };
         let raft = RaftNode::start(cfg, inner.wal.clone(), inner.peers.clone(), applier)
             .map_err(|e| OpenError(format!("cannot start raft: {e}")))?;
@@ -924,29 +970,78 @@ impl RaftBackedNode {
     /// Proposes `req` and waits for its outcome. One oneshot per proposal carries every ending:
     /// apply's result, raft's rejection (`reject_waiter`) and etcd's request timeout, which the
     /// housekeeping sweep sends (`Inner::expire_waiters`), so no timer is armed per request.
-    async fn propose(&self, mut req: InternalRaftRequest) -> NodeResult<Applied> {
+    ///
+    /// Not an `async fn`: the request is encoded and proposed when this is called, so the
+    /// returned future does not hold the `InternalRaftRequest` (a few KiB of optional fields)
+    /// that every waiting front-end call would otherwise carry.
+    fn propose(
+        &self,
+        mut req: InternalRaftRequest,
+    ) -> impl std::future::Future<Output = NodeResult<Applied>> + Send + '_ {
+        self.propose_encoded(move |id| {
+            req.header = Some(RequestHeader {
+                id,
+                ..Default::default()
+            });
+            req.encode_to_vec()
+        })
+    }
+
+    /// [`RaftBackedNode::propose`] of a put, encoded without building the
+    /// `InternalRaftRequest` ([`encode_put`]).
+    fn propose_put(
+        &self,
+        put: PutRequest,
+    ) -> impl std::future::Future<Output = NodeResult<Applied>> + Send + '_ {
+        self.propose_encoded(move |id| encode_put(id, &put))
+    }
+
+    /// Proposes what `encode` makes of the request ID (an `InternalRaftRequest` with that ID
+    /// in its header) and returns the wait for its outcome. The proposal is made now, not
+    /// when the future is first polled.
+    fn propose_encoded(
+        &self,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> impl std::future::Future<Output = NodeResult<Applied>> + Send + '_ {
+        let submitted = self.submit(encode);
+        async move {
+            let (mut guard, rx) = submitted?;
+            await_waiter(&mut guard, rx).await
+        }
+    }
+
+    /// The synchronous half of [`RaftBackedNode::propose_encoded`]: registers the waiter and
+    /// proposes.
+    fn submit(
+        &self,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> NodeResult<(WaiterGuard<'_>, oneshot::Receiver<replies::Outcome>)> {
         let inner = &*self.inner;
         inner.check_failed()?;
         let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        req.header = Some(RequestHeader {
-            id,
-            ..Default::default()
-        });
-        let data = req.encode_to_vec();
+        let data = encode(id);
         let (tx, rx) = oneshot::channel();
         let proposed = Instant::now();
-        inner.waiters.lock().insert(id, Waiter { tx, proposed });
-        let mut guard = WaiterGuard {
+        let reply = replies::ReplyQueue::current();
+        inner.waiters.lock().insert(
+            id,
+            Waiter {
+                tx,
+                proposed,
+                reply,
+            },
+        );
+        let guard = WaiterGuard {
             inner,
             id,
             armed: true,
         };
         // Drives an idle core on this thread (engine `RaftNode::propose_driving`): at low load
-        // the waiter is completed before the await below, with no thread hand-off.
+        // the waiter is completed before the caller awaits, with no thread hand-off.
         inner
             .raft()
             .propose_driving(data, Some(reject_waiter(&self.inner, id)));
-        await_waiter(&mut guard, rx).await
+        Ok((guard, rx))
     }
 
     /// Waits for a linearizable read point (a ReadIndex round gathered by the read gate) and
@@ -1264,13 +1359,7 @@ impl EtcdNode for RaftBackedNode {
 
     async fn put(&self, _: &Caller, req: PutRequest) -> NodeResult<PutResponse> {
         self.check_quota(req.encoded_len()).await?;
-        match self
-            .propose(InternalRaftRequest {
-                put: Some(req),
-                ..Default::default()
-            })
-            .await?
-        {
+        match self.propose_put(req).await? {
             Applied::Put(r) => Ok(r),
             _ => Err(unexpected("put")),
         }

@@ -997,3 +997,169 @@ async fn a_lone_member_serves_linearizable_reads_without_a_round() {
     assert_eq!(gate.local_reads() - local_before, 20);
     node.close().expect("clean close");
 }
+
+/// Batch entries (engine batch.rs): puts that reach the raft core in one turn go into one raft
+/// entry, and each still gets its own revision (in arrival order) and its own outcome; one
+/// that fails (unknown lease) fails alone. Deterministic: the core is held inside the inline
+/// apply of an earlier put (the test holds the store's write lock), so every put of the batch
+/// is queued before the core's next turn takes them all. After a power cut the entry replays
+/// to the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_outcomes() {
+    use std::sync::atomic::Ordering;
+
+    let vfs = FaultVfs::new();
+    let node = open(Arc::new(vfs.clone())).await;
+    let caller = Caller::default();
+    let first = put(&node, "k0".into(), "v0".into()).await;
+    // The commit index is published at the end of the core's turn, which may come after the
+    // put's reply: wait until it stands still at the applied index before reading it.
+    let progress = node.inner.raft().progress().clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (c, a) = (progress.commit.load(Ordering::Acquire), progress.applied());
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        if c == a && c == progress.commit.load(Ordering::Acquire) && a == progress.applied() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commit index never settled"
+        );
+    }
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let inner = node.inner.clone();
+    let holder = std::thread::spawn(move || {
+        let guard = inner.store.write();
+        locked_tx.send(()).expect("test waits");
+        let _ = release_rx.recv();
+        drop(guard);
+    });
+    locked_rx.recv().expect("lock holder");
+    let commit_index = || progress.commit.load(Ordering::Acquire);
+    let committed = || progress.proposals_committed.load(Ordering::Acquire);
+    let before = commit_index();
+    let before_requests = committed();
+    let blocker = tokio::spawn({
+        let node = node.clone();
+        async move { put(&node, "k0".into(), "v1".into()).await }
+    });
+    // Committed (counted before it is applied; the commit index is published only after the
+    // core's turn): the core is now applying it inline, waiting for the store lock.
+    while committed() == before_requests {
+        assert!(std::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let puts = (0..20).map(|i| {
+        node.put(
+            &caller,
+            PutRequest {
+                key: Bytes::from(format!("b{i}")),
+                value: Bytes::from(format!("x{i}")),
+                // Request 7 names a lease that does not exist.
+                lease: if i == 7 { 0x1234 } else { 0 },
+                ..Default::default()
+            },
+        )
+    });
+    let mut all = Box::pin(futures_util::future::join_all(puts));
+    // One poll proposes every put, in order (each sends its proposal before it awaits).
+    std::future::poll_fn(|cx| {
+        assert!(all.as_mut().poll(cx).is_pending(), "puts done early");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    release_tx.send(()).expect("holder waits");
+    holder.join().expect("lock holder");
+    assert_eq!(blocker.await.expect("task"), first + 1);
+    let results = all.await;
+    // The commit index is published at the end of the core's turn, maybe after the replies.
+    while commit_index() - before < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "commit index not published"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        commit_index() - before,
+        2,
+        "the blocked put's entry and one batch entry"
+    );
+    assert_eq!(
+        committed() - before_requests,
+        21,
+        "requests are counted one by one"
+    );
+    let mut expected = first + 2;
+    for (i, r) in results.into_iter().enumerate() {
+        if i == 7 {
+            assert_eq!(
+                r.expect_err("unknown lease"),
+                crate::errors::EtcdError::LeaseNotFound
+            );
+            continue;
+        }
+        let rev = r.expect("put").header.expect("header").revision;
+        assert_eq!(rev, expected, "put {i}: revisions in arrival order");
+        expected += 1;
+    }
+    let acked = dump(&node).await;
+    assert_eq!(acked.0, first + 20, "19 puts of the batch applied");
+    assert!(!acked.1.iter().any(|kv| kv.0.as_ref() == b"b7"));
+    vfs.power_cut();
+    let _ = node.close();
+    let image = vfs.crash_image(CrashMode::LoseUnsynced);
+    let node = open(Arc::new(image)).await;
+    assert_eq!(dump(&node).await, acked, "replayed to the same state");
+    node.close().expect("clean close");
+}
+
+/// `encode_put` writes exactly the bytes of the `InternalRaftRequest` it stands for.
+#[test]
+fn encode_put_matches_the_internal_raft_request_encoding() {
+    use prost::Message;
+    use ringkv_engine::pb::etcdserverpb::{InternalRaftRequest, RequestHeader};
+    let puts = [
+        PutRequest::default(),
+        PutRequest {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(vec![7u8; 300]),
+            lease: 0x1234_5678,
+            prev_kv: true,
+            ignore_value: false,
+            ignore_lease: true,
+        },
+    ];
+    for (id, put) in [(0u64, &puts[0]), (u64::MAX, &puts[1]), (42, &puts[1])] {
+        let want = InternalRaftRequest {
+            header: Some(RequestHeader {
+                id,
+                ..Default::default()
+            }),
+            put: Some(put.clone()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(super::encode_put(id, put), want, "id {id}");
+    }
+}
+
+/// The future a front-end call holds while its put waits stays small: it carries neither
+/// the request message nor an `InternalRaftRequest` (a few KiB, moved with the future).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_put_holds_a_small_future() {
+    let node = open(Arc::new(FaultVfs::new())).await;
+    let caller = Caller::default();
+    let internal = std::mem::size_of::<ringkv_engine::pb::etcdserverpb::InternalRaftRequest>();
+    let fut = node.put(&caller, PutRequest::default());
+    let size = std::mem::size_of_val(&fut);
+    assert!(
+        size < internal / 2 && size < 1024,
+        "put future {size} bytes, InternalRaftRequest {internal}"
+    );
+    drop(fut);
+    node.close().expect("clean close");
+}
