@@ -227,6 +227,17 @@ pub(crate) fn read_frame(r: &mut impl Read, offset: &mut u64) -> io::Result<Opti
     Ok(Some(messages))
 }
 
+/// Whether `buf` (bytes read ahead of the next frame) holds that whole frame, so reading it
+/// cannot wait for the network. A header claiming more than [`MAX_FRAME`] counts as whole:
+/// `read_frame` fails on it without reading further.
+pub(crate) fn holds_whole_frame(buf: &[u8]) -> bool {
+    if buf.len() < FRAME_HEADER_LEN {
+        return false;
+    }
+    let len = le_u32(buf, FRAME_LEN_OFFSET) as usize;
+    len > MAX_FRAME || buf.len() >= FRAME_HEADER_LEN + len
+}
+
 /// The messages of a payload, or the payload offset where it stops making sense.
 fn split_payload(p: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
     if p.len() < 4 {

@@ -1,15 +1,20 @@
 //! Snapshot transfer (issue 6, "Snapshots"; spec §10): a follower stopped while the others
-//! write far past the compacted raft log catches up by receiving the leader's backend file,
-//! and then serves every key with the revisions the leader has.
+//! write 50,000 keys far past the compacted raft log catches up by receiving the leader's
+//! backend file, and then serves every key with the revisions the leader has.
 
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use ringkv_tests::{RingkvCluster, RingkvProcess, TEST_CLUSTER_TOKEN, etcdctl_at, free_port};
 
-/// Keys written while the follower is down.
-const KEYS: usize = 3000;
-/// Concurrent writers (group commit keeps the run short).
+/// Keys written while the follower is down (issue 6: "a follower stopped while 50,000 writes
+/// happen catches up through a snapshot").
+const KEYS: usize = 50_000;
+/// Client connections the writes are spread over, and concurrent writers on each (group
+/// commit and batching keep the run short).
+const CONNECTIONS: usize = 4;
+const WRITERS_PER_CONNECTION: usize = 32;
+/// Writers of the smaller learner test (one connection).
 const WRITERS: usize = 20;
 
 /// (key, value, create, mod, version) of every key under `k/`.
@@ -64,12 +69,12 @@ async fn put_retrying(c: &mut Client, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_transfer() {
-    // Snapshots every 100 entries keeping 50 below them: a follower that misses 3000 entries
-    // is behind the leader's first log index and needs the backend file.
+    // Snapshots every 1000 entries keeping 500 below them: a follower that misses 50,000
+    // entries is far behind the leader's first log index and needs the backend file.
     let mut c = RingkvCluster::start_with(
         3,
-        &["--snapshot-count", "100"],
-        &[("RINGKV_SNAPSHOT_CATCH_UP", "50"), ("RINGKV_LOG", "info")],
+        &["--snapshot-count", "1000"],
+        &[("RINGKV_SNAPSHOT_CATCH_UP", "500"), ("RINGKV_LOG", "info")],
     );
     let leader = c.leader();
     let down = (leader + 1) % 3;
@@ -78,15 +83,20 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .filter(|i| *i != down)
         .map(|i| format!("http://{}", c.members[i].endpoint()))
         .collect();
-    let client = Client::connect(up, None).await.expect("connect");
+    let writers_total = CONNECTIONS * WRITERS_PER_CONNECTION;
     let mut writers = tokio::task::JoinSet::new();
-    for w in 0..WRITERS {
-        let mut c = client.clone();
-        writers.spawn(async move {
-            for i in (w..KEYS).step_by(WRITERS) {
-                put_retrying(&mut c, i).await;
-            }
-        });
+    for conn in 0..CONNECTIONS {
+        // One client per connection (clones of a client share its connection).
+        let client = Client::connect(up.clone(), None).await.expect("connect");
+        for w in 0..WRITERS_PER_CONNECTION {
+            let mut c = client.clone();
+            let first = conn * WRITERS_PER_CONNECTION + w;
+            writers.spawn(async move {
+                for i in (first..KEYS).step_by(writers_total) {
+                    put_retrying(&mut c, i).await;
+                }
+            });
+        }
     }
     while let Some(r) = writers.join_next().await {
         r.expect("writer");
@@ -96,6 +106,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .expect("connect leader");
     let want = dump(&mut lc, false).await.expect("leader dump");
     assert_eq!(want.len(), KEYS);
+    let want_rev = lc.status().await.expect("status").header().expect("header").revision();
 
     c.members[down].relaunch();
     c.members[down].wait_ready();
@@ -110,15 +121,23 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the restarted member has {} of {KEYS} keys (or different revisions) after 15 s; log:\n{}",
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted member has {} of {KEYS} keys (or different revisions) after 30 s; log:\n{}",
             have.map_or(0, |h| h.len()),
             c.members[down].log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The same store revision as the leader (nothing was written since).
+    let have_rev = fc.status().await.expect("status").header().expect("header").revision();
+    assert_eq!(have_rev, want_rev);
 
-    // It got there by a snapshot: received, made durable, installed; the leader sent it.
+    // It got there by a snapshot, not the log: its /metrics count a received snapshot, and the
+    // log says it was made durable and installed; a member still up sent it.
+    let received = c.members[down]
+        .metric_sum("etcd_network_snapshot_receive_success")
+        .expect("/metrics of the restarted follower");
+    assert!(received >= 1.0, "no snapshot received: {received}");
     let log = c.members[down].log();
     assert!(log.contains("received the snapshot at index"), "{log}");
     assert!(
@@ -127,12 +146,13 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
     );
     // (The leader of the moment: on a loaded machine check-quorum may have moved leadership
     // during the writes.)
-    let sent = (0..3)
+    let sent: f64 = (0..3)
         .filter(|i| *i != down)
-        .any(|i| c.members[i].log().contains("sent the snapshot at index"));
+        .filter_map(|i| c.members[i].metric_sum("etcd_network_snapshot_send_success"))
+        .sum();
     assert!(
-        sent,
-        "no member sent the snapshot; leader's log: {}",
+        sent >= 1.0,
+        "no member counts a snapshot sent; leader's log: {}",
         c.members[leader].log()
     );
     // The received file was renamed over the backend: no temporary file is left.
