@@ -834,7 +834,6 @@ impl<L: LogSink> Core<L> {
             check_quorum: true,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
-            skip_bcast_commit: std::env::var_os("RINGKV_EXP_SKIP_BCAST").is_some(),
             ..Default::default()
         };
         raft_cfg.validate().map_err(to_raft_err)?;
