@@ -427,6 +427,21 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_holds_a_whole_frame_only_with_its_last_payload_byte() {
+        let mut buf = Vec::new();
+        encode_frame(&[vec![9u8; 100]], &mut buf);
+        assert!(holds_whole_frame(&buf));
+        assert!(!holds_whole_frame(&buf[..buf.len() - 1]));
+        assert!(!holds_whole_frame(&buf[..FRAME_HEADER_LEN - 1]));
+        assert!(!holds_whole_frame(&[]));
+        // An oversized length is "whole": reading it fails at once instead of waiting.
+        let mut huge = vec![0u8; FRAME_HEADER_LEN];
+        huge[FRAME_LEN_OFFSET..FRAME_LEN_OFFSET + 4]
+            .copy_from_slice(&((MAX_FRAME + 1) as u32).to_le_bytes());
+        assert!(holds_whole_frame(&huge));
+    }
+
+    #[test]
     fn frames_round_trip_and_a_flipped_bit_names_the_frame_offset() {
         let batch1 = vec![b"one".to_vec(), Vec::new(), vec![7u8; 1000]];
         let batch2 = vec![b"two".to_vec()];

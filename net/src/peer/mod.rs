@@ -781,6 +781,10 @@ fn send_snapshot(
         .read()
         .clone()
         .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
+    // Connect before copying: a copy commits and pins the backend under the store's write
+    // lock, and raft-rs asks again after every failure, so a member that is down must cost a
+    // refused dial, not a backend copy, per attempt.
+    let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     let mut at = (files.copy_backend)()?;
     let mut msg = msg;
     let meta = msg.mut_snapshot().mut_metadata();
@@ -795,7 +799,6 @@ fn send_snapshot(
             std::mem::take(&mut at.learners),
         )));
     }
-    let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     let mut w =
