@@ -106,14 +106,14 @@ async fn put_retrying(c: &mut Client, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_transfer() {
-    // Snapshots every 200 entries keeping 100 below them: a follower that misses 500
-    // entries (5,000 keys) or more is far behind the leader's first log index and needs the
-    // backend file.
+    // Snapshots every 100 entries keeping 50 below them: a follower that misses 500 entries
+    // (5,000 keys) or more is far behind the leader's first log index and needs the backend
+    // file.
     let keys = catch_up_keys();
     let mut c = RingkvCluster::start_with(
         3,
-        &["--snapshot-count", "200"],
-        &[("RINGKV_SNAPSHOT_CATCH_UP", "100"), ("RINGKV_LOG", "info")],
+        &["--snapshot-count", "100"],
+        &[("RINGKV_SNAPSHOT_CATCH_UP", "50"), ("RINGKV_LOG", "info")],
     );
     let leader = c.leader();
     let down = (leader + 1) % 3;
@@ -173,16 +173,16 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
 
     // It got there by a snapshot, not the log: its /metrics count a received snapshot, and the
     // log says it was made durable and installed; a member still up sent it.
-    let received = c.members[down]
-        .metric_sum("etcd_network_snapshot_receive_success")
-        .expect("/metrics of the restarted follower");
-    assert!(received >= 1.0, "no snapshot received: {received}");
     let log = c.members[down].log();
     assert!(log.contains("received the snapshot at index"), "{log}");
     assert!(
         log.contains("installed the snapshot received from the leader"),
         "{log}"
     );
+    let received = c.members[down]
+        .metric_sum("etcd_network_snapshot_receive_success")
+        .expect("/metrics of the restarted follower");
+    assert!(received >= 1.0, "no snapshot received: {received}");
     // (The leader of the moment: on a loaded machine check-quorum may have moved leadership
     // during the writes.)
     let sent: f64 = (0..3)
