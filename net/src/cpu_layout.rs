@@ -15,9 +15,9 @@
 //!   `inline-apply` sets the largest batch of committed entries the raft thread applies itself
 //!   (0: every batch goes to the apply thread); `drive=on` lets a proposing front-end thread
 //!   run an idle lone member's raft core itself instead of waking the raft thread (default
-//!   `off`); `peer-drive=off` keeps a peer reader thread from running a parked raft core
-//!   itself (default `on`: a follower's append and the leader's acknowledgements need no
-//!   wake-up of the raft thread).
+//!   `off`); `peer-drive=on` lets a peer reader thread run a parked raft core itself (a
+//!   follower's append and the leader's acknowledgements then need no wake-up of the raft
+//!   thread; default `off`: it costs throughput under load).
 //!   Roles not named are not pinned.
 
 use ringkv_engine::ThreadOptions;
@@ -197,8 +197,19 @@ mod tests {
         assert_eq!(CpuLayout::parse("front=1", 2).unwrap().workers(), 1);
         assert!(CpuLayout::parse("drive=on", 2).unwrap().threads.drive);
         assert!(!CpuLayout::parse("drive=off", 2).unwrap().threads.drive);
-        assert!(l.threads.peer_drive);
-        assert!(!CpuLayout::parse("peer-drive=off", 2).unwrap().threads.peer_drive);
+        assert!(!l.threads.peer_drive);
+        assert!(
+            CpuLayout::parse("peer-drive=on", 2)
+                .unwrap()
+                .threads
+                .peer_drive
+        );
+        assert!(
+            !CpuLayout::parse("peer-drive=off", 2)
+                .unwrap()
+                .threads
+                .peer_drive
+        );
     }
 
     #[test]

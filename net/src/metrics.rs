@@ -329,12 +329,13 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
 /// The peer transport's series: etcd's `etcd_network_*` names and labels (member IDs in hex)
 /// where etcd has one, `ringkv_*` for what etcd does not export (dial backoff, vote requests).
 fn network(out: &mut String, local: u64, n: &NetworkMetrics) {
-    let series = |out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    };
+    let series =
+        |out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
     let per_peer = |label: &str, f: &dyn Fn(&PeerMetrics) -> f64| -> Vec<(String, f64)> {
         n.peers
             .iter()
@@ -409,7 +410,10 @@ fn network(out: &mut String, local: u64, n: &NetworkMetrics) {
         "counter",
         "Raft vote requests sent to peers: type pre_vote (a pre-candidate, term unchanged) or vote (a candidate in a new term).",
         vec![
-            ("type=\"pre_vote\"".to_string(), n.pre_vote_requests_sent as f64),
+            (
+                "type=\"pre_vote\"".to_string(),
+                n.pre_vote_requests_sent as f64,
+            ),
             ("type=\"vote\"".to_string(), n.vote_requests_sent as f64),
         ],
     );

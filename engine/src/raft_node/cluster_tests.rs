@@ -702,7 +702,10 @@ impl Transport for ReaderTransport {
 /// Runs three members whose messages arrive through reader threads, proposes 30 entries one
 /// at a time on the leader, and returns, per member, the (index, data, applying thread) of
 /// each entry in apply order, and the leader's ID.
-fn run_through_readers(peer_drive: bool) -> (HashMap<u64, Vec<(u64, Vec<u8>, String)>>, u64) {
+/// Per member, the (index, data, applying thread) of each applied entry, in apply order.
+type AppliedBy = HashMap<u64, Vec<(u64, Vec<u8>, String)>>;
+
+fn run_through_readers(peer_drive: bool) -> (AppliedBy, u64) {
     let readers: Arc<RwLock<HashMap<u64, mpsc::Sender<Vec<Message>>>>> = Arc::default();
     let mut nodes = HashMap::new();
     let mut applied = HashMap::new();
@@ -740,7 +743,7 @@ fn run_through_readers(peer_drive: bool) -> (HashMap<u64, Vec<(u64, Vec<u8>, Str
         assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
         std::thread::sleep(Duration::from_millis(5));
     };
-    let mut logs: HashMap<u64, Vec<(u64, Vec<u8>, String)>> = HashMap::new();
+    let mut logs: AppliedBy = HashMap::new();
     for i in 0..30u32 {
         // Let every core thread finish its turn and park, as between a lone client's writes.
         std::thread::sleep(Duration::from_millis(3));
@@ -776,7 +779,10 @@ fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
         for (id, log) in &logs {
             let data: Vec<Vec<u8>> = log.iter().map(|(_, d, _)| d.clone()).collect();
             assert_eq!(data, want, "member {id} (peer_drive {peer_drive})");
-            assert!(log.windows(2).all(|w| w[0].0 < w[1].0), "member {id}: {log:?}");
+            assert!(
+                log.windows(2).all(|w| w[0].0 < w[1].0),
+                "member {id}: {log:?}"
+            );
             let n = log
                 .iter()
                 .filter(|(_, _, t)| t.starts_with("peer-reader-"))

@@ -201,7 +201,9 @@ pub struct ThreadOptions {
     /// parked runs the core itself ([`RaftNode::step_driving`]), with or without peers: a
     /// follower's append is written, fdatasynced and acknowledged, and an acknowledgement
     /// reaching the leader commits, applies (`try_apply`) and completes its waiter, without a
-    /// wake-up of the core thread. `true` by default (`--cpu-layout peer-drive=off`).
+    /// wake-up of the core thread. Off by default (`--cpu-layout peer-drive=on`): at one
+    /// client it cut p50 to ~0.9× and CPU per put to ~0.85×, but at 1000 clients it cost a
+    /// third of the throughput (BENCHMARKS.md, cluster6).
     pub peer_drive: bool,
     /// Pin the raft core thread to this CPU.
     pub raft_cpu: Option<usize>,
@@ -217,7 +219,7 @@ impl Default for ThreadOptions {
         ThreadOptions {
             inline_apply_max: 32,
             drive: false,
-            peer_drive: true,
+            peer_drive: false,
             raft_cpu: None,
             apply_cpu: None,
             wal_cpu: None,

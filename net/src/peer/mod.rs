@@ -496,7 +496,9 @@ impl Transport for PeerTransport {
         for m in msgs {
             match m.get_msg_type() {
                 RaftMessageType::MsgRequestPreVote => {
-                    self.shared.pre_vote_requests.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .pre_vote_requests
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 RaftMessageType::MsgRequestVote => {
                     self.shared.vote_requests.fetch_add(1, Ordering::Relaxed);

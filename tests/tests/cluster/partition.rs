@@ -201,7 +201,11 @@ fn a_partitioned_follower_keeps_its_term_and_rejoins_without_deposing_the_leader
         isolated_term, term,
         "the isolated follower's term moved: it campaigned without pre-vote"
     );
-    assert_eq!(votes(&c), votes_before, "the isolated follower became a candidate");
+    assert_eq!(
+        votes(&c),
+        votes_before,
+        "the isolated follower became a candidate"
+    );
 
     c.partition.heal();
     wait_for("the follower to rejoin under the old leader", || {
@@ -209,7 +213,10 @@ fn a_partitioned_follower_keeps_its_term_and_rejoins_without_deposing_the_leader
     });
     // The leader kept its leadership and its term.
     let (_, seen_leader, now_term) = c.status(leader).expect("status of the leader");
-    assert_eq!(seen_leader, ids[leader], "the rejoining follower deposed the leader");
+    assert_eq!(
+        seen_leader, ids[leader],
+        "the rejoining follower deposed the leader"
+    );
     assert_eq!(now_term, term, "the rejoin raised the cluster's term");
     assert_eq!(c.status(f).expect("status").2, term);
 }

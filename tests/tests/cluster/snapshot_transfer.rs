@@ -18,7 +18,9 @@ fn catch_up_keys() -> usize {
     std::env::var("RINGKV_CATCH_UP_KEYS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map_or(DEFAULT_KEYS, |n| n.max(KEYS_PER_TXN) / KEYS_PER_TXN * KEYS_PER_TXN)
+        .map_or(DEFAULT_KEYS, |n| {
+            n.max(KEYS_PER_TXN) / KEYS_PER_TXN * KEYS_PER_TXN
+        })
 }
 /// Client connections the writes are spread over, and concurrent writers on each (group
 /// commit and batching keep the run short).
@@ -145,7 +147,13 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .expect("connect leader");
     let want = dump(&mut lc, false).await.expect("leader dump");
     assert_eq!(want.len(), keys);
-    let want_rev = lc.status().await.expect("status").header().expect("header").revision();
+    let want_rev = lc
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision();
 
     c.members[down].relaunch();
     c.members[down].wait_ready();
@@ -168,7 +176,13 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The same store revision as the leader (nothing was written since).
-    let have_rev = fc.status().await.expect("status").header().expect("header").revision();
+    let have_rev = fc
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision();
     assert_eq!(have_rev, want_rev);
 
     // It got there by a snapshot, not the log: its /metrics count a received snapshot, and the
