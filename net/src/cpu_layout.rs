@@ -15,7 +15,9 @@
 //!   `inline-apply` sets the largest batch of committed entries the raft thread applies itself
 //!   (0: every batch goes to the apply thread); `drive=on` lets a proposing front-end thread
 //!   run an idle lone member's raft core itself instead of waking the raft thread (default
-//!   `off`).
+//!   `off`); `peer-drive=on` lets a peer reader thread run a parked raft core itself (a
+//!   follower's append and the leader's acknowledgements then need no wake-up of the raft
+//!   thread; default `off`: it costs throughput under load).
 //!   Roles not named are not pinned.
 
 use ringkv_engine::ThreadOptions;
@@ -109,9 +111,16 @@ impl CpuLayout {
                         v => return Err(err(format!("drive={v:?}: expected on or off"))),
                     };
                 }
+                "peer-drive" => {
+                    layout.threads.peer_drive = match value.trim() {
+                        "on" => true,
+                        "off" => false,
+                        v => return Err(err(format!("peer-drive={v:?}: expected on or off"))),
+                    };
+                }
                 other => {
                     return Err(err(format!(
-                        "unknown role {other:?} (roles: raft, apply, wal, front, workers, inline-apply, drive)"
+                        "unknown role {other:?} (roles: raft, apply, wal, front, workers, inline-apply, drive, peer-drive)"
                     )));
                 }
             }
@@ -188,6 +197,19 @@ mod tests {
         assert_eq!(CpuLayout::parse("front=1", 2).unwrap().workers(), 1);
         assert!(CpuLayout::parse("drive=on", 2).unwrap().threads.drive);
         assert!(!CpuLayout::parse("drive=off", 2).unwrap().threads.drive);
+        assert!(!l.threads.peer_drive);
+        assert!(
+            CpuLayout::parse("peer-drive=on", 2)
+                .unwrap()
+                .threads
+                .peer_drive
+        );
+        assert!(
+            !CpuLayout::parse("peer-drive=off", 2)
+                .unwrap()
+                .threads
+                .peer_drive
+        );
     }
 
     #[test]

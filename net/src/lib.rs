@@ -64,6 +64,8 @@ pub use node::{
     BoxStream, Caller, EtcdNode, HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeResult, NodeState,
     WatchSpec, WatchUpdate, Watcher,
 };
+// peer transport counters on /metrics (cluster6)
+pub use node::{NetworkMetrics, PeerMetrics};
 pub use peer::{
     BackendCopy, MemberListFn, PeerConfig, PeerTransport, SnapshotFiles, query_cluster,
 };

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::node::{HISTOGRAM_BUCKETS, Histogram, NodeMetrics, NodeState};
+use crate::node::{
+    HISTOGRAM_BUCKETS, Histogram, NetworkMetrics, NodeMetrics, NodeState, PeerMetrics,
+};
 
 #[cfg(doc)]
 use crate::node::EtcdNode;
@@ -290,6 +292,7 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
         "The current revision of store.",
         state.revision as f64,
     );
+    network(&mut out, state.member_id, &node.network);
 
     let per_method = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -321,6 +324,99 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
         }
     }
     out
+}
+
+/// The peer transport's series: etcd's `etcd_network_*` names and labels (member IDs in hex)
+/// where etcd has one, `ringkv_*` for what etcd does not export (dial backoff, vote requests).
+fn network(out: &mut String, local: u64, n: &NetworkMetrics) {
+    let series =
+        |out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+    let per_peer = |label: &str, f: &dyn Fn(&PeerMetrics) -> f64| -> Vec<(String, f64)> {
+        n.peers
+            .iter()
+            .map(|p| (format!("{label}=\"{:x}\"", p.id), f(p)))
+            .collect()
+    };
+    let pair = |f: &dyn Fn(&PeerMetrics) -> f64| -> Vec<(String, f64)> {
+        n.peers
+            .iter()
+            .map(|p| (format!("Local=\"{local:x}\",Remote=\"{:x}\"", p.id), f(p)))
+            .collect()
+    };
+    series(
+        out,
+        "etcd_network_active_peers",
+        "gauge",
+        "The current number of active peer connections.",
+        pair(&|p| f64::from(u8::from(p.connected))),
+    );
+    series(
+        out,
+        "etcd_network_disconnected_peers_total",
+        "counter",
+        "The total number of disconnected peers.",
+        pair(&|p| p.disconnects as f64),
+    );
+    series(
+        out,
+        "ringkv_network_peer_dial_failures_total",
+        "counter",
+        "Failed dials (connect, TLS or hello) of a peer's message connection.",
+        per_peer("To", &|p| p.dial_failures as f64),
+    );
+    series(
+        out,
+        "ringkv_network_peer_redial_backoff_seconds",
+        "gauge",
+        "Wait before the next dial of a peer that is down (20 ms doubling per failure, at most 1 s; 0 while connected).",
+        per_peer("To", &|p| p.redial_backoff_seconds),
+    );
+    series(
+        out,
+        "etcd_network_snapshot_send_success",
+        "counter",
+        "Total number of successful snapshot sends",
+        per_peer("To", &|p| p.snapshots_sent as f64),
+    );
+    series(
+        out,
+        "etcd_network_snapshot_send_failures",
+        "counter",
+        "Total number of snapshot send failures",
+        per_peer("To", &|p| p.snapshot_send_failures as f64),
+    );
+    series(
+        out,
+        "etcd_network_snapshot_receive_success",
+        "counter",
+        "Total number of successful snapshot receives",
+        per_peer("From", &|p| p.snapshots_received as f64),
+    );
+    series(
+        out,
+        "etcd_network_snapshot_receive_failures",
+        "counter",
+        "Total number of snapshot receive failures",
+        per_peer("From", &|p| p.snapshot_receive_failures as f64),
+    );
+    series(
+        out,
+        "ringkv_raft_vote_requests_sent_total",
+        "counter",
+        "Raft vote requests sent to peers: type pre_vote (a pre-candidate, term unchanged) or vote (a candidate in a new term).",
+        vec![
+            (
+                "type=\"pre_vote\"".to_string(),
+                n.pre_vote_requests_sent as f64,
+            ),
+            ("type=\"vote\"".to_string(), n.vote_requests_sent as f64),
+        ],
+    );
 }
 
 fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
@@ -389,6 +485,49 @@ mod tests {
             "grpc_server_handled_total{grpc_code=\"Unavailable\",grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"} 0\n",
         ] {
             assert!(text.contains(needle), "missing {needle:?}");
+        }
+    }
+
+    #[test]
+    fn network_series_carry_etcd_labels_per_peer() {
+        let state = NodeState {
+            member_id: 0xa1,
+            ..Default::default()
+        };
+        let node = NodeMetrics {
+            network: NetworkMetrics {
+                peers: vec![
+                    PeerMetrics {
+                        id: 0xb2,
+                        connected: true,
+                        snapshots_received: 2,
+                        ..Default::default()
+                    },
+                    PeerMetrics {
+                        id: 0xc3,
+                        dial_failures: 7,
+                        redial_backoff_seconds: 1.0,
+                        snapshots_sent: 1,
+                        ..Default::default()
+                    },
+                ],
+                pre_vote_requests_sent: 4,
+                vote_requests_sent: 1,
+            },
+            ..Default::default()
+        };
+        let text = render(&state, &node, &GrpcMetrics::default());
+        for needle in [
+            "etcd_network_active_peers{Local=\"a1\",Remote=\"b2\"} 1\n",
+            "etcd_network_active_peers{Local=\"a1\",Remote=\"c3\"} 0\n",
+            "ringkv_network_peer_dial_failures_total{To=\"c3\"} 7\n",
+            "ringkv_network_peer_redial_backoff_seconds{To=\"c3\"} 1\n",
+            "etcd_network_snapshot_send_success{To=\"c3\"} 1\n",
+            "etcd_network_snapshot_receive_success{From=\"b2\"} 2\n",
+            "ringkv_raft_vote_requests_sent_total{type=\"pre_vote\"} 4\n",
+            "ringkv_raft_vote_requests_sent_total{type=\"vote\"} 1\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
     }
 }

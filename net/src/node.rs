@@ -150,6 +150,42 @@ pub struct NodeMetrics {
     pub db_total_size_in_use: i64,
     /// Backend quota in bytes.
     pub quota_backend_bytes: i64,
+    /// The peer transport's counters (empty on a node without peers).
+    pub network: NetworkMetrics,
+}
+
+/// Counters of the peer transport (net/src/peer), for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkMetrics {
+    /// One entry per other member this one has talked to or dialled, by member ID.
+    pub peers: Vec<PeerMetrics>,
+    /// Raft MsgRequestPreVote messages handed to the transport (a pre-candidate's campaign).
+    pub pre_vote_requests_sent: u64,
+    /// Raft MsgRequestVote messages handed to the transport (a candidate's campaign: its term
+    /// went up).
+    pub vote_requests_sent: u64,
+}
+
+/// The link to one other member.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerMetrics {
+    /// The member's ID.
+    pub id: u64,
+    /// The outgoing message connection to it is up.
+    pub connected: bool,
+    /// Times an established outgoing connection to it broke.
+    pub disconnects: u64,
+    /// Dials (connect, TLS or hello) that failed.
+    pub dial_failures: u64,
+    /// The wait before the next dial, in seconds (0 while connected): grows from 20 ms,
+    /// doubling per failed dial, up to 1 s.
+    pub redial_backoff_seconds: f64,
+    /// Snapshot transfers to it that it acknowledged, and those that failed.
+    pub snapshots_sent: u64,
+    pub snapshot_send_failures: u64,
+    /// Snapshot transfers from it received, made durable and stepped, and those that failed.
+    pub snapshots_received: u64,
+    pub snapshot_receive_failures: u64,
 }
 
 /// A latency histogram with etcd's buckets: upper bounds 0.001 s × 2^k for k = 0..=13 (1 ms …

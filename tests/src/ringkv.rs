@@ -274,7 +274,7 @@ impl RingkvProcess {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &advertised_peer])
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            .args(self.default_timing())
             .args(&self.extra)
             .env("RINGKV_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -283,6 +283,20 @@ impl RingkvProcess {
             .spawn()
             .expect("spawn ringkv");
         self.child = Some(child);
+    }
+
+    /// Fast raft timing (10 ms heartbeats, 100 ms election timeout) unless the caller's flags
+    /// set the timing themselves.
+    fn default_timing(&self) -> &'static [&'static str] {
+        let custom = self
+            .extra
+            .iter()
+            .any(|a| a.starts_with("--heartbeat-interval") || a.starts_with("--election-timeout"));
+        if custom {
+            &[]
+        } else {
+            &["--heartbeat-interval", "10", "--election-timeout", "100"]
+        }
     }
 
     /// Waits until `/health` says true (a leader is known and the node serves).
@@ -310,6 +324,38 @@ impl RingkvProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The value of one series of the member's `/metrics` (`name{labels}` exactly as
+    /// exposed), or `None` when the member does not answer or has no such series.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let r = http_get(self.client_port, "/metrics").ok()?;
+        r.body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The sum of every series of metric `name` (all label sets) on the member's `/metrics`;
+    /// `None` when the member does not answer.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let r = http_get(self.client_port, "/metrics").ok()?;
+        let sum = r
+            .body
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+            .sum();
+        Some(sum)
     }
 
     /// The node's stderr so far.

@@ -602,10 +602,16 @@ fn a_lone_voter_reads_locally_until_a_second_voter_joins() {
         if let Some(i) = c.node(1).progress().local_read_index() {
             break i;
         }
-        assert!(Instant::now() < deadline, "no local read index on a lone leader");
+        assert!(
+            Instant::now() < deadline,
+            "no local read index on a lone leader"
+        );
         std::thread::sleep(Duration::from_millis(1));
     };
-    assert!(local >= index, "local read index {local} below the applied entry {index}");
+    assert!(
+        local >= index,
+        "local read index {local} below the applied entry {index}"
+    );
 
     c.node(1)
         .propose_conf_change(single(ConfChangeType::AddLearnerNode, 2), None);
@@ -614,8 +620,16 @@ fn a_lone_voter_reads_locally_until_a_second_voter_joins() {
     c.node(1).propose(b"b".to_vec(), None);
     let (index, _) = c.next_entry(1);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.node(1).progress().local_read_index().is_none_or(|i| i < index) {
-        assert!(Instant::now() < deadline, "a learner turned local reads off");
+    while c
+        .node(1)
+        .progress()
+        .local_read_index()
+        .is_none_or(|i| i < index)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "a learner turned local reads off"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 
@@ -636,4 +650,225 @@ fn a_lone_voter_reads_locally_until_a_second_voter_joins() {
         );
     }
     c.shutdown();
+}
+
+/// The leader sends its appends without waiting for its own WAL write (invariant 4; Raft
+/// thesis §10.2.1): with the leader's persist held (its "fdatasync" has not returned), both
+/// followers still receive the entry, make it durable and acknowledge it, which is a quorum,
+/// so it commits and both followers apply it. The leader applies it only once its own persist
+/// returns (raft-rs applies nothing a member has not persisted).
+#[test]
+fn the_leader_replicates_while_its_own_persist_is_outstanding() {
+    let gated = Arc::new(Mutex::new(None));
+    let mut held = HashMap::new();
+    let mut c = Cluster {
+        router: Router::default(),
+        events: HashMap::new(),
+    };
+    for id in [1, 2, 3] {
+        let (tx, rx) = mpsc::channel();
+        let sink = GatedSink {
+            me: id,
+            gated: gated.clone(),
+            held: Arc::new(Mutex::new(Vec::new())),
+        };
+        held.insert(id, sink.held.clone());
+        let transport = MemTransport {
+            from: id,
+            router: c.router.clone(),
+        };
+        let node = RaftNode::start(config(id, &[1, 2, 3]), sink, transport, Recorder(tx)).unwrap();
+        c.router.nodes.write().insert(id, node);
+        c.events.insert(id, rx);
+    }
+    let leader = c.leader();
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    c.node(leader).propose(b"first".to_vec(), None);
+    for id in [1, 2, 3] {
+        assert_eq!(c.next_entry(id).1, b"first");
+    }
+
+    *gated.lock() = Some(leader);
+    c.node(leader).propose(b"parallel".to_vec(), None);
+    // Both followers apply it: the leader sent it before its own persist returned and counted
+    // their durable acknowledgements as the quorum.
+    for &f in &followers {
+        assert_eq!(c.next_entry(f).1, b"parallel");
+    }
+    // Meanwhile the leader's own write of it is still outstanding, and it has not applied it.
+    assert!(
+        held[&leader]
+            .lock()
+            .iter()
+            .any(|(es, _)| es.iter().any(|e| e.data.as_ref() == b"parallel")),
+        "the leader's persist of the entry is not outstanding"
+    );
+    let early: Vec<Event> = c.events[&leader].try_iter().collect();
+    assert!(
+        !early
+            .iter()
+            .any(|e| matches!(e, Event::Entry(_, d) if d.as_slice() == b"parallel")),
+        "the leader applied an entry before its own persist returned: {early:?}"
+    );
+    *gated.lock() = None;
+    let mut queued = held[&leader].lock();
+    for (_, d) in queued.drain(..) {
+        d(Ok(()));
+    }
+    drop(queued);
+    assert_eq!(c.next_entry(leader).1, b"parallel");
+    c.shutdown();
+}
+
+/// Records every applied entry with the name of the thread that applied it; `try_apply`
+/// always applies (no lock is ever held here).
+struct ThreadNames(mpsc::Sender<(u64, Vec<u8>, String)>);
+
+impl ThreadNames {
+    fn record(&self, index: u64, data: &[u8]) {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        let _ = self.0.send((index, data.to_vec(), name));
+    }
+}
+
+impl StateMachine for ThreadNames {
+    fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+        self.record(index, data);
+    }
+
+    fn try_apply(&mut self, index: u64, _term: u64, data: &[u8]) -> bool {
+        self.record(index, data);
+        true
+    }
+}
+
+/// Delivers each `send` batch to the destination's reader thread, which hands it to raft with
+/// `step_driving`, as the peer transport's reader threads do.
+struct ReaderTransport {
+    readers: Arc<RwLock<HashMap<u64, mpsc::Sender<Vec<Message>>>>>,
+}
+
+impl Transport for ReaderTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let readers = self.readers.read();
+        let mut by_peer: HashMap<u64, Vec<Message>> = HashMap::new();
+        for m in msgs {
+            by_peer.entry(m.to).or_default().push(m);
+        }
+        for (to, batch) in by_peer {
+            if let Some(r) = readers.get(&to) {
+                let _ = r.send(batch);
+            }
+        }
+    }
+}
+
+/// Runs three members whose messages arrive through reader threads, proposes 30 entries one
+/// at a time on the leader, and returns, per member, the (index, data, applying thread) of
+/// each entry in apply order, and the leader's ID.
+/// Per member, the (index, data, applying thread) of each applied entry, in apply order.
+type AppliedBy = HashMap<u64, Vec<(u64, Vec<u8>, String)>>;
+
+fn run_through_readers(peer_drive: bool) -> (AppliedBy, u64) {
+    let readers: Arc<RwLock<HashMap<u64, mpsc::Sender<Vec<Message>>>>> = Arc::default();
+    let mut nodes = HashMap::new();
+    let mut applied = HashMap::new();
+    let mut reader_threads = Vec::new();
+    for id in [1, 2, 3] {
+        let (tx, rx) = mpsc::channel();
+        let mut cfg = config(id, &[1, 2, 3]);
+        cfg.threads.peer_drive = peer_drive;
+        let transport = ReaderTransport {
+            readers: readers.clone(),
+        };
+        let node = RaftNode::start(cfg, InstantSink, transport, ThreadNames(tx)).unwrap();
+        let (in_tx, in_rx) = mpsc::channel::<Vec<Message>>();
+        readers.write().insert(id, in_tx);
+        let reader_node = node.clone();
+        reader_threads.push(
+            std::thread::Builder::new()
+                .name(format!("peer-reader-{id}"))
+                .spawn(move || {
+                    while let Ok(batch) = in_rx.recv() {
+                        reader_node.step_driving(batch);
+                    }
+                })
+                .unwrap(),
+        );
+        nodes.insert(id, node);
+        applied.insert(id, rx);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let seen: HashSet<u64> = nodes.values().map(|n| n.progress().leader()).collect();
+        if seen.len() == 1 && !seen.contains(&0) {
+            break *seen.iter().next().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut logs: AppliedBy = HashMap::new();
+    for i in 0..30u32 {
+        // Let every core thread finish its turn and park, as between a lone client's writes.
+        std::thread::sleep(Duration::from_millis(3));
+        nodes[&leader].propose(i.to_le_bytes().to_vec(), None);
+        for id in [1, 2, 3] {
+            let e = applied[&id]
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("member {id} applied entry {i} not within 10 s: {e}"));
+            logs.entry(id).or_default().push(e);
+        }
+    }
+    readers.write().clear();
+    for n in nodes.values() {
+        n.shutdown();
+    }
+    drop(nodes);
+    for t in reader_threads {
+        t.join().unwrap();
+    }
+    (logs, leader)
+}
+
+/// `step_driving` (the peer transport's reader threads): a reader that finds the core thread
+/// parked runs the core itself, so followers write, acknowledge and apply, and the leader
+/// commits and applies, on reader threads; order and agreement hold. With
+/// `ThreadOptions::peer_drive` off nothing runs there.
+#[test]
+fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
+    for peer_drive in [true, false] {
+        let (logs, leader) = run_through_readers(peer_drive);
+        let want: Vec<Vec<u8>> = (0..30u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        let mut on_readers = HashMap::new();
+        for (id, log) in &logs {
+            let data: Vec<Vec<u8>> = log.iter().map(|(_, d, _)| d.clone()).collect();
+            assert_eq!(data, want, "member {id} (peer_drive {peer_drive})");
+            assert!(
+                log.windows(2).all(|w| w[0].0 < w[1].0),
+                "member {id}: {log:?}"
+            );
+            let n = log
+                .iter()
+                .filter(|(_, _, t)| t.starts_with("peer-reader-"))
+                .count();
+            on_readers.insert(*id, n);
+        }
+        assert_eq!(
+            logs[&1].iter().map(|e| e.0).collect::<Vec<_>>(),
+            logs[&2].iter().map(|e| e.0).collect::<Vec<_>>()
+        );
+        if peer_drive {
+            for (id, n) in &on_readers {
+                assert!(
+                    *n > 0,
+                    "member {id} (leader {leader}) applied nothing on a reader thread: {on_readers:?}"
+                );
+            }
+        } else {
+            assert!(
+                on_readers.values().all(|n| *n == 0),
+                "peer_drive off, yet applied on reader threads: {on_readers:?}"
+            );
+        }
+    }
 }

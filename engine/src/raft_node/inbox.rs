@@ -127,6 +127,21 @@ impl<T> InboxSender<T> {
         Ok(false)
     }
 
+    /// [`send_claiming`](Self::send_claiming) for several messages at once, queued together
+    /// in order. Gives them back when the receiver is gone.
+    pub(crate) fn send_all_claiming(&self, msgs: Vec<T>) -> Result<bool, Vec<T>> {
+        let mut st = self.shared.state.lock();
+        if st.closed {
+            return Err(msgs);
+        }
+        st.queue.extend(msgs);
+        if st.parked && !st.claimed {
+            st.claimed = true;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Gives the claim back if the queue is empty (returns `true`). With `hand_over`, gives it
     /// back in any case, waking the receiver for what is queued (returns `true`). Otherwise
     /// keeps the claim and returns `false`: the claimant takes the queue again.

@@ -227,6 +227,17 @@ pub(crate) fn read_frame(r: &mut impl Read, offset: &mut u64) -> io::Result<Opti
     Ok(Some(messages))
 }
 
+/// Whether `buf` (bytes read ahead of the next frame) holds that whole frame, so reading it
+/// cannot wait for the network. A header claiming more than [`MAX_FRAME`] counts as whole:
+/// `read_frame` fails on it without reading further.
+pub(crate) fn holds_whole_frame(buf: &[u8]) -> bool {
+    if buf.len() < FRAME_HEADER_LEN {
+        return false;
+    }
+    let len = le_u32(buf, FRAME_LEN_OFFSET) as usize;
+    len > MAX_FRAME || buf.len() >= FRAME_HEADER_LEN + len
+}
+
 /// The messages of a payload, or the payload offset where it stops making sense.
 fn split_payload(p: &[u8]) -> Result<Vec<Vec<u8>>, usize> {
     if p.len() < 4 {
@@ -413,6 +424,21 @@ mod tests {
         let mut r = encode_reply(Status::Ok, 42);
         r[REPLY_CLUSTER_OFFSET] ^= 0xff;
         assert!(decode_reply(&r).is_err());
+    }
+
+    #[test]
+    fn a_buffer_holds_a_whole_frame_only_with_its_last_payload_byte() {
+        let mut buf = Vec::new();
+        encode_frame(&[vec![9u8; 100]], &mut buf);
+        assert!(holds_whole_frame(&buf));
+        assert!(!holds_whole_frame(&buf[..buf.len() - 1]));
+        assert!(!holds_whole_frame(&buf[..FRAME_HEADER_LEN - 1]));
+        assert!(!holds_whole_frame(&[]));
+        // An oversized length is "whole": reading it fails at once instead of waiting.
+        let mut huge = vec![0u8; FRAME_HEADER_LEN];
+        huge[FRAME_LEN_OFFSET..FRAME_LEN_OFFSET + 4]
+            .copy_from_slice(&((MAX_FRAME + 1) as u32).to_le_bytes());
+        assert!(holds_whole_frame(&huge));
     }
 
     #[test]

@@ -46,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -57,6 +57,7 @@ use ringkv_engine::{
 };
 
 use self::frame::{Hello, Status, StreamKind};
+use crate::node::{NetworkMetrics, PeerMetrics};
 use crate::tls::{PeerStream, SideTls, is_tls_url};
 
 /// Messages queued per peer before `send` starts dropping (raft-rs keeps at most 256
@@ -64,6 +65,9 @@ use crate::tls::{PeerStream, SideTls, is_tls_url};
 const QUEUE_PER_PEER: usize = 4096;
 /// Most bytes of messages put into one frame.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Most messages a reader thread gathers from frames it has already read before handing them
+/// to raft.
+const MAX_STEPPED_AT_ONCE: usize = 1024;
 /// Reconnect backoff: first wait and cap.
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -111,6 +115,38 @@ pub struct SnapshotFiles {
     pub received_path: Box<dyn Fn(u64) -> io::Result<PathBuf> + Send + Sync>,
     /// The file system received files are written through (the node's).
     pub vfs: Arc<dyn Vfs>,
+}
+
+/// Counters of the link to one peer and of the snapshots exchanged with it (`/metrics`,
+/// [`PeerTransport::metrics`]).
+#[derive(Default)]
+struct LinkStats {
+    connected: AtomicBool,
+    disconnects: AtomicU64,
+    dial_failures: AtomicU64,
+    /// The wait before the next dial, in ms; 0 while connected.
+    backoff_ms: AtomicU64,
+    snapshots_sent: AtomicU64,
+    snapshot_send_failures: AtomicU64,
+    snapshots_received: AtomicU64,
+    snapshot_receive_failures: AtomicU64,
+}
+
+impl LinkStats {
+    fn read(&self, id: u64) -> PeerMetrics {
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PeerMetrics {
+            id,
+            connected: self.connected.load(Ordering::Acquire),
+            disconnects: n(&self.disconnects),
+            dial_failures: n(&self.dial_failures),
+            redial_backoff_seconds: n(&self.backoff_ms) as f64 / 1000.0,
+            snapshots_sent: n(&self.snapshots_sent),
+            snapshot_send_failures: n(&self.snapshot_send_failures),
+            snapshots_received: n(&self.snapshots_received),
+            snapshot_receive_failures: n(&self.snapshot_receive_failures),
+        }
+    }
 }
 
 struct PeerSender {
@@ -269,6 +305,12 @@ struct Shared {
     /// Peer TLS (tls.rs): dials `https://` peer URLs; accepts with it when `listen_tls`.
     tls: OnceLock<Arc<SideTls>>,
     listen_tls: AtomicBool,
+    /// Per-peer counters, by member ID (kept after a peer is removed).
+    stats: Mutex<HashMap<u64, Arc<LinkStats>>>,
+    /// Vote requests handed to `send`, by kind (a pre-candidate sends MsgRequestPreVote and
+    /// keeps its term; a candidate sends MsgRequestVote in a new term).
+    pre_vote_requests: AtomicU64,
+    vote_requests: AtomicU64,
 }
 
 /// Produces the member list a cluster query is answered with.
@@ -301,6 +343,9 @@ impl PeerTransport {
                 snapshot_files: RwLock::new(None),
                 tls: OnceLock::new(),
                 listen_tls: AtomicBool::new(false),
+                stats: Mutex::new(HashMap::new()),
+                pre_vote_requests: AtomicU64::new(0),
+                vote_requests: AtomicU64::new(0),
             }),
         }
     }
@@ -334,6 +379,7 @@ impl PeerTransport {
             link: link.clone(),
             backlog: backlog.clone(),
             snapshot_busy: Arc::new(AtomicBool::new(false)),
+            stats: self.shared.stats(id),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("ringkv-peer-{id:x}"))
@@ -380,6 +426,23 @@ impl PeerTransport {
         self.shared.listen_tls.store(listen, Ordering::Release);
     }
 
+    /// The transport's counters, peers sorted by member ID.
+    pub fn metrics(&self) -> NetworkMetrics {
+        let mut peers: Vec<PeerMetrics> = self
+            .shared
+            .stats
+            .lock()
+            .iter()
+            .map(|(id, s)| s.read(*id))
+            .collect();
+        peers.sort_by_key(|p| p.id);
+        NetworkMetrics {
+            peers,
+            pre_vote_requests_sent: self.shared.pre_vote_requests.load(Ordering::Relaxed),
+            vote_requests_sent: self.shared.vote_requests.load(Ordering::Relaxed),
+        }
+    }
+
     /// Whether a peer refused us because this member was removed from the cluster.
     pub fn self_removed(&self) -> bool {
         self.shared.self_removed.load(Ordering::Acquire)
@@ -411,6 +474,11 @@ impl PeerTransport {
 }
 
 impl Shared {
+    /// The counters of member `id`, created on first use.
+    fn stats(&self, id: u64) -> Arc<LinkStats> {
+        self.stats.lock().entry(id).or_default().clone()
+    }
+
     fn report_unreachable(&self, to: u64, snapshot: bool) {
         if let Some(raft) = self.raft.get() {
             raft.report_unreachable(to);
@@ -426,6 +494,17 @@ impl Transport for PeerTransport {
         // Per peer, in the order given (a Ready holds a few peers' messages).
         let mut by_peer: Vec<(u64, Vec<RaftMessage>)> = Vec::new();
         for m in msgs {
+            match m.get_msg_type() {
+                RaftMessageType::MsgRequestPreVote => {
+                    self.shared
+                        .pre_vote_requests
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                RaftMessageType::MsgRequestVote => {
+                    self.shared.vote_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
             match by_peer.iter_mut().find(|(to, _)| *to == m.to) {
                 Some((_, v)) => v.push(m),
                 None => by_peer.push((m.to, vec![m])),
@@ -475,6 +554,7 @@ struct SenderWorker {
     /// A snapshot transfer to this peer is under way (raft-rs sends one at a time; a
     /// duplicate meanwhile is dropped, the running one reports).
     snapshot_busy: Arc<AtomicBool>,
+    stats: Arc<LinkStats>,
 }
 
 impl SenderWorker {
@@ -493,7 +573,13 @@ impl SenderWorker {
                     }
                     logged_down = false;
                     backoff = BACKOFF_MIN;
-                    if let Err(e) = self.stream(stream) {
+                    self.stats.backoff_ms.store(0, Ordering::Relaxed);
+                    // Release: a reader that sees `connected` sees the reset wait.
+                    self.stats.connected.store(true, Ordering::Release);
+                    let ended = self.stream(stream);
+                    self.stats.connected.store(false, Ordering::Release);
+                    if let Err(e) = ended {
+                        self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!("connection to peer {:x} ended: {e}", self.to);
                         self.shared.report_unreachable(self.to, false);
                     }
@@ -517,6 +603,12 @@ impl SenderWorker {
                     if any {
                         self.shared.report_unreachable(self.to, snapshot);
                     }
+                    // Bounded exponential backoff: 20 ms, 40 ms, … doubling per failed dial,
+                    // at most 1 s between dials of a member that stays down.
+                    self.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .backoff_ms
+                        .store(backoff.as_millis() as u64, Ordering::Relaxed);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -641,6 +733,7 @@ impl SenderWorker {
         let shared = self.shared.clone();
         let urls = self.urls.clone();
         let busy = self.snapshot_busy.clone();
+        let stats = self.stats.clone();
         let to = self.to;
         let spawned = std::thread::Builder::new()
             .name(format!("ringkv-snap-{to:x}"))
@@ -649,6 +742,7 @@ impl SenderWorker {
                 busy.store(false, Ordering::Release);
                 match result {
                     Ok(len) => {
+                        stats.snapshots_sent.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             "sent the snapshot at index {index} ({len} bytes) to member {to:x}"
                         );
@@ -657,6 +751,7 @@ impl SenderWorker {
                         }
                     }
                     Err(e) => {
+                        stats.snapshot_send_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(
                             "sending the snapshot at index {index} to member {to:x} failed: {e}"
                         );
@@ -688,6 +783,10 @@ fn send_snapshot(
         .read()
         .clone()
         .ok_or_else(|| io::Error::other("this member cannot send snapshots"))?;
+    // Connect before copying: a copy commits and pins the backend under the store's write
+    // lock, and raft-rs asks again after every failure, so a member that is down must cost a
+    // refused dial, not a backend copy, per attempt.
+    let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     let mut at = (files.copy_backend)()?;
     let mut msg = msg;
     let meta = msg.mut_snapshot().mut_metadata();
@@ -702,7 +801,6 @@ fn send_snapshot(
             std::mem::take(&mut at.learners),
         )));
     }
-    let mut s = dial(shared, to, urls, StreamKind::Snapshot)?;
     s.set_read_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     s.set_write_timeout(Some(SNAPSHOT_IO_TIMEOUT))?;
     let mut w =
@@ -914,9 +1012,16 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
         // Not kept in `accepted` (whose clones would hold the socket open): a transfer ends
         // by itself, at the latest when a read stalls for SNAPSHOT_IO_TIMEOUT.
         let closer = s.try_clone()?;
+        let stats = shared.stats(h.from);
         let r = receive_snapshot(shared, s, h.from).inspect_err(|e| {
+            stats
+                .snapshot_receive_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!("receiving a snapshot from member {:x}: {e}", h.from);
         });
+        if r.is_ok() {
+            stats.snapshots_received.fetch_add(1, Ordering::Relaxed);
+        }
         let _ = closer.shutdown(Shutdown::Both);
         return r;
     }
@@ -926,6 +1031,8 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
     s.set_read_timeout(None)?;
     let mut r = BufReader::with_capacity(64 * 1024, s);
     let mut offset = frame::HELLO_LEN as u64;
+    // Messages read but not yet handed to raft (the frames still buffered join them).
+    let mut stepped: Vec<RaftMessage> = Vec::new();
     loop {
         if shared.stopping.load(Ordering::Acquire) || shared.removed.read().contains(&h.from) {
             return Ok(());
@@ -954,7 +1061,7 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
                         );
                         continue;
                     }
-                    raft.step(m);
+                    stepped.push(m);
                 }
                 Err(e) => {
                     tracing::error!(
@@ -964,6 +1071,12 @@ fn serve_connection(shared: &Shared, tcp: TcpStream) -> io::Result<()> {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
                 }
             }
+        }
+        // Whole frames already read join these messages in one step (bounded); otherwise
+        // they go to raft now, and this thread runs the core itself if it is parked (no
+        // wake-up of the core thread on the critical path of a write; `step_driving`).
+        if !frame::holds_whole_frame(r.buffer()) || stepped.len() >= MAX_STEPPED_AT_ONCE {
+            raft.step_driving(std::mem::take(&mut stepped));
         }
     }
 }
@@ -1224,6 +1337,85 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         ours.stop();
+    }
+
+    /// A peer that is down is dialled again at growing intervals, bounded: the wait doubles
+    /// from 20 ms per failed dial up to 1 s and stays there; once the peer listens, a dial
+    /// connects and the wait is reset. Observed through the counters, not the clock.
+    #[test]
+    fn a_peer_that_is_down_is_redialled_with_a_bounded_exponential_backoff() {
+        // A port nobody listens on (bound, then closed).
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let ours = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 10,
+        });
+        ours.set_peer(11, vec![format!("http://127.0.0.1:{port}")]);
+        let peer = |t: &PeerTransport| {
+            t.metrics()
+                .peers
+                .into_iter()
+                .find(|p| p.id == 11)
+                .unwrap_or_default()
+        };
+        let steps_ms = [20.0, 40.0, 80.0, 160.0, 320.0, 640.0, 1000.0];
+        let mut seen: Vec<f64> = Vec::new();
+        let at_cap = loop {
+            let p = peer(&ours);
+            assert!(!p.connected, "connected to a closed port");
+            let wait_ms = (p.redial_backoff_seconds * 1000.0).round();
+            if wait_ms > 0.0 && seen.last() != Some(&wait_ms) {
+                assert!(
+                    steps_ms.contains(&wait_ms),
+                    "a wait of {wait_ms} ms is not on the doubling schedule (seen {seen:?})"
+                );
+                assert!(
+                    seen.last().is_none_or(|l| *l < wait_ms),
+                    "the wait shrank while the peer stayed down: {seen:?} then {wait_ms}"
+                );
+                seen.push(wait_ms);
+            }
+            if wait_ms == 1000.0 {
+                break p.dial_failures;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        // The cap is reached on the 7th failed dial (20 ms doubled 6 times passes 1 s); one
+        // more may have happened before the counters were read.
+        assert!(
+            (7..=8).contains(&at_cap),
+            "{at_cap} failed dials when the wait reached 1 s (waits seen: {seen:?})"
+        );
+        // Bounded: further failures keep the wait at 1 s.
+        loop {
+            let p = peer(&ours);
+            assert_eq!(p.redial_backoff_seconds, 1.0, "past the cap: {p:?}");
+            if p.dial_failures > at_cap {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The peer comes up: the next dial connects and the wait is reset.
+        let theirs = PeerTransport::new(PeerConfig {
+            cluster_id: 1,
+            member_id: 11,
+        });
+        theirs
+            .listen(SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap();
+        loop {
+            let p = peer(&ours);
+            if p.connected {
+                assert_eq!(p.redial_backoff_seconds, 0.0, "{p:?}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ours.stop();
+        theirs.stop();
     }
 
     #[test]

@@ -1345,6 +1345,7 @@ impl EtcdNode for RaftBackedNode {
             db_total_size: stats.map_or(0, |s| s.file_bytes as i64),
             db_total_size_in_use: stats.map_or(0, |s| s.live_bytes as i64),
             quota_backend_bytes: self.inner.opts.quota_backend_bytes.unwrap_or(0) as i64,
+            network: self.inner.peers.metrics(),
         }
     }
 

@@ -59,8 +59,11 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Check-quorum (etcd's `--pre-vote`/check-quorum, raft §6.2) and the partition rules: a
+/// leader cut off from the majority steps down by itself, cannot commit or serve a
+/// linearizable read, and converges with the others after healing.
 #[test]
-fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
+fn an_isolated_leader_steps_down_cannot_commit_and_rejoins_after_healing() {
     let mut c = RingkvCluster::start_proxied(3, &[], &[]);
     let old = c.leader();
     let ids: Vec<u64> = (0..3).map(|i| c.status(i).expect("status").0).collect();
@@ -82,6 +85,12 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
         l[0] != 0 && l[0] != ids[old] && l.iter().all(|x| *x == l[0])
     });
     assert!(majority.iter().any(|i| ids[*i] == new_leader));
+    // Check-quorum: the old leader hears from no quorum for an election timeout and steps
+    // down by itself (it cannot learn of the new leader: nothing reaches it). Without
+    // check-quorum it would go on calling itself leader for as long as the partition lasts.
+    wait_for("the isolated leader to step down", || {
+        status(&ep[old]).is_some_and(|(leader, _)| leader != ids[old])
+    });
     // ... and serves writes and linearizable reads.
     // On 2 loaded vCPUs the new leader can lose a check-quorum round and step down for an
     // election; a write that meets that gets "no leader" / "leader changed" (etcd too) and is
@@ -152,4 +161,62 @@ fn an_isolated_leader_cannot_commit_and_rejoins_after_healing() {
         ok && out.lines().filter(|l| !l.is_empty()).count() == 10,
         "{out}"
     );
+}
+
+/// Pre-vote (raft thesis §9.6; etcd's `--pre-vote`, on): a follower cut off from the others
+/// campaigns only as a pre-candidate, which does not raise its term; when the link heals it
+/// rejoins under the same leader in the same term instead of deposing it.
+#[test]
+fn a_partitioned_follower_keeps_its_term_and_rejoins_without_deposing_the_leader() {
+    // Slower timing than the other cluster tests: the leader must not lose a check-quorum
+    // round to a loaded machine while this test watches its term.
+    let timing = ["--heartbeat-interval", "20", "--election-timeout", "400"];
+    let mut c = RingkvCluster::start_proxied(3, &timing, &[]);
+    let leader = c.leader();
+    let ids: Vec<u64> = (0..3).map(|i| c.status(i).expect("status").0).collect();
+    let f = (leader + 1) % 3;
+    let (_, _, term) = c.status(f).expect("status of the follower");
+    let (_, _, leader_term) = c.status(leader).expect("status of the leader");
+    assert_eq!(term, leader_term);
+    let pre_votes = |c: &RingkvCluster| {
+        c.members[f]
+            .metric("ringkv_raft_vote_requests_sent_total{type=\"pre_vote\"}")
+            .expect("pre-vote counter on /metrics")
+    };
+    let votes = |c: &RingkvCluster| {
+        c.members[f]
+            .metric("ringkv_raft_vote_requests_sent_total{type=\"vote\"}")
+            .expect("vote counter on /metrics")
+    };
+    let (pre_before, votes_before) = (pre_votes(&c), votes(&c));
+
+    c.partition.isolate(ids[f], &ids);
+    // Three campaigns (each asks both other members) go unanswered ...
+    wait_for("three pre-vote campaigns of the isolated follower", || {
+        pre_votes(&c) >= pre_before + 6.0
+    });
+    // ... and none of them raised its term or made it a candidate.
+    let (_, _, isolated_term) = c.status(f).expect("status of the isolated follower");
+    assert_eq!(
+        isolated_term, term,
+        "the isolated follower's term moved: it campaigned without pre-vote"
+    );
+    assert_eq!(
+        votes(&c),
+        votes_before,
+        "the isolated follower became a candidate"
+    );
+
+    c.partition.heal();
+    wait_for("the follower to rejoin under the old leader", || {
+        c.status(f).is_some_and(|s| s.1 == ids[leader])
+    });
+    // The leader kept its leadership and its term.
+    let (_, seen_leader, now_term) = c.status(leader).expect("status of the leader");
+    assert_eq!(
+        seen_leader, ids[leader],
+        "the rejoining follower deposed the leader"
+    );
+    assert_eq!(now_term, term, "the rejoin raised the cluster's term");
+    assert_eq!(c.status(f).expect("status").2, term);
 }

@@ -1,16 +1,60 @@
 //! Snapshot transfer (issue 6, "Snapshots"; spec §10): a follower stopped while the others
-//! write far past the compacted raft log catches up by receiving the leader's backend file,
-//! and then serves every key with the revisions the leader has.
+//! write 50,000 keys far past the compacted raft log catches up by receiving the leader's
+//! backend file, and then serves every key with the revisions the leader has.
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, GetOptions, Txn, TxnOp};
 use ringkv_tests::{RingkvCluster, RingkvProcess, TEST_CLUSTER_TOKEN, etcdctl_at, free_port};
 
-/// Keys written while the follower is down.
-const KEYS: usize = 3000;
-/// Concurrent writers (group commit keeps the run short).
+/// Keys written while the follower is down, in transactions of `KEYS_PER_TXN` puts each (one
+/// raft entry per transaction). Issue 6 says 50,000 writes; the unoptimised test build on a
+/// shared 2-vCPU machine applies a few hundred keys a second there, so CI writes 5,000 and
+/// `RINGKV_CATCH_UP_KEYS=50000` runs the issue's figure (BENCHMARKS.md, cluster6).
+const DEFAULT_KEYS: usize = 5_000;
+const KEYS_PER_TXN: usize = 10;
+
+fn catch_up_keys() -> usize {
+    std::env::var("RINGKV_CATCH_UP_KEYS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT_KEYS, |n| {
+            n.max(KEYS_PER_TXN) / KEYS_PER_TXN * KEYS_PER_TXN
+        })
+}
+/// Client connections the writes are spread over, and concurrent writers on each (group
+/// commit and batching keep the run short).
+const CONNECTIONS: usize = 4;
+const WRITERS_PER_CONNECTION: usize = 32;
+/// Writers of the smaller learner test (one connection).
 const WRITERS: usize = 20;
+
+/// Puts `k/{i:05}` = `v{i}` for every `i` in `keys` in one transaction, retrying like
+/// [`put_retrying`].
+async fn txn_put_retrying(c: &mut Client, keys: std::ops::Range<usize>) {
+    let started = Instant::now();
+    loop {
+        let ops: Vec<TxnOp> = keys
+            .clone()
+            .map(|i| TxnOp::put(format!("k/{i:05}"), format!("v{i}"), None))
+            .collect();
+        match c.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => return,
+            Err(e) => {
+                let text = e.to_string();
+                let transient = text.contains("etcdserver: no leader")
+                    || text.contains("etcdserver: leader changed")
+                    || text.contains("etcdserver: request timed out");
+                assert!(
+                    transient && started.elapsed() < Duration::from_secs(30),
+                    "txn k/{:05}..: {text}",
+                    keys.start
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
 
 /// (key, value, create, mod, version) of every key under `k/`.
 type Dump = Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>;
@@ -64,8 +108,10 @@ async fn put_retrying(c: &mut Client, i: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_transfer() {
-    // Snapshots every 100 entries keeping 50 below them: a follower that misses 3000 entries
-    // is behind the leader's first log index and needs the backend file.
+    // Snapshots every 100 entries keeping 50 below them: a follower that misses 500 entries
+    // (5,000 keys) or more is far behind the leader's first log index and needs the backend
+    // file.
+    let keys = catch_up_keys();
     let mut c = RingkvCluster::start_with(
         3,
         &["--snapshot-count", "100"],
@@ -78,15 +124,20 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .filter(|i| *i != down)
         .map(|i| format!("http://{}", c.members[i].endpoint()))
         .collect();
-    let client = Client::connect(up, None).await.expect("connect");
+    let writers_total = CONNECTIONS * WRITERS_PER_CONNECTION;
     let mut writers = tokio::task::JoinSet::new();
-    for w in 0..WRITERS {
-        let mut c = client.clone();
-        writers.spawn(async move {
-            for i in (w..KEYS).step_by(WRITERS) {
-                put_retrying(&mut c, i).await;
-            }
-        });
+    for conn in 0..CONNECTIONS {
+        // One client per connection (clones of a client share its connection).
+        let client = Client::connect(up.clone(), None).await.expect("connect");
+        for w in 0..WRITERS_PER_CONNECTION {
+            let mut c = client.clone();
+            let first = conn * WRITERS_PER_CONNECTION + w;
+            writers.spawn(async move {
+                for b in (first..keys / KEYS_PER_TXN).step_by(writers_total) {
+                    txn_put_retrying(&mut c, b * KEYS_PER_TXN..(b + 1) * KEYS_PER_TXN).await;
+                }
+            });
+        }
     }
     while let Some(r) = writers.join_next().await {
         r.expect("writer");
@@ -95,7 +146,14 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         .await
         .expect("connect leader");
     let want = dump(&mut lc, false).await.expect("leader dump");
-    assert_eq!(want.len(), KEYS);
+    assert_eq!(want.len(), keys);
+    let want_rev = lc
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision();
 
     c.members[down].relaunch();
     c.members[down].wait_ready();
@@ -110,29 +168,44 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "the restarted member has {} of {KEYS} keys (or different revisions) after 15 s; log:\n{}",
+            start.elapsed() < Duration::from_secs(30),
+            "the restarted member has {} of {keys} keys (or different revisions) after 30 s; log:\n{}",
             have.map_or(0, |h| h.len()),
             c.members[down].log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The same store revision as the leader (nothing was written since).
+    let have_rev = fc
+        .status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision();
+    assert_eq!(have_rev, want_rev);
 
-    // It got there by a snapshot: received, made durable, installed; the leader sent it.
+    // It got there by a snapshot, not the log: its /metrics count a received snapshot, and the
+    // log says it was made durable and installed; a member still up sent it.
     let log = c.members[down].log();
     assert!(log.contains("received the snapshot at index"), "{log}");
     assert!(
         log.contains("installed the snapshot received from the leader"),
         "{log}"
     );
+    let received = c.members[down]
+        .metric_sum("etcd_network_snapshot_receive_success")
+        .expect("/metrics of the restarted follower");
+    assert!(received >= 1.0, "no snapshot received: {received}");
     // (The leader of the moment: on a loaded machine check-quorum may have moved leadership
     // during the writes.)
-    let sent = (0..3)
+    let sent: f64 = (0..3)
         .filter(|i| *i != down)
-        .any(|i| c.members[i].log().contains("sent the snapshot at index"));
+        .filter_map(|i| c.members[i].metric_sum("etcd_network_snapshot_send_success"))
+        .sum();
     assert!(
-        sent,
-        "no member sent the snapshot; leader's log: {}",
+        sent >= 1.0,
+        "no member counts a snapshot sent; leader's log: {}",
         c.members[leader].log()
     );
     // The received file was renamed over the backend: no temporary file is left.
