@@ -57,6 +57,22 @@ async fn txn_put_retrying(c: &mut Client, keys: std::ops::Range<usize>) {
 }
 
 /// (key, value, create, mod, version) of every key under `k/`.
+/// Index of the newest raft snapshot file (`member/snap/{term:016x}-{index:016x}.snap`) in a
+/// member's data dir; 0 if none.
+fn newest_snapshot_index(data_dir: &std::path::Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(data_dir.join("member/snap")) else {
+        return 0;
+    };
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        let stem = name.strip_suffix(".snap")?;
+        let (_, index) = stem.split_once('-')?;
+        u64::from_str_radix(index, 16).ok()
+    })
+    .max()
+    .unwrap_or(0)
+}
+
 type Dump = Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>;
 
 async fn dump(c: &mut Client, serializable: bool) -> Option<Dump> {
@@ -119,6 +135,12 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
     );
     let leader = c.leader();
     let down = (leader + 1) % 3;
+    let stopped_at = {
+        let mut dc = Client::connect([format!("http://{}", c.members[down].endpoint())], None)
+            .await
+            .expect("connect the member to stop");
+        dc.status().await.expect("status").raft_index()
+    };
     c.members[down].stop();
     let up: Vec<String> = (0..3)
         .filter(|i| *i != down)
@@ -145,6 +167,29 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
     let mut lc = Client::connect([format!("http://{}", c.members[leader].endpoint())], None)
         .await
         .expect("connect leader");
+    // The members that stayed up must have compacted their logs past the stopped member's
+    // index before it returns, or it would catch up from the log. A snapshot is taken once the
+    // backend made enough requests durable, which can trail the writes; with batch entries
+    // 5,000 keys may also be few entries. So: wait for a snapshot on both far enough above
+    // (at most `RINGKV_SNAPSHOT_CATCH_UP` = 50 entries stay below one), writing filler keys
+    // outside `k/` meanwhile.
+    let need = stopped_at + 100;
+    let started = Instant::now();
+    let mut filler = 0;
+    while (0..3)
+        .filter(|i| *i != down)
+        .any(|i| newest_snapshot_index(&c.members[i].data_dir) < need)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no snapshot above index {need} on the members that stayed up after 30 s"
+        );
+        lc.put(format!("pad/{filler}"), "x", None)
+            .await
+            .expect("filler put");
+        filler += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let want = dump(&mut lc, false).await.expect("leader dump");
     assert_eq!(want.len(), keys);
     let want_rev = lc
