@@ -518,18 +518,17 @@ impl LogSink for GatedSink {
     }
 }
 
-/// A follower acknowledges an append only once its persist (the WAL fdatasync) returned: in
-/// a two-member cluster the leader cannot commit while the follower's persist is held, and
-/// commits as soon as it is released.
-#[test]
-fn a_follower_acknowledges_only_after_its_persist_returned() {
-    let gated = Arc::new(Mutex::new(None));
+/// A cluster of `ids` on [`GatedSink`]s sharing `gated`; returns each member's held persists.
+fn gated_cluster(
+    ids: &[u64],
+    gated: &Arc<Mutex<Option<u64>>>,
+) -> (Cluster, HashMap<u64, HeldPersists>) {
     let mut held = HashMap::new();
     let mut c = Cluster {
         router: Router::default(),
         events: HashMap::new(),
     };
-    for id in [1, 2] {
+    for &id in ids {
         let (tx, rx) = mpsc::channel();
         let sink = GatedSink {
             me: id,
@@ -541,10 +540,30 @@ fn a_follower_acknowledges_only_after_its_persist_returned() {
             from: id,
             router: c.router.clone(),
         };
-        let node = RaftNode::start(config(id, &[1, 2]), sink, transport, Recorder(tx)).unwrap();
+        let node = RaftNode::start(config(id, ids), sink, transport, Recorder(tx)).unwrap();
         c.router.nodes.write().insert(id, node);
         c.events.insert(id, rx);
     }
+    (c, held)
+}
+
+/// The member's "fdatasync" returns: stops holding, then completes its held persists in call
+/// order (under the held lock, so a later persist cannot complete before these).
+fn release_held(gated: &Mutex<Option<u64>>, held: &HeldPersists) {
+    *gated.lock() = None;
+    let mut queued = held.lock();
+    for (_, d) in queued.drain(..) {
+        d(Ok(()));
+    }
+}
+
+/// A follower acknowledges an append only once its persist (the WAL fdatasync) returned: in
+/// a two-member cluster the leader cannot commit while the follower's persist is held, and
+/// commits as soon as it is released.
+#[test]
+fn a_follower_acknowledges_only_after_its_persist_returned() {
+    let gated = Arc::new(Mutex::new(None));
+    let (c, held) = gated_cluster(&[1, 2], &gated);
     let leader = c.leader();
     let follower = 3 - leader;
     c.node(leader).propose(b"first".to_vec(), None);
@@ -576,13 +595,7 @@ fn a_follower_acknowledges_only_after_its_persist_returned() {
         "the leader applied an entry its only peer had not made durable: {early:?}"
     );
     // The fdatasync returns: the acknowledgement goes out and the entry commits.
-    // (Called under the lock, so a later persist cannot complete before these.)
-    *gated.lock() = None;
-    let mut queued = held[&follower].lock();
-    for (_, d) in queued.drain(..) {
-        d(Ok(()));
-    }
-    drop(queued);
+    release_held(&gated, &held[&follower]);
     assert_eq!(c.next_entry(leader).1, b"held");
     assert_eq!(c.next_entry(follower).1, b"held");
     c.shutdown();
@@ -660,27 +673,7 @@ fn a_lone_voter_reads_locally_until_a_second_voter_joins() {
 #[test]
 fn the_leader_replicates_while_its_own_persist_is_outstanding() {
     let gated = Arc::new(Mutex::new(None));
-    let mut held = HashMap::new();
-    let mut c = Cluster {
-        router: Router::default(),
-        events: HashMap::new(),
-    };
-    for id in [1, 2, 3] {
-        let (tx, rx) = mpsc::channel();
-        let sink = GatedSink {
-            me: id,
-            gated: gated.clone(),
-            held: Arc::new(Mutex::new(Vec::new())),
-        };
-        held.insert(id, sink.held.clone());
-        let transport = MemTransport {
-            from: id,
-            router: c.router.clone(),
-        };
-        let node = RaftNode::start(config(id, &[1, 2, 3]), sink, transport, Recorder(tx)).unwrap();
-        c.router.nodes.write().insert(id, node);
-        c.events.insert(id, rx);
-    }
+    let (c, held) = gated_cluster(&[1, 2, 3], &gated);
     let leader = c.leader();
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
     c.node(leader).propose(b"first".to_vec(), None);
@@ -710,12 +703,7 @@ fn the_leader_replicates_while_its_own_persist_is_outstanding() {
             .any(|e| matches!(e, Event::Entry(_, d) if d.as_slice() == b"parallel")),
         "the leader applied an entry before its own persist returned: {early:?}"
     );
-    *gated.lock() = None;
-    let mut queued = held[&leader].lock();
-    for (_, d) in queued.drain(..) {
-        d(Ok(()));
-    }
-    drop(queued);
+    release_held(&gated, &held[&leader]);
     assert_eq!(c.next_entry(leader).1, b"parallel");
     c.shutdown();
 }

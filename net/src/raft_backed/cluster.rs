@@ -23,9 +23,7 @@ use tokio::sync::oneshot;
 use super::apply::{Applied, Applier, MvccErrorOr};
 use super::membership::{MemberInfo, Membership, decode_context, encode_context};
 use super::shared_writer::NodeBackend;
-use super::{
-    Inner, NodeOptions, OpenError, RaftBackedNode, Waiter, WaiterGuard, await_waiter, reject_waiter,
-};
+use super::{Inner, NodeOptions, OpenError, RaftBackedNode, await_waiter, reject_waiter};
 use crate::config::member_id;
 use crate::errors::EtcdError;
 use crate::node::NodeResult;
@@ -303,23 +301,8 @@ impl RaftBackedNode {
     ) -> NodeResult<Vec<Member>> {
         let inner = &*self.inner;
         inner.check_failed()?;
-        let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        let proposed = Instant::now();
-        let reply = None;
-        inner.waiters.lock().insert(
-            id,
-            Waiter {
-                tx,
-                proposed,
-                reply,
-            },
-        );
-        let mut guard = WaiterGuard {
-            inner,
-            id,
-            armed: true,
-        };
+        let (mut guard, rx) = inner.register_waiter(None);
+        let id = guard.id;
         inner.raft().propose_conf_change(
             single_change(kind, member.id, encode_context(&member, id)),
             Some(reject_waiter(&self.inner, id)),

@@ -545,6 +545,33 @@ struct WaiterGuard<'a> {
     armed: bool,
 }
 
+impl Inner {
+    /// Registers a waiter under a fresh request ID (the proposal's `header.ID`); dropping the
+    /// guard before the outcome arrived removes it again.
+    fn register_waiter(
+        &self,
+        reply: Option<&'static replies::ReplyQueue>,
+    ) -> (WaiterGuard<'_>, oneshot::Receiver<replies::Outcome>) {
+        let id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let proposed = Instant::now();
+        self.waiters.lock().insert(
+            id,
+            Waiter {
+                tx,
+                proposed,
+                reply,
+            },
+        );
+        let guard = WaiterGuard {
+            inner: self,
+            id,
+            armed: true,
+        };
+        (guard, rx)
+    }
+}
+
 impl Drop for WaiterGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
@@ -1018,24 +1045,9 @@ impl RaftBackedNode {
     ) -> NodeResult<(WaiterGuard<'_>, oneshot::Receiver<replies::Outcome>)> {
         let inner = &*self.inner;
         inner.check_failed()?;
-        let id = inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (guard, rx) = inner.register_waiter(replies::ReplyQueue::current());
+        let id = guard.id;
         let data = encode(id);
-        let (tx, rx) = oneshot::channel();
-        let proposed = Instant::now();
-        let reply = replies::ReplyQueue::current();
-        inner.waiters.lock().insert(
-            id,
-            Waiter {
-                tx,
-                proposed,
-                reply,
-            },
-        );
-        let guard = WaiterGuard {
-            inner,
-            id,
-            armed: true,
-        };
         // Drives an idle core on this thread (engine `RaftNode::propose_driving`): at low load
         // the waiter is completed before the caller awaits, with no thread hand-off.
         inner

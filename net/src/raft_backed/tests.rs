@@ -636,16 +636,7 @@ async fn reads_arriving_while_a_round_is_pending_share_one_round() {
     .await
     .expect("put");
     // A thread holds the store's write lock until told to let go: apply of the next put waits.
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let inner = node.inner.clone();
-    let holder = std::thread::spawn(move || {
-        let guard = inner.store.write();
-        locked_tx.send(()).expect("test waits");
-        let _ = release_rx.recv();
-        drop(guard);
-    });
-    locked_rx.recv().expect("lock holder");
+    let (holder, release_tx) = hold_store_lock(&node);
     let committed = || {
         node.inner
             .raft()
@@ -1027,16 +1018,7 @@ async fn puts_reaching_the_core_in_one_turn_share_one_entry_and_keep_their_own_o
             "commit index never settled"
         );
     }
-    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let inner = node.inner.clone();
-    let holder = std::thread::spawn(move || {
-        let guard = inner.store.write();
-        locked_tx.send(()).expect("test waits");
-        let _ = release_rx.recv();
-        drop(guard);
-    });
-    locked_rx.recv().expect("lock holder");
+    let (holder, release_tx) = hold_store_lock(&node);
     let commit_index = || progress.commit.load(Ordering::Acquire);
     let committed = || progress.proposals_committed.load(Ordering::Acquire);
     let before = commit_index();
@@ -1162,4 +1144,22 @@ async fn a_waiting_put_holds_a_small_future() {
     );
     drop(fut);
     node.close().expect("clean close");
+}
+
+/// Starts a thread that takes the store's write lock and holds it until the returned sender
+/// sends (or is dropped); returns once the lock is held, so the next apply waits.
+fn hold_store_lock(
+    node: &RaftBackedNode,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>) {
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let inner = node.inner.clone();
+    let holder = std::thread::spawn(move || {
+        let guard = inner.store.write();
+        locked_tx.send(()).expect("test waits");
+        let _ = release_rx.recv();
+        drop(guard);
+    });
+    locked_rx.recv().expect("lock holder");
+    (holder, release_tx)
 }

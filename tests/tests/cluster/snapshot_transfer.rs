@@ -42,11 +42,8 @@ async fn txn_put_retrying(c: &mut Client, keys: std::ops::Range<usize>) {
             Ok(_) => return,
             Err(e) => {
                 let text = e.to_string();
-                let transient = text.contains("etcdserver: no leader")
-                    || text.contains("etcdserver: leader changed")
-                    || text.contains("etcdserver: request timed out");
                 assert!(
-                    transient && started.elapsed() < Duration::from_secs(30),
+                    transient(&text) && started.elapsed() < Duration::from_secs(30),
                     "txn k/{:05}..: {text}",
                     keys.start
                 );
@@ -71,6 +68,14 @@ fn newest_snapshot_index(data_dir: &std::path::Path) -> u64 {
     })
     .max()
     .unwrap_or(0)
+}
+
+/// An error a write may meet while leadership moves on a loaded machine (etcd gives the same);
+/// the write is sent again.
+fn transient(text: &str) -> bool {
+    text.contains("etcdserver: no leader")
+        || text.contains("etcdserver: leader changed")
+        || text.contains("etcdserver: request timed out")
 }
 
 type Dump = Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>;
@@ -109,11 +114,8 @@ async fn put_retrying(c: &mut Client, i: usize) {
             Ok(_) => return,
             Err(e) => {
                 let text = e.to_string();
-                let transient = text.contains("etcdserver: no leader")
-                    || text.contains("etcdserver: leader changed")
-                    || text.contains("etcdserver: request timed out");
                 assert!(
-                    transient && started.elapsed() < Duration::from_secs(10),
+                    transient(&text) && started.elapsed() < Duration::from_secs(10),
                     "put k/{i:05}: {text}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
