@@ -6,30 +6,7 @@ use std::process::Command;
 
 #[test]
 fn all_engines_run_all_phases() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ringkv-bench"))
-        .args([
-            "--json",
-            "engine",
-            "btree",
-            "--keys",
-            "3000",
-            "--compare",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let results: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let results = run_btree(&[]);
     let phases = [
         "bulk-load",
         "get-1t",
@@ -50,27 +27,16 @@ fn all_engines_run_all_phases() {
         }
     }
     assert_eq!(results.len(), 3 * phases.len());
-    // The temporary data directories are removed after the run.
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
-/// Runs `engine btree --compare` on 3,000 keys loaded in `order`; returns the JSON results.
-fn run_btree(order: &str, phases: &str) -> Vec<serde_json::Value> {
+/// Runs `engine btree --compare` on 3,000 keys with `extra` arguments; returns the JSON
+/// results. The run must succeed and remove its temporary data directories.
+fn run_btree(extra: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ringkv-bench"))
-        .args([
-            "--json",
-            "engine",
-            "btree",
-            "--keys",
-            "3000",
-            "--compare",
-            "--load-order",
-            order,
-            "--phases",
-            phases,
-            "--dir",
-        ])
+        .args(["--json", "engine", "btree", "--keys", "3000", "--compare"])
+        .args(extra)
+        .arg("--dir")
         .arg(dir.path())
         .output()
         .unwrap();
@@ -79,6 +45,7 @@ fn run_btree(order: &str, phases: &str) -> Vec<serde_json::Value> {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -102,8 +69,8 @@ fn load_order_changes_how_full_the_pages_are() {
             .as_u64()
             .unwrap_or_else(|| panic!("no tree_pages: {r}"))
     };
-    let sorted = run_btree("sorted", phases);
-    let random = run_btree("random", phases);
+    let sorted = run_btree(&["--load-order", "sorted", "--phases", phases]);
+    let random = run_btree(&["--load-order", "random", "--phases", phases]);
     for results in [&sorted, &random] {
         assert_eq!(results.len(), 3 * 2);
         for engine in ["ringkv", "lmdb", "redb"] {

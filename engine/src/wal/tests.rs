@@ -955,6 +955,21 @@ fn after_an_fdatasync_eio_a_power_cut_keeps_exactly_the_acknowledged_appends() {
 
 // ---- Group commit with a rotating leader (commit.rs) ----
 
+/// With `ctl`'s gate closed: a "leader" thread appends entry 1 and waits; returns once its
+/// flush is blocked at the gate (later appends queue behind it).
+fn lead_a_blocked_flush(
+    wal: &Arc<Wal>,
+    ctl: &Ctl,
+) -> std::thread::JoinHandle<Result<AppendInfo, WalError>> {
+    let wal = wal.clone();
+    let leader = std::thread::Builder::new()
+        .name("leader".into())
+        .spawn(move || wal.append_wait(vec![entry(1, 1)]))
+        .unwrap();
+    ctl.wait_for_blocked_flush();
+    leader
+}
+
 fn gated(inner: Arc<dyn Vfs>) -> (Arc<dyn Vfs>, Arc<Ctl>) {
     let ctl = Ctl::new();
     let vfs: Arc<dyn Vfs> = Arc::new(TestVfs {
@@ -1023,14 +1038,7 @@ fn appends_queued_behind_a_leader_form_one_batch_the_leader_flushes_next() {
     let wal = Arc::new(wal);
     metrics.0.lock().unwrap().clear();
     ctl.close_gate();
-    let leader = {
-        let wal = wal.clone();
-        std::thread::Builder::new()
-            .name("leader".into())
-            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
-            .unwrap()
-    };
-    ctl.wait_for_blocked_flush();
+    let leader = lead_a_blocked_flush(&wal, &ctl);
     let (tx, rx) = unbounded();
     let mut followers = Vec::new();
     for i in 2..=7u64 {
@@ -1711,14 +1719,7 @@ fn actions_deferred_by_callbacks_run_after_the_whole_flush_was_delivered() {
         "outside a delivery the action runs at once"
     );
     ctl.close_gate();
-    let leader = {
-        let wal = wal.clone();
-        std::thread::Builder::new()
-            .name("leader".into())
-            .spawn(move || wal.append_wait(vec![entry(1, 1)]))
-            .unwrap()
-    };
-    ctl.wait_for_blocked_flush();
+    let leader = lead_a_blocked_flush(&wal, &ctl);
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     for i in 2..=4u64 {
         let log = log.clone();

@@ -78,6 +78,16 @@ fn transient(text: &str) -> bool {
         || text.contains("etcdserver: request timed out")
 }
 
+/// The store revision a member reports (Maintenance Status header).
+async fn store_revision(c: &mut Client) -> i64 {
+    c.status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 type Dump = Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>;
 
 async fn dump(c: &mut Client, serializable: bool) -> Option<Dump> {
@@ -194,13 +204,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
     }
     let want = dump(&mut lc, false).await.expect("leader dump");
     assert_eq!(want.len(), keys);
-    let want_rev = lc
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .expect("header")
-        .revision();
+    let want_rev = store_revision(&mut lc).await;
 
     c.members[down].relaunch();
     c.members[down].wait_ready();
@@ -223,13 +227,7 @@ async fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot_trans
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The same store revision as the leader (nothing was written since).
-    let have_rev = fc
-        .status()
-        .await
-        .expect("status")
-        .header()
-        .expect("header")
-        .revision();
+    let have_rev = store_revision(&mut fc).await;
     assert_eq!(have_rev, want_rev);
 
     // It got there by a snapshot, not the log: its /metrics count a received snapshot, and the
