@@ -2213,10 +2213,22 @@ mod tests {
         wait_for("a snapshot", || {
             node.progress().snapshot_index.load(Ordering::Acquire) >= 30
         });
-        // A tail of fewer than `count` entries after the newest snapshot.
-        for i in 0..5u32 {
-            node.propose(i.to_le_bytes().to_vec(), None);
-            all.push(recv(&rx));
+        // A tail of at least one entry after the newest snapshot, and too few requests since
+        // the last snapshot for another one. Snapshots start at the durable index once 10
+        // requests were applied since the previous one, so where the last one fell is timing;
+        // a snapshot still in progress only lowers the count since it.
+        loop {
+            let snapped = node.progress().snapshot_index.load(Ordering::Acquire);
+            let since = all.iter().filter(|(i, _)| *i > snapped).count();
+            let room = 10usize.saturating_sub(since + 1);
+            let tail = if room == 0 { 1 } else { room.min(5) };
+            for i in 0..tail as u32 {
+                node.propose(i.to_le_bytes().to_vec(), None);
+                all.push(recv(&rx));
+            }
+            if room > 0 {
+                break;
+            }
         }
         node.shutdown();
         drop(node);

@@ -276,12 +276,13 @@ impl Inner {
         // A follower installs snapshots; its lessor is not primary (housekeeping promotes it
         // again should it lead).
         self.lease_primary.store(false, Ordering::Release);
-        drop(store);
+        // Logged before readers can see the installed keys.
         tracing::info!(
             index = meta.index,
             consistent_index = ci,
             "installed the snapshot received from the leader"
         );
+        drop(store);
         Ok(ci)
     }
 }

@@ -355,9 +355,17 @@ async fn a_new_learner_starts_from_a_snapshot_transfer() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let log = learner.log();
-    assert!(
-        log.contains("installed the snapshot received from the leader"),
-        "{log}"
-    );
+    // The log line follows the install; the keys may be read before it reaches the file.
+    let logged = Instant::now();
+    while !learner
+        .log()
+        .contains("installed the snapshot received from the leader")
+    {
+        assert!(
+            logged.elapsed() < Duration::from_secs(10),
+            "the learner has every key but logged no snapshot install; log:\n{}",
+            learner.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
