@@ -8,12 +8,40 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 here): a port the kernel
+/// handed out for `:0` is free again the moment the probe closes, and the next outgoing
+/// connection (a client, a peer dial) may take it before the server binds it. Below the range
+/// only another test's `free_port` can pick the same port; each process starts at a different
+/// place (pid, clock) and never hands out a port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const LOW: u64 = 15_000;
+    const SPAN: u64 = 32_768 - LOW;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        u64::from(std::process::id()).wrapping_mul(2_654_435_761)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::from(d.subsec_nanos()))
+    });
+    for _ in 0..SPAN {
+        // 7_919 is prime and does not divide SPAN: successive picks walk the whole span.
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (seed.wrapping_add(n.wrapping_mul(7_919))) % SPAN) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{LOW}..32768");
 }
 
 /// One HTTP response.

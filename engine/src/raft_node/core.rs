@@ -692,6 +692,10 @@ impl<L: LogSink> Runner<L> {
             self.core.raw.tick();
             self.core.ticks += 1;
             self.core.retry_stale_read_rounds();
+            let tx = &self.core.tx;
+            self.core.applying.report_durable_here(&mut |m| {
+                let _ = tx.send(m);
+            });
             self.next_tick += self.core.tick;
         }
         self.core.start_read_round();
@@ -1757,6 +1761,10 @@ trait ApplyHere: Send + Sync {
         core: &mut dyn FnMut(CoreMsg),
     ) -> Result<(), Vec<Entry>>;
     fn queued(&self) -> &AtomicUsize;
+    /// Reports the state machine's durable index if it moved since the last report and the
+    /// apply side is idle. The backend commits on its own schedule, often after the last
+    /// apply; without this an idle member would not snapshot until the next write.
+    fn report_durable_here(&self, core: &mut dyn FnMut(CoreMsg));
 }
 
 impl<S: StateMachine> ApplyHere for Applying<S> {
@@ -1784,6 +1792,16 @@ impl<S: StateMachine> ApplyHere for Applying<S> {
 
     fn queued(&self) -> &AtomicUsize {
         &self.queued
+    }
+
+    fn report_durable_here(&self, core: &mut dyn FnMut(CoreMsg)) {
+        // A busy apply thread reports after its batch.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if let Some(mut st) = self.state.try_lock() {
+            st.report_durable(core);
+        }
     }
 }
 
@@ -1918,6 +1936,7 @@ mod tests {
     use super::super::transport::NoPeers;
     use super::*;
     use parking_lot::Mutex;
+    use std::sync::atomic::AtomicU64;
     use std::sync::mpsc;
 
     /// Persists into memory, completing each call on a separate thread in call order, like the
@@ -1979,6 +1998,8 @@ mod tests {
         applied: u64,
         restore_to: u64,
         restored: Arc<Mutex<Vec<SnapshotMeta>>>,
+        /// The durable index is `min(applied, durable_cap)`: a backend that commits later.
+        durable_cap: Arc<AtomicU64>,
     }
 
     impl StateMachine for DurableSm {
@@ -1988,7 +2009,7 @@ mod tests {
         }
 
         fn durable_index(&self) -> u64 {
-            self.applied
+            self.applied.min(self.durable_cap.load(Ordering::Acquire))
         }
 
         fn restore(&mut self, meta: &SnapshotMeta) -> Result<u64, String> {
@@ -2004,6 +2025,7 @@ mod tests {
             applied: 0,
             restore_to: 0,
             restored: Arc::default(),
+            durable_cap: Arc::new(AtomicU64::new(u64::MAX)),
         }
     }
 
@@ -2255,6 +2277,35 @@ mod tests {
         let (index, data) = recv(&rx);
         assert_eq!(data, b"after");
         assert!(index > all.last().unwrap().0);
+        node.shutdown();
+    }
+
+    #[test]
+    fn an_idle_member_snapshots_once_its_backend_commits_after_the_last_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let sm = durable_sm(tx);
+        let cap = sm.durable_cap.clone();
+        cap.store(0, Ordering::Release);
+        let node = RaftNode::start(
+            with_snapshots(fast(1), dir.path(), 10),
+            MemSink::default(),
+            NoPeers,
+            sm,
+        )
+        .unwrap();
+        let mut last = 0;
+        for i in 0..15u32 {
+            node.propose(i.to_le_bytes().to_vec(), None);
+            last = recv(&rx).0;
+        }
+        // Nothing was durable while the entries were applied: no snapshot yet.
+        assert_eq!(node.progress().snapshot_index.load(Ordering::Acquire), 0);
+        // The backend commits with no apply after it, and no more writes come.
+        cap.store(u64::MAX, Ordering::Release);
+        wait_for("a snapshot at the last applied index", || {
+            node.progress().snapshot_index.load(Ordering::Acquire) == last
+        });
         node.shutdown();
     }
 

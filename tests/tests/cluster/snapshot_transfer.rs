@@ -288,6 +288,19 @@ async fn a_new_learner_starts_from_a_snapshot_transfer() {
     let want = dump(&mut lc, false).await.expect("leader dump");
     assert_eq!(want.len(), 500);
 
+    // The members snapshot once their backends commit (asynchronously, after the writes
+    // return): until a member has compacted its log, a learner added now could be sent the log.
+    let writes_done = Instant::now();
+    while c.members.iter().any(|m| {
+        !m.log()
+            .contains("raft snapshot saved, in-memory log compacted")
+    }) {
+        assert!(
+            writes_done.elapsed() < Duration::from_secs(30),
+            "a member has not compacted its log 30 s after 500 writes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (client_port, peer_port) = (free_port(), free_port());
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let out = etcdctl_at(
@@ -363,8 +376,9 @@ async fn a_new_learner_starts_from_a_snapshot_transfer() {
     {
         assert!(
             logged.elapsed() < Duration::from_secs(10),
-            "the learner has every key but logged no snapshot install; log:\n{}",
-            learner.log()
+            "the learner has every key but logged no snapshot install; log:\n{}\nLEADER LOG:\n{}",
+            learner.log(),
+            c.members[leader].log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
