@@ -273,10 +273,13 @@ pub(crate) struct TreeWriter<'m> {
     extent: Range<u64>,
     /// Pages the next extent asks for (doubles with each refill of one transaction).
     extent_hint: u64,
-    /// The previous commit wrote fewer than `MIN_EXTENT` pages: this one is expected to be
-    /// small too, and takes holes of any length (longest first) before growing the file. A few
-    /// scattered pages cost little, and filling holes keeps the free set, which every commit
-    /// rewrites in its freelist run, small.
+    /// The previous commit wrote `1..MIN_EXTENT` pages: this one is expected to be about as
+    /// small, and asks for one free run of that many pages plus [`SMALL_SLACK`] (best fit,
+    /// else new pages at the file's tail) rather than the usual `MIN_EXTENT`, so that all its
+    /// runs are adjacent pages: one write request instead of one per page (on the measured
+    /// disk each scattered page of a commit added a device round trip to its fdatasync,
+    /// BENCHMARKS.md "Backend: one write request per small commit"). Once half the file is
+    /// free (`half_free`) it fills holes of any length like every other commit.
     small_commit: bool,
     /// Online compaction is moving pages: allocate from `low` instead.
     compacting: bool,
@@ -299,6 +302,9 @@ pub(crate) const SPREAD_FILL_PERCENT: usize = 70;
 pub(crate) const MIN_EXTENT: u64 = 16;
 /// Largest extent one refill asks for (32 MiB of 4 KiB pages).
 pub(crate) const MAX_EXTENT: u64 = 8192;
+/// Pages a small commit's extent asks for beyond what the previous commit wrote: a 1-key
+/// commit whose leaf splits, or whose freelist run grows by a page, still fits one run.
+pub(crate) const SMALL_SLACK: u64 = 2;
 
 impl<'m> TreeWriter<'m> {
     #[allow(clippy::too_many_arguments)]
@@ -324,8 +330,12 @@ impl<'m> TreeWriter<'m> {
             small: HashSet::new(),
             spread_leaves: false,
             extent: 0..0,
-            small_commit: extent_hint < MIN_EXTENT,
-            extent_hint: extent_hint.clamp(MIN_EXTENT, MAX_EXTENT),
+            small_commit: (1..MIN_EXTENT).contains(&extent_hint),
+            extent_hint: if (1..MIN_EXTENT).contains(&extent_hint) {
+                extent_hint + SMALL_SLACK
+            } else {
+                extent_hint.clamp(MIN_EXTENT, MAX_EXTENT)
+            },
             compacting: false,
             low: 0..0,
             low_exhausted: false,
@@ -406,16 +416,18 @@ impl<'m> TreeWriter<'m> {
     }
 
     /// Replaces the extent by one of at least `n` pages: the best-fitting free run of
-    /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages,
-    /// else new pages at the end of the file (continuing the old extent when it ends there).
-    /// Once half of the file is free (`half_free`), or for a small commit (`small_commit`), the longest
-    /// run of any length is taken before the file grows: space is then worth more than write
-    /// size.
+    /// `extent_hint` pages, else the longest free run of at least `max(n, MIN_EXTENT)` pages
+    /// (a small commit: of `extent_hint` pages, see `small_commit`), else new pages at the end
+    /// of the file (continuing the old extent when it ends there). Once half of the file is
+    /// free (`half_free`), the longest run of any length is taken before the file grows: space
+    /// is then worth more than write size.
     fn refill(&mut self, n: u64) {
         let want = n.max(self.extent_hint);
         self.extent_hint = (want * 2).min(MAX_EXTENT);
-        let min = if self.small_commit || self.half_free() {
+        let min = if self.half_free() {
             n
+        } else if self.small_commit {
+            want
         } else {
             n.max(MIN_EXTENT)
         };
