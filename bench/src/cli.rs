@@ -125,6 +125,11 @@ pub struct BtreeArgs {
     /// `sorted` (ascending keys). It decides how full each engine leaves its pages.
     #[arg(long, value_enum, default_value_t = crate::engine_btree::LoadOrder::Random)]
     pub load_order: crate::engine_btree::LoadOrder,
+    /// Run the durable commit phases of all engines interleaved, in ten slices each, the
+    /// engines' order rotating per slice, so that a minute of a busy shared disk weighs on every
+    /// engine alike (the reported figure of each engine is the sum over its slices).
+    #[arg(long)]
+    pub interleave: bool,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

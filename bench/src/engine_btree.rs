@@ -70,6 +70,8 @@ pub struct BtreeOptions {
     pub phases: Vec<String>,
     /// The order of the bulk load's puts, for every engine.
     pub load_order: LoadOrder,
+    /// Run the commit phases of all engines interleaved in slices (`--interleave`).
+    pub interleave: bool,
 }
 
 impl Default for BtreeOptions {
@@ -80,6 +82,7 @@ impl Default for BtreeOptions {
             json: false,
             phases: Vec::new(),
             load_order: LoadOrder::Random,
+            interleave: false,
         }
     }
 }
@@ -100,22 +103,142 @@ pub fn run(
         engines.push(Box::new(Redb::open(&dir.join("redb"))?));
     }
     let mut out = Vec::new();
-    for e in &mut engines {
-        let wanted = |p: &str| opts.phases.is_empty() || opts.phases.iter().any(|q| q == p);
-        for r in run_engine(e.as_mut(), &w, &wanted)? {
-            if opts.json {
-                println!("{}", serde_json::to_string(&r)?);
-            } else {
-                let pages = r
-                    .tree_pages
-                    .map_or(String::new(), |p| format!(" {p:>9} tree pages"));
-                println!(
-                    "{:<7} {:<16} {:>12.0} ops/s {:>10.0} ns/op{pages}",
-                    r.engine, r.phase, r.ops_per_sec, r.ns_per_op
-                );
-            }
+    let listed = |p: &str| opts.phases.is_empty() || opts.phases.iter().any(|q| q == p);
+    // Interleaved: every engine runs its other phases first, then the commit phases together.
+    let apart = |p: &str| listed(p) && !(opts.interleave && COMMIT_PHASES.contains(&p));
+    let mut keys: Vec<CommitKeys> = engines.iter().map(|_| CommitKeys::new()).collect();
+    for (e, keys) in engines.iter_mut().zip(&mut keys) {
+        for r in run_engine(e.as_mut(), &w, &apart, keys)? {
+            print_result(&r, opts.json)?;
             out.push(r);
         }
+    }
+    if opts.interleave {
+        for phase in COMMIT_PHASES.into_iter().filter(|p| listed(p)) {
+            for r in run_interleaved(&mut engines, &w, phase, &mut keys)? {
+                print_result(&r, opts.json)?;
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn print_result(r: &PhaseResult, json: bool) -> Result<(), BoxErr> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+    } else {
+        let pages = r
+            .tree_pages
+            .map_or(String::new(), |p| format!(" {p:>9} tree pages"));
+        println!(
+            "{:<7} {:<16} {:>12.0} ops/s {:>10.0} ns/op{pages}",
+            r.engine, r.phase, r.ops_per_sec, r.ns_per_op
+        );
+    }
+    Ok(())
+}
+
+/// The phases of durable commits, in the order they run.
+const COMMIT_PHASES: [&str; 3] = ["commit-1", "commit-1000", "revision-append"];
+
+/// Slices each commit phase is cut into by `--interleave`.
+const SLICES: usize = 10;
+
+/// One engine's key generators of the commit phases: separate per phase, so that a phase's keys
+/// do not depend on which phases ran, and the same for every engine.
+struct CommitKeys {
+    one: Mix,
+    thousand: Mix,
+}
+
+impl CommitKeys {
+    fn new() -> Self {
+        CommitKeys {
+            one: Mix(7),
+            thousand: Mix(8),
+        }
+    }
+}
+
+/// Commits a commit phase makes with `n` loaded keys.
+fn commit_count(phase: &str, n: usize) -> usize {
+    match phase {
+        "commit-1" => (n / 100).clamp(10, 1000),
+        "commit-1000" => 100.min(n / 1000 + 1),
+        _ => (n / 10).clamp(10_000, 1_000_000) / 10_000,
+    }
+}
+
+/// Runs the commits numbered `commits` of `phase`; returns the keys they wrote.
+fn run_commits(
+    e: &mut dyn Engine,
+    w: &Workload,
+    phase: &str,
+    commits: std::ops::Range<usize>,
+    keys: &mut CommitKeys,
+) -> Result<u64, BoxErr> {
+    let count = commits.len() as u64;
+    match phase {
+        "commit-1" => {
+            for _ in commits {
+                e.commit(&mut std::iter::once((keys.one.key(), w.value.clone())))?;
+            }
+            Ok(count)
+        }
+        "commit-1000" => {
+            for _ in commits {
+                e.commit(&mut (0..1000).map(|_| (keys.thousand.key(), w.value.clone())))?;
+            }
+            Ok(count * 1000)
+        }
+        _ => {
+            let value = vec![0xcd; 256];
+            for batch in commits {
+                let first = batch as u64 * 10_000 + 1;
+                e.commit(&mut (0..10_000).map(|i| (revision(first + i, 0), value.clone())))?;
+            }
+            Ok(count * 10_000)
+        }
+    }
+}
+
+/// Runs `phase` on every engine in `SLICES` slices of its commits, slice by slice, the engines'
+/// order rotating by one each slice; an engine's result is the sum of its slices.
+fn run_interleaved(
+    engines: &mut [Box<dyn Engine>],
+    w: &Workload,
+    phase: &'static str,
+    keys: &mut [CommitKeys],
+) -> Result<Vec<PhaseResult>, BoxErr> {
+    let count = commit_count(phase, w.keys.len());
+    let mut spent = vec![(std::time::Duration::ZERO, 0u64); engines.len()];
+    for s in 0..SLICES {
+        let commits = s * count / SLICES..(s + 1) * count / SLICES;
+        for j in 0..engines.len() {
+            let i = (s + j) % engines.len();
+            let t = Instant::now();
+            let ops = run_commits(engines[i].as_mut(), w, phase, commits.clone(), &mut keys[i])?;
+            spent[i].0 += t.elapsed();
+            spent[i].1 += ops;
+        }
+    }
+    let mut out = Vec::new();
+    for (e, (time, ops)) in engines.iter().zip(spent) {
+        let secs = time.as_secs_f64();
+        out.push(PhaseResult {
+            engine: e.name(),
+            phase,
+            ops,
+            secs,
+            ops_per_sec: ops as f64 / secs,
+            ns_per_op: secs * 1e9 / ops.max(1) as f64,
+            tree_pages: if phase == "commit-1000" {
+                Some(e.tree_pages()?)
+            } else {
+                None
+            },
+        });
     }
     Ok(out)
 }
@@ -224,6 +347,7 @@ fn run_engine(
     e: &mut dyn Engine,
     w: &Workload,
     wanted: &dyn Fn(&str) -> bool,
+    keys: &mut CommitKeys,
 ) -> Result<Vec<PhaseResult>, BoxErr> {
     let name = e.name();
     let n = w.keys.len();
@@ -265,39 +389,14 @@ fn run_engine(
         out.push(result(name, "range-10", starts.len() as u64, t));
     }
 
-    // Separate generators per phase, so a phase's keys do not depend on which phases ran.
-    if wanted("commit-1") {
-        let mut rng = Mix(7);
-        let commits = (n / 100).clamp(10, 1000);
+    for phase in COMMIT_PHASES.into_iter().filter(|p| wanted(p)) {
         let t = Instant::now();
-        for _ in 0..commits {
-            e.commit(&mut std::iter::once((rng.key(), w.value.clone())))?;
+        let ops = run_commits(e, w, phase, 0..commit_count(phase, n), keys)?;
+        let mut r = result(name, phase, ops, t);
+        if phase == "commit-1000" {
+            r.tree_pages = Some(e.tree_pages()?);
         }
-        out.push(result(name, "commit-1", commits as u64, t));
-    }
-
-    if wanted("commit-1000") {
-        let mut rng = Mix(8);
-        let batches = 100.min(n / 1000 + 1);
-        let t = Instant::now();
-        for _ in 0..batches {
-            e.commit(&mut (0..1000).map(|_| (rng.key(), w.value.clone())))?;
-        }
-        let mut r = result(name, "commit-1000", batches as u64 * 1000, t);
-        r.tree_pages = Some(e.tree_pages()?);
         out.push(r);
-    }
-
-    if wanted("revision-append") {
-        let total = (n / 10).clamp(10_000, 1_000_000) as u64;
-        let value = vec![0xcd; 256];
-        let t = Instant::now();
-        for batch in 0..total / 10_000 {
-            e.commit(
-                &mut (0..10_000).map(|i| (revision(batch * 10_000 + i + 1, 0), value.clone())),
-            )?;
-        }
-        out.push(result(name, "revision-append", total / 10_000 * 10_000, t));
     }
     Ok(out)
 }

@@ -39,6 +39,7 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         json: g.json,
         phases: a.phases.clone(),
         load_order: a.load_order,
+        interleave: a.interleave,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

@@ -93,3 +93,40 @@ fn load_order_changes_how_full_the_pages_are() {
         );
     }
 }
+
+/// `--interleave` runs the commit phases of all engines in slices: every engine reports every
+/// commit phase, with the keys of the whole phase (the slices add up to the sequential run's
+/// count), after the other phases of every engine.
+#[test]
+fn interleaved_commit_phases_report_every_engine_with_all_keys() {
+    let sequential = run_btree(&[]);
+    let interleaved = run_btree(&["--interleave"]);
+    assert_eq!(interleaved.len(), sequential.len());
+    let ops = |results: &[serde_json::Value], engine: &str, phase: &str| -> u64 {
+        results
+            .iter()
+            .find(|r| r["engine"] == engine && r["phase"] == phase)
+            .unwrap_or_else(|| panic!("{engine} {phase} missing"))["ops"]
+            .as_u64()
+            .unwrap()
+    };
+    for engine in ["ringkv", "lmdb", "redb"] {
+        for phase in ["commit-1", "commit-1000", "revision-append"] {
+            assert_eq!(
+                ops(&interleaved, engine, phase),
+                ops(&sequential, engine, phase),
+                "{engine} {phase}"
+            );
+        }
+    }
+    // The first commit phase of any engine comes after the last read phase of every engine.
+    let first_commit = interleaved
+        .iter()
+        .position(|r| r["phase"] == "commit-1")
+        .unwrap();
+    let last_read = interleaved
+        .iter()
+        .rposition(|r| r["phase"] == "range-10")
+        .unwrap();
+    assert!(last_read < first_commit, "{interleaved:?}");
+}
