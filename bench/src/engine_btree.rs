@@ -19,6 +19,11 @@
 //! Every commit is durable (fdatasync) in every engine: ringkv commits explicitly, LMDB runs with
 //! its default sync flags, redb with its default `Durability::Immediate`.
 //!
+//! By default each engine runs all its phases before the next engine starts. With
+//! `--interleave` the commit phases run after every engine's other phases, cut into ten slices
+//! each, the engines taking turns per slice (the first engine rotates), so that minutes when the
+//! shared disk is busy weigh on every engine alike; an engine's figure is the sum of its slices.
+//!
 //! The `bulk-load` and `commit-1000` results also carry `tree_pages`: the pages of the tree
 //! after the phase (LMDB: branch + leaf + overflow pages of the database; redb: branch + leaf
 //! pages of the table; ringkv: pages neither free nor pending, i.e. also the bucket catalog and
