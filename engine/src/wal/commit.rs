@@ -14,11 +14,27 @@
 //! callbacks) while the next batch's write+fdatasync is in flight
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
+//! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
+//! - **Wake first** (the default, [`Core::lead_wake_first`]): per batch, take the whole queue,
+//!   write+fdatasync it, deliver its outcomes and unpark every parked waiter of it on the
+//!   leader's thread, then look at the queue again. The device idles while the leader wakes,
+//!   but that loop is a gathering window whose length follows the batch size: the closed-loop
+//!   appenders woken first are back in the queue when it ends and join the next batch. At 64
+//!   writers on 2 vCPUs this gave ~40–44 appends per fdatasync instead of ~26–31, and ~2× the
+//!   throughput of the overlapped order in alternating slices (BENCHMARKS.md, session 7).
+//! - **Overlapped** (`wake_before_next: false`, [`Core::lead`]'s own loop, sessions 3–6): the
+//!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
+//!   while it is in flight; its waiters are woken as a tree ([`WakeChain`]). The device never
+//!   waits for wake-ups, but a batch can only hold appenders that were not in the previous
+//!   one: at most half of N closed-loop writers per fdatasync.
+//!
 //! # Roles ([`Lead`])
-//! - **Leader**: the one thread that holds the writer. Per batch: take the whole queue,
-//!   encode it, start its write+fdatasync, deliver the previous batch's outcomes, wait for the
-//!   I/O. When it stops leading it passes leadership on ([`Core::hand_off`]) before delivering
-//!   its last batch, so the next fdatasync can start while it wakes up to a few dozen waiters.
+//! - **Leader**: the one thread that holds the writer. Per batch (overlapped order): take the
+//!   whole queue, encode it, start its write+fdatasync, deliver the previous batch's outcomes,
+//!   wait for the I/O. When it stops leading it passes leadership on ([`Core::hand_off`])
+//!   before delivering its last batch, so the next fdatasync can start while it wakes up to a
+//!   few dozen waiters. (Wake-first order: it delivers each batch before looking at the queue,
+//!   and passes leadership on after its last delivery.)
 //!   - an `append_inline` caller leads one batch (it must not wait for others' flushes);
 //!   - a waiting appender leads at most [`LEAD_BATCHES`] batches, then hands a non-empty queue
 //!     to the flush thread (bounding how long its own caller is held back);
@@ -51,8 +67,9 @@
 //!    tickets whose owners have not started waiting — clears `flushing`, and each such owner
 //!    leads when it waits (a dropped ticket waits in `Drop`).
 //!
-//! # Worked example (three threads A, B, C calling `append_wait`, one raft core `R` calling
-//! `append_inline`)
+//! # Worked example, overlapped order (three threads A, B, C calling `append_wait`, one raft
+//! core `R` calling `append_inline`; in the wake-first order A delivers batch 0 right after its
+//! fdatasync, then takes batch 1, and delivers batch 1 before `hand_off`)
 //! ```text
 //! A: queue [a], flushing=false → A leads: batch 0 = [a], write+fdatasync
 //! B: queue [b], flushing=true  → B parks
@@ -440,7 +457,8 @@ impl Core {
 
     /// Leads (invariant 1: the caller made itself or was made leader): flushes batches while
     /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
-    /// batch's outcomes. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
+    /// batch's outcomes. With `wake_before_next` this is [`Core::lead_wake_first`]; what
+    /// follows describes the overlapped order. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
     /// batch `b` are delivered on this thread, so at sustained load the next flush starts
     /// right after the previous one completes, with no thread wake-up in between.
     pub(crate) fn lead(&self, mode: Lead) {
