@@ -155,6 +155,15 @@ pub struct WalOptions {
     /// at 64 writers × 64 KiB did not raise throughput (BENCHMARKS.md, "zero-fill"), whose
     /// limit is one 2 MiB write+fdatasync at a time.
     pub zero_fill_below: u64,
+    /// How a leader orders a flushed batch's wake-ups and the next batch. `true`: it wakes
+    /// every parked waiter of the batch itself, one after the other, and only then takes the
+    /// next batch, so the appenders woken first are back in the queue and join it (the wake
+    /// loop is the gathering window: as long as the batch is big, no timer; one appender
+    /// never waits). `false`: it takes and starts the next batch first and wakes the previous
+    /// batch's waiters as a tree while that I/O runs: the device never idles for wake-ups, but
+    /// a batch can hold only the appenders that were not in the one before (at most half of
+    /// N closed-loop writers). Default `true` (BENCHMARKS.md, session 7 "wal").
+    pub wake_before_next: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -168,6 +177,7 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
+            wake_before_next: true,
             metrics: None,
         }
     }
@@ -183,6 +193,7 @@ impl fmt::Debug for WalOptions {
             .field("queue_capacity", &self.queue_capacity)
             .field("idle_spin", &self.idle_spin)
             .field("zero_fill_below", &self.zero_fill_below)
+            .field("wake_before_next", &self.wake_before_next)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -431,6 +442,7 @@ impl Wal {
             writer,
             opts.queue_capacity,
             opts.idle_spin,
+            opts.wake_before_next,
         ));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();

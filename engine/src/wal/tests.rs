@@ -63,6 +63,18 @@ fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> (Wal, Replay) {
     Wal::open(vfs.clone(), dir, opts()).unwrap()
 }
 
+/// Both orders of a leader's wake-ups and next batch (`WalOptions::wake_before_next`).
+const LEAD_ORDERS: [bool; 2] = [true, false];
+
+/// [`open`] with the given `wake_before_next`.
+fn open_ordered(vfs: &Arc<dyn Vfs>, dir: &Path, wake_before_next: bool) -> (Wal, Replay) {
+    let o = WalOptions {
+        wake_before_next,
+        ..opts()
+    };
+    Wal::open(vfs.clone(), dir, o).unwrap()
+}
+
 #[test]
 fn every_record_type_round_trips_through_reopen() {
     let fault: Arc<dyn Vfs> = Arc::new(FaultVfs::new());
@@ -1350,9 +1362,12 @@ fn concurrent_appends(
 
 #[test]
 fn many_threads_in_every_mode_all_replayed_and_callbacks_in_order() {
-    for vfs in real_vfses() {
+    for (vfs, order) in real_vfses()
+        .into_iter()
+        .flat_map(|v| LEAD_ORDERS.map(|o| (v.clone(), o)))
+    {
         let tmp = tempfile::tempdir().unwrap();
-        let (wal, _) = open(&vfs, tmp.path());
+        let (wal, _) = open_ordered(&vfs, tmp.path(), order);
         let wal = Arc::new(wal);
         let (acked, order) = concurrent_appends(&wal, 8, 40, 7);
         assert_eq!(acked.len(), 8 * 40);
@@ -1370,18 +1385,19 @@ fn many_threads_in_every_mode_all_replayed_and_callbacks_in_order() {
     }
 }
 
-/// Power-cut property test for the rotating leader: appenders in all three modes, a power cut
-/// at a random operation, reopen from a crash image: every acknowledged entry is there,
-/// contiguous from 1.
+/// Power-cut property test for the rotating leader: appenders in all three modes, both lead
+/// orders (each seed runs with each), a power cut at a random operation, reopen from a crash
+/// image: every acknowledged entry is there, contiguous from 1.
 #[test]
 fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
-    for case in 0..60u64 {
-        let seed = 0x1ead_0000 + case;
+    for case in 0..120u64 {
+        let seed = 0x1ead_0000 + case / 2;
+        let order = LEAD_ORDERS[case as usize % 2];
         let mut rng = StdRng::seed_from_u64(seed);
         let fault = FaultVfs::new();
         let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
         let dir = Path::new("/data/member/wal");
-        let (wal, _) = open(&vfs, dir);
+        let (wal, _) = open_ordered(&vfs, dir, order);
         let cut_after = rng.random_range(0..300);
         fault.fail_at(fault.ops() + cut_after, Fault::PowerCut);
         let wal = Arc::new(wal);
