@@ -231,7 +231,7 @@ async fn serve_counted<N, IO>(
                 }
                 None => break,
             },
-            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            () = poll_fn(|cx| drain_finished(&mut inflight, cx)), if !inflight.is_empty() => {}
             _ = shutdown.fired(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
@@ -260,6 +260,26 @@ async fn serve_counted<N, IO>(
                 }
             }
         }
+    }
+}
+
+/// Polls the in-flight thin streams until none is ready: `Ready` once at least one finished,
+/// `Pending` (woken by the next to finish) when none did. Every `accept` is a full poll of the
+/// h2 connection (its frame reads, stream bookkeeping and write-out), so the replies that one
+/// wake-up brings (an applied batch completes many streams of a connection at once) are all
+/// taken in one go and go out with one connection poll, not one connection poll each.
+fn drain_finished<F: Future<Output = ()>>(
+    set: &mut FuturesUnordered<F>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let mut finished = false;
+    while let Poll::Ready(Some(())) = set.poll_next_unpin(cx) {
+        finished = true;
+    }
+    if finished {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
     }
 }
 
