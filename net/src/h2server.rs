@@ -327,8 +327,10 @@ async fn serve_hot<N: EtcdNode>(
     let code = match result {
         Ok(frame) => {
             let mut head = Response::new(());
-            head.headers_mut()
-                .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(GRPC_CONTENT_TYPE));
+            head.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(GRPC_CONTENT_TYPE),
+            );
             if let Ok(mut send) = respond.send_response(head, false) {
                 let mut trailers = HeaderMap::with_capacity(1);
                 trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));

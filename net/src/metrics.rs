@@ -153,7 +153,9 @@ impl GrpcMetrics {
 
     /// Count of started RPCs of method `m`.
     pub fn started_count(&self, m: usize) -> u64 {
-        Self::shards_of(m).map(|i| self.started[i].load(Relaxed)).sum()
+        Self::shards_of(m)
+            .map(|i| self.started[i].load(Relaxed))
+            .sum()
     }
 
     /// Count of handled RPCs of method `m` with code `code` (for tests and health).
