@@ -794,6 +794,55 @@ mod tests {
     }
 
     #[test]
+    fn drain_finished_takes_every_ready_stream_in_one_poll() {
+        use std::sync::atomic::AtomicUsize;
+        let done = AtomicUsize::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut set = FuturesUnordered::new();
+        let finish = |n: usize| {
+            let done = &done;
+            async move {
+                done.fetch_add(n, Relaxed);
+            }
+        };
+        let waiting = async {
+            let _ = rx.await;
+            done.fetch_add(100, Relaxed);
+        };
+        set.push(futures_util::future::Either::Left(waiting));
+        for n in [1, 2, 3] {
+            set.push(futures_util::future::Either::Right(finish(n)));
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Ready(()));
+        assert_eq!(
+            done.load(Relaxed),
+            6,
+            "all three ready streams ran in one poll"
+        );
+        assert_eq!(set.len(), 1);
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Pending);
+        tx.send(()).unwrap();
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Ready(()));
+        assert_eq!(done.load(Relaxed), 106);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn hot_method_slots_follow_all() {
+        for (i, m) in HotMethod::ALL.into_iter().enumerate() {
+            assert_eq!(m.slot(), i);
+            let req = Request::builder()
+                .uri(m.path())
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(())
+                .unwrap();
+            assert_eq!(HotMethod::of(&req), Some(m));
+        }
+    }
+
+    #[test]
     fn encode_prefixes_the_message() {
         let m = crate::pb::etcdserverpb::PutResponse::default();
         assert_eq!(&encode(&m).unwrap()[..], &[0, 0, 0, 0, 0]);
