@@ -74,6 +74,11 @@ const MSG_COMPRESSED_NO_ENCODING: &str =
 const MSG_UNEXPECTED_EOF: &str = "Unexpected EOF decoding stream.";
 const MSG_MISSING: &str = "Missing request message.";
 
+/// The response headers of a successful thin-path call: `content-type: application/grpc`,
+/// then (trailers) `grpc-status: 0`. Names are built at compile time, not parsed per response.
+const GRPC_CONTENT_TYPE: &str = "application/grpc";
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The KV methods served on the thin path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HotMethod {
@@ -90,6 +95,31 @@ pub enum HotMethod {
 }
 
 impl HotMethod {
+    /// Every thin-path method, in the order of [`HotMethod::slot`].
+    const ALL: [HotMethod; 5] = [
+        HotMethod::Range,
+        HotMethod::Put,
+        HotMethod::DeleteRange,
+        HotMethod::Txn,
+        HotMethod::Compact,
+    ];
+
+    /// The method's gRPC path.
+    fn path(self) -> &'static str {
+        match self {
+            HotMethod::Range => "/etcdserverpb.KV/Range",
+            HotMethod::Put => "/etcdserverpb.KV/Put",
+            HotMethod::DeleteRange => "/etcdserverpb.KV/DeleteRange",
+            HotMethod::Txn => "/etcdserverpb.KV/Txn",
+            HotMethod::Compact => "/etcdserverpb.KV/Compact",
+        }
+    }
+
+    /// The method's position in [`HotMethod::ALL`].
+    fn slot(self) -> usize {
+        self as usize
+    }
+
     /// The thin-path method of a request, if it qualifies (see the module doc).
     pub fn of<B>(req: &Request<B>) -> Option<HotMethod> {
         let m = match req.uri().path() {
@@ -167,15 +197,21 @@ async fn serve_counted<N, IO>(
     tokio::pin!(keepalive);
     let mut awaiting_pong = false;
     let mut draining = false;
-    let mut inflight: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>> =
-        FuturesUnordered::new();
+    // The thin streams borrow the connection's `server` (no reference count touched per
+    // stream: the count is shared by every front-end thread) and find their metric slots here.
+    let hot = HotContext {
+        server: &server,
+        metrics: HotMethod::ALL.map(|m| server.frontend().metrics.method(m.path())),
+    };
+    // The thin streams' futures, held unboxed in the set's own task allocations.
+    let mut inflight = FuturesUnordered::new();
     loop {
         tokio::select! {
             biased;
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
                     if let Some(m) = HotMethod::of(&req).filter(|_| thin) {
-                        inflight.push(Box::pin(serve_hot(server.clone(), m, req, respond)));
+                        inflight.push(serve_hot(&hot, m, req, respond));
                     } else {
                         let server = server.clone();
                         let mut respond = respond;
@@ -195,7 +231,7 @@ async fn serve_counted<N, IO>(
                 }
                 None => break,
             },
-            Some(()) = inflight.next(), if !inflight.is_empty() => {}
+            () = poll_fn(|cx| drain_finished(&mut inflight, cx)), if !inflight.is_empty() => {}
             _ = shutdown.fired(), if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
@@ -227,15 +263,43 @@ async fn serve_counted<N, IO>(
     }
 }
 
+/// Polls the in-flight thin streams until none is ready: `Ready` once at least one finished,
+/// `Pending` (woken by the next to finish) when none did. Every `accept` is a full poll of the
+/// h2 connection (its frame reads, stream bookkeeping and write-out), so the replies that one
+/// wake-up brings (an applied batch completes many streams of a connection at once) are all
+/// taken in one go and go out with one connection poll, not one connection poll each.
+fn drain_finished<F: Future<Output = ()>>(
+    set: &mut FuturesUnordered<F>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    let mut finished = false;
+    while let Poll::Ready(Some(())) = set.poll_next_unpin(cx) {
+        finished = true;
+    }
+    if finished {
+        Poll::Ready(())
+    } else {
+        Poll::Pending
+    }
+}
+
+/// What the thin streams of one connection share.
+struct HotContext<'a, N> {
+    server: &'a ClientServer<N>,
+    /// `grpc_server_handled_total` slots by [`HotMethod::slot`].
+    metrics: [Option<usize>; 5],
+}
+
 /// The thin path for one stream (module doc).
 async fn serve_hot<N: EtcdNode>(
-    server: Arc<ClientServer<N>>,
+    hot: &HotContext<'_, N>,
     method: HotMethod,
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
+    let server = hot.server;
     let fe = server.frontend();
-    let metric = fe.metrics.method(req.uri().path());
+    let metric = hot.metrics[method.slot()];
     if let Some(m) = metric {
         fe.metrics.started(m);
     }
@@ -253,20 +317,23 @@ async fn serve_hot<N: EtcdNode>(
         }
     };
     // A stream reset by the client cancels the call (as hyper did); it is not counted as
-    // handled, like the tonic path's.
+    // handled, like the tonic path's. The call is polled first: the reset is looked at (a
+    // lock of h2's stream store) only while the call is pending.
     let result = tokio::select! {
+        biased;
         r = call => r,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
     let code = match result {
         Ok(frame) => {
-            let head = Response::builder()
-                .header(http::header::CONTENT_TYPE, "application/grpc")
-                .body(())
-                .expect("static header");
+            let mut head = Response::new(());
+            head.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(GRPC_CONTENT_TYPE),
+            );
             if let Ok(mut send) = respond.send_response(head, false) {
                 let mut trailers = HeaderMap::with_capacity(1);
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                trailers.insert(GRPC_STATUS, HeaderValue::from_static("0"));
                 let _ = send.send_data(frame, false);
                 let _ = send.send_trailers(trailers);
             }
@@ -724,6 +791,55 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"end");
+    }
+
+    #[test]
+    fn drain_finished_takes_every_ready_stream_in_one_poll() {
+        use std::sync::atomic::AtomicUsize;
+        let done = AtomicUsize::new(0);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut set = FuturesUnordered::new();
+        let finish = |n: usize| {
+            let done = &done;
+            async move {
+                done.fetch_add(n, Relaxed);
+            }
+        };
+        let waiting = async {
+            let _ = rx.await;
+            done.fetch_add(100, Relaxed);
+        };
+        set.push(futures_util::future::Either::Left(waiting));
+        for n in [1, 2, 3] {
+            set.push(futures_util::future::Either::Right(finish(n)));
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Ready(()));
+        assert_eq!(
+            done.load(Relaxed),
+            6,
+            "all three ready streams ran in one poll"
+        );
+        assert_eq!(set.len(), 1);
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Pending);
+        tx.send(()).unwrap();
+        assert_eq!(drain_finished(&mut set, &mut cx), Poll::Ready(()));
+        assert_eq!(done.load(Relaxed), 106);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn hot_method_slots_follow_all() {
+        for (i, m) in HotMethod::ALL.into_iter().enumerate() {
+            assert_eq!(m.slot(), i);
+            let req = Request::builder()
+                .uri(m.path())
+                .header(http::header::CONTENT_TYPE, "application/grpc")
+                .body(())
+                .unwrap();
+            assert_eq!(HotMethod::of(&req), Some(m));
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod raft_backed;
 mod recipe;
 mod runtimes;
 mod server;
+mod shard;
 mod shutdown;
 mod tls;
 mod validate;

@@ -92,7 +92,8 @@ const CODE_NAMES: [&str; 17] = [
     "Unauthenticated",
 ];
 
-/// Per-method gRPC counters, lock-free.
+/// Per-method gRPC counters, lock-free, sharded by thread (`shard.rs`): shard `s` of method
+/// `m` is entry `s * METHODS.len() + m`.
 pub struct GrpcMetrics {
     index: HashMap<String, usize>,
     started: Vec<AtomicU64>,
@@ -110,7 +111,7 @@ impl Default for GrpcMetrics {
             .enumerate()
             .map(|(i, (s, m, _))| (format!("/{s}/{m}"), i))
             .collect();
-        let n = METHODS.len();
+        let n = METHODS.len() * crate::shard::SHARDS;
         GrpcMetrics {
             index,
             started: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -131,23 +132,37 @@ impl GrpcMetrics {
 
     /// An RPC started.
     pub fn started(&self, m: usize) {
-        self.started[m].fetch_add(1, Relaxed);
+        self.started[Self::mine(m)].fetch_add(1, Relaxed);
     }
 
     /// An RPC finished with gRPC code `code`.
     pub fn handled(&self, m: usize, code: i32) {
         let c = usize::try_from(code).ok().filter(|c| *c < 17).unwrap_or(2);
-        self.handled[m][c].fetch_add(1, Relaxed);
+        self.handled[Self::mine(m)][c].fetch_add(1, Relaxed);
     }
 
-    /// Count of started RPCs of method `m` (for tests).
+    /// The calling thread's entry of method `m`.
+    fn mine(m: usize) -> usize {
+        crate::shard::thread_shard() * METHODS.len() + m
+    }
+
+    /// The entries of method `m`, one per shard.
+    fn shards_of(m: usize) -> impl Iterator<Item = usize> {
+        (0..crate::shard::SHARDS).map(move |s| s * METHODS.len() + m)
+    }
+
+    /// Count of started RPCs of method `m`.
     pub fn started_count(&self, m: usize) -> u64 {
-        self.started[m].load(Relaxed)
+        Self::shards_of(m)
+            .map(|i| self.started[i].load(Relaxed))
+            .sum()
     }
 
     /// Count of handled RPCs of method `m` with code `code` (for tests and health).
     pub fn handled_count(&self, m: usize, code: usize) -> u64 {
-        self.handled[m][code].load(Relaxed)
+        Self::shards_of(m)
+            .map(|i| self.handled[i][code].load(Relaxed))
+            .sum()
     }
 }
 
@@ -294,22 +309,18 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
     );
     network(&mut out, state.member_id, &node.network);
 
-    let per_method = |out: &mut String, name: &str, help: &str, values: &[AtomicU64]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (i, (s, m, t)) in METHODS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}{{grpc_method=\"{m}\",grpc_service=\"{s}\",grpc_type=\"{t}\"}} {}",
-                values[i].load(Relaxed)
-            );
-        }
-    };
-    per_method(
-        &mut out,
-        "grpc_server_started_total",
-        "Total number of RPCs started on the server.",
-        &grpc.started,
+    let name = "grpc_server_started_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Total number of RPCs started on the server.\n# TYPE {name} counter"
     );
+    for (i, (s, m, t)) in METHODS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{name}{{grpc_method=\"{m}\",grpc_service=\"{s}\",grpc_type=\"{t}\"}} {}",
+            grpc.started_count(i)
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n# TYPE grpc_server_handled_total counter"
@@ -319,7 +330,7 @@ pub fn render(state: &NodeState, node: &NodeMetrics, grpc: &GrpcMetrics) -> Stri
             let _ = writeln!(
                 out,
                 "grpc_server_handled_total{{grpc_code=\"{code}\",grpc_method=\"{m}\",grpc_service=\"{s}\",grpc_type=\"{t}\"}} {}",
-                grpc.handled[i][c].load(Relaxed)
+                grpc.handled_count(i, c)
             );
         }
     }
@@ -459,6 +470,7 @@ mod tests {
         let m = grpc.method("/etcdserverpb.KV/Range").unwrap();
         grpc.started(m);
         grpc.handled(m, 0);
+
         let text = render(&state, &node, &grpc);
         for needle in [
             "etcd_server_has_leader 1\n",
@@ -529,5 +541,30 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn grpc_counts_from_many_threads_add_up() {
+        let grpc = GrpcMetrics::default();
+        let m = grpc.method("/etcdserverpb.KV/Put").unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..2 * crate::shard::SHARDS {
+                s.spawn(|| {
+                    grpc.started(m);
+                    grpc.handled(m, 0);
+                    grpc.handled(m, 14);
+                });
+            }
+        });
+        let n = 2 * crate::shard::SHARDS as u64;
+        assert_eq!(grpc.started_count(m), n);
+        assert_eq!(grpc.handled_count(m, 0), n);
+        assert_eq!(grpc.handled_count(m, 14), n);
+        assert_eq!(grpc.handled_count(m, 2), 0);
+        let text = render(&NodeState::default(), &NodeMetrics::default(), &grpc);
+        let line = format!(
+            "grpc_server_started_total{{grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}} {n}\n"
+        );
+        assert!(text.contains(&line), "{text}");
     }
 }

@@ -305,7 +305,7 @@ impl RaftBackedNode {
         let id = guard.id;
         inner.raft().propose_conf_change(
             single_change(kind, member.id, encode_context(&member, id)),
-            Some(reject_waiter(&self.inner, id)),
+            Some(reject_waiter(inner, id)),
         );
         let applied = await_waiter(&mut guard, rx).await?;
         match applied {

@@ -303,6 +303,121 @@ pub(crate) struct Waiter {
     pub(crate) reply: Option<&'static replies::ReplyQueue>,
 }
 
+/// The hasher of the `waiters` map: request IDs come from a counter of this process (not from
+/// clients), so a multiply by an odd constant spreads them without SipHash's cost (three
+/// hashes per put: insert, remove by apply, and the guard's remove when a put is dropped).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// 2^64 / φ rounded to odd (Knuth's multiplicative hashing).
+const FIB: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// See [`IdHash`]; only `u64` keys are hashed (other writes fold their bytes in, for
+/// completeness).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(FIB);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // The multiplier is odd, so distinct IDs keep distinct hashes; sequential IDs vary
+        // both the low bits (bucket) and the top 7 bits (hashbrown's tag).
+        self.0 = (id ^ self.0).wrapping_mul(FIB);
+    }
+}
+
+/// The raised alarms, with a flag that says whether there are any: every request reads the
+/// alarms (`state()` for its header and `/health`, `nospace()` before a put), and taking the
+/// read lock writes the lock's reader count, one cache line that the front-end threads would
+/// pass between their cores per request. With no alarm raised (the normal case) a reader
+/// loads the flag only.
+///
+/// Invariant: `any == !list.is_empty()` whenever the write lock is free (set by
+/// [`AlarmWrite`]'s drop, before the lock is released).
+pub(crate) struct AlarmList {
+    list: RwLock<Vec<AlarmMember>>,
+    any: AtomicBool,
+}
+
+impl AlarmList {
+    fn new(list: Vec<AlarmMember>) -> AlarmList {
+        AlarmList {
+            any: AtomicBool::new(!list.is_empty()),
+            list: RwLock::new(list),
+        }
+    }
+
+    /// Whether any alarm is raised.
+    pub(crate) fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
+    /// A copy of the list (empty without locking when no alarm is raised).
+    pub(crate) fn snapshot(&self) -> Vec<AlarmMember> {
+        if self.any() {
+            self.list.read().clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, Vec<AlarmMember>> {
+        self.list.read()
+    }
+
+    /// The list for changing; the flag follows when the guard is dropped.
+    pub(crate) fn write(&self) -> AlarmWrite<'_> {
+        AlarmWrite {
+            list: self.list.write(),
+            any: &self.any,
+        }
+    }
+}
+
+/// Write access to an [`AlarmList`].
+pub(crate) struct AlarmWrite<'a> {
+    list: parking_lot::RwLockWriteGuard<'a, Vec<AlarmMember>>,
+    any: &'a AtomicBool,
+}
+
+impl std::ops::Deref for AlarmWrite<'_> {
+    type Target = Vec<AlarmMember>;
+
+    fn deref(&self) -> &Vec<AlarmMember> {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for AlarmWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<AlarmMember> {
+        &mut self.list
+    }
+}
+
+impl Drop for AlarmWrite<'_> {
+    fn drop(&mut self) {
+        // Runs before the field's drop releases the lock (the invariant above).
+        self.any.store(!self.list.is_empty(), Ordering::Release);
+    }
+}
+
 /// State shared by the front-end tasks, the apply thread and housekeeping.
 pub(crate) struct Inner {
     /// The `LOCK` file of the WAL directory, held until [`RaftBackedNode::close`].
@@ -319,11 +434,13 @@ pub(crate) struct Inner {
     /// Set once right after raft started.
     raft: OnceLock<RaftNode>,
     /// Proposals waiting for their entry to apply, by request ID.
-    waiters: Mutex<HashMap<u64, Waiter>>,
+    waiters: Mutex<HashMap<u64, Waiter, IdHash>>,
+    /// See [`RejectSink`].
+    rejects: &'static RejectSink,
     next_request_id: AtomicU64,
     lease_ids: Mutex<LeaseIdGen>,
     /// Raised alarms (mirrors the backend's `alarm` bucket).
-    alarms: RwLock<Vec<AlarmMember>>,
+    alarms: AlarmList,
     ids: HeaderIds,
     opts: NodeOptions,
     /// Current store revision (for `state()` without the store lock).
@@ -372,10 +489,12 @@ impl Inner {
     }
 
     fn nospace(&self) -> bool {
-        self.alarms
-            .read()
-            .iter()
-            .any(|a| a.alarm == AlarmType::Nospace as i32)
+        self.alarms.any()
+            && self
+                .alarms
+                .read()
+                .iter()
+                .any(|a| a.alarm == AlarmType::Nospace as i32)
     }
 
     fn fail(&self, why: String) {
@@ -594,14 +713,36 @@ async fn await_waiter(
 }
 
 /// The rejection callback of a proposal: raft refused it (no leader, stopped, WAL failed), so
-/// its waiter gets raft's error now instead of at the timeout.
-fn reject_waiter(inner: &Arc<Inner>, id: u64) -> Box<dyn FnOnce(RaftNodeError) + Send> {
-    let inner = Arc::downgrade(inner);
+/// its waiter gets raft's error now instead of at the timeout. It reaches the node through
+/// the node's [`RejectSink`], so making and dropping one touches no reference count.
+fn reject_waiter(inner: &Inner, id: u64) -> Box<dyn FnOnce(RaftNodeError) + Send> {
+    let sink = inner.rejects;
     Box::new(move |e| {
-        if let Some(inner) = inner.upgrade() {
+        let inner = sink.0.read().upgrade();
+        if let Some(inner) = inner {
             inner.complete_waiter(id, Err(raft_err(e)));
         }
     })
+}
+
+/// How rejection callbacks find their node: a `Weak` set once the node's `Inner` exists and
+/// cleared when it is dropped. A callback holds the `&'static` sink instead of its own `Weak`,
+/// whose count (next to the store lock in `Inner`'s allocation) every front-end thread and
+/// the raft thread would otherwise write per proposal. Leaked: one per node opened (two
+/// words), since callbacks may outlive the node.
+pub(crate) struct RejectSink(RwLock<std::sync::Weak<Inner>>);
+
+impl RejectSink {
+    fn leak() -> &'static RejectSink {
+        Box::leak(Box::new(RejectSink(RwLock::new(std::sync::Weak::new()))))
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Frees the allocation once the last other `Weak` goes (the sink's would keep it).
+        *self.rejects.0.write() = std::sync::Weak::new();
+    }
 }
 
 /// The raft-backed node. Cheap to clone.
@@ -881,12 +1022,13 @@ impl RaftBackedNode {
             durable_index: AtomicU64::new(durable_index),
             wal: Arc::new(wal),
             raft: OnceLock::new(),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(HashMap::default()),
+            rejects: RejectSink::leak(),
             next_request_id: AtomicU64::new(
                 ((opts.member_id & 0xffff) << 48) | ((now_ms() & 0xff_ffff_ffff) << 8),
             ),
             lease_ids: Mutex::new(LeaseIdGen::new(opts.member_id, now_ms())),
-            alarms: RwLock::new(alarms),
+            alarms: AlarmList::new(alarms),
             ids,
             opts,
             revision: AtomicI64::new(revision),
@@ -910,6 +1052,7 @@ impl RaftBackedNode {
             leader_channel: Default::default(),
             live_copies: Default::default(),
         });
+        *inner.rejects.0.write() = Arc::downgrade(&inner);
         let applier = Applier {
             inner: inner.clone(),
             term: 0,
@@ -1052,7 +1195,7 @@ impl RaftBackedNode {
         // the waiter is completed before the caller awaits, with no thread hand-off.
         inner
             .raft()
-            .propose_driving(data, Some(reject_waiter(&self.inner, id)));
+            .propose_driving(data, Some(reject_waiter(inner, id)));
         Ok((guard, rx))
     }
 
@@ -1333,7 +1476,7 @@ impl EtcdNode for RaftBackedNode {
             leader: p.leader(),
             raft_term: p.term.load(Ordering::Acquire),
             revision: self.inner.revision.load(Ordering::Acquire),
-            alarms: self.inner.alarms.read().clone(),
+            alarms: self.inner.alarms.snapshot(),
             is_learner: p.is_learner.load(Ordering::Acquire),
         }
     }

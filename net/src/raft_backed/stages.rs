@@ -18,16 +18,25 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::node::{HISTOGRAM_BUCKETS, Histogram};
+use crate::shard::{Padded, SHARDS, thread_shard};
 
-/// A [`Histogram`] that many threads record into without a lock.
+/// A [`Histogram`] that many threads record into without a lock, sharded by thread
+/// (`shard.rs`): the front-end threads observe every put's reply stage, and a shared copy
+/// would move between their cores on every observation.
+#[derive(Default)]
 pub(crate) struct AtomicHistogram {
+    shards: [Padded<Counts>; SHARDS],
+}
+
+/// One shard of an [`AtomicHistogram`].
+struct Counts {
     buckets: [AtomicU64; HISTOGRAM_BUCKETS + 1],
     sum_nanos: AtomicU64,
 }
 
-impl Default for AtomicHistogram {
+impl Default for Counts {
     fn default() -> Self {
-        AtomicHistogram {
+        Counts {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_nanos: AtomicU64::new(0),
         }
@@ -36,13 +45,7 @@ impl Default for AtomicHistogram {
 
 impl AtomicHistogram {
     pub(crate) fn observe(&self, d: Duration) {
-        let seconds = d.as_secs_f64();
-        let k = (0..HISTOGRAM_BUCKETS)
-            .find(|&k| seconds <= Histogram::bound(k))
-            .unwrap_or(HISTOGRAM_BUCKETS);
-        self.buckets[k].fetch_add(1, Relaxed);
-        self.sum_nanos
-            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.observe_n(d, 1);
     }
 
     /// `n` observations of `d` at once.
@@ -54,18 +57,23 @@ impl AtomicHistogram {
         let k = (0..HISTOGRAM_BUCKETS)
             .find(|&k| seconds <= Histogram::bound(k))
             .unwrap_or(HISTOGRAM_BUCKETS);
-        self.buckets[k].fetch_add(n, Relaxed);
+        let mine = &self.shards[thread_shard()].0;
+        mine.buckets[k].fetch_add(n, Relaxed);
         let nanos = d.as_nanos().min(u64::MAX as u128) as u64;
-        self.sum_nanos.fetch_add(nanos.saturating_mul(n), Relaxed);
+        mine.sum_nanos.fetch_add(nanos.saturating_mul(n), Relaxed);
     }
 
     /// A copy; concurrent observations may be half in it (counts are read one by one).
     pub(crate) fn snapshot(&self) -> Histogram {
         let mut h = Histogram::default();
-        for (b, a) in h.buckets.iter_mut().zip(&self.buckets) {
-            *b = a.load(Relaxed);
+        let mut nanos = 0u64;
+        for shard in &self.shards {
+            for (b, a) in h.buckets.iter_mut().zip(&shard.0.buckets) {
+                *b += a.load(Relaxed);
+            }
+            nanos = nanos.wrapping_add(shard.0.sum_nanos.load(Relaxed));
         }
-        h.sum_seconds = self.sum_nanos.load(Relaxed) as f64 / 1e9;
+        h.sum_seconds = nanos as f64 / 1e9;
         h.count = h.buckets.iter().sum();
         h
     }
@@ -96,6 +104,24 @@ mod tests {
         assert_eq!(s.buckets[2], 1, "≤ 4 ms");
         assert_eq!(s.buckets[HISTOGRAM_BUCKETS], 1, "+Inf");
         assert!((s.sum_seconds - 20.004).abs() < 1e-9, "{}", s.sum_seconds);
+    }
+
+    #[test]
+    fn observations_from_many_threads_add_up() {
+        let h = AtomicHistogram::default();
+        std::thread::scope(|s| {
+            for _ in 0..2 * crate::shard::SHARDS {
+                s.spawn(|| {
+                    for _ in 0..100 {
+                        h.observe(Duration::from_micros(500));
+                    }
+                });
+            }
+        });
+        let s = h.snapshot();
+        assert_eq!(s.count, 200 * crate::shard::SHARDS as u64);
+        assert_eq!(s.buckets[0], s.count);
+        assert!((s.sum_seconds - 0.0005 * s.count as f64).abs() < 1e-9);
     }
 
     #[test]

@@ -1163,3 +1163,40 @@ fn hold_store_lock(
     locked_rx.recv().expect("lock holder");
     (holder, release_tx)
 }
+
+#[test]
+fn the_alarm_flag_follows_the_list() {
+    use super::AlarmList;
+    use ringkv_engine::pb::etcdserverpb::AlarmMember;
+    let a = AlarmMember {
+        member_id: 7,
+        alarm: 1,
+    };
+    let list = AlarmList::new(Vec::new());
+    assert!(!list.any());
+    assert!(list.snapshot().is_empty());
+    list.write().push(a);
+    assert!(list.any());
+    assert_eq!(list.snapshot(), vec![a]);
+    list.write().clear();
+    assert!(!list.any());
+    assert!(list.snapshot().is_empty());
+    *list.write() = vec![a, a];
+    assert!(list.any());
+    assert_eq!(list.read().len(), 2);
+    assert!(AlarmList::new(vec![a]).any(), "a list opened with alarms");
+}
+
+#[test]
+fn ids_hash_to_distinct_buckets_and_tags() {
+    use std::hash::BuildHasher;
+    let h = super::IdHash;
+    let base = 0x0001_0000_0000_0000u64;
+    let hashes: Vec<u64> = (0..1024).map(|i| h.hash_one(base + i)).collect();
+    let mut low: Vec<u64> = hashes.iter().map(|x| x & 1023).collect();
+    low.sort_unstable();
+    low.dedup();
+    assert_eq!(low.len(), 1024, "sequential IDs fill 1024 buckets");
+    let tags: std::collections::HashSet<u64> = hashes.iter().map(|x| x >> 57).collect();
+    assert!(tags.len() > 64, "top 7 bits vary: {}", tags.len());
+}
