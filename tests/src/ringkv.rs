@@ -298,7 +298,8 @@ impl RingkvProcess {
     }
 
     /// Fast raft timing (10 ms heartbeats, 100 ms election timeout) unless the caller's flags
-    /// set the timing themselves.
+    /// set the timing themselves. A single member campaigns at once and has no peer to lose;
+    /// cluster members get [`crate::CLUSTER_TIMING`] from their launcher.
     fn default_timing(&self) -> &'static [&'static str] {
         let custom = self
             .extra
