@@ -1,5 +1,5 @@
 //! A cluster of real `ringkv` processes on loopback ports, bootstrapped like an etcd cluster
-//! (`--initial-cluster`, state `new`, a token), with fast raft timing.
+//! (`--initial-cluster`, state `new`, a token), with etcd's default raft timing ([`CLUSTER_TIMING`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,6 +14,13 @@ use crate::ringkv::{RingkvProcess, etcdctl_at};
 
 /// `--initial-cluster-token` of test clusters.
 pub const TEST_CLUSTER_TOKEN: &str = "ringkv-test-cluster";
+
+/// Raft timing of test cluster members unless a test sets its own: etcd's defaults (100 ms
+/// heartbeats, 1 s election timeout). With check-quorum a leader steps down when it hears from
+/// no quorum for an election timeout; on 2 vCPUs shared with compiles and benchmarks a member
+/// is often descheduled for more than the 100 ms a single member's tests use, and spurious
+/// elections would turn writes into "leader changed" errors at random.
+pub const CLUSTER_TIMING: [&str; 4] = ["--heartbeat-interval", "100", "--election-timeout", "1000"];
 
 /// A running cluster; members are killed on drop, the data dirs removed.
 pub struct RingkvCluster {
@@ -65,6 +72,10 @@ impl RingkvCluster {
             .map(|i| proxies.get(i).map_or(ports[i].1, |p| p.listen_port))
             .collect();
         let names: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+        let custom_timing = flags
+            .iter()
+            .any(|a| a.starts_with("--heartbeat-interval") || a.starts_with("--election-timeout"));
+        let timing: &[&str] = if custom_timing { &[] } else { &CLUSTER_TIMING };
         let initial = names
             .iter()
             .zip(&advertised)
@@ -86,6 +97,7 @@ impl RingkvCluster {
                     TEST_CLUSTER_TOKEN,
                 ]
                 .iter()
+                .chain(timing)
                 .chain(flags)
                 .map(|s| s.to_string())
                 .collect();
@@ -146,7 +158,7 @@ impl RingkvCluster {
         ))
     }
 
-    /// Index of the member every running member names as leader; waits up to 20 s.
+    /// Index of the member every running member names as leader; waits up to 30 s.
     pub fn leader(&mut self) -> usize {
         let start = Instant::now();
         loop {
@@ -169,8 +181,8 @@ impl RingkvCluster {
                 return i;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "no agreed leader within 20 s: {leaders:?}"
+                start.elapsed() < Duration::from_secs(30),
+                "no agreed leader within 30 s: {leaders:?}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -19,10 +19,12 @@ mod proxy;
 mod ringkv;
 mod tls;
 
-pub use cluster::{RingkvCluster, TEST_CLUSTER_TOKEN};
+pub use cluster::{CLUSTER_TIMING, RingkvCluster, TEST_CLUSTER_TOKEN};
 pub use etcd::{EtcdProcess, HttpResponse, WatchStreamReader, free_port, http_post};
 pub use json::{error_json, message_json, normalise_headers};
 pub use mvcc_gen::{Op, OpGen, apply_to_store, catch_up_watches, op_request_json, txn_is_valid};
 pub use proxy::{Partition, PeerProxy};
-pub use ringkv::{RingkvProcess, etcdctl_at, http_get, ringkv_binary};
+pub use ringkv::{
+    NOT_APPLIED, RingkvProcess, TRANSIENT, etcdctl_at, etcdctl_retrying, http_get, ringkv_binary,
+};
 pub use tls::{TestPki, TlsMember, curl};

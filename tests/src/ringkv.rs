@@ -34,6 +34,18 @@ pub fn ringkv_binary() -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
         let mut cmd = Command::new(cargo);
+        // Cargo gives this test process its own package's CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
+        // ...; build scripts (ring's) list such variables with `rerun-if-env-changed`, and cargo
+        // compares them against its own environment. Passed on, they would make this build
+        // rerun those scripts and recompile everything above them (minutes on a loaded
+        // machine, inside a test's clock), and the next plain `cargo build` recompile it all
+        // again. So the build sees the environment of a shell, as tests/run.sh's does.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "OUT_DIR" {
+                cmd.env_remove(name.as_ref());
+            }
+        }
         cmd.args(["build", "--quiet", "-p", "ringkv-net", "--bin", "ringkv"])
             .arg("--manifest-path")
             .arg(&manifest)
@@ -286,7 +298,8 @@ impl RingkvProcess {
     }
 
     /// Fast raft timing (10 ms heartbeats, 100 ms election timeout) unless the caller's flags
-    /// set the timing themselves.
+    /// set the timing themselves. A single member campaigns at once and has no peer to lose;
+    /// cluster members get [`crate::CLUSTER_TIMING`] from their launcher.
     fn default_timing(&self) -> &'static [&'static str] {
         let custom = self
             .extra
@@ -499,6 +512,38 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<HttpResponse> {
         r.read_to_string(&mut body)?;
     }
     Ok(HttpResponse { status, body })
+}
+
+/// etcd's errors for a request that was not proposed because no member led at that moment
+/// (an election under way): sending it again cannot apply it twice.
+pub const NOT_APPLIED: &[&str] = &["etcdserver: no leader"];
+
+/// The errors etcd documents as transient (the clientv3 docs: the client may retry): no
+/// leader, a leader change while the request waited, a request that timed out (with or
+/// without "possibly due to previous leader failure"). After the last two the request may or
+/// may not have been applied: retry with them only a request that leaves the same state when
+/// applied twice (a read, a put of a fixed value).
+pub const TRANSIENT: &[&str] = &[
+    "etcdserver: no leader",
+    "etcdserver: leader changed",
+    "etcdserver: request timed out",
+];
+
+/// [`etcdctl_at`], sent again while it fails with one of the `retry` errors (a leader change
+/// on a loaded machine), for up to 30 s; returns the last output.
+pub fn etcdctl_retrying(endpoint: &str, args: &[&str], retry: &[&str]) -> Output {
+    let start = Instant::now();
+    loop {
+        let out = etcdctl_at(endpoint, args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || !retry.iter().any(|e| stderr.contains(e))
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs `etcdctl` (v3 API) against `endpoint` with optional standard input.

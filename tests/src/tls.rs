@@ -146,7 +146,9 @@ impl TlsMember {
         let child = Command::new(ringkv_binary())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--heartbeat-interval", "10", "--election-timeout", "100"])
+            // A lone member campaigns at once whatever the timing; members of a cluster need
+            // timing a loaded machine does not turn into spurious elections.
+            .args(crate::cluster::CLUSTER_TIMING)
             .args(flags)
             .env("RINGKV_LOG", "info")
             .stdout(Stdio::null())
@@ -236,9 +238,14 @@ impl TlsMember {
         etcdctl_at(&self.endpoint(), &all, None)
     }
 
-    /// [`TlsMember::etcdctl`] that must succeed; returns stdout.
+    /// [`TlsMember::etcdctl`] that must succeed, sent again while it meets one of etcd's
+    /// [`TRANSIENT`](crate::TRANSIENT) errors of a leader change (the tests send only reads,
+    /// puts of fixed values and lease requests whose repetition they do not count); returns
+    /// stdout.
     pub fn ctl(&self, tls: &[String], args: &[&str]) -> String {
-        let out = self.etcdctl(tls, args);
+        let mut all: Vec<&str> = tls.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        let out = crate::ringkv::etcdctl_retrying(&self.endpoint(), &all, crate::ringkv::TRANSIENT);
         assert!(
             out.status.success(),
             "etcdctl {args:?} failed: {}\n{}\nlog: {}",

@@ -352,7 +352,9 @@ impl RaftBackedNode {
 
     /// etcd 3.5's strict check before any MemberAdd: this member must have heard from every
     /// other voter lately ("unhealthy cluster" otherwise). Only the leader tracks that (raft's
-    /// `recent_active`, reset every election timeout); a follower skips the check.
+    /// `recent_active`, reset every election timeout): a follower hands MemberAdd and
+    /// MemberRemove to the leader (`forward.rs`), and skips the check only when it has no
+    /// leader to ask.
     async fn check_voters_connected(&self) -> NodeResult<()> {
         if !self.inner.opts.cluster.strict_reconfig {
             return Ok(());

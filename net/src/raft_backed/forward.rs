@@ -1,6 +1,8 @@
 //! Requests a follower hands to the leader, as etcd does: lease renewals and TimeToLive (only
 //! the leader's lessor runs lease clocks, so a renewal on a follower would be lost and its
-//! TTL meaningless) and MemberPromote (only the leader knows how far a learner got). etcd
+//! TTL meaningless), MemberPromote (only the leader knows how far a learner got), and with
+//! `--strict-reconfig-check` MemberAdd and MemberRemove (only the leader knows which voters it
+//! hears from; etcd checks its own peer connections on any member). etcd
 //! forwards them over HTTP handlers on the peer URL; ringkv calls the leader's own gRPC API on
 //! its published client URL (the `members` bucket, `ClusterMemberAttrSetRequest`).
 //!
@@ -12,7 +14,8 @@ use std::time::Duration;
 
 use ringkv_engine::pb::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    MemberPromoteRequest, MemberPromoteResponse,
+    MemberAddRequest, MemberAddResponse, MemberPromoteRequest, MemberPromoteResponse,
+    MemberRemoveRequest, MemberRemoveResponse,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -34,6 +37,10 @@ pub(super) type LeaderChannel = parking_lot::Mutex<Option<(u64, String, Channel)
 const FORWARDED: &[EtcdError] = &[
     EtcdError::LeaseNotFound,
     EtcdError::LearnerNotReady,
+    EtcdError::MemberBadUrls,
+    EtcdError::MemberExist,
+    EtcdError::PeerUrlExist,
+    EtcdError::TooManyLearners,
     EtcdError::MemberNotFound,
     EtcdError::MemberNotLearner,
     EtcdError::MemberNotEnoughStarted,
@@ -124,6 +131,30 @@ impl RaftBackedNode {
     ) -> NodeResult<LeaseTimeToLiveResponse> {
         Ok(LeaseClient::new(ch)
             .lease_time_to_live(req)
+            .await
+            .map_err(from_leader)?
+            .into_inner())
+    }
+
+    pub(super) async fn forward_add(
+        &self,
+        ch: Channel,
+        req: MemberAddRequest,
+    ) -> NodeResult<MemberAddResponse> {
+        Ok(ClusterClient::new(ch)
+            .member_add(req)
+            .await
+            .map_err(from_leader)?
+            .into_inner())
+    }
+
+    pub(super) async fn forward_remove(
+        &self,
+        ch: Channel,
+        id: u64,
+    ) -> NodeResult<MemberRemoveResponse> {
+        Ok(ClusterClient::new(ch)
+            .member_remove(MemberRemoveRequest { id })
             .await
             .map_err(from_leader)?
             .into_inner())

@@ -1679,10 +1679,22 @@ impl EtcdNode for RaftBackedNode {
     }
 
     async fn member_add(&self, _: &Caller, req: MemberAddRequest) -> NodeResult<MemberAddResponse> {
+        // The strict checks need the leader's view of the voters it hears from; a follower
+        // deciding alone would accept what the leader refuses.
+        if self.inner.opts.cluster.strict_reconfig
+            && let Some(ch) = self.leader_channel()?
+        {
+            return self.forward_add(ch, req).await;
+        }
         self.add_member(req).await
     }
 
     async fn member_remove(&self, _: &Caller, id: u64) -> NodeResult<MemberRemoveResponse> {
+        if self.inner.opts.cluster.strict_reconfig
+            && let Some(ch) = self.leader_channel()?
+        {
+            return self.forward_remove(ch, id).await;
+        }
         self.remove_member(id).await
     }
 

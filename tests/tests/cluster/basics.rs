@@ -1,11 +1,18 @@
 //! Replication and what an operator sees: writes on any member, linearizable reads on every
 //! member, `member list` and `endpoint status --cluster` tables, whole-cluster restart.
 
-use ringkv_tests::{RingkvCluster, etcdctl_at};
+use ringkv_tests::{NOT_APPLIED, RingkvCluster, TRANSIENT, etcdctl_retrying};
 use serde_json::Value;
 
+/// etcdctl that must succeed, sent again after an error of a leader change. The tests count
+/// revisions: a put is sent again only when it was not applied.
 fn ctl(endpoint: &str, args: &[&str]) -> String {
-    let out = etcdctl_at(endpoint, args, None);
+    let retry = if args[0] == "put" {
+        NOT_APPLIED
+    } else {
+        TRANSIENT
+    };
+    let out = etcdctl_retrying(endpoint, args, retry);
     assert!(
         out.status.success(),
         "etcdctl {args:?} at {endpoint} failed: {}",

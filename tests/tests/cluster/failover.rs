@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use ringkv_tests::{RingkvCluster, etcdctl_at};
+use ringkv_tests::{RingkvCluster, TRANSIENT, etcdctl_at, etcdctl_retrying};
 
 /// Puts `key` through all endpoints (etcdctl fails over); true when acknowledged.
 fn put(endpoints: &str, key: &str) -> bool {
@@ -13,7 +13,11 @@ fn put(endpoints: &str, key: &str) -> bool {
 }
 
 fn keys_on(endpoint: &str) -> BTreeSet<String> {
-    let out = etcdctl_at(endpoint, &["get", "w/", "--prefix", "--keys-only"], None);
+    let out = etcdctl_retrying(
+        endpoint,
+        &["get", "w/", "--prefix", "--keys-only"],
+        TRANSIENT,
+    );
     assert!(
         out.status.success(),
         "linearizable get at {endpoint}: {}",
@@ -63,8 +67,13 @@ fn killing_the_leader_under_writes_loses_no_acknowledged_write() {
     assert_eq!(new_leader, new_leader_id);
     assert_ne!(new_leader, old_id);
     assert!(new_term > old_term);
-    // Writes resume.
-    assert!(put(&endpoints, "w/after"));
+    // Writes resume (sent again while etcd's errors of a leader change come back).
+    let out = etcdctl_retrying(&endpoints, &["put", "w/after", "v"], TRANSIENT);
+    assert!(
+        out.status.success(),
+        "put after the failover: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     acked.insert("w/after".to_string());
     for (i, m) in c.members.iter().enumerate() {
         if i == old {

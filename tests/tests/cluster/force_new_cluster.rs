@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use ringkv_tests::{RingkvCluster, etcdctl_at};
+use ringkv_tests::{RingkvCluster, TRANSIENT, etcdctl_retrying};
 
+/// etcdctl that must succeed, sent again after an error of a leader change (every put here
+/// writes a fixed value; the revisions compared are read after the last put).
 fn ctl(endpoint: &str, args: &[&str]) -> String {
-    let out = etcdctl_at(endpoint, args, None);
+    let out = etcdctl_retrying(endpoint, args, TRANSIENT);
     assert!(
         out.status.success(),
         "etcdctl {args:?} at {endpoint}: {}",

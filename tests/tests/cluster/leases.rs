@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringkv_tests::{RingkvCluster, etcdctl_at};
+use ringkv_tests::{NOT_APPLIED, RingkvCluster, TRANSIENT, etcdctl_retrying};
 
+/// etcdctl, sent again after an error of a leader change (reads, renewals and a put of a fixed
+/// value: each leaves the same state when applied twice).
 fn ctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = etcdctl_at(endpoints, args, None);
+    let out = etcdctl_retrying(endpoints, args, TRANSIENT);
     (
         out.status.success(),
         format!(
@@ -35,7 +37,12 @@ fn a_lease_kept_alive_through_followers_survives_a_leader_kill_and_expires_after
     let f0 = ep[followers[0]].clone();
     let both = format!("{},{}", ep[followers[0]], ep[followers[1]]);
 
-    let (ok, out) = ctl(&f0, &["lease", "grant", "3"]);
+    let out = etcdctl_retrying(&f0, &["lease", "grant", "3"], NOT_APPLIED);
+    let (ok, out) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned()
+            + String::from_utf8_lossy(&out.stderr).as_ref(),
+    );
     assert!(ok, "{out}");
     // "lease 694d7a1c5f1b0a0d granted with TTL(3s)"
     let id = out.split_whitespace().nth(1).expect("lease id").to_string();

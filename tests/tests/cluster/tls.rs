@@ -83,12 +83,20 @@ fn a_cluster_with_peer_tls_elects_replicates_and_forwards() {
             v[0]["Status"]["leader"].as_u64().unwrap_or(0),
         )
     };
-    let leaders: Vec<(u64, u64)> = members.iter().map(status).collect();
-    let leader = leaders[0].1;
-    assert!(
-        leader != 0 && leaders.iter().all(|s| s.1 == leader),
-        "{leaders:?}"
-    );
+    // (Each member was healthy, so each knew a leader; they agree once the election settled.)
+    let start = Instant::now();
+    let (leaders, leader) = loop {
+        let leaders: Vec<(u64, u64)> = members.iter().map(status).collect();
+        let leader = leaders[0].1;
+        if leader != 0 && leaders.iter().all(|s| s.1 == leader) {
+            break (leaders, leader);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no agreed leader within 30 s: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let li = leaders
         .iter()
         .position(|s| s.0 == leader)

@@ -76,11 +76,20 @@ async fn snapshot_count_100_purges_the_wal_and_restarts_from_the_snapshot() {
     assert_eq!(dump(&mut c).await.0, 2001);
     let snap_dir = data.join("member/snap");
     let wal_dir = data.join("member/wal");
-    let snaps = files(&snap_dir, ".snap");
-    assert!(
-        (1..=5).contains(&snaps.len()),
-        "--max-snapshots 5 (default) keeps 1..=5 files: {snaps:?}"
-    );
+    // Snapshots are taken and old ones purged asynchronously (a new file is written before the
+    // oldest is removed): wait (bounded) for the purge to catch up.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let snaps = files(&snap_dir, ".snap");
+        if (1..=5).contains(&snaps.len()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "--max-snapshots 5 (default) keeps 1..=5 files: {snaps:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // A purge follows a durable snapshot, and a snapshot is due only after writes and a
     // backend commit (every 100 ms): how far it got depends on the machine's speed. Keep
     // writing a little until the old segments are gone (bounded).
