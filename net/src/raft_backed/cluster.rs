@@ -375,6 +375,10 @@ impl RaftBackedNode {
         if urls.is_empty() || urls.iter().any(|u| !valid_peer_url(u)) {
             return Err(EtcdError::MemberBadUrls);
         }
+        // The checks below read this member's applied membership; etcd validates at apply, in
+        // log order. Catching up with the commit index first makes a change another member
+        // already answered visible here (a learner removed there no longer counts).
+        self.linearize().await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -417,6 +421,8 @@ impl RaftBackedNode {
     }
 
     pub(super) async fn remove_member(&self, id: u64) -> NodeResult<MemberRemoveResponse> {
+        // As in `add_member`: the checks read the applied membership.
+        self.linearize().await?;
         let member = self.inner.members.read().member(id)?;
         if !member.is_learner && self.inner.opts.cluster.strict_reconfig {
             // etcd 3.5's strict check: the started voters left must form a quorum of the new
