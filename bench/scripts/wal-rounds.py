@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Tables of a bench/scripts/wal-final.sh log: per run, each engine's ops/s, p50, records per fdatasync, CPU
-per append; ratios to raft-engine and ringkv-overlap over the run and as the median of the per-round
+per append; ratios to raft-engine and ringkv-wake-first over the run and as the median of the per-round
 ratios; with 1 writer, p50 / raw p50. usage: wal-rounds.py LOG"""
 import os, sys, json, re, statistics as st
 runs = []; cur = None
@@ -26,8 +26,8 @@ for r in runs:
         for e in res:
             if e.startswith('ringkv') or e.startswith('handoff'):
                 print(f"     {e}/raft-engine run {res[e]['ops_per_sec']/res['raft-engine']['ops_per_sec']:.2f} round-median {rr(r, e, 'raft-engine'):.2f}")
-    if 'ringkv-overlap' in res:
-        print(f"     ringkv/ringkv-overlap run {res['ringkv']['ops_per_sec']/res['ringkv-overlap']['ops_per_sec']:.2f} round-median {rr(r, 'ringkv', 'ringkv-overlap'):.2f}")
+    if 'ringkv-wake-first' in res:
+        print(f"     ringkv/ringkv-wake-first run {res['ringkv']['ops_per_sec']/res['ringkv-wake-first']['ops_per_sec']:.2f} round-median {rr(r, 'ringkv', 'ringkv-wake-first'):.2f}")
     if r['writers'] == 1 and 'raw' in res:
         for e in res:
             if e != 'raw':

@@ -385,8 +385,8 @@ pub struct WalArgs {
     /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process;
     /// `ringkv-tasks-batch` hands a flush's outcomes to the tasks' thread in one message (one
     /// wake-up per flush) instead of completing each task from its own callback.
-    /// `ringkv-overlap` is ringkv with `wake_before_next: false` (the next flush starts before
-    /// the previous batch's waiters are woken). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
+    /// `ringkv-wake-first` is ringkv with `wake_before_next: true` (the leader wakes a flushed
+    /// batch's waiters before it takes the next batch). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
     /// write+fdatasync per batch) are floors, not logs: blocked writers handed off in batches
     /// by one flusher thread.
     #[arg(long, value_delimiter = ',')]

@@ -50,10 +50,10 @@ pub enum Engine {
         tasks: bool,
         each_wakes: bool,
     },
-    /// ringkv's WAL in threads mode with `wake_before_next: false` (the overlapped order of
-    /// sessions 3–6: the next flush starts before the previous batch's waiters are woken), to
-    /// A/B the two orders in one process. Engine `ringkv-overlap`.
-    RingkvOverlap,
+    /// ringkv's WAL in threads mode with `wake_before_next: true` (the leader wakes a flushed
+    /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
+    /// orders in one process. Engine `ringkv-wake-first`.
+    RingkvWakeFirst,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -87,7 +87,7 @@ impl Engine {
                 tasks: true,
                 each_wakes: false,
             } => "ringkv-tasks-batch",
-            Engine::RingkvOverlap => "ringkv-overlap",
+            Engine::RingkvWakeFirst => "ringkv-wake-first",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -109,11 +109,11 @@ impl Engine {
             }),
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
-            "ringkv-overlap" => Ok(Engine::RingkvOverlap),
+            "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-overlap, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -172,7 +172,7 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         Engine::Ringkv { each_wakes, .. } => {
             Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes, None)?))
         }
-        Engine::RingkvOverlap => Ok(Box::new(RingkvTarget::open(opts, dir, false, Some(false))?)),
+        Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, Some(true))?)),
     }
 }
 
@@ -703,7 +703,7 @@ mod tests {
             "ringkv",
             "ringkv-tasks",
             "ringkv-tasks-batch",
-            "ringkv-overlap",
+            "ringkv-wake-first",
             "raft-engine",
             "raw",
             "handoff",

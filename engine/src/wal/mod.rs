@@ -162,7 +162,8 @@ pub struct WalOptions {
     /// never waits). `false`: it takes and starts the next batch first and wakes the previous
     /// batch's waiters as a tree while that I/O runs: the device never idles for wake-ups, but
     /// a batch can hold only the appenders that were not in the one before (at most half of
-    /// N closed-loop writers). Default `true` (BENCHMARKS.md, session 7 "wal").
+    /// N closed-loop writers). Default `false`: `true` won ~2× under heavy load (load average
+    /// 11–34) but lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end").
     pub wake_before_next: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
@@ -177,7 +178,7 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
-            wake_before_next: true,
+            wake_before_next: false,
             metrics: None,
         }
     }
