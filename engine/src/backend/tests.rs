@@ -1303,17 +1303,44 @@ mod extent_tests {
             .into_bytes()
     }
 
-    #[test]
-    fn a_commit_reaches_the_file_in_few_writes() {
+    /// A backend on a fault-injecting VFS (which counts I/O operations).
+    fn counted_backend() -> (FaultVfs, PathBuf, Backend) {
         let fault = FaultVfs::new();
         let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
         let path = PathBuf::from("/data/member/snap/db");
         let backend = Backend::open(vfs, &path, opts(false)).unwrap();
+        (fault, path, backend)
+    }
+
+    /// Puts key `i` (value of `round`) into the batch and the model.
+    fn put_both(w: &mut BatchWriter, model: &mut Model, i: u32, round: u32) {
+        w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
+        model.insert((Bucket::Key, key(i)), val(i, round));
+    }
+
+    /// Checks the tree, closes it, reopens the file and finds `model` in it.
+    fn check_and_reopen(
+        w: BatchWriter,
+        backend: Backend,
+        fault: FaultVfs,
+        path: &Path,
+        model: &Model,
+    ) {
+        assert_checked(&w);
+        assert_eq!(&dump(&w), model);
+        drop(w);
+        drop(backend);
+        let backend = Backend::open(Arc::new(fault), path, opts(false)).unwrap();
+        assert_eq!(&dump(&backend.snapshot()), model);
+    }
+
+    #[test]
+    fn a_commit_reaches_the_file_in_few_writes() {
+        let (fault, path, backend) = counted_backend();
         let mut w = backend.batch().unwrap();
         let mut model = Model::new();
         for i in 0..4000u32 {
-            w.put(Bucket::Key, &key(i), &val(i, 0)).unwrap();
-            model.insert((Bucket::Key, key(i)), val(i, 0));
+            put_both(&mut w, &mut model, i, 0);
         }
         w.commit().unwrap();
         let mut rng = StdRng::seed_from_u64(5);
@@ -1323,8 +1350,7 @@ mod extent_tests {
             // 300 scattered keys: ~300 leaves and their branches are rewritten.
             for _ in 0..300 {
                 let i = rng.random_range(0..4000u32);
-                w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
-                model.insert((Bucket::Key, key(i)), val(i, round));
+                put_both(&mut w, &mut model, i, round);
             }
             w.commit().unwrap();
             let ops = fault.ops() - before;
@@ -1338,11 +1364,7 @@ mod extent_tests {
             );
             assert_checked(&w);
         }
-        assert_eq!(dump(&w), model);
-        drop(w);
-        drop(backend);
-        let backend = Backend::open(Arc::new(fault), &path, opts(false)).unwrap();
-        assert_eq!(dump(&backend.snapshot()), model);
+        check_and_reopen(w, backend, fault, &path, &model);
     }
 
     /// Single-key commits on a packed tree (every insert splits a leaf, the free set is single
@@ -1351,15 +1373,11 @@ mod extent_tests {
     /// tail and a growth of the file), not one write per page of the root-to-leaf path.
     #[test]
     fn single_key_commits_write_their_pages_as_one_run() {
-        let fault = FaultVfs::new();
-        let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
-        let path = PathBuf::from("/data/member/snap/db");
-        let backend = Backend::open(vfs, &path, opts(false)).unwrap();
+        let (fault, path, backend) = counted_backend();
         let mut w = backend.batch().unwrap();
         let mut model = Model::new();
         for i in (0..40_000u32).step_by(2) {
-            w.put(Bucket::Key, &key(i), &val(i, 0)).unwrap();
-            model.insert((Bucket::Key, key(i)), val(i, 0));
+            put_both(&mut w, &mut model, i, 0);
         }
         w.commit().unwrap();
         let mut rng = StdRng::seed_from_u64(17);
@@ -1369,8 +1387,7 @@ mod extent_tests {
             let before = fault.ops();
             // Odd keys are new: each lands in a full leaf and splits it.
             let i = rng.random_range(0..20_000u32) * 2 + 1;
-            w.put(Bucket::Key, &key(i), &val(i, round)).unwrap();
-            model.insert((Bucket::Key, key(i)), val(i, round));
+            put_both(&mut w, &mut model, i, round);
             w.commit().unwrap();
             // The first commit follows the load (a large commit), so it is not sized as small.
             if round > 0 {
@@ -1387,12 +1404,7 @@ mod extent_tests {
             "{total} I/O operations for {commits} single-key commits: {ops:?}"
         );
         assert!(ops.iter().all(|&n| n <= 6), "{ops:?}");
-        assert_checked(&w);
-        assert_eq!(dump(&w), model);
-        drop(w);
-        drop(backend);
-        let backend = Backend::open(Arc::new(fault), &path, opts(false)).unwrap();
-        assert_eq!(dump(&backend.snapshot()), model);
+        check_and_reopen(w, backend, fault, &path, &model);
     }
 
     /// The form of the newest commit's freelist run: (flags byte, bitmap words).

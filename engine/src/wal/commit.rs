@@ -131,6 +131,25 @@ pub(crate) enum Lead {
     Unbounded,
 }
 
+impl Lead {
+    /// Whether a leader that flushed `batches` batches takes another one (appends waiting).
+    fn leads_again(self, batches: usize) -> bool {
+        match self {
+            Lead::Once => false,
+            Lead::Bounded => batches < LEAD_BATCHES,
+            Lead::Unbounded => true,
+        }
+    }
+}
+
+/// The outcomes of a batch that found the WAL closed.
+fn closed(batch: Vec<Pending>) -> Vec<Outcome> {
+    batch
+        .into_iter()
+        .map(|p| (p.reply, Err(WalError::Closed)))
+        .collect()
+}
+
 /// How an append learns its outcome.
 pub(crate) enum Reply {
     /// Run on the delivering leader's thread.
@@ -484,13 +503,7 @@ impl Core {
                 Some(taken) => taken,
                 None => self.take_batch(),
             };
-            if let Some(t) = &self.trace {
-                let first = batch.iter().map(|p| p.enqueued).min();
-                let last = batch.iter().map(|p| p.enqueued).max();
-                let now = Instant::now();
-                let (first, last) = (first.unwrap_or(now), last.unwrap_or(now));
-                t.begin(number, now, first, last, batch.len());
-            }
+            self.trace_begin(number, &batch);
             let outcomes = match writer.as_mut() {
                 _ if batch.is_empty() => Vec::new(),
                 Some(w) => {
@@ -519,10 +532,7 @@ impl Core {
                     }
                     w.finish(prepared, io_started, res)
                 }
-                None => batch
-                    .into_iter()
-                    .map(|p| (p.reply, Err(WalError::Closed)))
-                    .collect(),
+                None => closed(batch),
             };
             if let Some((n, o)) = undelivered.take() {
                 panic = panic.or(deliver(n, o, &mut chains));
@@ -531,12 +541,7 @@ impl Core {
             batches += 1;
             let more = {
                 let mut q = self.queue();
-                let more = !q.items.is_empty()
-                    && match mode {
-                        Lead::Once => false,
-                        Lead::Bounded => batches < LEAD_BATCHES,
-                        Lead::Unbounded => true,
-                    };
+                let more = !q.items.is_empty() && mode.leads_again(batches);
                 if more {
                     next = Some(self.take_locked(&mut q));
                 }
@@ -584,13 +589,7 @@ impl Core {
                 Some(taken) => taken,
                 None => self.take_batch(),
             };
-            if let Some(t) = &self.trace {
-                let first = batch.iter().map(|p| p.enqueued).min();
-                let last = batch.iter().map(|p| p.enqueued).max();
-                let now = Instant::now();
-                let (first, last) = (first.unwrap_or(now), last.unwrap_or(now));
-                t.begin(number, now, first, last, batch.len());
-            }
+            self.trace_begin(number, &batch);
             let outcomes = match writer.as_mut() {
                 _ if batch.is_empty() => Vec::new(),
                 Some(w) => {
@@ -607,22 +606,14 @@ impl Core {
                     }
                     w.finish(prepared, io_started, res)
                 }
-                None => batch
-                    .into_iter()
-                    .map(|p| (p.reply, Err(WalError::Closed)))
-                    .collect(),
+                None => closed(batch),
             };
             let (p, chain) = self.deliver(number, outcomes, false);
             panic = panic.or(p);
             chain.finish();
             batches += 1;
             let mut q = self.queue();
-            let more = !q.items.is_empty()
-                && match mode {
-                    Lead::Once => false,
-                    Lead::Bounded => batches < LEAD_BATCHES,
-                    Lead::Unbounded => true,
-                };
+            let more = !q.items.is_empty() && mode.leads_again(batches);
             if !more {
                 break;
             }
@@ -632,6 +623,16 @@ impl Core {
         self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
+        }
+    }
+
+    /// Starts the trace's row of batch `number` (`RINGKV_WAL_TRACE`), if tracing.
+    fn trace_begin(&self, number: u64, batch: &[Pending]) {
+        if let Some(t) = &self.trace {
+            let now = Instant::now();
+            let first = batch.iter().map(|p| p.enqueued).min().unwrap_or(now);
+            let last = batch.iter().map(|p| p.enqueued).max().unwrap_or(now);
+            t.begin(number, now, first, last, batch.len());
         }
     }
 
