@@ -17,7 +17,8 @@ mod wal;
 pub use backend::CommittedCopy;
 pub use backend::{
     Backend, BackendError, BackendOptions, BackendStats, BatchWriter, CheckReport, FORMAT_V1,
-    FORMAT_VERSION, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot, decode_page, max_key_len,
+    FORMAT_VERSION, IncompleteCommit, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, Snapshot,
+    decode_page, max_key_len,
 };
 pub use io::FileLock;
 pub use io::WriteSync;
@@ -68,3 +69,5 @@ pub use wal::{
 pub use wal::{AppendTicket, LOCK_FILE as WAL_LOCK_FILE, WalDirLock};
 // wal6: a callback defers a wake-up to the end of its flush's delivery.
 pub use wal::after_delivery as wal_after_delivery;
+// ringkv-util: read-only inspection of a WAL directory.
+pub use wal::{SegmentReport as WalSegmentReport, WalInspection, inspect as inspect_wal};

@@ -205,6 +205,17 @@ pub struct BackendStats {
     pub file_bytes: u64,
 }
 
+/// The newest commit of a file opened by [`Backend::open_read_only`] did not fully reach the
+/// disk (a crash mid-commit, or damage to one of its pages): `opened_txid` is the state opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IncompleteCommit {
+    pub txid: u64,
+    /// The first page of that commit found missing or damaged, and why.
+    pub page: u64,
+    pub reason: String,
+    pub opened_txid: u64,
+}
+
 fn bad_opts(opts: &BackendOptions) -> Option<String> {
     let ps = opts.page_size;
     if !ps.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&ps) {
@@ -227,6 +238,26 @@ impl Backend {
         path: &Path,
         opts: BackendOptions,
     ) -> Result<Backend, BackendError> {
+        Self::open_mode(vfs, path, opts, false).map(|(b, _)| b)
+    }
+
+    /// Opens an existing file for inspection (`ringkv-util`), writing nothing: a missing file
+    /// is an error, not created, and when the newest commit is incomplete it is reported (the
+    /// state opened is the older meta's, as [`Backend::open`] would open) instead of replaced.
+    /// The file is opened read-only, so a commit through this handle fails with an I/O error.
+    pub fn open_read_only(
+        vfs: Arc<dyn Vfs>,
+        path: &Path,
+    ) -> Result<(Backend, Option<IncompleteCommit>), BackendError> {
+        Self::open_mode(vfs, path, BackendOptions::default(), true)
+    }
+
+    fn open_mode(
+        vfs: Arc<dyn Vfs>,
+        path: &Path,
+        opts: BackendOptions,
+        read_only: bool,
+    ) -> Result<(Backend, Option<IncompleteCommit>), BackendError> {
         if let Some(why) = bad_opts(&opts) {
             return Err(BackendError::Invalid(why));
         }
@@ -235,12 +266,18 @@ impl Backend {
             move |source| BackendError::Io { file, op, source }
         };
         if !vfs.exists(path) {
+            if read_only {
+                return Err(io("open")(std::io::ErrorKind::NotFound.into()));
+            }
             create(&*vfs, path, opts.page_size).map_err(io("create"))?;
         }
         let registered = register(&*vfs, path)?;
-        let file = vfs
-            .open(path, OpenOptions::read_write())
-            .map_err(io("open"))?;
+        let mode = if read_only {
+            OpenOptions::read_only()
+        } else {
+            OpenOptions::read_write()
+        };
+        let file = vfs.open(path, mode).map_err(io("open"))?;
         let file_len = file.size().map_err(io("stat"))?;
         let shared_path = path.to_path_buf();
         let (newest, older, _) =
@@ -264,6 +301,7 @@ impl Backend {
         // one started writing, is the state to open.
         let mut map = Arc::new(new_map()?);
         let mut meta = newest;
+        let mut incomplete = None;
         if let Err(torn) = verify_commit(&map, &newest) {
             let Some(older) = older else {
                 return Err(meta_err(PageError {
@@ -284,13 +322,22 @@ impl Backend {
                     ),
                 })
             })?;
-            tracing::warn!(
-                file = %path.display(),
-                "backend: newest commit (txid {}) did not fully reach the disk ({}); opening txid {} and replacing the incomplete meta",
-                newest.txid,
-                torn,
-                older.txid
-            );
+            if read_only {
+                incomplete = Some(IncompleteCommit {
+                    txid: newest.txid,
+                    page: torn.page,
+                    reason: torn.reason.clone(),
+                    opened_txid: older.txid,
+                });
+            } else {
+                tracing::warn!(
+                    file = %path.display(),
+                    "backend: newest commit (txid {}) did not fully reach the disk ({}); opening txid {} and replacing the incomplete meta",
+                    newest.txid,
+                    torn,
+                    older.txid
+                );
+            }
             // The incomplete meta is replaced, so that later writes can never complete the
             // abandoned commit, by a copy of the older meta under the txid before it: the same
             // state, so falling back to it (if the older meta is ever damaged) is safe, and its
@@ -299,9 +346,11 @@ impl Backend {
                 txid: older.txid.saturating_sub(1),
                 ..older
             };
-            file.write_at(&copy.encode(), (newest.txid % 2) * ps)
-                .map_err(io("replace incomplete meta"))?;
-            file.sync_data().map_err(io("fdatasync replaced meta"))?;
+            if !read_only {
+                file.write_at(&copy.encode(), (newest.txid % 2) * ps)
+                    .map_err(io("replace incomplete meta"))?;
+                file.sync_data().map_err(io("fdatasync replaced meta"))?;
+            }
             meta = older;
         }
         let corrupt = |e: PageError| BackendError::Corrupt {
@@ -363,7 +412,7 @@ impl Backend {
             })),
             writer: Mutex::new(Some(state)),
         });
-        Ok(Backend { shared })
+        Ok((Backend { shared }, incomplete))
     }
 
     /// A consistent view: the last commit plus every write applied before this call.

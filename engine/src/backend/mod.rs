@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use check::CheckReport;
 pub use copy::CommittedCopy;
-pub use db::{Backend, BackendStats, BatchWriter, Snapshot};
+pub use db::{Backend, BackendStats, BatchWriter, IncompleteCommit, Snapshot};
 pub use meta::{FORMAT_V1, FORMAT_VERSION};
 pub use page::{MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, decode_any as decode_page, max_key_len};
 

@@ -58,6 +58,7 @@ use bytes::Bytes;
 use crate::io::{FileLock, Vfs};
 
 pub use commit::{AppendTicket, after_delivery};
+pub use replay::{SegmentReport, WalInspection, inspect};
 
 /// One raft log entry as the WAL stores it (the raft glue converts raft-rs's `Entry`).
 #[derive(Clone, Debug, PartialEq, Eq)]

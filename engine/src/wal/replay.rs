@@ -19,7 +19,7 @@
 //! r1[4] ~r2 r3[5] r4[6] r5[7] 0 …     r4 belongs to flush 6 > f + 1 (f = 4): corruption at r2
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
@@ -133,8 +133,12 @@ impl Replayer {
 }
 
 /// Lists `dir`: the segments sorted by sequence (checked for gaps); leftover allocator files
-/// are deleted.
-pub(crate) fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<SegmentInfo>, WalError> {
+/// are deleted when `remove_leftovers` (opening for writing), else left alone (inspection).
+pub(crate) fn list_segments(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    remove_leftovers: bool,
+) -> Result<Vec<SegmentInfo>, WalError> {
     let names = vfs
         .list_dir(dir)
         .map_err(|e| WalError::io("list directory", dir, e))?;
@@ -148,7 +152,8 @@ pub(crate) fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<SegmentInfo
                 first_index,
                 path: dir.join(name),
             });
-        } else if name.ends_with(ALLOC_SUFFIX) || name.ends_with(READY_SUFFIX) {
+        } else if remove_leftovers && (name.ends_with(ALLOC_SUFFIX) || name.ends_with(READY_SUFFIX))
+        {
             let path = dir.join(name);
             vfs.remove_file(&path)
                 .map_err(|e| WalError::io("remove leftover segment file", &path, e))?;
@@ -276,11 +281,14 @@ struct SegmentEnd {
     nonzero_end: u64,
 }
 
+/// Reads one segment's records into `replayer`, showing each (with its offset) to `observe`
+/// first.
 fn scan_segment(
     vfs: &dyn Vfs,
     seg: &SegmentInfo,
     is_last: bool,
     replayer: &mut Replayer,
+    observe: &mut dyn FnMut(u64, &Record),
 ) -> Result<SegmentEnd, WalError> {
     let corrupt = |offset: u64, reason: String| WalError::Corrupt {
         path: seg.path.clone(),
@@ -307,6 +315,7 @@ fn scan_segment(
     let why = loop {
         match w.frame(pos, seed)? {
             Decoded::Record { record, flush, len } => {
+                observe(pos, &record);
                 replayer.apply(record, &seg.path, pos)?;
                 last_flush = flush;
                 pos += len as u64;
@@ -360,7 +369,7 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
         vfs.sync_dir(parent)
             .map_err(|e| WalError::io("sync directory", parent, e))?;
     }
-    let segments = list_segments(&**vfs, dir)?;
+    let segments = list_segments(&**vfs, dir, true)?;
     let from = opts.replay_from;
     let Some(last) = segments.last() else {
         if from.index != 0 {
@@ -385,7 +394,13 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
     let mut end = None;
     for seg in &segments[start..] {
         let is_last = seg.seq == last.seq;
-        end = Some(scan_segment(&**vfs, seg, is_last, &mut replayer)?);
+        end = Some(scan_segment(
+            &**vfs,
+            seg,
+            is_last,
+            &mut replayer,
+            &mut |_, _| {},
+        )?);
     }
     let end = end.expect("at least the newest segment was scanned");
     let next_index = replayer.next_index;
@@ -442,4 +457,93 @@ pub(crate) fn open(vfs: &Arc<dyn Vfs>, dir: &Path, opts: &WalOptions) -> Result<
         segments,
         replay,
     })
+}
+
+/// What [`inspect`] found in one segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentReport {
+    pub path: PathBuf,
+    pub seq: u64,
+    /// The first entry index the segment's name (and header) promise.
+    pub first_index: u64,
+    /// Records read, and the offset just after the last of them.
+    pub records: u64,
+    pub end: u64,
+    /// The file's size (segments are preallocated, so this is their capacity).
+    pub size: u64,
+    /// Newest segment only: non-zero bytes after the records, which the next open cuts as a
+    /// torn tail (`end .. end + torn_bytes`).
+    pub torn_bytes: u64,
+}
+
+/// What [`inspect`] found in a whole WAL directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalInspection {
+    pub segments: Vec<SegmentReport>,
+    /// Leftover files of the segment allocator (`*.wal.alloc`, `*.wal.ready`); the next open
+    /// deletes them.
+    pub leftovers: Vec<PathBuf>,
+    /// The range of entry indexes the replay would hand to raft (newest wins on overwrites),
+    /// or `None` when no entry is above the newest snapshot marker.
+    pub entries: Option<(u64, u64)>,
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<SnapshotMark>,
+}
+
+/// Reads the WAL in `dir` the way [`Wal::open`](super::Wal::open) replays it, with the same
+/// checks (a corrupt record, a missing segment or an index gap is the same error, naming file
+/// and offset), but writes nothing: no leftover is deleted and a torn tail is only reported.
+/// `observe` sees every record with its segment and offset, in WAL order. For offline tools:
+/// the caller must make sure no node is appending meanwhile (hold the directory's lock).
+pub fn inspect(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    observe: &mut dyn FnMut(&Path, u64, &Record),
+) -> Result<WalInspection, WalError> {
+    let segments = list_segments(vfs, dir, false)?;
+    let leftovers = vfs
+        .list_dir(dir)
+        .map_err(|e| WalError::io("list directory", dir, e))?
+        .into_iter()
+        .filter_map(|n| n.to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(ALLOC_SUFFIX) || n.ends_with(READY_SUFFIX))
+        .map(|n| dir.join(n))
+        .collect();
+    let mut out = WalInspection {
+        leftovers,
+        ..WalInspection::default()
+    };
+    let first = segments.first().map_or(1, |s| s.first_index);
+    let mut replayer = Replayer::new(SnapshotMark::default(), first);
+    for (i, seg) in segments.iter().enumerate() {
+        let mut records = 0u64;
+        let end = scan_segment(
+            vfs,
+            seg,
+            i + 1 == segments.len(),
+            &mut replayer,
+            &mut |pos, rec| {
+                records += 1;
+                observe(&seg.path, pos, rec);
+            },
+        )?;
+        out.segments.push(SegmentReport {
+            path: seg.path.clone(),
+            seq: seg.seq,
+            first_index: seg.first_index,
+            records,
+            end: end.end,
+            size: end.size,
+            torn_bytes: end.nonzero_end.saturating_sub(end.end),
+        });
+    }
+    let replay = replayer.finish()?;
+    out.entries = replay
+        .entries
+        .first()
+        .zip(replay.entries.last())
+        .map(|(a, b)| (a.index, b.index));
+    out.hard_state = replay.hard_state;
+    out.snapshot = replay.snapshot;
+    Ok(out)
 }
