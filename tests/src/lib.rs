@@ -26,5 +26,6 @@ pub use mvcc_gen::{Op, OpGen, apply_to_store, catch_up_watches, op_request_json,
 pub use proxy::{Partition, PeerProxy};
 pub use ringkv::{
     NOT_APPLIED, RingkvProcess, TRANSIENT, etcdctl_at, etcdctl_retrying, http_get, ringkv_binary,
+    ringkv_util_binary,
 };
 pub use tls::{TestPki, TlsMember, curl};

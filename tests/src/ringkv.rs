@@ -15,16 +15,27 @@ use std::time::{Duration, Instant};
 use crate::etcd::{HttpResponse, free_port};
 
 /// Path of the `ringkv` binary, built on first use.
+/// `<target>/<profile>` of this test binary (it lives in `<target>/<profile>/deps`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in <target>/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `ringkv-util` binary, built together with `ringkv` by [`ringkv_binary`].
+pub fn ringkv_util_binary() -> PathBuf {
+    ringkv_binary();
+    let bin = profile_dir().join("ringkv-util");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
 pub fn ringkv_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // <target>/<profile>/deps/<test binary>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in <target>/<profile>/deps")
-            .to_path_buf();
+        let profile_dir = profile_dir();
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
         let profile = profile_dir
             .file_name()
@@ -47,6 +58,7 @@ pub fn ringkv_binary() -> PathBuf {
             }
         }
         cmd.args(["build", "--quiet", "-p", "ringkv-net", "--bin", "ringkv"])
+            .args(["-p", "ringkv-tools", "--bin", "ringkv-util"])
             .arg("--manifest-path")
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", &target_dir);
