@@ -54,6 +54,10 @@ pub enum Engine {
     /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
     /// orders in one process. Engine `ringkv-wake-first`.
     RingkvWakeFirst,
+    /// ringkv's WAL with `relay_wake: false` (the leader stores every outcome of a flushed
+    /// batch and starts its wake-up tree itself; the default hands that to the batch's first
+    /// parked waiter), to A/B the two in one process. Engine `ringkv-leader-wakes`.
+    RingkvLeaderWakes,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -88,6 +92,7 @@ impl Engine {
                 each_wakes: false,
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
+            Engine::RingkvLeaderWakes => "ringkv-leader-wakes",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -110,10 +115,11 @@ impl Engine {
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
+            "ringkv-leader-wakes" => Ok(Engine::RingkvLeaderWakes),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-leader-wakes, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -170,9 +176,14 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         Engine::RaftEngine => Ok(Box::new(RaftEngineTarget::open(opts, dir)?)),
         Engine::Handoff { sync } => Ok(Box::new(HandoffTarget::open(opts, dir, sync)?)),
         Engine::Ringkv { each_wakes, .. } => {
-            Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes, None)?))
+            Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes, |_| {})?))
         }
-        Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, Some(true))?)),
+        Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = true;
+        })?)),
+        Engine::RingkvLeaderWakes => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.relay_wake = false;
+        })?)),
     }
 }
 
@@ -425,24 +436,24 @@ impl RingkvTarget {
         })
     }
 
-    /// `wake_before_next`: the WAL option, or its default.
+    /// `tweak` changes the WAL options of the engine variant (`wake_before_next`, ...).
     fn open(
         opts: &WalOpts,
         dir: &Path,
         each_wakes: bool,
-        wake_before_next: Option<bool>,
+        tweak: fn(&mut WalOptions),
     ) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
-        let wal_opts = WalOptions {
+        let mut wal_opts = WalOptions {
             metrics: Some(flushes.clone()),
             idle_spin: opts.wal_idle_spin,
             zero_fill_below: opts
                 .wal_zero_fill_below
                 .unwrap_or(WalOptions::default().zero_fill_below),
-            wake_before_next: wake_before_next.unwrap_or(WalOptions::default().wake_before_next),
             ..WalOptions::default()
         };
+        tweak(&mut wal_opts);
         let wal_dir = dir.join("wal");
         let (wal, replay) = Wal::open(vfs, &wal_dir, wal_opts)
             .map_err(|e| format!("ringkv WAL: cannot open {}: {e}", wal_dir.display()))?;
