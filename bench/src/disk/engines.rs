@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_engine::{
@@ -317,22 +318,31 @@ impl HandoffTarget {
 
     /// Takes the whole queue, runs the device, unparks the batch; until stopped with an empty
     /// queue.
+    /// With `RINGKV_WAL_TRACE` set, prints the medians of its flush timeline at the end
+    /// ([`HandoffTimeline`]), to compare with the WAL's trace.
     fn flush_loop(st: &HandoffState, device: Option<Arc<dyn File>>) {
         let block = AlignedBuf::zeroed(4096);
         let blocks = RAW_FILE_BYTES / 4096;
         let mut batch = Vec::new();
+        let mut timeline = std::env::var_os("RINGKV_WAL_TRACE").map(|_| HandoffTimeline::default());
+        let mut last_woken = None;
         loop {
             {
                 let mut q = st.queue.lock().expect("handoff queue lock");
                 while q.items.is_empty() && !q.stop {
                     q.idle = true;
                     q = st.wake.wait(q).expect("handoff queue lock");
+                    last_woken = None;
                 }
                 if q.items.is_empty() {
+                    if let Some(t) = &timeline {
+                        t.print();
+                    }
                     return;
                 }
                 std::mem::swap(&mut batch, &mut q.items);
             }
+            let io_start = Instant::now();
             if let Some(file) = &device {
                 let off = (st.syncs.load(Ordering::Relaxed) % blocks) * 4096;
                 // An fdatasync error is fatal, and this floor has no way to hand it to the
@@ -343,11 +353,67 @@ impl HandoffTarget {
                 }
             }
             st.syncs.fetch_add(1, Ordering::Relaxed);
+            let io_done = Instant::now();
+            let appends = batch.len();
             for slot in batch.drain(..) {
                 slot.done.store(true, Ordering::Release);
                 slot.thread.unpark();
             }
+            let woken = Instant::now();
+            if let Some(t) = &mut timeline {
+                t.push(appends, last_woken, io_start, io_done, woken);
+            }
+            last_woken = Some(woken);
         }
+    }
+}
+
+/// The flush timeline of [`Engine::Handoff`] (per flush: appends, the previous flush's wake
+/// loop end → this I/O start, the I/O, the wake loop), in µs.
+#[derive(Default)]
+struct HandoffTimeline {
+    appends: Vec<f64>,
+    gap: Vec<f64>,
+    device: Vec<f64>,
+    wake: Vec<f64>,
+}
+
+impl HandoffTimeline {
+    fn push(
+        &mut self,
+        appends: usize,
+        last_woken: Option<Instant>,
+        io_start: Instant,
+        io_done: Instant,
+        woken: Instant,
+    ) {
+        if self.appends.len() >= 1 << 20 {
+            return;
+        }
+        let us = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e6;
+        self.appends.push(appends as f64);
+        if let Some(w) = last_woken {
+            self.gap.push(us(w, io_start));
+        }
+        self.device.push(us(io_start, io_done));
+        self.wake.push(us(io_done, woken));
+    }
+
+    fn print(&self) {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        eprintln!(
+            "handoff timeline: {} flushes; medians: appends {:.1}, device (write+fdatasync) {:.1} us, \
+             wake loop {:.1} us, wake loop end -> next I/O {:.1} us",
+            self.appends.len(),
+            median(&self.appends),
+            median(&self.device),
+            median(&self.wake),
+            median(&self.gap)
+        );
     }
 }
 

@@ -333,7 +333,7 @@ pub(crate) struct Core {
     /// The segment writer; `None` after close. Locked only by the leader (invariant 1).
     writer: Mutex<Option<Writer>>,
     /// Batches whose outcomes are delivered (invariant 2).
-    delivered: Mutex<u64>,
+    delivered: Mutex<Gate>,
     delivered_cv: Condvar,
     capacity: usize,
     idle_spin: Duration,
@@ -360,7 +360,7 @@ impl Core {
             queue_cv: Condvar::new(),
             thread_cv: Condvar::new(),
             writer: Mutex::new(Some(writer)),
-            delivered: Mutex::new(0),
+            delivered: Mutex::new(Gate::default()),
             delivered_cv: Condvar::new(),
             capacity,
             idle_spin,
@@ -730,11 +730,7 @@ impl Core {
     /// outcomes with the chain [c d e] and unparks c and d where parked; c claims e.
     #[must_use]
     fn deliver(&self, number: u64, outcomes: Vec<Outcome>, wake: Wake) -> Option<Panic> {
-        let mut d = self.delivered.lock().expect("WAL delivery lock");
-        while *d != number {
-            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
-        }
-        drop(d);
+        self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);
         }
@@ -792,6 +788,16 @@ impl Core {
         panic
     }
 
+    /// Waits until every batch before `number` is delivered.
+    fn wait_delivered(&self, number: u64) {
+        let mut d = self.delivered.lock().expect("WAL delivery lock");
+        while d.next != number {
+            d.waiting += 1;
+            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
+            d.waiting -= 1;
+        }
+    }
+
     /// How the overlapped order wakes a delivered batch's waiters.
     fn overlapped_wake(&self) -> Wake {
         if self.relay_wake {
@@ -842,16 +848,21 @@ impl Core {
         // Every batch was delivered by its leader before it returned or handed off... except
         // possibly the last leader's delivery, which is still running: wait for it.
         let last = self.queue().next_batch;
-        let mut d = self.delivered.lock().expect("WAL delivery lock");
-        while *d != last {
-            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
-        }
-        drop(d);
+        self.wait_delivered(last);
         self.writer.lock().expect("WAL writer lock").take();
         if let Some(t) = &self.trace {
             t.write(last);
         }
     }
+}
+
+/// The delivery gate (invariant 2).
+#[derive(Default)]
+struct Gate {
+    /// Number of the next batch to deliver: every batch before it is delivered.
+    next: u64,
+    /// Threads waiting on `delivered_cv` for the gate to move.
+    waiting: usize,
 }
 
 /// Marks batch `number` delivered when dropped (invariant 2).
@@ -867,9 +878,13 @@ impl Drop for GateGuard<'_> {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *d = self.number + 1;
+        d.next = self.number + 1;
+        // A notification is a syscall even with no thread waiting: only when one is.
+        let waiting = d.waiting > 0;
         drop(d);
-        self.core.delivered_cv.notify_all();
+        if waiting {
+            self.core.delivered_cv.notify_all();
+        }
     }
 }
 
