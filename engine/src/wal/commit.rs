@@ -15,18 +15,21 @@
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
 //! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
-//! - **Wake first** (the default, [`Core::lead_wake_first`]): per batch, take the whole queue,
+//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`]): per batch, take the whole queue,
 //!   write+fdatasync it, deliver its outcomes and unpark every parked waiter of it on the
 //!   leader's thread, then look at the queue again. The device idles while the leader wakes,
 //!   but that loop is a gathering window whose length follows the batch size: the closed-loop
 //!   appenders woken first are back in the queue when it ends and join the next batch. At 64
 //!   writers on 2 vCPUs this gave ~40–44 appends per fdatasync instead of ~26–31, and ~2× the
-//!   throughput of the overlapped order in alternating slices (BENCHMARKS.md, session 7).
-//! - **Overlapped** (`wake_before_next: false`, [`Core::lead`]'s own loop, sessions 3–6): the
+//!   throughput of the overlapped order on a loaded machine, but 7–10 % less on a quiet one
+//!   (BENCHMARKS.md, session 7 end).
+//! - **Overlapped** (the default, `wake_before_next: false`, [`Core::lead`]'s own loop): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
-//!   while it is in flight; its waiters are woken as a tree ([`WakeChain`]). The device never
-//!   waits for wake-ups, but a batch can only hold appenders that were not in the previous
-//!   one: at most half of N closed-loop writers per fdatasync.
+//!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
+//!   are woken as a tree ([`WakeChain`]) that the batch's first parked waiter, the relay head,
+//!   starts (`relay_wake`, [`Core::deliver`]), so the leader pays one wake-up per flush. The
+//!   device never waits for more than that, but a batch can only hold appenders that were not
+//!   in the previous one: at most half of N closed-loop writers per fdatasync.
 //!
 //! # Roles ([`Lead`])
 //! - **Leader**: the one thread that holds the writer. Per batch (overlapped order): take the
