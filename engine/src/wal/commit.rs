@@ -258,7 +258,11 @@ impl WakeChain {
 /// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots, then wakes
 /// them: as a tree from this thread (`tree`), or all from this thread. No waiter is unparked
 /// before every outcome is stored ([`WakeChain`]'s invariant).
-fn wake_waiters(outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>, batch: u64, tree: bool) {
+fn wake_waiters(
+    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    batch: u64,
+    tree: bool,
+) {
     if outcomes.is_empty() {
         return;
     }

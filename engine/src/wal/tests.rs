@@ -1424,7 +1424,12 @@ fn closed_loop_waiters_each_get_their_own_outcome_in_every_lead_order() {
         ends.sort_unstable();
         assert_eq!(ends.len() as u64, threads * per_thread);
         for w in ends.windows(2) {
-            assert!(w[0].1 < w[1].1, "order {order:?}: {:?} then {:?}", w[0], w[1]);
+            assert!(
+                w[0].1 < w[1].1,
+                "order {order:?}: {:?} then {:?}",
+                w[0],
+                w[1]
+            );
         }
         wal.close().unwrap();
         let (wal, replay) = open(&vfs, tmp.path());
