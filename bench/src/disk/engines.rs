@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use ringkv_engine::{
@@ -54,6 +55,10 @@ pub enum Engine {
     /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
     /// orders in one process. Engine `ringkv-wake-first`.
     RingkvWakeFirst,
+    /// ringkv's WAL with `relay_wake: false` (the leader stores every outcome of a flushed
+    /// batch and starts its wake-up tree itself; the default hands that to the batch's first
+    /// parked waiter), to A/B the two in one process. Engine `ringkv-leader-wakes`.
+    RingkvLeaderWakes,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -88,6 +93,7 @@ impl Engine {
                 each_wakes: false,
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
+            Engine::RingkvLeaderWakes => "ringkv-leader-wakes",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -110,10 +116,11 @@ impl Engine {
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
+            "ringkv-leader-wakes" => Ok(Engine::RingkvLeaderWakes),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-leader-wakes, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -170,9 +177,14 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         Engine::RaftEngine => Ok(Box::new(RaftEngineTarget::open(opts, dir)?)),
         Engine::Handoff { sync } => Ok(Box::new(HandoffTarget::open(opts, dir, sync)?)),
         Engine::Ringkv { each_wakes, .. } => {
-            Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes, None)?))
+            Ok(Box::new(RingkvTarget::open(opts, dir, each_wakes, |_| {})?))
         }
-        Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, Some(true))?)),
+        Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = true;
+        })?)),
+        Engine::RingkvLeaderWakes => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.relay_wake = false;
+        })?)),
     }
 }
 
@@ -306,22 +318,31 @@ impl HandoffTarget {
 
     /// Takes the whole queue, runs the device, unparks the batch; until stopped with an empty
     /// queue.
+    /// With `RINGKV_WAL_TRACE` set, prints the medians of its flush timeline at the end
+    /// ([`HandoffTimeline`]), to compare with the WAL's trace.
     fn flush_loop(st: &HandoffState, device: Option<Arc<dyn File>>) {
         let block = AlignedBuf::zeroed(4096);
         let blocks = RAW_FILE_BYTES / 4096;
         let mut batch = Vec::new();
+        let mut timeline = std::env::var_os("RINGKV_WAL_TRACE").map(|_| HandoffTimeline::default());
+        let mut last_woken = None;
         loop {
             {
                 let mut q = st.queue.lock().expect("handoff queue lock");
                 while q.items.is_empty() && !q.stop {
                     q.idle = true;
                     q = st.wake.wait(q).expect("handoff queue lock");
+                    last_woken = None;
                 }
                 if q.items.is_empty() {
+                    if let Some(t) = &timeline {
+                        t.print();
+                    }
                     return;
                 }
                 std::mem::swap(&mut batch, &mut q.items);
             }
+            let io_start = Instant::now();
             if let Some(file) = &device {
                 let off = (st.syncs.load(Ordering::Relaxed) % blocks) * 4096;
                 // An fdatasync error is fatal, and this floor has no way to hand it to the
@@ -332,11 +353,67 @@ impl HandoffTarget {
                 }
             }
             st.syncs.fetch_add(1, Ordering::Relaxed);
+            let io_done = Instant::now();
+            let appends = batch.len();
             for slot in batch.drain(..) {
                 slot.done.store(true, Ordering::Release);
                 slot.thread.unpark();
             }
+            let woken = Instant::now();
+            if let Some(t) = &mut timeline {
+                t.push(appends, last_woken, io_start, io_done, woken);
+            }
+            last_woken = Some(woken);
         }
+    }
+}
+
+/// The flush timeline of [`Engine::Handoff`] (per flush: appends, the previous flush's wake
+/// loop end → this I/O start, the I/O, the wake loop), in µs.
+#[derive(Default)]
+struct HandoffTimeline {
+    appends: Vec<f64>,
+    gap: Vec<f64>,
+    device: Vec<f64>,
+    wake: Vec<f64>,
+}
+
+impl HandoffTimeline {
+    fn push(
+        &mut self,
+        appends: usize,
+        last_woken: Option<Instant>,
+        io_start: Instant,
+        io_done: Instant,
+        woken: Instant,
+    ) {
+        if self.appends.len() >= 1 << 20 {
+            return;
+        }
+        let us = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64() * 1e6;
+        self.appends.push(appends as f64);
+        if let Some(w) = last_woken {
+            self.gap.push(us(w, io_start));
+        }
+        self.device.push(us(io_start, io_done));
+        self.wake.push(us(io_done, woken));
+    }
+
+    fn print(&self) {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        eprintln!(
+            "handoff timeline: {} flushes; medians: appends {:.1}, device (write+fdatasync) {:.1} us, \
+             wake loop {:.1} us, wake loop end -> next I/O {:.1} us",
+            self.appends.len(),
+            median(&self.appends),
+            median(&self.device),
+            median(&self.wake),
+            median(&self.gap)
+        );
     }
 }
 
@@ -425,24 +502,24 @@ impl RingkvTarget {
         })
     }
 
-    /// `wake_before_next`: the WAL option, or its default.
+    /// `tweak` changes the WAL options of the engine variant (`wake_before_next`, ...).
     fn open(
         opts: &WalOpts,
         dir: &Path,
         each_wakes: bool,
-        wake_before_next: Option<bool>,
+        tweak: fn(&mut WalOptions),
     ) -> Result<Self, String> {
         let vfs = open_vfs(opts.io)?;
         let flushes = Arc::new(FlushCounter::default());
-        let wal_opts = WalOptions {
+        let mut wal_opts = WalOptions {
             metrics: Some(flushes.clone()),
             idle_spin: opts.wal_idle_spin,
             zero_fill_below: opts
                 .wal_zero_fill_below
                 .unwrap_or(WalOptions::default().zero_fill_below),
-            wake_before_next: wake_before_next.unwrap_or(WalOptions::default().wake_before_next),
             ..WalOptions::default()
         };
+        tweak(&mut wal_opts);
         let wal_dir = dir.join("wal");
         let (wal, replay) = Wal::open(vfs, &wal_dir, wal_opts)
             .map_err(|e| format!("ringkv WAL: cannot open {}: {e}", wal_dir.display()))?;

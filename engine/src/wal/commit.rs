@@ -15,18 +15,21 @@
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
 //! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
-//! - **Wake first** (the default, [`Core::lead_wake_first`]): per batch, take the whole queue,
+//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`]): per batch, take the whole queue,
 //!   write+fdatasync it, deliver its outcomes and unpark every parked waiter of it on the
 //!   leader's thread, then look at the queue again. The device idles while the leader wakes,
 //!   but that loop is a gathering window whose length follows the batch size: the closed-loop
 //!   appenders woken first are back in the queue when it ends and join the next batch. At 64
 //!   writers on 2 vCPUs this gave ~40–44 appends per fdatasync instead of ~26–31, and ~2× the
-//!   throughput of the overlapped order in alternating slices (BENCHMARKS.md, session 7).
-//! - **Overlapped** (`wake_before_next: false`, [`Core::lead`]'s own loop, sessions 3–6): the
+//!   throughput of the overlapped order on a loaded machine, but 7–10 % less on a quiet one
+//!   (BENCHMARKS.md, session 7 end).
+//! - **Overlapped** (the default, `wake_before_next: false`, [`Core::lead`]'s own loop): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
-//!   while it is in flight; its waiters are woken as a tree ([`WakeChain`]). The device never
-//!   waits for wake-ups, but a batch can only hold appenders that were not in the previous
-//!   one: at most half of N closed-loop writers per fdatasync.
+//!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
+//!   are woken as a tree ([`WakeChain`]) that the batch's first parked waiter, the relay head,
+//!   starts (`relay_wake`, [`Core::deliver`]), so the leader pays one wake-up per flush. The
+//!   device never waits for more than that, but a batch can only hold appenders that were not
+//!   in the previous one: at most half of N closed-loop writers per fdatasync.
 //!
 //! # Roles ([`Lead`])
 //! - **Leader**: the one thread that holds the writer. Per batch (overlapped order): take the
@@ -187,66 +190,99 @@ struct Slot {
     thread: Option<Thread>,
     /// The wake-up chain of the batch that delivered `outcome`, which the owner helps.
     chain: Option<Arc<WakeChain>>,
+    /// Outcomes of later waiters of the same batch, which the owner delivers (it is the
+    /// batch's relay head, see [`Core::deliver`]) before it returns.
+    relay: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
     /// Number of the batch that delivered `outcome` (for the trace).
     batch: u64,
 }
 
-/// How many parked waiters a delivering leader wakes itself, and how many each woken waiter
-/// wakes in turn before it returns.
+/// Who stores a delivered batch's waiter outcomes and wakes the parked waiters
+/// ([`Core::deliver`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// The first parked waiter does, after the delivering thread unparked it.
+    Relay,
+    /// The delivering thread stores them and unparks the first of a wake-up tree.
+    Tree,
+    /// The delivering thread stores them and unparks them all.
+    All,
+}
+
+/// How many waiters of a chain each woken waiter wakes in turn before it returns.
 const WAKE_FANOUT: usize = 2;
 
 type Panic = Box<dyn Any + Send>;
 
-/// Wakes the parked waiters of one delivered batch as a tree: the delivering leader unparks
-/// the first [`WAKE_FANOUT`], each of them the next ones as it returns, and so on; the wake-up
-/// syscalls (several µs each on a VM) are spread over the woken threads instead of all
-/// running on the leader, which meanwhile starts the next flush.
+/// Wakes the waiters of one delivered batch, every outcome already stored: either all by one
+/// thread ([`WakeChain::finish`], the wake-first order) or as a tree, where each waiter that
+/// returns with the chain in its slot claims the next [`WAKE_FANOUT`] waiters and unparks
+/// those that are parked; the wake-up syscalls (several µs each on a VM) are spread over the
+/// woken threads instead of all running on one.
 ///
-/// Invariant relied on: every thread in `threads` is eventually unparked, because the leader
-/// that delivered the batch calls [`WakeChain::finish`] (once its next flush's I/O is started,
-/// or before it returns), which unparks whatever the chain has not reached (a waiter woken spuriously
-/// before it saw the chain does not pass it on).
+/// Invariants relied on: every outcome of the chain is stored (with the chain, in the same
+/// slot lock) before the first claim, so a claimed waiter cannot park again; and every waiter
+/// of a tree chain returns with the chain and claims [`WAKE_FANOUT`] (≥ 1) more, whether it
+/// was unparked, woke spuriously or never parked; so the claims reach every index and no
+/// parked waiter is left asleep, with no `finish` by anyone.
 ///
-/// Example with 6 parked waiters t0..t5 and fan-out 2: the leader claims t0, t1; t0 wakes and
-/// claims t2, t3; t1 claims t4, t5; `finish` then finds nothing left.
+/// Example with 6 waiters w0..w5 and fan-out 2: the relay head claims w0, w1; w0 wakes and
+/// claims w2, w3; w1 claims w4, w5; later claims find nothing left.
 pub(crate) struct WakeChain {
-    threads: Vec<Thread>,
-    /// Index of the next thread to unpark (claimed with `fetch_add`).
+    waiters: Vec<Arc<Waiter>>,
+    /// Index of the next waiter to claim (claimed with `fetch_add`).
     next: AtomicUsize,
 }
 
 impl WakeChain {
-    /// Builds the chain and hands it to each waiter (under its slot lock), so that a woken
-    /// waiter finds it with its outcome.
-    /// Without `tree` the waiters do not see the chain: whoever holds it wakes them all.
-    fn new(parked: Vec<(Arc<Waiter>, Thread)>, tree: bool) -> Arc<WakeChain> {
-        let threads = parked.iter().map(|(_, t)| t.clone()).collect();
-        let chain = Arc::new(WakeChain {
-            threads,
-            next: AtomicUsize::new(0),
-        });
-        if tree && chain.threads.len() > WAKE_FANOUT {
-            for (w, _) in &parked {
-                w.slot().chain = Some(chain.clone());
-            }
-        }
-        chain
-    }
-
-    /// Unparks up to `n` threads of the chain not unparked yet.
+    /// Unparks the next `n` waiters of the chain not claimed yet, where parked.
     fn wake(&self, n: usize) {
         for _ in 0..n {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
-            let Some(t) = self.threads.get(i) else { return };
-            t.unpark();
+            let Some(w) = self.waiters.get(i) else { return };
+            let thread = w.slot().thread.take();
+            if let Some(t) = thread {
+                t.unpark();
+            }
         }
     }
 
-    /// Unparks every thread of the chain not unparked yet.
+    /// Unparks every waiter of the chain not claimed yet.
     fn finish(&self) {
-        while self.next.load(Ordering::Relaxed) < self.threads.len() {
+        while self.next.load(Ordering::Relaxed) < self.waiters.len() {
             self.wake(1);
         }
+    }
+}
+
+/// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots, then wakes
+/// them: as a tree from this thread (`tree`), or all from this thread. No waiter is unparked
+/// before every outcome is stored ([`WakeChain`]'s invariant).
+fn wake_waiters(
+    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    batch: u64,
+    tree: bool,
+) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let chain = Arc::new(WakeChain {
+        waiters: outcomes.iter().map(|(w, _)| w.clone()).collect(),
+        next: AtomicUsize::new(0),
+    });
+    for (w, result) in outcomes {
+        let mut slot = w.slot();
+        slot.outcome = Some(result);
+        slot.batch = batch;
+        if tree {
+            slot.chain = Some(chain.clone());
+        }
+        w.ready.store(true, Ordering::Release);
+    }
+    if tree {
+        chain.wake(WAKE_FANOUT);
+    } else {
+        chain.finish();
     }
 }
 
@@ -304,12 +340,14 @@ pub(crate) struct Core {
     /// The segment writer; `None` after close. Locked only by the leader (invariant 1).
     writer: Mutex<Option<Writer>>,
     /// Batches whose outcomes are delivered (invariant 2).
-    delivered: Mutex<u64>,
+    delivered: Mutex<Gate>,
     delivered_cv: Condvar,
     capacity: usize,
     idle_spin: Duration,
     /// [`crate::WalOptions::wake_before_next`]: lead with [`Core::lead_wake_first`].
     wake_before_next: bool,
+    /// [`crate::WalOptions::relay_wake`].
+    relay_wake: bool,
     /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
     trace: Option<Trace>,
 }
@@ -321,6 +359,7 @@ impl Core {
         capacity: usize,
         idle_spin: Duration,
         wake_before_next: bool,
+        relay_wake: bool,
     ) -> Core {
         Core {
             shared,
@@ -328,11 +367,12 @@ impl Core {
             queue_cv: Condvar::new(),
             thread_cv: Condvar::new(),
             writer: Mutex::new(Some(writer)),
-            delivered: Mutex::new(0),
+            delivered: Mutex::new(Gate::default()),
             delivered_cv: Condvar::new(),
             capacity,
             idle_spin,
             wake_before_next,
+            relay_wake,
             trace: Trace::from_env(),
         }
     }
@@ -428,11 +468,14 @@ impl Core {
                 let mut slot = waiter.slot();
                 if let Some(r) = slot.outcome.take() {
                     let chain = slot.chain.take();
+                    let relay = std::mem::take(&mut slot.relay);
                     let batch = slot.batch;
                     drop(slot);
                     if let Some(t) = &self.trace {
                         t.woken(batch);
                     }
+                    // This waiter is its batch's relay head (`Core::deliver`).
+                    wake_waiters(relay, batch, true);
                     if let Some(chain) = chain {
                         chain.wake(WAKE_FANOUT);
                     }
@@ -488,13 +531,6 @@ impl Core {
         // Outcomes of the last flushed batch, not yet delivered, and its number.
         let mut undelivered: Option<(u64, Vec<Outcome>)> = None;
         let mut panic = None;
-        // Wake-up chains of delivered batches that this thread must finish.
-        let mut chains: Vec<Arc<WakeChain>> = Vec::new();
-        let deliver = |n, o, chains: &mut Vec<Arc<WakeChain>>| {
-            let (p, chain) = self.deliver(n, o, true);
-            chains.push(chain);
-            p
-        };
         let mut writer = self.writer.lock().expect("WAL writer lock");
         // The next batch, when the check for more appends already took it (one lock round).
         let mut next = None;
@@ -513,15 +549,10 @@ impl Core {
                     if let Some(t) = &self.trace {
                         t.mark(number, Field::IoStart);
                     }
-                    // Chains of batches delivered before: the waiters they woke had at least
-                    // one flush's duration to wake the rest; what is left is woken here, while
-                    // this flush's I/O is in flight (io_uring), not between two flushes.
-                    let older = std::mem::take(&mut chains);
+                    // With std I/O this runs before the write starts: the device idles for
+                    // it, which is why delivery hands the waiters to a relay head.
                     if let Some((n, o)) = undelivered.take() {
-                        panic = panic.or(deliver(n, o, &mut chains));
-                    }
-                    for chain in older {
-                        chain.finish();
+                        panic = panic.or(self.deliver(n, o, self.overlapped_wake()));
                     }
                     if let Some(t) = &self.trace {
                         t.mark(number, Field::Wait);
@@ -535,7 +566,7 @@ impl Core {
                 None => closed(batch),
             };
             if let Some((n, o)) = undelivered.take() {
-                panic = panic.or(deliver(n, o, &mut chains));
+                panic = panic.or(self.deliver(n, o, self.overlapped_wake()));
             }
             undelivered = Some((number, outcomes));
             batches += 1;
@@ -554,10 +585,7 @@ impl Core {
         drop(writer);
         self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
         if let Some((n, o)) = undelivered.take() {
-            panic = panic.or(deliver(n, o, &mut chains));
-        }
-        for chain in chains.drain(..) {
-            chain.finish();
+            panic = panic.or(self.deliver(n, o, self.overlapped_wake()));
         }
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
@@ -608,9 +636,7 @@ impl Core {
                 }
                 None => closed(batch),
             };
-            let (p, chain) = self.deliver(number, outcomes, false);
-            panic = panic.or(p);
-            chain.finish();
+            panic = panic.or(self.deliver(number, outcomes, Wake::All));
             batches += 1;
             let mut q = self.queue();
             let more = !q.items.is_empty() && mode.leads_again(batches);
@@ -691,24 +717,27 @@ impl Core {
         }
     }
 
-    /// Delivers a batch's outcomes once every earlier batch's are (invariant 2).
-    /// Callbacks run here, in order, then the actions they deferred ([`after_delivery`]);
-    /// parked waiters are woken through a [`WakeChain`], of
-    /// which this thread wakes the first [`WAKE_FANOUT`]. Returns the payload of the first
-    /// callback that panicked, for the caller to resume once it has passed leadership on, and
-    /// the chain, which the caller must [`WakeChain::finish`].
+    /// Delivers a batch's outcomes: callbacks once every earlier batch's are (invariant 2),
+    /// here, in order, then the actions they deferred ([`after_delivery`]); then the waiters.
+    /// Returns the payload of the first callback that panicked, for the caller to resume once
+    /// it has passed leadership on.
+    ///
+    /// Waiters, with [`Wake::Relay`] (the overlapped order, where this runs between two flushes): this
+    /// thread stores outcomes in order until it meets a parked waiter, the batch's relay head,
+    /// hands it the outcomes of every later waiter and unparks it: one wake-up and a few slot
+    /// locks here, whatever the batch size; the head stores the rest and starts their wake-up
+    /// tree ([`wake_waiters`]) on its own thread. Waiters before the head were not parked and
+    /// see their outcome when they look. With [`Wake::Tree`] this thread stores every outcome
+    /// and starts the tree; with [`Wake::All`] (wake first) it stores and wakes them all.
+    /// Waiters' outcomes carry no order (the gate orders callbacks; the
+    /// durability of a batch before the next holds by invariant 3).
+    ///
+    /// Example, batch [a b c d e] where a's owner is still spinning and b's is parked: a's
+    /// outcome is stored; b gets its own and [c d e]'s, and is unparked; b stores c, d, e's
+    /// outcomes with the chain [c d e] and unparks c and d where parked; c claims e.
     #[must_use]
-    fn deliver(
-        &self,
-        number: u64,
-        outcomes: Vec<Outcome>,
-        tree: bool,
-    ) -> (Option<Panic>, Arc<WakeChain>) {
-        let mut d = self.delivered.lock().expect("WAL delivery lock");
-        while *d != number {
-            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
-        }
-        drop(d);
+    fn deliver(&self, number: u64, outcomes: Vec<Outcome>, wake: Wake) -> Option<Panic> {
+        self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);
         }
@@ -719,20 +748,10 @@ impl Core {
         // A panicking callback (a caller bug) must not cost the other appends of the batch
         // their outcome: deliver them all, then let the first panic continue on this thread.
         let mut panic = None;
-        // Parked waiters whose outcome is stored; woken through a chain (below).
-        let mut parked = Vec::new();
+        let mut waiters = Vec::new();
         for (reply, result) in outcomes {
             match reply {
-                Reply::Waiter(w) => {
-                    let mut slot = w.slot();
-                    slot.outcome = Some(result);
-                    slot.batch = number;
-                    w.ready.store(true, Ordering::Release);
-                    if let Some(t) = slot.thread.take() {
-                        drop(slot);
-                        parked.push((w, t));
-                    }
-                }
+                Reply::Waiter(w) => waiters.push((w, result)),
                 Reply::Callback(done) => {
                     let delivered =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
@@ -753,12 +772,46 @@ impl Core {
             }
         }
         drop(gate);
-        let chain = WakeChain::new(parked, tree);
-        chain.wake(WAKE_FANOUT);
+        if wake == Wake::Relay {
+            let mut rest = waiters.into_iter();
+            while let Some((w, result)) = rest.next() {
+                let mut slot = w.slot();
+                slot.outcome = Some(result);
+                slot.batch = number;
+                w.ready.store(true, Ordering::Release);
+                if let Some(t) = slot.thread.take() {
+                    slot.relay = rest.collect();
+                    drop(slot);
+                    t.unpark();
+                    break;
+                }
+            }
+        } else {
+            wake_waiters(waiters, number, wake == Wake::Tree);
+        }
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverEnd);
         }
-        (panic, chain)
+        panic
+    }
+
+    /// Waits until every batch before `number` is delivered.
+    fn wait_delivered(&self, number: u64) {
+        let mut d = self.delivered.lock().expect("WAL delivery lock");
+        while d.next != number {
+            d.waiting += 1;
+            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
+            d.waiting -= 1;
+        }
+    }
+
+    /// How the overlapped order wakes a delivered batch's waiters.
+    fn overlapped_wake(&self) -> Wake {
+        if self.relay_wake {
+            Wake::Relay
+        } else {
+            Wake::Tree
+        }
     }
 
     /// The flush thread: leads whenever handed leadership, until `close` stops it.
@@ -802,16 +855,21 @@ impl Core {
         // Every batch was delivered by its leader before it returned or handed off... except
         // possibly the last leader's delivery, which is still running: wait for it.
         let last = self.queue().next_batch;
-        let mut d = self.delivered.lock().expect("WAL delivery lock");
-        while *d != last {
-            d = self.delivered_cv.wait(d).expect("WAL delivery lock");
-        }
-        drop(d);
+        self.wait_delivered(last);
         self.writer.lock().expect("WAL writer lock").take();
         if let Some(t) = &self.trace {
             t.write(last);
         }
     }
+}
+
+/// The delivery gate (invariant 2).
+#[derive(Default)]
+struct Gate {
+    /// Number of the next batch to deliver: every batch before it is delivered.
+    next: u64,
+    /// Threads waiting on `delivered_cv` for the gate to move.
+    waiting: usize,
 }
 
 /// Marks batch `number` delivered when dropped (invariant 2).
@@ -827,9 +885,13 @@ impl Drop for GateGuard<'_> {
             Ok(d) => d,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *d = self.number + 1;
+        d.next = self.number + 1;
+        // A notification is a syscall even with no thread waiting: only when one is.
+        let waiting = d.waiting > 0;
         drop(d);
-        self.core.delivered_cv.notify_all();
+        if waiting {
+            self.core.delivered_cv.notify_all();
+        }
     }
 }
 

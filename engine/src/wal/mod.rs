@@ -166,6 +166,13 @@ pub struct WalOptions {
     /// N closed-loop writers). Default `false`: `true` won ~2× under heavy load (load average
     /// 11–34) but lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end").
     pub wake_before_next: bool,
+    /// How a leader in the overlapped order (`wake_before_next: false`) wakes a flushed
+    /// batch's waiters. `true`: it stores outcomes up to the first parked waiter, hands that
+    /// waiter (the relay head) the rest and unparks it, and the head stores them and starts
+    /// their wake-up tree: one wake-up on the leader between two flushes, which with std I/O
+    /// is time the device idles. `false`: the leader stores every outcome and starts the tree
+    /// itself (sessions 3–7). Default `true`.
+    pub relay_wake: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -180,6 +187,7 @@ impl Default for WalOptions {
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
             wake_before_next: false,
+            relay_wake: true,
             metrics: None,
         }
     }
@@ -196,6 +204,7 @@ impl fmt::Debug for WalOptions {
             .field("idle_spin", &self.idle_spin)
             .field("zero_fill_below", &self.zero_fill_below)
             .field("wake_before_next", &self.wake_before_next)
+            .field("relay_wake", &self.relay_wake)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -445,6 +454,7 @@ impl Wal {
             opts.queue_capacity,
             opts.idle_spin,
             opts.wake_before_next,
+            opts.relay_wake,
         ));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();
