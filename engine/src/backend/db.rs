@@ -182,6 +182,9 @@ struct WriterState {
     recent: Recent,
     /// The write buffer of step 2, kept between commits (its pages stay mapped and warm).
     batch: Vec<u8>,
+    /// The published view (`Shared::current`), so that a write takes no lock for it. Only the
+    /// commit replaces `current`, and it holds this state, so the two stay equal.
+    view: Arc<View>,
 }
 
 /// An open backend file. Cheap to share (`Clone` clones a handle).
@@ -351,16 +354,17 @@ impl Backend {
             written_end: meta.page_count,
             recent: Recent::new(),
             batch: Vec::new(),
+            view: Arc::new(View {
+                version,
+                buf: Arc::new(Buffer::default()),
+            }),
         };
         let shared = Arc::new(Shared {
             _registered: registered,
             path: path.to_path_buf(),
             file,
             opts,
-            current: Mutex::new(Arc::new(View {
-                version,
-                buf: Arc::new(Buffer::default()),
-            })),
+            current: Mutex::new(state.view.clone()),
             writer: Mutex::new(Some(state)),
         });
         Ok(Backend { shared })
@@ -729,7 +733,7 @@ impl BatchWriter {
         if let Some(why) = &self.state().failed {
             return Err(BackendError::Failed(why.clone()));
         }
-        let view = self.shared.current.lock().clone();
+        let view = &self.state().view;
         let max = max_key_len(view.version.meta.page_size as usize);
         if key.is_empty() || key.len() > max {
             return Err(BackendError::Invalid(format!(
@@ -779,9 +783,9 @@ impl BatchWriter {
         if let Some(why) = &self.state().failed {
             return Err(BackendError::Failed(why.clone()));
         }
-        let view = self.shared.current.lock().clone();
         let shared = self.shared.clone();
         let st = self.state();
+        let view = st.view.clone();
         st.ops_since_commit = 0;
         st.last_commit = Instant::now();
         let latest = view.buf.latest();
@@ -1089,10 +1093,11 @@ fn commit(
     st.live.push((txid, Arc::downgrade(&version)));
     st.recent = keep_recent(dirty);
     let buf = Arc::new(Buffer::default());
-    *shared.current.lock() = Arc::new(View {
+    st.view = Arc::new(View {
         version: version.clone(),
         buf: buf.clone(),
     });
+    *shared.current.lock() = st.view.clone();
 
     // Online shrink: give back a free tail of at least half the file, keeping an eighth of
     // `need` as slack so the next commits (compaction's among them, whose freelist run lists
@@ -1118,7 +1123,8 @@ fn commit(
             ..*version
         });
         st.live.push((txid, Arc::downgrade(&version)));
-        *shared.current.lock() = Arc::new(View { version, buf });
+        st.view = Arc::new(View { version, buf });
+        *shared.current.lock() = st.view.clone();
     }
     Ok(())
 }
