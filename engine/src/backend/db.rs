@@ -838,6 +838,9 @@ fn commit(
         meta.page_count,
         st.last_pages,
     );
+    if shared.opts.early_writes {
+        w.write_early(&*shared.file, st.file_len / ps);
+    }
     if meta.freelist != 0 {
         let n = header_overflow(
             &w.read(meta.freelist, Some(PageType::Freelist))
@@ -989,6 +992,10 @@ fn commit(
     };
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
+    // Runs the tree writer wrote ahead (tree.rs, `EARLY_RUN`): step 2 skips them.
+    let early = w
+        .finish_early()
+        .map_err(|e| shared.io("write pages", e))?;
     drop(w);
     drop(arena);
     st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();
@@ -1042,7 +1049,7 @@ fn commit(
     let mut batch = std::mem::take(&mut st.batch);
     batch.clear();
     let mut batch_at = 0;
-    for (id, run) in &dirty {
+    for (id, run) in dirty.iter().filter(|(id, _)| !early.contains(id)) {
         let at = id * ps;
         if !batch.is_empty() && (at != batch_at + batch.len() as u64 || batch.len() >= 4 << 20) {
             shared
