@@ -77,9 +77,9 @@ pub struct BtreeOptions {
     pub load_order: LoadOrder,
     /// Run the commit phases of all engines interleaved in slices (`--interleave`).
     pub interleave: bool,
-    /// Also run ringkv with `BackendOptions::early_writes` off, as engine `ringkv-noearly`
-    /// (`--no-early-too`): the A/B of that option in one run.
-    pub no_early_too: bool,
+    /// Also run ringkv with `BackendOptions::early_writes` on, as engine `ringkv-early`
+    /// (`--early-too`): the A/B of that option in one run.
+    pub early_too: bool,
 }
 
 impl Default for BtreeOptions {
@@ -91,7 +91,7 @@ impl Default for BtreeOptions {
             phases: Vec::new(),
             load_order: LoadOrder::Random,
             interleave: false,
-            no_early_too: false,
+            early_too: false,
         }
     }
 }
@@ -106,13 +106,16 @@ pub fn run(
         return Err(format!("unknown phase {bad:?}; phases: {}", PHASES.join(", ")).into());
     }
     let w = Workload::new(opts.keys, opts.load_order);
-    let mut engines: Vec<Box<dyn Engine>> =
-        vec![Box::new(Ringkv::open(&dir.join("ringkv"), "ringkv", true)?)];
-    if opts.no_early_too {
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(
+        &dir.join("ringkv"),
+        "ringkv",
+        false,
+    )?)];
+    if opts.early_too {
         engines.push(Box::new(Ringkv::open(
-            &dir.join("ringkv-noearly"),
-            "ringkv-noearly",
-            false,
+            &dir.join("ringkv-early"),
+            "ringkv-early",
+            true,
         )?));
     }
     if opts.compare {

@@ -353,7 +353,11 @@ mod tests {
             for (seq, m) in &snaps {
                 for k in 85..next_append + 8 {
                     let key = format!("k{k:05}").into_bytes();
-                    assert_eq!(b.get(Bucket::Key, &key, *seq), m.get(&key).cloned(), "seed {seed}");
+                    assert_eq!(
+                        b.get(Bucket::Key, &key, *seq),
+                        m.get(&key).cloned(),
+                        "seed {seed}"
+                    );
                 }
                 for _ in 0..20 {
                     let lo = format!("k{:05}", rng.random_range(85..next_append + 8)).into_bytes();

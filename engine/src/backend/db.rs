@@ -13,7 +13,9 @@
 //! 2. write every new run (all at ids free in both on-disk metas and in every live snapshot),
 //!    the freelist run last, which lists every other run with its checksum; a small commit that
 //!    reaches past every page written so far also writes zeros over the next free pages at the
-//!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care);
+//!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care); with
+//!    `BackendOptions::early_writes` a large commit writes groups of its leaves while it builds
+//!    the rest (tree.rs `EARLY_RUN`) and this step writes the others;
 //! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
@@ -993,9 +995,7 @@ fn commit(
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
     // Runs the tree writer wrote ahead (tree.rs, `EARLY_RUN`): step 2 skips them.
-    let early = w
-        .finish_early()
-        .map_err(|e| shared.io("write pages", e))?;
+    let early = w.finish_early().map_err(|e| shared.io("write pages", e))?;
     drop(w);
     drop(arena);
     st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();

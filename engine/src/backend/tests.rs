@@ -737,8 +737,12 @@ mod crash_tests {
     }
 
     pub(super) fn run(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch]) -> Outcome {
+        run_with(vfs, path, work, opts(true))
+    }
+
+    fn run_with(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch], o: BackendOptions) -> Outcome {
         let mut committed = Model::new();
-        let backend = match Backend::open(vfs.clone(), path, opts(true)) {
+        let backend = match Backend::open(vfs.clone(), path, o) {
             Ok(b) => b,
             Err(_) => {
                 return Outcome {
@@ -890,16 +894,25 @@ mod crash_tests {
             with > without,
             "no early writes: {with} operations with, {without} without"
         );
+        let early = || BackendOptions {
+            early_writes: true,
+            ..opts(true)
+        };
         let clean = FaultVfs::new();
-        let out = run(&(Arc::new(clean.clone()) as Arc<dyn Vfs>), &path, &work);
+        let out = run_with(
+            &(Arc::new(clean.clone()) as Arc<dyn Vfs>),
+            &path,
+            &work,
+            early(),
+        );
         assert!(out.in_flight.is_none());
         let total = clean.ops();
-        assert_eq!(total, with, "run() uses early writes (the default)");
+        assert_eq!(total, with, "the same operations as the counted run");
         for n in 0..total {
             let vfs = FaultVfs::new();
             vfs.fail_at(n, Fault::PowerCut);
             let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
-            let out = run(&dynv, &path, &work);
+            let out = run_with(&dynv, &path, &work, early());
             for (i, mode) in [
                 CrashMode::LoseUnsynced,
                 CrashMode::TornLastWrite {

@@ -29,12 +29,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use super::freelist::Freelist;
-use crate::io::File;
 use super::mmap::Mapping;
 use super::page::{
     Elem, HEADER_LEN, LEAF_ELEM_LEN, NodeView, PageError, PageType, StoredVal, Val, decode_node,
     encode_node, encode_overflow, max_inline_elem, page_type, run_pages,
 };
+use crate::io::File;
 
 /// Deeper than any real tree (a 4 KiB-page tree of depth 16 holds far more than 2^64 keys);
 /// a cycle in a corrupt file hits this instead of looping forever.
@@ -308,7 +308,8 @@ struct Early<'m> {
     error: Option<std::io::Error>,
 }
 
-/// A node write that has produced this many adjacent new pages writes them to the file at once
+/// With `BackendOptions::early_writes` (off by default: measured slower on this project's disk),
+/// a node write that has produced this many adjacent new pages writes them to the file at once
 /// and starts their writeback, so that the device transfers them while the rest of the commit
 /// is built (a 10,000-key revision append writes ~730 leaves in one node write). Writing early
 /// is safe for the same reason step 2 is: every page of the transaction is free in both metas
