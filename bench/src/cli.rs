@@ -130,6 +130,10 @@ pub struct BtreeArgs {
     /// engine alike (the reported figure of each engine is the sum over its slices).
     #[arg(long)]
     pub interleave: bool,
+    /// Also run ringkv with early page writes on, as engine `ringkv-early` (the A/B of
+    /// `BackendOptions::early_writes` in one run; best with `--interleave`).
+    #[arg(long)]
+    pub early_too: bool,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

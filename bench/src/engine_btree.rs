@@ -77,6 +77,9 @@ pub struct BtreeOptions {
     pub load_order: LoadOrder,
     /// Run the commit phases of all engines interleaved in slices (`--interleave`).
     pub interleave: bool,
+    /// Also run ringkv with `BackendOptions::early_writes` on, as engine `ringkv-early`
+    /// (`--early-too`): the A/B of that option in one run.
+    pub early_too: bool,
 }
 
 impl Default for BtreeOptions {
@@ -88,6 +91,7 @@ impl Default for BtreeOptions {
             phases: Vec::new(),
             load_order: LoadOrder::Random,
             interleave: false,
+            early_too: false,
         }
     }
 }
@@ -102,7 +106,18 @@ pub fn run(
         return Err(format!("unknown phase {bad:?}; phases: {}", PHASES.join(", ")).into());
     }
     let w = Workload::new(opts.keys, opts.load_order);
-    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(&dir.join("ringkv"))?)];
+    let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(
+        &dir.join("ringkv"),
+        "ringkv",
+        false,
+    )?)];
+    if opts.early_too {
+        engines.push(Box::new(Ringkv::open(
+            &dir.join("ringkv-early"),
+            "ringkv-early",
+            true,
+        )?));
+    }
     if opts.compare {
         engines.push(Box::new(Lmdb::open(&dir.join("lmdb"))?));
         engines.push(Box::new(Redb::open(&dir.join("redb"))?));
@@ -428,23 +443,25 @@ where
 
 struct Ringkv {
     backend: Backend,
+    name: &'static str,
 }
 
 impl Ringkv {
-    fn open(dir: &Path) -> Result<Ringkv, BoxErr> {
+    fn open(dir: &Path, name: &'static str, early_writes: bool) -> Result<Ringkv, BoxErr> {
         let opts = BackendOptions {
             batch_ops: usize::MAX,
             batch_interval: std::time::Duration::from_secs(3600),
+            early_writes,
             ..BackendOptions::default()
         };
         let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
-        Ok(Ringkv { backend })
+        Ok(Ringkv { backend, name })
     }
 }
 
 impl Engine for Ringkv {
     fn name(&self) -> &'static str {
-        "ringkv"
+        self.name
     }
 
     fn commit(

@@ -40,6 +40,7 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         phases: a.phases.clone(),
         load_order: a.load_order,
         interleave: a.interleave,
+        early_too: a.early_too,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

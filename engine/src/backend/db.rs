@@ -13,7 +13,9 @@
 //! 2. write every new run (all at ids free in both on-disk metas and in every live snapshot),
 //!    the freelist run last, which lists every other run with its checksum; a small commit that
 //!    reaches past every page written so far also writes zeros over the next free pages at the
-//!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care);
+//!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care); with
+//!    `BackendOptions::early_writes` a large commit writes groups of its leaves while it builds
+//!    the rest (tree.rs `EARLY_RUN`) and this step writes the others;
 //! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
@@ -182,6 +184,9 @@ struct WriterState {
     recent: Recent,
     /// The write buffer of step 2, kept between commits (its pages stay mapped and warm).
     batch: Vec<u8>,
+    /// The published view (`Shared::current`), so that a write takes no lock for it. Only the
+    /// commit replaces `current`, and it holds this state, so the two stay equal.
+    view: Arc<View>,
 }
 
 /// An open backend file. Cheap to share (`Clone` clones a handle).
@@ -400,16 +405,17 @@ impl Backend {
             written_end: meta.page_count,
             recent: Recent::new(),
             batch: Vec::new(),
+            view: Arc::new(View {
+                version,
+                buf: Arc::new(Buffer::default()),
+            }),
         };
         let shared = Arc::new(Shared {
             _registered: registered,
             path: path.to_path_buf(),
             file,
             opts,
-            current: Mutex::new(Arc::new(View {
-                version,
-                buf: Arc::new(Buffer::default()),
-            })),
+            current: Mutex::new(state.view.clone()),
             writer: Mutex::new(Some(state)),
         });
         Ok((Backend { shared }, incomplete))
@@ -778,7 +784,7 @@ impl BatchWriter {
         if let Some(why) = &self.state().failed {
             return Err(BackendError::Failed(why.clone()));
         }
-        let view = self.shared.current.lock().clone();
+        let view = &self.state().view;
         let max = max_key_len(view.version.meta.page_size as usize);
         if key.is_empty() || key.len() > max {
             return Err(BackendError::Invalid(format!(
@@ -828,9 +834,9 @@ impl BatchWriter {
         if let Some(why) = &self.state().failed {
             return Err(BackendError::Failed(why.clone()));
         }
-        let view = self.shared.current.lock().clone();
         let shared = self.shared.clone();
         let st = self.state();
+        let view = st.view.clone();
         st.ops_since_commit = 0;
         st.last_commit = Instant::now();
         let latest = view.buf.latest();
@@ -883,6 +889,9 @@ fn commit(
         meta.page_count,
         st.last_pages,
     );
+    if shared.opts.early_writes {
+        w.write_early(&*shared.file, st.file_len / ps);
+    }
     if meta.freelist != 0 {
         let n = header_overflow(
             &w.read(meta.freelist, Some(PageType::Freelist))
@@ -1034,6 +1043,8 @@ fn commit(
     };
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
+    // Runs the tree writer wrote ahead (tree.rs, `EARLY_RUN`): step 2 skips them.
+    let early = w.finish_early().map_err(|e| shared.io("write pages", e))?;
     drop(w);
     drop(arena);
     st.last_pages = dirty.values().map(|r| r.len() as u64 / ps).sum();
@@ -1087,7 +1098,7 @@ fn commit(
     let mut batch = std::mem::take(&mut st.batch);
     batch.clear();
     let mut batch_at = 0;
-    for (id, run) in &dirty {
+    for (id, run) in dirty.iter().filter(|(id, _)| !early.contains(id)) {
         let at = id * ps;
         if !batch.is_empty() && (at != batch_at + batch.len() as u64 || batch.len() >= 4 << 20) {
             shared
@@ -1138,10 +1149,11 @@ fn commit(
     st.live.push((txid, Arc::downgrade(&version)));
     st.recent = keep_recent(dirty);
     let buf = Arc::new(Buffer::default());
-    *shared.current.lock() = Arc::new(View {
+    st.view = Arc::new(View {
         version: version.clone(),
         buf: buf.clone(),
     });
+    *shared.current.lock() = st.view.clone();
 
     // Online shrink: give back a free tail of at least half the file, keeping an eighth of
     // `need` as slack so the next commits (compaction's among them, whose freelist run lists
@@ -1167,7 +1179,8 @@ fn commit(
             ..*version
         });
         st.live.push((txid, Arc::downgrade(&version)));
-        *shared.current.lock() = Arc::new(View { version, buf });
+        st.view = Arc::new(View { version, buf });
+        *shared.current.lock() = st.view.clone();
     }
     Ok(())
 }

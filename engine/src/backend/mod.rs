@@ -49,6 +49,11 @@ pub struct BackendOptions {
     /// Online compaction reads at most this many tree nodes per commit (bounding the extra
     /// work a commit does), resuming where the previous commit stopped.
     pub compact_visits: usize,
+    /// A large commit writes groups of finished pages while it builds the rest and starts their
+    /// writeback (tree.rs, `EARLY_RUN`), to overlap the device with its CPU. Off by default: on
+    /// the measured disk it made 10,000-key appends 1.3-1.7x slower (BENCHMARKS.md, session 8
+    /// "Backend"); `false` writes every page in step 2.
+    pub early_writes: bool,
 }
 
 impl Default for BackendOptions {
@@ -59,6 +64,7 @@ impl Default for BackendOptions {
             batch_interval: Duration::from_millis(100),
             mmap: true,
             compact_visits: 4096,
+            early_writes: false,
         }
     }
 }

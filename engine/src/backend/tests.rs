@@ -737,8 +737,12 @@ mod crash_tests {
     }
 
     pub(super) fn run(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch]) -> Outcome {
+        run_with(vfs, path, work, opts(true))
+    }
+
+    fn run_with(vfs: &Arc<dyn Vfs>, path: &Path, work: &[Batch], o: BackendOptions) -> Outcome {
         let mut committed = Model::new();
-        let backend = match Backend::open(vfs.clone(), path, opts(true)) {
+        let backend = match Backend::open(vfs.clone(), path, o) {
             Ok(b) => b,
             Err(_) => {
                 return Outcome {
@@ -815,6 +819,100 @@ mod crash_tests {
             vfs.fail_at(n, Fault::PowerCut);
             let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
             let out = run(&dynv, &path, &work);
+            for (i, mode) in [
+                CrashMode::LoseUnsynced,
+                CrashMode::TornLastWrite {
+                    keep: 512 * (n as usize % 9),
+                },
+                CrashMode::RandomSectors { seed: n },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                reopen_and_judge(
+                    vfs.crash_image(mode),
+                    &path,
+                    &out,
+                    &format!("power cut at op {n}, mode {i} {mode:?}"),
+                );
+            }
+        }
+    }
+
+    /// A workload whose last commit appends 4,000 sorted keys into pages freed inside the file,
+    /// so that the tree writer writes groups of leaves before step 2 (tree.rs `EARLY_RUN`).
+    fn early_write_batches() -> Vec<Batch> {
+        let rev = |i: u32| format!("r{i:08}").into_bytes();
+        let puts = |r: std::ops::Range<u32>| -> Batch {
+            r.map(|i| (Bucket::Key, rev(i), Some(vec![(i % 251) as u8; 150])))
+                .collect()
+        };
+        vec![
+            puts(0..4000),
+            (0..4000).map(|i| (Bucket::Key, rev(i), None)).collect(),
+            puts(9000..9001),
+            puts(9001..9002),
+            puts(5000..9000),
+        ]
+    }
+
+    /// Runs `work` on a fresh fault VFS with early writes on or off; returns the I/O count.
+    fn ops_with_early_writes(work: &[Batch], early: bool) -> u64 {
+        let vfs = FaultVfs::new();
+        let path = PathBuf::from("/data/member/snap/db");
+        let opts = BackendOptions {
+            early_writes: early,
+            ..opts(true)
+        };
+        let backend = Backend::open(Arc::new(vfs.clone()), &path, opts).unwrap();
+        let mut w = backend.batch().unwrap();
+        for batch in work {
+            for (b, k, v) in batch {
+                match v {
+                    Some(v) => w.put(*b, k, v).unwrap(),
+                    None => w.delete(*b, k).unwrap(),
+                }
+            }
+            w.commit().unwrap();
+        }
+        assert_checked(&w);
+        vfs.ops()
+    }
+
+    /// Early writes happen (more write operations than without), and a crash at any operation
+    /// of a workload with them (among them the early writes) reopens to the last commit or the
+    /// one in flight.
+    #[test]
+    fn crash_at_every_operation_with_early_writes() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = early_write_batches();
+        let (with, without) = (
+            ops_with_early_writes(&work, true),
+            ops_with_early_writes(&work, false),
+        );
+        assert!(
+            with > without,
+            "no early writes: {with} operations with, {without} without"
+        );
+        let early = || BackendOptions {
+            early_writes: true,
+            ..opts(true)
+        };
+        let clean = FaultVfs::new();
+        let out = run_with(
+            &(Arc::new(clean.clone()) as Arc<dyn Vfs>),
+            &path,
+            &work,
+            early(),
+        );
+        assert!(out.in_flight.is_none());
+        let total = clean.ops();
+        assert_eq!(total, with, "the same operations as the counted run");
+        for n in 0..total {
+            let vfs = FaultVfs::new();
+            vfs.fail_at(n, Fault::PowerCut);
+            let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
+            let out = run_with(&dynv, &path, &work, early());
             for (i, mode) in [
                 CrashMode::LoseUnsynced,
                 CrashMode::TornLastWrite {

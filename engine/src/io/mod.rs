@@ -141,6 +141,15 @@ pub trait File: Send + Sync {
     /// `fdatasync`. An error is fatal for the file; never retry (see module docs).
     fn sync_data(&self) -> io::Result<()>;
 
+    /// Asks the kernel to start writing back the dirty pages of `[offset, offset+len)` now
+    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) and returns without waiting: a hint that lets
+    /// the device work while the caller computes. Makes nothing durable; only
+    /// [`File::sync_data`] does. The default (in-memory files) does nothing.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Reserves blocks for `[offset, offset+len)` (fallocate mode 0); extends the length.
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()>;
 

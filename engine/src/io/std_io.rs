@@ -79,6 +79,10 @@ impl File for StdFile {
         self.file.sync_data()
     }
 
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        start_writeback(self.fd(), offset, len)
+    }
+
     fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
         fallocate(self.fd(), offset, len)
     }
@@ -93,6 +97,25 @@ impl File for StdFile {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd())
+    }
+}
+
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`, retried on EINTR: starts the
+/// writeback of the range's dirty pages without waiting for it.
+pub(crate) fn start_writeback(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    loop {
+        // SAFETY: sync_file_range takes plain integers; an invalid fd yields EBADF, not UB.
+        let rc = unsafe { libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
     }
 }
 

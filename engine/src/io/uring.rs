@@ -374,6 +374,10 @@ impl File for UringFile {
         }
     }
 
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        super::std_io::start_writeback(self.inner.fd().as_raw_fd(), offset, len)
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
