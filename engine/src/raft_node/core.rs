@@ -1194,10 +1194,21 @@ impl<L: LogSink> Core<L> {
             return;
         }
         let mut rd = self.raw.ready();
-        // Invariant 4: the leader's messages leave now.
-        let msgs = rd.take_messages();
-        if !msgs.is_empty() {
-            self.transport.send(msgs);
+        // Invariant 4: the leader's messages leave now, before its own write. Exception: a
+        // Ready with committed entries and nothing new to persist or replicate (on the leader,
+        // the acknowledgement that committed a write: the messages are the commit index for
+        // the followers and heartbeats) applies first, so an inline apply answers the client
+        // without waiting for the sends and without the followers' readers, woken by them,
+        // taking the CPU meanwhile. Those messages then leave at the end of this call.
+        let mut msgs = rd.take_messages();
+        let apply_first = !rd.committed_entries().is_empty()
+            && rd.entries().is_empty()
+            && rd.snapshot().is_empty()
+            && msgs
+                .iter()
+                .all(|m| m.entries.is_empty() && m.get_msg_type() != MessageType::MsgSnapshot);
+        if !msgs.is_empty() && !apply_first {
+            self.transport.send(std::mem::take(&mut msgs));
         }
         for rs in rd.take_read_states() {
             let ctx = rs
@@ -1224,6 +1235,9 @@ impl<L: LogSink> Core<L> {
             }
         }
         self.send_committed(rd.take_committed_entries());
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         let entries = rd.take_entries();
         if let Some(hs) = rd.hs() {
             self.pending_hs = Some(hs.clone());
