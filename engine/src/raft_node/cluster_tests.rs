@@ -765,7 +765,11 @@ type AppliedBy = HashMap<u64, Vec<(u64, Vec<u8>, String)>>;
 ///
 /// Whether a reader finds a core parked is up to the scheduler: on a loaded machine a core may
 /// still be in its turn when every acknowledgement of 30 entries arrives.
-fn run_through_readers(peer_drive: bool, enough: impl Fn(&AppliedBy) -> bool) -> (AppliedBy, u64) {
+fn run_through_readers(
+    peer_drive: bool,
+    leader_only: bool,
+    enough: impl Fn(&AppliedBy) -> bool,
+) -> (AppliedBy, u64) {
     let readers: Arc<RwLock<HashMap<u64, mpsc::Sender<Vec<Message>>>>> = Arc::default();
     let mut nodes = HashMap::new();
     let mut applied = HashMap::new();
@@ -774,6 +778,12 @@ fn run_through_readers(peer_drive: bool, enough: impl Fn(&AppliedBy) -> bool) ->
         let (tx, rx) = mpsc::channel();
         let mut cfg = config(id, &[1, 2, 3]);
         cfg.threads.peer_drive = peer_drive;
+        cfg.threads.peer_drive_leader_only = leader_only;
+        if leader_only {
+            // The test tells the leader's readers from the followers': a 2 s election timeout
+            // keeps a loaded machine's stall from moving leadership meanwhile.
+            cfg.election_ticks = 200;
+        }
         let transport = ReaderTransport {
             readers: readers.clone(),
         };
@@ -842,7 +852,7 @@ fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
     };
     for peer_drive in [true, false] {
         // With peer drive on, propose until every member applied something on a reader thread.
-        let (logs, leader) = run_through_readers(peer_drive, |logs| {
+        let (logs, leader) = run_through_readers(peer_drive, false, |logs| {
             !peer_drive || (logs.len() == 3 && logs.values().all(|l| on_reader(l) > 0))
         });
         let rounds = logs[&leader].len() as u32;
@@ -876,6 +886,46 @@ fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
             assert!(
                 on_readers.values().all(|n| *n == 0),
                 "peer_drive off, yet applied on reader threads: {on_readers:?}"
+            );
+        }
+    }
+}
+
+/// `peer_drive_leader_only` (`--cpu-layout peer-drive=leader`): the leader's readers drive its
+/// parked core (an acknowledgement commits and applies on the reader thread), the followers'
+/// readers never do (their appends are written and applied by their core threads); every
+/// member still applies the same log in order.
+#[test]
+fn with_peer_drive_for_the_leader_only_followers_readers_never_run_the_core() {
+    let on_reader = |log: &[(u64, Vec<u8>, String)]| {
+        log.iter()
+            .filter(|(_, _, t)| t.starts_with("peer-reader-"))
+            .count()
+    };
+    // Propose until the leader applied something on a reader thread.
+    let (logs, leader) = run_through_readers(true, true, |logs| {
+        logs.values()
+            .any(|l| l.iter().any(|(_, _, t)| t.starts_with("peer-reader-")))
+    });
+    let rounds = logs[&leader].len() as u32;
+    assert!(
+        (MIN_ROUNDS..=MAX_ROUNDS).contains(&rounds),
+        "{rounds} rounds"
+    );
+    let want: Vec<Vec<u8>> = (0..rounds).map(|i| i.to_le_bytes().to_vec()).collect();
+    for (id, log) in &logs {
+        let data: Vec<Vec<u8>> = log.iter().map(|(_, d, _)| d.clone()).collect();
+        assert_eq!(data, want, "member {id}");
+        if *id == leader {
+            assert!(
+                on_reader(log) > 0,
+                "the leader applied nothing of {rounds} entries on a reader thread"
+            );
+        } else {
+            assert_eq!(
+                on_reader(log),
+                0,
+                "follower {id} (leader {leader}) applied on a reader thread: {log:?}"
             );
         }
     }

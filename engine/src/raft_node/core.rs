@@ -213,6 +213,11 @@ pub struct ThreadOptions {
     /// client it cut p50 to ~0.9× and CPU per put to ~0.85×, but at 1000 clients it cost a
     /// third of the throughput (BENCHMARKS.md, cluster6).
     pub peer_drive: bool,
+    /// With `peer_drive`: only while this member leads (`--cpu-layout peer-drive=leader`).
+    /// The leader's readers then commit, apply and answer an acknowledged write themselves,
+    /// while a follower's reader never blocks in a WAL write and fdatasync of its own (which
+    /// stops it reading the next appends).
+    pub peer_drive_leader_only: bool,
     /// Pin the raft core thread to this CPU.
     pub raft_cpu: Option<usize>,
     /// Pin the apply thread to this CPU.
@@ -228,6 +233,7 @@ impl Default for ThreadOptions {
             inline_apply_max: 32,
             drive: false,
             peer_drive: false,
+            peer_drive_leader_only: false,
             raft_cpu: None,
             apply_cpu: None,
             wal_cpu: None,
@@ -410,6 +416,7 @@ impl RaftNode {
         let raft_cpu = cfg.threads.raft_cpu;
         let drive = cfg.threads.drive;
         let peer_drive = cfg.threads.peer_drive;
+        let peer_drive_leader_only = cfg.threads.peer_drive_leader_only;
         let waiter = rx.waiter();
         let next_tick = Instant::now() + core.tick;
         let driven = Arc::new(Driven {
@@ -422,6 +429,7 @@ impl RaftNode {
                 drive,
                 may_drive_peer: false,
                 peer_drive,
+                peer_drive_leader_only,
             })),
             tx: tx.clone(),
         });
@@ -666,6 +674,8 @@ struct Runner<L: LogSink> {
     may_drive_peer: bool,
     /// `ThreadOptions::peer_drive`.
     peer_drive: bool,
+    /// `ThreadOptions::peer_drive_leader_only`.
+    peer_drive_leader_only: bool,
 }
 
 impl<L: LogSink> Runner<L> {
@@ -703,7 +713,9 @@ impl<L: LogSink> Runner<L> {
         self.core.publish_progress();
         self.may_drive =
             self.drive && self.core.failed.is_none() && self.core.alone_in_the_cluster();
-        self.may_drive_peer = self.peer_drive && self.core.failed.is_none();
+        self.may_drive_peer = self.peer_drive
+            && self.core.failed.is_none()
+            && (!self.peer_drive_leader_only || self.core.raw.raft.state == StateRole::Leader);
         true
     }
 }
