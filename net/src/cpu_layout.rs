@@ -113,17 +113,19 @@ impl CpuLayout {
                     };
                 }
                 "peer-drive" => {
-                    (layout.threads.peer_drive, layout.threads.peer_drive_leader_only) =
-                        match value.trim() {
-                            "on" => (true, false),
-                            "leader" => (true, true),
-                            "off" => (false, false),
-                            v => {
-                                return Err(err(format!(
-                                    "peer-drive={v:?}: expected on, leader or off"
-                                )));
-                            }
-                        };
+                    (
+                        layout.threads.peer_drive,
+                        layout.threads.peer_drive_leader_only,
+                    ) = match value.trim() {
+                        "on" => (true, false),
+                        "leader" => (true, true),
+                        "off" => (false, false),
+                        v => {
+                            return Err(err(format!(
+                                "peer-drive={v:?}: expected on, leader or off"
+                            )));
+                        }
+                    };
                 }
                 other => {
                     return Err(err(format!(
