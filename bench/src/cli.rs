@@ -339,6 +339,10 @@ pub struct FsyncArgs {
     /// Size of the pre-zeroed file that the writes wrap around in.
     #[arg(long, value_parser = parse_size, default_value = "64M")]
     pub file_size: u64,
+    /// Loops run at once, each on its own file; latencies are merged (3: a 3-member cluster's
+    /// syncs on one disk).
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -254,7 +254,11 @@ fn disk_fsync(g: &Global, a: &FsyncArgs) -> Result<(), String> {
         sizes: a.sizes.clone(),
         duration: seconds(a.seconds, "--seconds")?,
         file_bytes: a.file_size,
+        parallel: a.parallel,
     };
+    if opts.parallel == 0 {
+        return Err("--parallel must be at least 1".to_owned());
+    }
     if opts.sizes.is_empty() {
         return Err("--sizes needs at least one size".to_owned());
     }

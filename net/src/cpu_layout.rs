@@ -17,7 +17,8 @@
 //!   run an idle lone member's raft core itself instead of waking the raft thread (default
 //!   `off`); `peer-drive=on` lets a peer reader thread run a parked raft core itself (a
 //!   follower's append and the leader's acknowledgements then need no wake-up of the raft
-//!   thread; default `off`: it costs throughput under load).
+//!   thread; default `off`: it costs throughput under load); `peer-drive=leader` does so only
+//!   on the leader (acknowledgements; a follower's reader never writes the WAL itself).
 //!   Roles not named are not pinned.
 
 use ringkv_engine::ThreadOptions;
@@ -112,10 +113,18 @@ impl CpuLayout {
                     };
                 }
                 "peer-drive" => {
-                    layout.threads.peer_drive = match value.trim() {
-                        "on" => true,
-                        "off" => false,
-                        v => return Err(err(format!("peer-drive={v:?}: expected on or off"))),
+                    (
+                        layout.threads.peer_drive,
+                        layout.threads.peer_drive_leader_only,
+                    ) = match value.trim() {
+                        "on" => (true, false),
+                        "leader" => (true, true),
+                        "off" => (false, false),
+                        v => {
+                            return Err(err(format!(
+                                "peer-drive={v:?}: expected on, leader or off"
+                            )));
+                        }
                     };
                 }
                 other => {
@@ -210,6 +219,12 @@ mod tests {
                 .threads
                 .peer_drive
         );
+        let leader = CpuLayout::parse("peer-drive=leader", 2).unwrap().threads;
+        assert!(leader.peer_drive && leader.peer_drive_leader_only);
+        let on = CpuLayout::parse("peer-drive=on", 2).unwrap().threads;
+        assert!(!on.peer_drive_leader_only);
+        let e = CpuLayout::parse("peer-drive=follower", 2).unwrap_err();
+        assert!(e.contains("expected on, leader or off"), "{e}");
     }
 
     #[test]

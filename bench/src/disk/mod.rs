@@ -5,6 +5,8 @@
 //!   each size asked (default 4 KiB, 64 KiB, 256 KiB, 1 MiB). Writes wrap around the file, so
 //!   every write overwrites allocated, already-written blocks: no block allocation and no
 //!   file-size change reach the journal, which is exactly the WAL's steady state.
+//!   `--parallel N` runs N such loops at once, each on its own file, and merges their latencies
+//!   (the syncs of N members on one disk).
 //! - `disk wal`: N writer threads, each appending one record of B bytes and waiting for it to be
 //!   durable, in a loop, for S seconds; on ringkv's WAL and, with `--compare`, in the same run on
 //!   TiKV's raft-engine and on the raw loop (see [`Engine`] for what each one does).
@@ -106,55 +108,59 @@ pub struct FsyncOpts {
     pub duration: Duration,
     /// Size of the pre-zeroed file the writes wrap around in.
     pub file_bytes: u64,
+    /// Loops run at once, each on its own file (1 = the device alone).
+    pub parallel: usize,
 }
 
-/// `disk fsync`: the write + fdatasync loop at each size; one report per size.
+/// `disk fsync`: the write + fdatasync loop at each size; one report per size. With
+/// `parallel` > 1, that many loops run at once, each on a file of its own, and the report
+/// merges their latencies (`writers` = the number of loops).
 pub fn run_fsync(opts: &FsyncOpts) -> Result<Vec<DiskReport>, String> {
     let vfs = open_vfs(opts.io)?;
     let scratch = scratch_dir(&opts.dir, "fsync")?;
+    let loops = opts.parallel.max(1);
     let mut out = Vec::new();
     for (i, &size) in opts.sizes.iter().enumerate() {
         let size = align_up(size.max(1));
-        let path = scratch.path().join(format!("raw-{i}.dat"));
         let file_bytes = opts.file_bytes.max(size * 16);
-        let f = prezeroed_file(&*vfs, &path, file_bytes)
-            .map_err(|e| format!("{}: cannot prepare file: {e}", path.display()))?;
-        let mut buf = AlignedBuf::zeroed(size as usize);
-        buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
-        let slots = align_up(file_bytes) / size;
-        let mut rec = Recorder::new(None);
-        let mut syncs = 0u64;
+        let mut files = Vec::with_capacity(loops);
+        for j in 0..loops {
+            let path = scratch.path().join(format!("raw-{i}-{j}.dat"));
+            let f = prezeroed_file(&*vfs, &path, file_bytes)
+                .map_err(|e| format!("{}: cannot prepare file: {e}", path.display()))?;
+            files.push((path, f));
+        }
         let cpu0 = self_cpu();
         let start = Instant::now();
         let deadline = start + opts.duration;
-        let mut n = 0u64;
-        loop {
-            let t = Instant::now();
-            if t >= deadline {
-                break;
-            }
-            let off = (n % slots) * size;
-            match f.write_at_and_sync(&buf, off) {
-                Ok(()) => rec.record(t.elapsed(), Instant::now()),
-                Err(e) => {
-                    // An fdatasync error is fatal for the file: report it and stop, no retry.
-                    rec.error(&io_error_kind(&e));
-                    eprintln!("disk fsync: {} at offset {off}: {e}", path.display());
-                    syncs += 1;
-                    break;
-                }
-            }
-            syncs += 1;
-            n += 1;
-        }
+        let results: Vec<(Recorder, u64)> = std::thread::scope(|sc| {
+            let handles: Vec<_> = files
+                .iter()
+                .map(|(path, f)| {
+                    sc.spawn(move || fsync_loop(&**f, path, size, file_bytes, deadline))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fsync loop panicked"))
+                .collect()
+        });
         let elapsed = start.elapsed();
         let cpu = self_cpu().saturating_sub(cpu0);
-        drop(f);
-        let _ = std::fs::remove_file(&path);
+        let mut rec = Recorder::new(None);
+        let mut syncs = 0;
+        for (r, n) in &results {
+            rec.merge(r);
+            syncs += n;
+        }
+        for (path, f) in files {
+            drop(f);
+            let _ = std::fs::remove_file(&path);
+        }
         out.push(DiskReport::new(
             "raw",
             io_name(opts.io),
-            1,
+            loops as u32,
             size,
             &rec,
             elapsed,
@@ -163,6 +169,44 @@ pub fn run_fsync(opts: &FsyncOpts) -> Result<Vec<DiskReport>, String> {
         ));
     }
     Ok(out)
+}
+
+/// One `disk fsync` loop: `size`-byte writes, each followed by an fdatasync, wrapping around
+/// in `f` until `deadline` (at least once). Returns the latencies and the number of syncs.
+fn fsync_loop(
+    f: &dyn File,
+    path: &Path,
+    size: u64,
+    file_bytes: u64,
+    deadline: Instant,
+) -> (Recorder, u64) {
+    let mut buf = AlignedBuf::zeroed(size as usize);
+    buf.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    let slots = align_up(file_bytes) / size;
+    let mut rec = Recorder::new(None);
+    let mut syncs = 0u64;
+    let mut n = 0u64;
+    loop {
+        let t = Instant::now();
+        // At least one write per loop, however late the thread started.
+        if n > 0 && t >= deadline {
+            break;
+        }
+        let off = (n % slots) * size;
+        match f.write_at_and_sync(&buf, off) {
+            Ok(()) => rec.record(t.elapsed(), Instant::now()),
+            Err(e) => {
+                // An fdatasync error is fatal for the file: report it and stop, no retry.
+                rec.error(&io_error_kind(&e));
+                eprintln!("disk fsync: {} at offset {off}: {e}", path.display());
+                syncs += 1;
+                break;
+            }
+        }
+        syncs += 1;
+        n += 1;
+    }
+    (rec, syncs)
 }
 
 /// A short, stable name for an I/O error (the errno name when there is one).
@@ -583,6 +627,7 @@ mod tests {
             sizes: vec![4096, 5000],
             duration: Duration::from_millis(100),
             file_bytes: 1 << 20,
+            parallel: 1,
         })
         .unwrap();
         assert_eq!(reports.len(), 2);
@@ -596,6 +641,29 @@ mod tests {
             assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us && r.p99_us <= r.p999_us);
         }
         // The scratch directory is gone.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn parallel_loops_each_write_and_sync_and_their_latencies_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let reports = run_fsync(&FsyncOpts {
+            dir: dir.path().to_owned(),
+            io: IoKind::Std,
+            sizes: vec![4096],
+            duration: Duration::from_millis(100),
+            file_bytes: 1 << 20,
+            parallel: 3,
+        })
+        .unwrap();
+        assert_eq!(reports.len(), 1);
+        let r = &reports[0];
+        assert_eq!(r.writers, 3, "{r:?}");
+        assert_eq!(r.errors, 0);
+        // Every loop writes at least once, however late it started.
+        assert!(r.total >= 3, "{r:?}");
+        assert_eq!(r.syncs, r.total, "one fdatasync per write in every loop");
+        assert!(r.p50_us > 0.0 && r.p50_us <= r.p99_us);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

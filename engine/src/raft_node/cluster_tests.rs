@@ -765,7 +765,11 @@ type AppliedBy = HashMap<u64, Vec<(u64, Vec<u8>, String)>>;
 ///
 /// Whether a reader finds a core parked is up to the scheduler: on a loaded machine a core may
 /// still be in its turn when every acknowledgement of 30 entries arrives.
-fn run_through_readers(peer_drive: bool, enough: impl Fn(&AppliedBy) -> bool) -> (AppliedBy, u64) {
+fn run_through_readers(
+    peer_drive: bool,
+    leader_only: bool,
+    enough: impl Fn(&AppliedBy) -> bool,
+) -> (AppliedBy, u64) {
     let readers: Arc<RwLock<HashMap<u64, mpsc::Sender<Vec<Message>>>>> = Arc::default();
     let mut nodes = HashMap::new();
     let mut applied = HashMap::new();
@@ -774,6 +778,12 @@ fn run_through_readers(peer_drive: bool, enough: impl Fn(&AppliedBy) -> bool) ->
         let (tx, rx) = mpsc::channel();
         let mut cfg = config(id, &[1, 2, 3]);
         cfg.threads.peer_drive = peer_drive;
+        cfg.threads.peer_drive_leader_only = leader_only;
+        if leader_only {
+            // The test tells the leader's readers from the followers': a 2 s election timeout
+            // keeps a loaded machine's stall from moving leadership meanwhile.
+            cfg.election_ticks = 200;
+        }
         let transport = ReaderTransport {
             readers: readers.clone(),
         };
@@ -842,7 +852,7 @@ fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
     };
     for peer_drive in [true, false] {
         // With peer drive on, propose until every member applied something on a reader thread.
-        let (logs, leader) = run_through_readers(peer_drive, |logs| {
+        let (logs, leader) = run_through_readers(peer_drive, false, |logs| {
             !peer_drive || (logs.len() == 3 && logs.values().all(|l| on_reader(l) > 0))
         });
         let rounds = logs[&leader].len() as u32;
@@ -879,4 +889,170 @@ fn peer_readers_drive_parked_cores_and_every_member_applies_the_same_log() {
             );
         }
     }
+}
+
+/// `peer_drive_leader_only` (`--cpu-layout peer-drive=leader`): the leader's readers drive its
+/// parked core (an acknowledgement commits and applies on the reader thread), the followers'
+/// readers never do (their appends are written and applied by their core threads); every
+/// member still applies the same log in order.
+#[test]
+fn with_peer_drive_for_the_leader_only_followers_readers_never_run_the_core() {
+    let on_reader = |log: &[(u64, Vec<u8>, String)]| {
+        log.iter()
+            .filter(|(_, _, t)| t.starts_with("peer-reader-"))
+            .count()
+    };
+    // Propose until the leader applied something on a reader thread.
+    let (logs, leader) = run_through_readers(true, true, |logs| {
+        logs.values()
+            .any(|l| l.iter().any(|(_, _, t)| t.starts_with("peer-reader-")))
+    });
+    let rounds = logs[&leader].len() as u32;
+    assert!(
+        (MIN_ROUNDS..=MAX_ROUNDS).contains(&rounds),
+        "{rounds} rounds"
+    );
+    let want: Vec<Vec<u8>> = (0..rounds).map(|i| i.to_le_bytes().to_vec()).collect();
+    for (id, log) in &logs {
+        let data: Vec<Vec<u8>> = log.iter().map(|(_, d, _)| d.clone()).collect();
+        assert_eq!(data, want, "member {id}");
+        if *id == leader {
+            assert!(
+                on_reader(log) > 0,
+                "the leader applied nothing of {rounds} entries on a reader thread"
+            );
+        } else {
+            assert_eq!(
+                on_reader(log),
+                0,
+                "follower {id} (leader {leader}) applied on a reader thread: {log:?}"
+            );
+        }
+    }
+}
+
+/// Applies everything through `try_apply` too (no lock is ever held here) and publishes the
+/// highest applied index before the entry is reported.
+struct AppliedIndex {
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    events: mpsc::Sender<Event>,
+}
+
+impl AppliedIndex {
+    fn record(&self, index: u64, data: &[u8]) {
+        self.applied
+            .fetch_max(index, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.events.send(Event::Entry(index, data.to_vec()));
+    }
+}
+
+impl StateMachine for AppliedIndex {
+    fn apply(&mut self, index: u64, _term: u64, data: &[u8]) {
+        self.record(index, data);
+    }
+
+    fn try_apply(&mut self, index: u64, _term: u64, data: &[u8]) -> bool {
+        self.record(index, data);
+        true
+    }
+}
+
+/// A [`MemTransport`] that also notes, for every empty `MsgAppend` (a commit index for a
+/// follower) its member sends, the commit index it carries and the member's own applied index
+/// at that moment.
+struct CommitNotingTransport {
+    inner: MemTransport,
+    applied: Arc<std::sync::atomic::AtomicU64>,
+    noted: Arc<Mutex<Vec<(u64, u64)>>>,
+}
+
+impl Transport for CommitNotingTransport {
+    fn send(&self, msgs: Vec<Message>) {
+        let applied = self.applied.load(std::sync::atomic::Ordering::SeqCst);
+        for m in &msgs {
+            if m.get_msg_type() == raft::eraftpb::MessageType::MsgAppend && m.entries.is_empty() {
+                self.noted.lock().push((m.commit, applied));
+            }
+        }
+        self.inner.send(msgs);
+    }
+}
+
+/// The leader applies a newly committed entry before it tells the followers the new commit
+/// index (core.rs `on_ready`, "apply before the commit broadcast"): with every member caught
+/// up and one proposal at a time, the first commit index at or above an entry that the
+/// leader sends leaves only once the leader's core applied that entry (inline, `try_apply`).
+#[test]
+fn the_leader_applies_a_committed_entry_before_it_broadcasts_the_commit_index() {
+    let ids = [1, 2, 3];
+    let mut c = Cluster {
+        router: Router::default(),
+        events: HashMap::new(),
+    };
+    let mut notes = HashMap::new();
+    for id in ids {
+        let (tx, rx) = mpsc::channel();
+        let applied = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let noted = Arc::new(Mutex::new(Vec::new()));
+        let transport = CommitNotingTransport {
+            inner: MemTransport {
+                from: id,
+                router: c.router.clone(),
+            },
+            applied: applied.clone(),
+            noted: noted.clone(),
+        };
+        let sm = AppliedIndex {
+            applied,
+            events: tx,
+        };
+        // An election timeout of 2 s (200 ticks): a loaded machine's stall does not move
+        // leadership in the middle of the proposals.
+        let cfg = NodeConfig {
+            election_ticks: 200,
+            ..config(id, &ids)
+        };
+        let node = RaftNode::start(cfg, InstantSink, transport, sm).unwrap();
+        c.router.nodes.write().insert(id, node);
+        c.events.insert(id, rx);
+        notes.insert(id, noted);
+    }
+    let leader = c.leader();
+    // Warm up until every member applied an entry of this term: both followers then stream
+    // appends (no probe or catch-up send rides on a later commit).
+    c.node(leader).propose(b"warm-up".to_vec(), None);
+    for id in ids {
+        assert_eq!(c.next_entry(id).1, b"warm-up");
+    }
+    let mut indexes = Vec::new();
+    for i in 0..20u32 {
+        let data = format!("put-{i}").into_bytes();
+        c.node(leader).propose(data.clone(), None);
+        let mut index = 0;
+        for id in ids {
+            let (at, d) = c.next_entry(id);
+            assert_eq!(d, data, "member {id}");
+            index = at;
+        }
+        indexes.push(index);
+    }
+    assert_eq!(
+        c.node(leader).progress().leader(),
+        leader,
+        "the leader changed during the test (nothing failed and the election timeout is 2 s)"
+    );
+    let noted = notes[&leader].lock().clone();
+    for index in indexes {
+        let first = noted
+            .iter()
+            .find(|(commit, _)| *commit >= index)
+            .unwrap_or_else(|| panic!("no commit index >= {index} was sent: {noted:?}"));
+        assert!(
+            first.1 >= index,
+            "entry {index}: the commit index {} left while the leader had applied only {}",
+            first.0,
+            first.1
+        );
+    }
+    c.shutdown();
 }

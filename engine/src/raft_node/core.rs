@@ -213,6 +213,11 @@ pub struct ThreadOptions {
     /// client it cut p50 to ~0.9× and CPU per put to ~0.85×, but at 1000 clients it cost a
     /// third of the throughput (BENCHMARKS.md, cluster6).
     pub peer_drive: bool,
+    /// With `peer_drive`: only while this member leads (`--cpu-layout peer-drive=leader`).
+    /// The leader's readers then commit, apply and answer an acknowledged write themselves,
+    /// while a follower's reader never blocks in a WAL write and fdatasync of its own (which
+    /// stops it reading the next appends).
+    pub peer_drive_leader_only: bool,
     /// Pin the raft core thread to this CPU.
     pub raft_cpu: Option<usize>,
     /// Pin the apply thread to this CPU.
@@ -228,6 +233,7 @@ impl Default for ThreadOptions {
             inline_apply_max: 32,
             drive: false,
             peer_drive: false,
+            peer_drive_leader_only: false,
             raft_cpu: None,
             apply_cpu: None,
             wal_cpu: None,
@@ -410,6 +416,7 @@ impl RaftNode {
         let raft_cpu = cfg.threads.raft_cpu;
         let drive = cfg.threads.drive;
         let peer_drive = cfg.threads.peer_drive;
+        let peer_drive_leader_only = cfg.threads.peer_drive_leader_only;
         let waiter = rx.waiter();
         let next_tick = Instant::now() + core.tick;
         let driven = Arc::new(Driven {
@@ -422,6 +429,7 @@ impl RaftNode {
                 drive,
                 may_drive_peer: false,
                 peer_drive,
+                peer_drive_leader_only,
             })),
             tx: tx.clone(),
         });
@@ -666,6 +674,8 @@ struct Runner<L: LogSink> {
     may_drive_peer: bool,
     /// `ThreadOptions::peer_drive`.
     peer_drive: bool,
+    /// `ThreadOptions::peer_drive_leader_only`.
+    peer_drive_leader_only: bool,
 }
 
 impl<L: LogSink> Runner<L> {
@@ -703,7 +713,9 @@ impl<L: LogSink> Runner<L> {
         self.core.publish_progress();
         self.may_drive =
             self.drive && self.core.failed.is_none() && self.core.alone_in_the_cluster();
-        self.may_drive_peer = self.peer_drive && self.core.failed.is_none();
+        self.may_drive_peer = self.peer_drive
+            && self.core.failed.is_none()
+            && (!self.peer_drive_leader_only || self.core.raw.raft.state == StateRole::Leader);
         true
     }
 }
@@ -1194,10 +1206,21 @@ impl<L: LogSink> Core<L> {
             return;
         }
         let mut rd = self.raw.ready();
-        // Invariant 4: the leader's messages leave now.
-        let msgs = rd.take_messages();
-        if !msgs.is_empty() {
-            self.transport.send(msgs);
+        // Invariant 4: the leader's messages leave now, before its own write. Exception: a
+        // Ready with committed entries and nothing new to persist or replicate (on the leader,
+        // the acknowledgement that committed a write: the messages are the commit index for
+        // the followers and heartbeats) applies first, so an inline apply answers the client
+        // without waiting for the sends and without the followers' readers, woken by them,
+        // taking the CPU meanwhile. Those messages then leave at the end of this call.
+        let mut msgs = rd.take_messages();
+        let apply_first = !rd.committed_entries().is_empty()
+            && rd.entries().is_empty()
+            && rd.snapshot().is_empty()
+            && msgs
+                .iter()
+                .all(|m| m.entries.is_empty() && m.get_msg_type() != MessageType::MsgSnapshot);
+        if !msgs.is_empty() && !apply_first {
+            self.transport.send(std::mem::take(&mut msgs));
         }
         for rs in rd.take_read_states() {
             let ctx = rs
@@ -1224,6 +1247,9 @@ impl<L: LogSink> Core<L> {
             }
         }
         self.send_committed(rd.take_committed_entries());
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
+        }
         let entries = rd.take_entries();
         if let Some(hs) = rd.hs() {
             self.pending_hs = Some(hs.clone());

@@ -20,7 +20,9 @@
 //!    machine's applied index (anything applied was committed), so raft-rs never sees
 //!    `applied > commit`.
 //! 4. The leader's messages go out before its own entries are durable (Raft thesis §10.2.1);
-//!    a follower's messages wait for persistence (`persisted_messages`).
+//!    a follower's messages wait for persistence (`persisted_messages`). A Ready that only
+//!    commits (nothing to persist, no entries or snapshot in its messages) hands its committed
+//!    entries to apply first and sends its messages (commit index, heartbeats) after.
 //! 5. Committed entries are applied in log order, by the apply thread or — on a member alone
 //!    in its cluster, for small batches while the apply thread is idle — by the core itself
 //!    (`Applying` in core.rs argues the order; design.md "Inline apply").
