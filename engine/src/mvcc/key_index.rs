@@ -76,14 +76,19 @@ pub struct Found {
 pub struct KeyIndex {
     /// The newest revision recorded (put or tombstone).
     pub modified: Revision,
-    pub generations: Vec<Generation>,
+    pub generations: Generations,
 }
+
+/// A key's generations, the first held inline: most keys live in one generation, so the
+/// lookup of a put reaches its revisions with one pointer hop less, and a new key costs one
+/// allocation less.
+pub type Generations = SmallVec<[Generation; 1]>;
 
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
             modified: Revision::default(),
-            generations: vec![Generation::default()],
+            generations: smallvec::smallvec![Generation::default()],
         }
     }
 }
@@ -115,7 +120,7 @@ impl KeyIndex {
     pub fn restore(created: Revision, modified: Revision, version: i64) -> Self {
         KeyIndex {
             modified,
-            generations: vec![Generation {
+            generations: smallvec::smallvec![Generation {
                 ver: version,
                 created,
                 revs: vec![modified],
@@ -283,12 +288,17 @@ impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         match self.keys.get_mut(key) {
             Some(ki) => ki.put(rev),
-            None => {
-                let mut ki = KeyIndex::default();
-                ki.put(rev);
-                self.keys.insert(IndexKey::from_slice(key), ki);
-            }
+            None => self.insert_new(key, rev),
         }
+    }
+
+    /// Records the first put of `key`, which the caller found absent (one tree search, not
+    /// the two of [`TreeIndex::put`]).
+    pub fn insert_new(&mut self, key: &[u8], rev: Revision) {
+        let mut ki = KeyIndex::default();
+        ki.put(rev);
+        let old = self.keys.insert(IndexKey::from_slice(key), ki);
+        debug_assert!(old.is_none(), "insert_new of a key the index holds");
     }
 
     /// Records a delete; false when the key is not alive (nothing changed).
@@ -699,14 +709,14 @@ mod tests {
             if !ki.is_empty() {
                 let mut keep = HashSet::new();
                 ki.compact(at, &mut keep);
-                assert_eq!(ki.generations, want_gens, "compact({at}) generations");
+                assert_eq!(ki.generations.as_slice(), want_gens, "compact({at}) generations");
                 assert_eq!(keep, want_keep, "compact({at}) keep");
             }
             // A fresh key index compacted once at `at` must reach the same state.
             let mut fresh = sample();
             let mut keep2 = HashSet::new();
             fresh.compact(at, &mut keep2);
-            assert_eq!(fresh.generations, want_gens, "one-shot compact({at})");
+            assert_eq!(fresh.generations.as_slice(), want_gens, "one-shot compact({at})");
         }
     }
 

@@ -586,7 +586,8 @@ impl<B: BatchWrite> MvccStore<B> {
         stored?;
         match ki.take() {
             Some(k) => k.put(idx_rev),
-            None => self.index.put(key, idx_rev),
+            // Absent: `key_index_mut` found nothing above.
+            None => self.index.insert_new(key, idx_rev),
         }
         txn.changes.push(kv);
         if old_lease != 0 {
