@@ -324,9 +324,7 @@ async fn serve_hot<N: EtcdNode>(
                 encode(&Box::pin(kv::delete_range_rpc(fe, &md, decode(msg)?)).await?)
             }
             HotMethod::Txn => encode(&Box::pin(kv::txn_rpc(fe, &md, decode(msg)?)).await?),
-            HotMethod::Compact => {
-                encode(&Box::pin(kv::compact_rpc(fe, &md, decode(msg)?)).await?)
-            }
+            HotMethod::Compact => encode(&Box::pin(kv::compact_rpc(fe, &md, decode(msg)?)).await?),
         }
     };
     // A stream reset by the client cancels the call (as hyper did); it is not counted as

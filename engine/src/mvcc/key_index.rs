@@ -727,14 +727,22 @@ mod tests {
             if !ki.is_empty() {
                 let mut keep = HashSet::new();
                 ki.compact(at, &mut keep);
-                assert_eq!(ki.generations.as_slice(), want_gens, "compact({at}) generations");
+                assert_eq!(
+                    ki.generations.as_slice(),
+                    want_gens,
+                    "compact({at}) generations"
+                );
                 assert_eq!(keep, want_keep, "compact({at}) keep");
             }
             // A fresh key index compacted once at `at` must reach the same state.
             let mut fresh = sample();
             let mut keep2 = HashSet::new();
             fresh.compact(at, &mut keep2);
-            assert_eq!(fresh.generations.as_slice(), want_gens, "one-shot compact({at})");
+            assert_eq!(
+                fresh.generations.as_slice(),
+                want_gens,
+                "one-shot compact({at})"
+            );
         }
     }
 
