@@ -34,7 +34,7 @@
 //!    its tombstone.
 //! 3. A key index with only one, empty generation is removed from the tree.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use smallvec::SmallVec;
 use std::ops::Bound;
@@ -76,14 +76,19 @@ pub struct Found {
 pub struct KeyIndex {
     /// The newest revision recorded (put or tombstone).
     pub modified: Revision,
-    pub generations: Vec<Generation>,
+    pub generations: Generations,
 }
+
+/// A key's generations, the first held inline: most keys live in one generation, so the
+/// lookup of a put reaches its revisions with one pointer hop less, and a new key costs one
+/// allocation less.
+pub type Generations = SmallVec<[Generation; 1]>;
 
 impl Default for KeyIndex {
     fn default() -> Self {
         KeyIndex {
             modified: Revision::default(),
-            generations: vec![Generation::default()],
+            generations: smallvec::smallvec![Generation::default()],
         }
     }
 }
@@ -115,7 +120,7 @@ impl KeyIndex {
     pub fn restore(created: Revision, modified: Revision, version: i64) -> Self {
         KeyIndex {
             modified,
-            generations: vec![Generation {
+            generations: smallvec::smallvec![Generation {
                 ver: version,
                 created,
                 revs: vec![modified],
@@ -260,11 +265,16 @@ const INLINE_KEY_BYTES: usize = 24;
 /// A key of the index; compares, hashes and borrows as its bytes (`[u8]`), like `Vec<u8>`.
 type IndexKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
 
-/// All keys' indexes, in key order. A range end of `None` means a single key, `Some(&[])` means
-/// "no upper bound" (etcd's `\0` range end after translation).
+/// All keys' indexes: found by hash, visited in key order. A range end of `None` means a single
+/// key, `Some(&[])` means "no upper bound" (etcd's `\0` range end after translation).
+///
+/// Invariant: `order` holds exactly the keys of `keys`. A put or a point read is one hash
+/// lookup (an ordered tree of 100k keys costs a cache miss per level); only range visits and
+/// the first put of a key touch `order`.
 #[derive(Clone, Debug, Default)]
 pub struct TreeIndex {
-    keys: BTreeMap<IndexKey, KeyIndex>,
+    keys: HashMap<IndexKey, KeyIndex>,
+    order: BTreeSet<IndexKey>,
 }
 
 impl TreeIndex {
@@ -283,12 +293,19 @@ impl TreeIndex {
     pub fn put(&mut self, key: &[u8], rev: Revision) {
         match self.keys.get_mut(key) {
             Some(ki) => ki.put(rev),
-            None => {
-                let mut ki = KeyIndex::default();
-                ki.put(rev);
-                self.keys.insert(IndexKey::from_slice(key), ki);
-            }
+            None => self.insert_new(key, rev),
         }
+    }
+
+    /// Records the first put of `key`, which the caller found absent (no second lookup, as
+    /// [`TreeIndex::put`] makes).
+    pub fn insert_new(&mut self, key: &[u8], rev: Revision) {
+        let mut ki = KeyIndex::default();
+        ki.put(rev);
+        let key = IndexKey::from_slice(key);
+        self.order.insert(key.clone());
+        let old = self.keys.insert(key, ki);
+        debug_assert!(old.is_none(), "insert_new of a key the index holds");
     }
 
     /// Records a delete; false when the key is not alive (nothing changed).
@@ -306,7 +323,9 @@ impl TreeIndex {
 
     /// Inserts a key index built during rebuild (replacing nothing: the key must be new).
     pub fn insert_restored(&mut self, key: Vec<u8>, ki: KeyIndex) {
-        let old = self.keys.insert(IndexKey::from_vec(key), ki);
+        let key = IndexKey::from_vec(key);
+        self.order.insert(key.clone());
+        let old = self.keys.insert(key, ki);
         assert!(old.is_none(), "rebuild inserted a key twice");
     }
 
@@ -337,7 +356,8 @@ impl TreeIndex {
                 } else {
                     Bound::Excluded(end)
                 };
-                for (k, ki) in self.keys.range::<[u8], _>((Bound::Included(key), upper)) {
+                for k in self.order.range::<[u8], _>((Bound::Included(key), upper)) {
+                    let ki = self.keys.get(k).expect("`order` holds the keys of `keys`");
                     if !visit(k, ki) {
                         break;
                     }
@@ -403,7 +423,7 @@ impl TreeIndex {
         created: i64,
         version: i64,
     ) {
-        use std::collections::btree_map::Entry;
+        use std::collections::hash_map::Entry;
         match self.keys.entry(IndexKey::from_vec(key)) {
             Entry::Occupied(mut e) => {
                 if tombstone {
@@ -414,6 +434,7 @@ impl TreeIndex {
             }
             Entry::Vacant(e) => {
                 if !tombstone {
+                    self.order.insert(e.key().clone());
                     e.insert(KeyIndex::restore(Revision::new(created, 0), rev, version));
                 }
             }
@@ -435,10 +456,17 @@ impl TreeIndex {
     /// Compacts every key at `at`; returns the revisions that must stay in the backend.
     pub fn compact(&mut self, at: i64) -> HashSet<Revision> {
         let mut keep = HashSet::new();
-        self.keys.retain(|_, ki| {
+        let mut gone = Vec::new();
+        self.keys.retain(|k, ki| {
             ki.compact(at, &mut keep);
+            if ki.is_empty() {
+                gone.push(k.clone());
+            }
             !ki.is_empty()
         });
+        for k in &gone {
+            self.order.remove(k);
+        }
         keep
     }
 
@@ -699,14 +727,22 @@ mod tests {
             if !ki.is_empty() {
                 let mut keep = HashSet::new();
                 ki.compact(at, &mut keep);
-                assert_eq!(ki.generations, want_gens, "compact({at}) generations");
+                assert_eq!(
+                    ki.generations.as_slice(),
+                    want_gens,
+                    "compact({at}) generations"
+                );
                 assert_eq!(keep, want_keep, "compact({at}) keep");
             }
             // A fresh key index compacted once at `at` must reach the same state.
             let mut fresh = sample();
             let mut keep2 = HashSet::new();
             fresh.compact(at, &mut keep2);
-            assert_eq!(fresh.generations, want_gens, "one-shot compact({at})");
+            assert_eq!(
+                fresh.generations.as_slice(),
+                want_gens,
+                "one-shot compact({at})"
+            );
         }
     }
 

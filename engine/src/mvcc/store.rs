@@ -113,6 +113,11 @@ pub struct MvccStore<B: BatchWrite> {
     ids: HeaderIds,
     compaction: Option<CompactionJob>,
     compaction_batch: usize,
+    /// Reused per write: the encoding of the `KeyValue` being stored (the backend copies it).
+    encode_buf: Vec<u8>,
+    /// Reused per txn: the `changes` vector of the last txn, emptied (kept when no watcher
+    /// took the changes).
+    spare_changes: Vec<mvccpb::KeyValue>,
 }
 
 impl<B: BatchWrite> std::fmt::Debug for MvccStore<B> {
@@ -167,6 +172,8 @@ impl<B: BatchWrite> MvccStore<B> {
             ids: HeaderIds::default(),
             compaction: None,
             compaction_batch: DEFAULT_COMPACTION_BATCH,
+            encode_buf: Vec::new(),
+            spare_changes: Vec::new(),
         };
         s.restore()?;
         Ok(s)
@@ -490,21 +497,29 @@ impl<B: BatchWrite> MvccStore<B> {
         Ok(resp)
     }
 
-    fn begin(&self) -> TxnState {
+    fn begin(&mut self) -> TxnState {
         TxnState {
             begin_rev: self.current_rev,
-            changes: Vec::new(),
+            changes: std::mem::take(&mut self.spare_changes),
         }
+    }
+
+    /// Keeps a finished txn's `changes` vector (emptied) for the next txn.
+    fn recycle(&mut self, mut changes: Vec<mvccpb::KeyValue>) {
+        changes.clear();
+        self.spare_changes = changes;
     }
 
     /// Ends a txn: publishes its changes as the new revision and notifies watchers.
     fn end(&mut self, txn: TxnState) -> i64 {
         if txn.changes.is_empty() {
+            self.recycle(txn.changes);
             return txn.begin_rev;
         }
         let rev = txn.begin_rev + 1;
         self.current_rev = rev;
         if !self.hub.has_watchers() {
+            self.recycle(txn.changes);
             return rev;
         }
         let events: Vec<mvccpb::Event> = txn
@@ -563,11 +578,16 @@ impl<B: BatchWrite> MvccStore<B> {
             value,
             lease,
         };
-        self.backend
-            .put(Bucket::Key, &idx_rev.to_key(false), &kv.encode_to_vec())?;
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        buf.clear();
+        kv.encode_raw(&mut buf);
+        let stored = self.backend.put(Bucket::Key, &idx_rev.to_key(false), &buf);
+        self.encode_buf = buf;
+        stored?;
         match ki.take() {
             Some(k) => k.put(idx_rev),
-            None => self.index.put(key, idx_rev),
+            // Absent: `key_index_mut` found nothing above.
+            None => self.index.insert_new(key, idx_rev),
         }
         txn.changes.push(kv);
         if old_lease != 0 {
