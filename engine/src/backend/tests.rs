@@ -814,11 +814,17 @@ mod crash_tests {
             total > 40,
             "workload too small to be interesting ({total} ops)"
         );
+        power_cut_at_every_op(&path, &work, total, opts(true));
+    }
+
+    /// Runs `work` once per I/O operation `n < total` with a power cut at `n`, and judges the
+    /// reopened image of each crash mode (lost unsynced writes, a torn last write, random sectors).
+    fn power_cut_at_every_op(path: &Path, work: &[Batch], total: u64, o: BackendOptions) {
         for n in 0..total {
             let vfs = FaultVfs::new();
             vfs.fail_at(n, Fault::PowerCut);
             let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
-            let out = run(&dynv, &path, &work);
+            let out = run_with(&dynv, path, work, o.clone());
             for (i, mode) in [
                 CrashMode::LoseUnsynced,
                 CrashMode::TornLastWrite {
@@ -831,7 +837,7 @@ mod crash_tests {
             {
                 reopen_and_judge(
                     vfs.crash_image(mode),
-                    &path,
+                    path,
                     &out,
                     &format!("power cut at op {n}, mode {i} {mode:?}"),
                 );
@@ -908,29 +914,7 @@ mod crash_tests {
         assert!(out.in_flight.is_none());
         let total = clean.ops();
         assert_eq!(total, with, "the same operations as the counted run");
-        for n in 0..total {
-            let vfs = FaultVfs::new();
-            vfs.fail_at(n, Fault::PowerCut);
-            let dynv: Arc<dyn Vfs> = Arc::new(vfs.clone());
-            let out = run_with(&dynv, &path, &work, early());
-            for (i, mode) in [
-                CrashMode::LoseUnsynced,
-                CrashMode::TornLastWrite {
-                    keep: 512 * (n as usize % 9),
-                },
-                CrashMode::RandomSectors { seed: n },
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                reopen_and_judge(
-                    vfs.crash_image(mode),
-                    &path,
-                    &out,
-                    &format!("power cut at op {n}, mode {i} {mode:?}"),
-                );
-            }
-        }
+        power_cut_at_every_op(&path, &work, total, early());
     }
 
     /// Crashes while online compaction moves pages down and the file shrinks.
