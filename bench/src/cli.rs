@@ -394,8 +394,8 @@ pub struct WalArgs {
     /// `ringkv-tasks-batch` hands a flush's outcomes to the tasks' thread in one message (one
     /// wake-up per flush) instead of completing each task from its own callback.
     /// `ringkv-wake-first` is ringkv with `wake_before_next: true` (the leader wakes a flushed
-    /// batch's waiters before it takes the next batch). `ringkv-leader-wakes` is ringkv with
-    /// `relay_wake: false` (the leader, not the batch's first parked waiter, stores a flushed
+    /// batch's waiters before it takes the next batch). `ringkv-relay` is ringkv with
+    /// `relay_wake: true` (the batch's first parked waiter, not the leader, stores a flushed
     /// batch's outcomes and starts its wake-ups). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
     /// write+fdatasync per batch) are floors, not logs: blocked writers handed off in batches
     /// by one flusher thread.

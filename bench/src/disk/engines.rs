@@ -55,10 +55,10 @@ pub enum Engine {
     /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
     /// orders in one process. Engine `ringkv-wake-first`.
     RingkvWakeFirst,
-    /// ringkv's WAL with `relay_wake: false` (the leader stores every outcome of a flushed
-    /// batch and starts its wake-up tree itself; the default hands that to the batch's first
-    /// parked waiter), to A/B the two in one process. Engine `ringkv-leader-wakes`.
-    RingkvLeaderWakes,
+    /// ringkv's WAL with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
+    /// batch's first parked waiter, which stores them and starts the wake-up tree; by default the
+    /// leader does both itself), to A/B the two in one process. Engine `ringkv-relay`.
+    RingkvRelay,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -93,7 +93,7 @@ impl Engine {
                 each_wakes: false,
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
-            Engine::RingkvLeaderWakes => "ringkv-leader-wakes",
+            Engine::RingkvRelay => "ringkv-relay",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -116,11 +116,11 @@ impl Engine {
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
-            "ringkv-leader-wakes" => Ok(Engine::RingkvLeaderWakes),
+            "ringkv-relay" => Ok(Engine::RingkvRelay),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-leader-wakes, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-relay, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -182,8 +182,8 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.wake_before_next = true;
         })?)),
-        Engine::RingkvLeaderWakes => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.relay_wake = false;
+        Engine::RingkvRelay => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.relay_wake = true;
         })?)),
     }
 }

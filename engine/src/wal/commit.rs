@@ -26,8 +26,9 @@
 //! - **Overlapped** (the default, `wake_before_next: false`, [`Core::lead`]'s own loop): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
 //!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
-//!   are woken as a tree ([`WakeChain`]) that the batch's first parked waiter, the relay head,
-//!   starts (`relay_wake`, [`Core::deliver`]), so the leader pays one wake-up per flush. The
+//!   are woken as a tree ([`WakeChain`]) that the leader starts, or with `relay_wake` the
+//!   batch's first parked waiter, the relay head ([`Core::deliver`]), so that the leader pays
+//!   one wake-up per flush. The
 //!   device never waits for more than that, but a batch can only hold appenders that were not
 //!   in the previous one: at most half of N closed-loop writers per fdatasync.
 //!

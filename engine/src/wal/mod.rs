@@ -171,7 +171,9 @@ pub struct WalOptions {
     /// waiter (the relay head) the rest and unparks it, and the head stores them and starts
     /// their wake-up tree: one wake-up on the leader between two flushes, which with std I/O
     /// is time the device idles. `false`: the leader stores every outcome and starts the tree
-    /// itself (sessions 3–7). Default `true`.
+    /// itself (sessions 3–7). Default `false`: on a quiet machine the relay head was 0.88–0.97×
+    /// the throughput of `false` at 64 writers in four same-process A/Bs (BENCHMARKS.md, session 8
+    /// end).
     pub relay_wake: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
@@ -187,7 +189,7 @@ impl Default for WalOptions {
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
             wake_before_next: false,
-            relay_wake: true,
+            relay_wake: false,
             metrics: None,
         }
     }
