@@ -8,15 +8,13 @@ use std::sync::Arc;
 
 use ringkv_engine::{
     Backend, BackendError, Bucket, CheckReport, IncompleteCommit, KvRead, Record, SnapDir,
-    SnapFile, StdVfs, Vfs, Wal, WalDirLock, WalError, WalInspection, inspect_wal,
+    SnapError, StdVfs, Vfs, Wal, WalDirLock, WalError, WalInspection, inspect_wal,
 };
 
 /// Where the files live under `--data-dir` (engine/docs/format.md, "Data directory").
 const WAL_DIR: &str = "member/wal";
 const SNAP_DIR: &str = "member/snap";
 const BACKEND_FILE: &str = "member/snap/db";
-const SNAP_SUFFIX: &str = ".snap";
-const SNAP_DB_SUFFIX: &str = ".snap.db";
 
 /// `meta` bucket keys (format.md, "MVCC buckets").
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
@@ -36,12 +34,8 @@ pub enum UtilError {
     Wal(WalError),
     #[error(transparent)]
     Backend(BackendError),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Snap(SnapError),
     #[error("writing the output: {0}")]
     Output(#[from] io::Error),
 }
@@ -142,50 +136,6 @@ fn bucket_name(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-/// The `.snap` files in name order (oldest first), and the received `.snap.db` files.
-fn list_snap(dir: &DataDir) -> Result<(Vec<SnapFile>, Vec<PathBuf>), UtilError> {
-    let snap_dir = dir.path(SNAP_DIR);
-    let names = match dir.vfs.list_dir(&snap_dir) {
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(UtilError::Io {
-                path: snap_dir,
-                source,
-            });
-        }
-    };
-    let mut snaps = Vec::new();
-    let mut dbs = Vec::new();
-    for name in names.iter().filter_map(|n| n.to_str()) {
-        if name.ends_with(SNAP_DB_SUFFIX) {
-            dbs.push(snap_dir.join(name));
-            continue;
-        }
-        let Some((t, i)) = name
-            .strip_suffix(SNAP_SUFFIX)
-            .and_then(|s| s.split_once('-'))
-        else {
-            continue;
-        };
-        if let (16, 16, Ok(term), Ok(index)) = (
-            t.len(),
-            i.len(),
-            u64::from_str_radix(t, 16),
-            u64::from_str_radix(i, 16),
-        ) {
-            snaps.push(SnapFile {
-                term,
-                index,
-                path: snap_dir.join(name),
-            });
-        }
-    }
-    snaps.sort_by_key(|f| (f.index, f.term));
-    dbs.sort();
-    Ok((snaps, dbs))
-}
-
 fn describe(rec: &Record) -> String {
     match rec {
         Record::Entry(e) => format!(
@@ -225,8 +175,8 @@ pub fn check(root: &Path, out: &mut dyn Write) -> Result<bool, UtilError> {
     writeln!(out, "data dir: {} (not in use)", root.display())?;
 
     // Snapshot metadata: every file must load; the node uses the newest that does.
-    let (snaps, dbs) = list_snap(&dir)?;
     let snap_dir = SnapDir::new(dir.vfs.clone(), &dir.path(SNAP_DIR));
+    let snaps = snap_dir.list_read_only().map_err(UtilError::Snap)?;
     let mut newest = None;
     for f in &snaps {
         match snap_dir.load(f) {
@@ -247,9 +197,6 @@ pub fn check(root: &Path, out: &mut dyn Write) -> Result<bool, UtilError> {
     }
     if snaps.is_empty() {
         writeln!(out, "snapshot: none")?;
-    }
-    for db in &dbs {
-        writeln!(out, "received snapshot backend: {}", file_name(db))?;
     }
 
     // The WAL, replayed with the node's checks.
@@ -301,7 +248,7 @@ pub fn check(root: &Path, out: &mut dyn Write) -> Result<bool, UtilError> {
             && s > ci
         {
             let pending = snap_dir.db_path(s);
-            if dbs.contains(&pending) {
+            if pending.exists() {
                 writeln!(
                     out,
                     "note: snapshot {s} is being installed from {} (the next start finishes it)",

@@ -234,6 +234,15 @@ impl SnapDir {
 
     /// The `.snap` files, oldest (lowest index) first. Leftover `.tmp` files are removed.
     pub fn list(&self) -> Result<Vec<SnapFile>, SnapError> {
+        self.scan(true)
+    }
+
+    /// [`SnapDir::list`] without removing anything (offline inspection).
+    pub fn list_read_only(&self) -> Result<Vec<SnapFile>, SnapError> {
+        self.scan(false)
+    }
+
+    fn scan(&self, remove_tmp: bool) -> Result<Vec<SnapFile>, SnapError> {
         let names = match self.vfs.list_dir(&self.dir) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -248,7 +257,7 @@ impl SnapDir {
                     index,
                     path: self.dir.join(name),
                 });
-            } else if name.ends_with(TMP_SUFFIX) {
+            } else if remove_tmp && name.ends_with(TMP_SUFFIX) {
                 let p = self.dir.join(name);
                 self.vfs
                     .remove_file(&p)
