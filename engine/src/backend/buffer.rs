@@ -178,7 +178,27 @@ fn visible(versions: &[(u64, Slot)], seq: u64) -> Option<&Slot> {
         .map(|(_, v)| v)
 }
 
+/// Most tail entries per bucket a successor generation reserves room for (a bound on the memory
+/// an idle writer keeps: 64Ki entries of ~48 bytes).
+const MAX_TAIL_RESERVE: usize = 1 << 16;
+
 impl Buffer {
+    /// An empty generation to follow this one: each bucket's append tail has room for as many
+    /// keys as this generation appended there (at most [`MAX_TAIL_RESERVE`]), so that a steady
+    /// stream of appends (etcd's revisions, one batch after another) pushes without regrowing
+    /// and copying the tail at each doubling.
+    pub(crate) fn successor(&self) -> Buffer {
+        let next = Buffer::default();
+        {
+            let g = self.inner.read();
+            let mut n = next.inner.write();
+            for (to, from) in n.keys.iter_mut().zip(&g.keys) {
+                to.tail.reserve_exact(from.tail.len().min(MAX_TAIL_RESERVE));
+            }
+        }
+        next
+    }
+
     /// Pins and returns the current sequence number for a new snapshot.
     pub(crate) fn pin(&self) -> u64 {
         let g = self.inner.read();
@@ -389,6 +409,27 @@ mod tests {
             let want: Vec<(Vec<u8>, Slot)> = model.into_iter().collect();
             assert_eq!(got, want, "seed {seed}");
         }
+    }
+
+    #[test]
+    fn successor_reserves_the_tail_and_starts_empty() {
+        let b = Buffer::default();
+        for k in 0..100u32 {
+            b.write(Bucket::Key, &k.to_be_bytes(), None);
+        }
+        b.write(Bucket::Lease, b"x", None);
+        let s = b.pin();
+        let next = b.successor();
+        assert!(next.latest().is_empty());
+        assert_eq!(next.get(Bucket::Key, &7u32.to_be_bytes(), s), None);
+        {
+            let g = next.inner.read();
+            assert!(g.keys[bucket_index(Bucket::Key)].tail.capacity() >= 100);
+            assert!(g.keys[bucket_index(Bucket::Lease)].tail.capacity() >= 1);
+            assert_eq!(g.keys[bucket_index(Bucket::Meta)].tail.capacity(), 0);
+        }
+        // The old generation is unchanged.
+        assert_eq!(b.latest()[0].entries.len(), 100);
     }
 
     #[test]

@@ -182,7 +182,7 @@ struct WriterState {
     written_end: u64,
     /// Runs of the last commit the next one reads from memory (tree.rs, [`Recent`]).
     recent: Recent,
-    /// The write buffer of step 2, kept between commits (its pages stay mapped and warm).
+    /// The zeros step 2 writes ahead of a small commit, kept between commits.
     batch: Vec<u8>,
     /// The published view (`Shared::current`), so that a write takes no lock for it. Only the
     /// commit replaces `current`, and it holds this state, so the two stay equal.
@@ -1094,30 +1094,34 @@ fn commit(
         st.written_end = top.max(zeros.end);
     }
 
-    // Step 2: runs, coalesced into writes of adjacent ids.
-    let mut batch = std::mem::take(&mut st.batch);
-    batch.clear();
-    let mut batch_at = 0;
+    // Step 2: runs, coalesced into writes of adjacent ids (of at most ~4 MiB), each one
+    // vectored write of the runs' own buffers (no copy into one buffer first).
+    let mut pieces: Vec<&[u8]> = Vec::new();
+    let (mut batch_at, mut batch_len) = (0, 0u64);
     for (id, run) in dirty.iter().filter(|(id, _)| !early.contains(id)) {
         let at = id * ps;
-        if !batch.is_empty() && (at != batch_at + batch.len() as u64 || batch.len() >= 4 << 20) {
+        if batch_len > 0 && (at != batch_at + batch_len || batch_len >= 4 << 20) {
             shared
                 .file
-                .write_at(&batch, batch_at)
+                .write_vectored_at(&pieces, batch_at)
                 .map_err(|e| shared.io("write pages", e))?;
-            batch.clear();
+            pieces.clear();
+            batch_len = 0;
         }
-        if batch.is_empty() {
+        if batch_len == 0 {
             batch_at = at;
         }
-        batch.extend_from_slice(run);
+        pieces.push(run);
+        batch_len += run.len() as u64;
     }
-    if !batch.is_empty() {
+    if batch_len > 0 {
         shared
             .file
-            .write_at(&batch, batch_at)
+            .write_vectored_at(&pieces, batch_at)
             .map_err(|e| shared.io("write pages", e))?;
     }
+    drop(pieces);
+    let mut batch = std::mem::take(&mut st.batch);
     if !zeros.is_empty() {
         batch.clear();
         batch.resize(((zeros.end - zeros.start) * ps) as usize, 0);
@@ -1148,7 +1152,7 @@ fn commit(
     });
     st.live.push((txid, Arc::downgrade(&version)));
     st.recent = keep_recent(dirty);
-    let buf = Arc::new(Buffer::default());
+    let buf = Arc::new(st.view.buf.successor());
     st.view = Arc::new(View {
         version: version.clone(),
         buf: buf.clone(),

@@ -11,6 +11,7 @@ use super::{AlignedBuf, DIRECT_ALIGN, OpenOptions, Vfs};
 pub(crate) fn run_all(vfs: &dyn Vfs, dir: &Path) {
     direct_io_round_trip_and_alignment(vfs, dir);
     buffered_io_and_end_of_file(vfs, dir);
+    vectored_writes(vfs, dir);
     lengths_and_allocation(vfs, dir);
     directory_entries(vfs, dir);
 }
@@ -93,6 +94,30 @@ fn buffered_io_and_end_of_file(vfs: &dyn Vfs, dir: &Path) {
     ro.read_exact_at(&mut five, 3).unwrap();
     assert_eq!(&five, b"hello");
     assert!(ro.write_at(b"x", 0).is_err());
+}
+
+/// `write_vectored_at` writes exactly the concatenation, across more slices than one `pwritev`
+/// takes (1,024), with empty and odd-sized slices among them.
+fn vectored_writes(vfs: &dyn Vfs, dir: &Path) {
+    let path = dir.join("vectored");
+    let f = vfs
+        .open(&path, OpenOptions::read_write().create(true))
+        .unwrap();
+    let pieces: Vec<Vec<u8>> = (0..2500u32)
+        .map(|i| {
+            let len = [0, 1, 7, 4096, 13][i as usize % 5];
+            (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
+        })
+        .collect();
+    let slices: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    let want = slices.concat();
+    f.write_vectored_at(&slices, 100).unwrap();
+    f.write_vectored_at(&[], 5).unwrap();
+    f.sync_data().unwrap();
+    assert_eq!(f.size().unwrap(), 100 + want.len() as u64);
+    let mut back = vec![0u8; want.len()];
+    f.read_exact_at(&mut back, 100).unwrap();
+    assert!(back == want, "vectored write read back differently");
 }
 
 fn lengths_and_allocation(vfs: &dyn Vfs, dir: &Path) {

@@ -138,6 +138,14 @@ pub trait File: Send + Sync {
         WriteSync::deferred(move || self.write_at_and_sync(buf, offset))
     }
 
+    /// Writes the concatenation of `bufs` at `offset`, like one [`File::write_at`] of it, without
+    /// the caller copying the pieces together first (`pwritev` where the file has a descriptor
+    /// and is not `O_DIRECT`). Not durable until [`File::sync_data`]. The default concatenates
+    /// and makes one `write_at`, so a fault-injecting file sees one write operation either way.
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        self.write_at(&bufs.concat(), offset)
+    }
+
     /// `fdatasync`. An error is fatal for the file; never retry (see module docs).
     fn sync_data(&self) -> io::Result<()>;
 

@@ -75,6 +75,13 @@ impl File for StdFile {
         self.file.write_all_at(buf, offset)
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        if self.direct {
+            return self.write_at(&bufs.concat(), offset);
+        }
+        pwritev_all(self.fd(), bufs, offset)
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
@@ -117,6 +124,66 @@ pub(crate) fn start_writeback(fd: RawFd, offset: u64, len: u64) -> io::Result<()
             return Err(err);
         }
     }
+}
+
+/// Most slices one `pwritev` takes (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
+/// Writes the concatenation of `bufs` at `offset` with `pwritev`, [`IOV_MAX`] slices at a
+/// time, continuing after short writes and retrying on EINTR.
+pub(crate) fn pwritev_all(fd: RawFd, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    // Index of the first slice not fully written, and how much of it is.
+    let (mut i, mut skip) = (0, 0);
+    while i < bufs.len() {
+        let iov: Vec<libc::iovec> = bufs[i..]
+            .iter()
+            .take(IOV_MAX)
+            .enumerate()
+            .map(|(j, b)| {
+                let b = if j == 0 { &b[skip..] } else { b };
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }
+            })
+            .collect();
+        let Ok(off) = i64::try_from(offset) else {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        // SAFETY: every iovec points into a slice of `bufs`, borrowed for this call, with its
+        // exact length; pwritev only reads them. An invalid fd yields EBADF, not UB.
+        let rc = unsafe { libc::pwritev(fd, iov.as_ptr(), iov.len() as libc::c_int, off) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        let mut n = rc as usize;
+        offset += n as u64;
+        while n > 0 {
+            let left = bufs[i].len() - skip;
+            if n >= left {
+                n -= left;
+                (i, skip) = (i + 1, 0);
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        // Skip empty slices so that the loop ends.
+        while i < bufs.len() && bufs[i].len() == skip {
+            (i, skip) = (i + 1, 0);
+        }
+    }
+    Ok(())
 }
 
 /// `fallocate(fd, 0, offset, len)`, retried on EINTR.

@@ -378,6 +378,13 @@ impl File for UringFile {
         super::std_io::start_writeback(self.inner.fd().as_raw_fd(), offset, len)
     }
 
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        if self.direct {
+            return self.write_at(&bufs.concat(), offset);
+        }
+        super::std_io::pwritev_all(self.inner.fd().as_raw_fd(), bufs, offset)
+    }
+
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.inner.set_len(len)
     }
