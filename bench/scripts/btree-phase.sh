@@ -6,17 +6,20 @@
 # usage: bench/scripts/btree-phase.sh BIN PHASE [prof]
 #   PHASE: commit-1 | commit-1000 | revision-append (1M keys: 1000, 100, 10 commits)
 #   prints CPU ms and wall ms per commit; with `prof`, also the self and inclusive symbol shares.
-# env: DIR (default /dev/shm), FREQ (default 4000 Hz)
-BIN=$1; PH=$2; MODE=$3; DIR=${DIR:-/dev/shm}; FREQ=${FREQ:-4000}
+# env: DIR (default /dev/shm), FREQ (default 4000 Hz), APPEND (revision-append commits, passed as
+#      --append-commits; default 10), MIMALLOC_PURGE_DELAY (mimalloc's env option; ringkv-bench
+#      after rev9 turns purging off itself)
+BIN=$1; PH=$2; MODE=$3; DIR=${DIR:-/dev/shm}; FREQ=${FREQ:-4000}; APPEND=${APPEND:-10}
+EXTRA=; [ "$APPEND" != 10 ] && EXTRA="--append-commits $APPEND"
 D=$(mktemp -d /tmp/btree-phase.XXXX)
 G=; [ "$MODE" = prof ] && G=-g
 perf record -q $G -e cpu-clock/freq=$FREQ/ -e syscalls:sys_enter_fdatasync -o $D/perf.data \
-  $BIN engine btree --dir $DIR --phases get-1t,$PH > /dev/null 2>&1
+  $BIN engine btree --dir $DIR --phases get-1t,$PH $EXTRA > /dev/null 2>&1
 perf script -i $D/perf.data -F time,event,ip,sym 2>/dev/null > $D/script.txt
-python3 - $D/script.txt $PH $FREQ "$MODE" <<'PY'
+python3 - $D/script.txt $PH $FREQ "$MODE" $APPEND <<'PY'
 import collections, re, sys
 path, phase, freq, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-n = {"commit-1": 1000, "commit-1000": 100, "revision-append": 10}[phase]
+n = {"commit-1": 1000, "commit-1000": 100, "revision-append": int(sys.argv[5])}[phase]
 samples, fsyncs, cur = [], [], None
 for line in open(path):
     m = re.match(r"^\s*(\d+\.\d+):\s*(\S+)", line)

@@ -134,6 +134,10 @@ pub struct BtreeArgs {
     /// `BackendOptions::early_writes` in one run; best with `--interleave`).
     #[arg(long)]
     pub early_too: bool,
+    /// Commits of 10,000 revision keys in the `revision-append` phase (default: keys / 100,000,
+    /// 1 to 100): more commits give a steadier per-key figure without a larger bulk load.
+    #[arg(long)]
+    pub append_commits: Option<usize>,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

@@ -14,7 +14,8 @@
 //! - `commit-1`: durable commits of a single random key (N/100 of them, 10 to 1,000);
 //! - `commit-1000`: durable commits of 1,000 random keys each (`ops_per_sec` counts keys);
 //! - `revision-append`: sequential 17-byte revision keys (8-byte big-endian main, `_`, 8-byte
-//!   big-endian sub: etcd's layout) with 256-byte values, committed every 10,000 keys.
+//!   big-endian sub: etcd's layout) with 256-byte values, committed every 10,000 keys (N/100,000
+//!   commits, 1 to 100, or `--append-commits`).
 //!
 //! Every commit is durable (fdatasync) in every engine: ringkv commits explicitly, LMDB runs with
 //! its default sync flags, redb with its default `Durability::Immediate`.
@@ -80,6 +81,9 @@ pub struct BtreeOptions {
     /// Also run ringkv with `BackendOptions::early_writes` on, as engine `ringkv-early`
     /// (`--early-too`): the A/B of that option in one run.
     pub early_too: bool,
+    /// Commits of the `revision-append` phase (`--append-commits`); `None`: N/100,000,
+    /// clamped to 1..=100.
+    pub append_commits: Option<usize>,
 }
 
 impl Default for BtreeOptions {
@@ -92,6 +96,7 @@ impl Default for BtreeOptions {
             load_order: LoadOrder::Random,
             interleave: false,
             early_too: false,
+            append_commits: None,
         }
     }
 }
@@ -105,7 +110,8 @@ pub fn run(
     if let Some(bad) = opts.phases.iter().find(|p| !PHASES.contains(&p.as_str())) {
         return Err(format!("unknown phase {bad:?}; phases: {}", PHASES.join(", ")).into());
     }
-    let w = Workload::new(opts.keys, opts.load_order);
+    let mut w = Workload::new(opts.keys, opts.load_order);
+    w.append_commits = opts.append_commits;
     let mut engines: Vec<Box<dyn Engine>> = vec![Box::new(Ringkv::open(
         &dir.join("ringkv"),
         "ringkv",
@@ -181,12 +187,15 @@ impl CommitKeys {
     }
 }
 
-/// Commits a commit phase makes with `n` loaded keys.
-fn commit_count(phase: &str, n: usize) -> usize {
+/// Commits a commit phase makes with the workload's `n` loaded keys.
+fn commit_count(phase: &str, w: &Workload) -> usize {
+    let n = w.keys.len();
     match phase {
         "commit-1" => (n / 100).clamp(10, 1000),
         "commit-1000" => 100.min(n / 1000 + 1),
-        _ => (n / 10).clamp(10_000, 1_000_000) / 10_000,
+        _ => w
+            .append_commits
+            .unwrap_or((n / 10).clamp(10_000, 1_000_000) / 10_000),
     }
 }
 
@@ -231,7 +240,7 @@ fn run_interleaved(
     phase: &'static str,
     keys: &mut [CommitKeys],
 ) -> Result<Vec<PhaseResult>, BoxErr> {
-    let count = commit_count(phase, w.keys.len());
+    let count = commit_count(phase, w);
     let mut spent = vec![(std::time::Duration::ZERO, 0u64); engines.len()];
     for s in 0..SLICES {
         let commits = s * count / SLICES..(s + 1) * count / SLICES;
@@ -286,6 +295,8 @@ struct Workload {
     load: Vec<u32>,
     value: Vec<u8>,
     get_order: Vec<Vec<u8>>,
+    /// `BtreeOptions::append_commits`.
+    append_commits: Option<usize>,
 }
 
 /// SplitMix64: a deterministic generator, so runs are repeatable without extra dependencies.
@@ -325,6 +336,7 @@ impl Workload {
             load,
             value: vec![0xab; 150],
             get_order,
+            append_commits: None,
         }
     }
 }
@@ -411,7 +423,7 @@ fn run_engine(
 
     for phase in COMMIT_PHASES.into_iter().filter(|p| wanted(p)) {
         let t = Instant::now();
-        let ops = run_commits(e, w, phase, 0..commit_count(phase, n), keys)?;
+        let ops = run_commits(e, w, phase, 0..commit_count(phase, w), keys)?;
         let mut r = result(name, phase, ops, t);
         if phase == "commit-1000" {
             r.tree_pages = Some(e.tree_pages()?);

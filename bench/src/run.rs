@@ -41,6 +41,7 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         load_order: a.load_order,
         interleave: a.interleave,
         early_too: a.early_too,
+        append_commits: a.append_commits,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())
