@@ -41,8 +41,9 @@ pub struct BackendOptions {
     pub page_size: usize,
     /// Commit after this many buffered writes.
     pub batch_ops: usize,
-    /// Commit when a write arrives this long after the last commit (and on
-    /// [`BatchWriter::commit_if_due`]).
+    /// Commit when a write arrives this long after the last commit (measured on the coarse
+    /// monotonic clock, so up to one timer tick, 1-4 ms, later), and on
+    /// [`BatchWriter::commit_if_due`].
     pub batch_interval: Duration,
     /// Serve reads from a memory map when the file has a raw fd; else through `read_at`.
     pub mmap: bool,
