@@ -871,7 +871,10 @@ fn coarse_now() -> Duration {
     // SAFETY: clock_gettime writes one timespec to the valid pointer it is given; the clock id
     // exists on every Linux since 2.6.32 (on failure `ts` stays zero and no commit is early).
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Writes the buffered state `latest` on top of `base` as transaction `base.txid + 1` and
