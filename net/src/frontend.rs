@@ -18,6 +18,9 @@ use crate::validate::Limits;
 pub const MD_REQUIRE_LEADER: &str = "hasleader";
 /// Metadata key: the auth token from `Authenticate`.
 pub const MD_TOKEN: &str = "token";
+/// The two keys as prebuilt header names: a lookup with a `&str` parses the name each time.
+const REQUIRE_LEADER_NAME: http::HeaderName = http::HeaderName::from_static(MD_REQUIRE_LEADER);
+const TOKEN_NAME: http::HeaderName = http::HeaderName::from_static(MD_TOKEN);
 
 /// What every service of a listener shares.
 pub struct Frontend<N> {
@@ -57,7 +60,8 @@ impl<N: EtcdNode> Frontend<N> {
             return Err(EtcdError::NotSupportedForLearner.into());
         }
         let token = md
-            .get(MD_TOKEN)
+            .as_ref()
+            .get(TOKEN_NAME)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         Ok((Caller { token }, state))
@@ -66,7 +70,10 @@ impl<N: EtcdNode> Frontend<N> {
 
 /// Whether the request carries `hasleader: true`.
 pub fn requires_leader(md: &MetadataMap) -> bool {
-    md.get(MD_REQUIRE_LEADER).and_then(|v| v.to_str().ok()) == Some("true")
+    md.as_ref()
+        .get(REQUIRE_LEADER_NAME)
+        .and_then(|v| v.to_str().ok())
+        == Some("true")
 }
 
 /// Fills a top-level response header: the node's revision and term, this member's IDs

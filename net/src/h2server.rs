@@ -78,6 +78,8 @@ const MSG_MISSING: &str = "Missing request message.";
 /// then (trailers) `grpc-status: 0`. Names are built at compile time, not parsed per response.
 const GRPC_CONTENT_TYPE: &str = "application/grpc";
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// A request's compression header (looked up by a prebuilt name: no parse per request).
+const GRPC_ENCODING: http::HeaderName = http::HeaderName::from_static("grpc-encoding");
 
 /// The KV methods served on the thin path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +137,7 @@ impl HotMethod {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // Compressed requests take tonic's path, which answers them as it always did.
-        (grpc && !req.headers().contains_key("grpc-encoding")).then_some(m)
+        (grpc && !req.headers().contains_key(GRPC_ENCODING)).then_some(m)
     }
 }
 
@@ -197,6 +199,12 @@ async fn serve_counted<N, IO>(
     tokio::pin!(keepalive);
     let mut awaiting_pong = false;
     let mut draining = false;
+    // One shutdown wait for the connection's life, not one per turn of the loop: a fresh
+    // `fired()` registers with (and a dropped one leaves) the shutdown channel's waiter list,
+    // which every connection of every front-end thread shares; the loop turns about twice
+    // per request.
+    let fired = shutdown.fired();
+    tokio::pin!(fired);
     // The thin streams borrow the connection's `server` (no reference count touched per
     // stream: the count is shared by every front-end thread) and find their metric slots here.
     let hot = HotContext {
@@ -235,7 +243,7 @@ async fn serve_counted<N, IO>(
                 None => break,
             },
             () = poll_fn(|cx| drain_finished(&mut inflight, cx)), if !inflight.is_empty() => {}
-            _ = shutdown.fired(), if !draining => {
+            () = &mut fired, if !draining => {
                 draining = true;
                 conn.graceful_shutdown();
             }
