@@ -23,35 +23,51 @@ pub struct KvService<N> {
 }
 
 /// KV Range.
-pub async fn range_rpc<N: EtcdNode>(
-    fe: &Frontend<N>,
+///
+/// Admission and validation run when this is called; the returned future holds neither the
+/// metadata nor the admission's `Caller` (a serializable or linearizable range needs only the
+/// header figures after the read). The thin path keeps one such future per in-flight stream,
+/// so what it holds is copied and carried per request (`h2server::serve_hot`).
+pub fn range_rpc<'a, N: EtcdNode>(
+    fe: &'a Frontend<N>,
     md: &MetadataMap,
     r: RangeRequest,
-) -> Result<RangeResponse, Status> {
+) -> impl Future<Output = Result<RangeResponse, Status>> + Send + 'a {
     let learner = if r.serializable {
         LearnerPolicy::Allowed
     } else {
         LearnerPolicy::Refused
     };
-    let (caller, state) = fe.admit(md, learner)?;
-    validate::check_range(&r)?;
-    let mut resp = fe.node.range(&caller, r).await?;
-    fill_header(&mut resp.header, &state);
-    Ok(resp)
+    let admitted = fe.admit(md, learner).and_then(|a| {
+        validate::check_range(&r)?;
+        Ok(a)
+    });
+    async move {
+        let (caller, state) = admitted?;
+        let mut resp = fe.node.range(&caller, r).await?;
+        fill_header(&mut resp.header, &state);
+        Ok(resp)
+    }
 }
 
-/// KV Put.
-pub async fn put_rpc<N: EtcdNode>(
-    fe: &Frontend<N>,
+/// KV Put. Admission, validation and the size check run when this is called (see
+/// [`range_rpc`]).
+pub fn put_rpc<'a, N: EtcdNode>(
+    fe: &'a Frontend<N>,
     md: &MetadataMap,
     r: PutRequest,
-) -> Result<PutResponse, Status> {
-    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
-    validate::check_put(&r)?;
-    check_request_size(envelope::PUT, &r, fe.limits.max_request_bytes)?;
-    let mut resp = fe.node.put(&caller, r).await?;
-    fill_header(&mut resp.header, &state);
-    Ok(resp)
+) -> impl Future<Output = Result<PutResponse, Status>> + Send + 'a {
+    let admitted = fe.admit(md, LearnerPolicy::Refused).and_then(|a| {
+        validate::check_put(&r)?;
+        check_request_size(envelope::PUT, &r, fe.limits.max_request_bytes)?;
+        Ok(a)
+    });
+    async move {
+        let (caller, state) = admitted?;
+        let mut resp = fe.node.put(&caller, r).await?;
+        fill_header(&mut resp.header, &state);
+        Ok(resp)
+    }
 }
 
 /// KV DeleteRange.
