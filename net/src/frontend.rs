@@ -45,6 +45,32 @@ pub enum LearnerPolicy {
     Refused,
 }
 
+/// What admission reads of a request's metadata, taken out of its headers (so a caller can
+/// drop the headers before it waits; the thin path holds this per in-flight stream).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// `hasleader: true` was sent.
+    pub require_leader: bool,
+    /// The `token` value, if any (and valid ASCII).
+    pub token: Option<String>,
+}
+
+impl RequestMeta {
+    /// The admission metadata of a request's headers.
+    pub fn of(headers: &http::HeaderMap) -> RequestMeta {
+        RequestMeta {
+            require_leader: headers
+                .get(REQUIRE_LEADER_NAME)
+                .and_then(|v| v.to_str().ok())
+                == Some("true"),
+            token: headers
+                .get(TOKEN_NAME)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+}
+
 impl<N: EtcdNode> Frontend<N> {
     /// Admits a request: enforces `hasleader` and the learner policy and extracts the caller.
     pub fn admit(
@@ -52,19 +78,23 @@ impl<N: EtcdNode> Frontend<N> {
         md: &MetadataMap,
         learner: LearnerPolicy,
     ) -> Result<(Caller, NodeState), Status> {
+        self.admit_meta(RequestMeta::of(md.as_ref()), learner)
+    }
+
+    /// [`Frontend::admit`] with the metadata already taken out of the headers.
+    pub fn admit_meta(
+        &self,
+        meta: RequestMeta,
+        learner: LearnerPolicy,
+    ) -> Result<(Caller, NodeState), Status> {
         let state = self.node.state();
-        if requires_leader(md) && state.leader == 0 {
+        if meta.require_leader && state.leader == 0 {
             return Err(EtcdError::NoLeader.into());
         }
         if state.is_learner && learner == LearnerPolicy::Refused {
             return Err(EtcdError::NotSupportedForLearner.into());
         }
-        let token = md
-            .as_ref()
-            .get(TOKEN_NAME)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        Ok((Caller { token }, state))
+        Ok((Caller { token: meta.token }, state))
     }
 }
 
