@@ -45,7 +45,6 @@ use http_body_util::BodyExt;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::Status;
-use tonic::metadata::MetadataMap;
 
 use crate::errors::{EtcdError, rewrite_tonic_status};
 use crate::frontend::RequestMeta;
@@ -921,6 +920,7 @@ mod tests {
 mod size_tests {
     use super::*;
     use crate::raft_backed::RaftBackedNode;
+    use tonic::metadata::MetadataMap;
 
     /// The size of the future `f` would return, without calling it.
     fn size_of_ret<F>(_: impl FnOnce() -> F) -> usize {
