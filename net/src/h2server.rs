@@ -192,11 +192,8 @@ async fn serve_counted<N, IO>(
     };
     let thin = options.thin_kv;
     let interval = options.keepalive_interval;
-    // A zero interval turns server pings off (as hyper's `None`). The ping handle is taken
-    // at the first keepalive ping, not here: until it is taken, h2's connection poll (one
-    // per accepted stream) skips its user-ping check, an atomic waker registration.
-    let pings_on = !interval.is_zero();
-    let mut pings: Option<h2::PingPong> = None;
+    // A zero interval turns server pings off (as hyper's `None`).
+    let mut pings = conn.ping_pong().filter(|_| !interval.is_zero());
     let timeout = options.keepalive_timeout;
     let keepalive = tokio::time::sleep(interval);
     tokio::pin!(keepalive);
@@ -262,13 +259,10 @@ async fn serve_counted<N, IO>(
                 awaiting_pong = false;
                 keepalive.as_mut().reset(tokio::time::Instant::now() + interval);
             }
-            _ = keepalive.as_mut(), if pings_on => {
+            _ = keepalive.as_mut(), if pings.is_some() => {
                 if awaiting_pong {
                     tracing::debug!("client connection {peer}: keepalive ping not answered in {timeout:?}");
                     break;
-                }
-                if pings.is_none() {
-                    pings = conn.ping_pong();
                 }
                 match pings.as_mut().map(|p| p.send_ping(h2::Ping::opaque())) {
                     Some(Ok(())) => {
@@ -385,11 +379,8 @@ impl<N: EtcdNode, F: Future<Output = Result<Bytes, Status>>> Future for HotStrea
         };
         let code = match result {
             Ok(frame) => {
-                // Sized for their one entry (a default map allocates room for several).
                 let mut head = Response::new(());
-                let headers = head.headers_mut();
-                headers.reserve(1);
-                headers.insert(
+                head.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static(GRPC_CONTENT_TYPE),
                 );
