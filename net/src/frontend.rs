@@ -18,6 +18,9 @@ use crate::validate::Limits;
 pub const MD_REQUIRE_LEADER: &str = "hasleader";
 /// Metadata key: the auth token from `Authenticate`.
 pub const MD_TOKEN: &str = "token";
+/// The two keys as prebuilt header names: a lookup with a `&str` parses the name each time.
+const REQUIRE_LEADER_NAME: http::HeaderName = http::HeaderName::from_static(MD_REQUIRE_LEADER);
+const TOKEN_NAME: http::HeaderName = http::HeaderName::from_static(MD_TOKEN);
 
 /// What every service of a listener shares.
 pub struct Frontend<N> {
@@ -42,6 +45,32 @@ pub enum LearnerPolicy {
     Refused,
 }
 
+/// What admission reads of a request's metadata, taken out of its headers (so a caller can
+/// drop the headers before it waits; the thin path holds this per in-flight stream).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// `hasleader: true` was sent.
+    pub require_leader: bool,
+    /// The `token` value, if any (and valid ASCII).
+    pub token: Option<String>,
+}
+
+impl RequestMeta {
+    /// The admission metadata of a request's headers.
+    pub fn of(headers: &http::HeaderMap) -> RequestMeta {
+        RequestMeta {
+            require_leader: headers
+                .get(REQUIRE_LEADER_NAME)
+                .and_then(|v| v.to_str().ok())
+                == Some("true"),
+            token: headers
+                .get(TOKEN_NAME)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+}
+
 impl<N: EtcdNode> Frontend<N> {
     /// Admits a request: enforces `hasleader` and the learner policy and extracts the caller.
     pub fn admit(
@@ -49,24 +78,32 @@ impl<N: EtcdNode> Frontend<N> {
         md: &MetadataMap,
         learner: LearnerPolicy,
     ) -> Result<(Caller, NodeState), Status> {
+        self.admit_meta(RequestMeta::of(md.as_ref()), learner)
+    }
+
+    /// [`Frontend::admit`] with the metadata already taken out of the headers.
+    pub fn admit_meta(
+        &self,
+        meta: RequestMeta,
+        learner: LearnerPolicy,
+    ) -> Result<(Caller, NodeState), Status> {
         let state = self.node.state();
-        if requires_leader(md) && state.leader == 0 {
+        if meta.require_leader && state.leader == 0 {
             return Err(EtcdError::NoLeader.into());
         }
         if state.is_learner && learner == LearnerPolicy::Refused {
             return Err(EtcdError::NotSupportedForLearner.into());
         }
-        let token = md
-            .get(MD_TOKEN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        Ok((Caller { token }, state))
+        Ok((Caller { token: meta.token }, state))
     }
 }
 
 /// Whether the request carries `hasleader: true`.
 pub fn requires_leader(md: &MetadataMap) -> bool {
-    md.get(MD_REQUIRE_LEADER).and_then(|v| v.to_str().ok()) == Some("true")
+    md.as_ref()
+        .get(REQUIRE_LEADER_NAME)
+        .and_then(|v| v.to_str().ok())
+        == Some("true")
 }
 
 /// Fills a top-level response header: the node's revision and term, this member's IDs

@@ -5,10 +5,13 @@
 //! request's headers (metadata) and decoded message and returns the message to encode or the
 //! status to send.
 
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::frontend::{Frontend, LearnerPolicy, Shared, fill_header, strip_nested_headers};
+use futures_util::future::Either;
+
+use crate::frontend::{
+    Frontend, LearnerPolicy, RequestMeta, Shared, fill_header, strip_nested_headers,
+};
 use crate::node::EtcdNode;
 use crate::pb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -23,44 +26,64 @@ pub struct KvService<N> {
 }
 
 /// KV Range.
-pub async fn range_rpc<N: EtcdNode>(
-    fe: &Frontend<N>,
-    md: &MetadataMap,
+///
+/// Admission and validation run when this is called; the returned future holds neither the
+/// request's metadata nor the admission result it no longer needs. The thin path keeps one
+/// such future per in-flight stream, so what it holds is copied and carried per request
+/// (`h2server::serve_hot`).
+pub fn range_rpc<'a, N: EtcdNode>(
+    fe: &'a Frontend<N>,
+    meta: RequestMeta,
     r: RangeRequest,
-) -> Result<RangeResponse, Status> {
+) -> impl Future<Output = Result<RangeResponse, Status>> + Send + 'a {
     let learner = if r.serializable {
         LearnerPolicy::Allowed
     } else {
         LearnerPolicy::Refused
     };
-    let (caller, state) = fe.admit(md, learner)?;
-    validate::check_range(&r)?;
-    let mut resp = fe.node.range(&caller, r).await?;
-    fill_header(&mut resp.header, &state);
-    Ok(resp)
+    let admitted = fe.admit_meta(meta, learner).and_then(|a| {
+        validate::check_range(&r)?;
+        Ok(a)
+    });
+    match admitted {
+        Err(status) => Either::Left(std::future::ready(Err(status))),
+        Ok((caller, state)) => Either::Right(async move {
+            let mut resp = fe.node.range(&caller, r).await?;
+            fill_header(&mut resp.header, &state);
+            Ok(resp)
+        }),
+    }
 }
 
-/// KV Put.
-pub async fn put_rpc<N: EtcdNode>(
-    fe: &Frontend<N>,
-    md: &MetadataMap,
+/// KV Put. Admission, validation and the size check run when this is called (see
+/// [`range_rpc`]).
+pub fn put_rpc<'a, N: EtcdNode>(
+    fe: &'a Frontend<N>,
+    meta: RequestMeta,
     r: PutRequest,
-) -> Result<PutResponse, Status> {
-    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
-    validate::check_put(&r)?;
-    check_request_size(envelope::PUT, &r, fe.limits.max_request_bytes)?;
-    let mut resp = fe.node.put(&caller, r).await?;
-    fill_header(&mut resp.header, &state);
-    Ok(resp)
+) -> impl Future<Output = Result<PutResponse, Status>> + Send + 'a {
+    let admitted = fe.admit_meta(meta, LearnerPolicy::Refused).and_then(|a| {
+        validate::check_put(&r)?;
+        check_request_size(envelope::PUT, &r, fe.limits.max_request_bytes)?;
+        Ok(a)
+    });
+    match admitted {
+        Err(status) => Either::Left(std::future::ready(Err(status))),
+        Ok((caller, state)) => Either::Right(async move {
+            let mut resp = fe.node.put(&caller, r).await?;
+            fill_header(&mut resp.header, &state);
+            Ok(resp)
+        }),
+    }
 }
 
 /// KV DeleteRange.
 pub async fn delete_range_rpc<N: EtcdNode>(
     fe: &Frontend<N>,
-    md: &MetadataMap,
+    meta: RequestMeta,
     r: DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse, Status> {
-    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
+    let (caller, state) = fe.admit_meta(meta, LearnerPolicy::Refused)?;
     validate::check_delete(&r)?;
     check_request_size(envelope::DELETE_RANGE, &r, fe.limits.max_request_bytes)?;
     let mut resp = fe.node.delete_range(&caller, r).await?;
@@ -71,7 +94,7 @@ pub async fn delete_range_rpc<N: EtcdNode>(
 /// KV Txn.
 pub async fn txn_rpc<N: EtcdNode>(
     fe: &Frontend<N>,
-    md: &MetadataMap,
+    meta: RequestMeta,
     r: TxnRequest,
 ) -> Result<TxnResponse, Status> {
     // A read-only txn whose ranges are all serializable is a serializable read.
@@ -84,7 +107,7 @@ pub async fn txn_rpc<N: EtcdNode>(
     } else {
         LearnerPolicy::Refused
     };
-    let (caller, state) = fe.admit(md, learner)?;
+    let (caller, state) = fe.admit_meta(meta, learner)?;
     validate::check_txn(&r, fe.limits.max_txn_ops)?;
     if !validate::txn_is_read_only(&r) {
         check_request_size(envelope::TXN, &r, fe.limits.max_request_bytes)?;
@@ -98,10 +121,10 @@ pub async fn txn_rpc<N: EtcdNode>(
 /// KV Compact.
 pub async fn compact_rpc<N: EtcdNode>(
     fe: &Frontend<N>,
-    md: &MetadataMap,
+    meta: RequestMeta,
     r: CompactionRequest,
 ) -> Result<CompactionResponse, Status> {
-    let (caller, state) = fe.admit(md, LearnerPolicy::Refused)?;
+    let (caller, state) = fe.admit_meta(meta, LearnerPolicy::Refused)?;
     check_request_size(envelope::COMPACTION, &r, fe.limits.max_request_bytes)?;
     let mut resp = fe.node.compact(&caller, r).await?;
     fill_header(&mut resp.header, &state);
@@ -112,12 +135,16 @@ pub async fn compact_rpc<N: EtcdNode>(
 impl<N: EtcdNode> Kv for KvService<N> {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        range_rpc(&self.shared, &md, r).await.map(Response::new)
+        range_rpc(&self.shared, RequestMeta::of(md.as_ref()), r)
+            .await
+            .map(Response::new)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        put_rpc(&self.shared, &md, r).await.map(Response::new)
+        put_rpc(&self.shared, RequestMeta::of(md.as_ref()), r)
+            .await
+            .map(Response::new)
     }
 
     async fn delete_range(
@@ -125,14 +152,16 @@ impl<N: EtcdNode> Kv for KvService<N> {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        delete_range_rpc(&self.shared, &md, r)
+        delete_range_rpc(&self.shared, RequestMeta::of(md.as_ref()), r)
             .await
             .map(Response::new)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        txn_rpc(&self.shared, &md, r).await.map(Response::new)
+        txn_rpc(&self.shared, RequestMeta::of(md.as_ref()), r)
+            .await
+            .map(Response::new)
     }
 
     async fn compact(
@@ -140,6 +169,8 @@ impl<N: EtcdNode> Kv for KvService<N> {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let (md, _, r) = req.into_parts();
-        compact_rpc(&self.shared, &md, r).await.map(Response::new)
+        compact_rpc(&self.shared, RequestMeta::of(md.as_ref()), r)
+            .await
+            .map(Response::new)
     }
 }

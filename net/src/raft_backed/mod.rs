@@ -1227,14 +1227,15 @@ impl RaftBackedNode {
             let size = self.inner.file_bytes.load(Ordering::Acquire);
             if size + cost as u64 > quota {
                 tracing::warn!(size, quota, "backend quota exceeded: raising NOSPACE");
-                self.propose(InternalRaftRequest {
+                // Boxed: a rare path, kept out of the size of every put's future.
+                Box::pin(self.propose(InternalRaftRequest {
                     alarm: Some(AlarmRequest {
                         action: AlarmAction::Activate as i32,
                         member_id: self.inner.ids.member_id,
                         alarm: AlarmType::Nospace as i32,
                     }),
                     ..Default::default()
-                })
+                }))
                 .await?;
                 return Err(EtcdError::NoSpace);
             }
@@ -1506,7 +1507,9 @@ impl EtcdNode for RaftBackedNode {
 
     async fn range(&self, _: &Caller, req: RangeRequest) -> NodeResult<RangeResponse> {
         if !req.serializable {
-            self.linearize().await?;
+            // Boxed: the wait (a read round with its timeout) is the largest state of a
+            // range, and the front end holds a range's future per in-flight stream.
+            Box::pin(self.linearize()).await?;
         } else {
             self.inner.check_failed()?;
         }
