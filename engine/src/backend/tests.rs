@@ -20,7 +20,17 @@ type Model = BTreeMap<(Bucket, Vec<u8>), Vec<u8>>;
 const BUCKETS: [Bucket; 3] = [Bucket::Key, Bucket::Meta, Bucket::Lease];
 
 fn opts(mmap: bool) -> BackendOptions {
+    opts_with(mmap, false)
+}
+
+/// `opts`, with the delta log on (`delta`) at small bounds, so that commits of a few random
+/// keys use it and nearly every one of them folds.
+fn opts_with(mmap: bool, delta: bool) -> BackendOptions {
     BackendOptions {
+        delta_log: delta,
+        delta_min_batch: 2,
+        delta_max_entries: 60,
+        delta_max_runs: 5,
         // Commit only when the test says so (or at the op limit, which it also models).
         batch_ops: 1_000_000,
         batch_interval: Duration::from_secs(3600),
@@ -101,15 +111,21 @@ fn value(rng: &mut StdRng) -> Vec<u8> {
     (0..len).map(|i| b.wrapping_add(i as u8)).collect()
 }
 
-fn assert_checked(w: &BatchWriter) {
+fn assert_checked(w: &BatchWriter) -> CheckReport {
     let r = w.check();
     assert!(r.is_ok(), "checker: {:?}", r.problems);
+    r
 }
 
 /// Random puts, deletes, scans, commits and reopen-without-commit (the rollback: writes after
 /// the last commit are gone) against a `BTreeMap` model, with reader threads holding old
 /// snapshots and re-checking them while the writer moves on. The checker runs after every commit.
 fn model_test(seed: u64, mmap: bool, steps: usize) {
+    model_test_with(seed, mmap, false, steps)
+}
+
+fn model_test_with(seed: u64, mmap: bool, delta: bool, steps: usize) {
+    let opts = |mmap| opts_with(mmap, delta);
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -117,6 +133,7 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
     let mut w = backend.batch().unwrap();
     let mut model = Model::new();
     let mut committed = Model::new();
+    let mut most_delta_runs = 0;
     let stop = Arc::new(AtomicBool::new(false));
     // Snapshots handed to readers carry the backend instance's generation; before a reopen the
     // writer bumps it and waits until readers dropped every older snapshot (one process must not
@@ -196,7 +213,8 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
             88..96 => {
                 w.commit().unwrap();
                 committed = model.clone();
-                assert_checked(&w);
+                let r = assert_checked(&w);
+                most_delta_runs = most_delta_runs.max(r.delta_runs);
             }
             96..98 => {
                 outstanding.fetch_add(1, Ordering::SeqCst);
@@ -248,6 +266,15 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
     let backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
     assert_eq!(dump(&backend.snapshot()), model);
     assert!(backend.check().is_ok());
+    if delta {
+        // The log was used and stayed within its bound of runs.
+        assert!(
+            (1..=5).contains(&most_delta_runs),
+            "most delta runs {most_delta_runs}"
+        );
+    } else {
+        assert_eq!(most_delta_runs, 0);
+    }
 }
 
 #[test]
@@ -260,6 +287,15 @@ fn model_randomized_mmap() {
 #[test]
 fn model_randomized_read_at() {
     model_test(7, false, 2500);
+}
+
+/// The model test with the delta log on at small bounds: most commits write a delta run and
+/// fold, reopens rebuild the log from its chain, and the checker walks it after every commit.
+#[test]
+fn model_randomized_delta_log() {
+    for seed in 0..2 {
+        model_test_with(seed + 40, seed == 0, true, 3000);
+    }
 }
 
 #[test]
