@@ -80,6 +80,12 @@ pub struct BtreeOptions {
     /// Also run ringkv with `BackendOptions::early_writes` on, as engine `ringkv-early`
     /// (`--early-too`): the A/B of that option in one run.
     pub early_too: bool,
+    /// Also run ringkv with `BackendOptions::delta_log` on, as engine `ringkv-delta`
+    /// (`--delta-too`).
+    pub delta_too: bool,
+    /// Commits of 1,000 updates `ringkv-delta` makes, untimed, after its bulk load
+    /// (`--delta-warm`, see `Engine::warm_commits`).
+    pub delta_warm: usize,
 }
 
 impl Default for BtreeOptions {
@@ -92,6 +98,8 @@ impl Default for BtreeOptions {
             load_order: LoadOrder::Random,
             interleave: false,
             early_too: false,
+            delta_too: false,
+            delta_warm: 0,
         }
     }
 }
@@ -111,6 +119,9 @@ pub fn run(
         "ringkv",
         false,
     )?)];
+    if opts.delta_too {
+        engines.push(Box::new(Ringkv::open_delta(&dir.join("ringkv-delta"), opts.delta_warm)?));
+    }
     if opts.early_too {
         engines.push(Box::new(Ringkv::open(
             &dir.join("ringkv-early"),
@@ -277,6 +288,12 @@ trait Engine {
     fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr>;
     /// Pages of the tree as of the last commit (see the module doc, `tree_pages`).
     fn tree_pages(&self) -> Result<u64, BoxErr>;
+    /// Untimed commits of 1,000 random loaded keys (updates) this engine makes right after the
+    /// bulk load (`ringkv-delta` with `--delta-warm N`: fills the delta log, so that the get
+    /// phases probe a full log and commit-1000 runs in the log's steady state).
+    fn warm_commits(&self) -> usize {
+        0
+    }
 }
 
 /// Keys and values, generated once so every engine gets the same.
@@ -385,6 +402,13 @@ fn run_engine(
         r.tree_pages = Some(e.tree_pages()?);
         out.push(r);
     }
+    let mut warm = Mix(9);
+    for _ in 0..e.warm_commits() {
+        e.commit(&mut (0..1000).map(|_| {
+            let k = &w.keys[(warm.next() % n as u64) as usize];
+            (k.clone(), w.value.clone())
+        }))?;
+    }
 
     for (threads, phase) in [(1, "get-1t"), (2, "get-2t")] {
         if !wanted(phase) {
@@ -444,6 +468,8 @@ where
 struct Ringkv {
     backend: Backend,
     name: &'static str,
+    /// See [`Engine::warm_commits`].
+    warm: usize,
 }
 
 impl Ringkv {
@@ -455,7 +481,29 @@ impl Ringkv {
             ..BackendOptions::default()
         };
         let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
-        Ok(Ringkv { backend, name })
+        Ok(Ringkv {
+            backend,
+            name,
+            warm: 0,
+        })
+    }
+}
+
+impl Ringkv {
+    /// Engine `ringkv-delta`: `BackendOptions::delta_log` on, otherwise as `ringkv`.
+    fn open_delta(dir: &Path, warm: usize) -> Result<Ringkv, BoxErr> {
+        let opts = BackendOptions {
+            batch_ops: usize::MAX,
+            batch_interval: std::time::Duration::from_secs(3600),
+            delta_log: true,
+            ..BackendOptions::default()
+        };
+        let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
+        Ok(Ringkv {
+            backend,
+            name: "ringkv-delta",
+            warm,
+        })
     }
 }
 
@@ -501,6 +549,10 @@ impl Engine for Ringkv {
             n += 10 - left;
         }
         Ok(n)
+    }
+
+    fn warm_commits(&self) -> usize {
+        self.warm
     }
 
     fn tree_pages(&self) -> Result<u64, BoxErr> {

@@ -41,6 +41,8 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         load_order: a.load_order,
         interleave: a.interleave,
         early_too: a.early_too,
+        delta_too: a.delta_too,
+        delta_warm: a.delta_warm,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

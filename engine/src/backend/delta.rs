@@ -392,11 +392,6 @@ impl DeltaLog {
         self.keys[b].contains_key(key)
     }
 
-    /// Entries of all runs on disk.
-    pub(crate) fn entries(&self) -> u64 {
-        self.entries
-    }
-
     pub(crate) fn runs(&self) -> usize {
         self.runs.len()
     }
@@ -476,7 +471,13 @@ impl DeltaLog {
             return Ok((plan, tree));
         }
         for &(b, entries, arrived_sorted, tree_not_empty) in latest {
-            let all = enabled && !arrived_sorted && tree_not_empty && entries.len() >= limits.min_batch;
+            // A batch above a quarter of the log's bound goes to the tree whole (but for keys
+            // already in the log): it touches most leaves anyway.
+            let all = enabled
+                && !arrived_sorted
+                && tree_not_empty
+                && entries.len() >= limits.min_batch
+                && entries.len() as u64 <= limits.max_entries / 4;
             for (k, v) in entries {
                 if all || self.contains(b, k) {
                     plan.log_new.push((b, k.clone(), v.clone()));

@@ -29,7 +29,7 @@ fn opts_with(mmap: bool, delta: bool) -> BackendOptions {
     BackendOptions {
         delta_log: delta,
         delta_min_batch: 2,
-        delta_max_entries: 60,
+        delta_max_entries: 200,
         delta_max_runs: 5,
         // Commit only when the test says so (or at the op limit, which it also models).
         batch_ops: 1_000_000,
