@@ -710,20 +710,58 @@ impl Snapshot {
         end: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        let mut buffered = if self.seq > 0 {
+        let buffered = if self.seq > 0 {
             self.buf.range(bucket, start, end, self.seq)
         } else {
             Vec::new()
         };
-        // The delta log's entries, under the buffer's (delta.rs, invariant 1).
-        let logged =
-            self.shared
-                .delta
-                .range(bucket_index(bucket), start, end, self.version.meta.txid);
-        if !logged.is_empty() {
-            buffered = overlay(buffered, logged);
+        // The delta log's entries lie under the buffer's (delta.rs, invariant 1). They are
+        // fetched `LOG_CHUNK` at a time, each chunk scanned as one segment of the range (the
+        // lock is not held across the visitor, and an early stop copies little); without a
+        // log the whole range is one segment.
+        const LOG_CHUNK: usize = 64;
+        let b = bucket_index(bucket);
+        let txid = self.version.meta.txid;
+        let mut seg_start = start.to_vec();
+        loop {
+            let (logged, next_start) =
+                self.shared
+                    .delta
+                    .range_chunk(b, &seg_start, end, txid, LOG_CHUNK);
+            let seg_end = next_start.as_deref().unwrap_or(end);
+            let from = buffered.partition_point(|(k, _)| **k < *seg_start);
+            let to = if seg_end.is_empty() {
+                buffered.len()
+            } else {
+                buffered.partition_point(|(k, _)| **k < *seg_end)
+            };
+            let over = if logged.is_empty() {
+                Cow::Borrowed(&buffered[from..to.max(from)])
+            } else {
+                Cow::Owned(overlay(buffered[from..to.max(from)].to_vec(), logged))
+            };
+            if !self.scan_segment(b, &over, &seg_start, seg_end, visit)? {
+                return Ok(());
+            }
+            match next_start {
+                Some(next) => seg_start = next,
+                None => return Ok(()),
+            }
         }
-        let root = self.version.by_bucket[bucket_index(bucket)];
+    }
+
+    /// Scans the tree over `[start, end)` with `over` (sorted entries in that range: buffered
+    /// and logged writes) on top; false if the visitor stopped.
+    fn scan_segment(
+        &self,
+        b: usize,
+        over: &[(Bytes, Slot)],
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, BackendError> {
+        let buffered = over;
+        let root = self.version.by_bucket[b];
         let mut next = 0;
         let mut stopped = false;
         // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
@@ -761,9 +799,9 @@ impl Snapshot {
         })
         .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))?;
         if !stopped {
-            drain(None, &mut next, visit);
+            stopped = !drain(None, &mut next, visit);
         }
-        Ok(())
+        Ok(!stopped)
     }
 }
 

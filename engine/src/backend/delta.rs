@@ -307,10 +307,19 @@ impl DeltaIndex {
         g[b].get(key).and_then(|v| at_txid(v, txid)).cloned()
     }
 
-    /// The log's entries in `[start, end)` (`end` empty = unbounded) at `txid`, in key order.
-    pub(crate) fn range(&self, b: usize, start: &[u8], end: &[u8], txid: u64) -> Vec<(Bytes, Slot)> {
+    /// The first `limit` of the log's entries in `[start, end)` (`end` empty = unbounded) at
+    /// `txid`, in key order, and where the rest of the range starts if `limit` were reached
+    /// (the smallest key above the last one returned).
+    pub(crate) fn range_chunk(
+        &self,
+        b: usize,
+        start: &[u8],
+        end: &[u8],
+        txid: u64,
+        limit: usize,
+    ) -> (Vec<(Bytes, Slot)>, Option<Vec<u8>>) {
         if self.len.load(Ordering::Acquire) == 0 || (!end.is_empty() && start >= end) {
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let hi = if end.is_empty() {
             Bound::Unbounded
@@ -318,9 +327,19 @@ impl DeltaIndex {
             Bound::Excluded(end)
         };
         let g = self.maps.read();
-        g[b].range::<[u8], _>((Bound::Included(start), hi))
+        let out: Vec<(Bytes, Slot)> = g[b]
+            .range::<[u8], _>((Bound::Included(start), hi))
             .filter_map(|(k, v)| at_txid(v, txid).map(|s| (k.clone(), s.clone())))
-            .collect()
+            .take(limit)
+            .collect();
+        let next = (out.len() == limit)
+            .then(|| {
+                let mut k = out.last().expect("limit > 0").0.to_vec();
+                k.push(0);
+                k
+            })
+            .filter(|k| end.is_empty() || k.as_slice() < end);
+        (out, next)
     }
 }
 
