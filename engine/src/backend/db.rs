@@ -716,10 +716,10 @@ impl Snapshot {
             Vec::new()
         };
         // The delta log's entries lie under the buffer's (delta.rs, invariant 1). They are
-        // fetched `LOG_CHUNK` at a time, each chunk scanned as one segment of the range (the
-        // lock is not held across the visitor, and an early stop copies little); without a
-        // log the whole range is one segment.
-        const LOG_CHUNK: usize = 64;
+        // fetched a chunk at a time (8 entries, doubling up to 512), each chunk scanned as one
+        // segment of the range: the lock is not held across the visitor, and a short scan
+        // copies little. Without a log the whole range is one segment.
+        let mut chunk = 8;
         let b = bucket_index(bucket);
         let txid = self.version.meta.txid;
         let mut seg_start = start.to_vec();
@@ -727,7 +727,8 @@ impl Snapshot {
             let (logged, next_start) =
                 self.shared
                     .delta
-                    .range_chunk(b, &seg_start, end, txid, LOG_CHUNK);
+                    .range_chunk(b, &seg_start, end, txid, chunk);
+            chunk = (chunk * 2).min(512);
             let seg_end = next_start.as_deref().unwrap_or(end);
             let from = buffered.partition_point(|(k, _)| **k < *seg_start);
             let to = if seg_end.is_empty() {

@@ -44,7 +44,7 @@
 //! folds the whole log and writes its own keys into the tree (`fold_all`): compaction never has
 //! to move delta runs, because it only runs while the log is empty.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -282,12 +282,21 @@ pub(crate) fn read_chain(
 /// `txid` on (the tree answers), `(txid, Some(slot))` = the log's state from `txid` on.
 type Versions = SmallVec<[(u64, Option<Slot>); 1]>;
 
+/// One bucket of the readers' index: versions by key (a hash map, so that a get costs one
+/// probe, not a search whose every step dereferences a key) and the same keys in order, for
+/// scans. Invariant: `order` holds exactly the keys of `versions`.
+#[derive(Default)]
+struct IndexBucket {
+    versions: HashMap<Bytes, Versions>,
+    order: BTreeSet<Bytes>,
+}
+
 /// The readers' view of the log, shared by every snapshot (see the module doc).
 #[derive(Default)]
 pub(crate) struct DeltaIndex {
     /// Keys held (all versions); 0 lets a read skip the lock.
     len: AtomicUsize,
-    maps: RwLock<[BTreeMap<Bytes, Versions>; BUCKETS]>,
+    maps: RwLock<[IndexBucket; BUCKETS]>,
 }
 
 fn at_txid(v: &Versions, txid: u64) -> Option<&Slot> {
@@ -304,7 +313,10 @@ impl DeltaIndex {
             return None;
         }
         let g = self.maps.read();
-        g[b].get(key).and_then(|v| at_txid(v, txid)).cloned()
+        g[b].versions
+            .get(key)
+            .and_then(|v| at_txid(v, txid))
+            .cloned()
     }
 
     /// The first `limit` of the log's entries in `[start, end)` (`end` empty = unbounded) at
@@ -327,9 +339,14 @@ impl DeltaIndex {
             Bound::Excluded(end)
         };
         let g = self.maps.read();
-        let out: Vec<(Bytes, Slot)> = g[b]
+        let g = &g[b];
+        let out: Vec<(Bytes, Slot)> = g
+            .order
             .range::<[u8], _>((Bound::Included(start), hi))
-            .filter_map(|(k, v)| at_txid(v, txid).map(|s| (k.clone(), s.clone())))
+            .filter_map(|k| {
+                let v = g.versions.get(k).expect("order and versions hold the same keys");
+                at_txid(v, txid).map(|s| (k.clone(), s.clone()))
+            })
             .take(limit)
             .collect();
         let next = (out.len() == limit)
@@ -406,11 +423,6 @@ impl DeltaLog {
         self.runs.back().map_or(0, |r| r.id)
     }
 
-    /// Whether `key` is in the log (so its writes must go there, invariant 2).
-    pub(crate) fn contains(&self, b: usize, key: &[u8]) -> bool {
-        self.keys[b].contains_key(key)
-    }
-
     pub(crate) fn runs(&self) -> usize {
         self.runs.len()
     }
@@ -454,7 +466,9 @@ impl DeltaLog {
         let mut n = 0;
         for (b, keys) in log.keys.iter().enumerate() {
             for (k, st) in keys {
-                g[b].insert(k.clone(), smallvec![(0, Some(st.val.clone()))]);
+                g[b].versions
+                    .insert(k.clone(), smallvec![(0, Some(st.val.clone()))]);
+                g[b].order.insert(k.clone());
                 n += 1;
             }
         }
@@ -490,6 +504,17 @@ impl DeltaLog {
             return Ok((plan, tree));
         }
         for &(b, entries, arrived_sorted, tree_not_empty) in latest {
+            // Which writes hit keys in the log, by walking the sorted writes and the log's keys
+            // together: a seek only where the log has a key at or below the next write (an
+            // append above the log's keys takes none).
+            let logged = &self.keys[b];
+            let seek = |k: &[u8]| {
+                logged
+                    .range::<[u8], _>((Bound::Included(k), Bound::Unbounded))
+                    .next()
+                    .map(|(k, _)| k.clone())
+            };
+            let mut next_logged = entries.first().and_then(|(k, _)| seek(k));
             // A batch above a quarter of the log's bound goes to the tree whole (but for keys
             // already in the log): it touches most leaves anyway.
             let all = enabled
@@ -498,7 +523,11 @@ impl DeltaLog {
                 && entries.len() >= limits.min_batch
                 && entries.len() as u64 <= limits.max_entries / 4;
             for (k, v) in entries {
-                if all || self.contains(b, k) {
+                if next_logged.as_ref().is_some_and(|n| **n < **k) {
+                    next_logged = seek(k);
+                }
+                let in_log = next_logged.as_ref().is_some_and(|n| **n == **k);
+                if all || in_log {
                     plan.log_new.push((b, k.clone(), v.clone()));
                 } else {
                     tree[b].push((k.clone(), v.clone()));
@@ -581,18 +610,19 @@ impl DeltaLog {
         oldest: u64,
     ) {
         let mut g = index.maps.write();
-        let push = |g: &mut [BTreeMap<Bytes, Versions>; BUCKETS],
-                        gc: &mut VecDeque<(u64, usize, Bytes)>,
-                        b: usize,
-                        k: &Bytes,
-                        s: Option<Slot>| {
-            match g[b].get_mut(k) {
+        let push = |g: &mut [IndexBucket; BUCKETS],
+                    gc: &mut VecDeque<(u64, usize, Bytes)>,
+                    b: usize,
+                    k: &Bytes,
+                    s: Option<Slot>| {
+            match g[b].versions.get_mut(k) {
                 Some(v) => {
                     v.push((txid, s));
                     gc.push_back((txid, b, k.clone()));
                 }
                 None => {
-                    g[b].insert(k.clone(), smallvec![(txid, s)]);
+                    g[b].versions.insert(k.clone(), smallvec![(txid, s)]);
+                    g[b].order.insert(k.clone());
                     index.len.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -644,11 +674,14 @@ impl DeltaLog {
         // `oldest`; a key whose only version left is "absent" is dropped.
         while self.gc.front().is_some_and(|(t, _, _)| *t <= oldest) {
             let (_, b, k) = self.gc.pop_front().expect("front exists");
-            let Some(v) = g[b].get_mut(&k) else { continue };
+            let Some(v) = g[b].versions.get_mut(&k) else {
+                continue;
+            };
             let keep = v.iter().rposition(|(t, _)| *t <= oldest).unwrap_or(0);
             v.drain(..keep);
             if v.len() == 1 && v[0].1.is_none() {
-                g[b].remove(&k);
+                g[b].versions.remove(&k);
+                g[b].order.remove(&k);
                 index.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
