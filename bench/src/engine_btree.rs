@@ -120,7 +120,10 @@ pub fn run(
         false,
     )?)];
     if opts.delta_too {
-        engines.push(Box::new(Ringkv::open_delta(&dir.join("ringkv-delta"), opts.delta_warm)?));
+        engines.push(Box::new(Ringkv::open_delta(
+            &dir.join("ringkv-delta"),
+            opts.delta_warm,
+        )?));
     }
     if opts.early_too {
         engines.push(Box::new(Ringkv::open(

@@ -393,9 +393,14 @@ impl Backend {
         };
         let roots = read_catalog(&map, meta.catalog).map_err(corrupt)?;
         let delta_index = DeltaIndex::default();
-        let delta_log =
-            DeltaLog::load(&map, meta.delta_head, meta.page_count, ps as usize, &delta_index)
-                .map_err(corrupt)?;
+        let delta_log = DeltaLog::load(
+            &map,
+            meta.delta_head,
+            meta.page_count,
+            ps as usize,
+            &delta_index,
+        )
+        .map_err(corrupt)?;
         let version = Arc::new(Version {
             meta,
             map,
@@ -724,10 +729,10 @@ impl Snapshot {
         let txid = self.version.meta.txid;
         let mut seg_start = start.to_vec();
         loop {
-            let (logged, next_start) =
-                self.shared
-                    .delta
-                    .range_chunk(b, &seg_start, end, txid, chunk);
+            let (logged, next_start) = self
+                .shared
+                .delta
+                .range_chunk(b, &seg_start, end, txid, chunk);
             chunk = (chunk * 2).min(512);
             let seg_end = next_start.as_deref().unwrap_or(end);
             let from = buffered.partition_point(|(k, _)| **k < *seg_start);

@@ -186,7 +186,9 @@ pub(crate) fn validate_body(run: &[u8]) -> Result<(), String> {
             return Err(format!("delta entry {i}: unknown bucket {bucket}"));
         }
         if op != OP_PUT && (op != OP_DELETE || vlen != 0) {
-            return Err(format!("delta entry {i}: bad op {op} with {vlen} value bytes"));
+            return Err(format!(
+                "delta entry {i}: bad op {op} with {vlen} value bytes"
+            ));
         }
         let data = at + ENTRY_DATA_OFFSET;
         let end = data.checked_add(klen).and_then(|e| e.checked_add(vlen));
@@ -217,7 +219,8 @@ pub(crate) fn decode_run(run: &[u8]) -> Run<'_> {
         entries.push(Entry {
             bucket: run[at + ENTRY_BUCKET_OFFSET],
             key: &run[data..data + klen],
-            val: (run[at + ENTRY_OP_OFFSET] == OP_PUT).then(|| &run[data + klen..data + klen + vlen]),
+            val: (run[at + ENTRY_OP_OFFSET] == OP_PUT)
+                .then(|| &run[data + klen..data + klen + vlen]),
         });
         at = data + klen + vlen;
     }
@@ -271,7 +274,10 @@ pub(crate) fn read_chain(
         if r.prev == 0 {
             return Err(PageError {
                 page: id,
-                reason: format!("delta chain ends at txid {} above its floor {floor}", r.txid),
+                reason: format!(
+                    "delta chain ends at txid {} above its floor {floor}",
+                    r.txid
+                ),
             });
         }
         id = r.prev;
@@ -344,7 +350,10 @@ impl DeltaIndex {
             .order
             .range::<[u8], _>((Bound::Included(start), hi))
             .filter_map(|k| {
-                let v = g.versions.get(k).expect("order and versions hold the same keys");
+                let v = g
+                    .versions
+                    .get(k)
+                    .expect("order and versions hold the same keys");
                 at_txid(v, txid).map(|s| (k.clone(), s.clone()))
             })
             .take(limit)
@@ -436,7 +445,10 @@ impl DeltaLog {
         index: &DeltaIndex,
     ) -> Result<DeltaLog, PageError> {
         let mut log = DeltaLog::default();
-        for (id, pages) in read_chain(map, head, page_count, page_size)?.into_iter().rev() {
+        for (id, pages) in read_chain(map, head, page_count, page_size)?
+            .into_iter()
+            .rev()
+        {
             let run = map.page(id, Some(PageType::Delta))?;
             let r = decode_run(&run);
             let mut keys = Vec::with_capacity(r.entries.len());
@@ -566,7 +578,9 @@ impl DeltaLog {
                 } else {
                     Bound::Excluded(hi.as_slice())
                 };
-                for (ok, ost) in self.keys[b].range::<[u8], _>((Bound::Included(lo.as_slice()), upper)) {
+                for (ok, ost) in
+                    self.keys[b].range::<[u8], _>((Bound::Included(lo.as_slice()), upper))
+                {
                     if !ost.folded && !is_new(b, ok) {
                         fold[b].insert(ok.clone(), ost.val.clone());
                     }

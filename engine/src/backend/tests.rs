@@ -830,8 +830,8 @@ mod crash_tests {
         o: BackendOptions,
     ) {
         let vfs: Arc<dyn Vfs> = Arc::new(image);
-        let backend = Backend::open(vfs, path, o)
-            .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+        let backend =
+            Backend::open(vfs, path, o).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
         let got = dump(&backend.snapshot());
         let ok = got == out.committed || out.in_flight.as_ref() == Some(&got);
         assert!(
@@ -1812,7 +1812,10 @@ mod delta_log {
             w.commit().unwrap();
         }
         let r = assert_checked(&w);
-        assert_eq!(r.delta_runs, commits as u64, "one run per commit, none folded");
+        assert_eq!(
+            r.delta_runs, commits as u64,
+            "one run per commit, none folded"
+        );
     }
 
     #[test]
@@ -1856,7 +1859,10 @@ mod delta_log {
         w.commit().unwrap();
         let r = assert_checked(&w);
         assert_eq!(r.delta_runs, 0);
-        assert_eq!(backend.snapshot().version.meta.version, meta::FORMAT_VERSION);
+        assert_eq!(
+            backend.snapshot().version.meta.version,
+            meta::FORMAT_VERSION
+        );
         verify_key_bucket(&backend.snapshot(), &model, &mut rng);
         drop((w, backend));
         let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
