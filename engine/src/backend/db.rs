@@ -721,10 +721,10 @@ impl Snapshot {
             Vec::new()
         };
         // The delta log's entries lie under the buffer's (delta.rs, invariant 1). They are
-        // fetched a chunk at a time (8 entries, doubling up to 512), each chunk scanned as one
+        // fetched a chunk at a time (16 entries, doubling up to 512), each chunk scanned as one
         // segment of the range: the lock is not held across the visitor, and a short scan
         // copies little. Without a log the whole range is one segment.
-        let mut chunk = 8;
+        let mut chunk = 16;
         let b = bucket_index(bucket);
         let txid = self.version.meta.txid;
         let mut seg_start = start.to_vec();

@@ -44,7 +44,7 @@
 //! folds the whole log and writes its own keys into the tree (`fold_all`): compaction never has
 //! to move delta runs, because it only runs while the log is empty.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -288,13 +288,25 @@ pub(crate) fn read_chain(
 /// `txid` on (the tree answers), `(txid, Some(slot))` = the log's state from `txid` on.
 type Versions = SmallVec<[(u64, Option<Slot>); 1]>;
 
-/// One bucket of the readers' index: versions by key (a hash map, so that a get costs one
-/// probe, not a search whose every step dereferences a key) and the same keys in order, for
-/// scans. Invariant: `order` holds exactly the keys of `versions`.
+/// One bucket of the readers' index: versions by key twice, in a hash map for gets (one probe,
+/// not a search whose every step dereferences a key) and in key order for scans (no probe per
+/// scanned key). Invariant: the two maps hold the same keys with equal versions.
 #[derive(Default)]
 struct IndexBucket {
     versions: HashMap<Bytes, Versions>,
-    order: BTreeSet<Bytes>,
+    order: BTreeMap<Bytes, Versions>,
+}
+
+impl IndexBucket {
+    fn insert(&mut self, k: &Bytes, v: Versions) {
+        self.versions.insert(k.clone(), v.clone());
+        self.order.insert(k.clone(), v);
+    }
+
+    fn remove(&mut self, k: &Bytes) {
+        self.versions.remove(k);
+        self.order.remove(k);
+    }
 }
 
 /// The readers' view of the log, shared by every snapshot (see the module doc).
@@ -349,13 +361,7 @@ impl DeltaIndex {
         let out: Vec<(Bytes, Slot)> = g
             .order
             .range::<[u8], _>((Bound::Included(start), hi))
-            .filter_map(|k| {
-                let v = g
-                    .versions
-                    .get(k)
-                    .expect("order and versions hold the same keys");
-                at_txid(v, txid).map(|s| (k.clone(), s.clone()))
-            })
+            .filter_map(|(k, v)| at_txid(v, txid).map(|s| (k.clone(), s.clone())))
             .take(limit)
             .collect();
         let next = (out.len() == limit)
@@ -478,9 +484,7 @@ impl DeltaLog {
         let mut n = 0;
         for (b, keys) in log.keys.iter().enumerate() {
             for (k, st) in keys {
-                g[b].versions
-                    .insert(k.clone(), smallvec![(0, Some(st.val.clone()))]);
-                g[b].order.insert(k.clone());
+                g[b].insert(k, smallvec![(0, Some(st.val.clone()))]);
                 n += 1;
             }
         }
@@ -631,12 +635,14 @@ impl DeltaLog {
                     s: Option<Slot>| {
             match g[b].versions.get_mut(k) {
                 Some(v) => {
-                    v.push((txid, s));
+                    v.push((txid, s.clone()));
+                    if let Some(o) = g[b].order.get_mut(k) {
+                        o.push((txid, s));
+                    }
                     gc.push_back((txid, b, k.clone()));
                 }
                 None => {
-                    g[b].versions.insert(k.clone(), smallvec![(txid, s)]);
-                    g[b].order.insert(k.clone());
+                    g[b].insert(k, smallvec![(txid, s)]);
                     index.len.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -694,9 +700,10 @@ impl DeltaLog {
             let keep = v.iter().rposition(|(t, _)| *t <= oldest).unwrap_or(0);
             v.drain(..keep);
             if v.len() == 1 && v[0].1.is_none() {
-                g[b].versions.remove(&k);
-                g[b].order.remove(&k);
+                g[b].remove(&k);
                 index.len.fetch_sub(1, Ordering::Relaxed);
+            } else if let Some(o) = g[b].order.get_mut(&k) {
+                o.drain(..keep);
             }
         }
     }
