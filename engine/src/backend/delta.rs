@@ -284,6 +284,11 @@ pub(crate) fn read_chain(
     }
 }
 
+/// A key as the ordered maps of the log hold it: keys of up to 32 bytes (etcd's revision keys,
+/// most user keys) lie inside the map's nodes, so a search compares them without following a
+/// pointer per step (with `Bytes` keys every comparison was a likely cache miss).
+type IKey = SmallVec<[u8; 32]>;
+
 /// A key's states for readers, oldest first, never empty: `(txid, None)` = not in the log from
 /// `txid` on (the tree answers), `(txid, Some(slot))` = the log's state from `txid` on.
 type Versions = SmallVec<[(u64, Option<Slot>); 1]>;
@@ -294,18 +299,18 @@ type Versions = SmallVec<[(u64, Option<Slot>); 1]>;
 #[derive(Default)]
 struct IndexBucket {
     versions: HashMap<Bytes, Versions>,
-    order: BTreeMap<Bytes, Versions>,
+    order: BTreeMap<IKey, (Bytes, Versions)>,
 }
 
 impl IndexBucket {
     fn insert(&mut self, k: &Bytes, v: Versions) {
         self.versions.insert(k.clone(), v.clone());
-        self.order.insert(k.clone(), v);
+        self.order.insert(IKey::from_slice(k), (k.clone(), v));
     }
 
     fn remove(&mut self, k: &Bytes) {
         self.versions.remove(k);
-        self.order.remove(k);
+        self.order.remove(&**k);
     }
 }
 
@@ -361,7 +366,7 @@ impl DeltaIndex {
         let out: Vec<(Bytes, Slot)> = g
             .order
             .range::<[u8], _>((Bound::Included(start), hi))
-            .filter_map(|(k, v)| at_txid(v, txid).map(|s| (k.clone(), s.clone())))
+            .filter_map(|(_, (k, v))| at_txid(v, txid).map(|s| (k.clone(), s.clone())))
             .take(limit)
             .collect();
         let next = (out.len() == limit)
@@ -386,6 +391,7 @@ struct RunInfo {
 
 /// The writer's state of one key in the log.
 struct KeyState {
+    key: Bytes,
     /// Txid of the run holding its newest entry.
     txid: u64,
     val: Slot,
@@ -398,7 +404,7 @@ struct KeyState {
 pub(crate) struct DeltaLog {
     /// Oldest first.
     runs: VecDeque<RunInfo>,
-    keys: [BTreeMap<Bytes, KeyState>; BUCKETS],
+    keys: [BTreeMap<IKey, KeyState>; BUCKETS],
     /// Entries of all runs on disk (superseded ones included).
     entries: u64,
     /// Keys whose reader versions may be pruned once no snapshot older than the txid remains.
@@ -463,8 +469,9 @@ impl DeltaLog {
                 let k: Bytes = e.key.into();
                 let val: Slot = e.val.map(Bytes::from);
                 log.keys[b].insert(
-                    k.clone(),
+                    IKey::from_slice(&k),
                     KeyState {
+                        key: k.clone(),
                         txid: r.txid,
                         val,
                         folded: false,
@@ -483,8 +490,8 @@ impl DeltaLog {
         let mut g = index.maps.write();
         let mut n = 0;
         for (b, keys) in log.keys.iter().enumerate() {
-            for (k, st) in keys {
-                g[b].insert(k, smallvec![(0, Some(st.val.clone()))]);
+            for st in keys.values() {
+                g[b].insert(&st.key, smallvec![(0, Some(st.val.clone()))]);
                 n += 1;
             }
         }
@@ -512,8 +519,8 @@ impl DeltaLog {
                 tree[b] = entries.to_vec();
             }
             for (b, keys) in self.keys.iter().enumerate() {
-                for (k, st) in keys.iter().filter(|(_, st)| !st.folded) {
-                    plan.fold[b].insert(k.clone(), st.val.clone());
+                for st in keys.values().filter(|st| !st.folded) {
+                    plan.fold[b].insert(st.key.clone(), st.val.clone());
                 }
             }
             plan.freed = self.runs.iter().map(|r| (r.id, r.pages)).collect();
@@ -528,7 +535,7 @@ impl DeltaLog {
                 logged
                     .range::<[u8], _>((Bound::Included(k), Bound::Unbounded))
                     .next()
-                    .map(|(k, _)| k.clone())
+                    .map(|(_, st)| st.key.clone())
             };
             let mut next_logged = entries.first().and_then(|(k, _)| seek(k));
             // A batch above a quarter of the log's bound goes to the tree whole (but for keys
@@ -569,7 +576,7 @@ impl DeltaLog {
             }
             for (b, k) in &run.keys {
                 let (b, k) = (*b, k);
-                let Some(st) = self.keys[b].get(k) else {
+                let Some(st) = self.keys[b].get(&**k) else {
                     continue;
                 };
                 if st.txid != run.txid || st.folded || fold[b].contains_key(k) || is_new(b, k) {
@@ -586,7 +593,7 @@ impl DeltaLog {
                     self.keys[b].range::<[u8], _>((Bound::Included(lo.as_slice()), upper))
                 {
                     if !ost.folded && !is_new(b, ok) {
-                        fold[b].insert(ok.clone(), ost.val.clone());
+                        fold[b].insert(ost.key.clone(), ost.val.clone());
                     }
                 }
                 // The leaf bounds come from the tree; the key itself is folded whatever they say.
@@ -636,8 +643,8 @@ impl DeltaLog {
             match g[b].versions.get_mut(k) {
                 Some(v) => {
                     v.push((txid, s.clone()));
-                    if let Some(o) = g[b].order.get_mut(k) {
-                        o.push((txid, s));
+                    if let Some(o) = g[b].order.get_mut(&**k) {
+                        o.1.push((txid, s));
                     }
                     gc.push_back((txid, b, k.clone()));
                 }
@@ -649,7 +656,7 @@ impl DeltaLog {
         };
         for (b, keys) in plan.fold.iter().enumerate() {
             for k in keys.keys() {
-                if let Some(st) = self.keys[b].get_mut(k) {
+                if let Some(st) = self.keys[b].get_mut(&**k) {
                     st.folded = true;
                 }
             }
@@ -658,8 +665,8 @@ impl DeltaLog {
             let run = self.runs.pop_front().expect("planned runs exist");
             self.entries -= run.keys.len() as u64;
             for (b, k) in run.keys {
-                if self.keys[b].get(&k).is_some_and(|st| st.txid == run.txid) {
-                    self.keys[b].remove(&k);
+                if self.keys[b].get(&*k).is_some_and(|st| st.txid == run.txid) {
+                    self.keys[b].remove(&*k);
                     push(&mut *g, &mut self.gc, b, &k, None);
                 }
             }
@@ -672,8 +679,9 @@ impl DeltaLog {
             let mut keys = Vec::with_capacity(plan.log_new.len());
             for (b, k, v) in plan.log_new {
                 self.keys[b].insert(
-                    k.clone(),
+                    IKey::from_slice(&k),
                     KeyState {
+                        key: k.clone(),
                         txid,
                         val: v.clone(),
                         folded: false,
@@ -702,8 +710,8 @@ impl DeltaLog {
             if v.len() == 1 && v[0].1.is_none() {
                 g[b].remove(&k);
                 index.len.fetch_sub(1, Ordering::Relaxed);
-            } else if let Some(o) = g[b].order.get_mut(&k) {
-                o.drain(..keep);
+            } else if let Some(o) = g[b].order.get_mut(&*k) {
+                o.1.drain(..keep);
             }
         }
     }
