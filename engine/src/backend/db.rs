@@ -16,6 +16,8 @@
 //!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care); with
 //!    `BackendOptions::early_writes` a large commit writes groups of its leaves while it builds
 //!    the rest (tree.rs `EARLY_RUN`) and this step writes the others;
+//!    with the delta log (delta.rs), the commit's delta run is one of these runs, listed like
+//!    the others;
 //! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
