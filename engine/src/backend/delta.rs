@@ -411,6 +411,17 @@ pub(crate) struct DeltaLog {
     gc: VecDeque<(u64, usize, Bytes)>,
 }
 
+/// One bucket's writes as [`DeltaLog::plan`] takes them: bucket index, sorted entries, whether
+/// they arrived sorted, whether the bucket's tree is non-empty.
+pub(crate) type PlanInput<'e> = (usize, &'e [(Bytes, Slot)], bool, bool);
+
+/// The key range `[lo, hi)` (`hi` empty = unbounded) of the leaf holding a key of a bucket.
+pub(crate) type LeafBounds<'b> =
+    dyn FnMut(usize, &[u8]) -> Result<(Vec<u8>, Vec<u8>), PageError> + 'b;
+
+/// Per bucket index, the entries a commit writes to the tree.
+pub(crate) type TreeEntries = Vec<Vec<(Bytes, Slot)>>;
+
 /// What one commit does with the log, planned before its pages are built and applied to the
 /// writer's state only once the commit is durable ([`DeltaLog::apply`]).
 #[derive(Default)]
@@ -505,12 +516,12 @@ impl DeltaLog {
     /// = unbounded) of the leaf that holds `key` in bucket `b`'s committed tree.
     pub(crate) fn plan<'e>(
         &self,
-        latest: &[(usize, &'e [(Bytes, Slot)], bool, bool)],
+        latest: &[PlanInput<'e>],
         enabled: bool,
         fold_all: bool,
         limits: Limits,
-        bounds: &mut dyn FnMut(usize, &[u8]) -> Result<(Vec<u8>, Vec<u8>), PageError>,
-    ) -> Result<(Plan, Vec<Vec<(Bytes, Slot)>>), PageError> {
+        bounds: &mut LeafBounds<'_>,
+    ) -> Result<(Plan, TreeEntries), PageError> {
         let mut plan = Plan::new();
         let mut tree: Vec<Vec<(Bytes, Slot)>> = vec![Vec::new(); BUCKETS];
         if fold_all {
@@ -667,7 +678,7 @@ impl DeltaLog {
             for (b, k) in run.keys {
                 if self.keys[b].get(&*k).is_some_and(|st| st.txid == run.txid) {
                     self.keys[b].remove(&*k);
-                    push(&mut *g, &mut self.gc, b, &k, None);
+                    push(&mut g, &mut self.gc, b, &k, None);
                 }
             }
         }
@@ -687,7 +698,7 @@ impl DeltaLog {
                         folded: false,
                     },
                 );
-                push(&mut *g, &mut self.gc, b, &k, Some(v));
+                push(&mut g, &mut self.gc, b, &k, Some(v));
                 keys.push((b, k));
             }
             self.entries += keys.len() as u64;
