@@ -138,6 +138,15 @@ pub struct BtreeArgs {
     /// 1 to 100): more commits give a steadier per-key figure without a larger bulk load.
     #[arg(long)]
     pub append_commits: Option<usize>,
+    /// Also run ringkv with the delta log on, as engine `ringkv-delta` (the A/B of
+    /// `BackendOptions::delta_log` in one run).
+    #[arg(long)]
+    pub delta_too: bool,
+    /// With --delta-too: commits of 1,000 random updates `ringkv-delta` makes, untimed, right
+    /// after its bulk load, so that its gets probe a full delta log and its commit-1000 runs in
+    /// the log's steady state (320 fills the default bound of 320,000 entries).
+    #[arg(long, default_value_t = 0)]
+    pub delta_warm: usize,
 }
 
 /// How many operations a run does: a count, or (with global --duration) a time.

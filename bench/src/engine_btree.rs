@@ -84,6 +84,12 @@ pub struct BtreeOptions {
     /// Commits of the `revision-append` phase (`--append-commits`); `None`: N/100,000,
     /// clamped to 1..=100.
     pub append_commits: Option<usize>,
+    /// Also run ringkv with `BackendOptions::delta_log` on, as engine `ringkv-delta`
+    /// (`--delta-too`).
+    pub delta_too: bool,
+    /// Commits of 1,000 updates `ringkv-delta` makes, untimed, after its bulk load
+    /// (`--delta-warm`, see `Engine::warm_commits`).
+    pub delta_warm: usize,
 }
 
 impl Default for BtreeOptions {
@@ -97,6 +103,8 @@ impl Default for BtreeOptions {
             interleave: false,
             early_too: false,
             append_commits: None,
+            delta_too: false,
+            delta_warm: 0,
         }
     }
 }
@@ -117,6 +125,12 @@ pub fn run(
         "ringkv",
         false,
     )?)];
+    if opts.delta_too {
+        engines.push(Box::new(Ringkv::open_delta(
+            &dir.join("ringkv-delta"),
+            opts.delta_warm,
+        )?));
+    }
     if opts.early_too {
         engines.push(Box::new(Ringkv::open(
             &dir.join("ringkv-early"),
@@ -286,6 +300,12 @@ trait Engine {
     fn ranges(&self, starts: &[Vec<u8>]) -> Result<u64, BoxErr>;
     /// Pages of the tree as of the last commit (see the module doc, `tree_pages`).
     fn tree_pages(&self) -> Result<u64, BoxErr>;
+    /// Untimed commits of 1,000 random loaded keys (updates) this engine makes right after the
+    /// bulk load (`ringkv-delta` with `--delta-warm N`: fills the delta log, so that the get
+    /// phases probe a full log and commit-1000 runs in the log's steady state).
+    fn warm_commits(&self) -> usize {
+        0
+    }
 }
 
 /// Keys and values, generated once so every engine gets the same.
@@ -397,6 +417,13 @@ fn run_engine(
         r.tree_pages = Some(e.tree_pages()?);
         out.push(r);
     }
+    let mut warm = Mix(9);
+    for _ in 0..e.warm_commits() {
+        e.commit(&mut (0..1000).map(|_| {
+            let k = &w.keys[(warm.next() % n as u64) as usize];
+            (k.clone(), w.value.clone())
+        }))?;
+    }
 
     for (threads, phase) in [(1, "get-1t"), (2, "get-2t")] {
         if !wanted(phase) {
@@ -456,6 +483,8 @@ where
 struct Ringkv {
     backend: Backend,
     name: &'static str,
+    /// See [`Engine::warm_commits`].
+    warm: usize,
 }
 
 impl Ringkv {
@@ -467,7 +496,29 @@ impl Ringkv {
             ..BackendOptions::default()
         };
         let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
-        Ok(Ringkv { backend, name })
+        Ok(Ringkv {
+            backend,
+            name,
+            warm: 0,
+        })
+    }
+}
+
+impl Ringkv {
+    /// Engine `ringkv-delta`: `BackendOptions::delta_log` on, otherwise as `ringkv`.
+    fn open_delta(dir: &Path, warm: usize) -> Result<Ringkv, BoxErr> {
+        let opts = BackendOptions {
+            batch_ops: usize::MAX,
+            batch_interval: std::time::Duration::from_secs(3600),
+            delta_log: true,
+            ..BackendOptions::default()
+        };
+        let backend = Backend::open(Arc::new(StdVfs::new()), &dir.join("member/snap/db"), opts)?;
+        Ok(Ringkv {
+            backend,
+            name: "ringkv-delta",
+            warm,
+        })
     }
 }
 
@@ -513,6 +564,10 @@ impl Engine for Ringkv {
             n += 10 - left;
         }
         Ok(n)
+    }
+
+    fn warm_commits(&self) -> usize {
+        self.warm
     }
 
     fn tree_pages(&self) -> Result<u64, BoxErr> {

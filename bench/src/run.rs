@@ -42,6 +42,8 @@ fn engine_btree(g: &Global, a: &BtreeArgs) -> Result<(), String> {
         interleave: a.interleave,
         early_too: a.early_too,
         append_commits: a.append_commits,
+        delta_too: a.delta_too,
+        delta_warm: a.delta_warm,
     };
     crate::engine_btree::run(&opts, dir.path())
         .map(|_| ())

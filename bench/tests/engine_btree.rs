@@ -146,3 +146,31 @@ fn append_commits_sets_the_revision_append_length() {
         }
     }
 }
+
+/// `--delta-too` adds engine `ringkv-delta` (the backend's delta log on) to every phase, with
+/// the same operation counts as `ringkv`; `--delta-warm` fills its log first, so its gets find
+/// every key through log and tree (the bench fails a run whose gets miss a key).
+#[test]
+fn delta_too_reports_ringkv_delta_on_every_phase() {
+    let results = run_btree(&["--delta-too", "--delta-warm", "5"]);
+    let ops = |engine: &str, phase: &str| -> u64 {
+        results
+            .iter()
+            .find(|r| r["engine"] == engine && r["phase"] == phase)
+            .unwrap_or_else(|| panic!("{engine} {phase} missing"))["ops"]
+            .as_u64()
+            .unwrap()
+    };
+    for phase in [
+        "bulk-load",
+        "get-1t",
+        "get-2t",
+        "range-10",
+        "commit-1",
+        "commit-1000",
+        "revision-append",
+    ] {
+        assert_eq!(ops("ringkv-delta", phase), ops("ringkv", phase), "{phase}");
+    }
+    assert_eq!(results.len(), 4 * 7);
+}

@@ -5,7 +5,7 @@
 //! trees, overflow runs, freelist run) or listed exactly once as free or pending; every run's
 //! checksum, id and type; keys strictly ascending within and across nodes; each branch key equal
 //! to the smallest key of its child; all leaves of a tree at one depth; no root branch with a
-//! single child; for a format-v2 commit, every run its freelist run lists is on disk with the
+//! single child; the delta log's chain (format v3, delta.rs); for a format-v2 commit, every run its freelist run lists is on disk with the
 //! listed checksum. Pages are read through `read_at`, never the memory map, so every checksum is
 //! computed afresh.
 
@@ -27,6 +27,8 @@ pub struct CheckReport {
     pub reachable_pages: u64,
     pub free_pages: u64,
     pub pending_pages: u64,
+    /// Runs of the delta log (0 without one).
+    pub delta_runs: u64,
     /// Keys per bucket name.
     pub keys: Vec<(Vec<u8>, u64)>,
     pub problems: Vec<PageError>,
@@ -288,6 +290,17 @@ pub(crate) fn check(shared: &Shared, version: &Version, quiescent: bool) -> Chec
             }
         });
         w.report.keys.push((name, keys));
+    }
+    // The delta log (format v3): every run of the chain valid (checksum, entries sorted and
+    // inside the run), in txid order down to the head's floor, and reached once.
+    match super::delta::read_chain(&map, meta.delta_head, meta.page_count, ps) {
+        Ok(runs) => {
+            w.report.delta_runs = runs.len() as u64;
+            for (id, pages) in runs {
+                w.mark(id, pages, "delta run");
+            }
+        }
+        Err(e) => w.report.problems.push(e),
     }
     if meta.freelist != 0
         && let Some(run) = w.read(meta.freelist, Some(PageType::Freelist))

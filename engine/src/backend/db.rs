@@ -16,6 +16,8 @@
 //!    file's tail (`ZERO_AHEAD_PAGES`; reachable from nothing, so a crash cannot care); with
 //!    `BackendOptions::early_writes` a large commit writes groups of its leaves while it builds
 //!    the rest (tree.rs `EARLY_RUN`) and this step writes the others;
+//!    with the delta log (delta.rs), the commit's delta run is one of these runs, listed like
+//!    the others;
 //! 3. write the meta page of slot `txid % 2`; it holds the freelist run's checksum;
 //! 4. `fdatasync`.
 //!
@@ -30,10 +32,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::buffer::{Buffer, Latest, Slot, bucket_index};
+use super::buffer::{Buffer, Bytes, Latest, Slot, bucket_index};
 use super::check::{self, CheckReport};
+use super::delta::{self, DeltaIndex, DeltaLog, Limits};
 use super::freelist::Freelist;
-use super::meta::{FORMAT_V1, FORMAT_VERSION, Meta};
+use super::meta::{FORMAT_V1, FORMAT_V3, FORMAT_VERSION, Meta};
 use super::mmap::Mapping;
 use super::page::{
     CHECKSUM_OFFSET, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PageError, PageType, Written, decode_freelist,
@@ -131,6 +134,8 @@ pub(crate) struct Shared {
     pub file: Arc<dyn File>,
     opts: BackendOptions,
     current: Mutex<Arc<View>>,
+    /// The delta log as readers see it (delta.rs), versioned by txid.
+    pub(crate) delta: DeltaIndex,
     /// The write role: `None` while a `BatchWriter` holds it.
     writer: Mutex<Option<WriterState>>,
 }
@@ -189,6 +194,8 @@ struct WriterState {
     /// The published view (`Shared::current`), so that a write takes no lock for it. Only the
     /// commit replaces `current`, and it holds this state, so the two stay equal.
     view: Arc<View>,
+    /// The writer's side of the delta log (delta.rs).
+    delta: DeltaLog,
 }
 
 /// An open backend file. Cheap to share (`Clone` clones a handle).
@@ -232,6 +239,9 @@ fn bad_opts(opts: &BackendOptions) -> Option<String> {
     }
     if opts.batch_ops == 0 {
         return Some("batch_ops must be at least 1".into());
+    }
+    if opts.delta_max_entries == 0 || opts.delta_max_runs == 0 {
+        return Some("delta_max_entries and delta_max_runs must be at least 1".into());
     }
     None
 }
@@ -386,6 +396,15 @@ impl Backend {
             Freelist::from_parts(free, pending)
         };
         let roots = read_catalog(&map, meta.catalog).map_err(corrupt)?;
+        let delta_index = DeltaIndex::default();
+        let delta_log = DeltaLog::load(
+            &map,
+            meta.delta_head,
+            meta.page_count,
+            ps as usize,
+            &delta_index,
+        )
+        .map_err(corrupt)?;
         let version = Arc::new(Version {
             meta,
             map,
@@ -412,6 +431,7 @@ impl Backend {
                 version,
                 buf: Arc::new(Buffer::default()),
             }),
+            delta: delta_log,
         };
         let shared = Arc::new(Shared {
             _registered: registered,
@@ -419,6 +439,7 @@ impl Backend {
             file,
             opts,
             current: Mutex::new(state.view.clone()),
+            delta: delta_index,
             writer: Mutex::new(Some(state)),
         });
         Ok((Backend { shared }, incomplete))
@@ -509,6 +530,7 @@ fn create(vfs: &dyn Vfs, path: &Path, page_size: usize) -> std::io::Result<()> {
                 page_count: 2,
                 version: FORMAT_VERSION,
                 freelist_checksum: 0,
+                delta_head: 0,
             }
             .encode(),
         );
@@ -677,6 +699,14 @@ impl Snapshot {
         {
             return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
         }
+        // The delta log answers before the tree (delta.rs, invariant 1).
+        if let Some(slot) = self
+            .shared
+            .delta
+            .get(bucket_index(bucket), key, self.version.meta.txid)
+        {
+            return Ok(slot.map(|v| Cow::Owned(v.to_vec())));
+        }
         let root = self.version.by_bucket[bucket_index(bucket)];
         tree::get(&self.version.map, root, key)
             .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))
@@ -695,7 +725,54 @@ impl Snapshot {
         } else {
             Vec::new()
         };
-        let root = self.version.by_bucket[bucket_index(bucket)];
+        // The delta log's entries lie under the buffer's (delta.rs, invariant 1). They are
+        // fetched a chunk at a time (16 entries, doubling up to 512), each chunk scanned as one
+        // segment of the range: the lock is not held across the visitor, and a short scan
+        // copies little. Without a log the whole range is one segment.
+        let mut chunk = 16;
+        let b = bucket_index(bucket);
+        let txid = self.version.meta.txid;
+        let mut seg_start = start.to_vec();
+        loop {
+            let (logged, next_start) = self
+                .shared
+                .delta
+                .range_chunk(b, &seg_start, end, txid, chunk);
+            chunk = (chunk * 2).min(512);
+            let seg_end = next_start.as_deref().unwrap_or(end);
+            let from = buffered.partition_point(|(k, _)| **k < *seg_start);
+            let to = if seg_end.is_empty() {
+                buffered.len()
+            } else {
+                buffered.partition_point(|(k, _)| **k < *seg_end)
+            };
+            let over = if logged.is_empty() {
+                Cow::Borrowed(&buffered[from..to.max(from)])
+            } else {
+                Cow::Owned(overlay(buffered[from..to.max(from)].to_vec(), logged))
+            };
+            if !self.scan_segment(b, &over, &seg_start, seg_end, visit)? {
+                return Ok(());
+            }
+            match next_start {
+                Some(next) => seg_start = next,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Scans the tree over `[start, end)` with `over` (sorted entries in that range: buffered
+    /// and logged writes) on top; false if the visitor stopped.
+    fn scan_segment(
+        &self,
+        b: usize,
+        over: &[(Bytes, Slot)],
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, BackendError> {
+        let buffered = over;
+        let root = self.version.by_bucket[b];
         let mut next = 0;
         let mut stopped = false;
         // Emits buffered entries that sort before `key` (all, if None); false = visitor stopped.
@@ -733,10 +810,30 @@ impl Snapshot {
         })
         .map_err(|e| self.shared.corrupt(e, self.version.meta.page_size as u64))?;
         if !stopped {
-            drain(None, &mut next, visit);
+            stopped = !drain(None, &mut next, visit);
         }
-        Ok(())
+        Ok(!stopped)
     }
+}
+
+/// Two sorted entry lists merged into one; `top` wins where both hold a key.
+fn overlay(top: Vec<(Bytes, Slot)>, under: Vec<(Bytes, Slot)>) -> Vec<(Bytes, Slot)> {
+    let mut out = Vec::with_capacity(top.len() + under.len());
+    let mut under = under.into_iter().peekable();
+    for (k, v) in top {
+        while let Some((uk, _)) = under.peek() {
+            match (**uk).cmp(&*k) {
+                std::cmp::Ordering::Less => out.push(under.next().expect("peeked")),
+                std::cmp::Ordering::Equal => {
+                    under.next();
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        out.push((k, v));
+    }
+    out.extend(under);
+    out
 }
 
 impl KvRead for Snapshot {
@@ -902,6 +999,46 @@ fn commit(
         .min(meta.txid.saturating_sub(1));
     st.freelist.release(oldest);
 
+    // The delta log's part of the commit (delta.rs), planned before any page is built. With the
+    // option off and an empty log (the default) nothing is planned and the commit is as before.
+    // The whole log is folded when online compaction is due (it runs only on an empty log, so
+    // it never moves delta runs) or when the option is off but the file still has delta runs.
+    let planned = if shared.opts.delta_log || !st.delta.is_empty() {
+        let free = st.freelist.free_len() as u64;
+        let compact_due = free >= 16 && free * 8 >= meta.page_count * 5;
+        let fold_all = !st.delta.is_empty() && (compact_due || !shared.opts.delta_log);
+        let input: Vec<_> = latest
+            .iter()
+            .map(|l| {
+                (
+                    bucket_index(l.bucket),
+                    &l.entries[..],
+                    l.arrived_sorted,
+                    base.root(l.bucket.name()) != 0,
+                )
+            })
+            .collect();
+        let limits = Limits {
+            max_entries: shared.opts.delta_max_entries,
+            max_runs: shared.opts.delta_max_runs,
+            min_batch: shared.opts.delta_min_batch,
+        };
+        let (map, by) = (&base.map, &base.by_bucket);
+        Some(
+            st.delta
+                .plan(
+                    &input,
+                    shared.opts.delta_log,
+                    fold_all,
+                    limits,
+                    &mut |b, key| tree::leaf_bounds(map, by[b], key),
+                )
+                .map_err(corrupt)?,
+        )
+    } else {
+        None
+    };
+
     let arena = Arena::default();
     let mut w = TreeWriter::new(
         &base.map,
@@ -926,19 +1063,30 @@ fn commit(
     }
     let mut roots = base.roots.clone();
     let mut catalog_ops: Vec<(Vec<u8>, [u8; 8])> = Vec::new();
-    for Latest {
-        bucket,
-        arrived_sorted,
-        entries,
-    } in latest
-    {
-        let ops: Vec<Op<'_>> = entries
-            .iter()
-            .map(|(k, v)| Op {
-                key: k,
-                val: v.as_deref(),
-            })
-            .collect();
+    for bucket in Bucket::ALL {
+        let b = bucket_index(bucket);
+        let found = latest.iter().find(|l| l.bucket == bucket);
+        let arrived_sorted = found.is_none_or(|l| l.arrived_sorted);
+        let ops: Vec<Op<'_>> = match &planned {
+            None => match found {
+                None => continue,
+                Some(l) => l
+                    .entries
+                    .iter()
+                    .map(|(k, v)| Op {
+                        key: k,
+                        val: v.as_deref(),
+                    })
+                    .collect(),
+            },
+            Some((plan, tree)) => {
+                let ops = merge_ops(&tree[b], &plan.fold[b]);
+                if ops.is_empty() {
+                    continue;
+                }
+                ops
+            }
+        };
         let name = bucket.name();
         let old = base.root(name);
         w.spread_leaves = !arrived_sorted;
@@ -953,13 +1101,40 @@ fn commit(
             }
         }
     }
+    // The delta log: free the folded runs (pending, like any page the older meta reaches) and
+    // write the new delta run, listed in the written list like every run of the commit.
+    let mut delta_head = st.delta.head();
+    let mut new_run = None;
+    if let Some((plan, _)) = &planned {
+        for &(id, pages) in &plan.freed {
+            w.free(id, pages);
+        }
+        if plan.freed.len() == st.delta.runs() {
+            delta_head = 0;
+        }
+        if !plan.log_new.is_empty() {
+            let pages = delta::run_pages_for(&plan.log_new, ps as usize);
+            let id = w.alloc(pages);
+            let run = delta::encode_run(
+                &plan.log_new,
+                id,
+                st.delta.head_after_frees(plan),
+                txid,
+                st.delta.floor_after(plan, txid),
+                ps as usize,
+            );
+            w.dirty.insert(id, run);
+            new_run = Some((id, pages));
+            delta_head = id;
+        }
+    }
     // Online compaction: when a quarter of the file is free, move up to `COMPACT_BUDGET` pages
     // from the top of the file to free pages below, reading at most `compact_visits` nodes per
     // commit and resuming where the previous commit stopped; the vacated tail is released like
     // any freed page and trimmed from the file by a later commit.
     // The extent's reserved pages count as free: nothing uses them yet.
     let free = w.freelist.free_len() as u64 + w.extent_len();
-    if free >= 16 && free * 8 >= w.page_count * 5 && !roots.is_empty() {
+    if free >= 16 && free * 8 >= w.page_count * 5 && !roots.is_empty() && delta_head == 0 {
         let limit = w.page_count - free;
         let mut budget = COMPACT_BUDGET;
         let (first, from) = std::mem::take(&mut st.compact_cursor);
@@ -1062,8 +1237,13 @@ fn commit(
         catalog,
         freelist: fl_id,
         page_count: w.page_count,
-        version: FORMAT_VERSION,
+        version: if delta_head != 0 {
+            FORMAT_V3
+        } else {
+            FORMAT_VERSION
+        },
         freelist_checksum: get_u32(&fl_run, CHECKSUM_OFFSET),
+        delta_head,
     };
     w.dirty.insert(fl_id, fl_run);
     let dirty = std::mem::take(&mut w.dirty);
@@ -1165,6 +1345,10 @@ fn commit(
         .sync_data()
         .map_err(|e| shared.io("fdatasync commit", e))?;
 
+    // Durable: the log's new state becomes the writer's, and readers of this txid see it.
+    if let Some((plan, _)) = planned {
+        st.delta.apply(plan, txid, new_run, &shared.delta, oldest);
+    }
     let mut version = Arc::new(Version {
         meta: new_meta,
         map,
@@ -1211,6 +1395,34 @@ fn commit(
         *shared.current.lock() = st.view.clone();
     }
     Ok(())
+}
+
+/// The tree ops of one bucket: its tree-path writes and the delta log's folded values, merged in
+/// key order; where both hold a key (a fold-all commit), the write wins.
+fn merge_ops<'a>(
+    tree: &'a [(Bytes, Slot)],
+    fold: &'a std::collections::BTreeMap<Bytes, Slot>,
+) -> Vec<Op<'a>> {
+    let op = |(k, v): (&'a Bytes, &'a Slot)| Op {
+        key: k,
+        val: v.as_deref(),
+    };
+    let mut out = Vec::with_capacity(tree.len() + fold.len());
+    let mut fold = fold.iter().peekable();
+    for (k, v) in tree {
+        while let Some((fk, _)) = fold.peek() {
+            match (***fk).cmp(&**k) {
+                std::cmp::Ordering::Less => out.push(op(fold.next().expect("peeked"))),
+                std::cmp::Ordering::Equal => {
+                    fold.next();
+                }
+                std::cmp::Ordering::Greater => break,
+            }
+        }
+        out.push(op((k, v)));
+    }
+    out.extend(fold.map(op));
+    out
 }
 
 /// A commit of at most this many runs keeps all of them for the next commit, a larger one only

@@ -17,6 +17,12 @@ pub(crate) const FORMAT_V2: u32 = 2;
 /// The version this build writes. It reads v1 and v2 metas (a v1 file gains v2 metas as it is
 /// written; both slots may differ in version).
 pub const FORMAT_VERSION: u32 = FORMAT_V2;
+/// Format version 3 (issue 3, session 9, `BackendOptions::delta_log`): the v2 meta plus
+/// `delta_head`, the newest delta run (delta.rs). Written only while the delta log holds runs,
+/// so a file whose log is empty keeps v2 metas. The v2 checksum stays where it was and covers
+/// the v2 fields, so a build that reads only v1 and v2 verifies it and then refuses the file
+/// with "unsupported format version 3"; a second checksum covers the whole v3 meta.
+pub(crate) const FORMAT_V3: u32 = 3;
 
 pub(crate) const MAGIC_OFFSET: usize = 0;
 pub(crate) const VERSION_OFFSET: usize = MAGIC_OFFSET + MAGIC.len();
@@ -31,6 +37,10 @@ pub(crate) const V1_META_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<
 pub(crate) const FREELIST_CHECKSUM_OFFSET: usize = PAGE_COUNT_OFFSET + size_of::<u64>();
 pub(crate) const META_CHECKSUM_OFFSET: usize = FREELIST_CHECKSUM_OFFSET + size_of::<u32>();
 pub(crate) const META_LEN: usize = META_CHECKSUM_OFFSET + size_of::<u32>();
+/// v3: `delta_head` follows the v2 checksum, then the checksum of everything before it.
+pub(crate) const DELTA_HEAD_OFFSET: usize = META_LEN;
+pub(crate) const V3_CHECKSUM_OFFSET: usize = DELTA_HEAD_OFFSET + size_of::<u64>();
+pub(crate) const V3_META_LEN: usize = V3_CHECKSUM_OFFSET + size_of::<u32>();
 
 /// One committed state: everything a reader needs to find the data of transaction `txid`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,19 +53,23 @@ pub(crate) struct Meta {
     pub freelist: u64,
     /// Pages in use or free: ids `[0, page_count)`. The file is at least this long.
     pub page_count: u64,
-    /// The version this meta was written with (`FORMAT_V1` or `FORMAT_V2`).
+    /// The version this meta was written with (`FORMAT_V1`, `FORMAT_V2` or `FORMAT_V3`).
     pub version: u32,
     /// v2: the CRC32C stored in the header of the freelist run at `freelist` (0 for v1 metas).
     /// The run lists every run this commit wrote with its checksum (format.md, "Commit").
     pub freelist_checksum: u32,
+    /// v3: first page of the newest delta run (delta.rs), 0 = the delta log is empty (and the
+    /// meta is written as v2).
+    pub delta_head: u64,
 }
 
 impl Meta {
     /// Encodes into a full page in the layout of `self.version` (commits write v2; a v1 meta is
     /// written only as the copy of one, see db.rs `Backend::open`).
     // Format: { magic [8] | version u32 | page_size u32 | txid u64 | catalog u64 | freelist u64 |
-    //   page_count u64 | freelist_checksum u32 (v2 only) | checksum u32 (CRC32C of the
-    //   preceding bytes) | zero padding }
+    //   page_count u64 | freelist_checksum u32 (v2, v3) | checksum u32 (CRC32C of the
+    //   preceding bytes) | delta_head u64 (v3) | v3_checksum u32 (v3: CRC32C of the preceding
+    //   bytes) | zero padding }
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut page = vec![0u8; self.page_size as usize];
         page[MAGIC_OFFSET..VERSION_OFFSET].copy_from_slice(&MAGIC);
@@ -73,6 +87,11 @@ impl Meta {
         };
         let sum = crc32c::crc32c(&page[..sum_at]);
         put_u32(&mut page, sum_at, sum);
+        if self.version == FORMAT_V3 {
+            put_u64(&mut page, DELTA_HEAD_OFFSET, self.delta_head);
+            let sum = crc32c::crc32c(&page[..V3_CHECKSUM_OFFSET]);
+            put_u32(&mut page, V3_CHECKSUM_OFFSET, sum);
+        }
         page
     }
 
@@ -98,10 +117,24 @@ impl Meta {
                 "meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
             ));
         }
-        if version != FORMAT_V1 && version != FORMAT_V2 {
+        if !(FORMAT_V1..=FORMAT_V3).contains(&version) {
             return Err(format!(
-                "unsupported format version {version} (this build reads {FORMAT_V1} and {FORMAT_V2})"
+                "unsupported format version {version} (this build reads {FORMAT_V1} to {FORMAT_V3})"
             ));
+        }
+        let mut delta_head = 0;
+        if version == FORMAT_V3 {
+            if b.len() < V3_META_LEN {
+                return Err(format!("v3 meta page truncated to {} bytes", b.len()));
+            }
+            let stored = get_u32(b, V3_CHECKSUM_OFFSET);
+            let actual = crc32c::crc32c(&b[..V3_CHECKSUM_OFFSET]);
+            if stored != actual {
+                return Err(format!(
+                    "v3 meta checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
+                ));
+            }
+            delta_head = get_u64(b, DELTA_HEAD_OFFSET);
         }
         let page_size = get_u32(b, PAGE_SIZE_OFFSET);
         if !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&(page_size as usize))
@@ -121,6 +154,7 @@ impl Meta {
             } else {
                 get_u32(b, FREELIST_CHECKSUM_OFFSET)
             },
+            delta_head,
         };
         if m.page_count < 2 {
             return Err(format!(
@@ -130,10 +164,17 @@ impl Meta {
         }
         // Every v2 commit writes a freelist run (it lists the commit's pages); only the metas of
         // a new, empty file have none.
-        if version == FORMAT_V2 && m.freelist == 0 && (m.catalog != 0 || m.page_count != 2) {
+        if version != FORMAT_V1 && m.freelist == 0 && (m.catalog != 0 || m.page_count != 2) {
             return Err("v2 meta of a non-empty file without a freelist run".into());
         }
-        for (what, id) in [("catalog", m.catalog), ("freelist", m.freelist)] {
+        if version == FORMAT_V3 && (m.delta_head == 0 || m.freelist == 0) {
+            return Err("v3 meta without a delta run or freelist run".into());
+        }
+        for (what, id) in [
+            ("catalog", m.catalog),
+            ("freelist", m.freelist),
+            ("delta head", m.delta_head),
+        ] {
             if id == 1 || (id != 0 && id >= m.page_count) {
                 return Err(format!("{what} page {id} outside [2, {})", m.page_count));
             }
@@ -156,6 +197,7 @@ mod tests {
             page_count: 12,
             version: FORMAT_V2,
             freelist_checksum: 0xdead_beef,
+            delta_head: 0,
         };
         let page = m.encode();
         assert_eq!(META_LEN, 56);
@@ -169,6 +211,38 @@ mod tests {
         let mut bad = page;
         bad[FREELIST_CHECKSUM_OFFSET] ^= 1;
         assert!(Meta::decode(&bad).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn v3_meta_round_trips_and_v2_readers_refuse_it_by_version() {
+        let m = Meta {
+            page_size: 4096,
+            txid: 43,
+            catalog: 7,
+            freelist: 9,
+            page_count: 12,
+            version: FORMAT_V3,
+            freelist_checksum: 0xdead_beef,
+            delta_head: 11,
+        };
+        let page = m.encode();
+        assert_eq!(V3_META_LEN, 68);
+        assert_eq!(Meta::decode(&page).unwrap(), m);
+        // A v2 reader checks the checksum at META_CHECKSUM_OFFSET (valid here), then the version.
+        let v2_sum = crc32c::crc32c(&page[..META_CHECKSUM_OFFSET]);
+        assert_eq!(get_u32(&page, META_CHECKSUM_OFFSET), v2_sum);
+        let mut bad = page.clone();
+        bad[DELTA_HEAD_OFFSET] ^= 1;
+        assert!(Meta::decode(&bad).unwrap_err().contains("v3 meta checksum"));
+        let mut bad = page;
+        put_u32(&mut bad, VERSION_OFFSET, 4);
+        let sum = crc32c::crc32c(&bad[..META_CHECKSUM_OFFSET]);
+        put_u32(&mut bad, META_CHECKSUM_OFFSET, sum);
+        assert!(
+            Meta::decode(&bad)
+                .unwrap_err()
+                .contains("unsupported format version 4")
+        );
     }
 
     #[test]

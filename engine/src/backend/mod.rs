@@ -14,6 +14,7 @@ mod buffer;
 mod check;
 mod copy;
 mod db;
+mod delta;
 mod freelist;
 mod meta;
 mod mmap;
@@ -55,6 +56,19 @@ pub struct BackendOptions {
     /// the measured disk it made 10,000-key appends 1.3-1.7x slower (BENCHMARKS.md, session 8
     /// "Backend"); `false` writes every page in step 2.
     pub early_writes: bool,
+    /// The delta log (delta.rs, format v3): a commit of many random keys writes them as one
+    /// sorted delta run instead of rewriting a leaf per key, and folds a bounded part of the
+    /// log into the tree. Off by default until a quiet A/B shows it wins (BENCHMARKS.md,
+    /// session 9 "delta9"). A file that has delta runs is read correctly either way; with the
+    /// option off its next commit folds the whole log (and writes a v2 meta again).
+    pub delta_log: bool,
+    /// Most entries the delta log holds on disk (its runs' entries, superseded ones included).
+    pub delta_max_entries: u64,
+    /// Most delta runs the log holds (bounds the chain open walks).
+    pub delta_max_runs: usize,
+    /// A bucket's writes go to the delta log when they arrived out of key order and number at
+    /// least this many (fewer touch few leaves: the tree path writes them as one small run).
+    pub delta_min_batch: usize,
 }
 
 impl Default for BackendOptions {
@@ -66,6 +80,10 @@ impl Default for BackendOptions {
             mmap: true,
             compact_visits: 4096,
             early_writes: false,
+            delta_log: false,
+            delta_max_entries: 320_000,
+            delta_max_runs: 1024,
+            delta_min_batch: 32,
         }
     }
 }

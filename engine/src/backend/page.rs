@@ -105,6 +105,8 @@ pub(crate) enum PageType {
     Leaf = 2,
     Overflow = 3,
     Freelist = 4,
+    /// A delta run of the delta log (delta.rs; format v3).
+    Delta = 5,
 }
 
 impl PageType {
@@ -114,6 +116,7 @@ impl PageType {
             2 => Some(PageType::Leaf),
             3 => Some(PageType::Overflow),
             4 => Some(PageType::Freelist),
+            5 => Some(PageType::Delta),
             _ => None,
         }
     }
@@ -366,6 +369,7 @@ pub fn validate_run(
                 }
             }
         }
+        PageType::Delta => super::delta::validate_body(run).map_err(|why| err(id, why))?,
     }
     Ok(())
 }
@@ -854,6 +858,11 @@ pub fn decode_any(bytes: &[u8], id: u64, page_size: usize) -> Result<usize, Page
             f.len() + p.len() + decode_written(bytes).len()
         }
         PageType::Overflow => bytes.len(),
+        PageType::Delta => super::delta::decode_run(bytes)
+            .entries
+            .iter()
+            .map(|e| e.key.len() + e.val.map_or(0, <[u8]>::len))
+            .sum(),
     })
 }
 

@@ -20,7 +20,17 @@ type Model = BTreeMap<(Bucket, Vec<u8>), Vec<u8>>;
 const BUCKETS: [Bucket; 3] = [Bucket::Key, Bucket::Meta, Bucket::Lease];
 
 fn opts(mmap: bool) -> BackendOptions {
+    opts_with(mmap, false)
+}
+
+/// `opts`, with the delta log on (`delta`) at small bounds, so that commits of a few random
+/// keys use it and nearly every one of them folds.
+fn opts_with(mmap: bool, delta: bool) -> BackendOptions {
     BackendOptions {
+        delta_log: delta,
+        delta_min_batch: 2,
+        delta_max_entries: 200,
+        delta_max_runs: 5,
         // Commit only when the test says so (or at the op limit, which it also models).
         batch_ops: 1_000_000,
         batch_interval: Duration::from_secs(3600),
@@ -101,15 +111,21 @@ fn value(rng: &mut StdRng) -> Vec<u8> {
     (0..len).map(|i| b.wrapping_add(i as u8)).collect()
 }
 
-fn assert_checked(w: &BatchWriter) {
+fn assert_checked(w: &BatchWriter) -> CheckReport {
     let r = w.check();
     assert!(r.is_ok(), "checker: {:?}", r.problems);
+    r
 }
 
 /// Random puts, deletes, scans, commits and reopen-without-commit (the rollback: writes after
 /// the last commit are gone) against a `BTreeMap` model, with reader threads holding old
 /// snapshots and re-checking them while the writer moves on. The checker runs after every commit.
 fn model_test(seed: u64, mmap: bool, steps: usize) {
+    model_test_with(seed, mmap, false, steps)
+}
+
+fn model_test_with(seed: u64, mmap: bool, delta: bool, steps: usize) {
+    let opts = |mmap| opts_with(mmap, delta);
     let dir = tempfile::tempdir().unwrap();
     let path = db_path(&dir);
     let mut rng = StdRng::seed_from_u64(seed);
@@ -117,6 +133,7 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
     let mut w = backend.batch().unwrap();
     let mut model = Model::new();
     let mut committed = Model::new();
+    let mut most_delta_runs = 0;
     let stop = Arc::new(AtomicBool::new(false));
     // Snapshots handed to readers carry the backend instance's generation; before a reopen the
     // writer bumps it and waits until readers dropped every older snapshot (one process must not
@@ -196,7 +213,8 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
             88..96 => {
                 w.commit().unwrap();
                 committed = model.clone();
-                assert_checked(&w);
+                let r = assert_checked(&w);
+                most_delta_runs = most_delta_runs.max(r.delta_runs);
             }
             96..98 => {
                 outstanding.fetch_add(1, Ordering::SeqCst);
@@ -248,6 +266,15 @@ fn model_test(seed: u64, mmap: bool, steps: usize) {
     let backend = Backend::open(std_vfs(), &path, opts(mmap)).unwrap();
     assert_eq!(dump(&backend.snapshot()), model);
     assert!(backend.check().is_ok());
+    if delta {
+        // The log was used and stayed within its bound of runs.
+        assert!(
+            (1..=5).contains(&most_delta_runs),
+            "most delta runs {most_delta_runs}"
+        );
+    } else {
+        assert_eq!(most_delta_runs, 0);
+    }
 }
 
 #[test]
@@ -260,6 +287,15 @@ fn model_randomized_mmap() {
 #[test]
 fn model_randomized_read_at() {
     model_test(7, false, 2500);
+}
+
+/// The model test with the delta log on at small bounds: most commits write a delta run and
+/// fold, reopens rebuild the log from its chain, and the checker walks it after every commit.
+#[test]
+fn model_randomized_delta_log() {
+    for seed in 0..2 {
+        model_test_with(seed + 40, seed == 0, true, 3000);
+    }
 }
 
 #[test]
@@ -783,9 +819,19 @@ mod crash_tests {
     }
 
     fn reopen_and_judge(image: FaultVfs, path: &Path, out: &Outcome, what: &str) {
+        reopen_and_judge_with(image, path, out, what, opts(true))
+    }
+
+    fn reopen_and_judge_with(
+        image: FaultVfs,
+        path: &Path,
+        out: &Outcome,
+        what: &str,
+        o: BackendOptions,
+    ) {
         let vfs: Arc<dyn Vfs> = Arc::new(image);
-        let backend = Backend::open(vfs, path, opts(true))
-            .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+        let backend =
+            Backend::open(vfs, path, o).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
         let got = dump(&backend.snapshot());
         let ok = got == out.committed || out.in_flight.as_ref() == Some(&got);
         assert!(
@@ -835,14 +881,35 @@ mod crash_tests {
             .into_iter()
             .enumerate()
             {
-                reopen_and_judge(
+                reopen_and_judge_with(
                     vfs.crash_image(mode),
                     path,
                     &out,
                     &format!("power cut at op {n}, mode {i} {mode:?}"),
+                    o.clone(),
                 );
             }
         }
+    }
+
+    /// The crash test's workload with the delta log on (small bounds: commits of 2+ random keys
+    /// write delta runs, most commits fold and free runs): every acknowledged commit is present
+    /// after a crash at any operation, never a mix, with the log rebuilt from its chain.
+    #[test]
+    fn crash_at_every_operation_with_the_delta_log() {
+        let path = PathBuf::from("/data/member/snap/db");
+        let work = batches(12, 14);
+        let clean = FaultVfs::new();
+        let clean_dyn: Arc<dyn Vfs> = Arc::new(clean.clone());
+        let o = opts_with(true, true);
+        let out = run_with(&clean_dyn, &path, &work, o.clone());
+        assert!(out.in_flight.is_none());
+        let backend = Backend::open(clean_dyn, &path, o.clone()).unwrap();
+        let report = backend.check();
+        assert!(report.is_ok() && report.delta_runs > 0, "{report:?}");
+        drop(backend);
+        let total = clean.ops();
+        power_cut_at_every_op(&path, &work, total, o);
     }
 
     /// A workload whose last commit appends 4,000 sorted keys into pages freed inside the file,
@@ -1700,5 +1767,181 @@ mod fill_tests {
             (100..=102).contains(&added),
             "2,100 appended entries took {added} pages"
         );
+    }
+}
+
+mod delta_log {
+    //! The delta log across reopens: a long chain, a tighter bound applied at the next commit,
+    //! and a damaged run named with its page and reason.
+
+    use super::*;
+
+    fn delta_opts(max_runs: usize) -> BackendOptions {
+        BackendOptions {
+            delta_log: true,
+            delta_min_batch: 8,
+            delta_max_entries: 1_000_000,
+            delta_max_runs: max_runs,
+            ..opts(true)
+        }
+    }
+
+    /// 2,000 keys loaded in order, then `commits` commits of 40 random puts and deletes.
+    fn write_chain(path: &Path, commits: usize, model: &mut Model) {
+        let backend = Backend::open(std_vfs(), path, delta_opts(1000)).unwrap();
+        let mut w = backend.batch().unwrap();
+        for i in 0..2000u32 {
+            let k = format!("d{i:06}").into_bytes();
+            w.put(Bucket::Key, &k, &[7; 150]).unwrap();
+            model.insert((Bucket::Key, k), vec![7; 150]);
+        }
+        w.commit().unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        for c in 0..commits {
+            for _ in 0..40 {
+                let k = format!("d{:06}", rng.random_range(0..2500u32)).into_bytes();
+                if rng.random_bool(0.2) {
+                    w.delete(Bucket::Key, &k).unwrap();
+                    model.remove(&(Bucket::Key, k));
+                } else {
+                    let v = vec![c as u8; 150];
+                    w.put(Bucket::Key, &k, &v).unwrap();
+                    model.insert((Bucket::Key, k), v);
+                }
+            }
+            w.commit().unwrap();
+        }
+        let r = assert_checked(&w);
+        assert_eq!(
+            r.delta_runs, commits as u64,
+            "one run per commit, none folded"
+        );
+    }
+
+    #[test]
+    fn reopen_rebuilds_a_long_chain_and_a_tighter_bound_folds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let mut model = Model::new();
+        write_chain(&path, 120, &mut model);
+        let mut rng = StdRng::seed_from_u64(9);
+        for mmap in [true, false] {
+            let backend = Backend::open(std_vfs(), &path, opts_with(mmap, true)).unwrap();
+            verify_key_bucket(&backend.snapshot(), &model, &mut rng);
+            assert_eq!(backend.check().delta_runs, 120);
+        }
+        // Reopened with at most 10 runs: the next delta commit frees the oldest 111.
+        let backend = Backend::open(std_vfs(), &path, delta_opts(10)).unwrap();
+        let old = backend.snapshot();
+        let mut w = backend.batch().unwrap();
+        for i in 0..20u32 {
+            let k = format!("d{:06}", i * 97 % 2500).into_bytes();
+            w.put(Bucket::Key, &k, b"new").unwrap();
+        }
+        let before = model.clone();
+        for i in 0..20u32 {
+            model.insert(
+                (Bucket::Key, format!("d{:06}", i * 97 % 2500).into_bytes()),
+                b"new".to_vec(),
+            );
+        }
+        w.commit().unwrap();
+        let r = assert_checked(&w);
+        assert_eq!(r.delta_runs, 10, "{r:?}");
+        // The snapshot taken before still sees its own commit's log.
+        verify_key_bucket(&old, &before, &mut rng);
+        verify_key_bucket(&backend.snapshot(), &model, &mut rng);
+        drop((old, w, backend));
+        // With the option off, the next commit folds the whole log and writes a v2 meta.
+        let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+        let mut w = backend.batch().unwrap();
+        w.put(Bucket::Meta, b"m", b"1").unwrap();
+        w.commit().unwrap();
+        let r = assert_checked(&w);
+        assert_eq!(r.delta_runs, 0);
+        assert_eq!(
+            backend.snapshot().version.meta.version,
+            meta::FORMAT_VERSION
+        );
+        verify_key_bucket(&backend.snapshot(), &model, &mut rng);
+        drop((w, backend));
+        let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+        verify_key_bucket(&backend.snapshot(), &model, &mut rng);
+    }
+
+    fn verify_key_bucket(snap: &Snapshot, model: &Model, rng: &mut StdRng) {
+        let mut got = Model::new();
+        snap.scan(Bucket::Key, b"", b"", &mut |k, v| {
+            got.insert((Bucket::Key, k.to_vec()), v.to_vec());
+            true
+        })
+        .unwrap();
+        let want: Model = model
+            .iter()
+            .filter(|((b, _), _)| *b == Bucket::Key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(got, want);
+        for _ in 0..200 {
+            let k = format!("d{:06}", rng.random_range(0..2600u32)).into_bytes();
+            assert_eq!(
+                snap.get(Bucket::Key, &k).unwrap(),
+                want.get(&(Bucket::Key, k.clone())).cloned()
+            );
+            let end = format!("d{:06}", rng.random_range(0..2600u32)).into_bytes();
+            let mut n = 0;
+            let mut got = Vec::new();
+            snap.scan(Bucket::Key, &k, &end, &mut |k, v| {
+                got.push((k.to_vec(), v.to_vec()));
+                n += 1;
+                n < 10
+            })
+            .unwrap();
+            let exp: Vec<_> = if k < end {
+                want.range((Bucket::Key, k.clone())..(Bucket::Key, end))
+                    .take(10)
+                    .map(|((_, k), v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(got, exp);
+        }
+    }
+
+    #[test]
+    fn a_damaged_delta_run_is_named_with_page_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let mut model = Model::new();
+        write_chain(&path, 6, &mut model);
+        let backend = Backend::open(std_vfs(), &path, opts(true)).unwrap();
+        let v = backend.snapshot().version.clone();
+        let chain = delta::read_chain(&v.map, v.meta.delta_head, v.meta.page_count, 4096).unwrap();
+        assert_eq!(chain.len(), 6);
+        // A run written by an older commit (the newest commit's own run would make open fall
+        // back to the commit before, crash case 2).
+        let (id, _) = chain[3];
+        drop(v);
+        drop(backend);
+        flip(&path, id * 4096 + 300);
+        for mmap in [true, false] {
+            let err = match Backend::open(std_vfs(), &path, opts_with(mmap, true)) {
+                Err(e) => e,
+                Ok(_) => panic!("a damaged delta run was not detected"),
+            };
+            match &err {
+                BackendError::Corrupt {
+                    page,
+                    offset,
+                    reason,
+                    ..
+                } => {
+                    assert_eq!((*page, *offset), (id, id * 4096), "{err}");
+                    assert!(reason.contains("checksum"), "{reason}");
+                }
+                e => panic!("expected corruption, got {e}"),
+            }
+        }
     }
 }

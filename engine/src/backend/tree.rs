@@ -195,6 +195,38 @@ fn scan_node(
     Ok(true)
 }
 
+/// The key range `[lo, hi)` (`hi` empty = unbounded) of the leaf of the tree at `root` that
+/// holds `key` or would hold it: child `i` of a branch covers `[key_i, key_{i+1})`, child 0
+/// from its parent's `lo`. An empty tree is one unbounded range. (The delta log folds every
+/// logged key of one leaf at once, delta.rs.)
+pub(crate) fn leaf_bounds(
+    m: &Mapping,
+    root: u64,
+    key: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), PageError> {
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    let mut id = root;
+    if root == 0 {
+        return Ok((lo, hi));
+    }
+    for _ in 0..MAX_DEPTH {
+        let page = node(m, id)?;
+        let v = NodeView::new(&page);
+        if v.is_leaf() {
+            return Ok((lo, hi));
+        }
+        let i = v.child_index(key);
+        if i > 0 {
+            lo = v.key(i).to_vec();
+        }
+        if i + 1 < v.len() {
+            hi = v.key(i + 1).to_vec();
+        }
+        id = v.child(i);
+    }
+    Err(too_deep(root))
+}
+
 /// How far online compaction may walk in one commit, and where it resumes.
 pub(crate) struct Walk {
     /// Nodes this commit may still read.
