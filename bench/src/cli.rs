@@ -396,7 +396,9 @@ pub struct WalArgs {
     /// `ringkv-wake-first` is ringkv with `wake_before_next: true` (the leader wakes a flushed
     /// batch's waiters before it takes the next batch). `ringkv-relay` is ringkv with
     /// `relay_wake: true` (the batch's first parked waiter, not the leader, stores a flushed
-    /// batch's outcomes and starts its wake-ups). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
+    /// batch's outcomes and starts its wake-ups). `ringkv-gather` is ringkv with
+    /// `wake_before_next: true, wake_gather: true` (the leader wakes a flushed batch's parked
+    /// waiters as a tree and waits until they all ran before it takes the next batch). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
     /// write+fdatasync per batch) are floors, not logs: blocked writers handed off in batches
     /// by one flusher thread.
     #[arg(long, value_delimiter = ',')]

@@ -59,6 +59,13 @@ pub enum Engine {
     /// batch's first parked waiter, which stores them and starts the wake-up tree; by default the
     /// leader does both itself), to A/B the two in one process. Engine `ringkv-relay`.
     RingkvRelay,
+    /// ringkv's WAL with `wake_before_next: true, wake_gather: true` (the leader wakes a
+    /// flushed batch's parked waiters as a tree and waits until they have all run before it
+    /// takes the next batch). Engine `ringkv-gather`.
+    RingkvGather,
+    /// ringkv's WAL with `wake_help: true` (the waiters returning from a batch's wake-up tree
+    /// start the next batch's tree, not the leader). Engine `ringkv-help`.
+    RingkvHelp,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -94,6 +101,8 @@ impl Engine {
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
             Engine::RingkvRelay => "ringkv-relay",
+            Engine::RingkvGather => "ringkv-gather",
+            Engine::RingkvHelp => "ringkv-help",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -117,10 +126,12 @@ impl Engine {
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
             "ringkv-relay" => Ok(Engine::RingkvRelay),
+            "ringkv-gather" => Ok(Engine::RingkvGather),
+            "ringkv-help" => Ok(Engine::RingkvHelp),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-relay, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-relay, ringkv-gather, ringkv-help, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -184,6 +195,13 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         })?)),
         Engine::RingkvRelay => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.relay_wake = true;
+        })?)),
+        Engine::RingkvGather => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = true;
+            o.wake_gather = true;
+        })?)),
+        Engine::RingkvHelp => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_help = true;
         })?)),
     }
 }
@@ -781,6 +799,9 @@ mod tests {
             "ringkv-tasks",
             "ringkv-tasks-batch",
             "ringkv-wake-first",
+            "ringkv-relay",
+            "ringkv-gather",
+            "ringkv-help",
             "raft-engine",
             "raw",
             "handoff",

@@ -206,6 +206,9 @@ enum Wake {
     Relay,
     /// The delivering thread stores them and unparks the first of a wake-up tree.
     Tree,
+    /// The delivering thread stores them and publishes the wake-up tree of the parked ones for
+    /// the waiters still returning from earlier trees to start ([`Core::publish_helped`]).
+    Helped,
     /// The delivering thread stores them and unparks them all.
     All,
 }
@@ -233,6 +236,11 @@ pub(crate) struct WakeChain {
     waiters: Vec<Arc<Waiter>>,
     /// Index of the next waiter to claim (claimed with `fetch_add`).
     next: AtomicUsize,
+    /// Members that have returned with their outcome (counted for a gathering leader only).
+    returned: AtomicUsize,
+    /// The leader waiting in [`WakeChain::gathered`] for every member to have returned; the
+    /// member that returns last unparks it. `None`: nobody waits, nothing is counted.
+    gatherer: Option<Thread>,
 }
 
 impl WakeChain {
@@ -254,6 +262,85 @@ impl WakeChain {
             self.wake(1);
         }
     }
+
+    /// A member of the chain returns with its outcome, after its claims: counts it for the
+    /// gatherer, and unparks the gatherer if it is the last.
+    fn returned(&self) {
+        let n = self.returned.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(g) = &self.gatherer
+            && n == self.waiters.len()
+        {
+            g.unpark();
+        }
+    }
+
+    /// Whether a member of the chain has not returned yet (it is running, or parked and will
+    /// be claimed and run: members are parked waiters only).
+    fn unreturned(&self) -> bool {
+        self.returned.load(Ordering::SeqCst) < self.waiters.len()
+    }
+
+    /// The gatherer (the thread that made the chain) parks until every member has returned
+    /// with its outcome. Bounded, and no timer: every member was parked in
+    /// [`AppendTicket::wait`] when its outcome was stored, so once the tree unparked it (the
+    /// claims reach every member, [`WakeChain`]'s invariant) it only has to be scheduled to
+    /// take its outcome and return.
+    fn gathered(&self) {
+        while self.returned.load(Ordering::Acquire) < self.waiters.len() {
+            // A stale unpark token only costs one more round of the loop.
+            std::thread::park();
+        }
+    }
+}
+
+/// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots and returns the
+/// wake-up tree of the waiters that are parked, not started yet (`None` when no waiter was
+/// parked); `gatherer` may wait for its members ([`WakeChain::gathered`]).
+///
+/// Two passes, so that a member's outcome and the chain are stored under one slot lock
+/// ([`WakeChain`]'s invariant) while only parked waiters are members: the first pass stores
+/// the outcome of each waiter that is not parked (its owner is running and sees it before it
+/// would park, invariant 4) and sets the parked ones aside; the second stores theirs with the
+/// chain. A member cannot leave [`AppendTicket::wait`] between the passes: it has no outcome
+/// yet, and its append is no longer queued, so nobody makes it leader.
+///
+/// Example: batch [a b c d] where b and d are parked: a and c get their outcome in the first
+/// pass; the chain is [b d]; once started, its first claim unparks both (fan-out 2), each
+/// returns and counts itself, and d, returning last, unparks the gatherer if there is one.
+fn gather_waiters(
+    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    batch: u64,
+    gatherer: Option<Thread>,
+) -> Option<Arc<WakeChain>> {
+    let mut parked = Vec::new();
+    for (w, result) in outcomes {
+        let mut slot = w.slot();
+        if slot.thread.is_some() {
+            drop(slot);
+            parked.push((w, result));
+            continue;
+        }
+        slot.outcome = Some(result);
+        slot.batch = batch;
+        w.ready.store(true, Ordering::Release);
+    }
+    if parked.is_empty() {
+        return None;
+    }
+    let chain = Arc::new(WakeChain {
+        waiters: parked.iter().map(|(w, _)| w.clone()).collect(),
+        next: AtomicUsize::new(0),
+        returned: AtomicUsize::new(0),
+        gatherer,
+    });
+    for (w, result) in parked {
+        let mut slot = w.slot();
+        slot.outcome = Some(result);
+        slot.batch = batch;
+        slot.chain = Some(chain.clone());
+        w.ready.store(true, Ordering::Release);
+    }
+    Some(chain)
 }
 
 /// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots, then wakes
@@ -270,6 +357,8 @@ fn wake_waiters(
     let chain = Arc::new(WakeChain {
         waiters: outcomes.iter().map(|(w, _)| w.clone()).collect(),
         next: AtomicUsize::new(0),
+        returned: AtomicUsize::new(0),
+        gatherer: None,
     });
     for (w, result) in outcomes {
         let mut slot = w.slot();
@@ -349,6 +438,12 @@ pub(crate) struct Core {
     wake_before_next: bool,
     /// [`crate::WalOptions::relay_wake`].
     relay_wake: bool,
+    /// [`crate::WalOptions::wake_gather`].
+    wake_gather: bool,
+    /// [`crate::WalOptions::wake_help`].
+    wake_help: bool,
+    /// The newest wake-up tree published by [`Core::publish_helped`].
+    help_chain: Mutex<Option<Arc<WakeChain>>>,
     /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
     trace: Option<Trace>,
 }
@@ -361,6 +456,8 @@ impl Core {
         idle_spin: Duration,
         wake_before_next: bool,
         relay_wake: bool,
+        wake_gather: bool,
+        wake_help: bool,
     ) -> Core {
         Core {
             shared,
@@ -374,6 +471,9 @@ impl Core {
             idle_spin,
             wake_before_next,
             relay_wake,
+            wake_gather,
+            wake_help,
+            help_chain: Mutex::new(None),
             trace: Trace::from_env(),
         }
     }
@@ -479,6 +579,10 @@ impl Core {
                     wake_waiters(relay, batch, true);
                     if let Some(chain) = chain {
                         chain.wake(WAKE_FANOUT);
+                        chain.returned();
+                        if self.wake_help {
+                            self.help_pending(&chain);
+                        }
                     }
                     return r;
                 }
@@ -637,8 +741,16 @@ impl Core {
                 }
                 None => closed(batch),
             };
-            panic = panic.or(self.deliver(number, outcomes, Wake::All));
             batches += 1;
+            if self.wake_gather && mode.leads_again(batches) {
+                let (p, chain) = self.deliver_gathering(number, outcomes);
+                panic = panic.or(p);
+                if let Some(chain) = chain {
+                    chain.gathered();
+                }
+            } else {
+                panic = panic.or(self.deliver(number, outcomes, Wake::All));
+            }
             let mut q = self.queue();
             let more = !q.items.is_empty() && mode.leads_again(batches);
             if !more {
@@ -738,6 +850,45 @@ impl Core {
     /// outcomes with the chain [c d e] and unparks c and d where parked; c claims e.
     #[must_use]
     fn deliver(&self, number: u64, outcomes: Vec<Outcome>, wake: Wake) -> Option<Panic> {
+        let (panic, waiters) = self.run_callbacks(number, outcomes);
+        if wake == Wake::Relay {
+            let mut rest = waiters.into_iter();
+            while let Some((w, result)) = rest.next() {
+                let mut slot = w.slot();
+                slot.outcome = Some(result);
+                slot.batch = number;
+                w.ready.store(true, Ordering::Release);
+                if let Some(t) = slot.thread.take() {
+                    slot.relay = rest.collect();
+                    drop(slot);
+                    t.unpark();
+                    break;
+                }
+            }
+        } else {
+            if wake == Wake::Helped {
+                if let Some(chain) = gather_waiters(waiters, number, None) {
+                    self.publish_helped(chain);
+                }
+            } else {
+                wake_waiters(waiters, number, wake == Wake::Tree);
+            }
+        }
+        if let Some(t) = &self.trace {
+            t.mark(number, Field::DeliverEnd);
+        }
+        panic
+    }
+
+    /// The first part of [`Core::deliver`]: once every earlier batch is delivered (invariant
+    /// 2), runs the batch's callbacks in order and the actions they deferred, then opens the
+    /// gate for the next batch. Returns the first panic of a callback and the batch's waiters
+    /// with their outcomes, not yet stored.
+    fn run_callbacks(
+        &self,
+        number: u64,
+        outcomes: Vec<Outcome>,
+    ) -> (Option<Panic>, Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>) {
         self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);
@@ -773,27 +924,28 @@ impl Core {
             }
         }
         drop(gate);
-        if wake == Wake::Relay {
-            let mut rest = waiters.into_iter();
-            while let Some((w, result)) = rest.next() {
-                let mut slot = w.slot();
-                slot.outcome = Some(result);
-                slot.batch = number;
-                w.ready.store(true, Ordering::Release);
-                if let Some(t) = slot.thread.take() {
-                    slot.relay = rest.collect();
-                    drop(slot);
-                    t.unpark();
-                    break;
-                }
-            }
-        } else {
-            wake_waiters(waiters, number, wake == Wake::Tree);
+        (panic, waiters)
+    }
+
+    /// [`Core::deliver`] for a leader that gathers ([`crate::WalOptions::wake_gather`]):
+    /// callbacks as there; every waiter's outcome stored, and the waiters that were parked
+    /// woken as a tree ([`gather_waiters`]). Returns the tree, which [`WakeChain::gathered`]
+    /// waits on, when it has members.
+    #[must_use]
+    fn deliver_gathering(
+        &self,
+        number: u64,
+        outcomes: Vec<Outcome>,
+    ) -> (Option<Panic>, Option<Arc<WakeChain>>) {
+        let (panic, waiters) = self.run_callbacks(number, outcomes);
+        let chain = gather_waiters(waiters, number, Some(std::thread::current()));
+        if let Some(c) = &chain {
+            c.wake(WAKE_FANOUT);
         }
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverEnd);
         }
-        panic
+        (panic, chain)
     }
 
     /// Waits until every batch before `number` is delivered.
@@ -810,8 +962,60 @@ impl Core {
     fn overlapped_wake(&self) -> Wake {
         if self.relay_wake {
             Wake::Relay
+        } else if self.wake_help {
+            Wake::Helped
         } else {
             Wake::Tree
+        }
+    }
+
+    /// Starts a delivered batch's wake-up tree ([`crate::WalOptions::wake_help`]): makes it
+    /// the pending tree, which every waiter returning from an earlier tree claims from
+    /// ([`WAKE_FANOUT`] waiters) after its own claims; this thread unparks the tree's first
+    /// waiters itself only if no member of the previous pending tree is left to return. At
+    /// sustained load the leader thus makes no wake-up syscall between two flushes (with std
+    /// I/O, time the device idles), and is not preempted there by the threads it woke.
+    ///
+    /// Why no tree is left asleep: this thread stores the tree, then (fence) reads the previous
+    /// tree's count of returned members; a returning member adds itself to that count, then
+    /// (fence) reads the pending tree. By the fences, if this thread reads a count short of the
+    /// previous tree's size, the member whose return is missing reads the new tree afterwards
+    /// and claims from it; that member does return, as members are parked waiters only and the
+    /// claims of a tree reach every member ([`WakeChain`]). Otherwise this thread starts it.
+    /// The member may read a newer tree instead, if a later delivery replaced this one: a
+    /// replaced tree that nobody started yet is started by the thread that replaces it.
+    ///
+    /// Example: batches 7 and 8 have 30 parked waiters each. When 8 is delivered, 12 of 7's
+    /// waiters have not returned: the leader publishes 8's tree and starts its write; the
+    /// 13th-last of 7's waiters to return claims two of 8's, which claim four, and so on.
+    fn publish_helped(&self, chain: Arc<WakeChain>) {
+        let prev = self
+            .help_chain
+            .lock()
+            .expect("WAL wake tree lock")
+            .replace(chain.clone());
+        // A tree is started before it stops being the pending one: the helpers that read the
+        // pending tree from now on see the new one.
+        if let Some(p) = &prev
+            && p.next.load(Ordering::SeqCst) == 0
+        {
+            p.wake(WAKE_FANOUT);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if !prev.is_some_and(|p| p.unreturned()) {
+            chain.wake(WAKE_FANOUT);
+        }
+    }
+
+    /// A waiter returning from `chain` (its own claims done) helps start the pending tree
+    /// ([`Core::publish_helped`]).
+    fn help_pending(&self, chain: &Arc<WakeChain>) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let pending = self.help_chain.lock().expect("WAL wake tree lock").clone();
+        if let Some(p) = pending
+            && !Arc::ptr_eq(&p, chain)
+        {
+            p.wake(WAKE_FANOUT);
         }
     }
 

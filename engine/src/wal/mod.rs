@@ -175,6 +175,24 @@ pub struct WalOptions {
     /// the throughput of `false` at 64 writers in four same-process A/Bs (BENCHMARKS.md, session 8
     /// end).
     pub relay_wake: bool,
+    /// How a leader in the wake-first order (`wake_before_next: true`) wakes a flushed batch's
+    /// parked waiters and when it takes the next batch. `true`: it stores every outcome, wakes
+    /// the parked waiters as a tree (each woken waiter wakes two more) and parks until every
+    /// one of them has taken its outcome; only then does it take the queue, so the batch holds
+    /// the appenders that came back, not only those back before the leader's own wake loop
+    /// ended. No timer: it waits for threads it woke to run; with no parked waiter (one
+    /// appender, callback appends) it waits for nothing, and a leader that will not take
+    /// another batch (`append_inline`) never waits. `false`: the leader unparks them all
+    /// itself, then takes the queue (session 7).
+    pub wake_gather: bool,
+    /// How a leader in the overlapped order (`wake_before_next: false, relay_wake: false`)
+    /// starts a flushed batch's wake-up tree. `true`: it stores the outcomes and publishes the
+    /// tree of the parked waiters, which the waiters still returning from the previous batch's
+    /// tree start (each claims two after its own claims); the leader unparks two itself only
+    /// when none of those is left. At sustained load that takes the wake-up syscalls (and being
+    /// preempted by the woken threads) off the leader between two flushes. `false`: the leader
+    /// unparks the first two of the tree itself (sessions 3–8).
+    pub wake_help: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -190,6 +208,8 @@ impl Default for WalOptions {
             zero_fill_below: u64::MAX,
             wake_before_next: false,
             relay_wake: false,
+            wake_gather: false,
+            wake_help: false,
             metrics: None,
         }
     }
@@ -207,6 +227,8 @@ impl fmt::Debug for WalOptions {
             .field("zero_fill_below", &self.zero_fill_below)
             .field("wake_before_next", &self.wake_before_next)
             .field("relay_wake", &self.relay_wake)
+            .field("wake_gather", &self.wake_gather)
+            .field("wake_help", &self.wake_help)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -457,6 +479,8 @@ impl Wal {
             opts.idle_spin,
             opts.wake_before_next,
             opts.relay_wake,
+            opts.wake_gather,
+            opts.wake_help,
         ));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();
