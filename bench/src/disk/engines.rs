@@ -51,21 +51,26 @@ pub enum Engine {
         tasks: bool,
         each_wakes: bool,
     },
-    /// ringkv's WAL in threads mode with `wake_before_next: true` (the leader wakes a flushed
-    /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
-    /// orders in one process. Engine `ringkv-wake-first`.
+    /// ringkv's WAL in threads mode with `wake_before_next: true, wake_gather: false` (the
+    /// leader wakes every waiter of a flushed batch itself, then takes the next batch; session
+    /// 7). Engine `ringkv-wake-first`.
     RingkvWakeFirst,
-    /// ringkv's WAL with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
+    /// ringkv's WAL with `wake_before_next: false` (the overlapped order, the default of
+    /// sessions 3–8: the next batch is taken as an fdatasync returns, the previous one woken
+    /// while it is in flight). Engine `ringkv-overlap`.
+    RingkvOverlap,
+    /// ringkv's WAL in the overlapped order with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
     /// batch's first parked waiter, which stores them and starts the wake-up tree; by default the
     /// leader does both itself), to A/B the two in one process. Engine `ringkv-relay`.
     RingkvRelay,
     /// ringkv's WAL with `wake_before_next: true, wake_gather: true` (the leader wakes a
     /// flushed batch's parked waiters as a tree and waits until they have all run before it
-    /// takes the next batch). Engine `ringkv-gather`.
+    /// takes the next batch; the default since session 9, named for A/Bs). Engine
+    /// `ringkv-gather`.
     RingkvGather,
-    /// ringkv's WAL with `wake_help: true` (the waiters returning from a batch's wake-up tree
-    /// start the next batch's tree, not the leader). Engine `ringkv-help`.
-    RingkvHelp,
+    /// ringkv's WAL in the overlapped order with `wake_one: true` (the leader unparks one waiter of a flushed batch,
+    /// which starts the wake-up tree). Engine `ringkv-one`.
+    RingkvOne,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -100,9 +105,10 @@ impl Engine {
                 each_wakes: false,
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
+            Engine::RingkvOverlap => "ringkv-overlap",
             Engine::RingkvRelay => "ringkv-relay",
             Engine::RingkvGather => "ringkv-gather",
-            Engine::RingkvHelp => "ringkv-help",
+            Engine::RingkvOne => "ringkv-one",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -125,13 +131,14 @@ impl Engine {
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
+            "ringkv-overlap" => Ok(Engine::RingkvOverlap),
             "ringkv-relay" => Ok(Engine::RingkvRelay),
             "ringkv-gather" => Ok(Engine::RingkvGather),
-            "ringkv-help" => Ok(Engine::RingkvHelp),
+            "ringkv-one" => Ok(Engine::RingkvOne),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-relay, ringkv-gather, ringkv-help, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-overlap, ringkv-relay, ringkv-gather, ringkv-one, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -192,16 +199,22 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         }
         Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.wake_before_next = true;
+            o.wake_gather = false;
+        })?)),
+        Engine::RingkvOverlap => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = false;
         })?)),
         Engine::RingkvRelay => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = false;
             o.relay_wake = true;
         })?)),
         Engine::RingkvGather => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.wake_before_next = true;
             o.wake_gather = true;
         })?)),
-        Engine::RingkvHelp => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.wake_help = true;
+        Engine::RingkvOne => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = false;
+            o.wake_one = true;
         })?)),
     }
 }
@@ -799,9 +812,10 @@ mod tests {
             "ringkv-tasks",
             "ringkv-tasks-batch",
             "ringkv-wake-first",
+            "ringkv-overlap",
             "ringkv-relay",
             "ringkv-gather",
-            "ringkv-help",
+            "ringkv-one",
             "raft-engine",
             "raw",
             "handoff",

@@ -206,9 +206,9 @@ enum Wake {
     Relay,
     /// The delivering thread stores them and unparks the first of a wake-up tree.
     Tree,
-    /// The delivering thread stores them and publishes the wake-up tree of the parked ones for
-    /// the waiters still returning from earlier trees to start ([`Core::publish_helped`]).
-    Helped,
+    /// The delivering thread stores them and unparks the first of a wake-up tree of the parked
+    /// ones only.
+    One,
     /// The delivering thread stores them and unparks them all.
     All,
 }
@@ -266,18 +266,11 @@ impl WakeChain {
     /// A member of the chain returns with its outcome, after its claims: counts it for the
     /// gatherer, and unparks the gatherer if it is the last.
     fn returned(&self) {
-        let n = self.returned.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(g) = &self.gatherer
-            && n == self.waiters.len()
+            && self.returned.fetch_add(1, Ordering::AcqRel) + 1 == self.waiters.len()
         {
             g.unpark();
         }
-    }
-
-    /// Whether a member of the chain has not returned yet (it is running, or parked and will
-    /// be claimed and run: members are parked waiters only).
-    fn unreturned(&self) -> bool {
-        self.returned.load(Ordering::SeqCst) < self.waiters.len()
     }
 
     /// The gatherer (the thread that made the chain) parks until every member has returned
@@ -440,10 +433,8 @@ pub(crate) struct Core {
     relay_wake: bool,
     /// [`crate::WalOptions::wake_gather`].
     wake_gather: bool,
-    /// [`crate::WalOptions::wake_help`].
-    wake_help: bool,
-    /// The newest wake-up tree published by [`Core::publish_helped`].
-    help_chain: Mutex<Option<Arc<WakeChain>>>,
+    /// [`crate::WalOptions::wake_one`].
+    wake_one: bool,
     /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
     trace: Option<Trace>,
 }
@@ -457,7 +448,7 @@ impl Core {
         wake_before_next: bool,
         relay_wake: bool,
         wake_gather: bool,
-        wake_help: bool,
+        wake_one: bool,
     ) -> Core {
         Core {
             shared,
@@ -472,8 +463,7 @@ impl Core {
             wake_before_next,
             relay_wake,
             wake_gather,
-            wake_help,
-            help_chain: Mutex::new(None),
+            wake_one,
             trace: Trace::from_env(),
         }
     }
@@ -580,9 +570,6 @@ impl Core {
                     if let Some(chain) = chain {
                         chain.wake(WAKE_FANOUT);
                         chain.returned();
-                        if self.wake_help {
-                            self.help_pending(&chain);
-                        }
                     }
                     return r;
                 }
@@ -866,9 +853,12 @@ impl Core {
                 }
             }
         } else {
-            if wake == Wake::Helped {
+            if wake == Wake::One {
+                // One wake-up: when the leader is the only thread running (every appender
+                // parked), it lands on the idle vCPU instead of preempting the leader before
+                // its write.
                 if let Some(chain) = gather_waiters(waiters, number, None) {
-                    self.publish_helped(chain);
+                    chain.wake(1);
                 }
             } else {
                 wake_waiters(waiters, number, wake == Wake::Tree);
@@ -962,60 +952,10 @@ impl Core {
     fn overlapped_wake(&self) -> Wake {
         if self.relay_wake {
             Wake::Relay
-        } else if self.wake_help {
-            Wake::Helped
+        } else if self.wake_one {
+            Wake::One
         } else {
             Wake::Tree
-        }
-    }
-
-    /// Starts a delivered batch's wake-up tree ([`crate::WalOptions::wake_help`]): makes it
-    /// the pending tree, which every waiter returning from an earlier tree claims from
-    /// ([`WAKE_FANOUT`] waiters) after its own claims; this thread unparks the tree's first
-    /// waiters itself only if no member of the previous pending tree is left to return. At
-    /// sustained load the leader thus makes no wake-up syscall between two flushes (with std
-    /// I/O, time the device idles), and is not preempted there by the threads it woke.
-    ///
-    /// Why no tree is left asleep: this thread stores the tree, then (fence) reads the previous
-    /// tree's count of returned members; a returning member adds itself to that count, then
-    /// (fence) reads the pending tree. By the fences, if this thread reads a count short of the
-    /// previous tree's size, the member whose return is missing reads the new tree afterwards
-    /// and claims from it; that member does return, as members are parked waiters only and the
-    /// claims of a tree reach every member ([`WakeChain`]). Otherwise this thread starts it.
-    /// The member may read a newer tree instead, if a later delivery replaced this one: a
-    /// replaced tree that nobody started yet is started by the thread that replaces it.
-    ///
-    /// Example: batches 7 and 8 have 30 parked waiters each. When 8 is delivered, 12 of 7's
-    /// waiters have not returned: the leader publishes 8's tree and starts its write; the
-    /// 13th-last of 7's waiters to return claims two of 8's, which claim four, and so on.
-    fn publish_helped(&self, chain: Arc<WakeChain>) {
-        let prev = self
-            .help_chain
-            .lock()
-            .expect("WAL wake tree lock")
-            .replace(chain.clone());
-        // A tree is started before it stops being the pending one: the helpers that read the
-        // pending tree from now on see the new one.
-        if let Some(p) = &prev
-            && p.next.load(Ordering::SeqCst) == 0
-        {
-            p.wake(WAKE_FANOUT);
-        }
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if !prev.is_some_and(|p| p.unreturned()) {
-            chain.wake(WAKE_FANOUT);
-        }
-    }
-
-    /// A waiter returning from `chain` (its own claims done) helps start the pending tree
-    /// ([`Core::publish_helped`]).
-    fn help_pending(&self, chain: &Arc<WakeChain>) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        let pending = self.help_chain.lock().expect("WAL wake tree lock").clone();
-        if let Some(p) = pending
-            && !Arc::ptr_eq(&p, chain)
-        {
-            p.wake(WAKE_FANOUT);
         }
     }
 

@@ -157,14 +157,15 @@ pub struct WalOptions {
     /// limit is one 2 MiB write+fdatasync at a time.
     pub zero_fill_below: u64,
     /// How a leader orders a flushed batch's wake-ups and the next batch. `true`: it wakes
-    /// every parked waiter of the batch itself, one after the other, and only then takes the
-    /// next batch, so the appenders woken first are back in the queue and join it (the wake
-    /// loop is the gathering window: as long as the batch is big, no timer; one appender
-    /// never waits). `false`: it takes and starts the next batch first and wakes the previous
-    /// batch's waiters as a tree while that I/O runs: the device never idles for wake-ups, but
-    /// a batch can hold only the appenders that were not in the one before (at most half of
-    /// N closed-loop writers). Default `false`: `true` won ~2× under heavy load (load average
-    /// 11–34) but lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end").
+    /// the batch's parked waiters (see `wake_gather`) before it takes the next batch, so the
+    /// woken closed-loop appenders are back in the queue and join it (the wake-ups are the
+    /// gathering window: as long as the batch is big, no timer; one appender never waits).
+    /// `false`: it takes and starts the next batch first and wakes the previous batch's
+    /// waiters as a tree while that I/O runs: the device never idles for wake-ups, but a batch
+    /// can hold only the appenders that were not in the one before (at most half of N
+    /// closed-loop writers). Default `true` (with `wake_gather`), since session 9: in
+    /// same-process A/Bs at 64 writers it matched or beat `false` (BENCHMARKS.md, session 9
+    /// "wal"); without `wake_gather` it lost 7–10 % on the quiet machine of session 7.
     pub wake_before_next: bool,
     /// How a leader in the overlapped order (`wake_before_next: false`) wakes a flushed
     /// batch's waiters. `true`: it stores outcomes up to the first parked waiter, hands that
@@ -180,19 +181,20 @@ pub struct WalOptions {
     /// the parked waiters as a tree (each woken waiter wakes two more) and parks until every
     /// one of them has taken its outcome; only then does it take the queue, so the batch holds
     /// the appenders that came back, not only those back before the leader's own wake loop
-    /// ended. No timer: it waits for threads it woke to run; with no parked waiter (one
-    /// appender, callback appends) it waits for nothing, and a leader that will not take
-    /// another batch (`append_inline`) never waits. `false`: the leader unparks them all
-    /// itself, then takes the queue (session 7).
+    /// ended (64 of 64 writers per fdatasync instead of 36–45). No timer: it waits for threads
+    /// it woke to run; with no parked waiter (one appender, callback appends) it waits for
+    /// nothing, and a leader that will not take another batch (`append_inline`) never waits.
+    /// `false`: the leader unparks them all itself, then takes the queue (session 7). Default
+    /// `true`.
     pub wake_gather: bool,
     /// How a leader in the overlapped order (`wake_before_next: false, relay_wake: false`)
-    /// starts a flushed batch's wake-up tree. `true`: it stores the outcomes and publishes the
-    /// tree of the parked waiters, which the waiters still returning from the previous batch's
-    /// tree start (each claims two after its own claims); the leader unparks two itself only
-    /// when none of those is left. At sustained load that takes the wake-up syscalls (and being
-    /// preempted by the woken threads) off the leader between two flushes. `false`: the leader
-    /// unparks the first two of the tree itself (sessions 3–8).
-    pub wake_help: bool,
+    /// starts a flushed batch's wake-up tree. `true`: it stores every outcome and unparks one
+    /// waiter, the first parked one; the tree holds the parked waiters only, and each woken
+    /// waiter unparks two more. With std I/O this runs between two flushes while every other
+    /// appender is parked: one wake-up lands on the idle vCPU, where a second one would often
+    /// preempt the leader before its write. `false`: the leader unparks the first two waiters
+    /// of a tree of all the batch's waiters (sessions 3–8).
+    pub wake_one: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -206,10 +208,10 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
-            wake_before_next: false,
+            wake_before_next: true,
             relay_wake: false,
-            wake_gather: false,
-            wake_help: false,
+            wake_gather: true,
+            wake_one: false,
             metrics: None,
         }
     }
@@ -228,7 +230,7 @@ impl fmt::Debug for WalOptions {
             .field("wake_before_next", &self.wake_before_next)
             .field("relay_wake", &self.relay_wake)
             .field("wake_gather", &self.wake_gather)
-            .field("wake_help", &self.wake_help)
+            .field("wake_one", &self.wake_one)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -480,7 +482,7 @@ impl Wal {
             opts.wake_before_next,
             opts.relay_wake,
             opts.wake_gather,
-            opts.wake_help,
+            opts.wake_one,
         ));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();

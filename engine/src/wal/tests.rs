@@ -64,9 +64,9 @@ fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> (Wal, Replay) {
 }
 
 /// Every order of a leader's wake-ups and next batch, as `(wake_before_next, relay_wake,
-/// wake_gather, wake_help)`: wake first with the leader waking all, wake first gathering, and
-/// the overlapped order with each way of waking a batch's waiters (relay head, leader starts
-/// the tree, returning waiters start it).
+/// wake_gather, wake_one)`: wake first with the leader waking all, wake first gathering, and
+/// the overlapped order with each way of waking a batch's waiters (relay head, the leader
+/// unparks the tree's first two, the leader unparks one).
 const LEAD_ORDERS: [(bool, bool, bool, bool); 5] = [
     (true, false, false, false),
     (true, false, true, false),
@@ -75,18 +75,18 @@ const LEAD_ORDERS: [(bool, bool, bool, bool); 5] = [
     (false, false, false, true),
 ];
 
-/// [`open`] with the given `(wake_before_next, relay_wake, wake_gather, wake_help)`.
+/// [`open`] with the given `(wake_before_next, relay_wake, wake_gather, wake_one)`.
 fn open_ordered(
     vfs: &Arc<dyn Vfs>,
     dir: &Path,
     order: (bool, bool, bool, bool),
 ) -> (Wal, Replay) {
-    let (wake_before_next, relay_wake, wake_gather, wake_help) = order;
+    let (wake_before_next, relay_wake, wake_gather, wake_one) = order;
     let o = WalOptions {
         wake_before_next,
         relay_wake,
         wake_gather,
-        wake_help,
+        wake_one,
         ..opts()
     };
     Wal::open(vfs.clone(), dir, o).unwrap()
