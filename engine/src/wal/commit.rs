@@ -15,22 +15,26 @@
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
 //! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
-//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`]): per batch, take the whole queue,
-//!   write+fdatasync it, deliver its outcomes and unpark every parked waiter of it on the
-//!   leader's thread, then look at the queue again. The device idles while the leader wakes,
-//!   but that loop is a gathering window whose length follows the batch size: the closed-loop
-//!   appenders woken first are back in the queue when it ends and join the next batch. At 64
-//!   writers on 2 vCPUs this gave ~40–44 appends per fdatasync instead of ~26–31, and ~2× the
-//!   throughput of the overlapped order on a loaded machine, but 7–10 % less on a quiet one
-//!   (BENCHMARKS.md, session 7 end).
-//! - **Overlapped** (the default, `wake_before_next: false`, [`Core::lead`]'s own loop): the
+//! - **Wake first** (the default, `wake_before_next: true`, [`Core::lead_wake_first`]): per
+//!   batch, take the whole queue, write+fdatasync it, deliver its outcomes and wake its parked
+//!   waiters, then look at the queue again. The device idles while the batch wakes, but that
+//!   is a gathering window whose length follows the batch size: the closed-loop appenders
+//!   woken are back in the queue when it ends and join the next batch.
+//!   - With `wake_gather` (the default): the parked waiters are woken as a tree and the leader
+//!     parks until every one of them has taken its outcome ([`WakeChain::gathered`]), then
+//!     takes the queue: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync, and it matched
+//!     or beat the overlapped order in every same-process A/B of session 9 (BENCHMARKS.md).
+//!   - Without: the leader unparks every waiter itself, one after the other, and takes the
+//!     queue when its loop ends: ~36–45 appends per fdatasync (the woken appenders lag the
+//!     loop); 7–10 % below the overlapped order on the quiet machine of session 7.
+//! - **Overlapped** (`wake_before_next: false`, [`Core::lead`]'s own loop): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
 //!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
-//!   are woken as a tree ([`WakeChain`]) that the leader starts, or with `relay_wake` the
-//!   batch's first parked waiter, the relay head ([`Core::deliver`]), so that the leader pays
-//!   one wake-up per flush. The
-//!   device never waits for more than that, but a batch can only hold appenders that were not
-//!   in the previous one: at most half of N closed-loop writers per fdatasync.
+//!   are woken as a tree ([`WakeChain`]) that the leader starts (two wake-ups, or one with
+//!   `wake_one`), or with `relay_wake` the batch's first parked waiter, the relay head
+//!   ([`Core::deliver`]), so that the leader pays one wake-up per flush. The device never
+//!   waits for more than that, but a batch can only hold appenders that were not in the
+//!   previous one: at most half of N closed-loop writers per fdatasync.
 //!
 //! # Roles ([`Lead`])
 //! - **Leader**: the one thread that holds the writer. Per batch (overlapped order): take the
@@ -685,8 +689,9 @@ impl Core {
     }
 
     /// Leads with [`crate::WalOptions::wake_before_next`]: per batch, take the whole queue,
-    /// write+fdatasync it, deliver its outcomes and wake every parked waiter of it on this
-    /// thread, one after the other; only then look at the queue again. No I/O overlaps the
+    /// write+fdatasync it, deliver its outcomes and wake every parked waiter of it (on this
+    /// thread, one after the other; or with `wake_gather` as a tree, this thread parked until
+    /// every woken waiter has run); only then look at the queue again. No I/O overlaps the
     /// wake-ups, so the waiters woken first have re-appended by the time the loop ends and
     /// join the next batch instead of the one after it.
     ///
@@ -695,6 +700,12 @@ impl Core {
     /// next batch holds those plus the ~24 that arrived during the I/O: ~60 appends per
     /// fdatasync instead of the ≤ 32 of the overlapped order, for one device idle of ~100 µs
     /// per cycle. With one writer there is nothing to wake and nothing is waited for.
+    ///
+    /// Gathering, the same 64 writers: the batch of 64 returns, all 64 were parked; the tree
+    /// wakes them on both vCPUs (~3.4 µs per waiter here) while this thread is parked; each
+    /// re-appends and the 64th to take its outcome unparks this thread, which finds 63–64
+    /// appends queued. A leader that will not lead again (`Lead::Once`, or the bound reached)
+    /// does not gather: the next leader takes whatever is queued.
     ///
     /// Invariants 1–5 hold as in [`Core::lead`]: one batch at a time (3), delivered in order
     /// (2, trivially: this leader delivers each batch before taking the next), leadership
@@ -878,7 +889,10 @@ impl Core {
         &self,
         number: u64,
         outcomes: Vec<Outcome>,
-    ) -> (Option<Panic>, Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>) {
+    ) -> (
+        Option<Panic>,
+        Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    ) {
         self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);

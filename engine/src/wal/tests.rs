@@ -76,11 +76,7 @@ const LEAD_ORDERS: [(bool, bool, bool, bool); 5] = [
 ];
 
 /// [`open`] with the given `(wake_before_next, relay_wake, wake_gather, wake_one)`.
-fn open_ordered(
-    vfs: &Arc<dyn Vfs>,
-    dir: &Path,
-    order: (bool, bool, bool, bool),
-) -> (Wal, Replay) {
+fn open_ordered(vfs: &Arc<dyn Vfs>, dir: &Path, order: (bool, bool, bool, bool)) -> (Wal, Replay) {
     let (wake_before_next, relay_wake, wake_gather, wake_one) = order;
     let o = WalOptions {
         wake_before_next,
