@@ -98,7 +98,7 @@ use std::time::{Duration, Instant};
 
 use super::trace::{Field, Trace};
 use super::writer::Writer;
-use super::{AppendInfo, Done, Record, Shared, WalError};
+use super::{AppendInfo, Done, Record, Shared, WalError, WalOptions};
 use crate::io::WriteSync;
 
 thread_local! {
@@ -176,6 +176,9 @@ pub(crate) struct Pending {
 /// An append's outcome, paired with how to deliver it.
 pub(crate) type Outcome = (Reply, Result<AppendInfo, WalError>);
 
+/// A waiting appender's outcome, not stored in its slot yet.
+type WaiterOutcome = (Arc<Waiter>, Result<AppendInfo, WalError>);
+
 /// The rendezvous of one waiting appender with the leaders.
 pub(crate) struct Waiter {
     /// True while the owner is parked waiting and its append is still queued; written under the
@@ -197,7 +200,7 @@ struct Slot {
     chain: Option<Arc<WakeChain>>,
     /// Outcomes of later waiters of the same batch, which the owner delivers (it is the
     /// batch's relay head, see [`Core::deliver`]) before it returns.
-    relay: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    relay: Vec<WaiterOutcome>,
     /// Number of the batch that delivered `outcome` (for the trace).
     batch: u64,
 }
@@ -305,7 +308,7 @@ impl WakeChain {
 /// pass; the chain is [b d]; once started, its first claim unparks both (fan-out 2), each
 /// returns and counts itself, and d, returning last, unparks the gatherer if there is one.
 fn gather_waiters(
-    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    outcomes: Vec<WaiterOutcome>,
     batch: u64,
     gatherer: Option<Thread>,
 ) -> Option<Arc<WakeChain>> {
@@ -343,11 +346,7 @@ fn gather_waiters(
 /// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots, then wakes
 /// them: as a tree from this thread (`tree`), or all from this thread. No waiter is unparked
 /// before every outcome is stored ([`WakeChain`]'s invariant).
-fn wake_waiters(
-    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
-    batch: u64,
-    tree: bool,
-) {
+fn wake_waiters(outcomes: Vec<WaiterOutcome>, batch: u64, tree: bool) {
     if outcomes.is_empty() {
         return;
     }
@@ -444,16 +443,7 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        writer: Writer,
-        capacity: usize,
-        idle_spin: Duration,
-        wake_before_next: bool,
-        relay_wake: bool,
-        wake_gather: bool,
-        wake_one: bool,
-    ) -> Core {
+    pub(crate) fn new(shared: Arc<Shared>, writer: Writer, opts: &WalOptions) -> Core {
         Core {
             shared,
             queue: Mutex::new(Queue::default()),
@@ -462,12 +452,12 @@ impl Core {
             writer: Mutex::new(Some(writer)),
             delivered: Mutex::new(Gate::default()),
             delivered_cv: Condvar::new(),
-            capacity,
-            idle_spin,
-            wake_before_next,
-            relay_wake,
-            wake_gather,
-            wake_one,
+            capacity: opts.queue_capacity,
+            idle_spin: opts.idle_spin,
+            wake_before_next: opts.wake_before_next,
+            relay_wake: opts.relay_wake,
+            wake_gather: opts.wake_gather,
+            wake_one: opts.wake_one,
             trace: Trace::from_env(),
         }
     }
@@ -889,10 +879,7 @@ impl Core {
         &self,
         number: u64,
         outcomes: Vec<Outcome>,
-    ) -> (
-        Option<Panic>,
-        Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
-    ) {
+    ) -> (Option<Panic>, Vec<WaiterOutcome>) {
         self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);

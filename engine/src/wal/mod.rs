@@ -474,16 +474,7 @@ impl Wal {
             failure: OnceLock::new(),
         });
         let writer = writer::Writer::new(shared.clone(), &opts, opened.tail)?;
-        let core = Arc::new(commit::Core::new(
-            shared.clone(),
-            writer,
-            opts.queue_capacity,
-            opts.idle_spin,
-            opts.wake_before_next,
-            opts.relay_wake,
-            opts.wake_gather,
-            opts.wake_one,
-        ));
+        let core = Arc::new(commit::Core::new(shared.clone(), writer, &opts));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();
         let thread = std::thread::Builder::new()
