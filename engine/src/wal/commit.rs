@@ -698,8 +698,9 @@ impl Core {
     /// does not gather: the next leader takes whatever is queued.
     ///
     /// Invariants 1–5 hold as in [`Core::lead`]: one batch at a time (3), delivered in order
-    /// (2, trivially: this leader delivers each batch before taking the next), leadership
-    /// passed on by [`Core::hand_off`] when it stops (5).
+    /// (2: this leader delivers each batch before taking the next; its last batch, when its
+    /// role ends it, after passing leadership on, behind the gate like the overlapped order's),
+    /// leadership passed on by [`Core::hand_off`] when it stops (5).
     fn lead_wake_first(&self, mode: Lead) {
         let mut batches = 0;
         let mut panic = None;
@@ -730,7 +731,20 @@ impl Core {
                 None => closed(batch),
             };
             batches += 1;
-            if self.wake_gather && mode.leads_again(batches) {
+            if !mode.leads_again(batches) {
+                // The last batch of a leader that may not take another (`append_inline`, the
+                // bound): leadership is passed on before the delivery, as in the overlapped
+                // order, so that appends queued meanwhile are flushed while this thread runs
+                // callbacks and wakes waiters (the raft core's inline appends).
+                drop(writer);
+                self.hand_off(mode == Lead::Bounded);
+                panic = panic.or(self.deliver(number, outcomes, Wake::Tree));
+                if let Some(payload) = panic {
+                    std::panic::resume_unwind(payload);
+                }
+                return;
+            }
+            if self.wake_gather {
                 let (p, chain) = self.deliver_gathering(number, outcomes);
                 panic = panic.or(p);
                 if let Some(chain) = chain {
@@ -740,14 +754,13 @@ impl Core {
                 panic = panic.or(self.deliver(number, outcomes, Wake::All));
             }
             let mut q = self.queue();
-            let more = !q.items.is_empty() && mode.leads_again(batches);
-            if !more {
+            if q.items.is_empty() {
                 break;
             }
             next = Some(self.take_locked(&mut q));
         }
         drop(writer);
-        self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
+        self.hand_off(false);
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
         }
