@@ -51,11 +51,11 @@ pub enum Engine {
         tasks: bool,
         each_wakes: bool,
     },
-    /// ringkv's WAL in threads mode with `wake_before_next: true, wake_gather: false` (the
-    /// leader wakes every waiter of a flushed batch itself, then takes the next batch; session
-    /// 7). Engine `ringkv-wake-first`.
+    /// ringkv's WAL in threads mode with `wake_before_next: true` (the leader wakes every
+    /// waiter of a flushed batch itself, then takes the next batch; session 7). Engine
+    /// `ringkv-wake-first`.
     RingkvWakeFirst,
-    /// ringkv's WAL with `wake_before_next: false` (the overlapped order, the default of
+    /// ringkv's WAL with `wake_gather: false` (the overlapped order, the default of
     /// sessions 3–8: the next batch is taken as an fdatasync returns, the previous one woken
     /// while it is in flight). Engine `ringkv-overlap`.
     RingkvOverlap,
@@ -63,7 +63,7 @@ pub enum Engine {
     /// batch's first parked waiter, which stores them and starts the wake-up tree; by default the
     /// leader does both itself), to A/B the two in one process. Engine `ringkv-relay`.
     RingkvRelay,
-    /// ringkv's WAL with `wake_before_next: true, wake_gather: true` (the leader wakes a
+    /// ringkv's WAL with `wake_gather: true` (the leader wakes a
     /// flushed batch's parked waiters as a tree and waits until they have all run before it
     /// takes the next batch; the default since session 9, named for A/Bs). Engine
     /// `ringkv-gather`.
@@ -199,21 +199,20 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         }
         Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.wake_before_next = true;
-            o.wake_gather = false;
         })?)),
         Engine::RingkvOverlap => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.wake_before_next = false;
+            o.wake_gather = false;
         })?)),
         Engine::RingkvRelay => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.wake_before_next = false;
+            o.wake_gather = false;
             o.relay_wake = true;
         })?)),
         Engine::RingkvGather => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.wake_before_next = true;
+            o.wake_before_next = false;
             o.wake_gather = true;
         })?)),
         Engine::RingkvOne => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
-            o.wake_before_next = false;
+            o.wake_gather = false;
             o.wake_one = true;
         })?)),
     }

@@ -14,20 +14,21 @@
 //! callbacks) while the next batch's write+fdatasync is in flight
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
-//! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
-//! - **Wake first** (the default, `wake_before_next: true`, [`Core::lead_wake_first`]): per
-//!   batch, take the whole queue, write+fdatasync it, deliver its outcomes and wake its parked
-//!   waiters, then look at the queue again. The device idles while the batch wakes, but that
-//!   is a gathering window whose length follows the batch size: the closed-loop appenders
-//!   woken are back in the queue when it ends and join the next batch.
-//!   - With `wake_gather` (the default): the parked waiters are woken as a tree and the leader
-//!     parks until every one of them has taken its outcome ([`WakeChain::gathered`]), then
-//!     takes the queue: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync, and it matched
-//!     or beat the overlapped order in every same-process A/B of session 9 (BENCHMARKS.md).
-//!   - Without: the leader unparks every waiter itself, one after the other, and takes the
-//!     queue when its loop ends: ~36–45 appends per fdatasync (the woken appenders lag the
-//!     loop); 7–10 % below the overlapped order on the quiet machine of session 7.
-//! - **Overlapped** (`wake_before_next: false`, [`Core::lead`]'s own loop): the
+//! # Orders of wake-ups and the next batch
+//! - **Gathering** (the default, `wake_gather: true`, in [`Core::lead`]): a flushed batch that
+//!   holds waiting appenders is delivered right after its fdatasync: every outcome stored, the
+//!   parked waiters woken as a tree ([`WakeChain`]), and the leader parks until each of them
+//!   has taken its outcome ([`WakeChain::gathered`]); then it takes the queue, which holds the
+//!   appenders it woke. The device idles while the batch wakes, a window as long as the batch
+//!   and no timer: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync. Batches of callbacks
+//!   only (the raft core's) stay in the overlapped order below.
+//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`], session 7): per
+//!   batch, take the whole queue, write+fdatasync it, deliver its outcomes and unpark every
+//!   parked waiter of it on the leader's thread, then look at the queue again: the woken
+//!   appenders lag the leader's loop, ~36–45 appends per fdatasync at 64 writers; 7–10 %
+//!   below the overlapped order on the quiet machine of session 7 (BENCHMARKS.md).
+//! - **Overlapped** ([`Core::lead`]'s own loop; for waiters with `wake_gather: false`, the
+//!   default of sessions 3–8): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
 //!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
 //!   are woken as a tree ([`WakeChain`]) that the leader starts (two wake-ups, or one with
@@ -605,7 +606,16 @@ impl Core {
 
     /// Leads (invariant 1: the caller made itself or was made leader): flushes batches while
     /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
-    /// batch's outcomes. With `wake_before_next` this is [`Core::lead_wake_first`]; what
+    /// batch's outcomes. With `wake_gather` (the default) a flushed batch that holds waiting
+    /// appenders is delivered right after its fdatasync, its parked waiters woken as a tree and
+    /// waited for ([`WakeChain::gathered`]), before the next batch is taken; batches of
+    /// callbacks only, and the last batch of a leader whose role ends, are overlapped as
+    /// follows.
+    ///
+    /// Gathering, worked example: 64 closed-loop writers, a batch of 64 returns, all 64 parked;
+    /// the tree wakes them on both vCPUs (~3.4 µs per waiter here) while this thread is parked;
+    /// each re-appends, and the 64th to take its outcome unparks this thread, which finds 63–64
+    /// appends queued and flushes them. One writer: nothing parked, nothing waited for. With `wake_before_next` this is [`Core::lead_wake_first`]; what
     /// follows describes the overlapped order. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
     /// batch `b` are delivered on this thread, so at sustained load the next flush starts
     /// right after the previous one completes, with no thread wake-up in between.
@@ -656,6 +666,20 @@ impl Core {
             }
             undelivered = Some((number, outcomes));
             batches += 1;
+            // Gathering (`wake_gather`): a batch with waiting appenders is delivered at once,
+            // its parked waiters woken and waited for, and only then is the next batch taken,
+            // which so holds them; a batch of callbacks only stays overlapped.
+            if self.wake_gather
+                && mode.leads_again(batches)
+                && let Some((n, o)) = undelivered
+                    .take_if(|(_, o)| o.iter().any(|(r, _)| matches!(r, Reply::Waiter(_))))
+            {
+                let (p, chain) = self.deliver_gathering(n, o);
+                panic = panic.or(p);
+                if let Some(chain) = chain {
+                    chain.gathered();
+                }
+            }
             let more = {
                 let mut q = self.queue();
                 let more = !q.items.is_empty() && mode.leads_again(batches);
@@ -679,9 +703,8 @@ impl Core {
     }
 
     /// Leads with [`crate::WalOptions::wake_before_next`]: per batch, take the whole queue,
-    /// write+fdatasync it, deliver its outcomes and wake every parked waiter of it (on this
-    /// thread, one after the other; or with `wake_gather` as a tree, this thread parked until
-    /// every woken waiter has run); only then look at the queue again. No I/O overlaps the
+    /// write+fdatasync it, deliver its outcomes and wake every parked waiter of it on this
+    /// thread, one after the other; only then look at the queue again. No I/O overlaps the
     /// wake-ups, so the waiters woken first have re-appended by the time the loop ends and
     /// join the next batch instead of the one after it.
     ///
@@ -691,16 +714,9 @@ impl Core {
     /// fdatasync instead of the ≤ 32 of the overlapped order, for one device idle of ~100 µs
     /// per cycle. With one writer there is nothing to wake and nothing is waited for.
     ///
-    /// Gathering, the same 64 writers: the batch of 64 returns, all 64 were parked; the tree
-    /// wakes them on both vCPUs (~3.4 µs per waiter here) while this thread is parked; each
-    /// re-appends and the 64th to take its outcome unparks this thread, which finds 63–64
-    /// appends queued. A leader that will not lead again (`Lead::Once`, or the bound reached)
-    /// does not gather: the next leader takes whatever is queued.
-    ///
     /// Invariants 1–5 hold as in [`Core::lead`]: one batch at a time (3), delivered in order
-    /// (2: this leader delivers each batch before taking the next; its last batch, when its
-    /// role ends it, after passing leadership on, behind the gate like the overlapped order's),
-    /// leadership passed on by [`Core::hand_off`] when it stops (5).
+    /// (2, trivially: this leader delivers each batch before taking the next), leadership
+    /// passed on by [`Core::hand_off`] when it stops (5).
     fn lead_wake_first(&self, mode: Lead) {
         let mut batches = 0;
         let mut panic = None;
@@ -730,37 +746,17 @@ impl Core {
                 }
                 None => closed(batch),
             };
+            panic = panic.or(self.deliver(number, outcomes, Wake::All));
             batches += 1;
-            if !mode.leads_again(batches) {
-                // The last batch of a leader that may not take another (`append_inline`, the
-                // bound): leadership is passed on before the delivery, as in the overlapped
-                // order, so that appends queued meanwhile are flushed while this thread runs
-                // callbacks and wakes waiters (the raft core's inline appends).
-                drop(writer);
-                self.hand_off(mode == Lead::Bounded);
-                panic = panic.or(self.deliver(number, outcomes, Wake::Tree));
-                if let Some(payload) = panic {
-                    std::panic::resume_unwind(payload);
-                }
-                return;
-            }
-            if self.wake_gather {
-                let (p, chain) = self.deliver_gathering(number, outcomes);
-                panic = panic.or(p);
-                if let Some(chain) = chain {
-                    chain.gathered();
-                }
-            } else {
-                panic = panic.or(self.deliver(number, outcomes, Wake::All));
-            }
             let mut q = self.queue();
-            if q.items.is_empty() {
+            let more = !q.items.is_empty() && mode.leads_again(batches);
+            if !more {
                 break;
             }
             next = Some(self.take_locked(&mut q));
         }
         drop(writer);
-        self.hand_off(false);
+        self.hand_off(mode == Lead::Bounded && batches >= LEAD_BATCHES);
         if let Some(payload) = panic {
             std::panic::resume_unwind(payload);
         }

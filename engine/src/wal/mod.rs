@@ -157,15 +157,16 @@ pub struct WalOptions {
     /// limit is one 2 MiB write+fdatasync at a time.
     pub zero_fill_below: u64,
     /// How a leader orders a flushed batch's wake-ups and the next batch. `true`: it wakes
-    /// the batch's parked waiters (see `wake_gather`) before it takes the next batch, so the
-    /// woken closed-loop appenders are back in the queue and join it (the wake-ups are the
-    /// gathering window: as long as the batch is big, no timer; one appender never waits).
-    /// `false`: it takes and starts the next batch first and wakes the previous batch's
-    /// waiters as a tree while that I/O runs: the device never idles for wake-ups, but a batch
-    /// can hold only the appenders that were not in the one before (at most half of N
-    /// closed-loop writers). Default `true` (with `wake_gather`), since session 9: in
-    /// same-process A/Bs at 64 writers it matched or beat `false` (BENCHMARKS.md, session 9
-    /// "wal"); without `wake_gather` it lost 7–10 % on the quiet machine of session 7.
+    /// every parked waiter of the batch itself, one after the other, and only then takes the
+    /// next batch, so the appenders woken first are back in the queue and join it (the wake
+    /// loop is the gathering window: as long as the batch is big, no timer; one appender never
+    /// waits); `wake_gather` is then not used. `false`: see `wake_gather`; without it, the
+    /// leader takes and starts the next batch first and wakes the previous batch's waiters as
+    /// a tree while that I/O runs: the device never idles for wake-ups, but a batch can hold
+    /// only the appenders that were not in the one before (at most half of N closed-loop
+    /// writers). Default `false`: `true` won ~2× under heavy load (load average 11–34) but
+    /// lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end"), and `wake_gather`
+    /// fills batches better (63–64 of 64 writers per fdatasync instead of 36–45).
     pub wake_before_next: bool,
     /// How a leader in the overlapped order (`wake_before_next: false`) wakes a flushed
     /// batch's waiters. `true`: it stores outcomes up to the first parked waiter, hands that
@@ -176,16 +177,16 @@ pub struct WalOptions {
     /// the throughput of `false` at 64 writers in four same-process A/Bs (BENCHMARKS.md, session 8
     /// end).
     pub relay_wake: bool,
-    /// How a leader in the wake-first order (`wake_before_next: true`) wakes a flushed batch's
-    /// parked waiters and when it takes the next batch. `true`: it stores every outcome, wakes
-    /// the parked waiters as a tree (each woken waiter wakes two more) and parks until every
-    /// one of them has taken its outcome; only then does it take the queue, so the batch holds
-    /// the appenders that came back, not only those back before the leader's own wake loop
-    /// ended (64 of 64 writers per fdatasync instead of 36–45). No timer: it waits for threads
-    /// it woke to run; with no parked waiter (one appender, callback appends) it waits for
-    /// nothing, and a leader that will not take another batch (`append_inline`) never waits.
-    /// `false`: the leader unparks them all itself, then takes the queue (session 7). Default
-    /// `true`.
+    /// With `wake_before_next: false`: how a leader handles a flushed batch that holds waiting
+    /// appenders ([`Wal::enqueue`]). `true`: it delivers it at once, stores every outcome,
+    /// wakes the parked waiters as a tree (each woken waiter wakes two more) and parks until
+    /// every one of them has taken its outcome; only then does it take the queue, so the next
+    /// batch holds the appenders it woke (63–64 of 64 closed-loop writers per fdatasync). No
+    /// timer: it waits for threads it woke to run; a waiter that was not parked is not waited
+    /// for; batches of callbacks only (the raft core's) and the last batch of a leader whose
+    /// role ends (`append_inline`, the `LEAD_BATCHES` bound) are not gathered and stay
+    /// overlapped. `false`: every batch is overlapped (sessions 3–8). Default `true`
+    /// (BENCHMARKS.md, session 9 "wal").
     pub wake_gather: bool,
     /// How a leader in the overlapped order (`wake_before_next: false, relay_wake: false`)
     /// starts a flushed batch's wake-up tree. `true`: it stores every outcome and unparks one
@@ -208,7 +209,7 @@ impl Default for WalOptions {
             queue_capacity: 1 << 16,
             idle_spin: Duration::ZERO,
             zero_fill_below: u64::MAX,
-            wake_before_next: true,
+            wake_before_next: false,
             relay_wake: false,
             wake_gather: true,
             wake_one: false,
