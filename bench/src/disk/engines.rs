@@ -55,8 +55,8 @@ pub enum Engine {
     /// waiter of a flushed batch itself, then takes the next batch; session 7). Engine
     /// `ringkv-wake-first`.
     RingkvWakeFirst,
-    /// ringkv's WAL with `wake_gather: false` (the overlapped order, the default of
-    /// sessions 3–8: the next batch is taken as an fdatasync returns, the previous one woken
+    /// ringkv's WAL with `wake_gather: false` (the overlapped order, the default, named for
+    /// A/Bs: the next batch is taken as an fdatasync returns, the previous one woken
     /// while it is in flight). Engine `ringkv-overlap`.
     RingkvOverlap,
     /// ringkv's WAL in the overlapped order with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
@@ -65,8 +65,7 @@ pub enum Engine {
     RingkvRelay,
     /// ringkv's WAL with `wake_gather: true` (the leader wakes a
     /// flushed batch's parked waiters as a tree and waits until they have all run before it
-    /// takes the next batch; the default since session 9, named for A/Bs). Engine
-    /// `ringkv-gather`.
+    /// takes the next batch; session 9). Engine `ringkv-gather`.
     RingkvGather,
     /// ringkv's WAL in the overlapped order with `wake_one: true` (the leader unparks one waiter of a flushed batch,
     /// which starts the wake-up tree). Engine `ringkv-one`.

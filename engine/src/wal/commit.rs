@@ -15,20 +15,21 @@
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
 //! # Orders of wake-ups and the next batch
-//! - **Gathering** (the default, `wake_gather: true`, in [`Core::lead`]): a flushed batch that
+//! - **Gathering** (`wake_gather: true`, in [`Core::lead`]; off by default): a flushed batch that
 //!   holds waiting appenders is delivered right after its fdatasync: every outcome stored, the
 //!   parked waiters woken as a tree ([`WakeChain`]), and the leader parks until each of them
 //!   has taken its outcome ([`WakeChain::gathered`]); then it takes the queue, which holds the
 //!   appenders it woke. The device idles while the batch wakes, a window as long as the batch
-//!   and no timer: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync. Batches of callbacks
-//!   only (the raft core's) stay in the overlapped order below.
+//!   and no timer: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync, and the least CPU
+//!   per append; it won under load, lost to the overlapped order at load 4–7 (BENCHMARKS.md,
+//!   session 9). Batches of callbacks only (the raft core's) stay in the overlapped order below.
 //! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`], session 7): per
 //!   batch, take the whole queue, write+fdatasync it, deliver its outcomes and unpark every
 //!   parked waiter of it on the leader's thread, then look at the queue again: the woken
 //!   appenders lag the leader's loop, ~36–45 appends per fdatasync at 64 writers; 7–10 %
 //!   below the overlapped order on the quiet machine of session 7 (BENCHMARKS.md).
-//! - **Overlapped** ([`Core::lead`]'s own loop; for waiters with `wake_gather: false`, the
-//!   default of sessions 3–8): the
+//! - **Overlapped** (the default, [`Core::lead`]'s own loop; for waiters only with
+//!   `wake_gather: false`): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
 //!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
 //!   are woken as a tree ([`WakeChain`]) that the leader starts (two wake-ups, or one with
@@ -606,7 +607,7 @@ impl Core {
 
     /// Leads (invariant 1: the caller made itself or was made leader): flushes batches while
     /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
-    /// batch's outcomes. With `wake_gather` (the default) a flushed batch that holds waiting
+    /// batch's outcomes. With `wake_gather` a flushed batch that holds waiting
     /// appenders is delivered right after its fdatasync, its parked waiters woken as a tree and
     /// waited for ([`WakeChain::gathered`]), before the next batch is taken; batches of
     /// callbacks only, and the last batch of a leader whose role ends, are overlapped as

@@ -165,7 +165,7 @@ pub struct WalOptions {
     /// a tree while that I/O runs: the device never idles for wake-ups, but a batch can hold
     /// only the appenders that were not in the one before (at most half of N closed-loop
     /// writers). Default `false`: `true` won ~2× under heavy load (load average 11–34) but
-    /// lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end"), and `wake_gather`
+    /// lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end"); `wake_gather`
     /// fills batches better (63–64 of 64 writers per fdatasync instead of 36–45).
     pub wake_before_next: bool,
     /// How a leader in the overlapped order (`wake_before_next: false`) wakes a flushed
@@ -185,8 +185,9 @@ pub struct WalOptions {
     /// timer: it waits for threads it woke to run; a waiter that was not parked is not waited
     /// for; batches of callbacks only (the raft core's) and the last batch of a leader whose
     /// role ends (`append_inline`, the `LEAD_BATCHES` bound) are not gathered and stay
-    /// overlapped. `false`: every batch is overlapped (sessions 3–8). Default `true`
-    /// (BENCHMARKS.md, session 9 "wal").
+    /// overlapped. `false`: every batch is overlapped (sessions 3–8). Default `false`: at 64
+    /// writers gathering won 1.0–4.0× under load (load average 7–13) but lost ~0.8× at load
+    /// 4–7 in same-process A/Bs (BENCHMARKS.md, session 9 "wal"); the quiet machine decides.
     pub wake_gather: bool,
     /// How a leader in the overlapped order (`wake_before_next: false, relay_wake: false`)
     /// starts a flushed batch's wake-up tree. `true`: it stores every outcome and unparks one
@@ -211,7 +212,7 @@ impl Default for WalOptions {
             zero_fill_below: u64::MAX,
             wake_before_next: false,
             relay_wake: false,
-            wake_gather: true,
+            wake_gather: false,
             wake_one: false,
             metrics: None,
         }
