@@ -406,10 +406,16 @@ pub struct WalArgs {
     /// `ringkv,ringkv-tasks,raft-engine,raw` with `--rounds` to A/B the modes in one process;
     /// `ringkv-tasks-batch` hands a flush's outcomes to the tasks' thread in one message (one
     /// wake-up per flush) instead of completing each task from its own callback.
-    /// `ringkv-wake-first` is ringkv with `wake_before_next: true` (the leader wakes a flushed
-    /// batch's waiters before it takes the next batch). `ringkv-relay` is ringkv with
+    /// `ringkv-wake-first` is ringkv with `wake_before_next: true` (the leader wakes every waiter
+    /// of a flushed batch itself before it takes the next batch). `ringkv-overlap` is ringkv with
+    /// `wake_gather: false` (the next batch is taken as an fdatasync returns; the default,
+    /// named). `ringkv-relay` is `ringkv-overlap` with
     /// `relay_wake: true` (the batch's first parked waiter, not the leader, stores a flushed
-    /// batch's outcomes and starts its wake-ups). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
+    /// batch's outcomes and starts its wake-ups). `ringkv-gather` is ringkv with
+    /// `wake_gather: true` (the leader wakes a flushed batch's parked
+    /// waiters as a tree and waits until they all ran before it takes the next batch).
+    /// `ringkv-one` is `ringkv-overlap` with `wake_one: true` (the leader unparks one
+    /// waiter of a flushed batch). `handoff` (no I/O) and `handoff-sync` (one 4 KiB
     /// write+fdatasync per batch) are floors, not logs: blocked writers handed off in batches
     /// by one flusher thread.
     #[arg(long, value_delimiter = ',')]

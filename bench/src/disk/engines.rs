@@ -51,14 +51,25 @@ pub enum Engine {
         tasks: bool,
         each_wakes: bool,
     },
-    /// ringkv's WAL in threads mode with `wake_before_next: true` (the leader wakes a flushed
-    /// batch's waiters before taking the next batch; the default overlaps them), to A/B the two
-    /// orders in one process. Engine `ringkv-wake-first`.
+    /// ringkv's WAL in threads mode with `wake_before_next: true` (the leader wakes every
+    /// waiter of a flushed batch itself, then takes the next batch; session 7). Engine
+    /// `ringkv-wake-first`.
     RingkvWakeFirst,
-    /// ringkv's WAL with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
+    /// ringkv's WAL with `wake_gather: false` (the overlapped order, the default, named for
+    /// A/Bs: the next batch is taken as an fdatasync returns, the previous one woken
+    /// while it is in flight). Engine `ringkv-overlap`.
+    RingkvOverlap,
+    /// ringkv's WAL in the overlapped order with `relay_wake: true` (the leader hands a flushed batch's outcomes to the
     /// batch's first parked waiter, which stores them and starts the wake-up tree; by default the
     /// leader does both itself), to A/B the two in one process. Engine `ringkv-relay`.
     RingkvRelay,
+    /// ringkv's WAL with `wake_gather: true` (the leader wakes a
+    /// flushed batch's parked waiters as a tree and waits until they have all run before it
+    /// takes the next batch; session 9). Engine `ringkv-gather`.
+    RingkvGather,
+    /// ringkv's WAL in the overlapped order with `wake_one: true` (the leader unparks one waiter of a flushed batch,
+    /// which starts the wake-up tree). Engine `ringkv-one`.
+    RingkvOne,
     RaftEngine,
     Raw,
     /// Not a log: the floor of any group commit whose appenders are blocked threads. Each
@@ -93,7 +104,10 @@ impl Engine {
                 each_wakes: false,
             } => "ringkv-tasks-batch",
             Engine::RingkvWakeFirst => "ringkv-wake-first",
+            Engine::RingkvOverlap => "ringkv-overlap",
             Engine::RingkvRelay => "ringkv-relay",
+            Engine::RingkvGather => "ringkv-gather",
+            Engine::RingkvOne => "ringkv-one",
             Engine::RaftEngine => "raft-engine",
             Engine::Raw => "raw",
             Engine::Handoff { sync: false } => "handoff",
@@ -116,11 +130,14 @@ impl Engine {
             "raft-engine" => Ok(Engine::RaftEngine),
             "raw" => Ok(Engine::Raw),
             "ringkv-wake-first" => Ok(Engine::RingkvWakeFirst),
+            "ringkv-overlap" => Ok(Engine::RingkvOverlap),
             "ringkv-relay" => Ok(Engine::RingkvRelay),
+            "ringkv-gather" => Ok(Engine::RingkvGather),
+            "ringkv-one" => Ok(Engine::RingkvOne),
             "handoff" => Ok(Engine::Handoff { sync: false }),
             "handoff-sync" => Ok(Engine::Handoff { sync: true }),
             _ => Err(format!(
-                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-relay, raft-engine, raw, handoff or handoff-sync"
+                "unknown engine {s:?}: expected ringkv, ringkv-tasks, ringkv-tasks-batch, ringkv-wake-first, ringkv-overlap, ringkv-relay, ringkv-gather, ringkv-one, raft-engine, raw, handoff or handoff-sync"
             )),
         }
     }
@@ -182,8 +199,20 @@ pub fn open(engine: Engine, opts: &WalOpts, dir: &Path) -> Result<Box<dyn Target
         Engine::RingkvWakeFirst => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
             o.wake_before_next = true;
         })?)),
+        Engine::RingkvOverlap => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_gather = false;
+        })?)),
         Engine::RingkvRelay => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_gather = false;
             o.relay_wake = true;
+        })?)),
+        Engine::RingkvGather => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_before_next = false;
+            o.wake_gather = true;
+        })?)),
+        Engine::RingkvOne => Ok(Box::new(RingkvTarget::open(opts, dir, false, |o| {
+            o.wake_gather = false;
+            o.wake_one = true;
         })?)),
     }
 }
@@ -781,6 +810,10 @@ mod tests {
             "ringkv-tasks",
             "ringkv-tasks-batch",
             "ringkv-wake-first",
+            "ringkv-overlap",
+            "ringkv-relay",
+            "ringkv-gather",
+            "ringkv-one",
             "raft-engine",
             "raw",
             "handoff",

@@ -14,23 +14,29 @@
 //! callbacks) while the next batch's write+fdatasync is in flight
 //! ([`crate::io::File::start_write_and_sync`]).
 //!
-//! # Two orders of wake-ups and the next batch (`WalOptions::wake_before_next`)
-//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`]): per batch, take the whole queue,
-//!   write+fdatasync it, deliver its outcomes and unpark every parked waiter of it on the
-//!   leader's thread, then look at the queue again. The device idles while the leader wakes,
-//!   but that loop is a gathering window whose length follows the batch size: the closed-loop
-//!   appenders woken first are back in the queue when it ends and join the next batch. At 64
-//!   writers on 2 vCPUs this gave ~40–44 appends per fdatasync instead of ~26–31, and ~2× the
-//!   throughput of the overlapped order on a loaded machine, but 7–10 % less on a quiet one
-//!   (BENCHMARKS.md, session 7 end).
-//! - **Overlapped** (the default, `wake_before_next: false`, [`Core::lead`]'s own loop): the
+//! # Orders of wake-ups and the next batch
+//! - **Gathering** (`wake_gather: true`, in [`Core::lead`]; off by default): a flushed batch that
+//!   holds waiting appenders is delivered right after its fdatasync: every outcome stored, the
+//!   parked waiters woken as a tree ([`WakeChain`]), and the leader parks until each of them
+//!   has taken its outcome ([`WakeChain::gathered`]); then it takes the queue, which holds the
+//!   appenders it woke. The device idles while the batch wakes, a window as long as the batch
+//!   and no timer: at 64 writers on 2 vCPUs, 63–64 appends per fdatasync, and the least CPU
+//!   per append; it won under load, lost to the overlapped order at load 4–7 (BENCHMARKS.md,
+//!   session 9). Batches of callbacks only (the raft core's) stay in the overlapped order below.
+//! - **Wake first** (`wake_before_next: true`, [`Core::lead_wake_first`], session 7): per
+//!   batch, take the whole queue, write+fdatasync it, deliver its outcomes and unpark every
+//!   parked waiter of it on the leader's thread, then look at the queue again: the woken
+//!   appenders lag the leader's loop, ~36–45 appends per fdatasync at 64 writers; 7–10 %
+//!   below the overlapped order on the quiet machine of session 7 (BENCHMARKS.md).
+//! - **Overlapped** (the default, [`Core::lead`]'s own loop; for waiters only with
+//!   `wake_gather: false`): the
 //!   next batch is taken as soon as an fdatasync returns and the previous batch is delivered
 //!   while it is in flight (std I/O: just before its write, as the write blocks); its waiters
-//!   are woken as a tree ([`WakeChain`]) that the leader starts, or with `relay_wake` the
-//!   batch's first parked waiter, the relay head ([`Core::deliver`]), so that the leader pays
-//!   one wake-up per flush. The
-//!   device never waits for more than that, but a batch can only hold appenders that were not
-//!   in the previous one: at most half of N closed-loop writers per fdatasync.
+//!   are woken as a tree ([`WakeChain`]) that the leader starts (two wake-ups, or one with
+//!   `wake_one`), or with `relay_wake` the batch's first parked waiter, the relay head
+//!   ([`Core::deliver`]), so that the leader pays one wake-up per flush. The device never
+//!   waits for more than that, but a batch can only hold appenders that were not in the
+//!   previous one: at most half of N closed-loop writers per fdatasync.
 //!
 //! # Roles ([`Lead`])
 //! - **Leader**: the one thread that holds the writer. Per batch (overlapped order): take the
@@ -94,7 +100,7 @@ use std::time::{Duration, Instant};
 
 use super::trace::{Field, Trace};
 use super::writer::Writer;
-use super::{AppendInfo, Done, Record, Shared, WalError};
+use super::{AppendInfo, Done, Record, Shared, WalError, WalOptions};
 use crate::io::WriteSync;
 
 thread_local! {
@@ -172,6 +178,9 @@ pub(crate) struct Pending {
 /// An append's outcome, paired with how to deliver it.
 pub(crate) type Outcome = (Reply, Result<AppendInfo, WalError>);
 
+/// A waiting appender's outcome, not stored in its slot yet.
+type WaiterOutcome = (Arc<Waiter>, Result<AppendInfo, WalError>);
+
 /// The rendezvous of one waiting appender with the leaders.
 pub(crate) struct Waiter {
     /// True while the owner is parked waiting and its append is still queued; written under the
@@ -193,7 +202,7 @@ struct Slot {
     chain: Option<Arc<WakeChain>>,
     /// Outcomes of later waiters of the same batch, which the owner delivers (it is the
     /// batch's relay head, see [`Core::deliver`]) before it returns.
-    relay: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
+    relay: Vec<WaiterOutcome>,
     /// Number of the batch that delivered `outcome` (for the trace).
     batch: u64,
 }
@@ -206,6 +215,9 @@ enum Wake {
     Relay,
     /// The delivering thread stores them and unparks the first of a wake-up tree.
     Tree,
+    /// The delivering thread stores them and unparks the first of a wake-up tree of the parked
+    /// ones only.
+    One,
     /// The delivering thread stores them and unparks them all.
     All,
 }
@@ -233,6 +245,11 @@ pub(crate) struct WakeChain {
     waiters: Vec<Arc<Waiter>>,
     /// Index of the next waiter to claim (claimed with `fetch_add`).
     next: AtomicUsize,
+    /// Members that have returned with their outcome (counted for a gathering leader only).
+    returned: AtomicUsize,
+    /// The leader waiting in [`WakeChain::gathered`] for every member to have returned; the
+    /// member that returns last unparks it. `None`: nobody waits, nothing is counted.
+    gatherer: Option<Thread>,
 }
 
 impl WakeChain {
@@ -254,22 +271,92 @@ impl WakeChain {
             self.wake(1);
         }
     }
+
+    /// A member of the chain returns with its outcome, after its claims: counts it for the
+    /// gatherer, and unparks the gatherer if it is the last.
+    fn returned(&self) {
+        if let Some(g) = &self.gatherer
+            && self.returned.fetch_add(1, Ordering::AcqRel) + 1 == self.waiters.len()
+        {
+            g.unpark();
+        }
+    }
+
+    /// The gatherer (the thread that made the chain) parks until every member has returned
+    /// with its outcome. Bounded, and no timer: every member was parked in
+    /// [`AppendTicket::wait`] when its outcome was stored, so once the tree unparked it (the
+    /// claims reach every member, [`WakeChain`]'s invariant) it only has to be scheduled to
+    /// take its outcome and return.
+    fn gathered(&self) {
+        while self.returned.load(Ordering::Acquire) < self.waiters.len() {
+            // A stale unpark token only costs one more round of the loop.
+            std::thread::park();
+        }
+    }
+}
+
+/// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots and returns the
+/// wake-up tree of the waiters that are parked, not started yet (`None` when no waiter was
+/// parked); `gatherer` may wait for its members ([`WakeChain::gathered`]).
+///
+/// Two passes, so that a member's outcome and the chain are stored under one slot lock
+/// ([`WakeChain`]'s invariant) while only parked waiters are members: the first pass stores
+/// the outcome of each waiter that is not parked (its owner is running and sees it before it
+/// would park, invariant 4) and sets the parked ones aside; the second stores theirs with the
+/// chain. A member cannot leave [`AppendTicket::wait`] between the passes: it has no outcome
+/// yet, and its append is no longer queued, so nobody makes it leader.
+///
+/// Example: batch [a b c d] where b and d are parked: a and c get their outcome in the first
+/// pass; the chain is [b d]; once started, its first claim unparks both (fan-out 2), each
+/// returns and counts itself, and d, returning last, unparks the gatherer if there is one.
+fn gather_waiters(
+    outcomes: Vec<WaiterOutcome>,
+    batch: u64,
+    gatherer: Option<Thread>,
+) -> Option<Arc<WakeChain>> {
+    let mut parked = Vec::new();
+    for (w, result) in outcomes {
+        let mut slot = w.slot();
+        if slot.thread.is_some() {
+            drop(slot);
+            parked.push((w, result));
+            continue;
+        }
+        slot.outcome = Some(result);
+        slot.batch = batch;
+        w.ready.store(true, Ordering::Release);
+    }
+    if parked.is_empty() {
+        return None;
+    }
+    let chain = Arc::new(WakeChain {
+        waiters: parked.iter().map(|(w, _)| w.clone()).collect(),
+        next: AtomicUsize::new(0),
+        returned: AtomicUsize::new(0),
+        gatherer,
+    });
+    for (w, result) in parked {
+        let mut slot = w.slot();
+        slot.outcome = Some(result);
+        slot.batch = batch;
+        slot.chain = Some(chain.clone());
+        w.ready.store(true, Ordering::Release);
+    }
+    Some(chain)
 }
 
 /// Stores the outcomes of `outcomes` (waiters of batch `batch`) in their slots, then wakes
 /// them: as a tree from this thread (`tree`), or all from this thread. No waiter is unparked
 /// before every outcome is stored ([`WakeChain`]'s invariant).
-fn wake_waiters(
-    outcomes: Vec<(Arc<Waiter>, Result<AppendInfo, WalError>)>,
-    batch: u64,
-    tree: bool,
-) {
+fn wake_waiters(outcomes: Vec<WaiterOutcome>, batch: u64, tree: bool) {
     if outcomes.is_empty() {
         return;
     }
     let chain = Arc::new(WakeChain {
         waiters: outcomes.iter().map(|(w, _)| w.clone()).collect(),
         next: AtomicUsize::new(0),
+        returned: AtomicUsize::new(0),
+        gatherer: None,
     });
     for (w, result) in outcomes {
         let mut slot = w.slot();
@@ -349,19 +436,16 @@ pub(crate) struct Core {
     wake_before_next: bool,
     /// [`crate::WalOptions::relay_wake`].
     relay_wake: bool,
+    /// [`crate::WalOptions::wake_gather`].
+    wake_gather: bool,
+    /// [`crate::WalOptions::wake_one`].
+    wake_one: bool,
     /// The opt-in flush timeline (`RINGKV_WAL_TRACE`).
     trace: Option<Trace>,
 }
 
 impl Core {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        writer: Writer,
-        capacity: usize,
-        idle_spin: Duration,
-        wake_before_next: bool,
-        relay_wake: bool,
-    ) -> Core {
+    pub(crate) fn new(shared: Arc<Shared>, writer: Writer, opts: &WalOptions) -> Core {
         Core {
             shared,
             queue: Mutex::new(Queue::default()),
@@ -370,10 +454,12 @@ impl Core {
             writer: Mutex::new(Some(writer)),
             delivered: Mutex::new(Gate::default()),
             delivered_cv: Condvar::new(),
-            capacity,
-            idle_spin,
-            wake_before_next,
-            relay_wake,
+            capacity: opts.queue_capacity,
+            idle_spin: opts.idle_spin,
+            wake_before_next: opts.wake_before_next,
+            relay_wake: opts.relay_wake,
+            wake_gather: opts.wake_gather,
+            wake_one: opts.wake_one,
             trace: Trace::from_env(),
         }
     }
@@ -479,6 +565,7 @@ impl Core {
                     wake_waiters(relay, batch, true);
                     if let Some(chain) = chain {
                         chain.wake(WAKE_FANOUT);
+                        chain.returned();
                     }
                     return r;
                 }
@@ -520,7 +607,16 @@ impl Core {
 
     /// Leads (invariant 1: the caller made itself or was made leader): flushes batches while
     /// appends are waiting, as `mode` allows, then passes leadership on and delivers the last
-    /// batch's outcomes. With `wake_before_next` this is [`Core::lead_wake_first`]; what
+    /// batch's outcomes. With `wake_gather` a flushed batch that holds waiting
+    /// appenders is delivered right after its fdatasync, its parked waiters woken as a tree and
+    /// waited for ([`WakeChain::gathered`]), before the next batch is taken; batches of
+    /// callbacks only, and the last batch of a leader whose role ends, are overlapped as
+    /// follows.
+    ///
+    /// Gathering, worked example: 64 closed-loop writers, a batch of 64 returns, all 64 parked;
+    /// the tree wakes them on both vCPUs (~3.4 µs per waiter here) while this thread is parked;
+    /// each re-appends, and the 64th to take its outcome unparks this thread, which finds 63–64
+    /// appends queued and flushes them. One writer: nothing parked, nothing waited for. With `wake_before_next` this is [`Core::lead_wake_first`]; what
     /// follows describes the overlapped order. While batch `b + 1`'s write+fdatasync is in flight, the outcomes of
     /// batch `b` are delivered on this thread, so at sustained load the next flush starts
     /// right after the previous one completes, with no thread wake-up in between.
@@ -571,6 +667,20 @@ impl Core {
             }
             undelivered = Some((number, outcomes));
             batches += 1;
+            // Gathering (`wake_gather`): a batch with waiting appenders is delivered at once,
+            // its parked waiters woken and waited for, and only then is the next batch taken,
+            // which so holds them; a batch of callbacks only stays overlapped.
+            if self.wake_gather
+                && mode.leads_again(batches)
+                && let Some((n, o)) = undelivered
+                    .take_if(|(_, o)| o.iter().any(|(r, _)| matches!(r, Reply::Waiter(_))))
+            {
+                let (p, chain) = self.deliver_gathering(n, o);
+                panic = panic.or(p);
+                if let Some(chain) = chain {
+                    chain.gathered();
+                }
+            }
             let more = {
                 let mut q = self.queue();
                 let more = !q.items.is_empty() && mode.leads_again(batches);
@@ -738,6 +848,48 @@ impl Core {
     /// outcomes with the chain [c d e] and unparks c and d where parked; c claims e.
     #[must_use]
     fn deliver(&self, number: u64, outcomes: Vec<Outcome>, wake: Wake) -> Option<Panic> {
+        let (panic, waiters) = self.run_callbacks(number, outcomes);
+        if wake == Wake::Relay {
+            let mut rest = waiters.into_iter();
+            while let Some((w, result)) = rest.next() {
+                let mut slot = w.slot();
+                slot.outcome = Some(result);
+                slot.batch = number;
+                w.ready.store(true, Ordering::Release);
+                if let Some(t) = slot.thread.take() {
+                    slot.relay = rest.collect();
+                    drop(slot);
+                    t.unpark();
+                    break;
+                }
+            }
+        } else {
+            if wake == Wake::One {
+                // One wake-up: when the leader is the only thread running (every appender
+                // parked), it lands on the idle vCPU instead of preempting the leader before
+                // its write.
+                if let Some(chain) = gather_waiters(waiters, number, None) {
+                    chain.wake(1);
+                }
+            } else {
+                wake_waiters(waiters, number, wake == Wake::Tree);
+            }
+        }
+        if let Some(t) = &self.trace {
+            t.mark(number, Field::DeliverEnd);
+        }
+        panic
+    }
+
+    /// The first part of [`Core::deliver`]: once every earlier batch is delivered (invariant
+    /// 2), runs the batch's callbacks in order and the actions they deferred, then opens the
+    /// gate for the next batch. Returns the first panic of a callback and the batch's waiters
+    /// with their outcomes, not yet stored.
+    fn run_callbacks(
+        &self,
+        number: u64,
+        outcomes: Vec<Outcome>,
+    ) -> (Option<Panic>, Vec<WaiterOutcome>) {
         self.wait_delivered(number);
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverStart);
@@ -773,27 +925,28 @@ impl Core {
             }
         }
         drop(gate);
-        if wake == Wake::Relay {
-            let mut rest = waiters.into_iter();
-            while let Some((w, result)) = rest.next() {
-                let mut slot = w.slot();
-                slot.outcome = Some(result);
-                slot.batch = number;
-                w.ready.store(true, Ordering::Release);
-                if let Some(t) = slot.thread.take() {
-                    slot.relay = rest.collect();
-                    drop(slot);
-                    t.unpark();
-                    break;
-                }
-            }
-        } else {
-            wake_waiters(waiters, number, wake == Wake::Tree);
+        (panic, waiters)
+    }
+
+    /// [`Core::deliver`] for a leader that gathers ([`crate::WalOptions::wake_gather`]):
+    /// callbacks as there; every waiter's outcome stored, and the waiters that were parked
+    /// woken as a tree ([`gather_waiters`]). Returns the tree, which [`WakeChain::gathered`]
+    /// waits on, when it has members.
+    #[must_use]
+    fn deliver_gathering(
+        &self,
+        number: u64,
+        outcomes: Vec<Outcome>,
+    ) -> (Option<Panic>, Option<Arc<WakeChain>>) {
+        let (panic, waiters) = self.run_callbacks(number, outcomes);
+        let chain = gather_waiters(waiters, number, Some(std::thread::current()));
+        if let Some(c) = &chain {
+            c.wake(WAKE_FANOUT);
         }
         if let Some(t) = &self.trace {
             t.mark(number, Field::DeliverEnd);
         }
-        panic
+        (panic, chain)
     }
 
     /// Waits until every batch before `number` is delivered.
@@ -810,6 +963,8 @@ impl Core {
     fn overlapped_wake(&self) -> Wake {
         if self.relay_wake {
             Wake::Relay
+        } else if self.wake_one {
+            Wake::One
         } else {
             Wake::Tree
         }

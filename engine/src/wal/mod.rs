@@ -159,12 +159,14 @@ pub struct WalOptions {
     /// How a leader orders a flushed batch's wake-ups and the next batch. `true`: it wakes
     /// every parked waiter of the batch itself, one after the other, and only then takes the
     /// next batch, so the appenders woken first are back in the queue and join it (the wake
-    /// loop is the gathering window: as long as the batch is big, no timer; one appender
-    /// never waits). `false`: it takes and starts the next batch first and wakes the previous
-    /// batch's waiters as a tree while that I/O runs: the device never idles for wake-ups, but
-    /// a batch can hold only the appenders that were not in the one before (at most half of
-    /// N closed-loop writers). Default `false`: `true` won ~2× under heavy load (load average
-    /// 11–34) but lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end").
+    /// loop is the gathering window: as long as the batch is big, no timer; one appender never
+    /// waits); `wake_gather` is then not used. `false`: see `wake_gather`; without it, the
+    /// leader takes and starts the next batch first and wakes the previous batch's waiters as
+    /// a tree while that I/O runs: the device never idles for wake-ups, but a batch can hold
+    /// only the appenders that were not in the one before (at most half of N closed-loop
+    /// writers). Default `false`: `true` won ~2× under heavy load (load average 11–34) but
+    /// lost 7–10 % on the quiet machine (BENCHMARKS.md, "Session 7 end"); `wake_gather`
+    /// fills batches better (63–64 of 64 writers per fdatasync instead of 36–45).
     pub wake_before_next: bool,
     /// How a leader in the overlapped order (`wake_before_next: false`) wakes a flushed
     /// batch's waiters. `true`: it stores outcomes up to the first parked waiter, hands that
@@ -175,6 +177,26 @@ pub struct WalOptions {
     /// the throughput of `false` at 64 writers in four same-process A/Bs (BENCHMARKS.md, session 8
     /// end).
     pub relay_wake: bool,
+    /// With `wake_before_next: false`: how a leader handles a flushed batch that holds waiting
+    /// appenders ([`Wal::enqueue`]). `true`: it delivers it at once, stores every outcome,
+    /// wakes the parked waiters as a tree (each woken waiter wakes two more) and parks until
+    /// every one of them has taken its outcome; only then does it take the queue, so the next
+    /// batch holds the appenders it woke (63–64 of 64 closed-loop writers per fdatasync). No
+    /// timer: it waits for threads it woke to run; a waiter that was not parked is not waited
+    /// for; batches of callbacks only (the raft core's) and the last batch of a leader whose
+    /// role ends (`append_inline`, the `LEAD_BATCHES` bound) are not gathered and stay
+    /// overlapped. `false`: every batch is overlapped (sessions 3–8). Default `false`: at 64
+    /// writers gathering won 1.0–4.0× under load (load average 7–13) but lost ~0.8× at load
+    /// 4–7 in same-process A/Bs (BENCHMARKS.md, session 9 "wal"); the quiet machine decides.
+    pub wake_gather: bool,
+    /// How a leader in the overlapped order (`wake_before_next: false, relay_wake: false`)
+    /// starts a flushed batch's wake-up tree. `true`: it stores every outcome and unparks one
+    /// waiter, the first parked one; the tree holds the parked waiters only, and each woken
+    /// waiter unparks two more. With std I/O this runs between two flushes while every other
+    /// appender is parked: one wake-up lands on the idle vCPU, where a second one would often
+    /// preempt the leader before its write. `false`: the leader unparks the first two waiters
+    /// of a tree of all the batch's waiters (sessions 3–8).
+    pub wake_one: bool,
     pub metrics: Option<Arc<dyn WalMetrics>>,
 }
 
@@ -190,6 +212,8 @@ impl Default for WalOptions {
             zero_fill_below: u64::MAX,
             wake_before_next: false,
             relay_wake: false,
+            wake_gather: false,
+            wake_one: false,
             metrics: None,
         }
     }
@@ -207,6 +231,8 @@ impl fmt::Debug for WalOptions {
             .field("zero_fill_below", &self.zero_fill_below)
             .field("wake_before_next", &self.wake_before_next)
             .field("relay_wake", &self.relay_wake)
+            .field("wake_gather", &self.wake_gather)
+            .field("wake_one", &self.wake_one)
             .field("metrics", &self.metrics.is_some())
             .finish()
     }
@@ -450,14 +476,7 @@ impl Wal {
             failure: OnceLock::new(),
         });
         let writer = writer::Writer::new(shared.clone(), &opts, opened.tail)?;
-        let core = Arc::new(commit::Core::new(
-            shared.clone(),
-            writer,
-            opts.queue_capacity,
-            opts.idle_spin,
-            opts.wake_before_next,
-            opts.relay_wake,
-        ));
+        let core = Arc::new(commit::Core::new(shared.clone(), writer, &opts));
         let cpu = opts.wal_cpu;
         let core2 = core.clone();
         let thread = std::thread::Builder::new()

@@ -63,16 +63,26 @@ fn open(vfs: &Arc<dyn Vfs>, dir: &Path) -> (Wal, Replay) {
     Wal::open(vfs.clone(), dir, opts()).unwrap()
 }
 
-/// Both orders of a leader's wake-ups and next batch (`WalOptions::wake_before_next`), the
-/// overlapped one with both ways of waking a batch's waiters (`WalOptions::relay_wake`).
-const LEAD_ORDERS: [(bool, bool); 3] = [(true, true), (false, true), (false, false)];
+/// Every order of a leader's wake-ups and next batch, as `(wake_before_next, relay_wake,
+/// wake_gather, wake_one)`: wake first with the leader waking all, gathering, and
+/// the overlapped order with each way of waking a batch's waiters (relay head, the leader
+/// unparks the tree's first two, the leader unparks one).
+const LEAD_ORDERS: [(bool, bool, bool, bool); 5] = [
+    (true, false, false, false),
+    (false, false, true, false),
+    (false, true, false, false),
+    (false, false, false, false),
+    (false, false, false, true),
+];
 
-/// [`open`] with the given `(wake_before_next, relay_wake)`.
-fn open_ordered(vfs: &Arc<dyn Vfs>, dir: &Path, order: (bool, bool)) -> (Wal, Replay) {
-    let (wake_before_next, relay_wake) = order;
+/// [`open`] with the given `(wake_before_next, relay_wake, wake_gather, wake_one)`.
+fn open_ordered(vfs: &Arc<dyn Vfs>, dir: &Path, order: (bool, bool, bool, bool)) -> (Wal, Replay) {
+    let (wake_before_next, relay_wake, wake_gather, wake_one) = order;
     let o = WalOptions {
         wake_before_next,
         relay_wake,
+        wake_gather,
+        wake_one,
         ..opts()
     };
     Wal::open(vfs.clone(), dir, o).unwrap()
@@ -1448,8 +1458,8 @@ fn closed_loop_waiters_each_get_their_own_outcome_in_every_lead_order() {
 #[test]
 fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
     for case in 0..120u64 {
-        let seed = 0x1ead_0000 + case / 3;
-        let order = LEAD_ORDERS[case as usize % 3];
+        let seed = 0x1ead_0000 + case / LEAD_ORDERS.len() as u64;
+        let order = LEAD_ORDERS[case as usize % LEAD_ORDERS.len()];
         let mut rng = StdRng::seed_from_u64(seed);
         let fault = FaultVfs::new();
         let vfs: Arc<dyn Vfs> = Arc::new(fault.clone());
@@ -1486,6 +1496,65 @@ fn power_cut_under_rotating_leaders_keeps_every_acknowledged_record() {
             assert_eq!(e, &log_entry(e.index, 1), "case {case}");
         }
         wal2.close().unwrap();
+    }
+}
+
+/// A gathering leader (`wake_gather`) waits only for waiters that were parked when their
+/// outcome was stored: a ticket whose owner holds it without waiting is flushed with the
+/// others and does not stall them (the closed-loop appenders would hang behind it otherwise),
+/// and its `wait` later returns its own outcome.
+#[test]
+fn a_gathering_leader_waits_only_for_parked_waiters() {
+    for vfs in real_vfses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (wal, _) = open_ordered(&vfs, tmp.path(), (false, false, true, false));
+        let next = Mutex::new(1u64);
+        let (threads, per_thread) = (8u64, 30u64);
+        let mut held = None;
+        let acked = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..per_thread)
+                            .map(|_| {
+                                let ticket = {
+                                    let mut n = next.lock().unwrap();
+                                    let index = *n;
+                                    *n += 1;
+                                    wal.enqueue(vec![entry(index, 1)])
+                                };
+                                ticket.wait().unwrap().flush_appends
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // Queued among the others' appends, while leaders gather.
+            while *next.lock().unwrap() < 40 {
+                std::thread::yield_now();
+            }
+            held = Some({
+                let mut n = next.lock().unwrap();
+                let index = *n;
+                *n += 1;
+                wal.enqueue(vec![entry(index, 1)])
+            });
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(acked.len() as u64, threads * per_thread);
+        assert!(acked.iter().all(|&n| n >= 1));
+        let info = held.unwrap().wait().unwrap();
+        assert!(info.end_offset > 0);
+        wal.close().unwrap();
+        let (wal, replay) = open(&vfs, tmp.path());
+        assert_eq!(
+            indexes(&replay),
+            (1..=1 + threads * per_thread).collect::<Vec<_>>()
+        );
+        wal.close().unwrap();
     }
 }
 
