@@ -4,20 +4,22 @@
 
 use std::process::Command;
 
+/// Every phase `engine btree` reports, in the order it runs them.
+const PHASES: [&str; 7] = [
+    "bulk-load",
+    "get-1t",
+    "get-2t",
+    "range-10",
+    "commit-1",
+    "commit-1000",
+    "revision-append",
+];
+
 #[test]
 fn all_engines_run_all_phases() {
     let results = run_btree(&[]);
-    let phases = [
-        "bulk-load",
-        "get-1t",
-        "get-2t",
-        "range-10",
-        "commit-1",
-        "commit-1000",
-        "revision-append",
-    ];
     for engine in ["ringkv", "lmdb", "redb"] {
-        for phase in phases {
+        for phase in PHASES {
             let r = results
                 .iter()
                 .find(|r| r["engine"] == engine && r["phase"] == phase)
@@ -26,7 +28,7 @@ fn all_engines_run_all_phases() {
             assert!(r["ns_per_op"].as_f64().unwrap() > 0.0, "{r}");
         }
     }
-    assert_eq!(results.len(), 3 * phases.len());
+    assert_eq!(results.len(), 3 * PHASES.len());
 }
 
 /// Runs `engine btree --compare` on 3,000 keys with `extra` arguments; returns the JSON
@@ -161,16 +163,8 @@ fn delta_too_reports_ringkv_delta_on_every_phase() {
             .as_u64()
             .unwrap()
     };
-    for phase in [
-        "bulk-load",
-        "get-1t",
-        "get-2t",
-        "range-10",
-        "commit-1",
-        "commit-1000",
-        "revision-append",
-    ] {
+    for phase in PHASES {
         assert_eq!(ops("ringkv-delta", phase), ops("ringkv", phase), "{phase}");
     }
-    assert_eq!(results.len(), 4 * 7);
+    assert_eq!(results.len(), 4 * PHASES.len());
 }

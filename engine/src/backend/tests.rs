@@ -506,19 +506,7 @@ fn flipped_bit_in_a_page_is_detected_with_page_and_reason() {
             .snapshot()
             .get_ref(Bucket::Key, b"k0100")
             .unwrap_err();
-        match &err {
-            BackendError::Corrupt {
-                page,
-                offset,
-                reason,
-                ..
-            } => {
-                assert_eq!(*page, id);
-                assert_eq!(*offset, id * 4096);
-                assert!(reason.contains("checksum"), "{reason}");
-            }
-            e => panic!("expected corruption, got {e}"),
-        }
+        assert_checksum_failure(&err, id);
         let se: StorageError = err.into();
         assert!(se.to_string().contains(&format!("page {id}")), "{se}");
         let report = backend.check();
@@ -1930,18 +1918,23 @@ mod delta_log {
                 Err(e) => e,
                 Ok(_) => panic!("a damaged delta run was not detected"),
             };
-            match &err {
-                BackendError::Corrupt {
-                    page,
-                    offset,
-                    reason,
-                    ..
-                } => {
-                    assert_eq!((*page, *offset), (id, id * 4096), "{err}");
-                    assert!(reason.contains("checksum"), "{reason}");
-                }
-                e => panic!("expected corruption, got {e}"),
-            }
+            assert_checksum_failure(&err, id);
         }
+    }
+}
+
+/// `err` reports a checksum failure of page `id` (4 KiB pages), naming page and offset.
+fn assert_checksum_failure(err: &BackendError, id: u64) {
+    match err {
+        BackendError::Corrupt {
+            page,
+            offset,
+            reason,
+            ..
+        } => {
+            assert_eq!((*page, *offset), (id, id * 4096), "{err}");
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        e => panic!("expected corruption, got {e}"),
     }
 }
