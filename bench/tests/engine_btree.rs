@@ -104,14 +104,6 @@ fn interleaved_commit_phases_report_every_engine_with_all_keys() {
     let sequential = run_btree(&[]);
     let interleaved = run_btree(&["--interleave"]);
     assert_eq!(interleaved.len(), sequential.len());
-    let ops = |results: &[serde_json::Value], engine: &str, phase: &str| -> u64 {
-        results
-            .iter()
-            .find(|r| r["engine"] == engine && r["phase"] == phase)
-            .unwrap_or_else(|| panic!("{engine} {phase} missing"))["ops"]
-            .as_u64()
-            .unwrap()
-    };
     for engine in ["ringkv", "lmdb", "redb"] {
         for phase in ["commit-1", "commit-1000", "revision-append"] {
             assert_eq!(
@@ -155,16 +147,22 @@ fn append_commits_sets_the_revision_append_length() {
 #[test]
 fn delta_too_reports_ringkv_delta_on_every_phase() {
     let results = run_btree(&["--delta-too", "--delta-warm", "5"]);
-    let ops = |engine: &str, phase: &str| -> u64 {
-        results
-            .iter()
-            .find(|r| r["engine"] == engine && r["phase"] == phase)
-            .unwrap_or_else(|| panic!("{engine} {phase} missing"))["ops"]
-            .as_u64()
-            .unwrap()
-    };
     for phase in PHASES {
-        assert_eq!(ops("ringkv-delta", phase), ops("ringkv", phase), "{phase}");
+        assert_eq!(
+            ops(&results, "ringkv-delta", phase),
+            ops(&results, "ringkv", phase),
+            "{phase}"
+        );
     }
     assert_eq!(results.len(), 4 * PHASES.len());
+}
+
+/// The `ops` count `engine` reported for `phase`.
+fn ops(results: &[serde_json::Value], engine: &str, phase: &str) -> u64 {
+    results
+        .iter()
+        .find(|r| r["engine"] == engine && r["phase"] == phase)
+        .unwrap_or_else(|| panic!("{engine} {phase} missing"))["ops"]
+        .as_u64()
+        .unwrap()
 }
